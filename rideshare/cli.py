@@ -1,0 +1,290 @@
+"""The ``rideshare`` command: start and inspect the infrastructure and the services.
+
+    rideshare infra up|down|status [--data-dir DIR]
+    rideshare up [--data-dir DIR]
+    rideshare status|down [--data-dir DIR]
+
+``up`` commands run in the foreground until SIGINT/SIGTERM and then stop every child.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import IO
+
+from rideshare.infra import EmbeddedInfra, probe_nats, probe_postgres, probe_redis
+from rideshare.settings import (
+    INFRA_FILE,
+    InfraUrls,
+    SettingsError,
+    data_dir_from_env,
+    load_infra_urls,
+    mask_url,
+)
+from rideshare.supervisor import Supervisor, available_services, service_port
+
+__all__ = ["main"]
+
+logger = logging.getLogger("rideshare.cli")
+
+LOCK_FILE = "rideshare.lock"
+_ENV_URLS = ("RIDESHARE_REDIS_URL", "RIDESHARE_POSTGRES_DSN", "RIDESHARE_NATS_URL")
+
+
+class AlreadyRunningError(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def single_launcher(data_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the data directory for as long as a launcher runs there."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / LOCK_FILE
+    handle: IO[str] = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        pid = handle.read().strip() or "?"
+        handle.close()
+        raise AlreadyRunningError(
+            f"rideshare is already running from {data_dir} (pid {pid}); "
+            f"stop it with Ctrl-C in its terminal or `rideshare down --data-dir {data_dir}`"
+        ) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.seek(0)
+        handle.truncate()
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def _launcher_pid(data_dir: Path) -> int | None:
+    try:
+        text = (data_dir / LOCK_FILE).read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _urls_given() -> bool:
+    return all(os.environ.get(name, "").strip() for name in _ENV_URLS)
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+@contextlib.asynccontextmanager
+async def _infrastructure(data_dir: Path) -> AsyncIterator[InfraUrls]:
+    if _urls_given():
+        urls = load_infra_urls(data_dir)
+        print(f"using the given infrastructure: {urls!r}", flush=True)
+        yield urls
+        return
+    embedded = EmbeddedInfra(data_dir)
+    try:
+        urls = await embedded.start()
+        yield urls
+    finally:
+        embedded.stop()
+
+
+async def _infra_up(data_dir: Path) -> int:
+    stop = _stop_event()
+    async with _infrastructure(data_dir) as urls:
+        print(
+            "infrastructure is up:\n"
+            f"  RIDESHARE_REDIS_URL={urls.redis_url}\n"
+            f"  RIDESHARE_POSTGRES_DSN={mask_url(urls.postgres_dsn)}\n"
+            f"  RIDESHARE_NATS_URL={urls.nats_url}\n"
+            f"  (full URLs in {data_dir / INFRA_FILE}); Ctrl-C stops it",
+            flush=True,
+        )
+        await stop.wait()
+    print("infrastructure stopped", flush=True)
+    return 0
+
+
+async def _up(data_dir: Path) -> int:
+    stop = _stop_event()
+    async with _infrastructure(data_dir) as urls:
+        supervisor = Supervisor(urls, extra_env={"RIDESHARE_DATA_DIR": str(data_dir)})
+        try:
+            for name in available_services():
+                if stop.is_set():
+                    break
+                await supervisor.start(name)
+            if not stop.is_set():
+                _print_banner(data_dir, [c.name for c in supervisor.children])
+                await _wait_for_stop_or_crash(stop, supervisor)
+        finally:
+            print("stopping services...", flush=True)
+            await supervisor.stop_all()
+    print("stopped", flush=True)
+    return 0
+
+
+async def _wait_for_stop_or_crash(stop: asyncio.Event, supervisor: Supervisor) -> None:
+    while not stop.is_set():
+        dead = supervisor.exited()
+        if dead:
+            names = ", ".join(f"{c.name} (exit {c.process.returncode})" for c in dead)
+            print(f"a service stopped unexpectedly: {names}; shutting down", flush=True)
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await stop.wait()
+
+
+def _print_banner(data_dir: Path, services: Sequence[str]) -> None:
+    lines = ["", "rideshare is up:"]
+    for name in services:
+        port = service_port(name)
+        if name == "edge":
+            lines.append(f"  edge          http://127.0.0.1:{port}  (viewer: /viewer)")
+        else:
+            lines.append(f"  {name:<13} grpc 127.0.0.1:{port}")
+    grpc_ports = [service_port(n) for n in services if n != "edge"]
+    if grpc_ports:
+        lines += [
+            "try:",
+            f"  .venv/bin/grpcurl -plaintext 127.0.0.1:{grpc_ports[0]} list",
+            f"  .venv/bin/grpcurl -plaintext 127.0.0.1:{grpc_ports[0]} grpc.health.v1.Health/Check",
+        ]
+    lines += [f"infrastructure URLs: {data_dir / INFRA_FILE}", "Ctrl-C stops everything", ""]
+    print("\n".join(lines), flush=True)
+
+
+async def _status(data_dir: Path, *, services: bool) -> int:
+    try:
+        urls = load_infra_urls(data_dir)
+    except SettingsError as exc:
+        print(f"not running: {exc}")
+        return 1
+    ok = True
+    checks = (
+        ("redis", urls.redis_url, probe_redis),
+        ("postgres", urls.postgres_dsn, probe_postgres),
+        ("nats", urls.nats_url, probe_nats),
+    )
+    pids = _recorded_pids(data_dir)
+    for name, url, probe in checks:
+        try:
+            async with asyncio.timeout(3):
+                await probe(url)
+            state = "up"
+        except Exception as exc:
+            state, ok = f"DOWN ({type(exc).__name__})", False
+        print(f"{name:<13} {state:<6} {mask_url(url)}  pid={pids.get(name, '-')}")
+    if services:
+        from rideshare.supervisor import grpc_healthy, http_healthy
+
+        for name in available_services():
+            port = service_port(name)
+            healthy = (
+                await http_healthy("127.0.0.1", port)
+                if name == "edge"
+                else await grpc_healthy(f"127.0.0.1:{port}")
+            )
+            ok = ok and healthy
+            print(f"{name:<13} {'up' if healthy else 'DOWN':<6} 127.0.0.1:{port}")
+    return 0 if ok else 1
+
+
+def _recorded_pids(data_dir: Path) -> dict[str, int]:
+    try:
+        record = json.loads((data_dir / INFRA_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    pids = record.get("pids", {})
+    return {str(k): int(v) for k, v in pids.items()} if isinstance(pids, dict) else {}
+
+
+def _down(data_dir: Path, timeout_s: float = 30.0) -> int:
+    pid = _launcher_pid(data_dir)
+    if pid is None:
+        print(f"nothing is running from {data_dir}")
+        return 0
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        print(f"nothing is running from {data_dir} (pid {pid} is gone)")
+        return 0
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            print(f"stopped pid {pid}")
+            return 0
+        time.sleep(0.1)
+    print(f"pid {pid} did not stop within {timeout_s:.0f}s", file=sys.stderr)
+    return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rideshare", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_data_dir(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument(
+            "--data-dir",
+            type=Path,
+            default=None,
+            help="where embedded servers keep data and the URLs file (default: .rideshare)",
+        )
+        return p
+
+    infra = sub.add_parser("infra", help="only the infrastructure: Redis, PostgreSQL, NATS")
+    infra_sub = infra.add_subparsers(dest="infra_command", required=True)
+    with_data_dir(infra_sub.add_parser("up", help="start it in the foreground"))
+    with_data_dir(infra_sub.add_parser("down", help="stop the one started by `infra up`"))
+    with_data_dir(infra_sub.add_parser("status", help="print what runs where; exit 0 if all up"))
+    with_data_dir(sub.add_parser("up", help="infrastructure and every service, in the foreground"))
+    with_data_dir(sub.add_parser("status", help="infrastructure and services; exit 0 if all up"))
+    with_data_dir(sub.add_parser("down", help="stop the `rideshare up` running from the data dir"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    data_dir: Path = (args.data_dir or data_dir_from_env()).absolute()
+    try:
+        if args.command == "infra":
+            if args.infra_command == "up":
+                with single_launcher(data_dir):
+                    return asyncio.run(_infra_up(data_dir))
+            if args.infra_command == "down":
+                return _down(data_dir)
+            return asyncio.run(_status(data_dir, services=False))
+        if args.command == "up":
+            with single_launcher(data_dir):
+                return asyncio.run(_up(data_dir))
+        if args.command == "down":
+            return _down(data_dir)
+        return asyncio.run(_status(data_dir, services=True))
+    except (AlreadyRunningError, SettingsError) as exc:
+        print(f"rideshare: {exc}", file=sys.stderr)
+        return 2

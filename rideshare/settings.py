@@ -1,0 +1,227 @@
+"""Settings from ``RIDESHARE_*`` environment variables: typed, immutable, validated once.
+
+Every process builds one frozen settings object at start and passes it down; tests build
+them directly. A bad value fails fast with a message naming the variable and the value.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "INFRA_FILE",
+    "SERVICE_PORTS",
+    "InfraUrls",
+    "ServiceSettings",
+    "SettingsError",
+    "env_bool",
+    "env_float",
+    "env_int",
+    "env_str",
+    "load_infra_urls",
+    "mask_url",
+    "service_settings",
+]
+
+DEFAULT_DATA_DIR = Path(".rideshare")
+INFRA_FILE = "infra.json"
+
+# gRPC port and Prometheus metrics port per service (DESIGN.md, Ports).
+SERVICE_PORTS: Mapping[str, tuple[int, int]] = {
+    "rider": (50051, 9151),
+    "driver": (50052, 9152),
+    "trip": (50053, 9153),
+    "location": (50054, 9154),
+    "notification": (50055, 9155),
+}
+EDGE_PORT = 8080
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+
+def _raw(env: Mapping[str, str] | None, name: str) -> str | None:
+    value = (os.environ if env is None else env).get(name)
+    return None if value is None or value.strip() == "" else value.strip()
+
+
+def env_str(name: str, default: str, *, env: Mapping[str, str] | None = None) -> str:
+    """The variable's value, or ``default`` when it is unset or blank."""
+    value = _raw(env, name)
+    return default if value is None else value
+
+
+def env_int(
+    name: str,
+    default: int,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> int:
+    """An integer variable, range-checked."""
+    raw = _raw(env, name)
+    if raw is None:
+        value = default
+    else:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not an integer") from None
+    _check_range(name, value, minimum, maximum)
+    return value
+
+
+def env_float(
+    name: str,
+    default: float,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    env: Mapping[str, str] | None = None,
+) -> float:
+    """A finite float variable, range-checked."""
+    raw = _raw(env, name)
+    if raw is None:
+        value = default
+    else:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not a number") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise SettingsError(f"{name}={raw!r} is not a finite number")
+    _check_range(name, value, minimum, maximum)
+    return value
+
+
+def env_bool(name: str, default: bool, *, env: Mapping[str, str] | None = None) -> bool:
+    """A strict boolean: 1/true/yes/on or 0/false/no/off, anything else is an error."""
+    raw = _raw(env, name)
+    if raw is None:
+        return default
+    lowered = raw.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise SettingsError(f"{name}={raw!r} is not a boolean (use true/false, 1/0, yes/no, on/off)")
+
+
+def _check_range(name: str, value: float, minimum: float | None, maximum: float | None) -> None:
+    if minimum is not None and value < minimum:
+        raise SettingsError(f"{name}={value} is below the minimum {minimum}")
+    if maximum is not None and value > maximum:
+        raise SettingsError(f"{name}={value} is above the maximum {maximum}")
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ``***``, for logs and reprs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass(frozen=True)
+class InfraUrls:
+    """Where the three stores are. Passwords never show in repr()."""
+
+    redis_url: str = field(repr=False)
+    postgres_dsn: str = field(repr=False)
+    nats_url: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"InfraUrls(redis_url={mask_url(self.redis_url)!r}, "
+            f"postgres_dsn={mask_url(self.postgres_dsn)!r}, nats_url={mask_url(self.nats_url)!r})"
+        )
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "redis_url": self.redis_url,
+            "postgres_dsn": self.postgres_dsn,
+            "nats_url": self.nats_url,
+        }
+
+
+def data_dir_from_env(env: Mapping[str, str] | None = None) -> Path:
+    return Path(env_str("RIDESHARE_DATA_DIR", str(DEFAULT_DATA_DIR), env=env))
+
+
+def load_infra_urls(
+    data_dir: Path | None = None, *, env: Mapping[str, str] | None = None
+) -> InfraUrls:
+    """URLs from ``RIDESHARE_REDIS_URL`` / ``_POSTGRES_DSN`` / ``_NATS_URL``; any that is unset
+    comes from the infra file that ``rideshare infra up`` wrote into the data directory."""
+    data_dir = data_dir if data_dir is not None else data_dir_from_env(env)
+    given = {
+        "redis_url": _raw(env, "RIDESHARE_REDIS_URL"),
+        "postgres_dsn": _raw(env, "RIDESHARE_POSTGRES_DSN"),
+        "nats_url": _raw(env, "RIDESHARE_NATS_URL"),
+    }
+    if None in given.values():
+        infra_file = data_dir / INFRA_FILE
+        try:
+            recorded = json.loads(infra_file.read_text())
+        except FileNotFoundError:
+            missing = [k for k, v in given.items() if v is None]
+            raise SettingsError(
+                f"no {', '.join(missing)} given (RIDESHARE_REDIS_URL, RIDESHARE_POSTGRES_DSN, "
+                f"RIDESHARE_NATS_URL) and no {infra_file}: start `rideshare infra up` first"
+            ) from None
+        for key, value in given.items():
+            if value is None:
+                given[key] = str(recorded[key])
+    return InfraUrls(
+        redis_url=str(given["redis_url"]),
+        postgres_dsn=str(given["postgres_dsn"]),
+        nats_url=str(given["nats_url"]),
+    )
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """What every gRPC service process needs; a service adds its own settings beside it."""
+
+    name: str
+    infra: InfraUrls
+    host: str = "127.0.0.1"
+    grpc_port: int = 0
+    metrics_port: int = 0  # 0: no metrics endpoint
+    log_level: str = "INFO"
+    shutdown_grace_s: float = 5.0
+    db_pool_max: int = 10
+
+
+def service_settings(
+    name: str, *, env: Mapping[str, str] | None = None, infra: InfraUrls | None = None
+) -> ServiceSettings:
+    """Settings for the service ``name`` from the environment (``RIDESHARE_<NAME>_PORT`` ...)."""
+    grpc_default, metrics_default = SERVICE_PORTS[name]
+    upper = name.upper()
+    return ServiceSettings(
+        name=name,
+        infra=infra if infra is not None else load_infra_urls(env=env),
+        host=env_str("RIDESHARE_HOST", "127.0.0.1", env=env),
+        grpc_port=env_int(
+            f"RIDESHARE_{upper}_PORT", grpc_default, minimum=0, maximum=65535, env=env
+        ),
+        metrics_port=env_int(
+            f"RIDESHARE_{upper}_METRICS_PORT", metrics_default, minimum=0, maximum=65535, env=env
+        ),
+        log_level=env_str("RIDESHARE_LOG_LEVEL", "INFO", env=env).upper(),
+        shutdown_grace_s=env_float("RIDESHARE_SHUTDOWN_GRACE_S", 5.0, minimum=0.0, env=env),
+        db_pool_max=env_int("RIDESHARE_DB_POOL_MAX", 10, minimum=1, maximum=200, env=env),
+    )

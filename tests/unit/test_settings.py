@@ -1,0 +1,87 @@
+"""Settings fail fast with a message naming the variable and the bad value."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rideshare.settings import (
+    InfraUrls,
+    SettingsError,
+    env_bool,
+    env_float,
+    env_int,
+    load_infra_urls,
+    mask_url,
+    service_settings,
+)
+
+URLS = {
+    "RIDESHARE_REDIS_URL": "redis://127.0.0.1:1/0",
+    "RIDESHARE_POSTGRES_DSN": "postgresql://u:secret@127.0.0.1:2/db",
+    "RIDESHARE_NATS_URL": "nats://127.0.0.1:3",
+}
+
+
+def test_integer_variable_that_is_not_a_number_names_variable_and_value() -> None:
+    with pytest.raises(SettingsError, match=r"RIDESHARE_TRIP_PORT='abc' is not an integer"):
+        env_int("RIDESHARE_TRIP_PORT", 1, env={"RIDESHARE_TRIP_PORT": "abc"})
+
+
+def test_integer_out_of_range_is_rejected() -> None:
+    with pytest.raises(SettingsError, match="above the maximum 65535"):
+        env_int("P", 1, maximum=65535, env={"P": "70000"})
+
+
+def test_blank_variable_means_default() -> None:
+    assert env_int("P", 7, env={"P": "  "}) == 7
+
+
+@pytest.mark.parametrize("raw", ["nan", "inf", "-inf"])
+def test_float_must_be_finite(raw: str) -> None:
+    with pytest.raises(SettingsError, match="not a finite number"):
+        env_float("X", 1.0, env={"X": raw})
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("1", True), ("YES", True), ("off", False)])
+def test_booleans_accept_the_usual_spellings(raw: str, expected: bool) -> None:
+    assert env_bool("B", not expected, env={"B": raw}) is expected
+
+
+def test_boolean_rejects_anything_else() -> None:
+    with pytest.raises(SettingsError, match=r"B='maybe' is not a boolean"):
+        env_bool("B", False, env={"B": "maybe"})
+
+
+def test_passwords_never_show_in_repr() -> None:
+    urls = InfraUrls(
+        redis_url="redis://:hunter2@h:1/0",
+        postgres_dsn=URLS["RIDESHARE_POSTGRES_DSN"],
+        nats_url="nats://h:3",
+    )
+    assert "secret" not in repr(urls)
+    assert "hunter2" not in repr(urls)
+    assert mask_url("postgresql://u:secret@h:5/db") == "postgresql://u:***@h:5/db"
+
+
+def test_service_settings_read_ports_from_environment() -> None:
+    env = {**URLS, "RIDESHARE_TRIP_PORT": "6000", "RIDESHARE_LOG_LEVEL": "debug"}
+    settings = service_settings("trip", env=env)
+    assert settings.grpc_port == 6000
+    assert settings.metrics_port == 9153
+    assert settings.log_level == "DEBUG"
+    assert settings.infra.nats_url == "nats://127.0.0.1:3"
+
+
+def test_infra_urls_come_from_the_data_dir_when_not_given(tmp_path: Path) -> None:
+    (tmp_path / "infra.json").write_text(json.dumps({k.lower()[10:]: v for k, v in URLS.items()}))
+    urls = load_infra_urls(tmp_path, env={"RIDESHARE_NATS_URL": "nats://other:4"})
+    assert urls.redis_url == URLS["RIDESHARE_REDIS_URL"]
+    assert urls.nats_url == "nats://other:4"
+
+
+def test_missing_infra_says_how_to_start_it(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="rideshare infra up"):
+        load_infra_urls(tmp_path, env={})

@@ -1,0 +1,210 @@
+"""Client channels to the other services: deadlines by default, retries only where safe.
+
+Conventions every caller follows:
+
+- Every call has a deadline. A call without ``timeout=`` gets the channel's
+  ``default_timeout_s``; a long-lived stream (``WatchDriver``, ``ReportPositions``) passes a
+  large explicit ``timeout=`` instead, and the caller cancels it when it is no longer needed.
+- Only methods named in ``idempotent_methods`` are retried, and only on UNAVAILABLE (the
+  request never reached a handler, or the server was going away): up to 3 attempts with
+  exponential backoff, all within the call's one deadline. Commands that change state are not
+  listed unless they carry their own idempotency key.
+- The request id of the current task (:data:`rideshare.log.request_id_var`), if any, travels as
+  ``x-request-id`` metadata, so one request can be followed through every service's logs.
+
+Build channels in ``app.main`` (never at import time) and close them on shutdown.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+import grpc
+import grpc.aio
+
+from rideshare.log import REQUEST_ID_METADATA_KEY, request_id_var
+
+__all__ = ["make_channel", "retry_service_config"]
+
+# Pings every 20 s keep idle connections through NATs and proxies and find dead peers;
+# grpc_server allows pings down to every 10 s. Reconnects back off to at most 5 s, so a
+# restarted service is found again quickly.
+_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
+    ("grpc.enable_retries", 1),
+]
+
+if TYPE_CHECKING:
+    _UnaryUnary = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
+    _UnaryStream = grpc.aio.UnaryStreamClientInterceptor[Any, Any]
+    _StreamUnary = grpc.aio.StreamUnaryClientInterceptor[Any, Any]
+    _StreamStream = grpc.aio.StreamStreamClientInterceptor[Any, Any]
+else:
+    _UnaryUnary = grpc.aio.UnaryUnaryClientInterceptor
+    _UnaryStream = grpc.aio.UnaryStreamClientInterceptor
+    _StreamUnary = grpc.aio.StreamUnaryClientInterceptor
+    _StreamStream = grpc.aio.StreamStreamClientInterceptor
+
+
+def make_channel(
+    target: str,
+    *,
+    idempotent_methods: Sequence[str] = (),
+    default_timeout_s: float = 5.0,
+) -> grpc.aio.Channel:
+    """An insecure ``grpc.aio`` channel to ``target`` (``host:port``) following the module's
+    conventions.
+
+    ``idempotent_methods`` are fully qualified, ``package.Service/Method`` (e.g.
+    ``"rideshare.location.v1.LocationService/NearestDrivers"``); only those are retried.
+    Create it inside the running event loop.
+    """
+    if default_timeout_s <= 0:
+        raise ValueError(f"default_timeout_s must be positive, got {default_timeout_s}")
+    options = list(_CHANNEL_OPTIONS)
+    if idempotent_methods:
+        options.append(("grpc.service_config", retry_service_config(idempotent_methods)))
+    return grpc.aio.insecure_channel(
+        target,
+        options=options,
+        interceptors=_interceptors(_CallDefaults(default_timeout_s)),
+    )
+
+
+def retry_service_config(methods: Sequence[str]) -> str:
+    """The JSON service config that retries ``methods`` (``package.Service/Method``) on
+    UNAVAILABLE, 3 attempts in all."""
+    names = []
+    for full in methods:
+        service, sep, method = full.lstrip("/").partition("/")
+        if not sep or not service or not method or "/" in method:
+            raise ValueError(f"not a fully qualified method (package.Service/Method): {full!r}")
+        names.append({"service": service, "method": method})
+    config = {
+        "methodConfig": [
+            {
+                "name": names,
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+    return json.dumps(config)
+
+
+class _CallDefaults:
+    """Adds the default deadline and the request id to a call's details."""
+
+    __slots__ = ("_timeout",)
+
+    def __init__(self, default_timeout_s: float) -> None:
+        self._timeout = default_timeout_s
+
+    def details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        timeout = details.timeout
+        metadata = details.metadata
+        request_id = request_id_var.get()
+        add_id = request_id is not None and (
+            metadata is None or REQUEST_ID_METADATA_KEY not in metadata
+        )
+        if timeout is not None and not add_id:
+            return details
+        if timeout is None:
+            timeout = self._timeout
+        if add_id:
+            # A new object: the caller's metadata may be shared between calls.
+            metadata = grpc.aio.Metadata(
+                *(metadata or ()), (REQUEST_ID_METADATA_KEY, str(request_id))
+            )
+        return grpc.aio.ClientCallDetails(
+            details.method, timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+
+def _interceptors(defaults: _CallDefaults) -> list[grpc.aio.ClientInterceptor]:
+    # One object per call kind: grpc.aio files an interceptor under the first kind it is an
+    # instance of, so an object implementing all four would only see unary-unary calls.
+    return [
+        cast("grpc.aio.ClientInterceptor", interceptor)
+        for interceptor in (
+            _UnaryUnaryDefaults(defaults),
+            _UnaryStreamDefaults(defaults),
+            _StreamUnaryDefaults(defaults),
+            _StreamStreamDefaults(defaults),
+        )
+    ]
+
+
+class _UnaryUnaryDefaults(_UnaryUnary):
+    def __init__(self, defaults: _CallDefaults) -> None:
+        self._defaults = defaults
+
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[..., Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        call: grpc.aio.UnaryUnaryCall[Any, Any] = await continuation(
+            self._defaults.details(client_call_details), request
+        )
+        return call
+
+
+class _UnaryStreamDefaults(_UnaryStream):
+    def __init__(self, defaults: _CallDefaults) -> None:
+        self._defaults = defaults
+
+    async def intercept_unary_stream(
+        self,
+        continuation: Callable[..., Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> grpc.aio.UnaryStreamCall[Any, Any]:
+        call: grpc.aio.UnaryStreamCall[Any, Any] = await continuation(
+            self._defaults.details(client_call_details), request
+        )
+        return call
+
+
+class _StreamUnaryDefaults(_StreamUnary):
+    def __init__(self, defaults: _CallDefaults) -> None:
+        self._defaults = defaults
+
+    async def intercept_stream_unary(
+        self,
+        continuation: Callable[..., Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request_iterator: Any,
+    ) -> Any:
+        call: grpc.aio.StreamUnaryCall[Any, Any] = await continuation(
+            self._defaults.details(client_call_details), request_iterator
+        )
+        return call
+
+
+class _StreamStreamDefaults(_StreamStream):
+    def __init__(self, defaults: _CallDefaults) -> None:
+        self._defaults = defaults
+
+    async def intercept_stream_stream(
+        self,
+        continuation: Callable[..., Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request_iterator: Any,
+    ) -> grpc.aio.StreamStreamCall[Any, Any]:
+        call: grpc.aio.StreamStreamCall[Any, Any] = await continuation(
+            self._defaults.details(client_call_details), request_iterator
+        )
+        return call

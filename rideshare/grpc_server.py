@@ -1,0 +1,424 @@
+"""The gRPC server bootstrap every service uses: health, reflection, interceptors, shutdown.
+
+A service's ``app.main`` does::
+
+    srv = GrpcServer("trip", host=settings.host, port=settings.grpc_port, readiness=store.ping)
+    trip_pb2_grpc.add_TripServiceServicer_to_server(servicer, srv.server)
+    srv.add_service_name(trip_pb2.DESCRIPTOR.services_by_name["TripService"].full_name)
+    await srv.start()
+    ...
+    await srv.stop(settings.shutdown_grace_s)
+
+What it adds to the plain ``grpc.aio`` server:
+
+- ``grpc.health.v1.Health`` (Check and Watch) for the whole server (``""``) and for every named
+  service: SERVING while ``readiness()`` returns within the interval, NOT_SERVING otherwise and
+  from the moment shutdown starts.
+- Server reflection under both ``grpc.reflection.v1alpha`` and ``grpc.reflection.v1``, so
+  ``grpcurl -plaintext host:port list`` works with old and new tools.
+- One interceptor, for every RPC kind: the request id from the ``x-request-id`` metadata (or a
+  new one) in :data:`rideshare.log.request_id_var`; Prometheus metrics per method and status
+  code; an unexpected exception becomes INTERNAL ``internal error (id=<hex>)`` with the traceback
+  logged under the same id, while ``context.abort(...)`` passes through untouched.
+
+Handlers must be ``async def`` functions or async generators (the grpc.aio norm); a synchronous
+handler is served as is, without the interceptor's request id, metrics or error mapping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import grpc
+import grpc.aio
+from google.protobuf import descriptor_pb2, descriptor_pool
+
+# The public aliases health.aio / reflection.aio are these modules; grpc-stubs lacks them.
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import _async as reflection_aio
+from grpc_reflection.v1alpha import reflection_pb2 as reflection_v1alpha_pb2
+
+from rideshare.log import REQUEST_ID_METADATA_KEY, new_request_id, request_id_var
+from rideshare.metrics import GRPC_SERVER_HANDLED, GRPC_SERVER_HANDLING_SECONDS
+
+__all__ = ["GrpcServer"]
+
+logger = logging.getLogger(__name__)
+
+HEALTH_SERVICE_NAME = "grpc.health.v1.Health"
+REFLECTION_V1ALPHA_SERVICE_NAME = "grpc.reflection.v1alpha.ServerReflection"
+REFLECTION_V1_SERVICE_NAME = "grpc.reflection.v1.ServerReflection"
+
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+# Lets clients keep idle connections alive with pings every >= 10 s (grpc_client does 20 s),
+# and never lets a second process silently share our port (gRPC's Linux default is to allow it).
+_SERVER_OPTIONS: list[tuple[str, Any]] = [
+    ("grpc.so_reuseport", 0),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 2),
+]
+
+_MAX_REQUEST_ID_LEN = 128
+
+if TYPE_CHECKING:
+    _ServerInterceptorBase = grpc.aio.ServerInterceptor[Any, Any]
+    _Handler = grpc.RpcMethodHandler[Any, Any]
+else:
+    _ServerInterceptorBase = grpc.aio.ServerInterceptor
+    _Handler = grpc.RpcMethodHandler
+
+
+class GrpcServer:
+    """A ``grpc.aio`` server with health, reflection, interceptors and graceful shutdown.
+
+    Build it inside the running event loop, add servicers to :attr:`server` and name their
+    services with :meth:`add_service_name`, then :meth:`start`. ``readiness`` is awaited every
+    ``health_interval_s`` (and at start) with that same timeout; it raises when a store the
+    service needs is unreachable. Usable as ``async with GrpcServer(...) as srv``, which stops
+    with a 5 s grace.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        readiness: Callable[[], Awaitable[None]] | None = None,
+        health_interval_s: float = 2.0,
+        max_concurrent_rpcs: int | None = None,
+    ) -> None:
+        if health_interval_s <= 0:
+            raise ValueError(f"health_interval_s must be positive, got {health_interval_s}")
+        self.name = name
+        self.host = host
+        self.port = port
+        self.server: grpc.aio.Server = grpc.aio.server(
+            interceptors=[_ServerInterceptor()],
+            options=_SERVER_OPTIONS,
+            maximum_concurrent_rpcs=max_concurrent_rpcs,
+        )
+        self._readiness = readiness
+        self._interval = health_interval_s
+        self._service_names: list[str] = []
+        self._health = health_aio.HealthServicer()
+        self._ready: bool | None = None  # None until the first readiness check
+        self._health_task: asyncio.Task[None] | None = None
+        self._started = False
+        self._stopped = False
+
+    def add_service_name(self, full_name: str) -> None:
+        """Announce a service added to :attr:`server` (e.g. ``rideshare.trip.v1.TripService``)
+        to health checking and reflection. Call before :meth:`start`."""
+        if self._started:
+            raise RuntimeError("add_service_name() after start()")
+        if full_name not in self._service_names:
+            self._service_names.append(full_name)
+
+    async def start(self) -> int:
+        """Bind, start serving, run the first readiness check, and return the bound port."""
+        if self._started:
+            raise RuntimeError(f"{self.name} gRPC server already started")
+        self._started = True
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self.server)
+        _add_reflection(
+            self.server,
+            [
+                *self._service_names,
+                HEALTH_SERVICE_NAME,
+                REFLECTION_V1ALPHA_SERVICE_NAME,
+                REFLECTION_V1_SERVICE_NAME,
+            ],
+        )
+        await self._set_status(_NOT_SERVING)
+        self.port = self.server.add_insecure_port(f"{self.host}:{self.port}")
+        await self.server.start()
+        await self._check_readiness()
+        self._health_task = asyncio.create_task(
+            self._watch_readiness(), name=f"{self.name}-grpc-health"
+        )
+        logger.info("%s gRPC server listening on %s:%d", self.name, self.host, self.port)
+        return self.port
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Report NOT_SERVING, stop accepting calls, and give in-flight calls ``grace_s`` to
+        finish before cancelling them. Safe to call twice."""
+        if not self._started or self._stopped:
+            return
+        self._stopped = True
+        logger.info("%s gRPC server stopping (grace %.1f s)", self.name, grace_s)
+        # Before the listener closes, so load balancers watching health move away first.
+        await self._health.enter_graceful_shutdown()
+        if self._health_task is not None:
+            self._health_task.cancel()
+            await asyncio.wait([self._health_task])
+        await self.server.stop(grace_s)
+        logger.info("%s gRPC server stopped", self.name)
+
+    async def __aenter__(self) -> GrpcServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def _watch_readiness(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self._check_readiness()
+
+    async def _check_readiness(self) -> None:
+        ready, error = True, None
+        if self._readiness is not None:
+            try:
+                async with asyncio.timeout(self._interval):
+                    await self._readiness()
+            except Exception as exc:
+                ready, error = False, exc
+        if ready is self._ready:
+            return
+        self._ready = ready
+        if ready:
+            logger.info("%s ready: SERVING", self.name)
+        else:
+            logger.warning("%s not ready: NOT_SERVING (%r)", self.name, error)
+        await self._set_status(_SERVING if ready else _NOT_SERVING)
+
+    async def _set_status(self, status: int) -> None:
+        for service in ("", *self._service_names):
+            await self._health.set(service, status)
+
+
+def _add_reflection(server: grpc.aio.Server, service_names: list[str]) -> None:
+    """Serve reflection as v1alpha (what grpcio-reflection ships) and v1 (same wire format)."""
+    servicer = reflection_aio.ReflectionServicer(service_names)
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_v1alpha_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_v1alpha_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    _ensure_reflection_v1_descriptor()
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(name, {"ServerReflectionInfo": handler})
+            for name in (REFLECTION_V1ALPHA_SERVICE_NAME, REFLECTION_V1_SERVICE_NAME)
+        ]
+    )
+
+
+def _ensure_reflection_v1_descriptor() -> None:
+    """Put ``grpc/reflection/v1/reflection.proto`` into the default descriptor pool, so that
+    reflection can describe the v1 service it serves: the v1alpha file renamed, as upstream's
+    v1 file is the v1alpha one under a new package."""
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindFileByName("grpc/reflection/v1/reflection.proto")
+        return
+    except KeyError:
+        pass
+    old, new = ".grpc.reflection.v1alpha.", ".grpc.reflection.v1."
+    proto = descriptor_pb2.FileDescriptorProto()
+    reflection_v1alpha_pb2.DESCRIPTOR.CopyToProto(proto)
+    proto.name = "grpc/reflection/v1/reflection.proto"
+    proto.package = "grpc.reflection.v1"
+    for message in proto.message_type:
+        for field in message.field:
+            if field.type_name.startswith(old):
+                field.type_name = new + field.type_name[len(old) :]
+    for service in proto.service:
+        for method in service.method:
+            method.input_type = new + method.input_type[len(old) :]
+            method.output_type = new + method.output_type[len(old) :]
+    pool.AddSerializedFile(proto.SerializeToString())
+
+
+# --- the server interceptor --------------------------------------------------------------
+
+
+class _ServerInterceptor(_ServerInterceptorBase):
+    """Wraps each method's handler once (cached per method), so a call costs one dict lookup
+    here and the work inside the wrapped behaviour."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[_Handler, _Handler]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> _Handler:
+        handler = await continuation(handler_call_details)
+        if handler is None:  # unknown method: grpc answers UNIMPLEMENTED
+            return handler
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = _wrap_handler(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+
+class _Observer:
+    """Per-method metrics children and names, bound once so that a call only observes."""
+
+    __slots__ = ("_handled", "_latency", "_service", "_type", "method")
+
+    def __init__(self, method: str, rpc_type: str) -> None:
+        service, _, name = method.lstrip("/").rpartition("/")
+        self.method = method
+        self._service = service
+        self._type = rpc_type
+        self._latency = GRPC_SERVER_HANDLING_SECONDS.labels(service, name, rpc_type)
+        self._handled = {
+            code: GRPC_SERVER_HANDLED.labels(service, name, rpc_type, code.name)
+            for code in grpc.StatusCode
+        }
+
+    def done(self, code: grpc.StatusCode, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        self._latency.observe(elapsed)
+        self._handled[code].inc()
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s -> %s in %.2f ms", self.method, code.name, elapsed * 1000)
+
+
+def _wrap_handler(method: str, handler: _Handler) -> _Handler:
+    if handler.request_streaming and handler.response_streaming:
+        behaviour, factory, rpc_type = (
+            handler.stream_stream,
+            grpc.stream_stream_rpc_method_handler,
+            "bidi_stream",
+        )
+    elif handler.request_streaming:
+        behaviour, factory, rpc_type = (
+            handler.stream_unary,
+            grpc.stream_unary_rpc_method_handler,
+            "client_stream",
+        )
+    elif handler.response_streaming:
+        behaviour, factory, rpc_type = (
+            handler.unary_stream,
+            grpc.unary_stream_rpc_method_handler,
+            "server_stream",
+        )
+    else:
+        behaviour, factory, rpc_type = (
+            handler.unary_unary,
+            grpc.unary_unary_rpc_method_handler,
+            "unary",
+        )
+    if behaviour is None:
+        return handler
+    observer = _Observer(method, rpc_type)
+    # grpc.aio picks how to drive a behaviour by its kind (coroutine function, async
+    # generator function, or sync in a thread), so the wrapper must be of the same kind.
+    if inspect.isasyncgenfunction(behaviour):
+        wrapped: Callable[..., Any] = _wrap_async_gen(behaviour, observer)
+    elif inspect.iscoroutinefunction(behaviour):
+        wrapped = _wrap_coroutine(behaviour, observer)
+    else:
+        return handler
+    return factory(
+        wrapped,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _wrap_coroutine(
+    behaviour: Callable[..., Awaitable[Any]],
+    observer: _Observer,
+) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
+    async def intercepted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        token = request_id_var.set(_incoming_request_id(context))
+        started = time.perf_counter()
+        code = grpc.StatusCode.UNKNOWN
+        try:
+            response = await behaviour(request, context)
+            code = context.code() or grpc.StatusCode.OK
+            return response
+        except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:
+            code = grpc.StatusCode.INTERNAL
+            await _abort_internal(exc, context, observer.method)
+        finally:
+            observer.done(code, started)
+            request_id_var.reset(token)
+
+    return intercepted
+
+
+def _wrap_async_gen(
+    behaviour: Callable[..., AsyncIterator[Any]],
+    observer: _Observer,
+) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
+    async def intercepted(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        # No reset: each RPC runs in its own task, and the value must hold across yields.
+        request_id_var.set(_incoming_request_id(context))
+        started = time.perf_counter()
+        code = grpc.StatusCode.UNKNOWN
+        try:
+            async for response in behaviour(request, context):
+                yield response
+            code = context.code() or grpc.StatusCode.OK
+        except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:
+            code = grpc.StatusCode.INTERNAL
+            await _abort_internal(exc, context, observer.method)
+        finally:
+            observer.done(code, started)
+
+    return intercepted
+
+
+def _incoming_request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_METADATA_KEY:
+            if isinstance(value, str) and 0 < len(value) <= _MAX_REQUEST_ID_LEN:
+                return value
+            break
+    return new_request_id()
+
+
+async def _abort_internal(
+    exc: Exception, context: grpc.aio.ServicerContext[Any, Any], method: str
+) -> NoReturn:
+    error_id = new_request_id()
+    logger.error(
+        "unexpected error in %s (id=%s)",
+        method,
+        error_id,
+        exc_info=exc,
+        extra={"error_id": error_id, "grpc_method": method},
+    )
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error (id={error_id})")

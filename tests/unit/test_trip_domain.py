@@ -1,0 +1,688 @@
+"""The guards around every trip transition: who may act, on which offer, at what price.
+
+Trips are built by walking the real guards from a quote, on a fixed clock, so each test
+starts from a state the service could actually be in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+
+import pytest
+
+from trip.domain import (
+    DEFAULT_DISPATCH_PLAN,
+    AlreadyRatedError,
+    CancellationPolicy,
+    DispatchPlan,
+    GiveUp,
+    InvalidArgumentError,
+    InvalidTransition,
+    LatLng,
+    Money,
+    OfferExpiredError,
+    OfferMismatchError,
+    OfferTo,
+    PermissionDeniedError,
+    Quote,
+    QuoteExpiredError,
+    QuoteUsedError,
+    RiderHasLiveTripError,
+    Trip,
+    TripError,
+    TripState,
+    VehicleClass,
+    Widen,
+    accept,
+    arrive,
+    cancel,
+    complete,
+    decline,
+    dispatch,
+    driver_cancel,
+    exhaust,
+    expire_offer,
+    make_quote,
+    next_dispatch_step,
+    offer,
+    rate,
+    request_trip,
+    start,
+)
+from trip.errors import ConcurrencyError, NotFoundError
+from trip.machine import Actor
+from trip.pricing import TARIFFS, estimate_route, quote_price
+
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+PICKUP = LatLng(48.8566, 2.3522)
+DROPOFF = LatLng(48.8738, 2.2950)
+ACCEPTED_AT = T0 + timedelta(seconds=5)
+FEE = Money(TARIFFS[VehicleClass.STANDARD].cancellation_fee, "EUR")
+
+
+def a_quote(*, rider_id: str = "r1", surge: float = 1.0) -> Quote:
+    return make_quote(
+        quote_id="q1",
+        rider_id=rider_id,
+        pickup=PICKUP,
+        dropoff=DROPOFF,
+        vehicle_class=VehicleClass.STANDARD,
+        surge=surge,
+        now=T0 - timedelta(seconds=30),
+    )
+
+
+def requested(*, surge: float = 1.0) -> Trip:
+    return request_trip(
+        a_quote(surge=surge), trip_id="t1", rider_id="r1", pickup=PICKUP, dropoff=DROPOFF, now=T0
+    )
+
+
+def dispatching() -> Trip:
+    return dispatch(requested(), now=T0 + timedelta(seconds=1))
+
+
+def offered(driver_id: str = "d1", offer_id: str = "o1") -> Trip:
+    return offer(
+        dispatching(), offer_id=offer_id, driver_id=driver_id, now=T0 + timedelta(seconds=2)
+    )
+
+
+def accepted() -> Trip:
+    return accept(offered(), driver_id="d1", offer_id="o1", now=ACCEPTED_AT)
+
+
+def arrived() -> Trip:
+    return arrive(accepted(), driver_id="d1", now=T0 + timedelta(minutes=5))
+
+
+def in_progress() -> Trip:
+    return start(arrived(), driver_id="d1", now=T0 + timedelta(minutes=6))
+
+
+def completed() -> Trip:
+    return complete(
+        in_progress(),
+        driver_id="d1",
+        now=T0 + timedelta(minutes=20),
+        distance_m=5000,
+        duration_s=600,
+    )
+
+
+# --- quotes and requests -------------------------------------------------------------------
+
+
+def test_quote_prices_the_estimated_route_and_expires_after_two_minutes() -> None:
+    quote = a_quote(surge=1.4)
+    distance_m, duration_s = estimate_route(PICKUP, DROPOFF)
+    assert (quote.distance_m, quote.duration_s) == (distance_m, duration_s)
+    assert quote.price == quote_price(distance_m, duration_s, TARIFFS[VehicleClass.STANDARD], 1.4)
+    assert quote.surge_multiplier == 1.4
+    assert quote.expires_at - quote.created_at == timedelta(minutes=2)
+    assert quote.trip_id is None
+
+
+def test_quote_for_an_empty_rider_id_is_rejected() -> None:
+    with pytest.raises(InvalidArgumentError):
+        a_quote(rider_id="")
+
+
+def test_requested_trip_starts_at_version_one_with_the_quotes_price() -> None:
+    quote = a_quote(surge=1.5)
+    trip = request_trip(
+        quote,
+        trip_id="t1",
+        rider_id="r1",
+        pickup=PICKUP,
+        dropoff=DROPOFF,
+        now=T0,
+        pickup_address="1 Rue de Rivoli",
+    )
+    assert trip.state is TripState.REQUESTED
+    assert trip.version == 1
+    assert trip.quoted_fare == quote.price
+    assert trip.surge_multiplier == 1.5
+    assert trip.pickup_address == "1 Rue de Rivoli"
+    assert trip.is_live
+    assert [(h.from_state, h.to_state, h.command) for h in trip.history] == [
+        (None, TripState.REQUESTED, "request")
+    ]
+
+
+def test_another_riders_quote_cannot_be_booked() -> None:
+    with pytest.raises(PermissionDeniedError):
+        request_trip(a_quote(), trip_id="t1", rider_id="r2", pickup=PICKUP, dropoff=DROPOFF, now=T0)
+
+
+def test_a_quote_cannot_be_booked_for_another_route() -> None:
+    with pytest.raises(InvalidArgumentError):
+        request_trip(a_quote(), trip_id="t1", rider_id="r1", pickup=PICKUP, dropoff=PICKUP, now=T0)
+
+
+def test_a_quote_cannot_be_booked_from_the_instant_it_expires() -> None:
+    quote = a_quote()
+    with pytest.raises(QuoteExpiredError):
+        request_trip(
+            quote,
+            trip_id="t1",
+            rider_id="r1",
+            pickup=PICKUP,
+            dropoff=DROPOFF,
+            now=quote.expires_at,
+        )
+
+
+def test_a_quote_books_at_most_one_trip() -> None:
+    used = replace(a_quote(), trip_id="t0")
+    with pytest.raises(QuoteUsedError):
+        request_trip(used, trip_id="t1", rider_id="r1", pickup=PICKUP, dropoff=DROPOFF, now=T0)
+
+
+def test_rider_with_a_live_trip_cannot_request_another() -> None:
+    with pytest.raises(RiderHasLiveTripError):
+        request_trip(
+            a_quote(),
+            trip_id="t1",
+            rider_id="r1",
+            pickup=PICKUP,
+            dropoff=DROPOFF,
+            now=T0,
+            rider_has_live_trip=True,
+        )
+
+
+def test_a_naive_clock_is_refused() -> None:
+    with pytest.raises(InvalidArgumentError, match="timezone"):
+        dispatch(requested(), now=datetime(2025, 3, 1, 12, 0))
+
+
+# --- dispatch and offers -------------------------------------------------------------------
+
+
+def test_offer_is_pending_for_the_offer_timeout() -> None:
+    trip = offered()
+    assert trip.state is TripState.DISPATCHING
+    assert trip.offer is not None
+    assert (trip.offer.offer_id, trip.offer.driver_id, trip.offer.attempt) == ("o1", "d1", 1)
+    assert trip.offer.expires_at - trip.offer.offered_at == timedelta(seconds=15)
+    assert trip.offer_attempts == 1
+
+
+def test_a_second_offer_cannot_be_made_while_one_is_pending() -> None:
+    with pytest.raises(OfferMismatchError):
+        offer(offered(), offer_id="o2", driver_id="d2", now=T0 + timedelta(seconds=3))
+
+
+def test_an_excluded_driver_is_never_offered_the_trip_again() -> None:
+    trip = decline(offered(), driver_id="d1", offer_id="o1", now=T0 + timedelta(seconds=3))
+    with pytest.raises(InvalidArgumentError):
+        offer(trip, offer_id="o2", driver_id="d1", now=T0 + timedelta(seconds=4))
+
+
+def test_a_trip_is_not_offered_before_dispatch_starts() -> None:
+    with pytest.raises(InvalidTransition, match="cannot offer when state=REQUESTED"):
+        offer(requested(), offer_id="o1", driver_id="d1", now=T0)
+
+
+def test_offered_driver_accepts_and_is_assigned() -> None:
+    trip = accepted()
+    assert trip.state is TripState.ACCEPTED
+    assert trip.driver_id == "d1"
+    assert trip.offer is None
+    assert trip.accepted_at == ACCEPTED_AT
+
+
+def test_another_driver_cannot_accept_the_offer() -> None:
+    with pytest.raises(PermissionDeniedError):
+        accept(offered(), driver_id="d2", offer_id="o1", now=ACCEPTED_AT)
+
+
+def test_a_stale_offer_id_cannot_be_accepted() -> None:
+    with pytest.raises(OfferMismatchError):
+        accept(offered(), driver_id="d1", offer_id="o0", now=ACCEPTED_AT)
+
+
+def test_an_offer_cannot_be_accepted_from_the_instant_it_expires() -> None:
+    trip = offered()
+    assert trip.offer is not None
+    with pytest.raises(OfferExpiredError):
+        accept(trip, driver_id="d1", offer_id="o1", now=trip.offer.expires_at)
+
+
+def test_an_offer_that_ended_cannot_be_accepted() -> None:
+    trip = expire_offer(offered(), offer_id="o1", now=T0 + timedelta(seconds=17))
+    with pytest.raises(OfferExpiredError):
+        accept(trip, driver_id="d1", offer_id="o1", now=T0 + timedelta(seconds=18))
+
+
+def test_an_offer_for_a_cancelled_trip_cannot_be_accepted() -> None:
+    trip, _ = cancel(offered(), actor=Actor.RIDER, actor_id="r1", now=T0 + timedelta(seconds=3))
+    with pytest.raises(InvalidTransition, match="cannot accept when state=CANCELLED"):
+        accept(trip, driver_id="d1", offer_id="o1", now=T0 + timedelta(seconds=4))
+
+
+def test_an_accepted_trip_cannot_be_accepted_again() -> None:
+    with pytest.raises(InvalidTransition, match="cannot accept when state=ACCEPTED"):
+        accept(accepted(), driver_id="d1", offer_id="o1", now=ACCEPTED_AT)
+
+
+def test_declining_driver_is_excluded_and_dispatch_goes_on() -> None:
+    trip = decline(offered(), driver_id="d1", offer_id="o1", now=T0 + timedelta(seconds=3))
+    assert trip.state is TripState.DISPATCHING
+    assert trip.offer is None
+    assert trip.excluded_driver_ids == {"d1"}
+
+
+def test_another_driver_cannot_decline_the_offer() -> None:
+    with pytest.raises(PermissionDeniedError):
+        decline(offered(), driver_id="d2", offer_id="o1", now=T0 + timedelta(seconds=3))
+
+
+def test_expired_offer_excludes_its_driver() -> None:
+    trip = expire_offer(offered(), offer_id="o1", now=T0 + timedelta(seconds=17))
+    assert trip.state is TripState.DISPATCHING
+    assert trip.offer is None
+    assert trip.excluded_driver_ids == {"d1"}
+    assert trip.history[-1].reason == "offer expired"
+
+
+def test_a_stale_expiry_timer_changes_nothing() -> None:
+    trip = accepted()
+    with pytest.raises(InvalidTransition):
+        expire_offer(trip, offer_id="o1", now=T0 + timedelta(seconds=17))
+    with pytest.raises(OfferMismatchError):
+        expire_offer(offered(offer_id="o2"), offer_id="o1", now=T0 + timedelta(seconds=17))
+
+
+def test_next_offer_counts_its_attempt() -> None:
+    trip = decline(offered(), driver_id="d1", offer_id="o1", now=T0 + timedelta(seconds=3))
+    trip = offer(trip, offer_id="o2", driver_id="d2", now=T0 + timedelta(seconds=4))
+    assert trip.offer is not None
+    assert trip.offer.attempt == 2
+
+
+def test_exhausted_dispatch_ends_in_no_drivers() -> None:
+    trip = exhaust(offered(), now=T0 + timedelta(minutes=3), reason="no drivers within 10 km")
+    assert trip.state is TripState.NO_DRIVERS
+    assert trip.offer is None
+    assert trip.ended_at == T0 + timedelta(minutes=3)
+    assert not trip.is_live
+
+
+# --- the ride ------------------------------------------------------------------------------
+
+
+GuardByDriver = Callable[..., Trip]
+
+
+@pytest.mark.parametrize(
+    ("build", "guard"),
+    [(accepted, arrive), (arrived, start), (in_progress, complete)],
+    ids=["arrive", "start", "complete"],
+)
+def test_only_the_assigned_driver_may_arrive_start_or_complete(
+    build: Callable[[], Trip], guard: GuardByDriver
+) -> None:
+    with pytest.raises(PermissionDeniedError):
+        guard(build(), driver_id="d2", now=T0 + timedelta(minutes=30))
+
+
+@pytest.mark.parametrize("guard", [arrive, start, complete], ids=["arrive", "start", "complete"])
+def test_no_driver_may_act_on_a_trip_still_dispatching(guard: GuardByDriver) -> None:
+    with pytest.raises(InvalidTransition, match="when state=DISPATCHING"):
+        guard(offered(), driver_id="d1", now=T0 + timedelta(minutes=1))
+
+
+def test_completed_trip_is_charged_for_the_measured_distance_and_time() -> None:
+    trip = completed()
+    assert trip.state is TripState.COMPLETED
+    assert trip.final_fare == Money(1050, "EUR")  # 250 + 5 km x 110 + 10 min x 25
+    assert (trip.distance_m, trip.duration_s) == (5000, 600)
+    assert trip.completed_at == T0 + timedelta(minutes=20)
+
+
+def test_completed_trip_keeps_the_quoted_surge() -> None:
+    trip = requested(surge=2.0)
+    trip = dispatch(trip, now=T0)
+    trip = offer(trip, offer_id="o1", driver_id="d1", now=T0)
+    trip = accept(trip, driver_id="d1", offer_id="o1", now=T0)
+    trip = arrive(trip, driver_id="d1", now=T0)
+    trip = start(trip, driver_id="d1", now=T0)
+    trip = complete(trip, driver_id="d1", now=T0, distance_m=5000, duration_s=600)
+    assert trip.final_fare == Money(2100, "EUR")
+
+
+def test_unmeasured_trip_is_charged_for_the_estimate_and_the_time_since_start() -> None:
+    ride = in_progress()
+    trip = complete(ride, driver_id="d1", now=T0 + timedelta(minutes=18))
+    assert trip.distance_m == ride.estimated_distance_m
+    assert trip.duration_s == 12 * 60
+    assert trip.final_fare == quote_price(
+        ride.estimated_distance_m, 720, TARIFFS[VehicleClass.STANDARD], 1.0
+    )
+
+
+def test_a_very_short_trip_pays_the_minimum_fare() -> None:
+    trip = complete(
+        in_progress(), driver_id="d1", now=T0 + timedelta(minutes=7), distance_m=50, duration_s=30
+    )
+    assert trip.final_fare == Money(TARIFFS[VehicleClass.STANDARD].minimum_fare, "EUR")
+
+
+def test_every_transition_adds_one_version_and_one_history_record() -> None:
+    trip = completed()
+    assert trip.version == 7
+    assert [h.command for h in trip.history] == [
+        "request",
+        "dispatch",
+        "offer",
+        "accept",
+        "arrive",
+        "start",
+        "complete",
+    ]
+    assert [h.version for h in trip.history] == list(range(1, 8))
+    for before, after in pairwise(trip.history):
+        assert after.from_state is before.to_state
+
+
+def test_a_rejected_command_leaves_the_trip_unchanged() -> None:
+    trip = accepted()
+    snapshot = replace(trip)
+    with pytest.raises(TripError):
+        start(trip, driver_id="d1", now=T0 + timedelta(minutes=1))
+    assert trip == snapshot
+
+
+# --- rider, system and admin cancellation --------------------------------------------------
+
+
+@pytest.mark.parametrize("build", [requested, dispatching, offered], ids=lambda f: f.__name__)
+def test_rider_cancels_before_a_driver_accepted_for_free(build: Callable[[], Trip]) -> None:
+    trip, fee = cancel(build(), actor=Actor.RIDER, actor_id="r1", now=T0 + timedelta(hours=1))
+    assert trip.state is TripState.CANCELLED
+    assert fee is None
+    assert trip.cancellation_fee is None
+    assert trip.offer is None
+
+
+def test_rider_cancels_within_the_grace_period_after_accept_for_free() -> None:
+    _, fee = cancel(
+        accepted(), actor=Actor.RIDER, actor_id="r1", now=ACCEPTED_AT + timedelta(minutes=2)
+    )
+    assert fee is None
+
+
+def test_rider_cancels_after_driver_accepted_pays_fee() -> None:
+    trip, fee = cancel(
+        accepted(),
+        actor=Actor.RIDER,
+        actor_id="r1",
+        now=ACCEPTED_AT + timedelta(minutes=2, seconds=1),
+        reason="changed my mind",
+    )
+    assert fee == FEE
+    assert trip.cancellation_fee == FEE
+    assert (trip.cancelled_by, trip.cancel_reason) == (Actor.RIDER, "changed my mind")
+
+
+def test_rider_cancels_while_the_driver_waits_at_pickup_pays_fee() -> None:
+    _, fee = cancel(
+        arrived(), actor=Actor.RIDER, actor_id="r1", now=ACCEPTED_AT + timedelta(minutes=6)
+    )
+    assert fee == FEE
+
+
+def test_grace_period_comes_from_the_policy() -> None:
+    _, fee = cancel(
+        accepted(),
+        actor=Actor.RIDER,
+        actor_id="r1",
+        now=ACCEPTED_AT + timedelta(seconds=31),
+        policy=CancellationPolicy(grace=timedelta(seconds=30)),
+    )
+    assert fee == FEE
+
+
+def test_rider_cannot_cancel_once_the_ride_started() -> None:
+    with pytest.raises(InvalidTransition, match="cannot cancel when state=IN_PROGRESS"):
+        cancel(in_progress(), actor=Actor.RIDER, actor_id="r1", now=T0 + timedelta(minutes=7))
+
+
+def test_another_rider_cannot_cancel_the_trip() -> None:
+    with pytest.raises(PermissionDeniedError):
+        cancel(accepted(), actor=Actor.RIDER, actor_id="r2", now=T0 + timedelta(minutes=1))
+
+
+def test_system_cancels_without_a_fee_and_without_an_actor_id() -> None:
+    trip, fee = cancel(
+        arrived(),
+        actor=Actor.SYSTEM,
+        actor_id="ignored",
+        now=T0 + timedelta(hours=1),
+        reason="pickup timeout",
+    )
+    assert (trip.state, fee) == (TripState.CANCELLED, None)
+    assert trip.history[-1].actor_id == ""
+
+
+def test_system_cannot_cancel_a_ride_in_progress() -> None:
+    with pytest.raises(InvalidTransition):
+        cancel(in_progress(), actor=Actor.SYSTEM, actor_id="", now=T0 + timedelta(minutes=7))
+
+
+def test_admin_can_cancel_a_ride_in_progress() -> None:
+    trip, fee = cancel(
+        in_progress(), actor=Actor.ADMIN, actor_id="ops-1", now=T0 + timedelta(minutes=7)
+    )
+    assert (trip.state, trip.cancelled_by, fee) == (TripState.CANCELLED, Actor.ADMIN, None)
+    assert trip.history[-1].actor_id == "ops-1"
+
+
+def test_admin_cancellation_needs_the_admins_id() -> None:
+    with pytest.raises(InvalidArgumentError):
+        cancel(accepted(), actor=Actor.ADMIN, actor_id="", now=T0 + timedelta(minutes=1))
+
+
+def test_a_driver_cannot_cancel_outright_and_is_told_who_can() -> None:
+    with pytest.raises(InvalidTransition, match=r"allowed for RIDER, SYSTEM, ADMIN"):
+        cancel(accepted(), actor=Actor.DRIVER, actor_id="d1", now=T0 + timedelta(minutes=1))
+
+
+@pytest.mark.parametrize("build", [completed, in_progress], ids=lambda f: f.__name__)
+def test_an_ended_or_started_trip_cannot_be_cancelled_by_its_rider(
+    build: Callable[[], Trip],
+) -> None:
+    with pytest.raises(InvalidTransition):
+        cancel(build(), actor=Actor.RIDER, actor_id="r1", now=T0 + timedelta(hours=1))
+
+
+# --- driver cancellation -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("build", [accepted, arrived], ids=lambda f: f.__name__)
+def test_driver_cancel_returns_the_trip_to_dispatch_without_that_driver(
+    build: Callable[[], Trip],
+) -> None:
+    now = T0 + timedelta(minutes=5, seconds=30)
+    trip = driver_cancel(build(), driver_id="d1", now=now, reason="flat tyre")
+    assert trip.state is TripState.DISPATCHING
+    assert trip.driver_id is None
+    assert trip.excluded_driver_ids == {"d1"}
+    assert (trip.accepted_at, trip.arrived_at) == (None, None)
+    assert (trip.offer_attempts, trip.dispatch_started_at) == (0, now)
+    assert trip.history[-1].reason == "flat tyre"
+
+
+def test_after_a_driver_cancel_the_rider_cancels_for_free() -> None:
+    trip = driver_cancel(accepted(), driver_id="d1", now=T0 + timedelta(minutes=4))
+    _, fee = cancel(trip, actor=Actor.RIDER, actor_id="r1", now=T0 + timedelta(minutes=9))
+    assert fee is None
+
+
+def test_only_the_assigned_driver_may_drop_the_trip() -> None:
+    with pytest.raises(PermissionDeniedError):
+        driver_cancel(accepted(), driver_id="d2", now=T0 + timedelta(minutes=1))
+
+
+def test_driver_cannot_drop_a_ride_in_progress() -> None:
+    with pytest.raises(InvalidTransition, match="cannot driver_cancel when state=IN_PROGRESS"):
+        driver_cancel(in_progress(), driver_id="d1", now=T0 + timedelta(minutes=7))
+
+
+def test_system_releases_an_assigned_driver_who_went_offline() -> None:
+    trip = driver_cancel(
+        accepted(),
+        driver_id="d1",
+        now=T0 + timedelta(minutes=1),
+        reason="driver offline",
+        actor=Actor.SYSTEM,
+    )
+    assert trip.state is TripState.DISPATCHING
+    assert (trip.history[-1].actor, trip.history[-1].actor_id) == (Actor.SYSTEM, "")
+
+
+def test_rider_cannot_use_driver_cancel() -> None:
+    with pytest.raises(InvalidTransition):
+        driver_cancel(accepted(), driver_id="d1", now=T0, actor=Actor.RIDER)
+
+
+# --- ratings -------------------------------------------------------------------------------
+
+
+def test_each_side_rates_a_completed_trip_once() -> None:
+    trip = rate(completed(), side=Actor.RIDER, actor_id="r1", stars=5)
+    trip = rate(trip, side=Actor.DRIVER, actor_id="d1", stars=4)
+    assert (trip.rider_rating, trip.driver_rating) == (5, 4)
+    assert trip.version == completed().version + 2
+    with pytest.raises(AlreadyRatedError):
+        rate(trip, side=Actor.RIDER, actor_id="r1", stars=1)
+    with pytest.raises(AlreadyRatedError):
+        rate(trip, side=Actor.DRIVER, actor_id="d1", stars=1)
+
+
+def test_a_rating_adds_no_history_record() -> None:
+    trip = completed()
+    assert rate(trip, side=Actor.RIDER, actor_id="r1", stars=3).history == trip.history
+
+
+@pytest.mark.parametrize("build", [accepted, in_progress], ids=lambda f: f.__name__)
+def test_a_trip_is_rated_only_after_it_completed(build: Callable[[], Trip]) -> None:
+    with pytest.raises(InvalidTransition, match="cannot rate when state="):
+        rate(build(), side=Actor.RIDER, actor_id="r1", stars=5)
+
+
+@pytest.mark.parametrize("stars", [0, 6, -1, True])
+def test_stars_are_a_whole_number_from_one_to_five(stars: int) -> None:
+    with pytest.raises(InvalidArgumentError):
+        rate(completed(), side=Actor.RIDER, actor_id="r1", stars=stars)
+
+
+@pytest.mark.parametrize("side", [Actor.SYSTEM, Actor.ADMIN])
+def test_only_rider_or_driver_rates(side: Actor) -> None:
+    with pytest.raises(InvalidArgumentError):
+        rate(completed(), side=side, actor_id="x", stars=5)
+
+
+@pytest.mark.parametrize(("side", "actor_id"), [(Actor.RIDER, "r2"), (Actor.DRIVER, "d2")])
+def test_only_the_trips_own_rider_or_driver_rates(side: Actor, actor_id: str) -> None:
+    with pytest.raises(PermissionDeniedError):
+        rate(completed(), side=side, actor_id=actor_id, stars=5)
+
+
+# --- the dispatch plan ---------------------------------------------------------------------
+
+
+def test_default_plan_searches_2_5_then_10_km_with_15_second_offers() -> None:
+    assert DEFAULT_DISPATCH_PLAN.radius_steps_m == (2000, 5000, 10000)
+    assert DEFAULT_DISPATCH_PLAN.offer_timeout == timedelta(seconds=15)
+
+
+def test_dispatch_offers_to_the_nearest_driver_not_excluded_or_skipped() -> None:
+    trip = decline(offered(), driver_id="d1", offer_id="o1", now=T0 + timedelta(seconds=3))
+    step = next_dispatch_step(
+        trip, ["d1", "d2", "d3"], radius_index=0, now=T0 + timedelta(seconds=4), skip={"d2"}
+    )
+    assert step == OfferTo("d3", 0)
+
+
+def test_dispatch_widens_the_radius_when_nobody_nearby_is_left() -> None:
+    trip = decline(offered(), driver_id="d1", offer_id="o1", now=T0 + timedelta(seconds=3))
+    now = T0 + timedelta(seconds=4)
+    assert next_dispatch_step(trip, ["d1"], radius_index=0, now=now) == Widen(1, 5000)
+    assert next_dispatch_step(trip, [], radius_index=1, now=now) == Widen(2, 10000)
+
+
+def test_dispatch_gives_up_after_the_widest_radius() -> None:
+    step = next_dispatch_step(dispatching(), [], radius_index=2, now=T0 + timedelta(seconds=2))
+    assert step == GiveUp("no drivers within 10 km")
+
+
+def test_dispatch_gives_up_after_the_last_allowed_offer() -> None:
+    plan = DispatchPlan(max_offers=1)
+    trip = expire_offer(offered(), offer_id="o1", now=T0 + timedelta(seconds=17))
+    step = next_dispatch_step(
+        trip, ["d2"], radius_index=0, now=T0 + timedelta(seconds=18), plan=plan
+    )
+    assert isinstance(step, GiveUp)
+    assert "1 offers" in step.reason
+
+
+def test_dispatch_gives_up_after_the_longest_wait() -> None:
+    step = next_dispatch_step(
+        dispatching(), ["d2"], radius_index=0, now=T0 + timedelta(seconds=1, minutes=3)
+    )
+    assert step == GiveUp("no driver accepted within 180 s")
+
+
+def test_dispatch_after_a_driver_cancel_waits_from_the_cancel() -> None:
+    trip = driver_cancel(accepted(), driver_id="d1", now=T0 + timedelta(minutes=10))
+    step = next_dispatch_step(trip, ["d1", "d2"], radius_index=0, now=T0 + timedelta(minutes=11))
+    assert step == OfferTo("d2", 0)
+
+
+def test_dispatch_step_is_not_asked_while_an_offer_is_pending_or_after_dispatch() -> None:
+    with pytest.raises(OfferMismatchError):
+        next_dispatch_step(offered(), ["d2"], radius_index=0, now=T0)
+    with pytest.raises(InvalidTransition):
+        next_dispatch_step(accepted(), ["d2"], radius_index=0, now=T0)
+    with pytest.raises(InvalidArgumentError):
+        next_dispatch_step(dispatching(), ["d2"], radius_index=3, now=T0)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"radius_steps_m": ()},
+        {"radius_steps_m": (5000, 2000)},
+        {"radius_steps_m": (0, 2000)},
+        {"offer_timeout": timedelta(0)},
+        {"max_wait": timedelta(seconds=-1)},
+        {"max_offers": 0},
+        {"candidates_per_search": 0},
+    ],
+)
+def test_a_dispatch_plan_that_cannot_work_is_rejected(changes: dict[str, object]) -> None:
+    with pytest.raises(InvalidArgumentError):
+        DispatchPlan(**changes)  # type: ignore[arg-type]
+
+
+def test_every_domain_error_is_a_trip_error() -> None:
+    for error in (
+        AlreadyRatedError,
+        ConcurrencyError,
+        InvalidArgumentError,
+        InvalidTransition,
+        NotFoundError,
+        OfferExpiredError,
+        OfferMismatchError,
+        PermissionDeniedError,
+        QuoteExpiredError,
+        QuoteUsedError,
+        RiderHasLiveTripError,
+    ):
+        assert issubclass(error, TripError)

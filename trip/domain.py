@@ -1,0 +1,730 @@
+"""The trip service's rules: quotes, trips, the guards around every transition, dispatch.
+
+Pure: no I/O, no clock, no randomness. Callers pass ``now`` (an aware datetime) and new ids.
+Every guard checks its preconditions, asks ``machine.next_state`` for the target state and
+returns a *new* ``Trip`` with ``version + 1`` and one more history record; on any failure it
+raises a ``TripError`` and the trip passed in is untouched (it is frozen anyway).
+
+Check order in the guards: malformed input first (``InvalidArgumentError``); then who the caller
+is where that does not depend on the state (the trip's rider); then the state
+(``InvalidTransition``); then who the caller is where the state decides it (the offered or the
+assigned driver); then the data the state holds (offer id, expiry, ratings).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence, Set
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from itertools import pairwise
+from typing import Any
+
+from trip.errors import (
+    AlreadyRatedError,
+    ConcurrencyError,
+    InvalidArgumentError,
+    InvalidTransition,
+    NotFoundError,
+    OfferExpiredError,
+    OfferMismatchError,
+    PermissionDeniedError,
+    QuoteExpiredError,
+    QuoteUsedError,
+    RiderHasLiveTripError,
+    TripError,
+)
+from trip.machine import LIVE_STATES, Actor, Command, TripState, next_state
+from trip.pricing import TARIFFS, LatLng, Money, Tariff, VehicleClass, estimate_route, quote_price
+
+__all__ = [
+    "DEFAULT_CANCELLATION_POLICY",
+    "DEFAULT_DISPATCH_PLAN",
+    "OFFER_TIMEOUT",
+    "QUOTE_TTL",
+    "Actor",
+    "AlreadyRatedError",
+    "CancellationPolicy",
+    "Command",
+    "ConcurrencyError",
+    "DispatchPlan",
+    "DispatchStep",
+    "GiveUp",
+    "InvalidArgumentError",
+    "InvalidTransition",
+    "LatLng",
+    "Money",
+    "NotFoundError",
+    "Offer",
+    "OfferExpiredError",
+    "OfferMismatchError",
+    "OfferTo",
+    "PermissionDeniedError",
+    "Quote",
+    "QuoteExpiredError",
+    "QuoteUsedError",
+    "RiderHasLiveTripError",
+    "Transition",
+    "Trip",
+    "TripError",
+    "TripState",
+    "VehicleClass",
+    "Widen",
+    "accept",
+    "arrive",
+    "cancel",
+    "complete",
+    "decline",
+    "dispatch",
+    "driver_cancel",
+    "exhaust",
+    "expire_offer",
+    "make_quote",
+    "next_dispatch_step",
+    "offer",
+    "rate",
+    "request_trip",
+    "start",
+]
+
+QUOTE_TTL = timedelta(minutes=2)
+"""How long a quote can be booked."""
+
+OFFER_TIMEOUT = timedelta(seconds=15)
+"""How long a driver has to accept an offer (``RIDESHARE_OFFER_TIMEOUT_S`` overrides it)."""
+
+
+# --- values ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """An upfront price for one rider and route; books at most one trip before it expires."""
+
+    quote_id: str
+    rider_id: str
+    pickup: LatLng
+    dropoff: LatLng
+    vehicle_class: VehicleClass
+    price: Money
+    surge_multiplier: float
+    distance_m: int
+    duration_s: int
+    created_at: datetime
+    expires_at: datetime
+    trip_id: str | None = None
+    """The trip it booked; set by the store when a trip is requested with it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """The trip offered to one driver, pending until accepted, declined or expired."""
+
+    offer_id: str
+    driver_id: str
+    attempt: int
+    offered_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One history record: who moved the trip from which state to which, when and why."""
+
+    from_state: TripState | None  # None for the request that created the trip
+    to_state: TripState
+    command: str
+    actor: Actor
+    actor_id: str  # empty for SYSTEM
+    reason: str
+    version: int
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Trip:
+    """A trip, as of one version. Guards return new instances; nothing mutates one."""
+
+    id: str
+    rider_id: str
+    vehicle_class: VehicleClass
+    state: TripState
+    version: int
+    quote_id: str
+    pickup: LatLng
+    dropoff: LatLng
+    quoted_fare: Money
+    surge_multiplier: float
+    estimated_distance_m: int
+    estimated_duration_s: int
+    requested_at: datetime
+    pickup_address: str = ""
+    dropoff_address: str = ""
+    driver_id: str | None = None
+    offer: Offer | None = None
+    offer_attempts: int = 0
+    """Offers made since dispatch (re)started; the next offer's ``attempt`` is this + 1."""
+    excluded_driver_ids: frozenset[str] = frozenset()
+    """Drivers never to be offered this trip again: they declined, let an offer lapse or
+    cancelled."""
+    dispatch_started_at: datetime | None = None
+    final_fare: Money | None = None
+    distance_m: int | None = None
+    duration_s: int | None = None
+    cancellation_fee: Money | None = None
+    cancelled_by: Actor | None = None
+    cancel_reason: str = ""
+    rider_rating: int | None = None
+    """Stars the rider gave the driver."""
+    driver_rating: int | None = None
+    """Stars the driver gave the rider."""
+    accepted_at: datetime | None = None
+    arrived_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    cancelled_at: datetime | None = None
+    ended_at: datetime | None = None
+    history: tuple[Transition, ...] = ()
+    """Transitions oldest first; a store may load only a suffix, the last one is always the
+    latest guard's."""
+
+    @property
+    def is_live(self) -> bool:
+        """Whether the trip has not ended yet (it holds its rider, and maybe a driver)."""
+        return self.state in LIVE_STATES
+
+
+@dataclass(frozen=True, slots=True)
+class CancellationPolicy:
+    """When a rider's cancellation costs a fee: once a driver accepted more than ``grace`` ago."""
+
+    grace: timedelta = timedelta(minutes=2)
+
+
+DEFAULT_CANCELLATION_POLICY = CancellationPolicy()
+
+
+# --- quotes and requests -------------------------------------------------------------------
+
+
+def make_quote(
+    *,
+    quote_id: str,
+    rider_id: str,
+    pickup: LatLng,
+    dropoff: LatLng,
+    vehicle_class: VehicleClass,
+    surge: float,
+    now: datetime,
+    ttl: timedelta = QUOTE_TTL,
+    tariff: Tariff | None = None,
+) -> Quote:
+    """Price a ride upfront for ``rider_id``; valid from ``now`` for ``ttl``.
+
+    ``tariff`` defaults to the class's entry in ``TARIFFS``; ``surge`` is the pickup area's
+    current multiplier (``pricing.surge_multiplier``).
+    """
+    _check_clock(now)
+    if not rider_id:
+        raise InvalidArgumentError("rider id is empty")
+    distance_m, duration_s = estimate_route(pickup, dropoff)
+    price = quote_price(distance_m, duration_s, tariff or TARIFFS[vehicle_class], surge)
+    return Quote(
+        quote_id=quote_id,
+        rider_id=rider_id,
+        pickup=pickup,
+        dropoff=dropoff,
+        vehicle_class=vehicle_class,
+        price=price,
+        surge_multiplier=surge,
+        distance_m=distance_m,
+        duration_s=duration_s,
+        created_at=now,
+        expires_at=now + ttl,
+    )
+
+
+def request_trip(
+    quote: Quote,
+    *,
+    trip_id: str,
+    rider_id: str,
+    pickup: LatLng,
+    dropoff: LatLng,
+    now: datetime,
+    rider_has_live_trip: bool = False,
+    pickup_address: str = "",
+    dropoff_address: str = "",
+) -> Trip:
+    """A new REQUESTED trip (version 1) booked at ``quote``'s price.
+
+    Only the quote's rider may book it, for the quote's route, once, before it expires, and
+    only while the rider has no live trip. The store enforces "once" and "one live trip"
+    again atomically; these checks give the precise error in the common case.
+    """
+    _check_clock(now)
+    if quote.rider_id != rider_id:
+        raise PermissionDeniedError(f"quote {quote.quote_id} is not rider {rider_id}'s")
+    if (pickup, dropoff) != (quote.pickup, quote.dropoff):
+        raise InvalidArgumentError(f"pickup/dropoff differ from quote {quote.quote_id}'s")
+    if quote.trip_id is not None:
+        raise QuoteUsedError(f"quote {quote.quote_id} booked trip {quote.trip_id} already")
+    if now >= quote.expires_at:
+        raise QuoteExpiredError(f"quote {quote.quote_id} expired at {quote.expires_at.isoformat()}")
+    if rider_has_live_trip:
+        raise RiderHasLiveTripError(f"rider {rider_id} has a live trip already")
+    return Trip(
+        id=trip_id,
+        rider_id=rider_id,
+        vehicle_class=quote.vehicle_class,
+        state=TripState.REQUESTED,
+        version=1,
+        quote_id=quote.quote_id,
+        pickup=pickup,
+        dropoff=dropoff,
+        quoted_fare=quote.price,
+        surge_multiplier=quote.surge_multiplier,
+        estimated_distance_m=quote.distance_m,
+        estimated_duration_s=quote.duration_s,
+        requested_at=now,
+        pickup_address=pickup_address,
+        dropoff_address=dropoff_address,
+        history=(
+            Transition(None, TripState.REQUESTED, "request", Actor.RIDER, rider_id, "", 1, now),
+        ),
+    )
+
+
+# --- dispatch ------------------------------------------------------------------------------
+
+
+def dispatch(trip: Trip, *, now: datetime) -> Trip:
+    """REQUESTED -> DISPATCHING: the search for a driver begins."""
+    _check_clock(now)
+    target = next_state(trip.state, Command.DISPATCH, Actor.SYSTEM)
+    return _advance(trip, target, Command.DISPATCH, Actor.SYSTEM, now=now, dispatch_started_at=now)
+
+
+def offer(
+    trip: Trip,
+    *,
+    offer_id: str,
+    driver_id: str,
+    now: datetime,
+    timeout: timedelta = OFFER_TIMEOUT,
+) -> Trip:
+    """Offer the DISPATCHING trip to ``driver_id`` until ``now + timeout``.
+
+    One offer at a time: a pending one must be accepted, declined or expired first. A driver
+    excluded from this trip is never offered it again.
+    """
+    _check_clock(now)
+    if timeout <= timedelta(0):
+        raise InvalidArgumentError(f"offer timeout {timeout} is not positive")
+    if not driver_id:
+        raise InvalidArgumentError("driver id is empty")
+    target = next_state(trip.state, Command.OFFER, Actor.SYSTEM)
+    if trip.offer is not None:
+        raise OfferMismatchError(f"trip {trip.id} has offer {trip.offer.offer_id} pending")
+    if driver_id in trip.excluded_driver_ids:
+        raise InvalidArgumentError(f"driver {driver_id} is excluded from trip {trip.id}")
+    attempt = trip.offer_attempts + 1
+    new_offer = Offer(offer_id, driver_id, attempt, now, now + timeout)
+    return _advance(
+        trip,
+        target,
+        Command.OFFER,
+        Actor.SYSTEM,
+        now=now,
+        reason=f"attempt {attempt} to driver {driver_id}",
+        offer=new_offer,
+        offer_attempts=attempt,
+    )
+
+
+def accept(trip: Trip, *, driver_id: str, offer_id: str, now: datetime) -> Trip:
+    """The offered driver accepts the pending, unexpired offer: DISPATCHING -> ACCEPTED."""
+    _check_clock(now)
+    target = next_state(trip.state, Command.OFFER_ACCEPTED, Actor.DRIVER)
+    _check_pending_offer(trip, driver_id=driver_id, offer_id=offer_id, now=now)
+    return _advance(
+        trip,
+        target,
+        Command.OFFER_ACCEPTED,
+        Actor.DRIVER,
+        now=now,
+        actor_id=driver_id,
+        driver_id=driver_id,
+        offer=None,
+        accepted_at=now,
+    )
+
+
+def decline(trip: Trip, *, driver_id: str, offer_id: str, now: datetime, reason: str = "") -> Trip:
+    """The offered driver declines: the offer ends, the driver is excluded, dispatch goes on."""
+    _check_clock(now)
+    target = next_state(trip.state, Command.OFFER_DECLINED, Actor.DRIVER)
+    _check_pending_offer(trip, driver_id=driver_id, offer_id=offer_id, now=now)
+    return _advance(
+        trip,
+        target,
+        Command.OFFER_DECLINED,
+        Actor.DRIVER,
+        now=now,
+        actor_id=driver_id,
+        reason=reason,
+        offer=None,
+        excluded_driver_ids=trip.excluded_driver_ids | {driver_id},
+    )
+
+
+def expire_offer(
+    trip: Trip, *, offer_id: str, now: datetime, reason: str = "offer expired"
+) -> Trip:
+    """SYSTEM ends the pending offer ``offer_id``: its driver is excluded, dispatch goes on.
+
+    The caller decides when: the offer timer firing, or the offered driver going offline. A
+    stale timer (the offer was answered or replaced) gets ``OfferMismatchError``.
+    """
+    _check_clock(now)
+    target = next_state(trip.state, Command.OFFER_EXPIRED, Actor.SYSTEM)
+    pending = trip.offer
+    if pending is None or pending.offer_id != offer_id:
+        raise OfferMismatchError(f"offer {offer_id} is not trip {trip.id}'s pending offer")
+    return _advance(
+        trip,
+        target,
+        Command.OFFER_EXPIRED,
+        Actor.SYSTEM,
+        now=now,
+        reason=reason,
+        offer=None,
+        excluded_driver_ids=trip.excluded_driver_ids | {pending.driver_id},
+    )
+
+
+def exhaust(trip: Trip, *, now: datetime, reason: str) -> Trip:
+    """Dispatch gives up: DISPATCHING -> NO_DRIVERS (terminal); a pending offer is dropped."""
+    _check_clock(now)
+    target = next_state(trip.state, Command.EXHAUST, Actor.SYSTEM)
+    return _advance(
+        trip,
+        target,
+        Command.EXHAUST,
+        Actor.SYSTEM,
+        now=now,
+        reason=reason,
+        offer=None,
+        ended_at=now,
+    )
+
+
+# --- the ride ------------------------------------------------------------------------------
+
+
+def arrive(trip: Trip, *, driver_id: str, now: datetime) -> Trip:
+    """The assigned driver is at the pickup: ACCEPTED -> ARRIVED."""
+    _check_clock(now)
+    target = next_state(trip.state, Command.ARRIVE, Actor.DRIVER)
+    _check_assigned(trip, driver_id)
+    return _advance(
+        trip, target, Command.ARRIVE, Actor.DRIVER, now=now, actor_id=driver_id, arrived_at=now
+    )
+
+
+def start(trip: Trip, *, driver_id: str, now: datetime) -> Trip:
+    """The assigned driver starts the ride: ARRIVED -> IN_PROGRESS."""
+    _check_clock(now)
+    target = next_state(trip.state, Command.START, Actor.DRIVER)
+    _check_assigned(trip, driver_id)
+    return _advance(
+        trip, target, Command.START, Actor.DRIVER, now=now, actor_id=driver_id, started_at=now
+    )
+
+
+def complete(
+    trip: Trip,
+    *,
+    driver_id: str,
+    now: datetime,
+    distance_m: int | None = None,
+    duration_s: int | None = None,
+    tariff: Tariff | None = None,
+) -> Trip:
+    """The assigned driver ends the ride: IN_PROGRESS -> COMPLETED, with the final fare.
+
+    The fare is priced from the measured distance and duration; without a measurement the
+    quote's distance estimate and the time since ``start`` stand in. It uses the quoted surge
+    and never goes below the minimum fare.
+    """
+    _check_clock(now)
+    target = next_state(trip.state, Command.COMPLETE, Actor.DRIVER)
+    _check_assigned(trip, driver_id)
+    if distance_m is None:
+        distance_m = trip.estimated_distance_m
+    if duration_s is None:
+        duration_s = (
+            round((now - trip.started_at).total_seconds())
+            if trip.started_at is not None
+            else trip.estimated_duration_s
+        )
+    fare = quote_price(
+        distance_m, duration_s, tariff or TARIFFS[trip.vehicle_class], trip.surge_multiplier
+    )
+    return _advance(
+        trip,
+        target,
+        Command.COMPLETE,
+        Actor.DRIVER,
+        now=now,
+        actor_id=driver_id,
+        final_fare=fare,
+        distance_m=distance_m,
+        duration_s=duration_s,
+        completed_at=now,
+    )
+
+
+# --- cancellation and rating ---------------------------------------------------------------
+
+
+def cancel(
+    trip: Trip,
+    *,
+    actor: Actor,
+    actor_id: str,
+    now: datetime,
+    reason: str = "",
+    policy: CancellationPolicy = DEFAULT_CANCELLATION_POLICY,
+    tariff: Tariff | None = None,
+) -> tuple[Trip, Money | None]:
+    """End a live trip as CANCELLED; returns the trip and the rider's fee (None when free).
+
+    The rider (only the trip's own) may cancel until the ride starts, and pays the class's
+    cancellation fee once a driver accepted more than ``policy.grace`` ago. SYSTEM and ADMIN
+    cancel without a fee (SYSTEM not once the ride is IN_PROGRESS, see ``machine``). A driver
+    does not cancel a trip: ``driver_cancel`` sends it back to dispatch.
+    """
+    _check_clock(now)
+    if actor is Actor.RIDER and actor_id != trip.rider_id:
+        raise PermissionDeniedError(f"rider {actor_id} is not trip {trip.id}'s rider")
+    if actor is Actor.ADMIN and not actor_id:
+        raise InvalidArgumentError("an admin cancellation needs the admin's id")
+    target = next_state(trip.state, Command.CANCEL, actor)
+    fee = None
+    if (
+        actor is Actor.RIDER
+        and trip.accepted_at is not None
+        and trip.state in (TripState.ACCEPTED, TripState.ARRIVED)
+        and now - trip.accepted_at > policy.grace
+    ):
+        fee_tariff = tariff or TARIFFS[trip.vehicle_class]
+        fee = Money(fee_tariff.cancellation_fee, fee_tariff.currency)
+    cancelled = _advance(
+        trip,
+        target,
+        Command.CANCEL,
+        actor,
+        now=now,
+        actor_id="" if actor is Actor.SYSTEM else actor_id,
+        reason=reason,
+        offer=None,
+        cancelled_by=actor,
+        cancel_reason=reason,
+        cancelled_at=now,
+        cancellation_fee=fee,
+    )
+    return cancelled, fee
+
+
+def driver_cancel(
+    trip: Trip,
+    *,
+    driver_id: str,
+    now: datetime,
+    reason: str = "",
+    actor: Actor = Actor.DRIVER,
+) -> Trip:
+    """The assigned driver drops the trip before pickup: back to DISPATCHING without them.
+
+    ``driver_id`` must be the assigned driver; it is cleared and excluded from this trip, and
+    dispatch restarts (its attempt count and clock too) so the rider is not stranded. SYSTEM
+    may do this for the assigned driver going offline.
+    """
+    _check_clock(now)
+    target = next_state(trip.state, Command.DRIVER_CANCEL, actor)
+    _check_assigned(trip, driver_id)
+    return _advance(
+        trip,
+        target,
+        Command.DRIVER_CANCEL,
+        actor,
+        now=now,
+        actor_id=driver_id if actor is Actor.DRIVER else "",
+        reason=reason,
+        driver_id=None,
+        excluded_driver_ids=trip.excluded_driver_ids | {driver_id},
+        offer_attempts=0,
+        dispatch_started_at=now,
+        accepted_at=None,
+        arrived_at=None,
+    )
+
+
+def rate(trip: Trip, *, side: Actor, actor_id: str, stars: int) -> Trip:
+    """One side of a COMPLETED trip rates the other, 1 to 5 stars, once.
+
+    ``side`` RIDER (the trip's rider) rates the driver; DRIVER (the trip's driver) rates the
+    rider. A rating is not a state change: the version goes up, the history does not grow.
+    """
+    if side not in (Actor.RIDER, Actor.DRIVER):
+        raise InvalidArgumentError(f"only the rider or the driver rates a trip, not {side}")
+    if type(stars) is not int or not 1 <= stars <= 5:
+        raise InvalidArgumentError(f"stars {stars!r} is not an integer from 1 to 5")
+    party = trip.rider_id if side is Actor.RIDER else trip.driver_id
+    if actor_id != party:
+        raise PermissionDeniedError(f"{actor_id} is not trip {trip.id}'s {side.lower()}")
+    if trip.state is not TripState.COMPLETED:
+        raise InvalidTransition(f"cannot rate when state={trip.state}")
+    if side is Actor.RIDER:
+        if trip.rider_rating is not None:
+            raise AlreadyRatedError(f"the rider rated trip {trip.id} already")
+        return replace(trip, version=trip.version + 1, rider_rating=stars)
+    if trip.driver_rating is not None:
+        raise AlreadyRatedError(f"the driver rated trip {trip.id} already")
+    return replace(trip, version=trip.version + 1, driver_rating=stars)
+
+
+# --- the dispatch plan ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchPlan:
+    """How far and how long dispatch looks for a driver before NO_DRIVERS."""
+
+    radius_steps_m: tuple[int, ...] = (2000, 5000, 10000)
+    offer_timeout: timedelta = OFFER_TIMEOUT
+    candidates_per_search: int = 10
+    """How many of the nearest available drivers one search asks location for."""
+    max_offers: int = 10
+    """Offers per dispatch round; one round is at most ``max_offers * offer_timeout`` long."""
+    max_wait: timedelta = timedelta(minutes=3)
+    """Time since dispatch (re)started after which no new offer is made."""
+
+    def __post_init__(self) -> None:
+        steps = self.radius_steps_m
+        if not steps or steps[0] <= 0 or any(a >= b for a, b in pairwise(steps)):
+            raise InvalidArgumentError(f"radius steps {steps} are not positive and increasing")
+        if self.offer_timeout <= timedelta(0) or self.max_wait <= timedelta(0):
+            raise InvalidArgumentError("offer timeout and max wait must be positive")
+        if self.candidates_per_search < 1 or self.max_offers < 1:
+            raise InvalidArgumentError("candidates per search and max offers must be >= 1")
+
+
+DEFAULT_DISPATCH_PLAN = DispatchPlan()
+
+
+@dataclass(frozen=True, slots=True)
+class OfferTo:
+    """Next: offer the trip to this driver (found within ``radius_steps_m[radius_index]``)."""
+
+    driver_id: str
+    radius_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Widen:
+    """Next: search again within the larger radius ``radius_m``."""
+
+    radius_index: int
+    radius_m: int
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """Next: end the trip as NO_DRIVERS (``exhaust``) with this reason."""
+
+    reason: str
+
+
+DispatchStep = OfferTo | Widen | GiveUp
+
+
+def next_dispatch_step(
+    trip: Trip,
+    candidates: Sequence[str],
+    *,
+    radius_index: int,
+    now: datetime,
+    plan: DispatchPlan = DEFAULT_DISPATCH_PLAN,
+    skip: Set[str] = frozenset(),
+) -> DispatchStep:
+    """What dispatch does next for a DISPATCHING trip with no pending offer.
+
+    ``candidates`` are the available drivers the last search found within
+    ``plan.radius_steps_m[radius_index]``, nearest first. The first one neither excluded
+    from the trip nor in ``skip`` (e.g. just reserved by another trip) gets the offer; with
+    none, the radius widens; past the last step, or past ``plan.max_offers`` or
+    ``plan.max_wait``, dispatch gives up. After an offer ends, search again at the same
+    radius: nearer drivers may have become free.
+    """
+    _check_clock(now)
+    if trip.state is not TripState.DISPATCHING:
+        raise InvalidTransition(f"cannot {Command.OFFER} when state={trip.state}")
+    if trip.offer is not None:
+        raise OfferMismatchError(f"trip {trip.id} has offer {trip.offer.offer_id} pending")
+    if not 0 <= radius_index < len(plan.radius_steps_m):
+        raise InvalidArgumentError(f"radius index {radius_index} is outside the plan")
+    if trip.offer_attempts >= plan.max_offers:
+        return GiveUp(f"no driver accepted any of {trip.offer_attempts} offers")
+    started = trip.dispatch_started_at or trip.requested_at
+    if now - started >= plan.max_wait:
+        return GiveUp(f"no driver accepted within {plan.max_wait.total_seconds():g} s")
+    for driver_id in candidates:
+        if driver_id not in trip.excluded_driver_ids and driver_id not in skip:
+            return OfferTo(driver_id, radius_index)
+    if radius_index + 1 < len(plan.radius_steps_m):
+        return Widen(radius_index + 1, plan.radius_steps_m[radius_index + 1])
+    return GiveUp(f"no drivers within {plan.radius_steps_m[-1] / 1000:g} km")
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _check_clock(now: datetime) -> None:
+    # Naive datetimes compare wrongly with the store's timestamptz values; refuse them early.
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise InvalidArgumentError(f"time {now.isoformat()} has no timezone")
+
+
+def _check_pending_offer(trip: Trip, *, driver_id: str, offer_id: str, now: datetime) -> None:
+    pending = trip.offer
+    if pending is None:
+        raise OfferExpiredError(f"trip {trip.id} has no pending offer")
+    if pending.offer_id != offer_id:
+        raise OfferMismatchError(f"offer {offer_id} is not trip {trip.id}'s pending offer")
+    if pending.driver_id != driver_id:
+        raise PermissionDeniedError(f"offer {offer_id} is not driver {driver_id}'s")
+    if now >= pending.expires_at:
+        raise OfferExpiredError(f"offer {offer_id} expired at {pending.expires_at.isoformat()}")
+
+
+def _check_assigned(trip: Trip, driver_id: str) -> None:
+    if trip.driver_id is None or driver_id != trip.driver_id:
+        raise PermissionDeniedError(f"driver {driver_id} is not assigned to trip {trip.id}")
+
+
+def _advance(
+    trip: Trip,
+    target: TripState,
+    command: Command,
+    actor: Actor,
+    *,
+    now: datetime,
+    actor_id: str = "",
+    reason: str = "",
+    **changes: Any,
+) -> Trip:
+    """``trip`` moved to ``target``: version + 1, one history record, and ``changes``."""
+    version = trip.version + 1
+    record = Transition(trip.state, target, command.value, actor, actor_id, reason, version, now)
+    return replace(trip, state=target, version=version, history=(*trip.history, record), **changes)

@@ -59,7 +59,9 @@ __all__ = [
 
 # JetStream
 STREAM: Final = "RIDESHARE"
-STREAM_SUBJECTS: Final = ("trip.>", "driver.>", "rider.>")
+# deadletter.<durable>: poison messages a consumer gave up on (rideshare.bus), kept for
+# inspection in the same stream; no consumer of domain events filters on them.
+STREAM_SUBJECTS: Final = ("trip.>", "driver.>", "rider.>", "deadletter.>")
 # Set to the envelope's event_id on every publish, so JetStream drops duplicates.
 MSG_ID_HEADER: Final = "Nats-Msg-Id"
 

@@ -15,7 +15,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rideshare.infra import _die_with_parent
-from rideshare.settings import EDGE_PORT, SERVICE_PORTS, InfraUrls
+from rideshare.settings import EDGE_PORT, SERVICE_PORTS, InfraUrls, env_int
 
 __all__ = ["ServiceProcess", "Supervisor", "available_services", "grpc_healthy"]
 
@@ -31,7 +31,9 @@ def available_services() -> list[str]:
 
 
 def service_port(name: str) -> int:
-    return EDGE_PORT if name == "edge" else SERVICE_PORTS[name][0]
+    """The port a service listens on: ``RIDESHARE_<NAME>_PORT`` or the default."""
+    default = EDGE_PORT if name == "edge" else SERVICE_PORTS[name][0]
+    return env_int(f"RIDESHARE_{name.upper()}_PORT", default, minimum=1, maximum=65535)
 
 
 async def grpc_healthy(target: str, *, timeout_s: float = 1.0) -> bool:

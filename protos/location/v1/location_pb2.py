@@ -25,45 +25,47 @@ _sym_db = _symbol_database.Default()
 from protos.common.v1 import common_pb2 as protos_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!protos/location/v1/location.proto\x12\x15rideshare.location.v1\x1a\x1dprotos/common/v1/common.proto\"\x8b\x01\n\x0ePositionUpdate\x12\x11\n\tdriver_id\x18\x01 \x01(\t\x12\x0b\n\x03lat\x18\x02 \x01(\x01\x12\x0b\n\x03lng\x18\x03 \x01(\x01\x12\x0f\n\x07heading\x18\x04 \x01(\x01\x12\x11\n\tspeed_mps\x18\x05 \x01(\x01\x12\x12\n\naccuracy_m\x18\x06 \x01(\x01\x12\x14\n\x0c\x63lient_ts_ms\x18\x07 \x01(\x03\"k\n\x0cReportResult\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x33\n\x06reason\x18\x02 \x01(\x0e\x32#.rideshare.location.v1.RejectReason\x12\x14\n\x0cserver_ts_ms\x18\x03 \x01(\x03\"r\n\x16ReportPositionsSummary\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x10\n\x08rejected\x18\x02 \x01(\x05\x12\x34\n\nrejections\x18\x03 \x03(\x0b\x32 .rideshare.location.v1.Rejection\"r\n\tRejection\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x11\n\tdriver_id\x18\x02 \x01(\t\x12\x33\n\x06reason\x18\x03 \x01(\x0e\x32#.rideshare.location.v1.RejectReason\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\x96\x02\n\x0e\x44riverPosition\x12\x11\n\tdriver_id\x18\x01 \x01(\t\x12\x0b\n\x03lat\x18\x02 \x01(\x01\x12\x0b\n\x03lng\x18\x03 \x01(\x01\x12\x0f\n\x07heading\x18\x04 \x01(\x01\x12\x11\n\tspeed_mps\x18\x05 \x01(\x01\x12\x12\n\naccuracy_m\x18\x06 \x01(\x01\x12\x14\n\x0c\x63lient_ts_ms\x18\x07 \x01(\x03\x12\x14\n\x0cserver_ts_ms\x18\x08 \x01(\x03\x12\x39\n\x0c\x61vailability\x18\t \x01(\x0e\x32#.rideshare.location.v1.Availability\x12\x38\n\rvehicle_class\x18\n \x01(\x0e\x32!.rideshare.common.v1.VehicleClass\"\xbf\x01\n\x15NearestDriversRequest\x12\x0b\n\x03lat\x18\x01 \x01(\x01\x12\x0b\n\x03lng\x18\x02 \x01(\x01\x12\x10\n\x08radius_m\x18\x03 \x01(\x01\x12\r\n\x05limit\x18\x04 \x01(\x05\x12=\n\rvehicle_class\x18\x05 \x01(\x0e\x32!.rideshare.common.v1.VehicleClassH\x00\x88\x01\x01\x12\x1a\n\x12\x65xclude_driver_ids\x18\x06 \x03(\tB\x10\n\x0e_vehicle_class\"N\n\x16NearestDriversResponse\x12\x34\n\x07\x64rivers\x18\x01 \x03(\x0b\x32#.rideshare.location.v1.NearbyDriver\"\xc8\x01\n\x0cNearbyDriver\x12\x11\n\tdriver_id\x18\x01 \x01(\t\x12\x12\n\ndistance_m\x18\x02 \x01(\x01\x12\x17\n\x0fposition_age_ms\x18\x03 \x01(\x03\x12\x0f\n\x07heading\x18\x04 \x01(\x01\x12-\n\x08position\x18\x05 \x01(\x0b\x32\x1b.rideshare.common.v1.LatLng\x12\x38\n\rvehicle_class\x18\x06 \x01(\x0e\x32!.rideshare.common.v1.VehicleClass\"\'\n\x12GetPositionRequest\x12\x11\n\tdriver_id\x18\x01 \x01(\t\"\'\n\x12WatchDriverRequest\x12\x11\n\tdriver_id\x18\x01 \x01(\t\"\x83\x02\n\x16SetAvailabilityRequest\x12\x11\n\tdriver_id\x18\x01 \x01(\t\x12\x39\n\x0c\x61vailability\x18\x02 \x01(\x0e\x32#.rideshare.location.v1.Availability\x12\x38\n\rvehicle_class\x18\x03 \x01(\x0e\x32!.rideshare.common.v1.VehicleClass\x12G\n\x15\x65xpected_availability\x18\x04 \x01(\x0e\x32#.rideshare.location.v1.AvailabilityH\x00\x88\x01\x01\x42\x18\n\x16_expected_availability\"\x86\x01\n\x17SetAvailabilityResponse\x12\x35\n\x08previous\x18\x01 \x01(\x0e\x32#.rideshare.location.v1.Availability\x12\x34\n\x07\x63urrent\x18\x02 \x01(\x0e\x32#.rideshare.location.v1.Availability\"i\n\x14\x44riversInAreaRequest\x12\x0f\n\x07min_lat\x18\x01 \x01(\x01\x12\x0f\n\x07min_lng\x18\x02 \x01(\x01\x12\x0f\n\x07max_lat\x18\x03 \x01(\x01\x12\x0f\n\x07max_lng\x18\x04 \x01(\x01\x12\r\n\x05limit\x18\x05 \x01(\x05\"b\n\x15\x44riversInAreaResponse\x12\x36\n\x07\x64rivers\x18\x01 \x03(\x0b\x32%.rideshare.location.v1.DriverPosition\x12\x11\n\ttruncated\x18\x02 \x01(\x08*\x96\x01\n\x0c\x41vailability\x12\x1c\n\x18\x41VAILABILITY_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41VAILABILITY_AVAILABLE\x10\x01\x12\x18\n\x14\x41VAILABILITY_OFFERED\x10\x02\x12\x18\n\x14\x41VAILABILITY_ON_TRIP\x10\x03\x12\x18\n\x14\x41VAILABILITY_OFFLINE\x10\x04*\x83\x02\n\x0cRejectReason\x12\x1d\n\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12#\n\x1fREJECT_REASON_MISSING_DRIVER_ID\x10\x01\x12%\n!REJECT_REASON_INVALID_COORDINATES\x10\x02\x12!\n\x1dREJECT_REASON_INVALID_HEADING\x10\x03\x12 \n\x1cREJECT_REASON_INVALID_MOTION\x10\x04\x12#\n\x1fREJECT_REASON_INVALID_TIMESTAMP\x10\x05\x12\x1e\n\x1aREJECT_REASON_OUT_OF_ORDER\x10\x06\x32\xeb\x05\n\x0fLocationService\x12\\\n\x0eReportPosition\x12%.rideshare.location.v1.PositionUpdate\x1a#.rideshare.location.v1.ReportResult\x12i\n\x0fReportPositions\x12%.rideshare.location.v1.PositionUpdate\x1a-.rideshare.location.v1.ReportPositionsSummary(\x01\x12m\n\x0eNearestDrivers\x12,.rideshare.location.v1.NearestDriversRequest\x1a-.rideshare.location.v1.NearestDriversResponse\x12_\n\x0bGetPosition\x12).rideshare.location.v1.GetPositionRequest\x1a%.rideshare.location.v1.DriverPosition\x12\x61\n\x0bWatchDriver\x12).rideshare.location.v1.WatchDriverRequest\x1a%.rideshare.location.v1.DriverPosition0\x01\x12p\n\x0fSetAvailability\x12-.rideshare.location.v1.SetAvailabilityRequest\x1a..rideshare.location.v1.SetAvailabilityResponse\x12j\n\rDriversInArea\x12+.rideshare.location.v1.DriversInAreaRequest\x1a,.rideshare.location.v1.DriversInAreaResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!protos/location/v1/location.proto\x12\x15rideshare.location.v1\x1a\x1dprotos/common/v1/common.proto\"\x8b\x01\n\x0ePositionUpdate\x12\x11\n\tdriver_id\x18\x01 \x01(\t\x12\x0b\n\x03lat\x18\x02 \x01(\x01\x12\x0b\n\x03lng\x18\x03 \x01(\x01\x12\x0f\n\x07heading\x18\x04 \x01(\x01\x12\x11\n\tspeed_mps\x18\x05 \x01(\x01\x12\x12\n\naccuracy_m\x18\x06 \x01(\x01\x12\x14\n\x0c\x63lient_ts_ms\x18\x07 \x01(\x03\"G\n\rPositionBatch\x12\x36\n\x07updates\x18\x01 \x03(\x0b\x32%.rideshare.location.v1.PositionUpdate\"k\n\x0cReportResult\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x33\n\x06reason\x18\x02 \x01(\x0e\x32#.rideshare.location.v1.RejectReason\x12\x14\n\x0cserver_ts_ms\x18\x03 \x01(\x03\"r\n\x16ReportPositionsSummary\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x10\n\x08rejected\x18\x02 \x01(\x05\x12\x34\n\nrejections\x18\x03 \x03(\x0b\x32 .rideshare.location.v1.Rejection\"r\n\tRejection\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x11\n\tdriver_id\x18\x02 \x01(\t\x12\x33\n\x06reason\x18\x03 \x01(\x0e\x32#.rideshare.location.v1.RejectReason\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\x96\x02\n\x0e\x44riverPosition\x12\x11\n\tdriver_id\x18\x01 \x01(\t\x12\x0b\n\x03lat\x18\x02 \x01(\x01\x12\x0b\n\x03lng\x18\x03 \x01(\x01\x12\x0f\n\x07heading\x18\x04 \x01(\x01\x12\x11\n\tspeed_mps\x18\x05 \x01(\x01\x12\x12\n\naccuracy_m\x18\x06 \x01(\x01\x12\x14\n\x0c\x63lient_ts_ms\x18\x07 \x01(\x03\x12\x14\n\x0cserver_ts_ms\x18\x08 \x01(\x03\x12\x39\n\x0c\x61vailability\x18\t \x01(\x0e\x32#.rideshare.location.v1.Availability\x12\x38\n\rvehicle_class\x18\n \x01(\x0e\x32!.rideshare.common.v1.VehicleClass\"\xbf\x01\n\x15NearestDriversRequest\x12\x0b\n\x03lat\x18\x01 \x01(\x01\x12\x0b\n\x03lng\x18\x02 \x01(\x01\x12\x10\n\x08radius_m\x18\x03 \x01(\x01\x12\r\n\x05limit\x18\x04 \x01(\x05\x12=\n\rvehicle_class\x18\x05 \x01(\x0e\x32!.rideshare.common.v1.VehicleClassH\x00\x88\x01\x01\x12\x1a\n\x12\x65xclude_driver_ids\x18\x06 \x03(\tB\x10\n\x0e_vehicle_class\"N\n\x16NearestDriversResponse\x12\x34\n\x07\x64rivers\x18\x01 \x03(\x0b\x32#.rideshare.location.v1.NearbyDriver\"\xc8\x01\n\x0cNearbyDriver\x12\x11\n\tdriver_id\x18\x01 \x01(\t\x12\x12\n\ndistance_m\x18\x02 \x01(\x01\x12\x17\n\x0fposition_age_ms\x18\x03 \x01(\x03\x12\x0f\n\x07heading\x18\x04 \x01(\x01\x12-\n\x08position\x18\x05 \x01(\x0b\x32\x1b.rideshare.common.v1.LatLng\x12\x38\n\rvehicle_class\x18\x06 \x01(\x0e\x32!.rideshare.common.v1.VehicleClass\"\'\n\x12GetPositionRequest\x12\x11\n\tdriver_id\x18\x01 \x01(\t\"\'\n\x12WatchDriverRequest\x12\x11\n\tdriver_id\x18\x01 \x01(\t\"\x83\x02\n\x16SetAvailabilityRequest\x12\x11\n\tdriver_id\x18\x01 \x01(\t\x12\x39\n\x0c\x61vailability\x18\x02 \x01(\x0e\x32#.rideshare.location.v1.Availability\x12\x38\n\rvehicle_class\x18\x03 \x01(\x0e\x32!.rideshare.common.v1.VehicleClass\x12G\n\x15\x65xpected_availability\x18\x04 \x01(\x0e\x32#.rideshare.location.v1.AvailabilityH\x00\x88\x01\x01\x42\x18\n\x16_expected_availability\"\x86\x01\n\x17SetAvailabilityResponse\x12\x35\n\x08previous\x18\x01 \x01(\x0e\x32#.rideshare.location.v1.Availability\x12\x34\n\x07\x63urrent\x18\x02 \x01(\x0e\x32#.rideshare.location.v1.Availability\"i\n\x14\x44riversInAreaRequest\x12\x0f\n\x07min_lat\x18\x01 \x01(\x01\x12\x0f\n\x07min_lng\x18\x02 \x01(\x01\x12\x0f\n\x07max_lat\x18\x03 \x01(\x01\x12\x0f\n\x07max_lng\x18\x04 \x01(\x01\x12\r\n\x05limit\x18\x05 \x01(\x05\"b\n\x15\x44riversInAreaResponse\x12\x36\n\x07\x64rivers\x18\x01 \x03(\x0b\x32%.rideshare.location.v1.DriverPosition\x12\x11\n\ttruncated\x18\x02 \x01(\x08*\x96\x01\n\x0c\x41vailability\x12\x1c\n\x18\x41VAILABILITY_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41VAILABILITY_AVAILABLE\x10\x01\x12\x18\n\x14\x41VAILABILITY_OFFERED\x10\x02\x12\x18\n\x14\x41VAILABILITY_ON_TRIP\x10\x03\x12\x18\n\x14\x41VAILABILITY_OFFLINE\x10\x04*\x83\x02\n\x0cRejectReason\x12\x1d\n\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12#\n\x1fREJECT_REASON_MISSING_DRIVER_ID\x10\x01\x12%\n!REJECT_REASON_INVALID_COORDINATES\x10\x02\x12!\n\x1dREJECT_REASON_INVALID_HEADING\x10\x03\x12 \n\x1cREJECT_REASON_INVALID_MOTION\x10\x04\x12#\n\x1fREJECT_REASON_INVALID_TIMESTAMP\x10\x05\x12\x1e\n\x1aREJECT_REASON_OUT_OF_ORDER\x10\x06\x32\xea\x05\n\x0fLocationService\x12\\\n\x0eReportPosition\x12%.rideshare.location.v1.PositionUpdate\x1a#.rideshare.location.v1.ReportResult\x12h\n\x0fReportPositions\x12$.rideshare.location.v1.PositionBatch\x1a-.rideshare.location.v1.ReportPositionsSummary(\x01\x12m\n\x0eNearestDrivers\x12,.rideshare.location.v1.NearestDriversRequest\x1a-.rideshare.location.v1.NearestDriversResponse\x12_\n\x0bGetPosition\x12).rideshare.location.v1.GetPositionRequest\x1a%.rideshare.location.v1.DriverPosition\x12\x61\n\x0bWatchDriver\x12).rideshare.location.v1.WatchDriverRequest\x1a%.rideshare.location.v1.DriverPosition0\x01\x12p\n\x0fSetAvailability\x12-.rideshare.location.v1.SetAvailabilityRequest\x1a..rideshare.location.v1.SetAvailabilityResponse\x12j\n\rDriversInArea\x12+.rideshare.location.v1.DriversInAreaRequest\x1a,.rideshare.location.v1.DriversInAreaResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.location.v1.location_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AVAILABILITY']._serialized_start=2021
-  _globals['_AVAILABILITY']._serialized_end=2171
-  _globals['_REJECTREASON']._serialized_start=2174
-  _globals['_REJECTREASON']._serialized_end=2433
+  _globals['_AVAILABILITY']._serialized_start=2094
+  _globals['_AVAILABILITY']._serialized_end=2244
+  _globals['_REJECTREASON']._serialized_start=2247
+  _globals['_REJECTREASON']._serialized_end=2506
   _globals['_POSITIONUPDATE']._serialized_start=92
   _globals['_POSITIONUPDATE']._serialized_end=231
-  _globals['_REPORTRESULT']._serialized_start=233
-  _globals['_REPORTRESULT']._serialized_end=340
-  _globals['_REPORTPOSITIONSSUMMARY']._serialized_start=342
-  _globals['_REPORTPOSITIONSSUMMARY']._serialized_end=456
-  _globals['_REJECTION']._serialized_start=458
-  _globals['_REJECTION']._serialized_end=572
-  _globals['_DRIVERPOSITION']._serialized_start=575
-  _globals['_DRIVERPOSITION']._serialized_end=853
-  _globals['_NEARESTDRIVERSREQUEST']._serialized_start=856
-  _globals['_NEARESTDRIVERSREQUEST']._serialized_end=1047
-  _globals['_NEARESTDRIVERSRESPONSE']._serialized_start=1049
-  _globals['_NEARESTDRIVERSRESPONSE']._serialized_end=1127
-  _globals['_NEARBYDRIVER']._serialized_start=1130
-  _globals['_NEARBYDRIVER']._serialized_end=1330
-  _globals['_GETPOSITIONREQUEST']._serialized_start=1332
-  _globals['_GETPOSITIONREQUEST']._serialized_end=1371
-  _globals['_WATCHDRIVERREQUEST']._serialized_start=1373
-  _globals['_WATCHDRIVERREQUEST']._serialized_end=1412
-  _globals['_SETAVAILABILITYREQUEST']._serialized_start=1415
-  _globals['_SETAVAILABILITYREQUEST']._serialized_end=1674
-  _globals['_SETAVAILABILITYRESPONSE']._serialized_start=1677
-  _globals['_SETAVAILABILITYRESPONSE']._serialized_end=1811
-  _globals['_DRIVERSINAREAREQUEST']._serialized_start=1813
-  _globals['_DRIVERSINAREAREQUEST']._serialized_end=1918
-  _globals['_DRIVERSINAREARESPONSE']._serialized_start=1920
-  _globals['_DRIVERSINAREARESPONSE']._serialized_end=2018
-  _globals['_LOCATIONSERVICE']._serialized_start=2436
-  _globals['_LOCATIONSERVICE']._serialized_end=3183
+  _globals['_POSITIONBATCH']._serialized_start=233
+  _globals['_POSITIONBATCH']._serialized_end=304
+  _globals['_REPORTRESULT']._serialized_start=306
+  _globals['_REPORTRESULT']._serialized_end=413
+  _globals['_REPORTPOSITIONSSUMMARY']._serialized_start=415
+  _globals['_REPORTPOSITIONSSUMMARY']._serialized_end=529
+  _globals['_REJECTION']._serialized_start=531
+  _globals['_REJECTION']._serialized_end=645
+  _globals['_DRIVERPOSITION']._serialized_start=648
+  _globals['_DRIVERPOSITION']._serialized_end=926
+  _globals['_NEARESTDRIVERSREQUEST']._serialized_start=929
+  _globals['_NEARESTDRIVERSREQUEST']._serialized_end=1120
+  _globals['_NEARESTDRIVERSRESPONSE']._serialized_start=1122
+  _globals['_NEARESTDRIVERSRESPONSE']._serialized_end=1200
+  _globals['_NEARBYDRIVER']._serialized_start=1203
+  _globals['_NEARBYDRIVER']._serialized_end=1403
+  _globals['_GETPOSITIONREQUEST']._serialized_start=1405
+  _globals['_GETPOSITIONREQUEST']._serialized_end=1444
+  _globals['_WATCHDRIVERREQUEST']._serialized_start=1446
+  _globals['_WATCHDRIVERREQUEST']._serialized_end=1485
+  _globals['_SETAVAILABILITYREQUEST']._serialized_start=1488
+  _globals['_SETAVAILABILITYREQUEST']._serialized_end=1747
+  _globals['_SETAVAILABILITYRESPONSE']._serialized_start=1750
+  _globals['_SETAVAILABILITYRESPONSE']._serialized_end=1884
+  _globals['_DRIVERSINAREAREQUEST']._serialized_start=1886
+  _globals['_DRIVERSINAREAREQUEST']._serialized_end=1991
+  _globals['_DRIVERSINAREARESPONSE']._serialized_start=1993
+  _globals['_DRIVERSINAREARESPONSE']._serialized_end=2091
+  _globals['_LOCATIONSERVICE']._serialized_start=2509
+  _globals['_LOCATIONSERVICE']._serialized_end=3255
 # @@protoc_insertion_point(module_scope)

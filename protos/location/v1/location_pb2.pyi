@@ -151,6 +151,30 @@ class PositionUpdate(_message.Message):
 Global___PositionUpdate: _TypeAlias = PositionUpdate  # noqa: Y015
 
 @_typing.final
+class PositionBatch(_message.Message):
+    """A batch of updates for any drivers, in the order the caller received them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPDATES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def updates(self) -> _containers.RepeatedCompositeFieldContainer[Global___PositionUpdate]:
+        """The updates; a batch is bounded only by the gRPC message size (4 MiB, ~60,000 updates)."""
+
+    def __init__(
+        self,
+        *,
+        updates: _abc.Iterable[Global___PositionUpdate] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["updates", b"updates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PositionBatch: _TypeAlias = PositionBatch  # noqa: Y015
+
+@_typing.final
 class ReportResult(_message.Message):
     """Response of LocationService.ReportPosition."""
 
@@ -227,7 +251,9 @@ class Rejection(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
     index: _builtins.int
-    """Zero-based position of the update in the client's stream."""
+    """Zero-based position of the update in the client's stream, counting every update of
+    every batch.
+    """
     driver_id: _builtins.str
     """The update's driver id (possibly empty)."""
     reason: Global___RejectReason.ValueType

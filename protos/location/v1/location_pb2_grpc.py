@@ -42,7 +42,7 @@ class LocationServiceStub:
                 _registered_method=True)
         self.ReportPositions = channel.stream_unary(
                 '/rideshare.location.v1.LocationService/ReportPositions',
-                request_serializer=protos_dot_location_dot_v1_dot_location__pb2.PositionUpdate.SerializeToString,
+                request_serializer=protos_dot_location_dot_v1_dot_location__pb2.PositionBatch.SerializeToString,
                 response_deserializer=protos_dot_location_dot_v1_dot_location__pb2.ReportPositionsSummary.FromString,
                 _registered_method=True)
         self.NearestDrivers = channel.unary_unary(
@@ -89,7 +89,9 @@ class LocationServiceServicer:
     def ReportPositions(self, request_iterator, context):
         """The batch path used by the edge: a stream of updates for any number of drivers, applied
         in batches. A bad item is rejected on its own and counted in the summary; it never breaks
-        the stream. The summary is sent when the client closes its side.
+        the stream. The summary is sent when the client closes its side. Each stream message
+        carries a batch of updates: per-message overhead, not Redis, bounds a stream of single
+        updates, so the caller packs whatever it has gathered (the edge: every few ms).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -149,7 +151,7 @@ def add_LocationServiceServicer_to_server(servicer, server):
             ),
             'ReportPositions': grpc.stream_unary_rpc_method_handler(
                     servicer.ReportPositions,
-                    request_deserializer=protos_dot_location_dot_v1_dot_location__pb2.PositionUpdate.FromString,
+                    request_deserializer=protos_dot_location_dot_v1_dot_location__pb2.PositionBatch.FromString,
                     response_serializer=protos_dot_location_dot_v1_dot_location__pb2.ReportPositionsSummary.SerializeToString,
             ),
             'NearestDrivers': grpc.unary_unary_rpc_method_handler(
@@ -231,7 +233,7 @@ class LocationService:
             request_iterator,
             target,
             '/rideshare.location.v1.LocationService/ReportPositions',
-            protos_dot_location_dot_v1_dot_location__pb2.PositionUpdate.SerializeToString,
+            protos_dot_location_dot_v1_dot_location__pb2.PositionBatch.SerializeToString,
             protos_dot_location_dot_v1_dot_location__pb2.ReportPositionsSummary.FromString,
             options,
             channel_credentials,

@@ -49,10 +49,12 @@ class LocationServiceStub:
     client time too far in the future, empty driver id) fails with INVALID_ARGUMENT. An update
     older than the stored one is not an error: it is dropped and reported in the result.
     """
-    ReportPositions: _grpc.StreamUnaryMultiCallable[_location_pb2.PositionUpdate, _location_pb2.ReportPositionsSummary]
+    ReportPositions: _grpc.StreamUnaryMultiCallable[_location_pb2.PositionBatch, _location_pb2.ReportPositionsSummary]
     """The batch path used by the edge: a stream of updates for any number of drivers, applied
     in batches. A bad item is rejected on its own and counted in the summary; it never breaks
-    the stream. The summary is sent when the client closes its side.
+    the stream. The summary is sent when the client closes its side. Each stream message
+    carries a batch of updates: per-message overhead, not Redis, bounds a stream of single
+    updates, so the caller packs whatever it has gathered (the edge: every few ms).
     """
     NearestDrivers: _grpc.UnaryUnaryMultiCallable[_location_pb2.NearestDriversRequest, _location_pb2.NearestDriversResponse]
     """The nearest AVAILABLE drivers around a point, nearest first. Drivers not heard from for
@@ -90,10 +92,12 @@ class LocationServiceAsyncStub(LocationServiceStub):
     client time too far in the future, empty driver id) fails with INVALID_ARGUMENT. An update
     older than the stored one is not an error: it is dropped and reported in the result.
     """
-    ReportPositions: _aio.StreamUnaryMultiCallable[_location_pb2.PositionUpdate, _location_pb2.ReportPositionsSummary]  # type: ignore[assignment]
+    ReportPositions: _aio.StreamUnaryMultiCallable[_location_pb2.PositionBatch, _location_pb2.ReportPositionsSummary]  # type: ignore[assignment]
     """The batch path used by the edge: a stream of updates for any number of drivers, applied
     in batches. A bad item is rejected on its own and counted in the summary; it never breaks
-    the stream. The summary is sent when the client closes its side.
+    the stream. The summary is sent when the client closes its side. Each stream message
+    carries a batch of updates: per-message overhead, not Redis, bounds a stream of single
+    updates, so the caller packs whatever it has gathered (the edge: every few ms).
     """
     NearestDrivers: _aio.UnaryUnaryMultiCallable[_location_pb2.NearestDriversRequest, _location_pb2.NearestDriversResponse]  # type: ignore[assignment]
     """The nearest AVAILABLE drivers around a point, nearest first. Drivers not heard from for
@@ -138,12 +142,14 @@ class LocationServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def ReportPositions(
         self,
-        request_iterator: _MaybeAsyncIterator[_location_pb2.PositionUpdate],
+        request_iterator: _MaybeAsyncIterator[_location_pb2.PositionBatch],
         context: _ServicerContext,
     ) -> _typing.Union[_location_pb2.ReportPositionsSummary, _abc.Awaitable[_location_pb2.ReportPositionsSummary]]:
         """The batch path used by the edge: a stream of updates for any number of drivers, applied
         in batches. A bad item is rejected on its own and counted in the summary; it never breaks
-        the stream. The summary is sent when the client closes its side.
+        the stream. The summary is sent when the client closes its side. Each stream message
+        carries a batch of updates: per-message overhead, not Redis, bounds a stream of single
+        updates, so the caller packs whatever it has gathered (the edge: every few ms).
         """
 
     @_abc_1.abstractmethod

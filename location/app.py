@@ -1,0 +1,73 @@
+"""Wiring of the location service: Redis, NATS, the gRPC server and the background workers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from location.events import CONSUMED_SUBJECTS, DURABLE, AvailabilityUpdater, PositionFeed
+from location.server import LocationServicer, LocationSettings, now_ms
+from location.store import LocationStore
+from protos import events
+from protos.location.v1 import location_pb2_grpc
+from rideshare import bus
+from rideshare.grpc_server import GrpcServer
+from rideshare.runtime import service_runtime
+from rideshare.settings import ServiceSettings
+
+__all__ = ["SERVICE_NAME", "running"]
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = "rideshare.location.v1.LocationService"
+
+
+async def sweep_stale(
+    store: LocationStore, settings: LocationSettings, stop: asyncio.Event
+) -> None:
+    """Drop drivers not heard from within the staleness bound out of the GEO sets."""
+    while not stop.is_set():
+        try:
+            removed = await store.sweep_stale(cutoff_ms=now_ms() - settings.stale_ms)
+            if removed:
+                logger.info("swept %d stale drivers out of the index", removed)
+        except Exception:
+            logger.exception("stale sweep failed; retrying")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(settings.sweep_interval_s):
+                await stop.wait()
+
+
+@contextlib.asynccontextmanager
+async def running(
+    settings: ServiceSettings, location: LocationSettings | None = None
+) -> AsyncIterator[GrpcServer]:
+    """The service, serving on its port until the context exits."""
+    location = location if location is not None else LocationSettings.from_env()
+    async with service_runtime(settings, use_redis=True) as rt:
+        assert rt.redis is not None
+        store = LocationStore(rt.redis)
+        server = rt.grpc_server()
+        location_pb2_grpc.add_LocationServiceServicer_to_server(
+            LocationServicer(
+                store, PositionFeed(rt.nc, watch_queue=location.watch_queue), location
+            ),
+            server.server,
+        )
+        server.add_service_name(SERVICE_NAME)
+        rt.run_worker(lambda stop: sweep_stale(store, location, stop), name="stale-sweeper")
+        rt.run_worker(
+            lambda stop: bus.run_consumer(
+                rt.js,
+                stream=events.STREAM,
+                durable=DURABLE,
+                filter_subjects=CONSUMED_SUBJECTS,
+                handler=AvailabilityUpdater(store).handle,
+                stop=stop,
+            ),
+            name="availability-consumer",
+        )
+        async with rt.serving(server):
+            yield server

@@ -1,0 +1,172 @@
+"""Location rules with no I/O: what a valid position is, ordering, staleness, search bounds."""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+__all__ = [
+    "MAX_AREA_LIMIT",
+    "MAX_RADIUS_M",
+    "MAX_SEARCH_LIMIT",
+    "Availability",
+    "AvailabilityConflictError",
+    "InvalidArgumentError",
+    "LocationError",
+    "Position",
+    "Reject",
+    "UnknownDriverError",
+    "check_area",
+    "check_position",
+    "clamp_limit",
+    "is_stale",
+]
+
+MAX_RADIUS_M = 50_000.0
+MAX_SEARCH_LIMIT = 50
+DEFAULT_SEARCH_LIMIT = 10
+MAX_AREA_LIMIT = 5_000
+DEFAULT_AREA_LIMIT = 1_000
+MAX_DRIVER_ID_LEN = 64
+
+
+class LocationError(Exception):
+    """Base of every location-service error."""
+
+
+class InvalidArgumentError(LocationError):
+    """The request itself is malformed."""
+
+
+class UnknownDriverError(LocationError):
+    """No position is stored for the driver."""
+
+
+class AvailabilityConflictError(LocationError):
+    """A compare-and-set on availability found another value."""
+
+    def __init__(self, driver_id: str, expected: Availability, actual: Availability) -> None:
+        super().__init__(
+            f"driver {driver_id} is {actual.name}, not {expected.name}: availability unchanged"
+        )
+        self.actual = actual
+
+
+class Availability(enum.IntEnum):
+    """Whether dispatch may offer a trip to the driver. Values match the wire enum."""
+
+    AVAILABLE = 1
+    OFFERED = 2
+    ON_TRIP = 3
+    OFFLINE = 4
+
+
+class Reject(enum.IntEnum):
+    """Why an update was not applied. Values match the wire enum."""
+
+    MISSING_DRIVER_ID = 1
+    INVALID_COORDINATES = 2
+    INVALID_HEADING = 3
+    INVALID_MOTION = 4
+    INVALID_TIMESTAMP = 5
+    OUT_OF_ORDER = 6
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """A driver's position as stored: the phone's fix plus the service's receive time."""
+
+    driver_id: str
+    lat: float
+    lng: float
+    heading: float
+    speed_mps: float
+    accuracy_m: float
+    client_ts_ms: int
+    server_ts_ms: int
+    availability: Availability = Availability.OFFLINE
+    vehicle_class: int = 0
+
+
+def check_position(
+    driver_id: str,
+    lat: float,
+    lng: float,
+    heading: float,
+    speed_mps: float,
+    accuracy_m: float,
+    client_ts_ms: int,
+    *,
+    now_ms: int,
+    max_future_ms: int,
+) -> tuple[Reject, str] | None:
+    """None when the update is well formed, else the reason and a readable detail.
+
+    Ordering against the stored position is not checked here: that needs the store.
+    """
+    if not driver_id or len(driver_id) > MAX_DRIVER_ID_LEN:
+        return Reject.MISSING_DRIVER_ID, f"driver_id must be 1-{MAX_DRIVER_ID_LEN} characters"
+    # `not a <= x <= b` is also true for NaN, so finiteness comes for free.
+    if not -90.0 <= lat <= 90.0:
+        return Reject.INVALID_COORDINATES, f"lat {lat} not in [-90, 90]"
+    if not -180.0 <= lng <= 180.0:
+        return Reject.INVALID_COORDINATES, f"lng {lng} not in [-180, 180]"
+    if not 0.0 <= heading < 360.0:
+        return Reject.INVALID_HEADING, f"heading {heading} not in [0, 360)"
+    if not 0.0 <= speed_mps < math.inf:
+        return Reject.INVALID_MOTION, f"speed_mps {speed_mps} must be finite and >= 0"
+    if not 0.0 <= accuracy_m < math.inf:
+        return Reject.INVALID_MOTION, f"accuracy_m {accuracy_m} must be finite and >= 0"
+    if client_ts_ms <= 0:
+        return Reject.INVALID_TIMESTAMP, "client_ts_ms is required"
+    if client_ts_ms > now_ms + max_future_ms:
+        ahead = (client_ts_ms - now_ms) / 1000
+        return Reject.INVALID_TIMESTAMP, f"client_ts_ms is {ahead:.1f}s in the future"
+    return None
+
+
+def is_stale(last_seen_ms: int, *, now_ms: int, stale_ms: int) -> bool:
+    """A driver not heard from for longer than ``stale_ms`` is out of search."""
+    return now_ms - last_seen_ms > stale_ms
+
+
+def clamp_limit(limit: int, *, default: int, maximum: int) -> int:
+    """0 means the default; anything above the cap is the cap."""
+    if limit < 0:
+        raise InvalidArgumentError(f"limit {limit} must be >= 0")
+    return default if limit == 0 else min(limit, maximum)
+
+
+def check_search(lat: float, lng: float, radius_m: float) -> float:
+    """The radius to search with, capped; raises for a malformed centre or radius."""
+    if not (-90.0 <= lat <= 90.0 and -180.0 <= lng <= 180.0):
+        raise InvalidArgumentError(f"centre ({lat}, {lng}) is not a valid coordinate")
+    if not 0.0 < radius_m < math.inf:
+        raise InvalidArgumentError(f"radius_m {radius_m} must be a finite number > 0")
+    return min(radius_m, MAX_RADIUS_M)
+
+
+def check_area(min_lat: float, min_lng: float, max_lat: float, max_lng: float) -> None:
+    """Raises for a box that is not a valid, non-empty, non-antimeridian-crossing area."""
+    for name, value, bound in (
+        ("min_lat", min_lat, 90.0),
+        ("max_lat", max_lat, 90.0),
+        ("min_lng", min_lng, 180.0),
+        ("max_lng", max_lng, 180.0),
+    ):
+        if not -bound <= value <= bound:
+            raise InvalidArgumentError(f"{name} {value} not in [-{bound:g}, {bound:g}]")
+    if min_lat > max_lat or min_lng > max_lng:
+        raise InvalidArgumentError("the box must have min_lat <= max_lat and min_lng <= max_lng")
+
+
+def box_size_m(
+    min_lat: float, min_lng: float, max_lat: float, max_lng: float
+) -> tuple[float, float]:
+    """Width and height of a lat/lng box in metres (at its middle latitude), for BYBOX."""
+    earth_m_per_deg = 111_320.0
+    mid = math.radians((min_lat + max_lat) / 2)
+    width = max((max_lng - min_lng) * earth_m_per_deg * math.cos(mid), 1.0)
+    height = max((max_lat - min_lat) * earth_m_per_deg, 1.0)
+    return width, height

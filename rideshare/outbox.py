@@ -1,0 +1,278 @@
+"""The transactional outbox: events are rows written with the state change, then relayed.
+
+A service calls :func:`add_event` inside the transaction that changes its data, so the event
+exists if and only if the change committed. :class:`OutboxRelay` publishes unsent rows to
+JetStream with ``Nats-Msg-Id: <event_id>``, waits for the stream's acks and marks the rows
+sent. A relay that dies between publishing and marking republishes on restart; JetStream
+drops those duplicates inside its duplicate window, and consumers dedupe by event id anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from typing import Any
+
+import asyncpg
+from google.protobuf.message import Message
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+
+from protos.events import MSG_ID_HEADER
+from rideshare.bus import Envelope, encode_envelope, reraise_if_cancelling
+from rideshare.db import quote_schema
+
+__all__ = ["OutboxRelay", "add_event", "notify_channel"]
+
+logger = logging.getLogger(__name__)
+
+
+def notify_channel(schema: str) -> str:
+    """The LISTEN/NOTIFY channel that wakes the relay of ``schema``."""
+    quote_schema(schema)
+    return f"{schema}_outbox"
+
+
+async def add_event(
+    conn: asyncpg.Connection,
+    *,
+    subject: str,
+    aggregate_id: str,
+    aggregate_version: int,
+    payload: Message,
+) -> str:
+    """Queue an event in the outbox of the connection's schema; returns its event id.
+
+    Must run inside the caller's transaction, together with the change the event reports.
+    The row lands in the ``outbox`` first on ``search_path`` (the service's schema, see
+    db.create_pool); ``occurred_at`` is the transaction's time. The relay is woken by a
+    NOTIFY, which Postgres delivers only when (and if) the transaction commits.
+    """
+    if not conn.is_in_transaction():
+        raise RuntimeError("add_event must run inside the transaction of the state change")
+    event_id = uuid.uuid4().hex
+    await conn.execute(
+        "INSERT INTO outbox (event_id, subject, aggregate_id, aggregate_version, payload) "
+        "VALUES ($1, $2, $3, $4, $5)",
+        event_id,
+        subject,
+        aggregate_id,
+        aggregate_version,
+        payload.SerializeToString(),
+    )
+    await conn.execute("SELECT pg_notify(current_schema() || '_outbox', '')")
+    return event_id
+
+
+class OutboxRelay:
+    """Publishes the outbox of one schema to JetStream; run one or more per service.
+
+    Woken by NOTIFY on :func:`notify_channel`, with a poll every ``poll_interval_s`` as a
+    fallback (missed notifications, a lost listener connection). Sent rows are deleted once
+    older than ``retention_s``, checked every ``prune_interval_s``.
+
+    Ordering. Rows are published in id order, and writes to one aggregate are serialised by
+    its row lock (version check), so id order is version order per aggregate. Only one relay
+    per schema publishes at a time (a transaction advisory lock; the others stand by and take
+    over at once if it dies), so batches of several relays never interleave; SKIP LOCKED on
+    the claim keeps that safe even without the lock. Within a batch the sends go out in order
+    on one connection and only the acks are awaited concurrently, which is where the
+    throughput comes from. The tradeoff: if one publish of a batch fails and a later one
+    succeeds, the failed event is retried after the later one and reaches consumers out of
+    order, so consumers compare ``aggregate_version`` rather than trust arrival order.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        js: JetStreamContext,
+        *,
+        schema: str,
+        batch_size: int = 200,
+        poll_interval_s: float = 1.0,
+        publish_timeout_s: float = 5.0,
+        retention_s: float = 600.0,
+        prune_interval_s: float = 60.0,
+        error_backoff_s: float = 1.0,
+    ) -> None:
+        self._quoted = quote_schema(schema)
+        self._pool = pool
+        self._js = js
+        self.schema = schema
+        self.batch_size = batch_size
+        self.poll_interval_s = poll_interval_s
+        self.publish_timeout_s = publish_timeout_s
+        self.retention_s = retention_s
+        self.prune_interval_s = prune_interval_s
+        self.error_backoff_s = error_backoff_s
+        self.published = 0
+        self.duplicates = 0  # acks saying JetStream already had the event (a republish)
+        self._wake = asyncio.Event()
+        self._lock_key = f"rideshare.outbox:{schema}"
+        self._next_prune = 0.0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Relay until ``stop`` is set; the batch in flight is finished (or rolled back)."""
+        listener: Any = None
+        try:
+            while not stop.is_set():
+                # nats-py swallows a cancellation that lands inside some of its awaits
+                # (publish flushing); honour it at the loop boundary at the latest.
+                reraise_if_cancelling()
+                if listener is None or listener.is_closed():
+                    listener = await self._listen(listener)
+                # Cleared before the batch, so a NOTIFY that arrives while it runs is kept
+                # and the next wait returns at once.
+                self._wake.clear()
+                try:
+                    sent = await self.relay_once()
+                    await self._maybe_prune()
+                except Exception:
+                    reraise_if_cancelling()
+                    logger.exception("outbox relay %s: batch failed", self.schema)
+                    await _wait_any(stop, None, self.error_backoff_s)
+                    continue
+                if sent >= self.batch_size:
+                    continue  # more are probably waiting
+                await _wait_any(stop, self._wake, self.poll_interval_s)
+        finally:
+            if listener is not None:
+                await self._unlisten(listener)
+
+    async def relay_once(self) -> int:
+        """Claim and publish one batch of unsent rows; returns how many were marked sent.
+
+        Returns 0 without publishing when another relay of the schema is busy.
+        """
+        q = self._quoted
+        async with self._pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval(
+                "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))", self._lock_key
+            ):
+                return 0
+            rows = await conn.fetch(
+                "SELECT id, event_id, subject, aggregate_id, aggregate_version, payload, "
+                f"occurred_at FROM {q}.outbox WHERE sent_at IS NULL "
+                "ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                self.batch_size,
+            )
+            if not rows:
+                return 0
+            sent_ids = await self._publish(rows)
+            if sent_ids:
+                await conn.execute(
+                    f"UPDATE {q}.outbox SET sent_at = now() WHERE id = ANY($1::bigint[])",
+                    sent_ids,
+                )
+        self.published += len(sent_ids)
+        if len(sent_ids) < len(rows):
+            raise RuntimeError(
+                f"{len(rows) - len(sent_ids)} of {len(rows)} events were not acked by JetStream"
+            )
+        return len(sent_ids)
+
+    async def _publish(self, rows: list[Any]) -> list[int]:
+        """Publish rows in order, await their acks together; the ids JetStream acked."""
+        futures: list[asyncio.Future[PubAck]] = []
+        try:
+            for row in rows:
+                envelope = Envelope(
+                    event_id=row["event_id"],
+                    occurred_at=row["occurred_at"],
+                    aggregate_id=row["aggregate_id"],
+                    aggregate_version=row["aggregate_version"],
+                    type=row["subject"],
+                    payload=bytes(row["payload"]),
+                )
+                reraise_if_cancelling()  # see run(): nats-py may have swallowed it
+                futures.append(
+                    await self._js.publish_async(
+                        row["subject"],
+                        encode_envelope(envelope),
+                        wait_stall=self.publish_timeout_s,
+                        headers={MSG_ID_HEADER: row["event_id"]},
+                    )
+                )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.publish_timeout_s):
+                    await asyncio.wait(futures)
+        finally:
+            # Unanswered publishes are given up (and release the client's pending slots);
+            # their rows stay unsent and are published again, deduped by msg id.
+            for future in futures:
+                future.cancel()
+        sent: list[int] = []
+        for row, future in zip(rows, futures, strict=False):
+            if future.cancelled():
+                continue
+            exc = future.exception()
+            if exc is not None:
+                logger.warning(
+                    "outbox relay %s: publish of %s to %s failed: %r",
+                    self.schema,
+                    row["event_id"],
+                    row["subject"],
+                    exc,
+                )
+                continue
+            if future.result().duplicate:
+                self.duplicates += 1
+            sent.append(row["id"])
+        return sent
+
+    async def _maybe_prune(self) -> None:
+        now = time.monotonic()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + self.prune_interval_s
+        deleted = await self._pool.execute(
+            f"DELETE FROM {self._quoted}.outbox WHERE sent_at < now() - make_interval(secs => $1)",
+            self.retention_s,
+        )
+        logger.debug("outbox relay %s: pruned (%s)", self.schema, deleted)
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _listen(self, old: Any) -> Any:
+        """A dedicated pool connection LISTENing on the schema's channel, or None on failure."""
+        if old is not None:
+            await self._unlisten(old)
+        try:
+            conn = await self._pool.acquire()
+        except Exception:
+            reraise_if_cancelling()
+            logger.exception("outbox relay %s: no listener connection, polling", self.schema)
+            return None
+        try:
+            await conn.add_listener(notify_channel(self.schema), self._on_notify)
+        except BaseException as exc:
+            await self._pool.release(conn)
+            if not isinstance(exc, Exception):
+                raise
+            reraise_if_cancelling()
+            logger.exception("outbox relay %s: LISTEN failed, polling", self.schema)
+            return None
+        return conn
+
+    async def _unlisten(self, conn: Any) -> None:
+        try:
+            if not conn.is_closed():
+                await conn.remove_listener(notify_channel(self.schema), self._on_notify)
+        finally:
+            await self._pool.release(conn)
+
+
+async def _wait_any(stop: asyncio.Event, wake: asyncio.Event | None, delay_s: float) -> None:
+    """Sleep until ``stop`` or ``wake`` is set, or ``delay_s`` seconds pass."""
+    waiters = [asyncio.ensure_future(stop.wait())]
+    if wake is not None:
+        waiters.append(asyncio.ensure_future(wake.wait()))
+    try:
+        await asyncio.wait(waiters, timeout=delay_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

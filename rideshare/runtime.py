@@ -1,0 +1,171 @@
+"""What every service process does the same way: open its stores, run workers, serve, stop.
+
+A service's ``app.py`` builds on :func:`service_runtime`::
+
+    @contextlib.asynccontextmanager
+    async def running(settings: ServiceSettings) -> AsyncIterator[GrpcServer]:
+        async with service_runtime(settings, schema="rider", migrations=MIGRATIONS) as rt:
+            server = rt.grpc_server()
+            rider_pb2_grpc.add_RiderServiceServicer_to_server(RiderServicer(...), server.server)
+            server.add_service_name(SERVICE_NAME)
+            rt.run_worker(some_consumer.run)
+            async with rt.serving(server):
+                yield server
+
+and its ``__main__.py`` is ``run_service("rider", running)``. Shutdown order, from the
+inside out: stop accepting gRPC calls and drain them, signal the workers and wait for them,
+drain NATS, close Redis, close the Postgres pool (STYLE.md, Async).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from rideshare import bus, db
+from rideshare.grpc_server import GrpcServer
+from rideshare.lifecycle import stop_on_signals
+from rideshare.log import configure_logging
+from rideshare.metrics import start_metrics_server
+from rideshare.migrations import apply_migrations
+from rideshare.outbox import OutboxRelay
+from rideshare.settings import ServiceSettings, SettingsError, service_settings
+
+__all__ = ["Runtime", "open_redis", "run_service", "service_runtime"]
+
+logger = logging.getLogger(__name__)
+
+Worker = Callable[[asyncio.Event], Awaitable[object]]
+
+
+def open_redis(url: str, *, max_connections: int = 64, timeout_s: float = 2.0) -> aioredis.Redis:
+    """A Redis client whose calls all have a deadline. The pool blocks (up to ``timeout_s``)
+    when every connection is busy, rather than failing a burst with "Too many connections"."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout_s,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+    )
+    return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
+
+
+@dataclass
+class Runtime:
+    """The open stores of one service process and its background workers."""
+
+    settings: ServiceSettings
+    nc: NATS
+    js: JetStreamContext
+    pool: asyncpg.Pool | None
+    redis: aioredis.Redis | None
+    stop: asyncio.Event
+    _workers: asyncio.TaskGroup = field(repr=False)
+
+    def run_worker(self, worker: Worker, *, name: str | None = None) -> None:
+        """Run ``worker(stop)`` until it returns; it must return soon after ``stop`` is set."""
+        self._workers.create_task(worker(self.stop), name=name)  # type: ignore[arg-type]
+
+    async def ready(self) -> None:
+        """Raises unless every store answers: the gRPC health check's readiness."""
+        if not self.nc.is_connected:
+            raise ConnectionError("NATS is not connected")
+        if self.pool is not None:
+            await db.ping(self.pool)
+        if self.redis is not None:
+            await self.redis.ping()
+
+    def grpc_server(self) -> GrpcServer:
+        """The service's gRPC server on its configured address, healthy when ready()."""
+        return GrpcServer(
+            self.settings.name,
+            host=self.settings.host,
+            port=self.settings.grpc_port,
+            readiness=self.ready,
+        )
+
+    @contextlib.asynccontextmanager
+    async def serving(self, server: GrpcServer) -> AsyncIterator[GrpcServer]:
+        """Serve until the context exits, then drain in-flight calls for the grace period."""
+        await server.start()
+        try:
+            yield server
+        finally:
+            await server.stop(self.settings.shutdown_grace_s)
+
+
+@contextlib.asynccontextmanager
+async def service_runtime(
+    settings: ServiceSettings,
+    *,
+    schema: str | None = None,
+    migrations: Path | None = None,
+    use_redis: bool = False,
+) -> AsyncIterator[Runtime]:
+    """Open NATS (and ensure the stream), plus Postgres with migrations applied and the
+    outbox relay running when ``schema`` is given, and Redis when asked."""
+    stop = asyncio.Event()
+    async with contextlib.AsyncExitStack() as stack:
+        pool = None
+        if schema is not None:
+            pool = await db.create_pool(
+                settings.infra.postgres_dsn, schema=schema, max_size=settings.db_pool_max
+            )
+            stack.push_async_callback(pool.close)
+            applied = await apply_migrations(pool, schema=schema, directory=migrations)
+            if applied:
+                logger.info("applied migrations to %s: %s", schema, ", ".join(applied))
+        redis = None
+        if use_redis:
+            redis = open_redis(settings.infra.redis_url)
+            stack.push_async_callback(redis.aclose)
+        nc = await bus.connect(settings.infra.nats_url, name=settings.name)
+        stack.push_async_callback(nc.drain)
+        js = nc.jetstream()
+        await bus.ensure_stream(js)
+
+        workers = await stack.enter_async_context(asyncio.TaskGroup())
+        # Registered after the TaskGroup, so it runs before the group joins: workers see stop.
+        stack.callback(stop.set)
+        runtime = Runtime(settings, nc, js, pool, redis, stop, workers)
+        if pool is not None and schema is not None:
+            runtime.run_worker(OutboxRelay(pool, js, schema=schema).run, name="outbox-relay")
+        yield runtime
+
+
+RunningFactory = Callable[[ServiceSettings], contextlib.AbstractAsyncContextManager[Any]]
+
+
+async def serve_until_signalled(settings: ServiceSettings, running: RunningFactory) -> None:
+    """Run the service until SIGTERM or SIGINT, then shut it down in order."""
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    async with running(settings):
+        await stop.wait()
+    logger.info("%s stopped", settings.name)
+
+
+def run_service(name: str, running: RunningFactory) -> None:
+    """The body of ``python -m <service>``: settings -> logging -> metrics -> serve."""
+    try:
+        settings = service_settings(name)
+    except SettingsError as exc:
+        sys.exit(f"{name}: {exc}")
+    configure_logging(name, settings.log_level)
+    start_metrics_server(settings.host, settings.metrics_port)
+    try:
+        asyncio.run(serve_until_signalled(settings, running))
+    except SettingsError as exc:  # a service's own settings, read as it starts
+        sys.exit(f"{name}: {exc}")

@@ -1,0 +1,341 @@
+"""Benchmark of the location service: ingest, nearest-driver search, live watch latency.
+
+    .venv/bin/python -m scripts.bench.location [--drivers 100000] [--seconds 10]
+
+Starts its own embedded Redis and NATS (or uses RIDESHARE_* URLs), runs ONE location service
+process (``python -m location``) and drives it from this ONE client process over gRPC.
+Prints the figures; nothing here asserts a target.
+
+1. ingest: ReportPositions streams, updates/s; and ``redis-benchmark`` GEOADD on the same
+   Redis for scale (Debian's redis-tools; skipped with a note when it is not installed).
+2. search: NearestDrivers at a fixed offered rate over ``--drivers`` available drivers spread
+   over a 30 x 30 km city; p50/p99 latency.
+3. watch: delay from sending an update to a WatchDriver stream receiving it, with the service
+   taking ``--watch-rate`` updates/s in all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import TypeAlias
+
+import grpc
+import redis.asyncio as aioredis
+
+from location.domain import Availability, Position
+from location.store import LocationStore
+from protos.common.v1 import common_pb2
+from protos.location.v1 import location_pb2 as pb
+from protos.location.v1 import location_pb2_grpc
+from rideshare.infra import EmbeddedInfra, free_port
+from rideshare.settings import InfraUrls
+from rideshare.supervisor import grpc_healthy
+
+Stub: TypeAlias = "location_pb2_grpc.LocationServiceAsyncStub"
+
+CITY_SW = (52.38, 13.20)  # 30 x 30 km box over Berlin
+CITY_DEG = (30_000 / 111_320, 30_000 / (111_320 * 0.61))
+
+
+def city_point(rng: random.Random) -> tuple[float, float]:
+    return CITY_SW[0] + rng.random() * CITY_DEG[0], CITY_SW[1] + rng.random() * CITY_DEG[1]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@contextlib.asynccontextmanager
+async def infrastructure() -> AsyncIterator[InfraUrls]:
+    names = ("RIDESHARE_REDIS_URL", "RIDESHARE_POSTGRES_DSN", "RIDESHARE_NATS_URL")
+    if all(os.environ.get(n) for n in names):
+        yield InfraUrls(*(os.environ[n] for n in names))
+        return
+    directory = Path(tempfile.mkdtemp(prefix="rideshare-bench-"))
+    os.chmod(directory, 0o755)  # PostgreSQL runs as another user and must reach it
+    embedded = EmbeddedInfra(directory, durable=False)
+    try:
+        yield await embedded.start()
+    finally:
+        embedded.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def location_process(urls: InfraUrls, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    env = {
+        **os.environ,
+        "RIDESHARE_REDIS_URL": urls.redis_url,
+        "RIDESHARE_POSTGRES_DSN": urls.postgres_dsn,
+        "RIDESHARE_NATS_URL": urls.nats_url,
+        "RIDESHARE_LOCATION_PORT": str(port),
+        "RIDESHARE_LOCATION_METRICS_PORT": "0",
+        "RIDESHARE_DRIVER_STALE_S": "600",  # the index must not age out mid-benchmark
+        "RIDESHARE_LOG_LEVEL": "WARNING",
+    }
+    process = subprocess.Popen([sys.executable, "-m", "location"], env=env)
+    try:
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def wait_healthy(target: str) -> None:
+    async with asyncio.timeout(30):
+        while not await grpc_healthy(target):  # noqa: ASYNC110 - another process
+            await asyncio.sleep(0.1)
+
+
+async def make_available(store: LocationStore, driver_ids: list[str]) -> None:
+    for start in range(0, len(driver_ids), 500):
+        await asyncio.gather(
+            *(
+                store.set_availability(d, Availability.AVAILABLE, vehicle_class=1)
+                for d in driver_ids[start : start + 500]
+            )
+        )
+
+
+async def bench_ingest(
+    stub: Stub, driver_ids: list[str], seconds: float, streams: int, batch: int
+) -> float:
+    rng = random.Random(1)
+    base_ts = now_ms()
+    # Built before timing: the client's cost of making messages is not the service's cost.
+    prebuilt = []
+    for i in range(200_000):
+        lat, lng = city_point(rng)
+        prebuilt.append(
+            pb.PositionUpdate(
+                driver_id=driver_ids[i % len(driver_ids)],
+                lat=lat,
+                lng=lng,
+                heading=float(i % 360),
+                speed_mps=8.0,
+                accuracy_m=5.0,
+                client_ts_ms=base_ts + i // len(driver_ids) + 1,
+            )
+        )
+    chunk = len(prebuilt) // streams
+    deadline = time.perf_counter() + seconds
+
+    async def one_stream(part: list[pb.PositionUpdate]) -> int:
+        async def requests() -> AsyncIterator[pb.PositionBatch]:
+            for start in range(0, len(part), batch):
+                if time.perf_counter() > deadline:
+                    return
+                yield pb.PositionBatch(updates=part[start : start + batch])
+
+        summary = await stub.ReportPositions(requests(), timeout=seconds + 60)
+        return int(summary.accepted + summary.rejected)
+
+    started = time.perf_counter()
+    counts = await asyncio.gather(
+        *(one_stream(prebuilt[i * chunk : (i + 1) * chunk]) for i in range(streams))
+    )
+    elapsed = time.perf_counter() - started
+    return sum(counts) / elapsed
+
+
+def redis_benchmark_geoadd(redis_url: str) -> float | None:
+    binary = shutil.which("redis-benchmark") or shutil.which("valkey-benchmark")
+    if binary is None:
+        return None
+    port = redis_url.split(":")[2].split("/")[0]
+    out = subprocess.run(
+        [binary, "-h", "127.0.0.1", "-p", port, "-n", "300000", "-c", "50", "-P", "16", "-q",
+         "-r", "100000", "GEOADD", "bench:geo", "13.4", "52.5", "member:__rand_int__"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    # "GEOADD bench:geo ...: 812345.67 requests per second, p50=..."
+    text = out.stdout.strip().splitlines()[-1]
+    return float(text.split(":")[-1].split("requests")[0].replace(",", "").strip().split()[-1])
+
+
+async def bench_search(stub: Stub, rate: float, seconds: float) -> list[float]:
+    rng = random.Random(2)
+    latencies: list[float] = []
+    interval = 1.0 / rate
+
+    async def one() -> None:
+        lat, lng = city_point(rng)
+        started = time.perf_counter()
+        await stub.NearestDrivers(
+            pb.NearestDriversRequest(
+                lat=lat, lng=lng, radius_m=2_000, limit=10,
+                vehicle_class=common_pb2.VEHICLE_CLASS_STANDARD,
+            ),
+            timeout=5,
+        )  # fmt: skip
+        latencies.append((time.perf_counter() - started) * 1000)
+
+    # Open loop: requests go out on schedule whether or not earlier ones have answered.
+    tasks = []
+    start = time.perf_counter()
+    for i in range(int(rate * seconds)):
+        delay = start + i * interval - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one()))
+    await asyncio.gather(*tasks)
+    return latencies
+
+
+async def bench_watch(
+    stub: Stub, driver_ids: list[str], rate: float, seconds: float, watchers: int
+) -> list[float]:
+    watched = driver_ids[:watchers]
+    sent_at: dict[tuple[str, int], float] = {}
+    delays: list[float] = []
+
+    async def watch(driver_id: str) -> None:
+        call = stub.WatchDriver(pb.WatchDriverRequest(driver_id=driver_id), timeout=seconds + 30)
+        with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+            async for position in call:
+                sent = sent_at.pop((driver_id, position.client_ts_ms), None)
+                if sent is not None:
+                    delays.append((time.perf_counter() - sent) * 1000)
+
+    watch_tasks = [asyncio.create_task(watch(d)) for d in watched]
+    await asyncio.sleep(1.0)  # let the subscriptions settle
+    rng = random.Random(3)
+    tick = 0.01
+    per_tick = max(1, int(rate * tick))
+    last_ts: dict[str, int] = {}
+
+    async def requests() -> AsyncIterator[pb.PositionBatch]:
+        n = 0
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            tick_batch = pb.PositionBatch()
+            for _ in range(per_tick):
+                driver_id = driver_ids[n % len(driver_ids)]
+                lat, lng = city_point(rng)
+                ts = max(now_ms() + 1_000, last_ts.get(driver_id, 0) + 1)
+                last_ts[driver_id] = ts
+                if n % len(driver_ids) < watchers:
+                    sent_at[(driver_id, ts)] = time.perf_counter()
+                tick_batch.updates.add(
+                    driver_id=driver_id, lat=lat, lng=lng, heading=1.0, client_ts_ms=ts
+                )
+                n += 1
+            yield tick_batch
+            await asyncio.sleep(max(0.0, start + (n / per_tick) * tick - time.perf_counter()))
+
+    await stub.ReportPositions(requests(), timeout=seconds + 30)
+    await asyncio.sleep(0.5)
+    for task in watch_tasks:
+        task.cancel()
+    await asyncio.gather(*watch_tasks, return_exceptions=True)
+    return delays
+
+
+async def setup_index(store: LocationStore, driver_ids: list[str]) -> None:
+    """Every driver AVAILABLE (class standard) at a random point of the city."""
+    await make_available(store, driver_ids)
+    rng = random.Random(0)
+    ts = now_ms() - 1_000
+    positions = []
+    for driver_id in driver_ids:
+        lat, lng = city_point(rng)
+        positions.append(Position(driver_id, lat, lng, 0.0, 0.0, 0.0, ts, ts))
+    for start in range(0, len(positions), 1_000):
+        await store.apply(positions[start : start + 1_000], now_ms=ts)
+
+
+async def run(args: argparse.Namespace) -> None:
+    async with infrastructure() as urls:
+        port = free_port()
+        with location_process(urls, port):
+            target = f"127.0.0.1:{port}"
+            await wait_healthy(target)
+            client = aioredis.Redis.from_pool(
+                aioredis.BlockingConnectionPool.from_url(
+                    urls.redis_url, max_connections=32, timeout=10, socket_timeout=10
+                )
+            )
+            drivers = [f"bench-{i}" for i in range(args.drivers)]
+            started = time.perf_counter()
+            await setup_index(LocationStore(client), drivers)
+            print(f"setup: {len(drivers):,} available drivers indexed in "
+                  f"{time.perf_counter() - started:.1f}s", flush=True)  # fmt: skip
+            async with grpc.aio.insecure_channel(target) as channel:
+                stub: Stub = location_pb2_grpc.LocationServiceStub(channel)
+                if "ingest" in args.only:
+                    await report_ingest(stub, drivers, urls, args)
+                if "search" in args.only:
+                    count = await client.zcard("loc:geo:avail:1")
+                    latencies = await bench_search(stub, args.search_rate, args.seconds)
+                    print(f"search: NearestDrivers 2 km, limit 10, {count:,} indexed drivers, "
+                          f"{args.search_rate:.0f} req/s for {args.seconds:.0f}s: "
+                          f"p50={percentile(latencies, 0.5):.2f} ms "
+                          f"p99={percentile(latencies, 0.99):.2f} ms "
+                          f"max={max(latencies):.2f} ms", flush=True)  # fmt: skip
+                if "watch" in args.only:
+                    delays = await bench_watch(
+                        stub, drivers[: args.watch_pool], args.watch_rate, args.seconds,
+                        args.watchers,
+                    )  # fmt: skip
+                    print(f"watch: {args.watch_rate:.0f} updates/s in, {args.watchers} "
+                          f"watchers, {len(delays)} samples: "
+                          f"p50={percentile(delays, 0.5):.2f} ms "
+                          f"p99={percentile(delays, 0.99):.2f} ms", flush=True)  # fmt: skip
+            await client.aclose()
+
+
+async def report_ingest(
+    stub: Stub, drivers: list[str], urls: InfraUrls, args: argparse.Namespace
+) -> None:
+    ingest = await bench_ingest(stub, drivers, args.seconds, args.streams, args.batch)
+    print(f"ingest: {ingest:,.0f} updates/s through ReportPositions "
+          f"({args.streams} streams of {args.batch}-update batches, "
+          f"one client process, one service process)",
+          flush=True)  # fmt: skip
+    geoadd = redis_benchmark_geoadd(urls.redis_url)
+    if geoadd is None:
+        print("redis-benchmark: not installed (apt-get install redis-tools)")
+    else:
+        print(f"redis-benchmark GEOADD (50 clients, pipeline 16): {geoadd:,.0f}/s; "
+              f"service ingest is {ingest / geoadd:.1%} of it", flush=True)  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--drivers", type=int, default=100_000)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--streams", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=100, help="updates per stream message")
+    parser.add_argument("--search-rate", type=float, default=500.0)
+    parser.add_argument("--watch-rate", type=float, default=5_000.0)
+    parser.add_argument("--watchers", type=int, default=100)
+    parser.add_argument("--watch-pool", type=int, default=5_000, help="drivers moving")
+    parser.add_argument(
+        "--only", default="ingest,search,watch", help="comma-separated phases to run"
+    )
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,416 @@
+"""The location service against real Redis and NATS, through real gRPC channels."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeAlias
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+
+from location.app import running
+from location.server import LocationSettings
+from protos import events
+from protos.common.v1 import common_pb2
+from protos.driver.v1 import events_pb2 as driver_events
+from protos.location.v1 import location_pb2 as pb
+from protos.location.v1 import location_pb2_grpc
+from rideshare import bus
+from rideshare.settings import InfraUrls, ServiceSettings
+from tests.helpers import eventually
+
+BERLIN = (52.5200, 13.4050)
+STANDARD = common_pb2.VEHICLE_CLASS_STANDARD
+
+# The stub's async flavour exists only for type checkers (mypy-protobuf).
+Stub: TypeAlias = "location_pb2_grpc.LocationServiceAsyncStub"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def new_id() -> str:
+    return f"d-{uuid.uuid4().hex[:12]}"
+
+
+def update(driver_id: str, lat: float, lng: float, ts: int | None = None) -> pb.PositionUpdate:
+    return pb.PositionUpdate(
+        driver_id=driver_id,
+        lat=lat,
+        lng=lng,
+        heading=90.0,
+        speed_mps=8.0,
+        accuracy_m=5.0,
+        client_ts_ms=ts if ts is not None else now_ms(),
+    )
+
+
+@contextlib.asynccontextmanager
+async def location_service(
+    infra: InfraUrls, redis_url: str, **overrides: float
+) -> AsyncIterator[Stub]:
+    settings = ServiceSettings(
+        name="location",
+        infra=InfraUrls(
+            redis_url=redis_url, postgres_dsn=infra.postgres_dsn, nats_url=infra.nats_url
+        ),
+        grpc_port=0,
+        shutdown_grace_s=1.0,
+    )
+    async with running(settings, LocationSettings(**overrides)) as server:  # type: ignore[arg-type]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            yield location_pb2_grpc.LocationServiceStub(channel)
+
+
+@pytest.fixture
+async def stub(infra: InfraUrls, redis_url: str) -> AsyncIterator[Stub]:
+    async with location_service(infra, redis_url) as stub:
+        yield stub
+
+
+async def go_online(stub: Stub, driver_id: str, lat: float, lng: float) -> None:
+    await stub.SetAvailability(
+        pb.SetAvailabilityRequest(
+            driver_id=driver_id, availability=pb.AVAILABILITY_AVAILABLE, vehicle_class=STANDARD
+        ),
+        timeout=5,
+    )
+    await stub.ReportPosition(update(driver_id, lat, lng), timeout=5)
+
+
+async def nearest_ids(stub: Stub, lat: float, lng: float, radius_m: float = 2_000) -> list[str]:
+    reply = await stub.NearestDrivers(
+        pb.NearestDriversRequest(lat=lat, lng=lng, radius_m=radius_m, limit=10), timeout=5
+    )
+    return [d.driver_id for d in reply.drivers]
+
+
+async def test_reported_available_driver_is_found_nearest_first(stub: Stub) -> None:
+    near, far, busy, outside = new_id(), new_id(), new_id(), new_id()
+    await go_online(stub, near, BERLIN[0] + 0.001, BERLIN[1])
+    await go_online(stub, far, BERLIN[0] + 0.010, BERLIN[1])
+    await go_online(stub, busy, BERLIN[0], BERLIN[1] + 0.001)
+    await go_online(stub, outside, BERLIN[0] + 0.5, BERLIN[1])
+    await stub.SetAvailability(
+        pb.SetAvailabilityRequest(driver_id=busy, availability=pb.AVAILABILITY_OFFERED), timeout=5
+    )
+
+    reply = await stub.NearestDrivers(
+        pb.NearestDriversRequest(lat=BERLIN[0], lng=BERLIN[1], radius_m=2_000, limit=10),
+        timeout=5,
+    )
+
+    assert [d.driver_id for d in reply.drivers] == [near, far]
+    first = reply.drivers[0]
+    assert 100 < first.distance_m < 125  # 0.001 degrees of latitude is ~111 m
+    assert first.heading == 90.0
+    assert first.vehicle_class == STANDARD
+    assert 0 <= first.position_age_ms < 5_000
+
+
+async def test_search_filters_by_class_and_excluded_drivers(stub: Stub) -> None:
+    standard, xl, declined = new_id(), new_id(), new_id()
+    for driver_id, vehicle_class in (
+        (standard, STANDARD),
+        (xl, common_pb2.VEHICLE_CLASS_XL),
+        (declined, STANDARD),
+    ):
+        await stub.SetAvailability(
+            pb.SetAvailabilityRequest(
+                driver_id=driver_id,
+                availability=pb.AVAILABILITY_AVAILABLE,
+                vehicle_class=vehicle_class,
+            ),
+            timeout=5,
+        )
+        await stub.ReportPosition(update(driver_id, *BERLIN), timeout=5)
+
+    reply = await stub.NearestDrivers(
+        pb.NearestDriversRequest(
+            lat=BERLIN[0],
+            lng=BERLIN[1],
+            radius_m=1_000,
+            vehicle_class=STANDARD,
+            exclude_driver_ids=[declined],
+        ),
+        timeout=5,
+    )
+
+    assert [d.driver_id for d in reply.drivers] == [standard]
+
+
+async def test_older_update_is_dropped_not_applied(stub: Stub) -> None:
+    driver = new_id()
+    ts = now_ms()
+    first = await stub.ReportPosition(update(driver, 52.50, 13.40, ts), timeout=5)
+    late = await stub.ReportPosition(update(driver, 52.60, 13.50, ts - 1_000), timeout=5)
+
+    stored = await stub.GetPosition(pb.GetPositionRequest(driver_id=driver), timeout=5)
+
+    assert first.accepted
+    assert not late.accepted
+    assert late.reason == pb.REJECT_REASON_OUT_OF_ORDER
+    assert (stored.lat, stored.client_ts_ms) == (52.50, ts)
+
+
+async def test_stream_rejects_bad_items_one_by_one_and_applies_the_rest(stub: Stub) -> None:
+    a, b = new_id(), new_id()
+    ts = now_ms()
+    items = [
+        update(a, 52.5, 13.4, ts),
+        update(b, 91.0, 13.4, ts),  # bad latitude
+        update(b, 52.5, 13.4, ts),
+        update(a, 52.5, 13.4, ts - 5),  # older than the first
+        pb.PositionUpdate(driver_id=b, lat=52.5, lng=13.4, heading=400, client_ts_ms=ts + 1),
+        update("", 52.5, 13.4, ts),
+    ]
+
+    async def requests() -> AsyncIterator[pb.PositionBatch]:
+        yield pb.PositionBatch(updates=items[:3])
+        yield pb.PositionBatch(updates=items[3:])
+
+    summary = await stub.ReportPositions(requests(), timeout=10)
+
+    assert (summary.accepted, summary.rejected) == (2, 4)
+    reasons = {r.index: r.reason for r in summary.rejections}
+    assert reasons == {
+        1: pb.REJECT_REASON_INVALID_COORDINATES,
+        3: pb.REJECT_REASON_OUT_OF_ORDER,
+        4: pb.REJECT_REASON_INVALID_HEADING,
+        5: pb.REJECT_REASON_MISSING_DRIVER_ID,
+    }
+
+
+@pytest.mark.parametrize(
+    ("call", "expected"),
+    [
+        (
+            lambda s: s.ReportPosition(update("d", 91.0, 0.0), timeout=5),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            lambda s: s.ReportPosition(update("d", 0.0, 0.0, now_ms() + 3_600_000), timeout=5),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            lambda s: s.ReportPosition(update("d", float("nan"), 0.0), timeout=5),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            lambda s: s.NearestDrivers(
+                pb.NearestDriversRequest(lat=0, lng=0, radius_m=0), timeout=5
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            lambda s: s.NearestDrivers(
+                pb.NearestDriversRequest(lat=0, lng=0, radius_m=10, limit=-1), timeout=5
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            lambda s: s.GetPosition(pb.GetPositionRequest(driver_id="nobody"), timeout=5),
+            grpc.StatusCode.NOT_FOUND,
+        ),
+        (
+            lambda s: s.SetAvailability(pb.SetAvailabilityRequest(driver_id="d"), timeout=5),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            lambda s: s.DriversInArea(
+                pb.DriversInAreaRequest(min_lat=10, max_lat=5, min_lng=0, max_lng=1), timeout=5
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+    ],
+    ids=[
+        "lat-out-of-range",
+        "timestamp-in-the-future",
+        "nan",
+        "zero-radius",
+        "negative-limit",
+        "unknown-driver",
+        "unspecified-availability",
+        "inverted-box",
+    ],
+)
+async def test_bad_input_gets_a_clear_status(
+    stub: Stub, call: Callable[[Stub], Awaitable[object]], expected: grpc.StatusCode
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call(stub)
+    assert caught.value.code() == expected
+    assert caught.value.details()
+
+
+async def test_compare_and_set_on_availability_reserves_a_driver_once(stub: Stub) -> None:
+    driver = new_id()
+    await go_online(stub, driver, *BERLIN)
+    reserve = pb.SetAvailabilityRequest(
+        driver_id=driver,
+        availability=pb.AVAILABILITY_OFFERED,
+        expected_availability=pb.AVAILABILITY_AVAILABLE,
+    )
+
+    results = await asyncio.gather(
+        *(stub.SetAvailability(reserve, timeout=5) for _ in range(10)), return_exceptions=True
+    )
+
+    won = [r for r in results if isinstance(r, pb.SetAvailabilityResponse)]
+    lost = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(won) == 1
+    assert len(lost) == 9
+    assert {e.code() for e in lost} == {grpc.StatusCode.FAILED_PRECONDITION}
+    assert await nearest_ids(stub, *BERLIN) == []
+
+
+async def test_offline_driver_leaves_search_at_once_and_returns_when_available(
+    stub: Stub,
+) -> None:
+    driver = new_id()
+    await go_online(stub, driver, *BERLIN)
+    assert await nearest_ids(stub, *BERLIN) == [driver]
+
+    await stub.SetAvailability(
+        pb.SetAvailabilityRequest(driver_id=driver, availability=pb.AVAILABILITY_OFFLINE),
+        timeout=5,
+    )
+    assert await nearest_ids(stub, *BERLIN) == []
+
+    await stub.SetAvailability(
+        pb.SetAvailabilityRequest(driver_id=driver, availability=pb.AVAILABILITY_AVAILABLE),
+        timeout=5,
+    )
+    assert await nearest_ids(stub, *BERLIN) == [driver]
+
+
+async def test_driver_not_heard_from_drops_out_of_search_and_index(
+    infra: InfraUrls, redis_url: str
+) -> None:
+    driver = new_id()
+    async with location_service(infra, redis_url, stale_s=0.5, sweep_interval_s=0.1) as stub:
+        await go_online(stub, driver, *BERLIN)
+        assert await nearest_ids(stub, *BERLIN) == [driver]
+
+        async def gone_from_search() -> bool:
+            return await nearest_ids(stub, *BERLIN) == []
+
+        await eventually(gone_from_search, timeout_s=5)
+
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+
+            async def swept() -> bool:
+                return await client.zscore("loc:geo:all", driver) is None
+
+            await eventually(swept, timeout_s=5)
+        finally:
+            await client.aclose()
+        position = await stub.GetPosition(pb.GetPositionRequest(driver_id=driver), timeout=5)
+        assert position.driver_id == driver  # last known position is kept
+
+
+async def test_drivers_in_area_shows_online_drivers_of_any_availability(stub: Stub) -> None:
+    available, offered, offline = new_id(), new_id(), new_id()
+    for driver in (available, offered, offline):
+        await go_online(stub, driver, BERLIN[0] + 0.001, BERLIN[1] + 0.001)
+    for driver, availability in (
+        (offered, pb.AVAILABILITY_OFFERED),
+        (offline, pb.AVAILABILITY_OFFLINE),
+    ):
+        await stub.SetAvailability(
+            pb.SetAvailabilityRequest(driver_id=driver, availability=availability), timeout=5
+        )
+
+    box = pb.DriversInAreaRequest(min_lat=52.5, min_lng=13.4, max_lat=52.53, max_lng=13.42)
+    reply = await stub.DriversInArea(box, timeout=5)
+    limited = await stub.DriversInArea(
+        pb.DriversInAreaRequest(min_lat=52.5, min_lng=13.4, max_lat=52.53, max_lng=13.42, limit=1),
+        timeout=5,
+    )
+
+    assert {d.driver_id: d.availability for d in reply.drivers} == {
+        available: pb.AVAILABILITY_AVAILABLE,
+        offered: pb.AVAILABILITY_OFFERED,
+    }
+    assert not reply.truncated
+    assert len(limited.drivers) == 1
+    assert limited.truncated
+
+
+async def test_watcher_on_one_copy_sees_updates_reported_to_another(
+    infra: InfraUrls, redis_url: str
+) -> None:
+    driver = new_id()
+    ts = now_ms()
+    async with (
+        location_service(infra, redis_url) as copy_a,
+        location_service(infra, redis_url) as copy_b,
+    ):
+        await copy_a.ReportPosition(update(driver, 52.50, 13.40, ts), timeout=5)
+        watch = copy_b.WatchDriver(pb.WatchDriverRequest(driver_id=driver), timeout=30)
+        received: list[pb.DriverPosition] = []
+        async with asyncio.timeout(10):
+            snapshot = await watch.read()
+            assert isinstance(snapshot, pb.DriverPosition)
+            received.append(snapshot)
+            for step in range(1, 4):
+                await copy_a.ReportPosition(
+                    update(driver, 52.50 + step / 1000, 13.40, ts + step), timeout=5
+                )
+                message = await watch.read()
+                assert isinstance(message, pb.DriverPosition)
+                received.append(message)
+        watch.cancel()
+
+    assert [m.client_ts_ms for m in received] == [ts, ts + 1, ts + 2, ts + 3]
+    assert received[-1].lat == pytest.approx(52.503)
+
+
+async def test_driver_online_event_makes_the_driver_searchable(
+    infra: InfraUrls, redis_url: str, stub: Stub
+) -> None:
+    driver = new_id()
+    await stub.ReportPosition(update(driver, *BERLIN), timeout=5)
+    assert await nearest_ids(stub, *BERLIN) == []  # never went online
+
+    nc = await bus.connect(infra.nats_url, name="test")
+    try:
+        js = nc.jetstream()
+        online = bus.make_envelope(
+            driver_events.DriverWentOnline(driver_id=driver, vehicle_class=STANDARD),
+            type=events.DRIVER_ONLINE,
+            aggregate_id=driver,
+            aggregate_version=1,
+        )
+        await bus.publish_envelope(js, online)
+
+        async def searchable() -> bool:
+            return await nearest_ids(stub, *BERLIN) == [driver]
+
+        await eventually(searchable)
+
+        # A redelivered copy of an old event changes nothing after the driver went offline.
+        offline = bus.make_envelope(
+            driver_events.DriverWentOffline(driver_id=driver),
+            type=events.DRIVER_OFFLINE,
+            aggregate_id=driver,
+            aggregate_version=2,
+        )
+        await bus.publish_envelope(js, offline)
+
+        async def unsearchable() -> bool:
+            return await nearest_ids(stub, *BERLIN) == []
+
+        await eventually(unsearchable)
+        await bus.publish_envelope(js, online, subject=events.DRIVER_ONLINE)
+        await asyncio.sleep(0.5)  # give a wrong re-application the chance to show
+        assert await nearest_ids(stub, *BERLIN) == []
+    finally:
+        await nc.drain()

@@ -1,0 +1,124 @@
+"""Position validation, staleness and search bounds: pure rules, no I/O."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from location.domain import (
+    MAX_RADIUS_M,
+    InvalidArgumentError,
+    Reject,
+    box_size_m,
+    check_area,
+    check_position,
+    check_search,
+    clamp_limit,
+    is_stale,
+)
+
+NOW = 1_700_000_000_000
+GOOD = {
+    "driver_id": "d1",
+    "lat": 52.52,
+    "lng": 13.40,
+    "heading": 0.0,
+    "speed_mps": 0.0,
+    "accuracy_m": 0.0,
+    "client_ts_ms": NOW,
+}
+
+
+def check(**changes: object) -> Reject | None:
+    fields = {**GOOD, **changes}
+    problem = check_position(**fields, now_ms=NOW, max_future_ms=30_000)  # type: ignore[arg-type]
+    return None if problem is None else problem[0]
+
+
+def test_a_well_formed_update_passes() -> None:
+    assert check() is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"driver_id": ""}, Reject.MISSING_DRIVER_ID),
+        ({"driver_id": "x" * 65}, Reject.MISSING_DRIVER_ID),
+        ({"lat": 90.0001}, Reject.INVALID_COORDINATES),
+        ({"lat": -90.0001}, Reject.INVALID_COORDINATES),
+        ({"lng": 180.5}, Reject.INVALID_COORDINATES),
+        ({"lat": math.nan}, Reject.INVALID_COORDINATES),
+        ({"lng": math.inf}, Reject.INVALID_COORDINATES),
+        ({"heading": 360.0}, Reject.INVALID_HEADING),
+        ({"heading": -0.1}, Reject.INVALID_HEADING),
+        ({"heading": math.nan}, Reject.INVALID_HEADING),
+        ({"speed_mps": -1.0}, Reject.INVALID_MOTION),
+        ({"speed_mps": math.inf}, Reject.INVALID_MOTION),
+        ({"accuracy_m": math.nan}, Reject.INVALID_MOTION),
+        ({"client_ts_ms": 0}, Reject.INVALID_TIMESTAMP),
+        ({"client_ts_ms": NOW + 30_001}, Reject.INVALID_TIMESTAMP),
+    ],
+)
+def test_malformed_update_is_rejected_with_its_reason(
+    changes: dict[str, object], reason: Reject
+) -> None:
+    assert check(**changes) == reason
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"lat": 90.0},
+        {"lat": -90.0},
+        {"lng": -180.0},
+        {"heading": 359.99},
+        {"client_ts_ms": NOW + 30_000},
+    ],
+)
+def test_boundary_values_are_accepted(changes: dict[str, object]) -> None:
+    assert check(**changes) is None
+
+
+def test_detail_names_the_bad_value() -> None:
+    problem = check_position(
+        **{**GOOD, "lat": 91.0},  # type: ignore[arg-type]
+        now_ms=NOW,
+        max_future_ms=0,
+    )
+    assert problem is not None
+    assert "91.0" in problem[1]
+
+
+def test_driver_is_stale_only_after_the_bound() -> None:
+    assert not is_stale(NOW - 30_000, now_ms=NOW, stale_ms=30_000)
+    assert is_stale(NOW - 30_001, now_ms=NOW, stale_ms=30_000)
+
+
+def test_limit_zero_means_default_and_large_is_capped() -> None:
+    assert clamp_limit(0, default=10, maximum=50) == 10
+    assert clamp_limit(500, default=10, maximum=50) == 50
+    with pytest.raises(InvalidArgumentError):
+        clamp_limit(-1, default=10, maximum=50)
+
+
+def test_search_radius_is_capped_and_must_be_positive() -> None:
+    assert check_search(0, 0, 1e9) == MAX_RADIUS_M
+    for radius in (0.0, -5.0, math.nan, math.inf):
+        with pytest.raises(InvalidArgumentError):
+            check_search(0, 0, radius)
+
+
+def test_area_must_be_an_ordered_box_on_the_globe() -> None:
+    check_area(52.0, 13.0, 53.0, 14.0)
+    with pytest.raises(InvalidArgumentError):
+        check_area(53.0, 13.0, 52.0, 14.0)
+    with pytest.raises(InvalidArgumentError):
+        check_area(52.0, 13.0, 95.0, 14.0)
+
+
+def test_box_size_shrinks_in_longitude_away_from_the_equator() -> None:
+    width_equator, height = box_size_m(-0.5, 0.0, 0.5, 1.0)
+    width_north, _ = box_size_m(59.5, 0.0, 60.5, 1.0)
+    assert height == pytest.approx(111_320, rel=1e-3)
+    assert width_north == pytest.approx(width_equator / 2, rel=1e-2)

@@ -12,7 +12,7 @@ from rideshare.settings import InfraUrls
 async def test_redis_serves_geosearch(redis_url: str) -> None:
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        await client.geoadd("cars", (13.40, 52.52, "near"), (13.50, 52.60, "far"))
+        await client.geoadd("cars", [13.40, 52.52, "near", 13.50, 52.60, "far"])
         found = await client.geosearch(
             "cars", longitude=13.40, latitude=52.52, radius=2, unit="km", sort="ASC"
         )

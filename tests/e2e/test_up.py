@@ -1,0 +1,131 @@
+"""`rideshare up` as a person runs it: everything starts, answers, and stops on Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rideshare.infra import free_port
+from rideshare.settings import SERVICE_PORTS
+from rideshare.supervisor import available_services
+
+BIN = Path(sys.executable).parent
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid``, read from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            # "pid (comm) state ppid ...": comm may hold spaces, so split after the last ')'.
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: set[int] = set()
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, ppid in parents.items() if ppid == parent]
+        found.update(children)
+        frontier.extend(children)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie has exited; only its parent has not reaped it yet.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def up_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    tmp_path.chmod(0o755)  # PostgreSQL runs as another user and must reach its data dir
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RIDESHARE_REDIS_URL", "RIDESHARE_POSTGRES_DSN", "RIDESHARE_NATS_URL")
+    }
+    for name in [*SERVICE_PORTS, "edge"]:
+        env[f"RIDESHARE_{name.upper()}_PORT"] = str(free_port())
+        env[f"RIDESHARE_{name.upper()}_METRICS_PORT"] = "0"
+    env["RIDESHARE_DATA_DIR"] = str(tmp_path / "data")
+    yield env
+
+
+def rideshare(
+    *args: str, env: dict[str, str], timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "rideshare"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_up_starts_everything_refuses_a_second_copy_and_stops_cleanly_on_sigint(
+    up_env: dict[str, str],
+) -> None:
+    launcher = subprocess.Popen(
+        [str(BIN / "rideshare"), "up"],
+        env=up_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while rideshare("status", env=up_env).returncode != 0:
+            assert launcher.poll() is None, launcher.communicate()[0]
+            assert time.monotonic() < deadline, "rideshare up did not become healthy in 120 s"
+            time.sleep(0.5)
+
+        status = rideshare("status", env=up_env).stdout
+        for name in ("redis", "postgres", "nats", *available_services()):
+            assert f"{name}" in status
+
+        location_port = up_env["RIDESHARE_LOCATION_PORT"]
+        listing = subprocess.run(
+            [str(BIN / "grpcurl"), "-plaintext", f"127.0.0.1:{location_port}", "list"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout.split()
+        assert "rideshare.location.v1.LocationService" in listing
+        assert "grpc.health.v1.Health" in listing
+        assert "grpc.reflection.v1.ServerReflection" in listing
+
+        second = rideshare("up", env=up_env)
+        assert second.returncode == 2
+        assert "already running" in second.stderr
+
+        children = descendants(launcher.pid)
+        assert len(children) >= 3 + len(available_services())
+    finally:
+        launcher.send_signal(signal.SIGINT)
+        output, _ = launcher.communicate(timeout=60)
+
+    assert launcher.returncode == 0, output
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [pid for pid in children if alive(pid)] == []
+    assert rideshare("status", env=up_env).returncode != 0

@@ -27,7 +27,11 @@ SERVICE_ORDER = ("rider", "driver", "location", "trip", "notification", "edge")
 
 def available_services() -> list[str]:
     """Services whose package is installed (``python -m <name>`` exists)."""
-    return [name for name in SERVICE_ORDER if importlib.util.find_spec(f"{name}.__main__")]
+    return [
+        name
+        for name in SERVICE_ORDER
+        if importlib.util.find_spec(name) and importlib.util.find_spec(f"{name}.__main__")
+    ]
 
 
 def service_port(name: str) -> int:

@@ -362,12 +362,17 @@ class DurableConsumer:
                     msgs = await sub.fetch(self.batch, timeout=self.fetch_timeout_s)
                 except TimeoutError:  # nats.errors.TimeoutError, or a bare one from nats-py
                     continue  # nothing to do this round
-                # Sequential on purpose: events of one aggregate arrive in order and are
-                # handled in order. Errors are caught per message inside _process.
-                for msg in msgs:
-                    await self._process(msg)
+                await self._process_batch(msgs)
         finally:
             await sub.unsubscribe()
+
+    async def _process_batch(self, msgs: Sequence[Msg]) -> None:
+        """Handle one fetched batch. A subclass may override this to handle the batch
+        together (say, in one transaction) and fall back to ``_process`` per message."""
+        # Sequential on purpose: events of one aggregate arrive in order and are handled in
+        # order. Errors are caught per message inside _process.
+        for msg in msgs:
+            await self._process(msg)
 
     async def _process(self, msg: Msg) -> None:
         try:

@@ -1,0 +1,151 @@
+"""gRPC servicer of rideshare.driver.v1.DriverService: proto <-> domain, errors -> codes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, NoReturn
+
+import grpc
+
+from driver import domain
+from driver.domain import (
+    BadCredentialsError,
+    Driver,
+    DriverError,
+    DriverNotFoundError,
+    InvalidDriverError,
+    NoVehicleError,
+    OnTripError,
+    PhoneTakenError,
+    PlateTakenError,
+    Vehicle,
+    VehicleNotOwnedError,
+)
+from driver.store import DriverStore
+from protos.driver.v1 import driver_pb2, driver_pb2_grpc
+from rideshare.credentials import hash_password, login
+
+__all__ = ["DriverServicer"]
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+_STATUS: dict[type[DriverError], grpc.StatusCode] = {
+    InvalidDriverError: grpc.StatusCode.INVALID_ARGUMENT,
+    DriverNotFoundError: grpc.StatusCode.NOT_FOUND,
+    PhoneTakenError: grpc.StatusCode.ALREADY_EXISTS,
+    PlateTakenError: grpc.StatusCode.ALREADY_EXISTS,
+    BadCredentialsError: grpc.StatusCode.UNAUTHENTICATED,
+    NoVehicleError: grpc.StatusCode.FAILED_PRECONDITION,
+    VehicleNotOwnedError: grpc.StatusCode.FAILED_PRECONDITION,
+    OnTripError: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+async def _abort(context: Context, exc: DriverError) -> NoReturn:
+    await context.abort(_STATUS[type(exc)], str(exc))
+    raise AssertionError("unreachable: abort raises")
+
+
+def vehicle_to_proto(vehicle: Vehicle) -> driver_pb2.Vehicle:
+    message = driver_pb2.Vehicle(
+        id=vehicle.id,
+        driver_id=vehicle.driver_id,
+        make=vehicle.make,
+        model=vehicle.model,
+        plate=vehicle.plate,
+        seats=vehicle.seats,
+        vehicle_class=int(vehicle.vehicle_class),  # type: ignore[arg-type]
+    )
+    message.created_at.FromDatetime(vehicle.created_at)
+    return message
+
+
+def driver_to_proto(driver: Driver) -> driver_pb2.Driver:
+    message = driver_pb2.Driver(
+        id=driver.id,
+        name=driver.name,
+        phone=driver.phone,
+        license_number=driver.license_number,
+        status=int(driver.status),  # type: ignore[arg-type]
+        active_vehicle_id=driver.active_vehicle_id,
+        current_trip_id=driver.current_trip_id,
+        vehicles=[vehicle_to_proto(v) for v in driver.vehicles],
+        rating_avg=driver.rating_avg,
+        rating_count=driver.rating_count,
+    )
+    message.created_at.FromDatetime(driver.created_at)
+    return message
+
+
+class DriverServicer(driver_pb2_grpc.DriverServiceServicer):
+    """Driver accounts, vehicles and online status; the KDF runs in a thread."""
+
+    def __init__(self, store: DriverStore) -> None:
+        self._store = store
+
+    async def CreateDriver(
+        self, request: driver_pb2.CreateDriverRequest, context: Context
+    ) -> driver_pb2.Driver:
+        try:
+            new = domain.new_driver(
+                name=request.name,
+                phone=request.phone,
+                password=request.password,
+                license_number=request.license_number,
+            )
+            password_hash = await asyncio.to_thread(hash_password, new.password)
+            driver = await self._store.create(new, password_hash=password_hash)
+        except DriverError as exc:
+            await _abort(context, exc)
+        return driver_to_proto(driver)
+
+    async def AddVehicle(
+        self, request: driver_pb2.AddVehicleRequest, context: Context
+    ) -> driver_pb2.Vehicle:
+        try:
+            vehicle = domain.new_vehicle(
+                make=request.make,
+                model=request.model,
+                plate=request.plate,
+                seats=request.seats,
+                vehicle_class=request.vehicle_class,
+            )
+            added = await self._store.add_vehicle(request.driver_id, vehicle)
+        except DriverError as exc:
+            await _abort(context, exc)
+        return vehicle_to_proto(added)
+
+    async def GetDriver(
+        self, request: driver_pb2.GetDriverRequest, context: Context
+    ) -> driver_pb2.Driver:
+        try:
+            driver = await self._store.get(request.driver_id)
+        except DriverError as exc:
+            await _abort(context, exc)
+        return driver_to_proto(driver)
+
+    async def Authenticate(
+        self, request: driver_pb2.AuthenticateRequest, context: Context
+    ) -> driver_pb2.AuthenticateResponse:
+        account_id = await login(await self._store.password_hash(request.phone), request.password)
+        if account_id is None:
+            await _abort(context, BadCredentialsError("wrong phone number or password"))
+        return driver_pb2.AuthenticateResponse(driver_id=account_id)
+
+    async def GoOnline(
+        self, request: driver_pb2.GoOnlineRequest, context: Context
+    ) -> driver_pb2.Driver:
+        try:
+            driver = await self._store.go_online(request.driver_id, request.vehicle_id)
+        except DriverError as exc:
+            await _abort(context, exc)
+        return driver_to_proto(driver)
+
+    async def GoOffline(
+        self, request: driver_pb2.GoOfflineRequest, context: Context
+    ) -> driver_pb2.Driver:
+        try:
+            driver = await self._store.go_offline(request.driver_id)
+        except DriverError as exc:
+            await _abort(context, exc)
+        return driver_to_proto(driver)

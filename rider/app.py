@@ -1,0 +1,51 @@
+"""Wiring of the rider service: Postgres (schema, migrations, outbox), NATS, gRPC, consumer."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from protos import events
+from protos.rider.v1 import rider_pb2, rider_pb2_grpc
+from rider.events import CONSUMED_SUBJECTS, DURABLE, TripHistoryConsumer
+from rider.server import RiderServicer
+from rider.store import RiderStore
+from rideshare import bus
+from rideshare.grpc_server import GrpcServer
+from rideshare.runtime import service_runtime
+from rideshare.settings import ServiceSettings
+
+__all__ = ["MIGRATIONS", "SCHEMA", "SERVICE_NAME", "running"]
+
+SERVICE_NAME = rider_pb2.DESCRIPTOR.services_by_name["RiderService"].full_name
+SCHEMA = "rider"
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+@contextlib.asynccontextmanager
+async def running(
+    settings: ServiceSettings, *, schema: str = SCHEMA, durable: str = DURABLE
+) -> AsyncIterator[GrpcServer]:
+    """The service, serving on its port until the context exits. Tests pass a schema and a
+    durable consumer name of their own."""
+    async with service_runtime(settings, schema=schema, migrations=MIGRATIONS) as rt:
+        assert rt.pool is not None
+        store = RiderStore(rt.pool)
+        server = rt.grpc_server()
+        rider_pb2_grpc.add_RiderServiceServicer_to_server(RiderServicer(store), server.server)
+        server.add_service_name(SERVICE_NAME)
+        consumer = TripHistoryConsumer(store, consumer=durable)
+        rt.run_worker(
+            lambda stop: bus.run_consumer(
+                rt.js,
+                stream=events.STREAM,
+                durable=durable,
+                filter_subjects=CONSUMED_SUBJECTS,
+                handler=consumer.handle,
+                stop=stop,
+            ),
+            name="trip-history-consumer",
+        )
+        async with rt.serving(server):
+            yield server

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 
@@ -24,12 +24,13 @@ from driver.domain import (
 from driver.store import DriverStore
 from protos.driver.v1 import driver_pb2, driver_pb2_grpc
 from rideshare.credentials import hash_password, login
+from rideshare.grpc_errors import StatusTable, abort_with
 
 __all__ = ["DriverServicer"]
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-_STATUS: dict[type[DriverError], grpc.StatusCode] = {
+_STATUS: StatusTable = {
     InvalidDriverError: grpc.StatusCode.INVALID_ARGUMENT,
     DriverNotFoundError: grpc.StatusCode.NOT_FOUND,
     PhoneTakenError: grpc.StatusCode.ALREADY_EXISTS,
@@ -39,11 +40,6 @@ _STATUS: dict[type[DriverError], grpc.StatusCode] = {
     VehicleNotOwnedError: grpc.StatusCode.FAILED_PRECONDITION,
     OnTripError: grpc.StatusCode.FAILED_PRECONDITION,
 }
-
-
-async def _abort(context: Context, exc: DriverError) -> NoReturn:
-    await context.abort(_STATUS[type(exc)], str(exc))
-    raise AssertionError("unreachable: abort raises")
 
 
 def vehicle_to_proto(vehicle: Vehicle) -> driver_pb2.Vehicle:
@@ -96,7 +92,7 @@ class DriverServicer(driver_pb2_grpc.DriverServiceServicer):
             password_hash = await asyncio.to_thread(hash_password, new.password)
             driver = await self._store.create(new, password_hash=password_hash)
         except DriverError as exc:
-            await _abort(context, exc)
+            await abort_with(context, exc, _STATUS)
         return driver_to_proto(driver)
 
     async def AddVehicle(
@@ -112,7 +108,7 @@ class DriverServicer(driver_pb2_grpc.DriverServiceServicer):
             )
             added = await self._store.add_vehicle(request.driver_id, vehicle)
         except DriverError as exc:
-            await _abort(context, exc)
+            await abort_with(context, exc, _STATUS)
         return vehicle_to_proto(added)
 
     async def GetDriver(
@@ -121,7 +117,7 @@ class DriverServicer(driver_pb2_grpc.DriverServiceServicer):
         try:
             driver = await self._store.get(request.driver_id)
         except DriverError as exc:
-            await _abort(context, exc)
+            await abort_with(context, exc, _STATUS)
         return driver_to_proto(driver)
 
     async def Authenticate(
@@ -129,7 +125,9 @@ class DriverServicer(driver_pb2_grpc.DriverServiceServicer):
     ) -> driver_pb2.AuthenticateResponse:
         account_id = await login(await self._store.password_hash(request.phone), request.password)
         if account_id is None:
-            await _abort(context, BadCredentialsError("wrong phone number or password"))
+            await abort_with(
+                context, BadCredentialsError("wrong phone number or password"), _STATUS
+            )
         return driver_pb2.AuthenticateResponse(driver_id=account_id)
 
     async def GoOnline(
@@ -138,7 +136,7 @@ class DriverServicer(driver_pb2_grpc.DriverServiceServicer):
         try:
             driver = await self._store.go_online(request.driver_id, request.vehicle_id)
         except DriverError as exc:
-            await _abort(context, exc)
+            await abort_with(context, exc, _STATUS)
         return driver_to_proto(driver)
 
     async def GoOffline(
@@ -147,5 +145,5 @@ class DriverServicer(driver_pb2_grpc.DriverServiceServicer):
         try:
             driver = await self._store.go_offline(request.driver_id)
         except DriverError as exc:
-            await _abort(context, exc)
+            await abort_with(context, exc, _STATUS)
         return driver_to_proto(driver)

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 
@@ -23,6 +23,7 @@ from location.domain import (
 from location.events import PositionFeed
 from location.store import LocationStore
 from protos.location.v1 import location_pb2, location_pb2_grpc
+from rideshare.grpc_errors import StatusTable, abort_with
 from rideshare.settings import env_float, env_int
 
 __all__ = ["LocationServicer", "LocationSettings"]
@@ -32,7 +33,7 @@ logger = logging.getLogger(__name__)
 # Rejections listed in one ReportPositions summary; `rejected` still counts all of them.
 MAX_LISTED_REJECTIONS = 100
 
-_STATUS: dict[type[LocationError], grpc.StatusCode] = {
+_STATUS: StatusTable = {
     InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
     UnknownDriverError: grpc.StatusCode.NOT_FOUND,
     AvailabilityConflictError: grpc.StatusCode.FAILED_PRECONDITION,
@@ -83,11 +84,6 @@ def to_proto(position: Position) -> location_pb2.DriverPosition:
         availability=int(position.availability),  # type: ignore[arg-type]
         vehicle_class=position.vehicle_class,  # type: ignore[arg-type]
     )
-
-
-async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: LocationError) -> NoReturn:
-    await context.abort(_STATUS[type(exc)], str(exc))
-    raise AssertionError("unreachable: abort raises")
 
 
 class LocationServicer(location_pb2_grpc.LocationServiceServicer):
@@ -149,7 +145,7 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
         now = self._clock_ms()
         problem = self._check(request, now)
         if problem is not None:
-            await _abort(context, InvalidArgumentError(problem[1]))
+            await abort_with(context, InvalidArgumentError(problem[1]), _STATUS)
         (availability,) = await self._apply([request], now)
         applied = availability != 0
         return location_pb2.ReportResult(
@@ -248,7 +244,7 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
                 maximum=domain.MAX_SEARCH_LIMIT,
             )
         except LocationError as exc:
-            await _abort(context, exc)
+            await abort_with(context, exc, _STATUS)
         now = self._clock_ms()
         hits = await self._store.nearest(
             request.lat,
@@ -283,9 +279,8 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
     ) -> location_pb2.DriverPosition:
         position = await self._store.get(request.driver_id) if request.driver_id else None
         if position is None:
-            await _abort(
-                context, UnknownDriverError(f"no position for driver {request.driver_id!r}")
-            )
+            unknown = UnknownDriverError(f"no position for driver {request.driver_id!r}")
+            await abort_with(context, unknown, _STATUS)
         return to_proto(position)
 
     async def WatchDriver(
@@ -294,7 +289,7 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[location_pb2.DriverPosition]:
         if not request.driver_id:
-            await _abort(context, InvalidArgumentError("driver_id is required"))
+            await abort_with(context, InvalidArgumentError("driver_id is required"), _STATUS)
         # Subscribe before reading the snapshot, so nothing falls between the two.
         async with self._feed.watch(request.driver_id) as updates:
             last_ts = 0
@@ -328,7 +323,7 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
                 expected=expected,
             )
         except LocationError as exc:
-            await _abort(context, exc)
+            await abort_with(context, exc, _STATUS)
         return location_pb2.SetAvailabilityResponse(
             previous=int(previous),  # type: ignore[arg-type]
             current=int(availability),  # type: ignore[arg-type]
@@ -346,7 +341,7 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
                 request.limit, default=domain.DEFAULT_AREA_LIMIT, maximum=domain.MAX_AREA_LIMIT
             )
         except LocationError as exc:
-            await _abort(context, exc)
+            await abort_with(context, exc, _STATUS)
         centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
         positions, truncated = await self._store.in_area(
             centre,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 
@@ -21,22 +21,18 @@ from rider.domain import (
 )
 from rider.store import RiderStore
 from rideshare.credentials import hash_password, login
+from rideshare.grpc_errors import StatusTable, abort_with
 
 __all__ = ["RiderServicer"]
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-_STATUS: dict[type[RiderError], grpc.StatusCode] = {
+_STATUS: StatusTable = {
     InvalidRiderError: grpc.StatusCode.INVALID_ARGUMENT,
     RiderNotFoundError: grpc.StatusCode.NOT_FOUND,
     PhoneTakenError: grpc.StatusCode.ALREADY_EXISTS,
     BadCredentialsError: grpc.StatusCode.UNAUTHENTICATED,
 }
-
-
-async def _abort(context: Context, exc: RiderError) -> NoReturn:
-    await context.abort(_STATUS[type(exc)], str(exc))
-    raise AssertionError("unreachable: abort raises")
 
 
 def rider_to_proto(rider: Rider) -> rider_pb2.Rider:
@@ -94,7 +90,7 @@ class RiderServicer(rider_pb2_grpc.RiderServiceServicer):
             password_hash = await asyncio.to_thread(hash_password, new.password)
             rider = await self._store.create(new, password_hash=password_hash)
         except RiderError as exc:
-            await _abort(context, exc)
+            await abort_with(context, exc, _STATUS)
         return rider_to_proto(rider)
 
     async def GetRider(
@@ -103,7 +99,7 @@ class RiderServicer(rider_pb2_grpc.RiderServiceServicer):
         try:
             rider = await self._store.get(request.rider_id)
         except RiderError as exc:
-            await _abort(context, exc)
+            await abort_with(context, exc, _STATUS)
         return rider_to_proto(rider)
 
     async def UpdateRider(
@@ -116,7 +112,7 @@ class RiderServicer(rider_pb2_grpc.RiderServiceServicer):
             )
             rider = await self._store.update(request.rider_id, changes)
         except RiderError as exc:
-            await _abort(context, exc)
+            await abort_with(context, exc, _STATUS)
         return rider_to_proto(rider)
 
     async def Authenticate(
@@ -124,7 +120,9 @@ class RiderServicer(rider_pb2_grpc.RiderServiceServicer):
     ) -> rider_pb2.AuthenticateResponse:
         account_id = await login(await self._store.password_hash(request.phone), request.password)
         if account_id is None:
-            await _abort(context, BadCredentialsError("wrong phone number or password"))
+            await abort_with(
+                context, BadCredentialsError("wrong phone number or password"), _STATUS
+            )
         return rider_pb2.AuthenticateResponse(rider_id=account_id)
 
     async def ListTrips(
@@ -137,7 +135,7 @@ class RiderServicer(rider_pb2_grpc.RiderServiceServicer):
             await self._store.get(request.rider_id)  # NOT_FOUND for an unknown rider
             trips = await self._store.list_trips(request.rider_id, page)
         except RiderError as exc:
-            await _abort(context, exc)
+            await abort_with(context, exc, _STATUS)
         return rider_pb2.ListTripsResponse(
             trips=[trip_to_proto(t) for t in trips[: page.limit]],
             next_page_token=page.next_token(request.rider_id, trips),

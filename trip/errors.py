@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "AlreadyRatedError",
     "ConcurrencyError",
+    "DriverUnavailableError",
     "InvalidArgumentError",
     "InvalidTransition",
     "NotFoundError",
@@ -70,3 +71,7 @@ class AlreadyRatedError(TripError):
 
 class ConcurrencyError(TripError):
     """The trip changed since it was read: the version check matched no row (ABORTED)."""
+
+
+class DriverUnavailableError(TripError):
+    """The driver holds another pending offer or a live trip already (FAILED_PRECONDITION)."""

@@ -1,0 +1,270 @@
+"""Benchmark of the trip service: request -> first offer latency, and trips/s to acceptance.
+
+    .venv/bin/python -m scripts.bench.trip [--drivers 10000] [--rate 100] [--seconds 10]
+
+Starts its own embedded Redis, Postgres and NATS (or uses RIDESHARE_* URLs), ONE location
+process and ONE trip process (``python -m location``, ``python -m trip``), indexes
+``--drivers`` available drivers over a 30 x 30 km city, and drives the trip service from this
+one client process over gRPC, watching JetStream for the events. Prints the figures; nothing
+here asserts a target.
+
+1. offer latency: RequestTrip at ``--rate`` per second (open loop, each with a fresh quote
+   made beforehand; the first second is a warm-up, not counted); the time from sending
+   RequestTrip to receiving its first ``trip.offered`` on JetStream (so it includes the
+   commit, the dispatcher's search and reservation, the outbox relay and JetStream).
+   Drivers do not answer (offers last 60 s).
+2. throughput: ``--riders`` concurrent riders book trips back to back for ``--seconds``;
+   drivers accept every offer as it arrives; trips/s from request to ``trip.accepted``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeAlias
+
+import grpc
+import redis.asyncio as aioredis
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
+
+from location.store import LocationStore
+from protos import events
+from protos.common.v1 import common_pb2
+from protos.trip.v1 import events_pb2 as trip_events
+from protos.trip.v1 import trip_pb2 as pb
+from protos.trip.v1 import trip_pb2_grpc
+from rideshare import bus
+from rideshare.infra import free_port
+from rideshare.settings import InfraUrls
+from scripts.bench.location import (
+    city_point,
+    infrastructure,
+    location_process,
+    percentile,
+    setup_index,
+    wait_healthy,
+)
+
+TripStub: TypeAlias = "trip_pb2_grpc.TripServiceAsyncStub"
+
+STANDARD = common_pb2.VEHICLE_CLASS_STANDARD
+
+
+@contextlib.contextmanager
+def trip_process(urls: InfraUrls, port: int, location_port: int) -> Iterator[None]:
+    env = {
+        **os.environ,
+        "RIDESHARE_REDIS_URL": urls.redis_url,
+        "RIDESHARE_POSTGRES_DSN": urls.postgres_dsn,
+        "RIDESHARE_NATS_URL": urls.nats_url,
+        "RIDESHARE_TRIP_PORT": str(port),
+        "RIDESHARE_TRIP_METRICS_PORT": "0",
+        "RIDESHARE_LOCATION_ADDR": f"127.0.0.1:{location_port}",
+        "RIDESHARE_OFFER_TIMEOUT_S": "60",
+        "RIDESHARE_DB_POOL_MAX": "40",
+        "RIDESHARE_LOG_LEVEL": "WARNING",
+    }
+    process = subprocess.Popen([sys.executable, "-m", "trip"], env=env)
+    try:
+        yield
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class Watcher:
+    """Calls ``on_offered`` / ``on_accepted`` for every new trip.offered / trip.accepted."""
+
+    def __init__(self) -> None:
+        self.on_offered: Callable[[trip_events.TripOffered], None] = lambda _: None
+        self.on_accepted: Callable[[trip_events.TripAccepted], None] = lambda _: None
+
+    async def handle(self, msg: Msg) -> None:
+        envelope = bus.decode_envelope(msg.data)
+        if envelope.type == events.TRIP_OFFERED:
+            self.on_offered(envelope.unpack(trip_events.TripOffered))
+        elif envelope.type == events.TRIP_ACCEPTED:
+            self.on_accepted(envelope.unpack(trip_events.TripAccepted))
+
+
+async def quote(stub: TripStub, rider: str, rng: random.Random) -> pb.RequestTripRequest:
+    lat, lng = city_point(rng)
+    pickup = common_pb2.LatLng(lat=lat, lng=lng)
+    dropoff = common_pb2.LatLng(lat=lat + 0.02, lng=lng + 0.02)
+    q = await stub.EstimateFare(
+        pb.EstimateFareRequest(
+            pickup=pickup, dropoff=dropoff, vehicle_class=STANDARD, rider_id=rider
+        ),
+        timeout=5,
+    )
+    return pb.RequestTripRequest(
+        rider_id=rider, quote_id=q.quote_id, pickup=pickup, dropoff=dropoff
+    )
+
+
+async def bench_offer_latency(
+    stub: TripStub, watcher: Watcher, rate: float, seconds: float
+) -> tuple[list[float], int]:
+    rng = random.Random(3)
+    sent: dict[str, float] = {}
+    latencies: list[float] = []
+
+    warmup = {f"lat-rider-{i}" for i in range(int(rate))}  # the first second: pools fill
+
+    def offered(event: trip_events.TripOffered) -> None:
+        started = sent.pop(event.rider_id, None)
+        if started is not None and event.rider_id not in warmup:
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    watcher.on_offered = offered
+    count = int(rate * (seconds + 1))
+    requests = [await quote(stub, f"lat-rider-{i}", rng) for i in range(count)]
+
+    async def one(request: pb.RequestTripRequest) -> None:
+        sent[request.rider_id] = time.perf_counter()
+        await stub.RequestTrip(request, timeout=5)
+
+    tasks = []
+    start = time.perf_counter()
+    for i, request in enumerate(requests):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(request)))
+    await asyncio.gather(*tasks)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(10):
+            while len(latencies) < count - len(warmup):  # noqa: ASYNC110 - events from another process
+                await asyncio.sleep(0.05)
+    return latencies, count - len(warmup)
+
+
+async def bench_throughput(
+    stub: TripStub, watcher: Watcher, riders: int, seconds: float
+) -> tuple[int, float]:
+    accepted: dict[str, asyncio.Future[None]] = {}
+    accepts: set[asyncio.Task[object]] = set()
+
+    async def accept(event: trip_events.TripOffered) -> None:
+        await stub.AcceptTrip(
+            pb.AcceptTripRequest(
+                trip_id=event.trip_id, driver_id=event.driver_id, offer_id=event.offer_id
+            ),
+            timeout=5,
+        )
+
+    def offered(event: trip_events.TripOffered) -> None:
+        task: asyncio.Task[object] = asyncio.create_task(accept(event))
+        accepts.add(task)
+        task.add_done_callback(accepts.discard)
+
+    def on_accepted(event: trip_events.TripAccepted) -> None:
+        future = accepted.get(event.rider_id)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    watcher.on_offered = offered
+    watcher.on_accepted = on_accepted
+    done = 0
+    counter = itertools.count()
+    deadline = time.perf_counter() + seconds
+
+    async def rider_loop(worker: int) -> None:
+        nonlocal done
+        rng = random.Random(worker)
+        while time.perf_counter() < deadline:
+            rider = f"tp-rider-{next(counter)}"
+            request = await quote(stub, rider, rng)
+            accepted[rider] = asyncio.get_running_loop().create_future()
+            await stub.RequestTrip(request, timeout=5)
+            async with asyncio.timeout(10):
+                await accepted[rider]
+            done += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(rider_loop(i) for i in range(riders)))
+    return done, time.perf_counter() - started
+
+
+async def run(args: argparse.Namespace) -> None:
+    async with infrastructure() as urls:
+        location_port, trip_port = free_port(), free_port()
+        with location_process(urls, location_port):
+            await wait_healthy(f"127.0.0.1:{location_port}")
+            client = aioredis.Redis.from_pool(
+                aioredis.BlockingConnectionPool.from_url(
+                    urls.redis_url, max_connections=32, timeout=10, socket_timeout=10
+                )
+            )
+            drivers = [f"bench-{i}" for i in range(args.drivers)]
+            await setup_index(LocationStore(client), drivers)
+            await client.aclose()
+            print(f"setup: {len(drivers):,} available drivers indexed", flush=True)
+            with trip_process(urls, trip_port, location_port):
+                target = f"127.0.0.1:{trip_port}"
+                await wait_healthy(target)
+                nc = await bus.connect(urls.nats_url, name="bench-trip")
+                watcher = Watcher()
+                js = nc.jetstream(timeout=5)
+                await bus.ensure_stream(js)
+                await js.subscribe(
+                    "trip.>",
+                    stream=events.STREAM,
+                    cb=watcher.handle,
+                    ordered_consumer=True,
+                    deliver_policy=DeliverPolicy.NEW,
+                )
+                try:
+                    async with grpc.aio.insecure_channel(target) as channel:
+                        stub: TripStub = trip_pb2_grpc.TripServiceStub(channel)
+                        latencies, count = await bench_offer_latency(
+                            stub, watcher, args.rate, args.seconds
+                        )
+                        print(
+                            f"offer latency: RequestTrip -> first trip.offered on JetStream, "
+                            f"{args.rate:.0f} req/s for {args.seconds:.0f}s, "
+                            f"{len(drivers):,} indexed drivers, {len(latencies)}/{count} "
+                            f"offered: p50={percentile(latencies, 0.5):.1f} ms "
+                            f"p99={percentile(latencies, 0.99):.1f} ms "
+                            f"max={max(latencies):.1f} ms",
+                            flush=True,
+                        )
+                        trips, elapsed = await bench_throughput(
+                            stub, watcher, args.riders, args.seconds
+                        )
+                        print(
+                            f"throughput: {trips} trips request -> accepted in {elapsed:.1f}s "
+                            f"= {trips / elapsed:.0f} trips/s ({args.riders} concurrent "
+                            "riders, drivers auto-accepting; one trip process, one client "
+                            "process)",
+                            flush=True,
+                        )
+                finally:
+                    await nc.drain()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--drivers", type=int, default=10_000)
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--riders", type=int, default=32)
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,649 @@
+"""The trip service against real Postgres, Redis and NATS, with an in-process location service,
+through real gRPC channels."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import TypeAlias
+
+import grpc
+import pytest
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
+
+from location.app import running as location_running
+from location.server import LocationSettings
+from protos import events
+from protos.common.v1 import common_pb2
+from protos.driver.v1 import events_pb2 as driver_events
+from protos.location.v1 import location_pb2 as loc
+from protos.location.v1 import location_pb2_grpc
+from protos.trip.v1 import events_pb2 as trip_events
+from protos.trip.v1 import trip_pb2 as pb
+from protos.trip.v1 import trip_pb2_grpc
+from rideshare import bus
+from rideshare.bus import Envelope
+from rideshare.settings import InfraUrls, ServiceSettings
+from tests.helpers import eventually
+from trip.app import running as trip_running
+from trip.settings import TripSettings
+
+LocationStub: TypeAlias = "location_pb2_grpc.LocationServiceAsyncStub"
+TripStub: TypeAlias = "trip_pb2_grpc.TripServiceAsyncStub"
+
+PICKUP = (52.5200, 13.4050)
+DROPOFF = (52.5300, 13.4300)
+STANDARD = common_pb2.VEHICLE_CLASS_STANDARD
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def latlng(point: tuple[float, float]) -> common_pb2.LatLng:
+    return common_pb2.LatLng(lat=point[0], lng=point[1])
+
+
+# --- harness -------------------------------------------------------------------------------
+
+
+@dataclass
+class EventTap:
+    """Every trip.* event published from now on, as it arrives on JetStream."""
+
+    events: list[Envelope] = field(default_factory=list)
+    queue: asyncio.Queue[Envelope] = field(default_factory=asyncio.Queue)
+
+    async def on_message(self, msg: Msg) -> None:
+        envelope = bus.decode_envelope(msg.data)
+        self.events.append(envelope)
+        self.queue.put_nowait(envelope)
+
+    def types_of(self, trip_id: str) -> list[str]:
+        return [e.type for e in self.events if e.aggregate_id == trip_id]
+
+    def of(self, subject: str, trip_id: str) -> list[Envelope]:
+        return [e for e in self.events if e.type == subject and e.aggregate_id == trip_id]
+
+    async def wait_for(self, subject: str, trip_id: str, *, count: int = 1) -> list[Envelope]:
+        async def seen() -> bool:
+            return len(self.of(subject, trip_id)) >= count
+
+        await eventually(seen, timeout_s=10)
+        return self.of(subject, trip_id)
+
+
+@dataclass
+class Harness:
+    infra: InfraUrls
+    schema: str
+    location_port: int
+    location: LocationStub
+    tap: EventTap
+    js: object
+
+    def trip_settings(self, **overrides: object) -> TripSettings:
+        values: dict[str, object] = {
+            "location_addr": f"127.0.0.1:{self.location_port}",
+            "radius_steps_m": (1000, 3000),
+            "consumer_name": self.schema,
+            "dispatch_poll_s": 0.05,
+        }
+        values.update(overrides)
+        return TripSettings(**values)  # type: ignore[arg-type]
+
+    @contextlib.asynccontextmanager
+    async def trip_service(self, **overrides: object) -> AsyncIterator[TripStub]:
+        settings = ServiceSettings(name="trip", infra=self.infra, grpc_port=0, shutdown_grace_s=1.0)
+        async with (
+            trip_running(settings, self.trip_settings(**overrides), schema=self.schema) as server,
+            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        ):
+            yield trip_pb2_grpc.TripServiceStub(channel)
+
+    async def go_online(self, driver_id: str, point: tuple[float, float]) -> None:
+        await self.location.SetAvailability(
+            loc.SetAvailabilityRequest(
+                driver_id=driver_id, availability=loc.AVAILABILITY_AVAILABLE, vehicle_class=STANDARD
+            ),
+            timeout=5,
+        )
+        await self.location.ReportPosition(
+            loc.PositionUpdate(
+                driver_id=driver_id,
+                lat=point[0],
+                lng=point[1],
+                accuracy_m=5.0,
+                client_ts_ms=time.time_ns() // 1_000_000,
+            ),
+            timeout=5,
+        )
+
+    async def availability(self, driver_id: str) -> int:
+        position = await self.location.GetPosition(
+            loc.GetPositionRequest(driver_id=driver_id), timeout=5
+        )
+        return int(position.availability)
+
+
+@pytest.fixture
+async def harness(infra: InfraUrls, redis_url: str, unique_name: str) -> AsyncIterator[Harness]:
+    location_settings = ServiceSettings(
+        name="location",
+        infra=InfraUrls(
+            redis_url=redis_url, postgres_dsn=infra.postgres_dsn, nats_url=infra.nats_url
+        ),
+        grpc_port=0,
+        shutdown_grace_s=1.0,
+    )
+    tap = EventTap()
+    nc = await bus.connect(infra.nats_url, name=f"test-{unique_name}")
+    try:
+        js = nc.jetstream(timeout=5)
+        await bus.ensure_stream(js)
+        sub = await js.subscribe(
+            "trip.>",
+            stream=events.STREAM,
+            cb=tap.on_message,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.NEW,
+        )
+        async with (
+            location_running(location_settings, LocationSettings()) as server,
+            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        ):
+            yield Harness(
+                infra=infra,
+                schema=unique_name,
+                location_port=server.port,
+                location=location_pb2_grpc.LocationServiceStub(channel),
+                tap=tap,
+                js=js,
+            )
+        await sub.unsubscribe()
+    finally:
+        async with asyncio.timeout(10):
+            await nc.drain()
+
+
+async def quote_for(
+    stub: TripStub, rider_id: str, pickup: tuple[float, float] = PICKUP
+) -> pb.Quote:
+    return await stub.EstimateFare(
+        pb.EstimateFareRequest(
+            pickup=latlng(pickup),
+            dropoff=latlng(DROPOFF),
+            vehicle_class=STANDARD,
+            rider_id=rider_id,
+        ),
+        timeout=5,
+    )
+
+
+def request_for(quote: pb.Quote, rider_id: str) -> pb.RequestTripRequest:
+    return pb.RequestTripRequest(
+        rider_id=rider_id,
+        quote_id=quote.quote_id,
+        pickup=quote.pickup,
+        dropoff=quote.dropoff,
+        pickup_address="Alexanderplatz 1",
+    )
+
+
+async def book(stub: TripStub, rider_id: str, pickup: tuple[float, float] = PICKUP) -> pb.Trip:
+    quote = await quote_for(stub, rider_id, pickup)
+    return await stub.RequestTrip(request_for(quote, rider_id), timeout=5)
+
+
+async def trip_in(stub: TripStub, trip_id: str, states: Iterable[int]) -> pb.Trip:
+    wanted = set(states)
+    found: list[pb.Trip] = []
+
+    async def reached() -> bool:
+        trip = await stub.GetTrip(pb.GetTripRequest(trip_id=trip_id), timeout=5)
+        found[:] = [trip]
+        return trip.state in wanted
+
+    await eventually(reached, timeout_s=15)
+    return found[0]
+
+
+async def offer_of(tap: EventTap, trip_id: str, count: int = 1) -> trip_events.TripOffered:
+    offers = await tap.wait_for(events.TRIP_OFFERED, trip_id, count=count)
+    return offers[count - 1].unpack(trip_events.TripOffered)
+
+
+@contextlib.asynccontextmanager
+async def auto_accepting(
+    tap: EventTap,
+    stub: TripStub,
+    *,
+    riders: set[str] | None = None,
+    drivers: set[str] | None = None,
+) -> AsyncIterator[list[grpc.aio.AioRpcError]]:
+    """Drivers accept every offer for ``riders``' trips (or offered to ``drivers``) at once."""
+    failures: list[grpc.aio.AioRpcError] = []
+
+    async def accept(offer: trip_events.TripOffered) -> None:
+        try:
+            await stub.AcceptTrip(
+                pb.AcceptTripRequest(
+                    trip_id=offer.trip_id, driver_id=offer.driver_id, offer_id=offer.offer_id
+                ),
+                timeout=5,
+            )
+        except grpc.aio.AioRpcError as exc:
+            failures.append(exc)
+
+    async def run() -> None:
+        async with asyncio.TaskGroup() as group:
+            while True:
+                envelope = await tap.queue.get()
+                if envelope.type != events.TRIP_OFFERED:
+                    continue
+                offer = envelope.unpack(trip_events.TripOffered)
+                if (riders is not None and offer.rider_id in riders) or (
+                    drivers is not None and offer.driver_id in drivers
+                ):
+                    group.create_task(accept(offer))
+
+    task = asyncio.create_task(run())
+    try:
+        yield failures
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+# --- the tests -----------------------------------------------------------------------------
+
+
+async def test_full_trip_from_request_to_ratings_publishes_every_event(harness: Harness) -> None:
+    driver, rider = new_id("d"), new_id("r")
+    await harness.go_online(driver, (PICKUP[0] + 0.002, PICKUP[1]))
+    async with harness.trip_service() as stub:
+        trip = await book(stub, rider)
+        assert trip.state == pb.TRIP_STATE_REQUESTED
+        assert trip.quoted_fare.amount_minor > 0 and trip.quoted_fare.currency == "EUR"
+
+        offer = await offer_of(harness.tap, trip.id)
+        assert (offer.driver_id, offer.rider_id, offer.attempt) == (driver, rider, 1)
+        assert 150 < offer.distance_to_pickup_m < 300
+        assert await harness.availability(driver) == loc.AVAILABILITY_OFFERED
+
+        accepted = await stub.AcceptTrip(
+            pb.AcceptTripRequest(trip_id=trip.id, driver_id=driver, offer_id=offer.offer_id),
+            timeout=5,
+        )
+        assert (accepted.state, accepted.driver_id) == (pb.TRIP_STATE_ACCEPTED, driver)
+
+        async def on_trip() -> bool:
+            return await harness.availability(driver) == loc.AVAILABILITY_ON_TRIP
+
+        await eventually(on_trip)
+        await stub.ArriveAtPickup(pb.ArriveAtPickupRequest(trip_id=trip.id, driver_id=driver))
+        await stub.StartTrip(pb.StartTripRequest(trip_id=trip.id, driver_id=driver), timeout=5)
+        done = await stub.CompleteTrip(
+            pb.CompleteTripRequest(
+                trip_id=trip.id, driver_id=driver, distance_m=3_500, duration_s=600
+            ),
+            timeout=5,
+        )
+        assert done.state == pb.TRIP_STATE_COMPLETED
+        assert (done.distance_m, done.duration_s) == (3_500, 600)
+        # STANDARD: 250 + 1.10 * 3.5 km + 0.25 * 10 min = 250 + 385 + 250 cents
+        assert done.final_fare.amount_minor == round(885 * trip.surge_multiplier)
+
+        async def free_again() -> bool:
+            return await harness.availability(driver) == loc.AVAILABILITY_AVAILABLE
+
+        await eventually(free_again)
+        await stub.RateTrip(
+            pb.RateTripRequest(trip_id=trip.id, actor=pb.ACTOR_RIDER, actor_id=rider, stars=5),
+            timeout=5,
+        )
+        rated = await stub.RateTrip(
+            pb.RateTripRequest(trip_id=trip.id, actor=pb.ACTOR_DRIVER, actor_id=driver, stars=4),
+            timeout=5,
+        )
+        assert (rated.rider_rating, rated.driver_rating) == (5, 4)
+        with pytest.raises(grpc.aio.AioRpcError) as again:
+            await stub.RateTrip(
+                pb.RateTripRequest(trip_id=trip.id, actor=pb.ACTOR_RIDER, actor_id=rider, stars=1),
+                timeout=5,
+            )
+        assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+        await harness.tap.wait_for(events.TRIP_RATED, trip.id, count=2)
+        assert harness.tap.types_of(trip.id) == [
+            events.TRIP_REQUESTED,
+            events.TRIP_OFFERED,
+            events.TRIP_ACCEPTED,
+            events.TRIP_ARRIVED,
+            events.TRIP_STARTED,
+            events.TRIP_COMPLETED,
+            events.TRIP_RATED,
+            events.TRIP_RATED,
+        ]
+        versions = [e.aggregate_version for e in harness.tap.events if e.aggregate_id == trip.id]
+        assert versions == sorted(versions)
+        full = await stub.GetTrip(pb.GetTripRequest(trip_id=trip.id), timeout=5)
+        assert [h.command for h in full.history] == [
+            "request",
+            "dispatch",
+            "offer",
+            "accept",
+            "arrive",
+            "start",
+            "complete",
+        ]
+        completed = harness.tap.of(events.TRIP_COMPLETED, trip.id)[0]
+        assert completed.unpack(trip_events.TripCompleted).fare == done.final_fare
+
+
+async def test_offer_timeout_moves_to_the_next_driver_and_frees_the_first(
+    harness: Harness,
+) -> None:
+    near, far, rider = new_id("d"), new_id("d"), new_id("r")
+    await harness.go_online(near, (PICKUP[0] + 0.001, PICKUP[1]))
+    await harness.go_online(far, (PICKUP[0] + 0.004, PICKUP[1]))
+    async with harness.trip_service(offer_timeout_s=0.5) as stub:
+        trip = await book(stub, rider)
+        first = await offer_of(harness.tap, trip.id)
+        second = await offer_of(harness.tap, trip.id, count=2)
+
+        assert (first.driver_id, second.driver_id) == (near, far)
+        assert second.attempt == 2
+        ended = (await harness.tap.wait_for(events.TRIP_OFFER_ENDED, trip.id))[0]
+        assert (
+            ended.unpack(trip_events.TripOfferEnded).reason == trip_events.OFFER_END_REASON_EXPIRED
+        )
+
+        async def near_free() -> bool:
+            return await harness.availability(near) == loc.AVAILABILITY_AVAILABLE
+
+        await eventually(near_free)
+        with pytest.raises(grpc.aio.AioRpcError) as late:
+            await stub.AcceptTrip(
+                pb.AcceptTripRequest(trip_id=trip.id, driver_id=near, offer_id=first.offer_id),
+                timeout=5,
+            )
+        assert late.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_a_declined_offer_moves_to_the_next_driver(harness: Harness) -> None:
+    near, far, rider = new_id("d"), new_id("d"), new_id("r")
+    await harness.go_online(near, (PICKUP[0] + 0.001, PICKUP[1]))
+    await harness.go_online(far, (PICKUP[0] + 0.004, PICKUP[1]))
+    async with harness.trip_service() as stub:
+        trip = await book(stub, rider)
+        first = await offer_of(harness.tap, trip.id)
+        assert first.driver_id == near
+        await stub.DeclineTrip(
+            pb.DeclineTripRequest(trip_id=trip.id, driver_id=near, offer_id=first.offer_id),
+            timeout=5,
+        )
+        second = await offer_of(harness.tap, trip.id, count=2)
+
+        assert second.driver_id == far
+        ended = harness.tap.of(events.TRIP_OFFER_ENDED, trip.id)[0]
+        assert (
+            ended.unpack(trip_events.TripOfferEnded).reason == trip_events.OFFER_END_REASON_DECLINED
+        )
+        assert await harness.availability(near) == loc.AVAILABILITY_AVAILABLE
+
+
+async def test_rider_cancel_during_dispatch_releases_the_offered_driver(
+    harness: Harness,
+) -> None:
+    driver, rider = new_id("d"), new_id("r")
+    await harness.go_online(driver, (PICKUP[0] + 0.001, PICKUP[1]))
+    async with harness.trip_service() as stub:
+        trip = await book(stub, rider)
+        offer = await offer_of(harness.tap, trip.id)
+        assert await harness.availability(driver) == loc.AVAILABILITY_OFFERED
+
+        cancelled = await stub.CancelTrip(
+            pb.CancelTripRequest(
+                trip_id=trip.id, actor=pb.ACTOR_RIDER, actor_id=rider, reason="changed my mind"
+            ),
+            timeout=5,
+        )
+
+        assert cancelled.state == pb.TRIP_STATE_CANCELLED
+        assert not cancelled.HasField("cancellation_fee")
+        assert not cancelled.HasField("current_offer")
+        assert await harness.availability(driver) == loc.AVAILABILITY_AVAILABLE
+        event = (await harness.tap.wait_for(events.TRIP_CANCELLED, trip.id))[0]
+        assert event.unpack(trip_events.TripCancelled).driver_id == driver
+        with pytest.raises(grpc.aio.AioRpcError) as late:
+            await stub.AcceptTrip(
+                pb.AcceptTripRequest(trip_id=trip.id, driver_id=driver, offer_id=offer.offer_id),
+                timeout=5,
+            )
+        assert late.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "state=CANCELLED" in (late.value.details() or "")
+
+
+async def test_fifty_riders_and_ten_drivers_never_double_book(harness: Harness) -> None:
+    drivers = [new_id("d") for _ in range(10)]
+    riders = {new_id("r") for _ in range(50)}
+    for i, driver in enumerate(drivers):
+        await harness.go_online(driver, (PICKUP[0] + 0.0005 * (i + 1), PICKUP[1]))
+    async with (
+        harness.trip_service(radius_steps_m=(1000, 2000)) as stub,
+        auto_accepting(harness.tap, stub, riders=riders) as failures,
+    ):
+        trips = await asyncio.gather(*(book(stub, rider) for rider in riders))
+        ended = await asyncio.gather(
+            *(
+                trip_in(stub, t.id, (pb.TRIP_STATE_ACCEPTED, pb.TRIP_STATE_NO_DRIVERS))
+                for t in trips
+            )
+        )
+
+    accepted = [t for t in ended if t.state == pb.TRIP_STATE_ACCEPTED]
+    assert len(accepted) == 10
+    assert sorted(t.driver_id for t in accepted) == sorted(drivers)
+    assert not failures
+    for driver in drivers:
+        assert await harness.availability(driver) == loc.AVAILABILITY_ON_TRIP
+
+
+async def test_ten_concurrent_accepts_of_one_offer_one_wins(harness: Harness) -> None:
+    driver, rider = new_id("d"), new_id("r")
+    await harness.go_online(driver, (PICKUP[0] + 0.001, PICKUP[1]))
+    async with harness.trip_service() as stub:
+        trip = await book(stub, rider)
+        offer = await offer_of(harness.tap, trip.id)
+        request = pb.AcceptTripRequest(trip_id=trip.id, driver_id=driver, offer_id=offer.offer_id)
+
+        results = await asyncio.gather(
+            *(stub.AcceptTrip(request, timeout=5) for _ in range(10)), return_exceptions=True
+        )
+
+    won = [r for r in results if isinstance(r, pb.Trip)]
+    lost = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(won) == 1 and len(lost) == 9
+    assert {e.code() for e in lost} == {grpc.StatusCode.FAILED_PRECONDITION}
+    assert all("cannot accept when state=ACCEPTED" in (e.details() or "") for e in lost)
+    assert len(harness.tap.of(events.TRIP_ACCEPTED, trip.id)) <= 1
+
+
+async def test_dispatch_resumes_after_a_restart(harness: Harness) -> None:
+    near, far, rider = new_id("d"), new_id("d"), new_id("r")
+    await harness.go_online(near, (PICKUP[0] + 0.001, PICKUP[1]))
+    await harness.go_online(far, (PICKUP[0] + 0.004, PICKUP[1]))
+    async with harness.trip_service(offer_timeout_s=1.0) as stub:
+        trip = await book(stub, rider)
+        first = await offer_of(harness.tap, trip.id)
+        assert first.driver_id == near
+    # The first copy is gone with the offer pending; a new one on the same schema takes over.
+    async with (
+        harness.trip_service(offer_timeout_s=1.0) as stub,
+        auto_accepting(harness.tap, stub, drivers={far}),
+    ):
+        done = await trip_in(stub, trip.id, (pb.TRIP_STATE_ACCEPTED, pb.TRIP_STATE_NO_DRIVERS))
+
+    assert (done.state, done.driver_id) == (pb.TRIP_STATE_ACCEPTED, far)
+    assert [h.command for h in done.history][-3:] == ["expire_offer", "offer", "accept"]
+
+
+async def test_trip_without_drivers_nearby_ends_no_drivers(harness: Harness) -> None:
+    far_away = new_id("d")
+    await harness.go_online(far_away, (PICKUP[0] + 0.5, PICKUP[1]))
+    async with harness.trip_service() as stub:
+        trip = await book(stub, new_id("r"))
+        done = await trip_in(stub, trip.id, (pb.TRIP_STATE_NO_DRIVERS,))
+        event = (await harness.tap.wait_for(events.TRIP_NO_DRIVERS, trip.id))[0]
+
+    assert done.HasField("ended_at")
+    assert event.unpack(trip_events.TripNoDrivers).max_radius_m == 3000
+
+
+async def test_expired_foreign_and_used_quotes_are_rejected(harness: Harness) -> None:
+    rider, other = new_id("r"), new_id("r")
+    async with harness.trip_service(quote_ttl_s=0.3) as stub:
+        request = request_for(await quote_for(stub, rider), other)
+        with pytest.raises(grpc.aio.AioRpcError) as foreign:
+            await stub.RequestTrip(request, timeout=5)
+        assert foreign.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+        await asyncio.sleep(0.4)  # let the quote's validity run out
+        request.rider_id = rider
+        with pytest.raises(grpc.aio.AioRpcError) as expired:
+            await stub.RequestTrip(request, timeout=5)
+        assert expired.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "expired" in (expired.value.details() or "")
+
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await stub.RequestTrip(
+                pb.RequestTripRequest(
+                    rider_id=rider,
+                    quote_id="nope",
+                    pickup=latlng(PICKUP),
+                    dropoff=latlng(DROPOFF),
+                ),
+                timeout=5,
+            )
+        assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+    await harness.go_online(new_id("d"), (PICKUP[0] + 0.001, PICKUP[1]))  # keeps it live
+    async with harness.trip_service() as stub:
+        request = request_for(await quote_for(stub, rider), rider)
+        first, second = await asyncio.gather(
+            stub.RequestTrip(request, timeout=5),
+            stub.RequestTrip(request, timeout=5),
+            return_exceptions=True,
+        )
+        outcomes = [first, second]
+        assert sum(isinstance(o, pb.Trip) for o in outcomes) == 1
+        errors = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+        assert [e.code() for e in errors] == [grpc.StatusCode.FAILED_PRECONDITION]
+
+        # A second quote while the first trip is live: one live trip per rider.
+        with pytest.raises(grpc.aio.AioRpcError) as live:
+            await book(stub, rider)
+        assert live.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_failed_precondition_names_the_state_and_the_command(harness: Harness) -> None:
+    driver, rider = new_id("d"), new_id("r")
+    async with harness.trip_service() as stub:
+        trip = await book(stub, rider)
+        await trip_in(stub, trip.id, (pb.TRIP_STATE_NO_DRIVERS,))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.StartTrip(pb.StartTripRequest(trip_id=trip.id, driver_id=driver), timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await stub.GetTrip(pb.GetTripRequest(trip_id="nope"), timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await stub.EstimateFare(
+                pb.EstimateFareRequest(
+                    pickup=common_pb2.LatLng(lat=91, lng=0),
+                    dropoff=latlng(DROPOFF),
+                    vehicle_class=STANDARD,
+                    rider_id=rider,
+                ),
+                timeout=5,
+            )
+
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert caught.value.details() == "cannot start when state=NO_DRIVERS"
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_driver_cancel_sends_the_trip_back_to_dispatch_without_them(
+    harness: Harness,
+) -> None:
+    first, second, rider = new_id("d"), new_id("d"), new_id("r")
+    await harness.go_online(first, (PICKUP[0] + 0.001, PICKUP[1]))
+    async with (
+        harness.trip_service() as stub,
+        auto_accepting(harness.tap, stub, riders={rider}),
+    ):
+        trip = await book(stub, rider)
+        await trip_in(stub, trip.id, (pb.TRIP_STATE_ACCEPTED,))
+        await harness.go_online(second, (PICKUP[0] + 0.002, PICKUP[1]))
+        await stub.CancelTrip(
+            pb.CancelTripRequest(
+                trip_id=trip.id, actor=pb.ACTOR_DRIVER, actor_id=first, reason="flat tyre"
+            ),
+            timeout=5,
+        )
+        await harness.tap.wait_for(events.TRIP_ACCEPTED, trip.id, count=2)
+        done = await trip_in(stub, trip.id, (pb.TRIP_STATE_ACCEPTED,))
+
+    assert done.driver_id == second
+    assert harness.tap.of(events.TRIP_DRIVER_CANCELLED, trip.id)
+    assert await harness.availability(first) == loc.AVAILABILITY_AVAILABLE
+
+
+async def test_driver_going_offline_releases_their_pending_offer(harness: Harness) -> None:
+    near, far, rider = new_id("d"), new_id("d"), new_id("r")
+    await harness.go_online(near, (PICKUP[0] + 0.001, PICKUP[1]))
+    await harness.go_online(far, (PICKUP[0] + 0.004, PICKUP[1]))
+    async with harness.trip_service() as stub:
+        trip = await book(stub, rider)
+        assert (await offer_of(harness.tap, trip.id)).driver_id == near
+        offline = bus.make_envelope(
+            driver_events.DriverWentOffline(driver_id=near),
+            type=events.DRIVER_OFFLINE,
+            aggregate_id=near,
+            aggregate_version=2,
+        )
+        await bus.publish_envelope(harness.js, offline)  # type: ignore[arg-type]
+        second = await offer_of(harness.tap, trip.id, count=2)
+
+    assert second.driver_id == far
+    ended = harness.tap.of(events.TRIP_OFFER_ENDED, trip.id)[0].unpack(trip_events.TripOfferEnded)
+    assert ended.reason == trip_events.OFFER_END_REASON_DRIVER_OFFLINE
+
+
+async def test_list_trips_pages_newest_first(harness: Harness) -> None:
+    riders = [new_id("r") for _ in range(3)]
+    async with harness.trip_service() as stub:
+        booked = [await book(stub, rider) for rider in riders]
+        seen: list[str] = []
+        token = ""
+        for _ in range(3):
+            page = await stub.ListTrips(
+                pb.ListTripsRequest(page_size=2, page_token=token), timeout=5
+            )
+            seen += [t.id for t in page.trips]
+            token = page.next_page_token
+            if not token:
+                break
+        mine = await stub.ListTrips(pb.ListTripsRequest(rider_id=riders[1]), timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await stub.ListTrips(pb.ListTripsRequest(page_token="garbage!"), timeout=5)
+
+    assert seen == [t.id for t in reversed(booked)]
+    assert [t.id for t in mine.trips] == [booked[1].id]
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT

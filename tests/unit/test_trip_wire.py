@@ -1,0 +1,124 @@
+"""Trip proto <-> domain conversions, page tokens and the trip service's settings."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from protos.common.v1 import common_pb2
+from protos.trip.v1 import events_pb2, trip_pb2
+from rideshare.settings import SettingsError
+from trip import domain, wire
+from trip.domain import Actor, InvalidArgumentError, LatLng, TripState, VehicleClass
+from trip.settings import TripSettings
+from trip.store import decode_page_token, encode_page_token
+
+NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def a_trip() -> domain.Trip:
+    quote = domain.make_quote(
+        quote_id="q1",
+        rider_id="r1",
+        pickup=LatLng(52.52, 13.405),
+        dropoff=LatLng(52.53, 13.43),
+        vehicle_class=VehicleClass.XL,
+        surge=1.2,
+        now=NOW,
+    )
+    trip = domain.request_trip(
+        quote, trip_id="t1", rider_id="r1", pickup=quote.pickup, dropoff=quote.dropoff, now=NOW
+    )
+    trip = domain.dispatch(trip, now=NOW)
+    return domain.offer(trip, offer_id="o1", driver_id="d1", now=NOW)
+
+
+@pytest.mark.parametrize("vehicle_class", list(VehicleClass))
+def test_every_vehicle_class_round_trips(vehicle_class: VehicleClass) -> None:
+    assert (
+        wire.vehicle_class_from_proto(wire.vehicle_class_to_proto(vehicle_class)) is vehicle_class
+    )
+
+
+@pytest.mark.parametrize("state", list(TripState))
+def test_every_state_round_trips(state: TripState) -> None:
+    assert wire.state_from_proto(wire.state_to_proto(state)) is state
+
+
+@pytest.mark.parametrize("actor", list(Actor))
+def test_every_actor_round_trips(actor: Actor) -> None:
+    assert wire.actor_from_proto(wire.actor_to_proto(actor)) is actor
+
+
+def test_unspecified_enums_are_invalid_arguments() -> None:
+    with pytest.raises(InvalidArgumentError):
+        wire.vehicle_class_from_proto(common_pb2.VEHICLE_CLASS_UNSPECIFIED)
+    with pytest.raises(InvalidArgumentError):
+        wire.actor_from_proto(trip_pb2.ACTOR_UNSPECIFIED)
+    with pytest.raises(InvalidArgumentError):
+        wire.state_from_proto(trip_pb2.TRIP_STATE_UNSPECIFIED)
+
+
+def test_a_point_out_of_range_names_its_field() -> None:
+    with pytest.raises(InvalidArgumentError, match=r"^pickup: latitude"):
+        wire.latlng_from_proto(common_pb2.LatLng(lat=95, lng=0), "pickup")
+
+
+def test_a_dispatching_trip_shows_its_offer_and_history() -> None:
+    message = wire.trip_to_proto(a_trip())
+
+    assert message.state == trip_pb2.TRIP_STATE_DISPATCHING
+    assert message.vehicle_class == common_pb2.VEHICLE_CLASS_XL
+    assert message.current_offer.offer_id == "o1"
+    assert message.current_offer.driver_id == "d1"
+    assert not message.HasField("final_fare")
+    assert [h.command for h in message.history] == ["request", "dispatch", "offer"]
+    assert message.history[0].from_state == trip_pb2.TRIP_STATE_UNSPECIFIED
+    assert message.version == 3
+
+
+def test_the_offered_event_carries_what_the_driver_app_shows() -> None:
+    subject, payload = wire.offered(a_trip(), distance_to_pickup_m=321.0)
+
+    assert subject == "trip.offered"
+    assert isinstance(payload, events_pb2.TripOffered)
+    assert (payload.offer_id, payload.driver_id, payload.attempt) == ("o1", "d1", 1)
+    assert payload.expires_at.ToDatetime(tzinfo=UTC) == NOW + domain.OFFER_TIMEOUT
+
+
+def test_page_tokens_round_trip_and_garbage_is_rejected() -> None:
+    trip = a_trip()
+    assert decode_page_token(encode_page_token(trip)) == (trip.requested_at, trip.id)
+    for bad in ("garbage!", "W10", "bnVsbA"):
+        with pytest.raises(InvalidArgumentError):
+            decode_page_token(bad)
+
+
+def test_settings_from_env_read_every_dispatch_knob() -> None:
+    settings = TripSettings.from_env(
+        {
+            "RIDESHARE_LOCATION_ADDR": "loc:1",
+            "RIDESHARE_OFFER_TIMEOUT_S": "0.5",
+            "RIDESHARE_DISPATCH_RADII_M": "500,1500",
+        }
+    )
+
+    assert settings.location_addr == "loc:1"
+    plan = settings.plan()
+    assert plan.offer_timeout == timedelta(seconds=0.5)
+    assert plan.radius_steps_m == (500, 1500)
+    assert TripSettings.from_env({}).location_addr == "127.0.0.1:50054"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("RIDESHARE_DISPATCH_RADII_M", "5000,2000"),
+        ("RIDESHARE_DISPATCH_RADII_M", "two"),
+        ("RIDESHARE_OFFER_TIMEOUT_S", "-1"),
+    ],
+)
+def test_bad_settings_fail_fast_naming_the_problem(name: str, value: str) -> None:
+    with pytest.raises(SettingsError):
+        TripSettings.from_env({name: value})

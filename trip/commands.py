@@ -1,0 +1,369 @@
+"""The trip service's use cases: read, decide with the pure core, write in one transaction.
+
+Each command loads the trip, runs the domain guard, and saves the new version with its history
+and outbox events in one transaction (``UPDATE ... WHERE version=$2``). A concurrent change
+makes the save fail with ConcurrencyError; the command then starts over on the fresh trip, so
+the caller gets the error the new state calls for ("cannot accept when state=ACCEPTED")
+rather than a bare conflict. Location index updates run after the commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from protos.trip.v1 import events_pb2
+from rideshare.bus import claim_event, reraise_if_cancelling
+from trip import domain, pricing, wire
+from trip.dispatch import Dispatcher, LocationClient
+from trip.domain import Actor, LatLng, Quote, Trip, TripState, VehicleClass
+from trip.errors import ConcurrencyError, InvalidArgumentError, NotFoundError
+from trip.settings import TripSettings
+from trip.store import Event, TripStore, decode_page_token, encode_page_token
+
+__all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "Outcome", "TripCommands"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
+_ATTEMPTS = 5
+_SUPPLY_LIMIT = 50
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Outcome:
+    """What a guard decided: the new trip, its events, and what to do after the commit."""
+
+    trip: Trip
+    events: list[Event] = field(default_factory=list)
+    after_commit: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    dispatch: bool = False
+
+
+Guard = Callable[[Trip, datetime], Outcome]
+
+
+class TripCommands:
+    """Quotes, bookings and every command on a trip."""
+
+    def __init__(
+        self,
+        store: TripStore,
+        location: LocationClient,
+        dispatcher: Dispatcher,
+        settings: TripSettings,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._store = store
+        self._location = location
+        self._dispatcher = dispatcher
+        self._settings = settings
+        self._clock = clock
+
+    # --- quotes and booking -----------------------------------------------------------------
+
+    async def estimate_fare(
+        self, *, rider_id: str, pickup: LatLng, dropoff: LatLng, vehicle_class: VehicleClass
+    ) -> Quote:
+        """A stored quote for the ride, priced with the pickup area's current surge."""
+        if not rider_id:
+            raise InvalidArgumentError("rider_id is required")
+        now = self._clock()
+        surge = await self._surge(pickup, now)
+        quote = domain.make_quote(
+            quote_id=uuid.uuid4().hex,
+            rider_id=rider_id,
+            pickup=pickup,
+            dropoff=dropoff,
+            vehicle_class=vehicle_class,
+            surge=surge,
+            now=now,
+            ttl=self._settings.quote_ttl,
+        )
+        await self._store.save_quote(quote)
+        return quote
+
+    async def _surge(self, pickup: LatLng, now: datetime) -> float:
+        """Demand (recent requests in the pickup's H3 ring) over supply (available drivers
+        nearby), smoothed with the cell's previous multiplier and stored as the next one's."""
+        cell = pricing.pickup_cell(pickup.lat, pickup.lng)
+        since = now - timedelta(seconds=self._settings.surge_window_s)
+        demand, previous = await self._store.surge_inputs(
+            sorted(pricing.ring(cell)), cell, since=since
+        )
+        try:
+            supply = len(
+                await self._location.nearest(
+                    pickup, radius_m=self._settings.surge_supply_radius_m, limit=_SUPPLY_LIMIT
+                )
+            )
+        except Exception as exc:
+            reraise_if_cancelling()
+            # A quote without fresh supply figures beats no quote: keep the last multiplier.
+            logger.warning("no supply figure for cell %s (%r); keeping its surge", cell, exc)
+            return previous if previous is not None else 1.0
+        multiplier = pricing.surge_multiplier(demand, supply, previous)
+        if multiplier != previous:
+            await self._store.save_surge(cell, multiplier, now=now)
+        return multiplier
+
+    async def request_trip(
+        self,
+        *,
+        rider_id: str,
+        quote_id: str,
+        pickup: LatLng,
+        dropoff: LatLng,
+        pickup_address: str = "",
+        dropoff_address: str = "",
+    ) -> Trip:
+        """Book a trip at a quote's price and start dispatching it."""
+        if not rider_id or not quote_id:
+            raise InvalidArgumentError("rider_id and quote_id are required")
+        async with self._store.transaction() as conn:
+            quote = await self._store.get_quote(conn, quote_id)
+            if quote is None:
+                raise NotFoundError(f"no quote {quote_id}")
+            trip = domain.request_trip(
+                quote,
+                trip_id=uuid.uuid4().hex,
+                rider_id=rider_id,
+                pickup=pickup,
+                dropoff=dropoff,
+                now=self._clock(),
+                pickup_address=pickup_address,
+                dropoff_address=dropoff_address,
+            )
+            await self._store.create_trip(
+                conn,
+                trip,
+                pickup_cell=pricing.pickup_cell(pickup.lat, pickup.lng),
+                events=[wire.requested(trip)],
+            )
+        self._dispatcher.kick(trip.id)
+        return trip
+
+    # --- reads ------------------------------------------------------------------------------
+
+    async def get_trip(self, trip_id: str) -> Trip:
+        async with self._store.transaction() as conn:
+            trip = await self._store.get_trip(conn, trip_id)
+        if trip is None:
+            raise NotFoundError(f"no trip {trip_id}")
+        return trip
+
+    async def list_trips(
+        self,
+        *,
+        states: Sequence[TripState],
+        rider_id: str | None,
+        driver_id: str | None,
+        page_size: int,
+        page_token: str,
+    ) -> tuple[list[Trip], str]:
+        """One page of trips, newest first, and the next page's token ("" on the last)."""
+        if page_size < 0:
+            raise InvalidArgumentError(f"page_size {page_size} is negative")
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        after = decode_page_token(page_token) if page_token else None
+        trips = await self._store.list_trips(
+            states=states, rider_id=rider_id, driver_id=driver_id, limit=size + 1, after=after
+        )
+        if len(trips) > size:
+            return trips[:size], encode_page_token(trips[size - 1])
+        return trips, ""
+
+    # --- commands ---------------------------------------------------------------------------
+
+    async def cancel(self, trip_id: str, *, actor: Actor, actor_id: str, reason: str) -> Trip:
+        """Cancel (rider, system, admin), or a driver's cancel that re-dispatches the trip."""
+        if actor is Actor.DRIVER:
+            return await self._run(trip_id, self._driver_cancel(actor_id, reason, Actor.DRIVER))
+
+        def guard(trip: Trip, now: datetime) -> Outcome:
+            after, _fee = domain.cancel(
+                trip,
+                actor=actor,
+                actor_id=actor_id,
+                now=now,
+                reason=reason,
+                policy=self._settings.cancellation_policy,
+            )
+            outcome = Outcome(after, [wire.cancelled(trip, after, actor_id=actor_id)])
+            if trip.offer is not None:
+                outcome.after_commit.append(_call(self._location.release_offer, trip.offer))
+            if trip.driver_id is not None:
+                outcome.after_commit.append(_free(self._location, trip.driver_id))
+            return outcome
+
+        return await self._run(trip_id, guard)
+
+    def _driver_cancel(self, driver_id: str, reason: str, actor: Actor) -> Guard:
+        def guard(trip: Trip, now: datetime) -> Outcome:
+            after = domain.driver_cancel(
+                trip, driver_id=driver_id, now=now, reason=reason, actor=actor
+            )
+            outcome = Outcome(
+                after, [wire.driver_cancelled(trip, after, reason=reason, at=now)], dispatch=True
+            )
+            if actor is Actor.DRIVER:  # an offline driver stays OFFLINE in the index
+                outcome.after_commit.append(_free(self._location, driver_id))
+            return outcome
+
+        return guard
+
+    async def accept(self, trip_id: str, *, driver_id: str, offer_id: str) -> Trip:
+        def guard(trip: Trip, now: datetime) -> Outcome:
+            after = domain.accept(trip, driver_id=driver_id, offer_id=offer_id, now=now)
+            return Outcome(
+                after,
+                [wire.accepted(after, offer_id=offer_id)],
+                [lambda: self._location.assign(driver_id)],
+            )
+
+        return await self._run(trip_id, guard)
+
+    async def decline(self, trip_id: str, *, driver_id: str, offer_id: str) -> Trip:
+        def guard(trip: Trip, now: datetime) -> Outcome:
+            after = domain.decline(trip, driver_id=driver_id, offer_id=offer_id, now=now)
+            assert trip.offer is not None
+            return Outcome(
+                after,
+                [wire.offer_ended(trip, trip.offer, events_pb2.OFFER_END_REASON_DECLINED)],
+                [lambda: self._location.release_offer(driver_id)],
+                dispatch=True,
+            )
+
+        return await self._run(trip_id, guard)
+
+    async def arrive(self, trip_id: str, *, driver_id: str) -> Trip:
+        def guard(trip: Trip, now: datetime) -> Outcome:
+            after = domain.arrive(trip, driver_id=driver_id, now=now)
+            return Outcome(after, [wire.arrived(after)])
+
+        return await self._run(trip_id, guard)
+
+    async def start(self, trip_id: str, *, driver_id: str) -> Trip:
+        def guard(trip: Trip, now: datetime) -> Outcome:
+            after = domain.start(trip, driver_id=driver_id, now=now)
+            return Outcome(after, [wire.started(after)])
+
+        return await self._run(trip_id, guard)
+
+    async def complete(
+        self,
+        trip_id: str,
+        *,
+        driver_id: str,
+        distance_m: int | None = None,
+        duration_s: int | None = None,
+    ) -> Trip:
+        for name, value in (("distance_m", distance_m), ("duration_s", duration_s)):
+            if value is not None and value < 0:
+                raise InvalidArgumentError(f"{name} {value} is negative")
+
+        def guard(trip: Trip, now: datetime) -> Outcome:
+            after = domain.complete(
+                trip, driver_id=driver_id, now=now, distance_m=distance_m, duration_s=duration_s
+            )
+            return Outcome(after, [wire.completed(after)], [_free(self._location, driver_id)])
+
+        return await self._run(trip_id, guard)
+
+    async def rate(
+        self, trip_id: str, *, side: Actor, actor_id: str, stars: int, comment: str
+    ) -> Trip:
+        if len(comment) > 500:
+            raise InvalidArgumentError("comment is longer than 500 characters")
+
+        def guard(trip: Trip, now: datetime) -> Outcome:
+            after = domain.rate(trip, side=side, actor_id=actor_id, stars=stars)
+            return Outcome(
+                after,
+                [wire.rated(after, side=side, rater_id=actor_id, stars=stars, comment=comment)],
+            )
+
+        return await self._run(trip_id, guard)
+
+    async def driver_offline(self, driver_id: str, *, consumer: str, event_id: str) -> None:
+        """A driver went offline: end their pending offer, or hand their not-yet-started trip
+        back to dispatch. Idempotent by ``event_id`` (claimed in the effect's transaction)."""
+        async with self._store.transaction() as conn:
+            trip_ids = await self._store.trips_of_driver(conn, driver_id)
+        for trip_id in trip_ids:
+
+            def guard(trip: Trip, now: datetime) -> Outcome:
+                pending = trip.offer
+                if pending is not None and pending.driver_id == driver_id:
+                    after = domain.expire_offer(
+                        trip, offer_id=pending.offer_id, now=now, reason="driver went offline"
+                    )
+                    ended = wire.offer_ended(
+                        trip, pending, events_pb2.OFFER_END_REASON_DRIVER_OFFLINE
+                    )
+                    return Outcome(after, [ended], dispatch=True)
+                if trip.driver_id == driver_id and trip.state in (
+                    TripState.ACCEPTED,
+                    TripState.ARRIVED,
+                ):
+                    return self._driver_cancel(driver_id, "driver went offline", Actor.SYSTEM)(
+                        trip, now
+                    )
+                return Outcome(trip)  # nothing to do: on the ride, or already moved on
+
+            await self._run(trip_id, guard, claim=(consumer, f"{event_id}:{trip_id}"))
+
+    # --- the transaction --------------------------------------------------------------------
+
+    async def _run(
+        self, trip_id: str, guard: Guard, *, claim: tuple[str, str] | None = None
+    ) -> Trip:
+        """Load, decide, save (version-checked) in one transaction; start over on a conflict.
+
+        ``claim`` (consumer, key) makes it an event's idempotent effect: recorded in the same
+        transaction, and skipped when recorded already.
+        """
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                async with self._store.transaction() as conn:
+                    before = await self._store.get_trip(conn, trip_id)
+                    if before is None:
+                        raise NotFoundError(f"no trip {trip_id}")
+                    if claim is not None and not await claim_event(
+                        conn, consumer=claim[0], event_id=claim[1]
+                    ):
+                        return before
+                    outcome = guard(before, self._clock())
+                    if outcome.trip is before:
+                        return before
+                    await self._store.save(conn, before, outcome.trip, events=outcome.events)
+            except ConcurrencyError:
+                if attempt == _ATTEMPTS:
+                    raise
+                continue
+            for effect in outcome.after_commit:
+                await effect()
+            if outcome.dispatch:
+                self._dispatcher.kick(trip_id)
+            return outcome.trip
+        raise AssertionError("unreachable")
+
+
+def _call(
+    method: Callable[[str], Awaitable[None]], offer: domain.Offer
+) -> Callable[[], Awaitable[None]]:
+    driver_id = offer.driver_id
+    return lambda: method(driver_id)
+
+
+def _free(location: LocationClient, driver_id: str) -> Callable[[], Awaitable[None]]:
+    return lambda: location.free(driver_id)

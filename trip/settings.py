@@ -1,0 +1,102 @@
+"""The trip service's own settings (``RIDESHARE_OFFER_TIMEOUT_S`` and friends), beside the
+``ServiceSettings`` every service shares."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+
+from rideshare.settings import SettingsError, env_float, env_int, env_str
+from trip.domain import CancellationPolicy, DispatchPlan, InvalidArgumentError
+
+__all__ = ["TripSettings"]
+
+
+@dataclass(frozen=True)
+class TripSettings:
+    """Dispatch, pricing and client settings of the trip service; tests build it directly."""
+
+    location_addr: str = "127.0.0.1:50054"
+    """host:port of the location service (RIDESHARE_LOCATION_ADDR)."""
+    location_timeout_s: float = 1.0
+    offer_timeout_s: float = 15.0
+    radius_steps_m: tuple[int, ...] = (2000, 5000, 10000)
+    candidates_per_search: int = 10
+    max_offers: int = 10
+    max_wait_s: float = 180.0
+    dispatch_poll_s: float = 0.2
+    """How often the poller looks for expired offers and trips left without one."""
+    dispatch_concurrency: int = 16
+    """Trips one copy advances at once."""
+    quote_ttl_s: float = 120.0
+    cancellation_grace_s: float = 120.0
+    surge_window_s: float = 600.0
+    """Requests in the pickup's H3 ring during this window are the surge demand."""
+    surge_supply_radius_m: float = 2000.0
+    consumer_name: str = "trip"
+    """Durable name of the driver.offline consumer (tests give each service its own)."""
+
+    def __post_init__(self) -> None:
+        self.plan()  # fail fast on a plan the domain rejects
+
+    def plan(self) -> DispatchPlan:
+        """The dispatch plan these settings describe."""
+        try:
+            return DispatchPlan(
+                radius_steps_m=self.radius_steps_m,
+                offer_timeout=timedelta(seconds=self.offer_timeout_s),
+                candidates_per_search=self.candidates_per_search,
+                max_offers=self.max_offers,
+                max_wait=timedelta(seconds=self.max_wait_s),
+            )
+        except InvalidArgumentError as exc:
+            raise SettingsError(f"dispatch settings: {exc}") from None
+
+    @property
+    def offer_timeout(self) -> timedelta:
+        return timedelta(seconds=self.offer_timeout_s)
+
+    @property
+    def quote_ttl(self) -> timedelta:
+        return timedelta(seconds=self.quote_ttl_s)
+
+    @property
+    def cancellation_policy(self) -> CancellationPolicy:
+        return CancellationPolicy(grace=timedelta(seconds=self.cancellation_grace_s))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> TripSettings:
+        """Settings from ``RIDESHARE_*`` variables; a bad value names its variable."""
+        raw_steps = env_str("RIDESHARE_DISPATCH_RADII_M", "2000,5000,10000", env=env)
+        try:
+            steps = tuple(int(part) for part in raw_steps.split(","))
+        except ValueError:
+            raise SettingsError(
+                f"RIDESHARE_DISPATCH_RADII_M={raw_steps!r} is not a list of integers"
+            ) from None
+        return cls(
+            location_addr=env_str("RIDESHARE_LOCATION_ADDR", "127.0.0.1:50054", env=env),
+            location_timeout_s=env_float(
+                "RIDESHARE_LOCATION_TIMEOUT_S", 1.0, minimum=0.01, env=env
+            ),
+            offer_timeout_s=env_float("RIDESHARE_OFFER_TIMEOUT_S", 15.0, minimum=0.05, env=env),
+            radius_steps_m=steps,
+            candidates_per_search=env_int(
+                "RIDESHARE_DISPATCH_CANDIDATES", 10, minimum=1, maximum=50, env=env
+            ),
+            max_offers=env_int("RIDESHARE_DISPATCH_MAX_OFFERS", 10, minimum=1, env=env),
+            max_wait_s=env_float("RIDESHARE_DISPATCH_MAX_WAIT_S", 180.0, minimum=1.0, env=env),
+            dispatch_poll_s=env_float("RIDESHARE_DISPATCH_POLL_S", 0.2, minimum=0.01, env=env),
+            dispatch_concurrency=env_int(
+                "RIDESHARE_DISPATCH_CONCURRENCY", 16, minimum=1, maximum=256, env=env
+            ),
+            quote_ttl_s=env_float("RIDESHARE_QUOTE_TTL_S", 120.0, minimum=1.0, env=env),
+            cancellation_grace_s=env_float(
+                "RIDESHARE_CANCELLATION_GRACE_S", 120.0, minimum=0.0, env=env
+            ),
+            surge_window_s=env_float("RIDESHARE_SURGE_WINDOW_S", 600.0, minimum=1.0, env=env),
+            surge_supply_radius_m=env_float(
+                "RIDESHARE_SURGE_SUPPLY_RADIUS_M", 2000.0, minimum=1.0, env=env
+            ),
+        )

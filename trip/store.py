@@ -1,0 +1,499 @@
+"""asyncpg adapter of the trip service: quotes, trips, their history, pending offers, surge.
+
+Every write of a trip is ``UPDATE trips ... WHERE id=$1 AND version=$2`` plus its history
+rows, its pending-offer row and its outbox events, in the caller's transaction. The unique
+indexes of ``migrations/0001_init.sql`` make double booking impossible; their violations come
+back as the matching domain error, never as a bare database error.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from google.protobuf.message import Message
+
+from rideshare.outbox import add_event
+from trip.domain import (
+    Actor,
+    LatLng,
+    Money,
+    Offer,
+    Quote,
+    Transition,
+    Trip,
+    TripState,
+    VehicleClass,
+)
+from trip.errors import (
+    ConcurrencyError,
+    DriverUnavailableError,
+    InvalidArgumentError,
+    OfferMismatchError,
+    QuoteUsedError,
+    RiderHasLiveTripError,
+)
+
+__all__ = ["Event", "TripStore", "decode_page_token", "encode_page_token"]
+
+Event = tuple[str, Message]
+"""An outbox event: (subject, payload)."""
+
+_LIVE = [s.value for s in (TripState.REQUESTED, TripState.DISPATCHING)]
+
+# Unique constraints -> the domain error a violation means.
+_UNIQUE_ERRORS: dict[str, tuple[type[Exception], str]] = {
+    "trips_one_live_trip_per_rider": (RiderHasLiveTripError, "rider {rider} has a live trip"),
+    "trips_one_live_trip_per_driver": (
+        DriverUnavailableError,
+        "driver {driver} holds another live trip",
+    ),
+    "offers_driver_id_key": (DriverUnavailableError, "driver {driver} holds another offer"),
+    "offers_trip_id_key": (OfferMismatchError, "trip {trip} has another offer pending"),
+    "trips_quote_id_key": (QuoteUsedError, "quote {quote} booked a trip already"),
+}
+
+_TRIP_COLUMNS = """
+    t.id, t.rider_id, t.vehicle_class, t.state, t.version, t.quote_id, t.pickup_lat,
+    t.pickup_lng, t.dropoff_lat, t.dropoff_lng, t.pickup_address, t.dropoff_address,
+    t.quoted_fare_minor, t.currency, t.surge_multiplier, t.estimated_distance_m,
+    t.estimated_duration_s, t.requested_at, t.driver_id, t.offer_attempts,
+    t.excluded_driver_ids, t.dispatch_started_at, t.final_fare_minor, t.distance_m,
+    t.duration_s, t.cancellation_fee_minor, t.cancelled_by, t.cancel_reason, t.rider_rating,
+    t.driver_rating, t.accepted_at, t.arrived_at, t.started_at, t.completed_at,
+    t.cancelled_at, t.ended_at,
+    o.offer_id, o.driver_id AS offer_driver_id, o.attempt AS offer_attempt,
+    o.offered_at AS offer_offered_at, o.expires_at AS offer_expires_at
+"""
+_TRIP_FROM = "FROM trips t LEFT JOIN offers o ON o.trip_id = t.id"
+
+
+class TripStore:
+    """The trip service's Postgres schema. Methods taking ``conn`` run in the caller's
+    transaction; the others open their own."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection inside a transaction, committed when the block exits cleanly."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            yield conn
+
+    # --- quotes and surge -------------------------------------------------------------------
+
+    async def save_quote(self, quote: Quote) -> None:
+        """Store a new quote."""
+        await self._pool.execute(
+            "INSERT INTO quotes (quote_id, rider_id, pickup_lat, pickup_lng, dropoff_lat, "
+            "dropoff_lng, vehicle_class, price_minor, currency, surge_multiplier, distance_m, "
+            "duration_s, created_at, expires_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            quote.quote_id,
+            quote.rider_id,
+            quote.pickup.lat,
+            quote.pickup.lng,
+            quote.dropoff.lat,
+            quote.dropoff.lng,
+            quote.vehicle_class.value,
+            quote.price.amount_minor,
+            quote.price.currency,
+            quote.surge_multiplier,
+            quote.distance_m,
+            quote.duration_s,
+            quote.created_at,
+            quote.expires_at,
+        )
+
+    async def get_quote(self, conn: asyncpg.Connection, quote_id: str) -> Quote | None:
+        """The quote, or None."""
+        row = await conn.fetchrow("SELECT * FROM quotes WHERE quote_id = $1", quote_id)
+        if row is None:
+            return None
+        return Quote(
+            quote_id=row["quote_id"],
+            rider_id=row["rider_id"],
+            pickup=LatLng(row["pickup_lat"], row["pickup_lng"]),
+            dropoff=LatLng(row["dropoff_lat"], row["dropoff_lng"]),
+            vehicle_class=VehicleClass(row["vehicle_class"]),
+            price=Money(row["price_minor"], row["currency"]),
+            surge_multiplier=row["surge_multiplier"],
+            distance_m=row["distance_m"],
+            duration_s=row["duration_s"],
+            created_at=row["created_at"],
+            expires_at=row["expires_at"],
+            trip_id=row["trip_id"],
+        )
+
+    async def surge_inputs(
+        self, cells: Sequence[str], cell: str, *, since: datetime
+    ) -> tuple[int, float | None]:
+        """Trips requested in ``cells`` since ``since``, and ``cell``'s stored multiplier."""
+        row = await self._pool.fetchrow(
+            "SELECT (SELECT count(*) FROM trips WHERE pickup_cell = ANY($1::text[]) "
+            "AND requested_at >= $2) AS demand, "
+            "(SELECT multiplier FROM surge WHERE cell = $3) AS previous",
+            list(cells),
+            since,
+            cell,
+        )
+        assert row is not None
+        return int(row["demand"]), row["previous"]
+
+    async def save_surge(self, cell: str, multiplier: float, *, now: datetime) -> None:
+        """Remember ``cell``'s multiplier as the next smoothing's previous value."""
+        await self._pool.execute(
+            "INSERT INTO surge (cell, multiplier, updated_at) VALUES ($1, $2, $3) "
+            "ON CONFLICT (cell) DO UPDATE SET multiplier = $2, updated_at = $3",
+            cell,
+            multiplier,
+            now,
+        )
+
+    # --- trips ------------------------------------------------------------------------------
+
+    async def create_trip(
+        self, conn: asyncpg.Connection, trip: Trip, *, pickup_cell: str, events: Sequence[Event]
+    ) -> None:
+        """Insert a new trip, mark its quote used, record its history and events."""
+        try:
+            async with conn.transaction():  # a savepoint: map a violation, keep the caller's tx
+                await conn.execute(
+                    "INSERT INTO trips (id, rider_id, vehicle_class, state, version, quote_id, "
+                    "pickup_lat, pickup_lng, dropoff_lat, dropoff_lng, pickup_cell, "
+                    "pickup_address, dropoff_address, quoted_fare_minor, currency, "
+                    "surge_multiplier, estimated_distance_m, estimated_duration_s, requested_at) "
+                    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, "
+                    "$16, $17, $18, $19)",
+                    trip.id,
+                    trip.rider_id,
+                    trip.vehicle_class.value,
+                    trip.state.value,
+                    trip.version,
+                    trip.quote_id,
+                    trip.pickup.lat,
+                    trip.pickup.lng,
+                    trip.dropoff.lat,
+                    trip.dropoff.lng,
+                    pickup_cell,
+                    trip.pickup_address,
+                    trip.dropoff_address,
+                    trip.quoted_fare.amount_minor,
+                    trip.quoted_fare.currency,
+                    trip.surge_multiplier,
+                    trip.estimated_distance_m,
+                    trip.estimated_duration_s,
+                    trip.requested_at,
+                )
+        except asyncpg.UniqueViolationError as exc:
+            raise _unique_error(exc, trip) from None
+        used = await conn.execute(
+            "UPDATE quotes SET trip_id = $2 WHERE quote_id = $1 AND trip_id IS NULL",
+            trip.quote_id,
+            trip.id,
+        )
+        if used != "UPDATE 1":
+            raise QuoteUsedError(f"quote {trip.quote_id} booked a trip already")
+        await self._insert_history(conn, trip, since_version=0)
+        await self._add_events(conn, trip, events)
+
+    async def get_trip(
+        self, conn: asyncpg.Connection, trip_id: str, *, history: bool = True
+    ) -> Trip | None:
+        """The trip with its pending offer (and its history when asked), or None."""
+        row = await conn.fetchrow(f"SELECT {_TRIP_COLUMNS} {_TRIP_FROM} WHERE t.id = $1", trip_id)
+        if row is None:
+            return None
+        return await self._with_history(conn, _trip(row), history)
+
+    async def lock_for_dispatch(self, conn: asyncpg.Connection, trip_id: str) -> Trip | None:
+        """The trip, row-locked, if it is still looking for a driver and no one else holds it.
+
+        ``FOR UPDATE SKIP LOCKED``: of all the copies and triggers that want to advance one
+        trip's dispatch, exactly one gets it; the others get None and move on.
+        """
+        locked = await conn.fetchval(
+            "SELECT id FROM trips WHERE id = $1 AND state = ANY($2::text[]) FOR UPDATE SKIP LOCKED",
+            trip_id,
+            _LIVE,
+        )
+        if locked is None:
+            return None
+        # Read again in a statement of its own: under READ COMMITTED, a lock taken right after
+        # another transaction committed sees that trip row's new version, but a row joined in
+        # the same statement (the offer) would still come from the statement's older snapshot.
+        return await self.get_trip(conn, trip_id, history=False)
+
+    async def due_for_dispatch(self, *, now: datetime, limit: int) -> list[str]:
+        """Trips dispatch must advance: REQUESTED or DISPATCHING without an offer, or whose
+        offer expired. Oldest first."""
+        rows = await self._pool.fetch(
+            "SELECT t.id FROM trips t LEFT JOIN offers o ON o.trip_id = t.id "
+            "WHERE t.state = ANY($1::text[]) AND (o.offer_id IS NULL OR o.expires_at <= $2) "
+            "ORDER BY t.requested_at LIMIT $3",
+            _LIVE,
+            now,
+            limit,
+        )
+        return [row["id"] for row in rows]
+
+    async def trips_of_driver(self, conn: asyncpg.Connection, driver_id: str) -> list[str]:
+        """Ids of the live trips holding ``driver_id``: by a pending offer or as assigned."""
+        rows = await conn.fetch(
+            "SELECT trip_id AS id FROM offers WHERE driver_id = $1 UNION "
+            "SELECT id FROM trips WHERE driver_id = $1 "
+            "AND state IN ('ACCEPTED', 'ARRIVED', 'IN_PROGRESS')",
+            driver_id,
+        )
+        return [row["id"] for row in rows]
+
+    async def save(
+        self, conn: asyncpg.Connection, before: Trip, after: Trip, *, events: Sequence[Event]
+    ) -> None:
+        """Write ``after`` over ``before`` (version-checked), with its new history records, its
+        pending offer and ``events``, in the caller's transaction.
+
+        Raises ConcurrencyError when the trip is no longer at ``before.version``, and
+        DriverUnavailableError / OfferMismatchError when a unique index refuses the change
+        (the transaction is then unusable and must be rolled back, unless the caller opened
+        a savepoint around this call).
+        """
+        try:
+            status = await conn.execute(
+                "UPDATE trips SET state = $3, version = $4, driver_id = $5, offer_attempts = $6, "
+                "excluded_driver_ids = $7, dispatch_started_at = $8, final_fare_minor = $9, "
+                "distance_m = $10, duration_s = $11, cancellation_fee_minor = $12, "
+                "cancelled_by = $13, cancel_reason = $14, rider_rating = $15, "
+                "driver_rating = $16, accepted_at = $17, arrived_at = $18, started_at = $19, "
+                "completed_at = $20, cancelled_at = $21, ended_at = $22 "
+                "WHERE id = $1 AND version = $2",
+                after.id,
+                before.version,
+                after.state.value,
+                after.version,
+                after.driver_id,
+                after.offer_attempts,
+                sorted(after.excluded_driver_ids),
+                after.dispatch_started_at,
+                _amount(after.final_fare),
+                after.distance_m,
+                after.duration_s,
+                _amount(after.cancellation_fee),
+                after.cancelled_by.value if after.cancelled_by is not None else None,
+                after.cancel_reason,
+                after.rider_rating,
+                after.driver_rating,
+                after.accepted_at,
+                after.arrived_at,
+                after.started_at,
+                after.completed_at,
+                after.cancelled_at,
+                after.ended_at,
+            )
+            if status != "UPDATE 1":
+                raise ConcurrencyError(
+                    f"trip {after.id} changed since version {before.version}; try again"
+                )
+            old, new = before.offer, after.offer
+            if old is not None and (new is None or new.offer_id != old.offer_id):
+                await conn.execute("DELETE FROM offers WHERE offer_id = $1", old.offer_id)
+            if new is not None and (old is None or new.offer_id != old.offer_id):
+                await conn.execute(
+                    "INSERT INTO offers (offer_id, trip_id, driver_id, attempt, offered_at, "
+                    "expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                    new.offer_id,
+                    after.id,
+                    new.driver_id,
+                    new.attempt,
+                    new.offered_at,
+                    new.expires_at,
+                )
+        except asyncpg.UniqueViolationError as exc:
+            raise _unique_error(exc, after) from None
+        await self._insert_history(conn, after, since_version=before.version)
+        await self._add_events(conn, after, events)
+
+    async def list_trips(
+        self,
+        *,
+        states: Sequence[TripState],
+        rider_id: str | None,
+        driver_id: str | None,
+        limit: int,
+        after: tuple[datetime, str] | None,
+    ) -> list[Trip]:
+        """Trips newest first, filtered, without history; ``after`` is the last one seen."""
+        where: list[str] = []
+        args: list[Any] = []
+
+        def arg(value: Any) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        if states:
+            where.append(f"t.state = ANY({arg([s.value for s in states])}::text[])")
+        if rider_id is not None:
+            where.append(f"t.rider_id = {arg(rider_id)}")
+        if driver_id is not None:
+            where.append(f"t.driver_id = {arg(driver_id)}")
+        if after is not None:
+            where.append(f"(t.requested_at, t.id) < ({arg(after[0])}, {arg(after[1])})")
+        sql = f"SELECT {_TRIP_COLUMNS} {_TRIP_FROM}"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY t.requested_at DESC, t.id DESC LIMIT {arg(limit)}"
+        rows = await self._pool.fetch(sql, *args)
+        return [_trip(row) for row in rows]
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    async def _with_history(self, conn: asyncpg.Connection, trip: Trip, history: bool) -> Trip:
+        if not history:
+            return trip
+        rows = await conn.fetch(
+            "SELECT * FROM trip_transitions WHERE trip_id = $1 ORDER BY version", trip.id
+        )
+        records = tuple(
+            Transition(
+                from_state=TripState(r["from_state"]) if r["from_state"] else None,
+                to_state=TripState(r["to_state"]),
+                command=r["command"],
+                actor=Actor(r["actor"]),
+                actor_id=r["actor_id"],
+                reason=r["reason"],
+                version=r["version"],
+                at=r["at"],
+            )
+            for r in rows
+        )
+        return replace(trip, history=records)
+
+    async def _insert_history(
+        self, conn: asyncpg.Connection, trip: Trip, *, since_version: int
+    ) -> None:
+        records = [r for r in trip.history if r.version > since_version]
+        if not records:
+            return
+        await conn.executemany(
+            "INSERT INTO trip_transitions (trip_id, version, from_state, to_state, command, "
+            "actor, actor_id, reason, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            [
+                (
+                    trip.id,
+                    r.version,
+                    r.from_state.value if r.from_state is not None else None,
+                    r.to_state.value,
+                    r.command,
+                    r.actor.value,
+                    r.actor_id,
+                    r.reason,
+                    r.at,
+                )
+                for r in records
+            ],
+        )
+
+    async def _add_events(
+        self, conn: asyncpg.Connection, trip: Trip, events: Sequence[Event]
+    ) -> None:
+        for subject, payload in events:
+            await add_event(
+                conn,
+                subject=subject,
+                aggregate_id=trip.id,
+                aggregate_version=trip.version,
+                payload=payload,
+            )
+
+
+def encode_page_token(trip: Trip) -> str:
+    """An opaque token for the page after ``trip``."""
+    raw = json.dumps([trip.requested_at.isoformat(), trip.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> tuple[datetime, str]:
+    """The (requested_at, id) a page token stands for; InvalidArgumentError if malformed."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        when, trip_id = json.loads(raw)
+        at = datetime.fromisoformat(when)
+        if not isinstance(trip_id, str) or at.tzinfo is None:
+            raise ValueError(token)
+    except (ValueError, TypeError, binascii.Error):
+        raise InvalidArgumentError(f"page token {token!r} is not valid") from None
+    return at.astimezone(UTC), trip_id
+
+
+def _unique_error(exc: asyncpg.UniqueViolationError, trip: Trip) -> Exception:
+    name = getattr(exc, "constraint_name", None) or ""
+    error, template = _UNIQUE_ERRORS.get(name, (ConcurrencyError, "trip {trip} conflicts"))
+    driver = trip.offer.driver_id if trip.offer is not None else trip.driver_id
+    return error(
+        template.format(rider=trip.rider_id, driver=driver, trip=trip.id, quote=trip.quote_id)
+    )
+
+
+def _amount(money: Money | None) -> int | None:
+    return None if money is None else money.amount_minor
+
+
+def _money(amount: int | None, currency: str) -> Money | None:
+    return None if amount is None else Money(amount, currency)
+
+
+def _trip(row: asyncpg.Record) -> Trip:
+    currency = row["currency"]
+    offer = None
+    if row["offer_id"] is not None:
+        offer = Offer(
+            offer_id=row["offer_id"],
+            driver_id=row["offer_driver_id"],
+            attempt=row["offer_attempt"],
+            offered_at=row["offer_offered_at"],
+            expires_at=row["offer_expires_at"],
+        )
+    return Trip(
+        id=row["id"],
+        rider_id=row["rider_id"],
+        vehicle_class=VehicleClass(row["vehicle_class"]),
+        state=TripState(row["state"]),
+        version=row["version"],
+        quote_id=row["quote_id"],
+        pickup=LatLng(row["pickup_lat"], row["pickup_lng"]),
+        dropoff=LatLng(row["dropoff_lat"], row["dropoff_lng"]),
+        quoted_fare=Money(row["quoted_fare_minor"], currency),
+        surge_multiplier=row["surge_multiplier"],
+        estimated_distance_m=row["estimated_distance_m"],
+        estimated_duration_s=row["estimated_duration_s"],
+        requested_at=row["requested_at"],
+        pickup_address=row["pickup_address"],
+        dropoff_address=row["dropoff_address"],
+        driver_id=row["driver_id"],
+        offer=offer,
+        offer_attempts=row["offer_attempts"],
+        excluded_driver_ids=frozenset(row["excluded_driver_ids"]),
+        dispatch_started_at=row["dispatch_started_at"],
+        final_fare=_money(row["final_fare_minor"], currency),
+        distance_m=row["distance_m"],
+        duration_s=row["duration_s"],
+        cancellation_fee=_money(row["cancellation_fee_minor"], currency),
+        cancelled_by=Actor(row["cancelled_by"]) if row["cancelled_by"] else None,
+        cancel_reason=row["cancel_reason"],
+        rider_rating=row["rider_rating"],
+        driver_rating=row["driver_rating"],
+        accepted_at=row["accepted_at"],
+        arrived_at=row["arrived_at"],
+        started_at=row["started_at"],
+        completed_at=row["completed_at"],
+        cancelled_at=row["cancelled_at"],
+        ended_at=row["ended_at"],
+    )

@@ -1,0 +1,372 @@
+"""Domain values <-> protobuf messages: the API's Trip and Quote, and every event payload.
+
+No I/O; shared by ``server`` (responses) and the modules that write outbox events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from protos import events as subjects
+from protos.common.v1 import common_pb2
+from protos.trip.v1 import events_pb2, trip_pb2
+from trip.domain import (
+    Actor,
+    InvalidArgumentError,
+    LatLng,
+    Money,
+    Offer,
+    Quote,
+    Trip,
+    TripState,
+    VehicleClass,
+)
+from trip.store import Event
+
+__all__ = [
+    "accepted",
+    "actor_from_proto",
+    "actor_to_proto",
+    "arrived",
+    "cancelled",
+    "completed",
+    "driver_cancelled",
+    "latlng_from_proto",
+    "no_drivers",
+    "offer_ended",
+    "offered",
+    "quote_to_proto",
+    "rated",
+    "requested",
+    "started",
+    "state_from_proto",
+    "state_to_proto",
+    "trip_to_proto",
+    "vehicle_class_from_proto",
+    "vehicle_class_to_proto",
+]
+
+_VEHICLE_PREFIX = "VEHICLE_CLASS_"
+_STATE_PREFIX = "TRIP_STATE_"
+_ACTOR_PREFIX = "ACTOR_"
+
+
+# --- enums ---------------------------------------------------------------------------------
+
+
+E = TypeVar("E", VehicleClass, TripState, Actor)
+
+
+def _enum_from_proto(
+    names: Callable[[Any], str], prefix: str, domain_enum: type[E], value: int, what: str
+) -> E:
+    """The domain member named like proto value ``value`` (less ``prefix``); INVALID_ARGUMENT
+    for UNSPECIFIED and unknown numbers."""
+    try:
+        return domain_enum(names(value).removeprefix(prefix))
+    except ValueError:
+        raise InvalidArgumentError(f"{what} {value} must be specified and valid") from None
+
+
+def vehicle_class_from_proto(value: int) -> VehicleClass:
+    """The domain class of a proto VehicleClass; INVALID_ARGUMENT for UNSPECIFIED/unknown."""
+    names = common_pb2.VehicleClass.Name
+    return _enum_from_proto(names, _VEHICLE_PREFIX, VehicleClass, value, "vehicle_class")
+
+
+def vehicle_class_to_proto(value: VehicleClass) -> common_pb2.VehicleClass.ValueType:
+    return common_pb2.VehicleClass.Value(_VEHICLE_PREFIX + value.value)
+
+
+def state_from_proto(value: int) -> TripState:
+    names = trip_pb2.TripState.Name
+    return _enum_from_proto(names, _STATE_PREFIX, TripState, value, "trip state")
+
+
+def state_to_proto(value: TripState) -> trip_pb2.TripState.ValueType:
+    return trip_pb2.TripState.Value(_STATE_PREFIX + value.value)
+
+
+def actor_from_proto(value: int) -> Actor:
+    return _enum_from_proto(trip_pb2.Actor.Name, _ACTOR_PREFIX, Actor, value, "actor")
+
+
+def actor_to_proto(value: Actor | None) -> trip_pb2.Actor.ValueType:
+    if value is None:
+        return trip_pb2.ACTOR_UNSPECIFIED
+    return trip_pb2.Actor.Value(_ACTOR_PREFIX + value.value)
+
+
+# --- values --------------------------------------------------------------------------------
+
+
+def latlng_from_proto(point: common_pb2.LatLng, name: str) -> LatLng:
+    """A validated point; INVALID_ARGUMENT naming the field when it is out of range."""
+    try:
+        return LatLng(point.lat, point.lng)
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(f"{name}: {exc}") from None
+
+
+def _latlng(point: LatLng) -> common_pb2.LatLng:
+    return common_pb2.LatLng(lat=point.lat, lng=point.lng)
+
+
+def _money(money: Money) -> common_pb2.Money:
+    return common_pb2.Money(amount_minor=money.amount_minor, currency=money.currency)
+
+
+def _ts(when: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(when)
+    return stamp
+
+
+def quote_to_proto(quote: Quote) -> trip_pb2.Quote:
+    return trip_pb2.Quote(
+        quote_id=quote.quote_id,
+        rider_id=quote.rider_id,
+        pickup=_latlng(quote.pickup),
+        dropoff=_latlng(quote.dropoff),
+        vehicle_class=vehicle_class_to_proto(quote.vehicle_class),
+        price=_money(quote.price),
+        surge_multiplier=quote.surge_multiplier,
+        distance_m=quote.distance_m,
+        duration_s=quote.duration_s,
+        created_at=_ts(quote.created_at),
+        expires_at=_ts(quote.expires_at),
+    )
+
+
+def _offer(offer: Offer) -> trip_pb2.Offer:
+    return trip_pb2.Offer(
+        offer_id=offer.offer_id,
+        driver_id=offer.driver_id,
+        attempt=offer.attempt,
+        offered_at=_ts(offer.offered_at),
+        expires_at=_ts(offer.expires_at),
+    )
+
+
+def trip_to_proto(trip: Trip) -> trip_pb2.Trip:
+    """The API's Trip, history included when the domain trip carries it."""
+    message = trip_pb2.Trip(
+        id=trip.id,
+        rider_id=trip.rider_id,
+        driver_id=trip.driver_id or "",
+        vehicle_class=vehicle_class_to_proto(trip.vehicle_class),
+        state=state_to_proto(trip.state),
+        version=trip.version,
+        quote_id=trip.quote_id,
+        pickup=_latlng(trip.pickup),
+        dropoff=_latlng(trip.dropoff),
+        pickup_address=trip.pickup_address,
+        dropoff_address=trip.dropoff_address,
+        quoted_fare=_money(trip.quoted_fare),
+        surge_multiplier=trip.surge_multiplier,
+        distance_m=trip.distance_m or 0,
+        duration_s=trip.duration_s or 0,
+        cancelled_by=actor_to_proto(trip.cancelled_by),
+        cancel_reason=trip.cancel_reason,
+        rider_rating=trip.rider_rating or 0,
+        driver_rating=trip.driver_rating or 0,
+        requested_at=_ts(trip.requested_at),
+    )
+    if trip.final_fare is not None:
+        message.final_fare.CopyFrom(_money(trip.final_fare))
+    if trip.cancellation_fee is not None:
+        message.cancellation_fee.CopyFrom(_money(trip.cancellation_fee))
+    if trip.offer is not None:
+        message.current_offer.CopyFrom(_offer(trip.offer))
+    for field in (
+        "accepted_at",
+        "arrived_at",
+        "started_at",
+        "completed_at",
+        "cancelled_at",
+        "ended_at",
+    ):
+        when = getattr(trip, field)
+        if when is not None:
+            getattr(message, field).CopyFrom(_ts(when))
+    for record in trip.history:
+        message.history.add(
+            from_state=(
+                state_to_proto(record.from_state)
+                if record.from_state is not None
+                else trip_pb2.TRIP_STATE_UNSPECIFIED
+            ),
+            to_state=state_to_proto(record.to_state),
+            actor=actor_to_proto(record.actor),
+            actor_id=record.actor_id,
+            command=record.command,
+            reason=record.reason,
+            version=record.version,
+            at=_ts(record.at),
+        )
+    return message
+
+
+# --- event payloads ------------------------------------------------------------------------
+
+
+def requested(trip: Trip) -> Event:
+    return subjects.TRIP_REQUESTED, events_pb2.TripRequested(
+        trip_id=trip.id,
+        rider_id=trip.rider_id,
+        quote_id=trip.quote_id,
+        vehicle_class=vehicle_class_to_proto(trip.vehicle_class),
+        pickup=_latlng(trip.pickup),
+        dropoff=_latlng(trip.dropoff),
+        pickup_address=trip.pickup_address,
+        dropoff_address=trip.dropoff_address,
+        fare=_money(trip.quoted_fare),
+        surge_multiplier=trip.surge_multiplier,
+        requested_at=_ts(trip.requested_at),
+    )
+
+
+def offered(trip: Trip, *, distance_to_pickup_m: float) -> Event:
+    """trip.offered for the trip's pending offer."""
+    assert trip.offer is not None
+    return subjects.TRIP_OFFERED, events_pb2.TripOffered(
+        trip_id=trip.id,
+        offer_id=trip.offer.offer_id,
+        driver_id=trip.offer.driver_id,
+        rider_id=trip.rider_id,
+        pickup=_latlng(trip.pickup),
+        dropoff=_latlng(trip.dropoff),
+        pickup_address=trip.pickup_address,
+        dropoff_address=trip.dropoff_address,
+        vehicle_class=vehicle_class_to_proto(trip.vehicle_class),
+        fare=_money(trip.quoted_fare),
+        distance_to_pickup_m=distance_to_pickup_m,
+        attempt=trip.offer.attempt,
+        expires_at=_ts(trip.offer.expires_at),
+    )
+
+
+def offer_ended(trip: Trip, offer: Offer, reason: events_pb2.OfferEndReason.ValueType) -> Event:
+    return subjects.TRIP_OFFER_ENDED, events_pb2.TripOfferEnded(
+        trip_id=trip.id,
+        offer_id=offer.offer_id,
+        driver_id=offer.driver_id,
+        rider_id=trip.rider_id,
+        reason=reason,
+    )
+
+
+def accepted(trip: Trip, *, offer_id: str) -> Event:
+    assert trip.driver_id is not None and trip.accepted_at is not None
+    return subjects.TRIP_ACCEPTED, events_pb2.TripAccepted(
+        trip_id=trip.id,
+        rider_id=trip.rider_id,
+        driver_id=trip.driver_id,
+        offer_id=offer_id,
+        vehicle_class=vehicle_class_to_proto(trip.vehicle_class),
+        pickup=_latlng(trip.pickup),
+        pickup_address=trip.pickup_address,
+        accepted_at=_ts(trip.accepted_at),
+    )
+
+
+def driver_cancelled(before: Trip, after: Trip, *, reason: str, at: datetime) -> Event:
+    return subjects.TRIP_DRIVER_CANCELLED, events_pb2.TripDriverCancelled(
+        trip_id=after.id,
+        rider_id=after.rider_id,
+        driver_id=before.driver_id or "",
+        reason=reason,
+        from_state=state_to_proto(before.state),
+        cancelled_at=_ts(at),
+    )
+
+
+def arrived(trip: Trip) -> Event:
+    assert trip.arrived_at is not None
+    return subjects.TRIP_ARRIVED, events_pb2.TripArrived(
+        trip_id=trip.id,
+        rider_id=trip.rider_id,
+        driver_id=trip.driver_id or "",
+        pickup=_latlng(trip.pickup),
+        arrived_at=_ts(trip.arrived_at),
+    )
+
+
+def started(trip: Trip) -> Event:
+    assert trip.started_at is not None
+    return subjects.TRIP_STARTED, events_pb2.TripStarted(
+        trip_id=trip.id,
+        rider_id=trip.rider_id,
+        driver_id=trip.driver_id or "",
+        started_at=_ts(trip.started_at),
+    )
+
+
+def completed(trip: Trip) -> Event:
+    assert trip.completed_at is not None and trip.final_fare is not None
+    return subjects.TRIP_COMPLETED, events_pb2.TripCompleted(
+        trip_id=trip.id,
+        rider_id=trip.rider_id,
+        driver_id=trip.driver_id or "",
+        vehicle_class=vehicle_class_to_proto(trip.vehicle_class),
+        pickup=_latlng(trip.pickup),
+        dropoff=_latlng(trip.dropoff),
+        fare=_money(trip.final_fare),
+        quoted_fare=_money(trip.quoted_fare),
+        distance_m=trip.distance_m or 0,
+        duration_s=trip.duration_s or 0,
+        requested_at=_ts(trip.requested_at),
+        completed_at=_ts(trip.completed_at),
+    )
+
+
+def cancelled(before: Trip, after: Trip, *, actor_id: str) -> Event:
+    """trip.cancelled; driver_id is the assigned driver or the one holding the offer."""
+    assert after.cancelled_at is not None
+    driver = before.driver_id or (before.offer.driver_id if before.offer is not None else "")
+    message = events_pb2.TripCancelled(
+        trip_id=after.id,
+        rider_id=after.rider_id,
+        driver_id=driver,
+        cancelled_by=actor_to_proto(after.cancelled_by),
+        actor_id=actor_id,
+        reason=after.cancel_reason,
+        pickup=_latlng(after.pickup),
+        dropoff=_latlng(after.dropoff),
+        requested_at=_ts(after.requested_at),
+        cancelled_at=_ts(after.cancelled_at),
+    )
+    if after.cancellation_fee is not None:
+        message.fee.CopyFrom(_money(after.cancellation_fee))
+    message.from_state = state_to_proto(before.state)
+    return subjects.TRIP_CANCELLED, message
+
+
+def no_drivers(trip: Trip, *, max_radius_m: float) -> Event:
+    assert trip.ended_at is not None
+    return subjects.TRIP_NO_DRIVERS, events_pb2.TripNoDrivers(
+        trip_id=trip.id,
+        rider_id=trip.rider_id,
+        pickup=_latlng(trip.pickup),
+        dropoff=_latlng(trip.dropoff),
+        offers_made=trip.offer_attempts,
+        max_radius_m=max_radius_m,
+        requested_at=_ts(trip.requested_at),
+        ended_at=_ts(trip.ended_at),
+    )
+
+
+def rated(trip: Trip, *, side: Actor, rater_id: str, stars: int, comment: str) -> Event:
+    ratee = (trip.driver_id or "") if side is Actor.RIDER else trip.rider_id
+    return subjects.TRIP_RATED, events_pb2.TripRated(
+        trip_id=trip.id,
+        rater=actor_to_proto(side),
+        rater_id=rater_id,
+        ratee_id=ratee,
+        stars=stars,
+        comment=comment,
+    )

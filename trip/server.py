@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
 from protos.trip.v1 import trip_pb2, trip_pb2_grpc
+from rideshare.grpc_errors import StatusTable, abort_with
 from trip import wire
 from trip.commands import TripCommands
 from trip.errors import (
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 Context = grpc.aio.ServicerContext[Any, Any]
 
-STATUS: dict[type[TripError], grpc.StatusCode] = {
+STATUS: StatusTable = {
     InvalidTransition: grpc.StatusCode.FAILED_PRECONDITION,
     QuoteExpiredError: grpc.StatusCode.FAILED_PRECONDITION,
     QuoteUsedError: grpc.StatusCode.FAILED_PRECONDITION,
@@ -51,16 +52,11 @@ STATUS: dict[type[TripError], grpc.StatusCode] = {
 """Every domain error -> the status it is answered with (anything else is INTERNAL)."""
 
 
-async def _abort(context: Context, exc: TripError) -> NoReturn:
-    await context.abort(STATUS[type(exc)], str(exc))
-    raise AssertionError("unreachable: abort raises")
-
-
 async def _answer(context: Context, call: Awaitable[T]) -> T:
     try:
         return await call
     except TripError as exc:
-        await _abort(context, exc)
+        await abort_with(context, exc, STATUS)
 
 
 def _required(value: str, name: str) -> str:

@@ -88,8 +88,11 @@ class Supervisor:
         *,
         extra_env: Mapping[str, str] | None = None,
         ready_timeout_s: float = 60.0,
+        ports: Mapping[str, int] | None = None,
     ) -> None:
         self._infra = infra
+        # Ports that differ from the defaults (the children must be told the same by env).
+        self._ports = dict(ports or {})
         self._extra_env = dict(extra_env or {})
         self._ready_timeout_s = ready_timeout_s
         self.children: list[ServiceProcess] = []
@@ -101,6 +104,9 @@ class Supervisor:
         env["RIDESHARE_POSTGRES_DSN"] = self._infra.postgres_dsn
         env["RIDESHARE_NATS_URL"] = self._infra.nats_url
         env["PYTHONUNBUFFERED"] = "1"
+        # Every service finds the others where this supervisor starts them.
+        for name in SERVICE_PORTS:
+            env.setdefault(f"RIDESHARE_{name.upper()}_ADDR", f"127.0.0.1:{service_port(name)}")
         return env
 
     async def start(self, name: str) -> ServiceProcess:
@@ -116,7 +122,7 @@ class Supervisor:
         )
         assert process.stdout is not None
         pump = asyncio.create_task(_prefix_lines(name, process.stdout))
-        child = ServiceProcess(name, process, service_port(name), pump)
+        child = ServiceProcess(name, process, self._ports.get(name, service_port(name)), pump)
         self.children.append(child)
         await self._wait_healthy(child)
         return child

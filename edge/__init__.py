@@ -1,0 +1,1 @@
+"""The edge gateway: HTTP + WebSocket for the apps, gRPC client of every other service."""

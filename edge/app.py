@@ -1,0 +1,211 @@
+"""Wiring of the edge: Redis, NATS, the upstream channels, the live hub, the position batcher
+and the HTTP server (uvicorn, run in-process so tests and ``python -m edge`` share the code).
+
+Shutdown order, from the outside in: every WebSocket is closed with 1001 and uvicorn stops
+accepting and finishes in-flight requests (grace period); then the hub and the batcher stop
+(the batcher flushes and closes its stream); then the channels close, NATS drains and Redis
+closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from nats.aio.client import Client as NATS
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from edge.errors import install_error_handlers
+from edge.idempotency import IdempotencyStore
+from edge.live import LiveHub
+from edge.middleware import EdgeMiddleware
+from edge.positions import PositionBatcher
+from edge.ratelimit import RateLimiter
+from edge.routes import admin, auth, drivers, riders, trips
+from edge.settings import EdgeSettings
+from edge.upstreams import Upstreams
+from edge.ws import router as ws_router
+from rideshare import bus
+from rideshare.runtime import open_redis
+
+__all__ = ["EdgeContext", "EdgeServer", "create_app", "running"]
+
+logger = logging.getLogger(__name__)
+
+HEALTH_TIMEOUT_S = 1.0
+# Positions reach sockets through bounded queues, so the transport's own limit only has to
+# stop abuse; edge/wire.py enforces the per-message limit with an error frame.
+WS_TRANSPORT_MAX_BYTES = 64 * 1024
+
+
+@dataclass
+class EdgeContext:
+    """Everything a route or socket handler needs, built once per process."""
+
+    settings: EdgeSettings
+    upstreams: Upstreams
+    redis: aioredis.Redis
+    nc: NATS
+    limiter: RateLimiter
+    idempotency: IdempotencyStore
+    hub: LiveHub
+    positions: PositionBatcher
+
+
+def create_app(ctx: EdgeContext) -> FastAPI:
+    """The ASGI app over an open context."""
+    app = FastAPI(
+        title="Rideshare edge API",
+        version="1.0.0",
+        description=(
+            "HTTP API for the rider and driver apps. WebSockets at /v1/ws/driver and "
+            "/v1/ws/rider (message formats: edge/wire.py). Errors are "
+            '{"error": {"code", "message"}}.'
+        ),
+    )
+    app.state.ctx = ctx
+    install_error_handlers(app)
+    app.add_middleware(EdgeMiddleware)
+    for module in (auth, riders, drivers, trips, admin):
+        app.include_router(module.router)
+    app.include_router(ws_router)
+
+    @app.get("/healthz", tags=["ops"], response_model=dict[str, Any])
+    async def healthz() -> JSONResponse:
+        """200 when Redis, NATS and every upstream service answer; 503 with details if not."""
+        detail: dict[str, Any] = {"nats": ctx.nc.is_connected}
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT_S):
+                await ctx.redis.ping()
+            detail["redis"] = True
+        except Exception:
+            detail["redis"] = False
+        detail["upstreams"] = await ctx.upstreams.health()
+        ok = (
+            detail["nats"]
+            and detail["redis"]
+            and all(u["serving"] for u in detail["upstreams"].values())
+        )
+        detail["status"] = "ok" if ok else "degraded"
+        return JSONResponse(detail, status_code=200 if ok else 503)
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus metrics of this process."""
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    viewer = resources.files("edge") / "viewer"
+
+    @app.get("/viewer", include_in_schema=False)
+    async def viewer_page() -> HTMLResponse:
+        return HTMLResponse(viewer.joinpath("viewer.html").read_text())
+
+    @app.get("/viewer/viewer.js", include_in_schema=False)
+    async def viewer_js() -> Response:
+        return Response(
+            viewer.joinpath("viewer.js").read_text(), media_type="application/javascript"
+        )
+
+    return app
+
+
+@dataclass
+class EdgeServer:
+    app: FastAPI
+    ctx: EdgeContext
+    server: uvicorn.Server
+    task: asyncio.Task[None]
+
+    @property
+    def port(self) -> int:
+        sockets = self.server.servers[0].sockets
+        return int(sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def finished(self) -> None:
+        """Returns when uvicorn stopped serving (SIGTERM/SIGINT in ``python -m edge``)."""
+        await asyncio.shield(self.task)
+
+
+@contextlib.asynccontextmanager
+async def running(settings: EdgeSettings) -> AsyncIterator[EdgeServer]:
+    """The edge, serving on ``settings.host:settings.port`` (0 = a free port) until exit."""
+    stop = asyncio.Event()
+    async with contextlib.AsyncExitStack() as stack:
+        redis = open_redis(settings.infra.redis_url, max_connections=256)
+        stack.push_async_callback(redis.aclose)
+        nc = await bus.connect(settings.infra.nats_url, name="edge")
+        stack.push_async_callback(nc.drain)
+        upstreams = Upstreams(
+            settings.upstreams,
+            timeout_s=settings.call_timeout_s,
+            failures=settings.breaker_failures,
+            reset_s=settings.breaker_reset_s,
+        )
+        stack.push_async_callback(upstreams.close)
+        hub = LiveHub(nc, upstreams, redis, ping_interval_s=settings.ws_ping_interval_s)
+        location = upstreams.by_name.get("location")
+        batcher = PositionBatcher(
+            upstreams.location if location is not None else None,  # type: ignore[arg-type]
+            flush_s=settings.position_flush_s,
+            max_buffer=settings.position_buffer,
+        )
+        ctx = EdgeContext(
+            settings=settings,
+            upstreams=upstreams,
+            redis=redis,
+            nc=nc,
+            limiter=RateLimiter(redis),
+            idempotency=IdempotencyStore(redis, ttl_s=settings.idempotency_ttl_s),
+            hub=hub,
+            positions=batcher,
+        )
+        app = create_app(ctx)
+        workers = await stack.enter_async_context(asyncio.TaskGroup())
+        stack.callback(stop.set)  # runs before the group joins: the workers see stop
+        workers.create_task(hub.run(stop), name="live-hub")
+        if location is not None:
+            workers.create_task(batcher.run(stop), name="position-batcher")
+        config = uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            ws_max_size=WS_TRANSPORT_MAX_BYTES,
+            ws_ping_interval=None,  # the app sends its own JSON pings (FIELD-NOTES: 4 s)
+            timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)),
+        )
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve(), name="uvicorn")
+        try:
+            async with asyncio.timeout(10.0):
+                while not server.started:
+                    if task.done():
+                        await task
+                        raise RuntimeError("the edge's HTTP server did not start")
+                    await asyncio.sleep(0.01)
+            edge = EdgeServer(app, ctx, server, task)
+            logger.info("edge serving on %s", edge.url)
+            yield edge
+        finally:
+            stop.set()  # the hub closes every WebSocket with 1001
+            server.should_exit = True
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(settings.shutdown_grace_s + 2.0):
+                    await task
+            if not task.done():
+                task.cancel()

@@ -1,0 +1,251 @@
+"""Protobuf messages <-> the JSON models of edge/models.py. Pure functions, no I/O."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from edge import models
+from protos.common.v1 import common_pb2
+from protos.driver.v1 import driver_pb2
+from protos.location.v1 import location_pb2
+from protos.notification.v1 import notification_pb2
+from protos.rider.v1 import rider_pb2
+from protos.trip.v1 import trip_pb2
+
+__all__ = [
+    "VEHICLE_CLASSES",
+    "driver_out",
+    "latlng",
+    "notification_out",
+    "position_out",
+    "quote_out",
+    "rider_out",
+    "state_name",
+    "trip_out",
+    "trip_summary_out",
+]
+
+VEHICLE_CLASSES: dict[str, int] = {
+    "standard": common_pb2.VEHICLE_CLASS_STANDARD,
+    "xl": common_pb2.VEHICLE_CLASS_XL,
+    "comfort": common_pb2.VEHICLE_CLASS_COMFORT,
+}
+_CLASS_NAMES = {v: k for k, v in VEHICLE_CLASSES.items()}
+TRIP_STATES: dict[str, int] = {
+    name.removeprefix("TRIP_STATE_").lower(): value
+    for name, value in trip_pb2.TripState.items()
+    if value != trip_pb2.TRIP_STATE_UNSPECIFIED
+}
+_STATE_NAMES = {v: k for k, v in TRIP_STATES.items()}
+_ACTOR_NAMES = {
+    value: name.removeprefix("ACTOR_").lower()
+    for name, value in trip_pb2.Actor.items()
+    if value != trip_pb2.ACTOR_UNSPECIFIED
+}
+_AVAILABILITY_NAMES = {
+    value: name.removeprefix("AVAILABILITY_").lower()
+    for name, value in location_pb2.Availability.items()
+    if value != location_pb2.AVAILABILITY_UNSPECIFIED
+}
+_DRIVER_STATUS = {
+    value: name.removeprefix("DRIVER_STATUS_").lower()
+    for name, value in driver_pb2.DriverStatus.items()
+    if value != driver_pb2.DRIVER_STATUS_UNSPECIFIED
+}
+_REJECT_NAMES = {
+    value: name.removeprefix("REJECT_REASON_").lower()
+    for name, value in location_pb2.RejectReason.items()
+}
+LIVE_STATES = ("requested", "dispatching", "accepted", "arrived", "in_progress")
+TERMINAL_STATES = frozenset({"completed", "cancelled", "no_drivers"})
+
+
+def state_name(value: int) -> Any:
+    return _STATE_NAMES.get(value)
+
+
+def _ts(msg: Message, field: str) -> datetime | None:
+    if not msg.HasField(field):
+        return None
+    ts: Timestamp = getattr(msg, field)
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def _money(msg: Message, field: str) -> models.Money | None:
+    if not msg.HasField(field):
+        return None
+    m: common_pb2.Money = getattr(msg, field)
+    return models.Money(amount_minor=m.amount_minor, currency=m.currency)
+
+
+def _opt(value: str) -> str | None:
+    return value or None
+
+
+def latlng(point: common_pb2.LatLng) -> models.LatLng:
+    return models.LatLng.model_construct(lat=point.lat, lng=point.lng)
+
+
+def to_latlng(point: models.LatLng) -> common_pb2.LatLng:
+    return common_pb2.LatLng(lat=point.lat, lng=point.lng)
+
+
+def rider_out(r: rider_pb2.Rider) -> models.RiderOut:
+    return models.RiderOut(
+        id=r.id,
+        name=r.name,
+        phone=r.phone,
+        email=_opt(r.email),
+        rating_avg=r.rating_avg,
+        rating_count=r.rating_count,
+        created_at=_ts(r, "created_at"),
+    )
+
+
+def driver_out(d: driver_pb2.Driver) -> models.DriverOut:
+    return models.DriverOut(
+        id=d.id,
+        name=d.name,
+        phone=d.phone,
+        license_number=d.license_number,
+        status=_DRIVER_STATUS.get(d.status, "unknown"),  # type: ignore[arg-type]
+        active_vehicle_id=_opt(d.active_vehicle_id),
+        current_trip_id=_opt(d.current_trip_id),
+        vehicles=[
+            models.VehicleOut(
+                id=v.id,
+                make=v.make,
+                model=v.model,
+                plate=v.plate,
+                seats=v.seats,
+                vehicle_class=_CLASS_NAMES.get(v.vehicle_class),  # type: ignore[arg-type]
+            )
+            for v in d.vehicles
+        ],
+        rating_avg=d.rating_avg,
+        rating_count=d.rating_count,
+        created_at=_ts(d, "created_at"),
+    )
+
+
+def quote_out(q: trip_pb2.Quote) -> models.QuoteOut:
+    return models.QuoteOut(
+        quote_id=q.quote_id,
+        pickup=latlng(q.pickup),
+        dropoff=latlng(q.dropoff),
+        vehicle_class=_CLASS_NAMES.get(q.vehicle_class),  # type: ignore[arg-type]
+        price=models.Money(amount_minor=q.price.amount_minor, currency=q.price.currency),
+        surge_multiplier=q.surge_multiplier,
+        distance_m=q.distance_m,
+        duration_s=q.duration_s,
+        created_at=_ts(q, "created_at"),
+        expires_at=_ts(q, "expires_at"),
+    )
+
+
+def trip_out(t: trip_pb2.Trip, *, show_offer: bool = True) -> models.TripOut:
+    """The trip as the API shows it; ``show_offer=False`` hides the pending offer (riders)."""
+    offer = None
+    if show_offer and t.HasField("current_offer"):
+        o = t.current_offer
+        offer = models.OfferOut(
+            offer_id=o.offer_id,
+            driver_id=o.driver_id,
+            attempt=o.attempt,
+            offered_at=_ts(o, "offered_at"),
+            expires_at=_ts(o, "expires_at"),
+        )
+    return models.TripOut(
+        id=t.id,
+        rider_id=t.rider_id,
+        driver_id=_opt(t.driver_id),
+        vehicle_class=_CLASS_NAMES.get(t.vehicle_class),  # type: ignore[arg-type]
+        state=state_name(t.state),
+        version=t.version,
+        quote_id=t.quote_id,
+        pickup=latlng(t.pickup),
+        dropoff=latlng(t.dropoff),
+        pickup_address=_opt(t.pickup_address),
+        dropoff_address=_opt(t.dropoff_address),
+        quoted_fare=_money(t, "quoted_fare"),
+        final_fare=_money(t, "final_fare"),
+        surge_multiplier=t.surge_multiplier,
+        cancellation_fee=_money(t, "cancellation_fee"),
+        distance_m=t.distance_m,
+        duration_s=t.duration_s,
+        cancelled_by=_ACTOR_NAMES.get(t.cancelled_by),  # type: ignore[arg-type]
+        cancel_reason=_opt(t.cancel_reason),
+        current_offer=offer,
+        rider_rating=t.rider_rating or None,
+        driver_rating=t.driver_rating or None,
+        requested_at=_ts(t, "requested_at"),
+        accepted_at=_ts(t, "accepted_at"),
+        arrived_at=_ts(t, "arrived_at"),
+        started_at=_ts(t, "started_at"),
+        completed_at=_ts(t, "completed_at"),
+        cancelled_at=_ts(t, "cancelled_at"),
+        ended_at=_ts(t, "ended_at"),
+        history=[
+            models.TransitionOut(
+                from_state=state_name(h.from_state),
+                to_state=state_name(h.to_state),
+                actor=_ACTOR_NAMES.get(h.actor),  # type: ignore[arg-type]
+                actor_id=_opt(h.actor_id),
+                command=h.command,
+                reason=h.reason,
+                version=h.version,
+                at=_ts(h, "at"),
+            )
+            for h in t.history
+        ],
+    )
+
+
+def trip_summary_out(s: rider_pb2.TripSummary) -> models.TripSummaryOut:
+    return models.TripSummaryOut(
+        trip_id=s.trip_id,
+        state=state_name(s.state),
+        pickup=latlng(s.pickup),
+        dropoff=latlng(s.dropoff),
+        fare=_money(s, "fare"),
+        driver_id=_opt(s.driver_id),
+        vehicle_class=_CLASS_NAMES.get(s.vehicle_class),  # type: ignore[arg-type]
+        requested_at=_ts(s, "requested_at"),
+        completed_at=_ts(s, "completed_at"),
+        ended_at=_ts(s, "ended_at"),
+    )
+
+
+def notification_out(n: notification_pb2.Notification) -> models.NotificationOut:
+    return models.NotificationOut(
+        id=n.id,
+        kind=n.kind,
+        title=n.title,
+        body=n.body,
+        data=dict(n.data),
+        trip_id=_opt(n.trip_id),
+        created_at=_ts(n, "created_at"),
+        read_at=_ts(n, "read_at"),
+    )
+
+
+def position_out(p: location_pb2.DriverPosition) -> models.DriverPositionOut:
+    return models.DriverPositionOut(
+        driver_id=p.driver_id,
+        lat=p.lat,
+        lng=p.lng,
+        heading=p.heading,
+        speed_mps=p.speed_mps,
+        client_ts_ms=p.client_ts_ms,
+        server_ts_ms=p.server_ts_ms,
+        availability=_AVAILABILITY_NAMES.get(p.availability, "unknown"),  # type: ignore[arg-type]
+        vehicle_class=_CLASS_NAMES.get(p.vehicle_class),  # type: ignore[arg-type]
+    )
+
+
+def reject_name(value: int) -> str | None:
+    return None if value == 0 else _REJECT_NAMES.get(value, "unknown")  # type: ignore[call-overload]

@@ -1,0 +1,386 @@
+"""Live pushes to the sockets of this edge process.
+
+Where updates come from (one choice, documented here):
+- Trip events: a core NATS subscription on ``trip.>``. JetStream stores what the trip
+  service's outbox relay publishes, but every publish is also delivered to plain subscribers,
+  so each edge copy sees every trip event without a consumer of its own. Delivery is at most
+  once; that is enough because a socket that (re)connects gets a snapshot read from the trip
+  service, and each event is turned into a fresh ``GetTrip`` read (so a missed event is
+  repaired by the next one). Events are handled in arrival order by one task; a trip version
+  older than what a socket has seen is never sent to it.
+- Offers: from ``trip.offered`` to the offered driver, and kept in Redis until they expire so
+  that a driver who reconnects sees the pending offer again (checked against GetTrip first).
+- Per-user pushes: core NATS ``notify.user.<id>``, one subscription per connected user.
+- The assigned driver's position, for the rider, from ACCEPTED until the trip ends: one
+  ``LocationService.WatchDriver`` stream per watched driver in this process, shared by every
+  socket of that trip's rider; it starts with the last known position (the snapshot).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import grpc.aio
+import redis.asyncio as aioredis
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from redis.exceptions import RedisError
+
+from edge import convert
+from edge.errors import ApiError
+from edge.metrics import WS_CONNECTIONS
+from edge.upstreams import Upstreams
+from edge.wsconn import Connection
+from protos import events
+from protos.location.v1 import location_pb2
+from protos.notification.v1 import notification_pb2
+from protos.trip.v1 import events_pb2 as trip_events
+from protos.trip.v1 import trip_pb2
+from rideshare import bus
+
+__all__ = ["LiveHub", "offer_frame"]
+
+logger = logging.getLogger(__name__)
+
+TRIP_WILDCARD = "trip.>"
+OFFER_KEY = "edge:offer:"
+_WATCHED_STATES = frozenset(
+    {trip_pb2.TRIP_STATE_ACCEPTED, trip_pb2.TRIP_STATE_ARRIVED, trip_pb2.TRIP_STATE_IN_PROGRESS}
+)
+_LIVE_STATES = [
+    trip_pb2.TRIP_STATE_REQUESTED,
+    trip_pb2.TRIP_STATE_DISPATCHING,
+    *sorted(_WATCHED_STATES),
+]
+_OFFER_END_REASONS = {
+    value: name.removeprefix("OFFER_END_REASON_").lower()
+    for name, value in trip_events.OfferEndReason.items()
+}
+WATCH_TIMEOUT_S = 24 * 3600.0
+
+
+def offer_frame(o: trip_events.TripOffered) -> dict[str, Any]:
+    expires = o.expires_at.ToDatetime() if o.HasField("expires_at") else None
+    return {
+        "type": "offer",
+        "trip_id": o.trip_id,
+        "offer_id": o.offer_id,
+        "rider_id": o.rider_id,
+        "pickup": {"lat": o.pickup.lat, "lng": o.pickup.lng},
+        "dropoff": {"lat": o.dropoff.lat, "lng": o.dropoff.lng},
+        "pickup_address": o.pickup_address or None,
+        "dropoff_address": o.dropoff_address or None,
+        "vehicle_class": convert._CLASS_NAMES.get(o.vehicle_class),
+        "fare": {"amount_minor": o.fare.amount_minor, "currency": o.fare.currency},
+        "distance_to_pickup_m": o.distance_to_pickup_m,
+        "attempt": o.attempt,
+        "expires_at": expires.isoformat() + "Z" if expires else None,
+        "expires_at_ms": o.expires_at.ToMilliseconds() if o.HasField("expires_at") else None,
+    }
+
+
+def position_frame(p: location_pb2.DriverPosition) -> str:
+    return json.dumps(
+        {
+            "type": "driver_position",
+            "driver_id": p.driver_id,
+            "lat": p.lat,
+            "lng": p.lng,
+            "heading": p.heading,
+            "speed_mps": p.speed_mps,
+            "ts_ms": p.client_ts_ms,
+        },
+        separators=(",", ":"),
+    )
+
+
+def trip_frame(trip: trip_pb2.Trip, event: str, *, rider: bool) -> dict[str, Any]:
+    return {
+        "type": "trip",
+        "event": event,
+        "trip": convert.trip_out(trip, show_offer=not rider).model_dump(mode="json"),
+    }
+
+
+@dataclass
+class _Watch:
+    """One WatchDriver stream and the rider sockets it feeds."""
+
+    driver_id: str
+    conns: set[Connection] = field(default_factory=set)
+    last: str | None = None
+    task: asyncio.Task[None] | None = None
+
+
+class LiveHub:
+    """Routes trip events, notifications and driver positions to this process's sockets."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        upstreams: Upstreams,
+        redis: aioredis.Redis,
+        *,
+        ping_interval_s: float = 4.0,
+    ) -> None:
+        self._nc = nc
+        self._ups = upstreams
+        self._redis = redis
+        self._ping_interval_s = ping_interval_s
+        self._conns: dict[str, set[Connection]] = {}
+        self._user_subs: dict[str, Subscription] = {}
+        self._watches: dict[str, _Watch] = {}
+        self._watch_of: dict[Connection, str] = {}  # rider socket -> driver it watches
+        self._events: asyncio.Queue[Msg] = asyncio.Queue(maxsize=10_000)
+        self._tasks: asyncio.TaskGroup | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Subscribe and serve until ``stop``; then close every socket (1001)."""
+        sub = await self._nc.subscribe(TRIP_WILDCARD, cb=self._on_trip_msg)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tasks = tg
+                workers = [
+                    tg.create_task(self._event_loop(), name="trip-events"),
+                    tg.create_task(self._ping_loop(), name="ws-ping"),
+                ]
+                await stop.wait()
+                for task in workers:
+                    task.cancel()
+                for watch in list(self._watches.values()):
+                    if watch.task is not None:
+                        watch.task.cancel()
+                for conns in self._conns.values():
+                    for conn in conns:
+                        conn.close(1001)
+        finally:
+            self._tasks = None
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _on_trip_msg(self, msg: Msg) -> None:
+        try:
+            self._events.put_nowait(msg)
+        except asyncio.QueueFull:
+            logger.warning("trip event queue full; dropping %s", msg.subject)
+
+    async def _ping_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._ping_interval_s)
+            text = json.dumps({"type": "ping", "ts_ms": time.time_ns() // 1_000_000})
+            for conns in self._conns.values():
+                for conn in conns:
+                    conn.send_text(text, droppable=True)
+
+    # -- sockets ------------------------------------------------------------------------------
+
+    async def register(self, conn: Connection) -> None:
+        """Start routing to ``conn`` and send it its snapshot."""
+        sub = conn.principal.sub
+        conns = self._conns.setdefault(sub, set())
+        conns.add(conn)
+        WS_CONNECTIONS.labels(conn.principal.role).inc()
+        if sub not in self._user_subs:
+            with contextlib.suppress(ValueError):  # an id unfit for a subject gets no pushes
+                self._user_subs[sub] = await self._nc.subscribe(
+                    events.notify_user_subject(sub), cb=self._on_notification
+                )
+        await self._snapshot(conn)
+
+    async def unregister(self, conn: Connection) -> None:
+        sub = conn.principal.sub
+        conns = self._conns.get(sub)
+        if conns is None or conn not in conns:
+            return
+        conns.discard(conn)
+        WS_CONNECTIONS.labels(conn.principal.role).dec()
+        self._unwatch(conn)
+        if not conns:
+            del self._conns[sub]
+            subscription = self._user_subs.pop(sub, None)
+            if subscription is not None:
+                with contextlib.suppress(Exception):
+                    await subscription.unsubscribe()
+
+    def connections(self, user_id: str) -> Iterable[Connection]:
+        return tuple(self._conns.get(user_id, ()))
+
+    @property
+    def connection_count(self) -> int:
+        return sum(len(c) for c in self._conns.values())
+
+    async def _snapshot(self, conn: Connection) -> None:
+        p = conn.principal
+        rider = p.role == "rider"
+        request = trip_pb2.ListTripsRequest(states=_LIVE_STATES, page_size=1)
+        if rider:
+            request.rider_id = p.sub
+        else:
+            request.driver_id = p.sub
+        try:
+            trips = await self._ups.get("trip").call(self._ups.trip.ListTrips, request)
+            for trip in trips.trips:
+                self._send_trip(conn, trip, "snapshot")
+            if not rider:
+                await self._send_pending_offer(conn)
+        except ApiError as exc:
+            conn.send({"type": "error", "code": exc.code, "message": exc.message})
+
+    async def _send_pending_offer(self, conn: Connection) -> None:
+        try:
+            raw = await self._redis.get(OFFER_KEY + conn.principal.sub)
+        except RedisError:
+            return
+        if raw is None:
+            return
+        frame = json.loads(raw)
+        trip = await self._ups.get("trip").call(
+            self._ups.trip.GetTrip, trip_pb2.GetTripRequest(trip_id=frame["trip_id"])
+        )
+        offer = trip.current_offer
+        if (
+            trip.state == trip_pb2.TRIP_STATE_DISPATCHING
+            and offer.offer_id == frame["offer_id"]
+            and offer.driver_id == conn.principal.sub
+        ):
+            conn.send(frame)
+
+    def _send_trip(self, conn: Connection, trip: trip_pb2.Trip, event: str) -> None:
+        if not conn.trip_is_new(trip.id, trip.version):
+            return
+        rider = conn.principal.role == "rider"
+        conn.send(trip_frame(trip, event, rider=rider))
+        if rider:
+            if trip.state in _WATCHED_STATES and trip.driver_id:
+                self._watch(conn, trip.driver_id)
+            else:
+                self._unwatch(conn)
+
+    # -- notifications ------------------------------------------------------------------------
+
+    async def _on_notification(self, msg: Msg) -> None:
+        n = notification_pb2.Notification()
+        try:
+            n.ParseFromString(msg.data)
+        except Exception:
+            logger.warning("undecodable notification on %s", msg.subject)
+            return
+        frame = {
+            "type": "notification",
+            "notification": convert.notification_out(n).model_dump(mode="json"),
+        }
+        for conn in self.connections(n.user_id or msg.subject.rsplit(".", 1)[-1]):
+            conn.send(frame)
+
+    # -- trip events --------------------------------------------------------------------------
+
+    async def _event_loop(self) -> None:
+        while True:
+            msg = await self._events.get()
+            try:
+                await self._handle_trip_event(msg.subject, msg.data)
+            except ApiError as exc:
+                logger.warning("trip event %s not pushed: %s", msg.subject, exc.message)
+            except Exception:
+                logger.exception("trip event %s not pushed", msg.subject)
+
+    async def _handle_trip_event(self, subject: str, data: bytes) -> None:
+        try:
+            envelope = bus.decode_envelope(data)
+            payload: Any = envelope.unpack(events.payload_type(envelope.type))
+        except (bus.EnvelopeError, KeyError, ValueError):
+            logger.warning("undecodable trip event on %s", subject)
+            return
+        if envelope.type == events.TRIP_OFFERED:
+            await self._push_offer(payload)
+            return
+        if envelope.type == events.TRIP_OFFER_ENDED:
+            frame = {
+                "type": "offer_ended",
+                "trip_id": payload.trip_id,
+                "offer_id": payload.offer_id,
+                "reason": _OFFER_END_REASONS.get(payload.reason, "unspecified"),
+            }
+            for conn in self.connections(payload.driver_id):
+                conn.send(frame)
+        users = {
+            getattr(payload, name, "") for name in ("rider_id", "driver_id", "rater_id", "ratee_id")
+        } - {""}
+        targets = [conn for user in users for conn in self.connections(user)]
+        if not targets:
+            return
+        trip_id = getattr(payload, "trip_id", "") or envelope.aggregate_id
+        trip = await self._ups.get("trip").call(
+            self._ups.trip.GetTrip, trip_pb2.GetTripRequest(trip_id=trip_id)
+        )
+        for conn in targets:
+            # Only the trip's own parties: an offered-but-declined driver is not one.
+            if conn.principal.sub in (trip.rider_id, trip.driver_id):
+                self._send_trip(conn, trip, envelope.type)
+
+    async def _push_offer(self, offer: trip_events.TripOffered) -> None:
+        frame = offer_frame(offer)
+        ttl_ms = offer.expires_at.ToMilliseconds() - time.time_ns() // 1_000_000
+        if ttl_ms > 0:
+            try:
+                await self._redis.set(OFFER_KEY + offer.driver_id, json.dumps(frame), px=ttl_ms)
+            except RedisError as exc:
+                logger.warning("offer not kept for reconnects: %s", exc)
+        for conn in self.connections(offer.driver_id):
+            conn.send(frame)
+
+    # -- driver position streams for riders -------------------------------------------------
+
+    def _watch(self, conn: Connection, driver_id: str) -> None:
+        if self._watch_of.get(conn) == driver_id:
+            return
+        self._unwatch(conn)
+        watch = self._watches.get(driver_id)
+        if watch is None:
+            watch = self._watches[driver_id] = _Watch(driver_id)
+            if self._tasks is not None:
+                watch.task = self._tasks.create_task(self._watch_loop(watch))
+        watch.conns.add(conn)
+        self._watch_of[conn] = driver_id
+        if watch.last is not None:
+            conn.send_text(watch.last, droppable=True)
+
+    def _unwatch(self, conn: Connection) -> None:
+        driver_id = self._watch_of.pop(conn, None)
+        if driver_id is None:
+            return
+        watch = self._watches.get(driver_id)
+        if watch is None:
+            return
+        watch.conns.discard(conn)
+        if not watch.conns:
+            del self._watches[driver_id]
+            if watch.task is not None:
+                watch.task.cancel()
+
+    async def _watch_loop(self, watch: _Watch) -> None:
+        request = location_pb2.WatchDriverRequest(driver_id=watch.driver_id)
+        while True:
+            try:
+                call = self._ups.location.WatchDriver(request, timeout=WATCH_TIMEOUT_S)
+                async for position in call:
+                    text = position_frame(position)
+                    watch.last = text
+                    for conn in tuple(watch.conns):
+                        conn.send_text(text, droppable=True)
+            except grpc.aio.AioRpcError as exc:
+                logger.info("WatchDriver %s ended: %s", watch.driver_id, exc.code().name)
+            except ApiError as exc:
+                logger.info("WatchDriver %s: %s", watch.driver_id, exc.message)
+            await asyncio.sleep(1.0)

@@ -1,0 +1,36 @@
+"""The edge's Prometheus metrics (served at /metrics with everything else in the registry)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = [
+    "HTTP_REQUESTS",
+    "HTTP_SECONDS",
+    "POSITIONS_DROPPED",
+    "POSITIONS_FORWARDED",
+    "RATE_LIMITED",
+    "WS_CONNECTIONS",
+    "WS_FRAMES_DROPPED",
+]
+
+HTTP_REQUESTS = Counter(
+    "edge_http_requests_total", "HTTP requests by route and status.", ["method", "route", "status"]
+)
+HTTP_SECONDS = Histogram(
+    "edge_http_request_seconds",
+    "HTTP request handling time by route.",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+RATE_LIMITED = Counter("edge_rate_limited_total", "Requests refused with 429.")
+WS_CONNECTIONS = Gauge("edge_ws_connections", "Open WebSockets by role.", ["role"])
+WS_FRAMES_DROPPED = Counter(
+    "edge_ws_frames_dropped_total", "Position frames dropped because a socket fell behind."
+)
+POSITIONS_FORWARDED = Counter(
+    "edge_positions_forwarded_total", "Driver positions sent on to the location service."
+)
+POSITIONS_DROPPED = Counter(
+    "edge_positions_dropped_total", "Driver positions dropped (buffer full or stream down)."
+)

@@ -1,0 +1,334 @@
+"""The JSON shapes of the HTTP API (and of the WebSocket ``trip`` frames): pydantic models,
+so /openapi.json describes exactly what the routes accept and return."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "AddVehicleIn",
+    "CancelIn",
+    "CompleteIn",
+    "DriverOut",
+    "DriverPositionOut",
+    "DriverSignupIn",
+    "DriversInAreaOut",
+    "FareEstimateIn",
+    "GoOnlineIn",
+    "LatLng",
+    "Money",
+    "NotificationOut",
+    "NotificationsOut",
+    "OfferIn",
+    "OfferOut",
+    "PositionIn",
+    "PositionResultOut",
+    "QuoteOut",
+    "RatingIn",
+    "RiderOut",
+    "RiderSignupIn",
+    "TokenIn",
+    "TokenOut",
+    "TransitionOut",
+    "TripIn",
+    "TripOut",
+    "TripSummariesOut",
+    "TripSummaryOut",
+    "TripsOut",
+    "VehicleOut",
+]
+
+VehicleClassName = Literal["standard", "xl", "comfort"]
+TripStateName = Literal[
+    "requested",
+    "dispatching",
+    "accepted",
+    "arrived",
+    "in_progress",
+    "completed",
+    "cancelled",
+    "no_drivers",
+]
+ActorName = Literal["rider", "driver", "system", "admin"]
+AvailabilityName = Literal["available", "offered", "on_trip", "offline", "unknown"]
+DriverStatusName = Literal["offline", "available", "on_trip", "unknown"]
+
+Lat = Annotated[float, Field(ge=-90.0, le=90.0, allow_inf_nan=False)]
+Lng = Annotated[float, Field(ge=-180.0, le=180.0, allow_inf_nan=False)]
+Phone = Annotated[str, Field(min_length=3, max_length=20, examples=["+4915112345678"])]
+Password = Annotated[str, Field(min_length=1, max_length=200)]
+Id = Annotated[str, Field(min_length=1, max_length=100)]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LatLng(BaseModel):
+    lat: Lat
+    lng: Lng
+
+
+class Money(BaseModel):
+    amount_minor: int = Field(description="Amount in minor units (cents).")
+    currency: str
+
+
+# -- auth ------------------------------------------------------------------------------------
+
+
+class RiderSignupIn(_In):
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+    phone: Phone
+    password: Password
+    email: Annotated[str | None, Field(max_length=254)] = None
+
+
+class DriverSignupIn(_In):
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+    phone: Phone
+    password: Password
+    license_number: Annotated[str, Field(min_length=1, max_length=50)]
+
+
+class TokenIn(_In):
+    phone: Phone
+    password: Password
+    role: Literal["rider", "driver"]
+
+
+class TokenOut(BaseModel):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int
+    user_id: str
+    role: Literal["rider", "driver", "admin"]
+
+
+class RiderOut(BaseModel):
+    id: str
+    name: str
+    phone: str
+    email: str | None
+    rating_avg: float
+    rating_count: int
+    created_at: datetime | None
+
+
+class VehicleOut(BaseModel):
+    id: str
+    make: str
+    model: str
+    plate: str
+    seats: int
+    vehicle_class: VehicleClassName | None
+
+
+class DriverOut(BaseModel):
+    id: str
+    name: str
+    phone: str
+    license_number: str
+    status: DriverStatusName
+    active_vehicle_id: str | None
+    current_trip_id: str | None
+    vehicles: list[VehicleOut]
+    rating_avg: float
+    rating_count: int
+    created_at: datetime | None
+
+
+# -- driver ----------------------------------------------------------------------------------
+
+
+class AddVehicleIn(_In):
+    make: Annotated[str, Field(min_length=1, max_length=50)]
+    model: Annotated[str, Field(min_length=1, max_length=50)]
+    plate: Annotated[str, Field(min_length=1, max_length=20)]
+    seats: Annotated[int, Field(ge=1, le=8)]
+    vehicle_class: VehicleClassName
+
+
+class GoOnlineIn(_In):
+    vehicle_id: Id | None = Field(
+        default=None, description="The vehicle to drive; default: the driver's newest vehicle."
+    )
+
+
+class PositionIn(_In):
+    lat: Lat
+    lng: Lng
+    heading: Annotated[float, Field(ge=0.0, lt=360.0, allow_inf_nan=False)] = 0.0
+    speed_mps: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 0.0
+    accuracy_m: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 0.0
+    ts_ms: Annotated[int | None, Field(ge=0, description="Fix time, ms since the epoch")] = None
+
+
+class PositionResultOut(BaseModel):
+    accepted: bool
+    reason: str | None
+    server_ts_ms: int
+
+
+class OfferIn(_In):
+    offer_id: Id | None = Field(
+        default=None, description="The offer answered; default: the trip's current offer."
+    )
+
+
+class CompleteIn(_In):
+    distance_m: Annotated[int | None, Field(ge=0, le=10_000_000)] = None
+    duration_s: Annotated[int | None, Field(ge=0, le=7 * 24 * 3600)] = None
+
+
+# -- rider -----------------------------------------------------------------------------------
+
+
+class FareEstimateIn(_In):
+    pickup: LatLng
+    dropoff: LatLng
+    vehicle_class: VehicleClassName = "standard"
+
+
+class QuoteOut(BaseModel):
+    quote_id: str
+    pickup: LatLng
+    dropoff: LatLng
+    vehicle_class: VehicleClassName | None
+    price: Money
+    surge_multiplier: float
+    distance_m: int
+    duration_s: int
+    created_at: datetime | None
+    expires_at: datetime | None
+
+
+class TripIn(_In):
+    quote_id: Id
+    pickup: LatLng
+    dropoff: LatLng
+    pickup_address: Annotated[str | None, Field(max_length=300)] = None
+    dropoff_address: Annotated[str | None, Field(max_length=300)] = None
+
+
+class CancelIn(_In):
+    reason: Annotated[str, Field(max_length=500)] = ""
+
+
+class RatingIn(_In):
+    stars: Annotated[int, Field(ge=1, le=5)]
+    comment: Annotated[str, Field(max_length=500)] = ""
+
+
+class OfferOut(BaseModel):
+    offer_id: str
+    driver_id: str
+    attempt: int
+    offered_at: datetime | None
+    expires_at: datetime | None
+
+
+class TransitionOut(BaseModel):
+    from_state: TripStateName | None
+    to_state: TripStateName | None
+    actor: ActorName | None
+    actor_id: str | None
+    command: str
+    reason: str
+    version: int
+    at: datetime | None
+
+
+class TripOut(BaseModel):
+    id: str
+    rider_id: str
+    driver_id: str | None
+    vehicle_class: VehicleClassName | None
+    state: TripStateName | None
+    version: int
+    quote_id: str
+    pickup: LatLng
+    dropoff: LatLng
+    pickup_address: str | None
+    dropoff_address: str | None
+    quoted_fare: Money | None
+    final_fare: Money | None
+    surge_multiplier: float
+    cancellation_fee: Money | None
+    distance_m: int
+    duration_s: int
+    cancelled_by: ActorName | None
+    cancel_reason: str | None
+    current_offer: OfferOut | None
+    rider_rating: int | None
+    driver_rating: int | None
+    requested_at: datetime | None
+    accepted_at: datetime | None
+    arrived_at: datetime | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    cancelled_at: datetime | None
+    ended_at: datetime | None
+    history: list[TransitionOut]
+
+
+class TripsOut(BaseModel):
+    trips: list[TripOut]
+    next_page_token: str | None
+
+
+class TripSummaryOut(BaseModel):
+    trip_id: str
+    state: TripStateName | None
+    pickup: LatLng
+    dropoff: LatLng
+    fare: Money | None
+    driver_id: str | None
+    vehicle_class: VehicleClassName | None
+    requested_at: datetime | None
+    completed_at: datetime | None
+    ended_at: datetime | None
+
+
+class TripSummariesOut(BaseModel):
+    trips: list[TripSummaryOut]
+    next_page_token: str | None
+
+
+class NotificationOut(BaseModel):
+    id: str
+    kind: str
+    title: str
+    body: str
+    data: dict[str, str]
+    trip_id: str | None
+    created_at: datetime | None
+    read_at: datetime | None
+
+
+class NotificationsOut(BaseModel):
+    notifications: list[NotificationOut]
+    next_page_token: str | None
+
+
+# -- admin -----------------------------------------------------------------------------------
+
+
+class DriverPositionOut(BaseModel):
+    driver_id: str
+    lat: float
+    lng: float
+    heading: float
+    speed_mps: float
+    client_ts_ms: int
+    server_ts_ms: int
+    availability: AvailabilityName
+    vehicle_class: VehicleClassName | None
+
+
+class DriversInAreaOut(BaseModel):
+    drivers: list[DriverPositionOut]
+    truncated: bool

@@ -1,0 +1,85 @@
+"""Operator routes: drivers on the map, trips by state."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from edge import convert
+from edge.deps import Admin, Ctx
+from edge.errors import ApiError
+from edge.models import DriversInAreaOut, TripsOut
+from edge.routes.common import ERRORS
+from protos.location.v1 import location_pb2
+from protos.trip.v1 import trip_pb2
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=ERRORS)
+
+Bbox = Annotated[
+    str,
+    Query(
+        description="minLat,minLng,maxLat,maxLng (not crossing the antimeridian)",
+        examples=["52.3,13.0,52.7,13.8"],
+        max_length=200,
+    ),
+]
+
+
+def parse_bbox(text: str) -> tuple[float, float, float, float]:
+    parts = text.split(",")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != 4 or any(v != v or v in (float("inf"), float("-inf")) for v in values):
+        raise ApiError(422, "invalid_argument", "bbox must be minLat,minLng,maxLat,maxLng")
+    return values[0], values[1], values[2], values[3]
+
+
+@router.get("/drivers", response_model=DriversInAreaOut)
+async def drivers(
+    _: Admin, ctx: Ctx, bbox: Bbox, limit: Annotated[int, Query(ge=0, le=10_000)] = 0
+) -> DriversInAreaOut:
+    """Fresh positions of online drivers inside the box, with their availability."""
+    min_lat, min_lng, max_lat, max_lng = parse_bbox(bbox)
+    reply = await ctx.upstreams.get("location").call(
+        ctx.upstreams.location.DriversInArea,
+        location_pb2.DriversInAreaRequest(
+            min_lat=min_lat, min_lng=min_lng, max_lat=max_lat, max_lng=max_lng, limit=limit
+        ),
+    )
+    return DriversInAreaOut(
+        drivers=[convert.position_out(p) for p in reply.drivers], truncated=reply.truncated
+    )
+
+
+@router.get("/trips", response_model=TripsOut)
+async def trips(
+    _: Admin,
+    ctx: Ctx,
+    state: Annotated[
+        list[str] | None, Query(description="Trip states (repeat or comma-separate); default: all")
+    ] = None,
+    page_size: Annotated[int, Query(ge=0, le=100)] = 50,
+    page_token: Annotated[str, Query(max_length=500)] = "",
+) -> TripsOut:
+    """Trips by state, newest first."""
+    states = []
+    for item in state or ():
+        for name in item.split(","):
+            name = name.strip().lower()
+            if name == "live":
+                states += [convert.TRIP_STATES[s] for s in convert.LIVE_STATES]
+            elif name in convert.TRIP_STATES:
+                states.append(convert.TRIP_STATES[name])
+            elif name:
+                raise ApiError(422, "invalid_argument", f"unknown trip state {name!r}")
+    reply = await ctx.upstreams.get("trip").call(
+        ctx.upstreams.trip.ListTrips,
+        trip_pb2.ListTripsRequest(states=states, page_size=page_size, page_token=page_token),  # type: ignore[arg-type]
+    )
+    return TripsOut(
+        trips=[convert.trip_out(t) for t in reply.trips],
+        next_page_token=reply.next_page_token or None,
+    )

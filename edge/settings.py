@@ -1,0 +1,120 @@
+"""The edge's settings, from ``RIDESHARE_*`` environment variables (see rideshare/settings.py)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rideshare.settings import (
+    EDGE_PORT,
+    SERVICE_PORTS,
+    InfraUrls,
+    SettingsError,
+    data_dir_from_env,
+    env_float,
+    env_int,
+    env_str,
+    load_infra_urls,
+)
+
+__all__ = ["UPSTREAM_NAMES", "EdgeSettings", "load_jwt_secret"]
+
+UPSTREAM_NAMES = ("rider", "driver", "trip", "location", "notification")
+JWT_SECRET_FILE = "jwt-secret"
+MIN_SECRET_LEN = 32
+
+
+@dataclass(frozen=True)
+class EdgeSettings:
+    """Everything one edge process needs; tests build it directly."""
+
+    infra: InfraUrls
+    jwt_secret: str = field(repr=False)
+    upstreams: Mapping[str, str] = field(default_factory=dict)  # name -> host:port
+    host: str = "127.0.0.1"
+    port: int = EDGE_PORT
+    log_level: str = "INFO"
+    shutdown_grace_s: float = 5.0
+    token_ttl_s: int = 3600
+    call_timeout_s: float = 3.0
+    breaker_failures: int = 5
+    breaker_reset_s: float = 5.0
+    rate_per_token: float = 20.0  # requests per second
+    burst_per_token: int = 40
+    rate_per_ip: float = 100.0
+    burst_per_ip: int = 200
+    idempotency_ttl_s: int = 24 * 3600
+    ws_send_queue: int = 256
+    ws_max_message_bytes: int = 4096
+    ws_msgs_per_s: float = 20.0
+    ws_msgs_burst: int = 40
+    ws_ping_interval_s: float = 4.0
+    position_flush_s: float = 0.005
+    position_buffer: int = 100_000
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> EdgeSettings:
+        """Read every setting; a bad value raises SettingsError naming the variable."""
+        data_dir = data_dir_from_env(env)
+        secret = env_str("RIDESHARE_JWT_SECRET", "", env=env)
+        if secret and len(secret) < MIN_SECRET_LEN:
+            raise SettingsError(
+                f"RIDESHARE_JWT_SECRET is {len(secret)} characters; use at least {MIN_SECRET_LEN}"
+            )
+        names = env_str("RIDESHARE_EDGE_UPSTREAMS", ",".join(UPSTREAM_NAMES), env=env)
+        upstreams = {}
+        for name in (n.strip() for n in names.split(",") if n.strip()):
+            if name not in UPSTREAM_NAMES:
+                raise SettingsError(f"RIDESHARE_EDGE_UPSTREAMS names unknown service {name!r}")
+            default = f"127.0.0.1:{SERVICE_PORTS[name][0]}"
+            upstreams[name] = env_str(f"RIDESHARE_{name.upper()}_ADDR", default, env=env)
+        return cls(
+            infra=load_infra_urls(data_dir, env=env),
+            jwt_secret=secret or load_jwt_secret(data_dir),
+            upstreams=upstreams,
+            host=env_str("RIDESHARE_EDGE_HOST", "127.0.0.1", env=env),
+            port=env_int("RIDESHARE_EDGE_PORT", EDGE_PORT, minimum=0, maximum=65535, env=env),
+            log_level=env_str("RIDESHARE_LOG_LEVEL", "INFO", env=env).upper(),
+            shutdown_grace_s=env_float("RIDESHARE_SHUTDOWN_GRACE_S", 5.0, minimum=0.0, env=env),
+            token_ttl_s=env_int("RIDESHARE_JWT_TTL_S", 3600, minimum=60, env=env),
+            call_timeout_s=env_float("RIDESHARE_EDGE_CALL_TIMEOUT_S", 3.0, minimum=0.05, env=env),
+            breaker_failures=env_int("RIDESHARE_EDGE_BREAKER_FAILURES", 5, minimum=1, env=env),
+            breaker_reset_s=env_float("RIDESHARE_EDGE_BREAKER_RESET_S", 5.0, minimum=0.1, env=env),
+            rate_per_token=env_float("RIDESHARE_RATE_PER_TOKEN", 20.0, minimum=0.1, env=env),
+            burst_per_token=env_int("RIDESHARE_BURST_PER_TOKEN", 40, minimum=1, env=env),
+            rate_per_ip=env_float("RIDESHARE_RATE_PER_IP", 100.0, minimum=0.1, env=env),
+            burst_per_ip=env_int("RIDESHARE_BURST_PER_IP", 200, minimum=1, env=env),
+            ws_send_queue=env_int("RIDESHARE_WS_SEND_QUEUE", 256, minimum=8, env=env),
+            ws_msgs_per_s=env_float("RIDESHARE_WS_MSGS_PER_S", 20.0, minimum=0.1, env=env),
+            ws_msgs_burst=env_int("RIDESHARE_WS_MSGS_BURST", 40, minimum=1, env=env),
+            ws_ping_interval_s=env_float("RIDESHARE_WS_PING_S", 4.0, minimum=0.05, env=env),
+            position_flush_s=env_float(
+                "RIDESHARE_POSITION_FLUSH_S", 0.005, minimum=0.001, maximum=1.0, env=env
+            ),
+        )
+
+
+def load_jwt_secret(data_dir: Path) -> str:
+    """The secret in ``<data_dir>/jwt-secret``, created (mode 0600) with a random one once."""
+    path = data_dir / JWT_SECRET_FILE
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        # Written whole under a private name, then linked into place: a concurrent starter
+        # either wins the link or reads the winner's complete file, never a half-written one.
+        tmp = data_dir / f".{JWT_SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(48) + "\n")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    secret = path.read_text().strip()
+    if len(secret) < MIN_SECRET_LEN:
+        raise SettingsError(f"{path} holds a secret shorter than {MIN_SECRET_LEN} characters")
+    return secret

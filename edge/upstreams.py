@@ -1,0 +1,240 @@
+"""One gRPC channel per upstream service, each behind a small circuit breaker.
+
+A call that fails with UNAVAILABLE or DEADLINE_EXCEEDED counts against the upstream; after
+``failures`` of them in a row the breaker opens and calls fail at once with 503 for
+``reset_s``; then one probe call is let through (half-open) and its outcome closes or reopens
+the breaker. Every call has a deadline (the channel's default, from make_channel).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias, TypeVar
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from edge.errors import ApiError, from_grpc
+from protos.driver.v1 import driver_pb2_grpc
+from protos.location.v1 import location_pb2_grpc
+from protos.notification.v1 import notification_pb2_grpc
+from protos.rider.v1 import rider_pb2_grpc
+from protos.trip.v1 import trip_pb2_grpc
+from rideshare.grpc_client import make_channel
+
+__all__ = ["CircuitBreaker", "Upstream", "Upstreams"]
+
+logger = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+RiderStub: TypeAlias = "rider_pb2_grpc.RiderServiceAsyncStub"
+DriverStub: TypeAlias = "driver_pb2_grpc.DriverServiceAsyncStub"
+TripStub: TypeAlias = "trip_pb2_grpc.TripServiceAsyncStub"
+LocationStub: TypeAlias = "location_pb2_grpc.LocationServiceAsyncStub"
+NotificationStub: TypeAlias = "notification_pb2_grpc.NotificationServiceAsyncStub"
+
+# Queries are safe to retry on UNAVAILABLE (rideshare.grpc_client); commands are not.
+_IDEMPOTENT = {
+    "rider": (
+        "rideshare.rider.v1.RiderService/GetRider",
+        "rideshare.rider.v1.RiderService/ListTrips",
+    ),
+    "driver": ("rideshare.driver.v1.DriverService/GetDriver",),
+    "trip": (
+        "rideshare.trip.v1.TripService/GetTrip",
+        "rideshare.trip.v1.TripService/ListTrips",
+        "rideshare.trip.v1.TripService/EstimateFare",
+    ),
+    "location": (
+        "rideshare.location.v1.LocationService/GetPosition",
+        "rideshare.location.v1.LocationService/DriversInArea",
+        "rideshare.location.v1.LocationService/ReportPosition",
+    ),
+    "notification": ("rideshare.notification.v1.NotificationService/ListNotifications",),
+}
+_BREAKING = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+@dataclass
+class CircuitBreaker:
+    """Closed -> (``failures`` consecutive failures) -> open for ``reset_s`` -> half-open."""
+
+    failures: int = 5
+    reset_s: float = 5.0
+    _consecutive: int = 0
+    _opened_at: float | None = None
+    _probing: bool = False
+    clock: Any = field(default=time.monotonic, repr=False)
+
+    @property
+    def state(self) -> str:
+        if self._opened_at is None:
+            return "closed"
+        return "half_open" if self.clock() - self._opened_at >= self.reset_s else "open"
+
+    def allow(self) -> bool:
+        """Whether a call may go out now (one probe at a time while half-open)."""
+        state = self.state
+        if state == "closed":
+            return True
+        if state == "half_open" and not self._probing:
+            self._probing = True
+            return True
+        return False
+
+    def success(self) -> None:
+        self._consecutive = 0
+        self._opened_at = None
+        self._probing = False
+
+    def failure(self) -> None:
+        self._consecutive += 1
+        self._probing = False
+        if self._opened_at is not None or self._consecutive >= self.failures:
+            self._opened_at = self.clock()
+
+    def release(self) -> None:
+        """A call ended without telling whether the upstream is healthy (e.g. cancelled)."""
+        self._probing = False
+
+
+class Upstream:
+    """A channel to one service, its breaker, and a way to call it."""
+
+    def __init__(
+        self, name: str, target: str, *, timeout_s: float, failures: int, reset_s: float
+    ) -> None:
+        self.name = name
+        self.target = target
+        self.channel = make_channel(
+            target, idempotent_methods=_IDEMPOTENT.get(name, ()), default_timeout_s=timeout_s
+        )
+        self.breaker = CircuitBreaker(failures=failures, reset_s=reset_s)
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+
+    def check(self) -> None:
+        """Raises 503 at once while the breaker is open."""
+        if not self.breaker.allow():
+            raise ApiError(
+                503,
+                "unavailable",
+                f"{self.name} service unavailable",
+                headers={"Retry-After": str(max(1, round(self.breaker.reset_s)))},
+            )
+
+    async def call(
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp],
+        request: Req,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - a gRPC deadline, not a wait
+    ) -> Resp:
+        """``method(request)`` through the breaker; a gRPC error becomes an ApiError."""
+        self.check()
+        try:
+            response = await method(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in _BREAKING:
+                self.breaker.failure()
+                logger.warning("%s call failed: %s", self.name, exc.code().name)
+            else:
+                self.breaker.success()
+            raise from_grpc(exc, self.name) from None
+        except BaseException:
+            self.breaker.release()
+            raise
+        self.breaker.success()
+        return response
+
+    async def healthy(self, *, timeout_s: float = 1.0) -> bool:
+        try:
+            reply = await self._health.Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout_s
+            )
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    async def close(self) -> None:
+        await self.channel.close(None)
+
+
+class Upstreams:
+    """The edge's clients: ``ups.trip_stub.GetTrip`` called through ``ups.get("trip")``."""
+
+    def __init__(
+        self,
+        targets: Mapping[str, str],
+        *,
+        timeout_s: float = 3.0,
+        failures: int = 5,
+        reset_s: float = 5.0,
+    ) -> None:
+        self.by_name = {
+            name: Upstream(name, target, timeout_s=timeout_s, failures=failures, reset_s=reset_s)
+            for name, target in targets.items()
+        }
+
+        factories: dict[str, Any] = {
+            "rider": rider_pb2_grpc.RiderServiceStub,
+            "driver": driver_pb2_grpc.DriverServiceStub,
+            "trip": trip_pb2_grpc.TripServiceStub,
+            "location": location_pb2_grpc.LocationServiceStub,
+            "notification": notification_pb2_grpc.NotificationServiceStub,
+        }
+        self._stubs: dict[str, Any] = {
+            name: factories[name](up.channel) for name, up in self.by_name.items()
+        }
+
+    def get(self, name: str) -> Upstream:
+        try:
+            return self.by_name[name]
+        except KeyError:
+            raise ApiError(503, "unavailable", f"{name} service is not configured") from None
+
+    def _stub(self, name: str) -> Any:
+        self.get(name)
+        return self._stubs[name]
+
+    @property
+    def rider(self) -> RiderStub:
+        return self._stub("rider")  # type: ignore[no-any-return]
+
+    @property
+    def driver(self) -> DriverStub:
+        return self._stub("driver")  # type: ignore[no-any-return]
+
+    @property
+    def trip(self) -> TripStub:
+        return self._stub("trip")  # type: ignore[no-any-return]
+
+    @property
+    def location(self) -> LocationStub:
+        return self._stub("location")  # type: ignore[no-any-return]
+
+    @property
+    def notification(self) -> NotificationStub:
+        return self._stub("notification")  # type: ignore[no-any-return]
+
+    async def health(self) -> dict[str, dict[str, Any]]:
+        """Per upstream: whether it answers SERVING and its breaker state."""
+        names = list(self.by_name)
+        results = await asyncio.gather(*(self.by_name[n].healthy() for n in names))
+        return {
+            n: {
+                "serving": ok,
+                "breaker": self.by_name[n].breaker.state,
+                "target": self.by_name[n].target,
+            }
+            for n, ok in zip(names, results, strict=True)
+        }
+
+    async def close(self) -> None:
+        await asyncio.gather(*(u.close() for u in self.by_name.values()))

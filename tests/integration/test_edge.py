@@ -1,0 +1,403 @@
+"""The edge gateway over real location, rider, driver and trip services (in-process), real
+Redis and NATS: auth, error mapping, validation, rate limits, idempotency, circuit breaker,
+and the driver WebSocket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from rideshare.settings import InfraUrls
+from tests.helpers import eventually
+from tests.integration.edge_system import BERLIN, System, edge_system
+
+
+@pytest.fixture(scope="module")
+async def system(infra: InfraUrls) -> AsyncIterator[System]:
+    async with edge_system(infra, f"t_{uuid.uuid4().hex[:8]}") as system:
+        yield system
+
+
+def phone() -> str:
+    return "+49151" + str(uuid.uuid4().int)[:8]
+
+
+async def signup_rider(system: System) -> tuple[str, str]:
+    """A new rider's (id, token)."""
+    async with system.client() as http:
+        number = phone()
+        r = await http.post(
+            "/v1/riders", json={"name": "Ada", "phone": number, "password": "correct-horse"}
+        )
+        assert r.status_code == 201, r.text
+        t = await http.post(
+            "/v1/auth/token",
+            json={"phone": number, "password": "correct-horse", "role": "rider"},
+        )
+        assert t.status_code == 200, t.text
+        body = t.json()
+        assert body["token_type"] == "bearer" and body["role"] == "rider"
+        return str(body["user_id"]), str(body["access_token"])
+
+
+async def signup_driver(system: System, *, online: bool = False) -> tuple[str, str]:
+    async with system.client() as http:
+        number = phone()
+        r = await http.post(
+            "/v1/drivers",
+            json={
+                "name": "Bo",
+                "phone": number,
+                "password": "correct-horse",
+                "license_number": "L1",
+            },
+        )
+        assert r.status_code == 201, r.text
+        t = await http.post(
+            "/v1/auth/token",
+            json={"phone": number, "password": "correct-horse", "role": "driver"},
+        )
+        assert t.status_code == 200, t.text
+        driver_id, token = str(t.json()["user_id"]), str(t.json()["access_token"])
+    if online:
+        async with system.client(token) as http:
+            v = await http.post(
+                "/v1/drivers/me/vehicles",
+                json={
+                    "make": "Toyota",
+                    "model": "Prius",
+                    "plate": f"B-{uuid.uuid4().hex[:6]}",
+                    "seats": 4,
+                    "vehicle_class": "standard",
+                },
+            )
+            assert v.status_code == 201, v.text
+            o = await http.post("/v1/drivers/me/online")
+            assert o.status_code == 200, o.text
+            assert o.json()["status"] == "available"
+    return driver_id, token
+
+
+async def recv_json(ws: ClientConnection, *, skip: tuple[str, ...] = ("ping",)) -> dict[str, Any]:
+    async with asyncio.timeout(5.0):
+        while True:
+            frame: dict[str, Any] = json.loads(await ws.recv())
+            if frame["type"] not in skip:
+                return frame
+
+
+# -- HTTP --------------------------------------------------------------------------------------
+
+
+async def test_openapi_documents_every_route(system: System) -> None:
+    async with system.client() as http:
+        spec = (await http.get("/openapi.json")).json()
+    paths = spec["paths"]
+    for path in (
+        "/v1/riders",
+        "/v1/drivers",
+        "/v1/auth/token",
+        "/v1/fare-estimates",
+        "/v1/trips",
+        "/v1/trips/{trip_id}",
+        "/v1/trips/{trip_id}/accept",
+        "/v1/me/trips",
+        "/v1/me/notifications",
+        "/v1/drivers/me/online",
+        "/v1/drivers/me/position",
+        "/v1/admin/drivers",
+        "/v1/admin/trips",
+        "/healthz",
+    ):
+        assert path in paths, path
+    assert "Idempotency-Key" in json.dumps(paths["/v1/trips"]["post"]["parameters"])
+
+
+async def test_routes_need_a_valid_token_of_the_right_role(system: System) -> None:
+    _, rider_token = await signup_rider(system)
+    async with system.client() as http:
+        missing = await http.get("/v1/me/trips")
+        forged = await http.get("/v1/me/trips", headers={"Authorization": "Bearer abc.def.ghi"})
+    async with system.client(rider_token) as http:
+        wrong_role = await http.post("/v1/trips/some-trip/accept")
+        admin_only = await http.get("/v1/admin/drivers", params={"bbox": "52,13,53,14"})
+    assert missing.status_code == 401
+    assert missing.json()["error"]["code"] == "unauthenticated"
+    assert forged.status_code == 401
+    assert wrong_role.status_code == 403
+    assert wrong_role.json()["error"]["code"] == "permission_denied"
+    assert admin_only.status_code == 403
+
+
+async def test_wrong_password_is_401_with_an_error_body(system: System) -> None:
+    async with system.client() as http:
+        r = await http.post(
+            "/v1/auth/token", json={"phone": phone(), "password": "nope-nope", "role": "rider"}
+        )
+    assert r.status_code == 401
+    assert set(r.json()["error"]) >= {"code", "message"}
+
+
+async def test_grpc_errors_map_to_http_statuses(system: System) -> None:
+    _, token = await signup_rider(system)
+    async with system.client() as http:
+        number = phone()
+        body = {"name": "Cy", "phone": number, "password": "correct-horse"}
+        assert (await http.post("/v1/riders", json=body)).status_code == 201
+        duplicate = await http.post("/v1/riders", json=body)
+        short_password = await http.post(
+            "/v1/riders", json={"name": "Cy", "phone": phone(), "password": "x"}
+        )
+    async with system.client(token) as http:
+        unknown = await http.get(f"/v1/trips/{uuid.uuid4()}")
+    assert duplicate.status_code == 409
+    assert duplicate.json()["error"]["code"] == "already_exists"
+    assert short_password.status_code == 422
+    assert short_password.json()["error"]["code"] == "invalid_argument"
+    assert unknown.status_code == 404
+    assert "Traceback" not in unknown.text
+
+
+@pytest.mark.parametrize(
+    ("path", "content"),
+    [
+        ("/v1/riders", b'{"name": "x", "phone":'),
+        (
+            "/v1/fare-estimates",
+            b'{"pickup": {"lat": 91, "lng": 13}, "dropoff": {"lat": 52, "lng": 13}}',
+        ),
+        ("/v1/fare-estimates", b'{"pickup": {"lat": "north", "lng": 13}}'),
+        ("/v1/drivers/me/position", b'{"lat": 52.5, "lng": 200}'),
+    ],
+)
+async def test_malformed_json_and_bad_coordinates_are_422_with_a_body(
+    system: System, path: str, content: bytes
+) -> None:
+    token = system.admin_token()
+    if path == "/v1/fare-estimates":
+        _, token = await signup_rider(system)
+    elif path == "/v1/drivers/me/position":
+        _, token = await signup_driver(system)
+    async with system.client(token) as http:
+        r = await http.post(path, content=content, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["code"] == "invalid_argument"
+    assert error["message"]
+    assert error["details"]
+
+
+async def test_every_response_carries_a_request_id(system: System) -> None:
+    async with system.client() as http:
+        given = await http.get("/healthz", headers={"X-Request-Id": "abc-123"})
+        generated = await http.get("/v1/nope")
+    assert given.headers["x-request-id"] == "abc-123"
+    assert len(generated.headers["x-request-id"]) >= 8
+    assert generated.status_code == 404
+    assert generated.json()["error"]["code"] == "not_found"
+
+
+async def test_rate_limit_per_token_is_429_with_retry_after(system: System) -> None:
+    _, token = await signup_rider(system)
+    async with system.another_edge(rate_per_token=0.5, burst_per_token=3) as edge:
+        async with httpx.AsyncClient(
+            base_url=edge.url, headers={"Authorization": f"Bearer {token}"}, timeout=5.0
+        ) as http:
+            statuses = [(await http.get("/v1/me/trips")).status_code for _ in range(5)]
+            refused = await http.get("/v1/me/trips")
+    assert statuses[:3] == [200, 200, 200]
+    assert statuses[3:] == [429, 429]
+    assert refused.status_code == 429
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.json()["error"]["code"] == "rate_limited"
+
+
+async def test_rate_limit_per_ip_covers_anonymous_routes(system: System) -> None:
+    async with system.another_edge(rate_per_ip=0.5, burst_per_ip=2) as edge:
+        async with httpx.AsyncClient(base_url=edge.url, timeout=5.0) as http:
+            body = {"phone": phone(), "password": "whatever1", "role": "rider"}
+            statuses = [
+                (await http.post("/v1/auth/token", json=body)).status_code for _ in range(4)
+            ]
+    assert statuses[:2] == [401, 401]
+    assert 429 in statuses[2:]
+
+
+async def _quote(http: httpx.AsyncClient) -> dict[str, Any]:
+    r = await http.post(
+        "/v1/fare-estimates",
+        json={
+            "pickup": {"lat": BERLIN[0], "lng": BERLIN[1]},
+            "dropoff": {"lat": BERLIN[0] + 0.02, "lng": BERLIN[1] + 0.02},
+            "vehicle_class": "standard",
+        },
+    )
+    assert r.status_code == 201, r.text
+    quote: dict[str, Any] = r.json()
+    return quote
+
+
+async def test_same_idempotency_key_and_body_returns_the_same_trip(system: System) -> None:
+    _, token = await signup_rider(system)
+    async with system.client(token) as http:
+        quote = await _quote(http)
+        body = {
+            "quote_id": quote["quote_id"],
+            "pickup": quote["pickup"],
+            "dropoff": quote["dropoff"],
+        }
+        key = {"Idempotency-Key": uuid.uuid4().hex}
+        first, second = await asyncio.gather(
+            http.post("/v1/trips", json=body, headers=key),
+            http.post("/v1/trips", json=body, headers=key),
+        )
+        third = await http.post("/v1/trips", json=body, headers=key)
+        changed = await http.post(
+            "/v1/trips", json={**body, "pickup_address": "elsewhere"}, headers=key
+        )
+        await http.post(f"/v1/trips/{first.json()['id']}/cancel", json={"reason": "test over"})
+    assert first.status_code == second.status_code == third.status_code == 201, first.text
+    assert first.json()["id"] == second.json()["id"] == third.json()["id"]
+    assert third.headers.get("idempotent-replayed") == "true"
+    assert changed.status_code == 422
+    assert changed.json()["error"]["code"] == "idempotency_key_reused"
+
+
+async def test_riders_cannot_read_each_others_trips(system: System) -> None:
+    _, token_a = await signup_rider(system)
+    _, token_b = await signup_rider(system)
+    async with system.client(token_a) as http:
+        quote = await _quote(http)
+        trip = await http.post(
+            "/v1/trips",
+            json={
+                "quote_id": quote["quote_id"],
+                "pickup": quote["pickup"],
+                "dropoff": quote["dropoff"],
+            },
+        )
+        assert trip.status_code == 201, trip.text
+        trip_id = trip.json()["id"]
+        own = await http.get(f"/v1/trips/{trip_id}")
+    async with system.client(token_b) as http:
+        other = await http.get(f"/v1/trips/{trip_id}")
+        cancel = await http.post(f"/v1/trips/{trip_id}/cancel")
+    async with system.client(system.admin_token()) as http:
+        admin = await http.get(f"/v1/trips/{trip_id}")
+    async with system.client(token_a) as http:
+        await http.post(f"/v1/trips/{trip_id}/cancel")
+    assert own.status_code == 200 and own.json()["current_offer"] is None
+    assert other.status_code == 404
+    assert cancel.status_code in (403, 404)
+    assert admin.status_code == 200
+
+
+async def test_a_dead_upstream_fails_fast_with_503_and_opens_the_breaker(system: System) -> None:
+    _, token = await signup_rider(system)
+    async with system.client(token) as http:
+        started = time.monotonic()
+        first = await http.get("/v1/me/notifications")
+        first_s = time.monotonic() - started
+        for _ in range(3):
+            await http.get("/v1/me/notifications")
+        started = time.monotonic()
+        open_breaker = await http.get("/v1/me/notifications")
+        open_s = time.monotonic() - started
+        health = await http.get("/healthz")
+    assert first.status_code == 503, first.text
+    assert first.json()["error"]["code"] == "unavailable"
+    assert first_s < 2.0
+    assert open_breaker.status_code == 503
+    assert "retry-after" in open_breaker.headers
+    assert open_s < 0.5
+    assert health.status_code == 503
+    detail = health.json()["upstreams"]
+    assert detail["notification"]["serving"] is False
+    assert detail["notification"]["breaker"] == "open"
+    assert detail["location"]["serving"] is True
+
+
+# -- WebSockets ------------------------------------------------------------------------------
+
+
+async def test_driver_socket_positions_reach_the_location_service(system: System) -> None:
+    driver_id, token = await signup_driver(system, online=True)
+    lat, lng = BERLIN[0] + 0.003, BERLIN[1] - 0.004
+    async with connect(f"{system.ws_url}/v1/ws/driver?token={token}") as ws:
+        start_ms = time.time_ns() // 1_000_000 - 3000
+        for i in range(3):
+            position = {
+                "type": "position",
+                "lat": lat,
+                "lng": lng + i * 1e-4,
+                "heading": 90,
+                "speed_mps": 5,
+                "accuracy_m": 4,
+                "ts_ms": start_ms + i * 1000,
+            }
+            await ws.send(json.dumps(position))
+        async with system.client(system.admin_token()) as http:
+
+            async def seen() -> bool:
+                r = await http.get(
+                    "/v1/admin/drivers",
+                    params={"bbox": f"{lat - 0.01},{lng - 0.01},{lat + 0.01},{lng + 0.01}"},
+                )
+                return any(
+                    d["driver_id"] == driver_id and abs(d["lng"] - (lng + 2e-4)) < 1e-6
+                    for d in r.json()["drivers"]
+                )
+
+            await eventually(seen, timeout_s=5.0)
+
+
+async def test_malformed_socket_messages_get_error_frames_not_a_disconnect(system: System) -> None:
+    _, token = await signup_driver(system)
+    async with connect(f"{system.ws_url}/v1/ws/driver") as ws:
+        await ws.send(json.dumps({"type": "auth", "token": token}))
+        await ws.send("this is not json")
+        assert (await recv_json(ws, skip=("ping", "trip")))["code"] == "bad_json"
+        await ws.send(json.dumps({"type": "position", "lat": 95.0, "lng": 13.0}))
+        assert (await recv_json(ws))["code"] == "invalid_position"
+        await ws.send(json.dumps({"type": "teleport"}))
+        assert (await recv_json(ws))["code"] == "unknown_type"
+        await ws.send(json.dumps({"type": "position", "lat": 1.0, "lng": 1.0, "pad": "x" * 5000}))
+        assert (await recv_json(ws))["code"] == "too_large"
+        # still open: the heartbeat keeps coming
+        frame = json.loads(await asyncio.wait_for(ws.recv(), 5.0))
+        assert frame["type"] in ("ping", "error")
+
+
+async def test_socket_with_a_bad_token_or_role_is_closed(system: System) -> None:
+    _, rider_token = await signup_rider(system)
+    for url, code in (
+        (f"{system.ws_url}/v1/ws/driver?token=garbage", 4401),
+        (f"{system.ws_url}/v1/ws/driver?token={rider_token}", 4403),
+    ):
+        async with connect(url) as ws:
+            frame = await recv_json(ws)
+            assert frame["type"] == "error"
+            with pytest.raises(ConnectionClosed) as closed:
+                async with asyncio.timeout(5.0):
+                    await ws.recv()
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == code
+
+
+async def test_a_flooding_socket_is_rate_limited_with_error_frames(system: System) -> None:
+    _, token = await signup_driver(system)
+    async with system.another_edge(ws_msgs_per_s=1.0, ws_msgs_burst=2) as edge:
+        url = edge.url.replace("http://", "ws://")
+        async with connect(f"{url}/v1/ws/driver?token={token}") as ws:
+            for _ in range(4):
+                await ws.send(json.dumps({"type": "pong"}))
+            frame = await recv_json(ws, skip=("ping", "trip"))
+    assert frame["code"] == "rate_limited"

@@ -1,0 +1,147 @@
+"""The edge's pure pieces: WebSocket message parsing, the circuit breaker, the in-process
+token bucket, tokens, and proto -> JSON conversion."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from edge import convert
+from edge.auth import AuthError, decode_token, issue_token
+from edge.idempotency import fingerprint
+from edge.ratelimit import TokenBucket, retry_after_header
+from edge.upstreams import CircuitBreaker
+from edge.wire import FrameError, parse_frame, parse_position
+from protos.common.v1 import common_pb2
+from protos.trip.v1 import trip_pb2
+
+SECRET = "unit-test-secret-" + "z" * 32
+NOW_MS = 1_760_000_000_000
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_position_message_with_defaults_parses() -> None:
+    p = parse_position({"type": "position", "lat": 52.5, "lng": 13.4}, now_ms=NOW_MS)
+    assert (p.lat, p.lng, p.heading, p.speed_mps, p.ts_ms) == (52.5, 13.4, 0.0, 0.0, NOW_MS)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"lng": 13.0},
+        {"lat": 91.0, "lng": 13.0},
+        {"lat": 52.0, "lng": -181.0},
+        {"lat": 52.0, "lng": 13.0, "heading": 360.0},
+        {"lat": 52.0, "lng": 13.0, "speed_mps": -1},
+        {"lat": "52", "lng": 13.0},
+        {"lat": True, "lng": 13.0},
+        {"lat": math.nan, "lng": 13.0},
+        {"lat": 52.0, "lng": 13.0, "ts_ms": NOW_MS + 60_000},
+    ],
+)
+def test_bad_positions_are_frame_errors(frame: dict[str, object]) -> None:
+    with pytest.raises(FrameError) as err:
+        parse_position({"type": "position", **frame}, now_ms=NOW_MS)
+    assert err.value.code == "invalid_position"
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("nope", "bad_json"),
+        ("[1, 2]", "bad_message"),
+        ('{"type": 3}', "bad_message"),
+        ("x" * 100, "too_large"),
+    ],
+)
+def test_malformed_messages_name_their_problem(text: str, code: str) -> None:
+    with pytest.raises(FrameError) as err:
+        parse_frame(text, max_bytes=64)
+    assert err.value.code == code
+
+
+def test_breaker_opens_after_consecutive_failures_and_probes_once_after_reset() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(failures=3, reset_s=5.0, clock=clock)
+    for _ in range(2):
+        assert breaker.allow()
+        breaker.failure()
+    assert breaker.state == "closed"
+    breaker.failure()
+    assert breaker.state == "open" and not breaker.allow()
+    clock.t += 5.0
+    assert breaker.allow()  # the probe
+    assert not breaker.allow()  # only one at a time
+    breaker.failure()
+    assert breaker.state == "open"
+    clock.t += 5.0
+    assert breaker.allow()
+    breaker.success()
+    assert breaker.state == "closed" and breaker.allow()
+
+
+def test_a_success_resets_the_failure_count() -> None:
+    breaker = CircuitBreaker(failures=2, reset_s=1.0, clock=Clock())
+    breaker.failure()
+    breaker.success()
+    breaker.failure()
+    assert breaker.state == "closed"
+
+
+def test_token_bucket_refills_at_its_rate() -> None:
+    bucket = TokenBucket(rate=2.0, burst=2, now=0.0)
+    assert bucket.take(0.0) and bucket.take(0.0)
+    assert not bucket.take(0.0)
+    assert bucket.take(0.5)
+    assert not bucket.take(0.5)
+
+
+def test_retry_after_is_whole_seconds_never_zero() -> None:
+    assert retry_after_header(0.01) == "1"
+    assert retry_after_header(1.2) == "2"
+
+
+def test_tokens_round_trip_and_reject_tampering() -> None:
+    token = issue_token(SECRET, sub="r-1", role="rider", ttl_s=60, now=NOW_MS / 1000)
+    with pytest.raises(AuthError, match="expired"):
+        decode_token(SECRET, token)  # issued in 2025 for a minute
+    fresh = issue_token(SECRET, sub="r-1", role="driver", ttl_s=60)
+    principal = decode_token(SECRET, fresh)
+    assert (principal.sub, principal.role) == ("r-1", "driver")
+    with pytest.raises(AuthError):
+        decode_token("another-secret-" + "q" * 32, fresh)
+    with pytest.raises(AuthError):
+        decode_token(SECRET, fresh[:-2] + "xx")
+
+
+def test_fingerprint_ignores_key_order() -> None:
+    assert fingerprint({"a": 1, "b": [1, 2]}) == fingerprint(json.loads('{"b": [1, 2], "a": 1}'))
+    assert fingerprint({"a": 1}) != fingerprint({"a": 2})
+
+
+def test_trip_json_hides_the_offer_from_riders() -> None:
+    trip = trip_pb2.Trip(
+        id="t-1",
+        rider_id="r-1",
+        state=trip_pb2.TRIP_STATE_DISPATCHING,
+        vehicle_class=common_pb2.VEHICLE_CLASS_XL,
+        pickup=common_pb2.LatLng(lat=1.0, lng=2.0),
+        current_offer=trip_pb2.Offer(offer_id="o-1", driver_id="d-1"),
+        quoted_fare=common_pb2.Money(amount_minor=1250, currency="EUR"),
+    )
+    for_rider = convert.trip_out(trip, show_offer=False).model_dump(mode="json")
+    for_driver = convert.trip_out(trip).model_dump(mode="json")
+    assert for_rider["state"] == "dispatching" and for_rider["vehicle_class"] == "xl"
+    assert for_rider["current_offer"] is None and for_rider["driver_id"] is None
+    assert for_rider["quoted_fare"] == {"amount_minor": 1250, "currency": "EUR"}
+    assert for_rider["final_fare"] is None
+    assert for_driver["current_offer"]["offer_id"] == "o-1"

@@ -1,0 +1,113 @@
+"""gRPC servicer of rideshare.notification.v1.NotificationService: proto <-> domain."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, NoReturn
+
+import grpc
+
+from notification import domain
+from notification.domain import InvalidArgumentError, NotificationError, PageCursor
+from notification.events import InAppFeed, to_proto
+from notification.store import NotificationStore, to_us
+from protos import events
+from protos.notification.v1 import notification_pb2, notification_pb2_grpc
+
+__all__ = ["SUBSCRIBED_METADATA_KEY", "NotificationServicer"]
+
+logger = logging.getLogger(__name__)
+
+# Subscribe sends this initial metadata once it listens: a client that awaits
+# ``call.initial_metadata()`` knows that nothing created from then on will be missed.
+SUBSCRIBED_METADATA_KEY = "x-subscribed"
+
+_STATUS: dict[type[NotificationError], grpc.StatusCode] = {
+    InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
+}
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+async def _abort(context: Context, exc: NotificationError) -> NoReturn:
+    await context.abort(_STATUS[type(exc)], str(exc))
+    raise AssertionError("unreachable: abort raises")
+
+
+def _user_id(user_id: str) -> str:
+    if not user_id:
+        raise InvalidArgumentError("user_id is required")
+    try:
+        events.notify_user_subject(user_id)
+    except ValueError as exc:
+        raise InvalidArgumentError(str(exc)) from None
+    return user_id
+
+
+class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
+    """Reads notifications from the store and streams live ones from the in-app feed."""
+
+    def __init__(self, store: NotificationStore, feed: InAppFeed) -> None:
+        self._store = store
+        self._feed = feed
+
+    async def ListNotifications(
+        self, request: notification_pb2.ListNotificationsRequest, context: Context
+    ) -> notification_pb2.ListNotificationsResponse:
+        try:
+            user_id = _user_id(request.user_id)
+            size = domain.page_size(request.page_size)
+            after = (
+                domain.decode_page_token(
+                    request.page_token, user_id=user_id, unread_only=request.unread_only
+                )
+                if request.page_token
+                else None
+            )
+        except NotificationError as exc:
+            await _abort(context, exc)
+        found = await self._store.list_for_user(
+            user_id, limit=size + 1, unread_only=request.unread_only, after=after
+        )
+        page = found[:size]
+        response = notification_pb2.ListNotificationsResponse(
+            notifications=[to_proto(n) for n in page]
+        )
+        if len(found) > size:
+            last = page[-1]
+            response.next_page_token = domain.encode_page_token(
+                PageCursor(
+                    user_id=user_id,
+                    unread_only=request.unread_only,
+                    created_at_us=to_us(last.created_at),
+                    notification_id=last.id,
+                )
+            )
+        return response
+
+    async def MarkRead(
+        self, request: notification_pb2.MarkReadRequest, context: Context
+    ) -> notification_pb2.MarkReadResponse:
+        try:
+            user_id = _user_id(request.user_id)
+        except NotificationError as exc:
+            await _abort(context, exc)
+        ids = domain.parse_notification_ids(request.notification_ids)
+        updated = await self._store.mark_read(user_id, ids)
+        return notification_pb2.MarkReadResponse(updated=updated)
+
+    async def Subscribe(
+        self, request: notification_pb2.SubscribeRequest, context: Context
+    ) -> AsyncIterator[notification_pb2.Notification]:
+        # Live only: what was created before the subscription is not replayed (the contract
+        # says so). A client that must miss nothing subscribes, waits for the initial
+        # metadata, then calls ListNotifications and merges the two by notification id.
+        try:
+            user_id = _user_id(request.user_id)
+        except NotificationError as exc:
+            await _abort(context, exc)
+        async with self._feed.watch(user_id) as live:
+            await context.send_initial_metadata(((SUBSCRIBED_METADATA_KEY, "1"),))
+            async for notification in live:
+                yield notification

@@ -1,0 +1,160 @@
+"""The one table of notifications: event subject -> what each person concerned is told.
+
+Placeholders are facts that events.py extracts from the event (``facts_of``) plus, for
+``driver_name``, ``vehicle`` and ``plate``, the driver read model. ``data`` keys travel to the
+app in ``Notification.data``. An event type missing here notifies nobody.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Final
+
+from notification.domain import Channel, Template
+from protos import events
+
+__all__ = ["TEMPLATES"]
+
+IN_APP: Final = (Channel.IN_APP,)
+IN_APP_PUSH: Final = (Channel.IN_APP, Channel.PUSH)
+ALL_CHANNELS: Final = (Channel.IN_APP, Channel.PUSH, Channel.SMS)
+
+TEMPLATES: Final[Mapping[str, tuple[Template, ...]]] = MappingProxyType(
+    {
+        events.TRIP_OFFERED: (
+            Template(
+                recipient="driver_id",
+                kind="trip.offer",
+                title="New trip request",
+                body="Pickup {pickup}, {distance_to_pickup} away. Fare {fare}.",
+                channels=IN_APP_PUSH,
+                data=("offer_id", "expires_at", "fare", "pickup", "distance_to_pickup_m"),
+            ),
+        ),
+        events.TRIP_ACCEPTED: (
+            Template(
+                recipient="rider_id",
+                kind="trip.driver_assigned",
+                title="Your driver is on the way",
+                body="{driver_name} is coming in a {vehicle} ({plate}), about {eta_min} min away.",
+                channels=IN_APP_PUSH,
+                data=("driver_id", "driver_name", "vehicle", "plate", "eta_s"),
+            ),
+        ),
+        events.TRIP_ARRIVED: (
+            Template(
+                recipient="rider_id",
+                kind="trip.driver_arrived",
+                title="Your driver has arrived",
+                body="{driver_name} is waiting at the pickup in a {vehicle} ({plate}).",
+                channels=ALL_CHANNELS,
+                data=("driver_id", "driver_name", "vehicle", "plate"),
+            ),
+        ),
+        events.TRIP_STARTED: (
+            Template(
+                recipient="rider_id",
+                kind="trip.started",
+                title="Trip started",
+                body="You are on your way. Enjoy the ride.",
+                channels=IN_APP,
+                data=("driver_id",),
+            ),
+        ),
+        events.TRIP_COMPLETED: (
+            Template(
+                recipient="rider_id",
+                kind="trip.completed",
+                title="Trip completed",
+                body="You paid {fare} for {distance} in {duration_min} min.",
+                channels=IN_APP_PUSH,
+                data=("fare", "fare_minor", "currency", "distance_m", "duration_s"),
+            ),
+        ),
+        events.TRIP_NO_DRIVERS: (
+            Template(
+                recipient="rider_id",
+                kind="trip.no_drivers",
+                title="No drivers available",
+                body="We could not find a driver near you. Please try again in a few minutes.",
+                channels=IN_APP_PUSH,
+            ),
+        ),
+        events.TRIP_DRIVER_CANCELLED: (
+            Template(
+                recipient="rider_id",
+                kind="trip.driver_cancelled",
+                title="Your driver cancelled",
+                body="Your driver had to cancel. We are finding you another one.",
+                channels=IN_APP_PUSH,
+            ),
+        ),
+        events.TRIP_CANCELLED: (
+            Template(
+                recipient="rider_id",
+                kind="trip.cancelled_by_driver",
+                title="Your trip was cancelled",
+                body="Your driver cancelled the trip.",
+                channels=IN_APP_PUSH,
+                data=("reason",),
+                when={"cancelled_by": "driver"},
+            ),
+            Template(
+                recipient="driver_id",
+                kind="trip.rider_cancelled",
+                title="The rider cancelled",
+                body="The rider cancelled the trip. You can take new trips now.",
+                channels=IN_APP_PUSH,
+                data=("reason",),
+                when={"cancelled_by": "rider"},
+            ),
+            Template(
+                recipient="rider_id",
+                kind="trip.cancelled",
+                title="Your trip was cancelled",
+                body="We had to cancel your trip. {fee_text}",
+                channels=IN_APP_PUSH,
+                data=("reason",),
+                when={"cancelled_by": "service"},
+            ),
+            Template(
+                recipient="driver_id",
+                kind="trip.cancelled",
+                title="Trip cancelled",
+                body="The trip was cancelled. You can take new trips now.",
+                channels=IN_APP_PUSH,
+                data=("reason",),
+                when={"cancelled_by": "service"},
+            ),
+        ),
+        events.TRIP_RATED: (
+            Template(
+                recipient="ratee_id",
+                kind="trip.rated",
+                title="You were rated",
+                body="Your trip got a {stars}-star rating.",
+                channels=IN_APP,
+                data=("stars",),
+            ),
+        ),
+        events.RIDER_CREATED: (
+            Template(
+                recipient="rider_id",
+                kind="account.welcome",
+                title="Welcome to Rideshare",
+                body="Hi {name}, you are ready to ride.",
+                channels=IN_APP,
+            ),
+        ),
+        events.DRIVER_CREATED: (
+            Template(
+                recipient="driver_id",
+                kind="account.welcome",
+                title="Welcome to Rideshare",
+                body="Hi {name}, add a vehicle and go online to receive trip requests.",
+                channels=IN_APP,
+            ),
+        ),
+    }
+)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 
@@ -14,6 +14,7 @@ from notification.events import InAppFeed, to_proto
 from notification.store import NotificationStore, to_us
 from protos import events
 from protos.notification.v1 import notification_pb2, notification_pb2_grpc
+from rideshare.grpc_errors import StatusTable, abort_with
 
 __all__ = ["SUBSCRIBED_METADATA_KEY", "NotificationServicer"]
 
@@ -23,16 +24,11 @@ logger = logging.getLogger(__name__)
 # ``call.initial_metadata()`` knows that nothing created from then on will be missed.
 SUBSCRIBED_METADATA_KEY = "x-subscribed"
 
-_STATUS: dict[type[NotificationError], grpc.StatusCode] = {
+_STATUS: StatusTable = {
     InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
 }
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-async def _abort(context: Context, exc: NotificationError) -> NoReturn:
-    await context.abort(_STATUS[type(exc)], str(exc))
-    raise AssertionError("unreachable: abort raises")
 
 
 def _user_id(user_id: str) -> str:
@@ -66,7 +62,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
                 else None
             )
         except NotificationError as exc:
-            await _abort(context, exc)
+            await abort_with(context, exc, _STATUS)
         found = await self._store.list_for_user(
             user_id, limit=size + 1, unread_only=request.unread_only, after=after
         )
@@ -92,7 +88,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         try:
             user_id = _user_id(request.user_id)
         except NotificationError as exc:
-            await _abort(context, exc)
+            await abort_with(context, exc, _STATUS)
         ids = domain.parse_notification_ids(request.notification_ids)
         updated = await self._store.mark_read(user_id, ids)
         return notification_pb2.MarkReadResponse(updated=updated)
@@ -106,7 +102,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         try:
             user_id = _user_id(request.user_id)
         except NotificationError as exc:
-            await _abort(context, exc)
+            await abort_with(context, exc, _STATUS)
         async with self._feed.watch(user_id) as live:
             await context.send_initial_metadata(((SUBSCRIBED_METADATA_KEY, "1"),))
             async for notification in live:

@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from location.events import CONSUMED_SUBJECTS, DURABLE, AvailabilityUpdater, PositionFeed
+from location.events import CONSUMED_SUBJECTS, AvailabilityUpdater, PositionFeed
 from location.server import LocationServicer, LocationSettings, now_ms
 from location.store import LocationStore
 from protos import events
@@ -62,10 +62,11 @@ async def running(
             lambda stop: bus.run_consumer(
                 rt.js,
                 stream=events.STREAM,
-                durable=DURABLE,
+                durable=location.consumer_name,
                 filter_subjects=CONSUMED_SUBJECTS,
                 handler=AvailabilityUpdater(store).handle,
                 stop=stop,
+                only_new=True,
             ),
             name="availability-consumer",
         )

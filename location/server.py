@@ -24,7 +24,7 @@ from location.events import PositionFeed
 from location.store import LocationStore
 from protos.location.v1 import location_pb2, location_pb2_grpc
 from rideshare.grpc_errors import StatusTable, abort_with
-from rideshare.settings import env_float, env_int
+from rideshare.settings import env_float, env_int, env_str
 
 __all__ = ["LocationServicer", "LocationSettings"]
 
@@ -48,6 +48,7 @@ class LocationSettings:
     max_future_s: float = 30.0
     watch_queue: int = 256
     sweep_interval_s: float = 1.0
+    consumer_name: str = "location"  # the durable JetStream consumer all copies share
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> LocationSettings:
@@ -56,6 +57,7 @@ class LocationSettings:
             max_future_s=env_float("RIDESHARE_POSITION_MAX_FUTURE_S", 30.0, minimum=0.0, env=env),
             watch_queue=env_int("RIDESHARE_WATCH_QUEUE", 256, minimum=1, env=env),
             sweep_interval_s=env_float("RIDESHARE_STALE_SWEEP_S", 1.0, minimum=0.05, env=env),
+            consumer_name=env_str("RIDESHARE_LOCATION_CONSUMER", "location", env=env),
         )
 
     @property

@@ -28,7 +28,7 @@ from google.protobuf.message import DecodeError, Message
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 
 from protos.common.v1 import common_pb2
 from protos.events import MSG_ID_HEADER, STREAM, STREAM_SUBJECTS
@@ -314,6 +314,7 @@ class DurableConsumer:
         backoff_s: Sequence[float] = (1.0, 5.0, 15.0, 30.0),
         deadletter: str | None = None,
         publish_timeout_s: float = 5.0,
+        only_new: bool = False,
     ) -> None:
         if not filter_subjects:
             raise ValueError("a consumer needs at least one filter subject")
@@ -331,6 +332,9 @@ class DurableConsumer:
         self.backoff_s = list(backoff_s)
         self.deadletter = deadletter if deadletter is not None else deadletter_subject(durable)
         self.publish_timeout_s = publish_timeout_s
+        # A consumer of live state (say, availability) has no use for history: when first
+        # created it starts at the stream's end instead of replaying every stored event.
+        self.deliver_policy = DeliverPolicy.NEW if only_new else DeliverPolicy.ALL
         self.stats = ConsumerStats()
 
     def _config(self) -> ConsumerConfig:
@@ -346,6 +350,7 @@ class DurableConsumer:
             max_deliver=self.max_deliver + 1,
             filter_subject=self.filter_subjects[0] if single else None,
             filter_subjects=None if single else self.filter_subjects,
+            deliver_policy=self.deliver_policy,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -478,6 +483,7 @@ async def run_consumer(
     fetch_timeout_s: float = 1.0,
     backoff_s: Sequence[float] = (1.0, 5.0, 15.0, 30.0),
     deadletter: str | None = None,
+    only_new: bool = False,
 ) -> ConsumerStats:
     """Run a :class:`DurableConsumer` until ``stop`` is set; returns its counters."""
     consumer = DurableConsumer(
@@ -492,6 +498,7 @@ async def run_consumer(
         fetch_timeout_s=fetch_timeout_s,
         backoff_s=backoff_s,
         deadletter=deadletter,
+        only_new=only_new,
     )
     await consumer.run(stop)
     return consumer.stats

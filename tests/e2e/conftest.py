@@ -6,13 +6,14 @@ metrics endpoints are off, and the edge signs tokens with a fixed test secret.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from rideshare.infra import free_port
+from rideshare.infra import EmbeddedInfra, free_port
 from rideshare.settings import InfraUrls
 from rideshare.supervisor import SERVICE_ORDER, Supervisor, available_services
 
@@ -31,9 +32,28 @@ class Stack:
         return self.edge_url.replace("http://", "ws://")
 
 
+_ENV_URLS = ("RIDESHARE_REDIS_URL", "RIDESHARE_POSTGRES_DSN", "RIDESHARE_NATS_URL")
+
+
 @pytest.fixture(scope="session")
-async def stack(infra: InfraUrls, infra_dir: Path) -> AsyncIterator[Stack]:
+async def e2e_infra(infra: InfraUrls, infra_dir: Path) -> AsyncIterator[InfraUrls]:
+    """Servers of the e2e system's own. The system lives for the whole session; on the shared
+    servers its consumers would take, and its notification service would push, the events
+    that the integration tests' own service copies are waiting for."""
+    if all(os.environ.get(n) for n in _ENV_URLS):
+        yield infra  # servers given from outside: share them
+        return
+    embedded = EmbeddedInfra(infra_dir / "e2e-infra", durable=False)
+    try:
+        yield await embedded.start()
+    finally:
+        embedded.stop()
+
+
+@pytest.fixture(scope="session")
+async def stack(e2e_infra: InfraUrls, infra_dir: Path) -> AsyncIterator[Stack]:
     """Every available service running as a subprocess; skips when a required one is missing."""
+    infra = e2e_infra
     names = available_services()
     missing = [n for n in REQUIRED if n not in names]
     if missing:

@@ -63,7 +63,8 @@ async def location_service(
         grpc_port=0,
         shutdown_grace_s=1.0,
     )
-    async with running(settings, LocationSettings(**overrides)) as server:  # type: ignore[arg-type]
+    location = LocationSettings(consumer_name=f"location-{uuid.uuid4().hex[:8]}", **overrides)  # type: ignore[arg-type]
+    async with running(settings, location) as server:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             yield location_pb2_grpc.LocationServiceStub(channel)
 

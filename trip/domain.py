@@ -481,6 +481,7 @@ def complete(
         distance_m=distance_m,
         duration_s=duration_s,
         completed_at=now,
+        ended_at=now,
     )
 
 
@@ -531,6 +532,7 @@ def cancel(
         cancelled_by=actor,
         cancel_reason=reason,
         cancelled_at=now,
+        ended_at=now,
         cancellation_fee=fee,
     )
     return cancelled, fee

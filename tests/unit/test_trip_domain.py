@@ -343,6 +343,7 @@ def test_completed_trip_is_charged_for_the_measured_distance_and_time() -> None:
     assert trip.final_fare == Money(1050, "EUR")  # 250 + 5 km x 110 + 10 min x 25
     assert (trip.distance_m, trip.duration_s) == (5000, 600)
     assert trip.completed_at == T0 + timedelta(minutes=20)
+    assert trip.ended_at == trip.completed_at
 
 
 def test_completed_trip_keeps_the_quoted_surge() -> None:
@@ -408,6 +409,7 @@ def test_rider_cancels_before_a_driver_accepted_for_free(build: Callable[[], Tri
     assert fee is None
     assert trip.cancellation_fee is None
     assert trip.offer is None
+    assert trip.ended_at == trip.cancelled_at == T0 + timedelta(hours=1)
 
 
 def test_rider_cancels_within_the_grace_period_after_accept_for_free() -> None:

@@ -391,7 +391,7 @@ class Trip(_message.Message):
 
     @_builtins.property
     def ended_at(self) -> _timestamp_pb2.Timestamp:
-        """When dispatch gave up (NO_DRIVERS)."""
+        """When the trip reached its terminal state (COMPLETED, CANCELLED or NO_DRIVERS)."""
 
     @_builtins.property
     def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransitionRecord]:

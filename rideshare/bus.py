@@ -355,8 +355,7 @@ class DurableConsumer:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set (checked between fetches)."""
-        # Create-or-update: copies starting together with one config all succeed.
-        await self._js.add_consumer(self.stream, self._config())
+        await self._create_or_update()
         sub = await self._js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
         try:
             while not stop.is_set():
@@ -370,6 +369,29 @@ class DurableConsumer:
                 await self._process_batch(msgs)
         finally:
             await sub.unsubscribe()
+
+    async def _create_or_update(self) -> None:
+        """Create the durable, or update it: copies starting together with one config all
+        succeed. The deliver policy cannot change on an existing consumer: a consumer of
+        live state (``only_new``) loses nothing by being recreated at the stream's end; any
+        other must be migrated by an operator, so it fails with a message that says so."""
+        try:
+            existing = await self._js.consumer_info(self.stream, self.durable)
+        except nats.js.errors.NotFoundError:
+            existing = None
+        if existing is not None and existing.config.deliver_policy not in (
+            None,
+            self.deliver_policy,
+        ):
+            if self.deliver_policy is not DeliverPolicy.NEW:
+                raise RuntimeError(
+                    f"consumer {self.durable!r} on stream {self.stream!r} exists with deliver "
+                    f"policy {existing.config.deliver_policy}, which cannot be updated to "
+                    f"{self.deliver_policy}; delete it (nats consumer rm) to recreate it"
+                )
+            logger.warning("consumer %s: recreating it at the stream's end", self.durable)
+            await self._js.delete_consumer(self.stream, self.durable)
+        await self._js.add_consumer(self.stream, self._config())
 
     async def _process_batch(self, msgs: Sequence[Msg]) -> None:
         """Handle one fetched batch. A subclass may override this to handle the batch

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import asyncpg
 import pytest
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from protos.common.v1 import common_pb2
 from rideshare.bus import (
@@ -264,3 +264,71 @@ async def test_two_copies_with_one_durable_split_the_work_without_overlap(
     assert set(both) == {e.event_id for e in envelopes}
     assert set(both.values()) == {1}  # no event handled twice
     assert seen["a"] and seen["b"]
+
+
+async def test_live_state_consumer_with_an_old_config_is_recreated_at_the_stream_end(
+    bus: Bus,
+) -> None:
+    await _publish(bus, "old")  # history the live-state consumer must not replay
+    await bus.js.add_consumer(
+        bus.stream,
+        ConsumerConfig(
+            durable_name="live", ack_policy=AckPolicy.EXPLICIT, filter_subject=f"{bus.prefix}.>"
+        ),
+    )
+    seen: list[str] = []
+
+    async def handler(envelope: Envelope, _msg: Msg) -> None:
+        seen.append(envelope.aggregate_id)
+
+    consumer = DurableConsumer(
+        bus.js,
+        stream=bus.stream,
+        durable="live",
+        filter_subjects=[f"{bus.prefix}.>"],
+        handler=handler,
+        only_new=True,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+
+        async def listening() -> bool:
+            info = await bus.js.consumer_info(bus.stream, "live")
+            return bool(info.config.deliver_policy == DeliverPolicy.NEW)
+
+        await eventually(listening)
+        await _publish(bus, "new")
+        await eventually(lambda: seen == ["new"])
+    finally:
+        stop.set()
+        async with asyncio.timeout(10):
+            await task
+
+
+async def test_consumer_whose_config_cannot_be_updated_fails_with_a_clear_message(
+    bus: Bus,
+) -> None:
+    await bus.js.add_consumer(
+        bus.stream,
+        ConsumerConfig(
+            durable_name="history",
+            ack_policy=AckPolicy.EXPLICIT,
+            filter_subject=f"{bus.prefix}.>",
+            deliver_policy=DeliverPolicy.NEW,
+        ),
+    )
+
+    async def handler(_envelope: Envelope, _msg: Msg) -> None:
+        return None
+
+    consumer = DurableConsumer(
+        bus.js,
+        stream=bus.stream,
+        durable="history",
+        filter_subjects=[f"{bus.prefix}.>"],
+        handler=handler,
+    )
+    with pytest.raises(RuntimeError, match="cannot be updated"):
+        async with asyncio.timeout(10):
+            await consumer.run(asyncio.Event())

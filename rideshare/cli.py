@@ -1,7 +1,8 @@
 """The ``rideshare`` command: start and inspect the infrastructure and the services.
 
     rideshare infra up|down|status [--data-dir DIR]
-    rideshare up [--data-dir DIR]
+    rideshare up [--data-dir DIR] [--demo]
+    rideshare simulate [--drivers N --riders M ...]   (scripts/simulate; --help lists all)
     rideshare status|down [--data-dir DIR]
 
 ``up`` commands run in the foreground until SIGINT/SIGTERM and then stop every child.
@@ -126,7 +127,7 @@ async def _infra_up(data_dir: Path) -> int:
     return 0
 
 
-async def _up(data_dir: Path) -> int:
+async def _up(data_dir: Path, *, demo: bool = False) -> int:
     stop = _stop_event()
     async with _infrastructure(data_dir) as urls:
         supervisor = Supervisor(urls, extra_env={"RIDESHARE_DATA_DIR": str(data_dir)})
@@ -137,12 +138,19 @@ async def _up(data_dir: Path) -> int:
                 await supervisor.start(name)
             if not stop.is_set():
                 _print_banner(data_dir, [c.name for c in supervisor.children])
-                await _wait_for_stop_or_crash(stop, supervisor)
+                async with _demo(data_dir) if demo else contextlib.nullcontext():
+                    await _wait_for_stop_or_crash(stop, supervisor)
         finally:
             print("stopping services...", flush=True)
             await supervisor.stop_all()
     print("stopped", flush=True)
     return 0
+
+
+def _demo(data_dir: Path) -> contextlib.AbstractAsyncContextManager[None]:
+    from scripts.simulate.demo import running_demo
+
+    return running_demo(data_dir)
 
 
 async def _wait_for_stop_or_crash(stop: asyncio.Event, supervisor: Supervisor) -> None:
@@ -261,13 +269,24 @@ def _parser() -> argparse.ArgumentParser:
     with_data_dir(infra_sub.add_parser("up", help="start it in the foreground"))
     with_data_dir(infra_sub.add_parser("down", help="stop the one started by `infra up`"))
     with_data_dir(infra_sub.add_parser("status", help="print what runs where; exit 0 if all up"))
-    with_data_dir(sub.add_parser("up", help="infrastructure and every service, in the foreground"))
+    up = with_data_dir(
+        sub.add_parser("up", help="infrastructure and every service, in the foreground")
+    )
+    up.add_argument("--demo", action="store_true", help="and the simulator with a small city")
+    sub.add_parser(
+        "simulate", help="simulated driver and rider apps against the edge", add_help=False
+    )
     with_data_dir(sub.add_parser("status", help="infrastructure and services; exit 0 if all up"))
     with_data_dir(sub.add_parser("down", help="stop the `rideshare up` running from the data dir"))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["simulate"]:
+        from scripts.simulate.cli import main as simulate
+
+        return simulate(argv[1:], prog="rideshare simulate")
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     data_dir: Path = (args.data_dir or data_dir_from_env()).absolute()
@@ -281,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_status(data_dir, services=False))
         if args.command == "up":
             with single_launcher(data_dir):
-                return asyncio.run(_up(data_dir))
+                return asyncio.run(_up(data_dir, demo=args.demo))
         if args.command == "down":
             return _down(data_dir)
         return asyncio.run(_status(data_dir, services=True))

@@ -1,0 +1,106 @@
+"""The simulator's client-side invariant checks."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from scripts.simulate.invariants import (
+    Assignment,
+    ServerError,
+    TripView,
+    assignment_of,
+    foreign_positions,
+    overlapping_assignments,
+    server_errors,
+    unfinished_trips,
+)
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def at(minutes: float) -> datetime:
+    return T0 + timedelta(minutes=minutes)
+
+
+def test_back_to_back_trips_of_one_driver_are_fine() -> None:
+    held = [
+        Assignment("d1", "t1", at(0), at(10)),
+        Assignment("d1", "t2", at(10), at(20)),
+        Assignment("d2", "t3", at(5), None),
+        Assignment("d1", "t4", at(25), None),
+    ]
+    assert overlapping_assignments(held) == []
+
+
+def test_a_driver_on_two_trips_at_once_is_a_violation() -> None:
+    held = [
+        Assignment("d1", "t1", at(0), at(10)),
+        Assignment("d1", "t2", at(9), at(20)),
+        Assignment("d2", "t3", at(0), None),
+        Assignment("d2", "t4", at(30), at(31)),
+    ]
+    found = overlapping_assignments(held)
+    assert [v.kind for v in found] == ["driver_on_two_trips"] * 2
+    assert "t2" in found[0].detail and "t1" in found[0].detail
+    assert "t4" in found[1].detail and "t3" in found[1].detail
+
+
+def test_a_short_trip_inside_a_long_one_is_caught_even_after_it_ends() -> None:
+    held = [
+        Assignment("d1", "long", at(0), at(60)),
+        Assignment("d1", "short", at(10), at(11)),
+        Assignment("d1", "later", at(30), at(40)),
+    ]
+    assert len(overlapping_assignments(held)) == 2
+
+
+def test_assignment_is_read_from_the_trip_json_with_the_end_of_any_kind() -> None:
+    trip = {
+        "id": "t1",
+        "driver_id": "d1",
+        "accepted_at": "2026-01-01T12:00:00Z",
+        "ended_at": None,
+        "completed_at": "2026-01-01T12:10:00+00:00",
+    }
+    a = assignment_of(trip)
+    assert a == Assignment("d1", "t1", at(0), at(10))
+    assert assignment_of({"id": "t2", "driver_id": None, "accepted_at": None}) is None
+    live = assignment_of({"id": "t3", "driver_id": "d1", "accepted_at": "2026-01-01T12:00:00Z"})
+    assert live is not None and live.end is None
+
+
+def test_a_rider_may_see_only_drivers_of_its_own_trips() -> None:
+    seen = {"r1": {"d1"}, "r2": {"d2", "d9"}}
+    assigned = {"r1": {"d1", "d5"}, "r2": {"d2"}}
+    found = foreign_positions(seen, assigned)
+    assert len(found) == 1
+    assert found[0].kind == "foreign_driver_position" and "d9" in found[0].detail
+    assert foreign_positions({"r3": {"d1"}}, {})[0].detail.startswith("rider r3")
+
+
+def test_a_trip_must_end_or_still_be_plausibly_live() -> None:
+    trips = [
+        TripView("done", "completed", age_s=500),
+        TripView("gone", "no_drivers", age_s=500),
+        TripView("waiting", "dispatching", age_s=30),
+        TripView("forgotten", "dispatching", age_s=900),
+        TripView("driving", "in_progress", age_s=900, driver_id="d1", driver_working_it=True),
+        TripView("abandoned", "accepted", age_s=60, driver_id="d2", driver_working_it=False),
+        TripView("weird", "teleported", age_s=1),
+    ]
+    found = unfinished_trips(trips, dispatch_wait_s=200)
+    assert [v.kind for v in found] == ["trip_stuck"] * 3
+    stuck = [v.detail.split()[1] for v in found]
+    assert stuck == ["forgotten", "abandoned", "weird"]
+
+
+def test_every_5xx_is_a_violation_grouped_by_route() -> None:
+    errors = [
+        ServerError("POST", "/v1/trips", 503, "unavailable"),
+        ServerError("POST", "/v1/trips", 503, "unavailable"),
+        ServerError("GET", "/v1/trips/{id}", 500, "internal"),
+    ]
+    found = server_errors(errors)
+    assert len(found) == 2
+    assert found[0].detail == "POST /v1/trips -> 503 unavailable (x2)"
+    assert server_errors([]) == []

@@ -187,6 +187,11 @@ async def running(settings: EdgeSettings) -> AsyncIterator[EdgeServer]:
             lifespan="off",
             ws_max_size=WS_TRANSPORT_MAX_BYTES,
             ws_ping_interval=None,  # the app sends its own JSON pings (FIELD-NOTES: 4 s)
+            # websockets' sans-I/O protocol, named rather than left to "auto"; no
+            # permessage-deflate: positions are ~150-byte JSON frames, compressing them costs
+            # CPU per message and a zlib context per socket (docs/PERFORMANCE.md).
+            ws="websockets-sansio",
+            ws_per_message_deflate=False,
             timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)),
         )
         server = uvicorn.Server(config)

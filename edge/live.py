@@ -66,6 +66,7 @@ _OFFER_END_REASONS = {
     for name, value in trip_events.OfferEndReason.items()
 }
 WATCH_TIMEOUT_S = 24 * 3600.0
+PING_SLICE_S = 0.1
 
 
 def offer_frame(o: trip_events.TripOffered) -> dict[str, Any]:
@@ -141,6 +142,12 @@ class LiveHub:
         self._watches: dict[str, _Watch] = {}
         self._watch_of: dict[Connection, str] = {}  # rider socket -> driver it watches
         self._events: asyncio.Queue[Msg] = asyncio.Queue(maxsize=10_000)
+        # Sockets by ping slot, filled round robin (see _ping_loop).
+        self._ping_slots: list[set[Connection]] = [
+            set() for _ in range(max(1, round(ping_interval_s / PING_SLICE_S)))
+        ]
+        self._next_slot = 0
+        self._slot_of: dict[Connection, int] = {}
         self._tasks: asyncio.TaskGroup | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -176,12 +183,18 @@ class LiveHub:
             logger.warning("trip event queue full; dropping %s", msg.subject)
 
     async def _ping_loop(self) -> None:
+        """Every socket gets a ping once per interval, a slice of them every PING_SLICE_S:
+        pinging thousands at once woke as many writers in one loop iteration, a stall that
+        every live position behind it waited out."""
+        slots = len(self._ping_slots)
+        step = self._ping_interval_s / slots
+        i = 0
         while True:
-            await asyncio.sleep(self._ping_interval_s)
+            await asyncio.sleep(step)
             text = json.dumps({"type": "ping", "ts_ms": time.time_ns() // 1_000_000})
-            for conns in self._conns.values():
-                for conn in conns:
-                    conn.send_text(text, droppable=True)
+            for conn in self._ping_slots[i]:
+                conn.send_text(text, droppable=True)
+            i = (i + 1) % slots
 
     # -- sockets ------------------------------------------------------------------------------
 
@@ -190,6 +203,9 @@ class LiveHub:
         sub = conn.principal.sub
         conns = self._conns.setdefault(sub, set())
         conns.add(conn)
+        self._slot_of[conn] = slot = self._next_slot
+        self._ping_slots[slot].add(conn)
+        self._next_slot = (slot + 1) % len(self._ping_slots)
         WS_CONNECTIONS.labels(conn.principal.role).inc()
         if sub not in self._user_subs:
             with contextlib.suppress(ValueError):  # an id unfit for a subject gets no pushes
@@ -204,6 +220,7 @@ class LiveHub:
         if conns is None or conn not in conns:
             return
         conns.discard(conn)
+        self._ping_slots[self._slot_of.pop(conn)].discard(conn)
         WS_CONNECTIONS.labels(conn.principal.role).dec()
         self._unwatch(conn)
         if not conns:

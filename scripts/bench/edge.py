@@ -1,18 +1,26 @@
 """Benchmark of the edge: WebSocket position ingest, driver -> rider latency, idle sockets.
 
     .venv/bin/python -m scripts.bench.edge [--drivers 2000] [--rate 5] [--seconds 15]
-                                           [--pairs 20] [--idle 10000]
+                                           [--pairs 20] [--idle 10000] [--procs 3]
 
 Starts its own embedded Redis / PostgreSQL / NATS (or uses RIDESHARE_* URLs) and the whole
-system as child processes (rideshare.supervisor; ONE edge process), and drives it from this
-ONE client process over HTTP and WebSocket only. Prints the figures; asserts no target.
+system as child processes (rideshare.supervisor; ONE edge process), and drives it over HTTP
+and WebSocket only. Prints the figures; asserts no target.
+
+The load comes from ``--procs`` client processes, each owning a slice of the driver sockets
+(opened before the timed phase), so that the load generator is not one saturated event loop
+whose own lag would be counted as the edge's latency. The pair drivers and their riders live
+in this (lightly loaded) main process, which measures the latency.
 
 1. setup: ``--pairs`` real trips (signup -> online -> request -> offer -> accept), so that
    ``--pairs`` rider sockets watch their driver.
 2. ingest + latency: ``--drivers`` driver sockets (tokens minted with the edge's secret) send
    ``--rate`` positions/s each for ``--seconds``, plus the pair drivers at the same rate.
-   Reported: positions/s sent, positions/s the edge forwarded to location (its /metrics), and
-   the delay from a pair driver's send (ts_ms) to its rider's socket receiving it (p50/p99).
+   Reported: positions/s the clients sent (and how far behind their schedule they fell),
+   positions/s the edge forwarded to location (its /metrics), positions/s location applied
+   (Redis ``PEXPIRE`` calls, one per applied update in its ingest script), the wall-clock
+   delay from a pair driver's send (``ts_ms = time.time()``) to its rider's socket receiving
+   the position (p50/p99), and the CPU each process used during the phase.
 3. idle: the edge's RSS before and after opening ``--idle`` idle driver sockets.
 """
 
@@ -22,18 +30,28 @@ import argparse
 import asyncio
 import contextlib
 import json
+import multiprocessing
+import os
 import random
 import resource
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 import httpx
+import nats
+import redis.asyncio as aioredis
+import uvloop
+from nats.aio.msg import Msg
 from websockets.asyncio.client import ClientConnection, connect
 
 from edge.auth import issue_token
+from protos import events
+from protos.location.v1 import location_pb2
 from rideshare.infra import free_port
 from rideshare.settings import InfraUrls
 from rideshare.supervisor import SERVICE_ORDER, Supervisor, available_services
@@ -41,6 +59,8 @@ from scripts.bench.location import infrastructure, percentile
 
 SECRET = "bench-secret-" + "b" * 40
 PASSWORD = "bench-password-1"
+OUTSIDE = "not this benchmark (other work)"
+SLOW_MS = 50
 
 
 def now_ms() -> int:
@@ -127,6 +147,8 @@ class Pair:
     driver_ws: ClientConnection | None = None
     rider_ws: ClientConnection | None = None
     latencies: list[float] = field(default_factory=list)
+    published: list[float] = field(default_factory=list)  # send -> location's NATS publish
+    sent_at: list[float] = field(default_factory=list)  # wall clock of each latency sample
 
 
 async def signup(http: httpx.AsyncClient, role: str) -> tuple[str, str]:
@@ -196,25 +218,34 @@ async def make_pair(http: httpx.AsyncClient, ws_url: str, pair: Pair) -> None:
     pair.rider_ws = await connect(f"{ws_url}/v1/ws/rider?token={rtoken}", max_queue=None)
 
 
-async def drive(ws: ClientConnection, lat: float, lng: float, rate: float, until: float) -> int:
-    sent = 0
+async def drive(
+    ws: ClientConnection, lat: float, lng: float, *, rate: float, start: float, seconds: float
+) -> tuple[int, float]:
+    """Send ``rate`` positions/s from wall-clock ``start`` for ``seconds``, on a fixed
+    schedule (a late send does not push the next one back). Returns (sent, worst lateness s)."""
     interval = 1.0 / rate
-    await asyncio.sleep(random.random() * interval)
-    loop = asyncio.get_running_loop()
-    while loop.time() < until:
+    due = start + random.random() * interval
+    end = start + seconds
+    sent = 0
+    late = 0.0
+    while due < end:
+        delay = due - time.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        else:
+            late = max(late, -delay)
         lat += 1e-5
         await ws.send(position(lat, lng))
         sent += 1
-        await asyncio.sleep(interval)
-    return sent
+        due += interval
+    return sent, late
 
 
 async def listen(pair: Pair, until: float, since_ms: int) -> None:
     """Delays of the pair driver's positions sent since ``since_ms`` (not the snapshot)."""
     assert pair.rider_ws is not None
-    loop = asyncio.get_running_loop()
     with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(max(0.0, until - loop.time()) + 1.0):
+        async with asyncio.timeout(max(0.0, until - time.time()) + 1.0):
             while True:
                 frame = json.loads(await pair.rider_ws.recv())
                 if (
@@ -223,6 +254,7 @@ async def listen(pair: Pair, until: float, since_ms: int) -> None:
                     and frame["ts_ms"] >= since_ms
                 ):
                     pair.latencies.append(now_ms() - frame["ts_ms"])
+                    pair.sent_at.append(frame["ts_ms"] / 1000)
 
 
 async def drain(ws: ClientConnection) -> None:
@@ -251,81 +283,308 @@ async def open_driver_sockets(ws_url: str, count: int, prefix: str) -> list[Clie
     return sockets
 
 
-async def run(args: argparse.Namespace) -> None:
-    limit = raise_fd_limit()
-    print(f"open file limit: {limit}")
-    async with infrastructure() as urls, system(urls) as (url, supervisor):
-        ws_url = url.replace("http://", "ws://")
-        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
-            rng = random.Random(7)
-            pairs = [Pair(lat=-40 + i * 1.5, lng=-120 + rng.random()) for i in range(args.pairs)]
-            sem = asyncio.Semaphore(5)
+# -- load client processes -------------------------------------------------------------------
 
-            async def one(pair: Pair) -> None:
-                async with sem:
-                    await make_pair(http, ws_url, pair)
 
-            started = time.monotonic()
-            await asyncio.gather(*(one(p) for p in pairs))
-            print(f"setup: {len(pairs)} accepted trips in {time.monotonic() - started:.1f}s")
+def load_process(pipe: Connection, ws_url: str) -> None:
+    """Entry point of one load client process (spawned): obeys commands from the pipe. On
+    uvloop, like the edge, so that the clients leave as much of the machine as they can."""
+    uvloop.run(_load_commands(pipe, ws_url))
 
-            load = await open_driver_sockets(ws_url, args.drivers, f"load-{uuid.uuid4().hex[:6]}")
-            drains = [asyncio.create_task(drain(ws)) for ws in load]
-            drains += [asyncio.create_task(drain(p.driver_ws)) for p in pairs if p.driver_ws]
-            rss = rss_kib(edge_pid(supervisor)) / 1024
-            print(f"ingest: {len(load)} driver sockets open, edge RSS {rss:.0f} MiB")
-            loop = asyncio.get_running_loop()
-            until = loop.time() + args.seconds
-            before = await forwarded(http)
-            t0 = time.monotonic()
-            base = [(52.38 + rng.random() * 0.27, 13.2 + rng.random() * 0.43) for _ in load]
-            senders = [
-                drive(ws, lat, lng, args.rate, until)
-                for ws, (lat, lng) in zip(load, base, strict=True)
-            ] + [drive(p.driver_ws, p.lat, p.lng, args.rate, until) for p in pairs if p.driver_ws]
-            listeners = [listen(p, until, now_ms()) for p in pairs]
-            results = await asyncio.gather(*senders, *listeners)
-            elapsed = time.monotonic() - t0
-            await asyncio.sleep(0.5)
-            after = await forwarded(http)
-            sent = sum(r for r in results if isinstance(r, int))
-            latencies = [v for p in pairs for v in p.latencies]
-            print(
-                f"ingest: clients sent {sent / elapsed:,.0f} positions/s "
-                f"({len(load) + len(pairs)} sockets x {args.rate}/s target); "
-                f"edge forwarded {(after - before) / elapsed:,.0f}/s to location"
-            )
-            if latencies:
-                p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
-                print(
-                    f"latency driver WS -> rider WS ({len(latencies)} samples, "
-                    f"{len(pairs)} riders): p50 {p50:.0f} ms, p99 {p99:.0f} ms, "
-                    f"max {max(latencies):.0f} ms"
+
+async def _load_commands(pipe: Connection, ws_url: str) -> None:
+    """Commands: ("open", prefix, count) -> ("opened", n); ("drive", start, seconds, rate)
+    -> ("driven", sent, worst lateness s); ("close",) -> ("closed",); ("exit",)."""
+    raise_fd_limit()
+    rng = random.Random()
+    sockets: list[ClientConnection] = []
+    drains: list[asyncio.Task[None]] = []
+    while True:
+        command = await asyncio.to_thread(pipe.recv)
+        if command[0] == "open":
+            _, prefix, count = command
+            opened = await open_driver_sockets(ws_url, count, prefix)
+            drains += [asyncio.create_task(drain(ws)) for ws in opened]
+            sockets += opened
+            pipe.send(("opened", len(opened)))
+        elif command[0] == "drive":
+            _, start, seconds, rate = command
+            results = await asyncio.gather(
+                *(
+                    drive(
+                        ws,
+                        52.38 + rng.random() * 0.27,
+                        13.2 + rng.random() * 0.43,
+                        rate=rate,
+                        start=start,
+                        seconds=seconds,
+                    )
+                    for ws in sockets
                 )
-            for ws in load:
-                await ws.close()
+            )
+            pipe.send(("driven", sum(s for s, _ in results), max(lt for _, lt in results)))
+        elif command[0] == "close":
+            await asyncio.gather(*(ws.close() for ws in sockets))
             for task in drains:
                 task.cancel()
+            sockets, drains = [], []
+            pipe.send(("closed",))
+        else:
+            return
 
-            pid = edge_pid(supervisor)
-            await asyncio.sleep(1.0)
-            rss0 = rss_kib(pid)
-            idle = await open_driver_sockets(ws_url, args.idle, f"idle-{uuid.uuid4().hex[:6]}")
-            idle_drains = [asyncio.create_task(drain(ws)) for ws in idle]
-            await asyncio.sleep(2.0)
-            rss1 = rss_kib(pid)
-            print(
-                f"idle: {len(idle)} sockets held by one edge process; RSS {rss0 / 1024:.0f} -> "
-                f"{rss1 / 1024:.0f} MiB = {(rss1 - rss0) / max(1, len(idle)):.1f} KiB per socket"
-            )
-            for ws in idle:
-                await ws.close()
-            for task in idle_drains:
-                task.cancel()
-            for p in pairs:
-                for conn in (p.driver_ws, p.rider_ws):
-                    if conn is not None:
-                        await conn.close()
+
+@dataclass
+class LoadClient:
+    process: BaseProcess
+    pipe: Connection
+
+    async def ask(self, *command: Any) -> Any:
+        self.pipe.send(command)
+        return await asyncio.to_thread(self.pipe.recv)
+
+
+@contextlib.contextmanager
+def load_clients(count: int, ws_url: str) -> Iterator[list[LoadClient]]:
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited event loop
+    clients = []
+    for _ in range(count):
+        mine, theirs = ctx.Pipe()
+        process = ctx.Process(target=load_process, args=(theirs, ws_url), daemon=True)
+        process.start()
+        clients.append(LoadClient(process, mine))
+    try:
+        yield clients
+    finally:
+        for c in clients:
+            with contextlib.suppress(OSError):
+                c.pipe.send(("exit",))
+        for c in clients:
+            c.process.join(5.0)
+            if c.process.is_alive():
+                c.process.terminate()
+
+
+async def on_all(clients: list[LoadClient], *commands: tuple[Any, ...]) -> list[Any]:
+    return await asyncio.gather(*(c.ask(*cmd) for c, cmd in zip(clients, commands, strict=True)))
+
+
+def split(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+# -- what the rest of the system did ---------------------------------------------------------
+
+
+def cpu_by_process() -> dict[int, tuple[str, float]]:
+    """pid -> (role, CPU seconds so far) of every process on the machine; processes that are
+    not descendants of this one (other work on a shared machine) are lumped together."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float, list[bytes]]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as raw:
+                argv = raw.read().split(b"\0")
+        except OSError:
+            continue
+        stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick, argv)
+    me = os.getpid()
+
+    def mine(pid: int) -> bool:
+        for _ in range(64):
+            if pid == me:
+                return True
+            if pid not in stats or pid <= 1:
+                return False
+            pid = stats[pid][0]
+        return False
+
+    return {
+        pid: (_role(pid, argv) if mine(pid) else OUTSIDE, seconds)
+        for pid, (_, seconds, argv) in stats.items()
+    }
+
+
+def _role(pid: int, argv: list[bytes]) -> str:
+    if pid == os.getpid():
+        return "bench main (pairs, latency)"
+    words = [a.decode(errors="replace") for a in argv if a]
+    if "-m" in words[:-1]:
+        return "service " + words[words.index("-m") + 1]
+    if any("multiprocessing" in w for w in words):
+        return "bench load clients"
+    name = os.path.basename(words[0]) if words else ""
+    for known in ("nats-server", "valkey-server", "redis-server", "postgres"):
+        if known in name:
+            return known
+    return "other child of the bench"
+
+
+def cpu_split(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], wall_s: float
+) -> list[tuple[str, float]]:
+    """(role, % of one core) over the interval, busiest first."""
+    used: dict[str, float] = {}
+    for pid, (role, seconds) in after.items():
+        used[role] = used.get(role, 0.0) + seconds - before.get(pid, (role, 0.0))[1]
+    return sorted(((r, 100 * s / wall_s) for r, s in used.items() if s > 0), key=lambda x: -x[1])
+
+
+async def applied_by_location(redis: aioredis.Redis) -> int:
+    """PEXPIRE calls so far: location's ingest script makes one per applied update."""
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_pexpire", {}).get("calls", 0))
+
+
+def print_delays(label: str, values: list[float]) -> None:
+    if values:
+        p50, p99 = percentile(values, 0.5), percentile(values, 0.99)
+        print(
+            f"{label}, {len(values)} samples: "
+            f"p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {max(values):.0f} ms"
+        )
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+async def run(args: argparse.Namespace) -> None:
+    limit = raise_fd_limit()
+    print(f"open file limit: {limit}; {args.procs} load client processes")
+    async with infrastructure() as urls, system(urls) as (url, supervisor):
+        ws_url = url.replace("http://", "ws://")
+        redis = aioredis.Redis.from_url(urls.redis_url, socket_timeout=10)
+        with load_clients(args.procs, ws_url) as clients:
+            async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+                await phases(args, http, redis, urls.nats_url, ws_url, supervisor, clients)
+        await redis.aclose()
+
+
+async def phases(
+    args: argparse.Namespace,
+    http: httpx.AsyncClient,
+    redis: aioredis.Redis,
+    nats_url: str,
+    ws_url: str,
+    supervisor: Supervisor,
+    clients: list[LoadClient],
+) -> None:
+    rng = random.Random(7)
+    pairs = [Pair(lat=-40 + i * 1.5, lng=-120 + rng.random()) for i in range(args.pairs)]
+    sem = asyncio.Semaphore(5)
+
+    async def one(pair: Pair) -> None:
+        async with sem:
+            await make_pair(http, ws_url, pair)
+
+    started = time.monotonic()
+    await asyncio.gather(*(one(p) for p in pairs))
+    print(f"setup: {len(pairs)} accepted trips in {time.monotonic() - started:.1f}s")
+
+    run_id = uuid.uuid4().hex[:6]
+    counts = split(args.drivers, len(clients))
+    await on_all(clients, *(("open", f"load-{run_id}-{i}", n) for i, n in enumerate(counts)))
+    drains = [asyncio.create_task(drain(p.driver_ws)) for p in pairs if p.driver_ws]
+    pid = edge_pid(supervisor)
+    print(f"ingest: {args.drivers} driver sockets open, edge RSS {rss_kib(pid) / 1024:.0f} MiB")
+
+    start = time.time() + 1.0
+    end = start + args.seconds
+    nc = await nats.connect(nats_url, name="bench-edge")
+    watched = {p.driver_id: p for p in pairs}
+
+    async def on_position(msg: Msg) -> None:
+        update = location_pb2.DriverPosition.FromString(msg.data)
+        pair = watched.get(update.driver_id)
+        if pair is not None and update.client_ts_ms >= start * 1000:
+            pair.published.append(now_ms() - update.client_ts_ms)
+
+    for p in pairs:
+        await nc.subscribe(events.location_driver_subject(p.driver_id), cb=on_position)
+    driven = asyncio.gather(
+        *(c.ask("drive", start, args.seconds, args.rate) for c in clients),
+        *(
+            drive(p.driver_ws, p.lat, p.lng, rate=args.rate, start=start, seconds=args.seconds)
+            for p in pairs
+            if p.driver_ws
+        ),
+        *(listen(p, end, int(start * 1000)) for p in pairs),
+    )
+    await asyncio.sleep(start - time.time())
+    fwd0, applied0, cpu0 = await forwarded(http), await applied_by_location(redis), cpu_by_process()
+    await asyncio.sleep(end - time.time())
+    fwd1, applied1, cpu1 = await forwarded(http), await applied_by_location(redis), cpu_by_process()
+    results = await driven
+    await asyncio.sleep(1.0)
+    fwd2, applied2 = await forwarded(http), await applied_by_location(redis)
+    seconds = args.seconds
+    sent = sum(r[1] if r[0] == "driven" else r[0] for r in results if r is not None)
+    late = max(r[2] if r[0] == "driven" else r[1] for r in results if r is not None)
+    sockets = args.drivers + len(pairs)
+    print(
+        f"ingest: clients sent {sent / seconds:,.0f} positions/s ({sockets} sockets x "
+        f"{args.rate:g}/s = {sockets * args.rate:,.0f}/s scheduled; worst client lateness "
+        f"{late * 1000:.0f} ms)"
+    )
+    print(
+        f"ingest: edge forwarded {(fwd1 - fwd0) / seconds:,.0f}/s to location, location "
+        f"applied {(applied1 - applied0) / seconds:,.0f}/s (during the phase); 1 s later: "
+        f"forwarded {fwd2 - fwd0:,.0f} and applied {applied2 - applied0:,.0f} of {sent:,} sent"
+    )
+    print_delays(
+        f"latency driver WS -> rider WS ({len(pairs)} riders)",
+        [v for p in pairs for v in p.latencies],
+    )
+    slow = sorted(
+        {
+            round(t - start, 1)
+            for p in pairs
+            for t, v in zip(p.sent_at, p.latencies, strict=True)
+            if v > SLOW_MS
+        }
+    )
+    if slow:
+        shown = ", ".join(f"{t:.1f}" for t in slow[:20])
+        print(f"  samples over {SLOW_MS} ms were sent at (s into the phase): {shown}")
+    print_delays(
+        "  of which driver WS -> location's publish on NATS",
+        [v for p in pairs for v in p.published],
+    )
+    await nc.close()
+    split_ = cpu_split(cpu0, cpu1, end - start)
+    cores = os.cpu_count() or 1
+    print(
+        f"CPU during the phase, % of one core ({cores} cores = {100 * cores} %; "
+        f"all processes: {sum(pct for _, pct in split_):.0f} %):"
+    )
+    for role, pct in split_:
+        if pct >= 0.5:
+            print(f"  {role:34s} {pct:5.1f} %")
+    other = dict(split_).get(OUTSIDE, 0.0)
+    if other > 10:
+        print(f"WARNING: other work took {other:.0f} % of a core: these figures are disturbed")
+    await on_all(clients, *([("close",)] * len(clients)))
+    for task in drains:
+        task.cancel()
+
+    await asyncio.sleep(1.0)
+    rss0 = rss_kib(pid)
+    counts = split(args.idle, len(clients))
+    await on_all(clients, *(("open", f"idle-{run_id}-{i}", n) for i, n in enumerate(counts)))
+    await asyncio.sleep(2.0)
+    rss1 = rss_kib(pid)
+    print(
+        f"idle: {args.idle} sockets held by one edge process; RSS {rss0 / 1024:.0f} -> "
+        f"{rss1 / 1024:.0f} MiB = {(rss1 - rss0) / max(1, args.idle):.1f} KiB per socket"
+    )
+    await on_all(clients, *([("close",)] * len(clients)))
+    for p in pairs:
+        for conn in (p.driver_ws, p.rider_ws):
+            if conn is not None:
+                await conn.close()
 
 
 def main() -> None:
@@ -335,6 +594,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--pairs", type=int, default=20)
     parser.add_argument("--idle", type=int, default=10_000)
+    parser.add_argument("--procs", type=int, default=3, help="load client processes")
     asyncio.run(run(parser.parse_args()))
 
 

@@ -6,17 +6,14 @@ in-flight requests within RIDESHARE_SHUTDOWN_GRACE_S, then close the upstream ch
 Two process-wide choices live here, not in the app (tests run the app in their own loop):
 - uvloop: the edge's work is per-message event-loop and transport work for thousands of
   sockets; uvloop does it in C (measured: ~20 % less CPU per position, docs/PERFORMANCE.md).
-- the cyclic garbage collector: with thousands of sockets the heap holds ~10^6 long-lived
-  objects, and every full collection walked them all (100-600 ms pauses, every few seconds
-  under load, each one a latency spike on every live position). Everything alive once the
-  server is up is frozen out of collection, and young collections run every 50,000
-  allocations instead of 700, so short-lived objects die by reference count before a
-  collection sees them and few are promoted towards a full collection.
+- the cyclic garbage collector (rideshare.runtime.tune_gc_for_serving): with thousands of
+  sockets the heap holds ~10^6 long-lived objects, and every full collection walked them all
+  (100-600 ms pauses, every few seconds under load, each one a latency spike on every live
+  position).
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import sys
 
@@ -25,18 +22,15 @@ import uvloop
 from edge.app import running
 from edge.settings import EdgeSettings
 from rideshare.log import configure_logging
+from rideshare.runtime import tune_gc_for_serving
 from rideshare.settings import SettingsError
 
 logger = logging.getLogger("edge")
 
-GC_THRESHOLDS = (50_000, 20, 100)
-
 
 async def main(settings: EdgeSettings) -> None:
     async with running(settings) as edge:
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(*GC_THRESHOLDS)
+        tune_gc_for_serving()
         await edge.finished()
     logger.info("edge stopped")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import resources
@@ -40,6 +41,20 @@ from rideshare.runtime import open_redis
 __all__ = ["EdgeContext", "EdgeServer", "create_app", "running"]
 
 logger = logging.getLogger(__name__)
+
+_TOKEN_IN_QUERY = re.compile(r"(token=)[^&\s\"']+")
+
+
+def redact_tokens(record: logging.LogRecord) -> bool:
+    """uvicorn logs each WebSocket's path with its query string, which may hold ?token=:
+    a bearer token must never reach a log."""
+    if record.args:
+        record.msg = record.getMessage()
+        record.args = None
+    if isinstance(record.msg, str) and "token=" in record.msg:
+        record.msg = _TOKEN_IN_QUERY.sub(r"\1<redacted>", record.msg)
+    return True
+
 
 HEALTH_TIMEOUT_S = 1.0
 # Positions reach sockets through bounded queues, so the transport's own limit only has to
@@ -195,6 +210,7 @@ async def running(settings: EdgeSettings) -> AsyncIterator[EdgeServer]:
             timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_s)),
         )
         server = uvicorn.Server(config)
+        logging.getLogger("uvicorn.error").addFilter(redact_tokens)
         task = asyncio.create_task(server.serve(), name="uvicorn")
         try:
             async with asyncio.timeout(10.0):

@@ -4,6 +4,7 @@ token bucket, tokens, and proto -> JSON conversion."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import pytest
@@ -145,3 +146,21 @@ def test_trip_json_hides_the_offer_from_riders() -> None:
     assert for_rider["quoted_fare"] == {"amount_minor": 1250, "currency": "EUR"}
     assert for_rider["final_fare"] is None
     assert for_driver["current_offer"]["offer_id"] == "o-1"
+
+
+def test_bearer_tokens_in_websocket_urls_never_reach_the_log() -> None:
+    from edge.app import redact_tokens
+
+    record = logging.LogRecord(
+        "uvicorn.error",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "WebSocket %s" [accepted]',
+        ("127.0.0.1:5000", "/v1/ws/driver?token=eyJhbGciOi.secret.sig&x=1"),
+        None,
+    )
+    assert redact_tokens(record)
+    assert record.getMessage() == (
+        '127.0.0.1:5000 - "WebSocket /v1/ws/driver?token=<redacted>&x=1" [accepted]'
+    )

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "NO_NUL",
     "AddVehicleIn",
     "CancelIn",
     "CompleteIn",
@@ -58,9 +59,14 @@ DriverStatusName = Literal["offline", "available", "on_trip", "unknown"]
 
 Lat = Annotated[float, Field(ge=-90.0, le=90.0, allow_inf_nan=False)]
 Lng = Annotated[float, Field(ge=-180.0, le=180.0, allow_inf_nan=False)]
-Phone = Annotated[str, Field(min_length=3, max_length=20, examples=["+4915112345678"])]
-Password = Annotated[str, Field(min_length=1, max_length=200)]
-Id = Annotated[str, Field(min_length=1, max_length=100)]
+# PostgreSQL text cannot hold NUL: every text input refuses it here (422), not in a service.
+NO_NUL = r"^[^\x00]*$"
+INT64_MAX = 2**63 - 1  # the proto field's range: a larger number cannot even be sent on
+Phone = Annotated[
+    str, Field(min_length=3, max_length=20, pattern=NO_NUL, examples=["+4915112345678"])
+]
+Password = Annotated[str, Field(min_length=1, max_length=200, pattern=NO_NUL)]
+Id = Annotated[str, Field(min_length=1, max_length=100, pattern=NO_NUL)]
 
 
 class _In(BaseModel):
@@ -81,17 +87,17 @@ class Money(BaseModel):
 
 
 class RiderSignupIn(_In):
-    name: Annotated[str, Field(min_length=1, max_length=100)]
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=NO_NUL)]
     phone: Phone
     password: Password
-    email: Annotated[str | None, Field(max_length=254)] = None
+    email: Annotated[str | None, Field(max_length=254, pattern=NO_NUL)] = None
 
 
 class DriverSignupIn(_In):
-    name: Annotated[str, Field(min_length=1, max_length=100)]
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=NO_NUL)]
     phone: Phone
     password: Password
-    license_number: Annotated[str, Field(min_length=1, max_length=50)]
+    license_number: Annotated[str, Field(min_length=1, max_length=50, pattern=NO_NUL)]
 
 
 class TokenIn(_In):
@@ -145,9 +151,9 @@ class DriverOut(BaseModel):
 
 
 class AddVehicleIn(_In):
-    make: Annotated[str, Field(min_length=1, max_length=50)]
-    model: Annotated[str, Field(min_length=1, max_length=50)]
-    plate: Annotated[str, Field(min_length=1, max_length=20)]
+    make: Annotated[str, Field(min_length=1, max_length=50, pattern=NO_NUL)]
+    model: Annotated[str, Field(min_length=1, max_length=50, pattern=NO_NUL)]
+    plate: Annotated[str, Field(min_length=1, max_length=20, pattern=NO_NUL)]
     seats: Annotated[int, Field(ge=1, le=8)]
     vehicle_class: VehicleClassName
 
@@ -164,7 +170,9 @@ class PositionIn(_In):
     heading: Annotated[float, Field(ge=0.0, lt=360.0, allow_inf_nan=False)] = 0.0
     speed_mps: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 0.0
     accuracy_m: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 0.0
-    ts_ms: Annotated[int | None, Field(ge=0, description="Fix time, ms since the epoch")] = None
+    ts_ms: Annotated[
+        int | None, Field(ge=0, le=INT64_MAX, description="Fix time, ms since the epoch")
+    ] = None
 
 
 class PositionResultOut(BaseModel):
@@ -210,17 +218,17 @@ class TripIn(_In):
     quote_id: Id
     pickup: LatLng
     dropoff: LatLng
-    pickup_address: Annotated[str | None, Field(max_length=300)] = None
-    dropoff_address: Annotated[str | None, Field(max_length=300)] = None
+    pickup_address: Annotated[str | None, Field(max_length=300, pattern=NO_NUL)] = None
+    dropoff_address: Annotated[str | None, Field(max_length=300, pattern=NO_NUL)] = None
 
 
 class CancelIn(_In):
-    reason: Annotated[str, Field(max_length=500)] = ""
+    reason: Annotated[str, Field(max_length=500, pattern=NO_NUL)] = ""
 
 
 class RatingIn(_In):
     stars: Annotated[int, Field(ge=1, le=5)]
-    comment: Annotated[str, Field(max_length=500)] = ""
+    comment: Annotated[str, Field(max_length=500, pattern=NO_NUL)] = ""
 
 
 class OfferOut(BaseModel):

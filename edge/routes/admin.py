@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from edge import convert
 from edge.deps import Admin, Ctx
 from edge.errors import ApiError
-from edge.models import DriversInAreaOut, TripsOut
+from edge.models import NO_NUL, DriversInAreaOut, TripsOut
 from edge.routes.common import ERRORS
 from protos.location.v1 import location_pb2
 from protos.trip.v1 import trip_pb2
@@ -62,7 +62,7 @@ async def trips(
         list[str] | None, Query(description="Trip states (repeat or comma-separate); default: all")
     ] = None,
     page_size: Annotated[int, Query(ge=0, le=100)] = 50,
-    page_token: Annotated[str, Query(max_length=500)] = "",
+    page_token: Annotated[str, Query(max_length=500, pattern=NO_NUL)] = "",
 ) -> TripsOut:
     """Trips by state, newest first."""
     states = []

@@ -8,7 +8,14 @@ from fastapi import APIRouter, Query
 
 from edge import convert
 from edge.deps import Ctx, Rider, RiderOrDriver
-from edge.models import FareEstimateIn, NotificationsOut, QuoteOut, TripsOut, TripSummariesOut
+from edge.models import (
+    NO_NUL,
+    FareEstimateIn,
+    NotificationsOut,
+    QuoteOut,
+    TripsOut,
+    TripSummariesOut,
+)
 from edge.routes.common import ERRORS
 from protos.notification.v1 import notification_pb2
 from protos.rider.v1 import rider_pb2
@@ -17,7 +24,7 @@ from protos.trip.v1 import trip_pb2
 router = APIRouter(prefix="/v1", tags=["rider"], responses=ERRORS)
 
 PageSize = Annotated[int, Query(ge=0, le=100)]
-PageToken = Annotated[str, Query(max_length=500)]
+PageToken = Annotated[str, Query(max_length=500, pattern=NO_NUL)]
 
 
 @router.post("/fare-estimates", status_code=201, response_model=QuoteOut)

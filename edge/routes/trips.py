@@ -12,13 +12,13 @@ from edge.auth import Principal
 from edge.deps import AnyUser, Ctx, Driver, Rider, RiderOrDriver
 from edge.errors import ApiError
 from edge.idempotency import StoredResponse
-from edge.models import CancelIn, CompleteIn, OfferIn, RatingIn, TripIn, TripOut
+from edge.models import NO_NUL, CancelIn, CompleteIn, OfferIn, RatingIn, TripIn, TripOut
 from edge.routes.common import ERRORS
 from protos.trip.v1 import trip_pb2
 
 router = APIRouter(prefix="/v1/trips", tags=["trips"], responses=ERRORS)
 
-TripId = Annotated[str, Path(min_length=1, max_length=100)]
+TripId = Annotated[str, Path(min_length=1, max_length=100, pattern=NO_NUL)]
 _ACTORS = {
     "rider": trip_pb2.ACTOR_RIDER,
     "driver": trip_pb2.ACTOR_DRIVER,

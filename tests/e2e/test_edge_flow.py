@@ -43,6 +43,27 @@ def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+async def book_trip(http: httpx.AsyncClient, rider_token: str, lat: float, lng: float) -> str:
+    """A quote from (lat, lng) to a point ~3 km away, booked at once; the trip's id."""
+    quote = await http.post(
+        "/v1/fare-estimates",
+        headers=auth(rider_token),
+        json={
+            "pickup": {"lat": lat, "lng": lng},
+            "dropoff": {"lat": lat + 0.03, "lng": lng + 0.02},
+        },
+    )
+    assert quote.status_code == 201, quote.text
+    q = quote.json()
+    booked = await http.post(
+        "/v1/trips",
+        headers={**auth(rider_token), "Idempotency-Key": uuid.uuid4().hex},
+        json={"quote_id": q["quote_id"], "pickup": q["pickup"], "dropoff": q["dropoff"]},
+    )
+    assert booked.status_code == 201, booked.text
+    return str(booked.json()["id"])
+
+
 async def next_frame(
     ws: ClientConnection, match: Callable[[dict[str, Any]], bool], timeout_s: float = 20.0
 ) -> dict[str, Any]:
@@ -128,23 +149,7 @@ async def test_a_trip_from_signup_to_rating_through_the_edge(stack: Stack) -> No
                 while not await indexed():  # noqa: ASYNC110 - another process's outcome
                     await asyncio.sleep(0.1)
 
-            quote = await http.post(
-                "/v1/fare-estimates",
-                headers=auth(rider_token),
-                json={
-                    "pickup": {"lat": lat, "lng": lng},
-                    "dropoff": {"lat": lat + 0.03, "lng": lng + 0.02},
-                },
-            )
-            assert quote.status_code == 201, quote.text
-            q = quote.json()
-            booked = await http.post(
-                "/v1/trips",
-                headers={**auth(rider_token), "Idempotency-Key": uuid.uuid4().hex},
-                json={"quote_id": q["quote_id"], "pickup": q["pickup"], "dropoff": q["dropoff"]},
-            )
-            assert booked.status_code == 201, booked.text
-            trip_id = booked.json()["id"]
+            trip_id = await book_trip(http, rider_token, lat, lng)
 
             offer = await next_frame(
                 driver_ws, lambda f: f["type"] == "offer" and f["trip_id"] == trip_id

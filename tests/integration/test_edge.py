@@ -196,6 +196,68 @@ async def test_malformed_json_and_bad_coordinates_are_422_with_a_body(
     assert error["details"]
 
 
+# -- inputs the OpenAPI fuzz pass (tests/e2e/test_edge_fuzz.py) found answered with a 5xx ------
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/auth/token", {"phone": "+49\x00151", "password": "pw", "role": "rider"}),
+        ("/v1/auth/token", {"phone": "+49151", "password": "p\x00w", "role": "driver"}),
+        ("/v1/riders", {"name": "Ada\x00", "phone": "+49151", "password": "correct-horse"}),
+        (
+            "/v1/drivers",
+            {"name": "Bo", "phone": "+4\x00", "password": "pw", "license_number": "L1"},
+        ),
+    ],
+)
+async def test_a_nul_character_in_text_is_422_not_an_upstream_error(
+    system: System, path: str, body: dict[str, Any]
+) -> None:
+    # PostgreSQL text cannot hold NUL: it must stop at the edge, not fail inside a service
+    async with system.client() as http:
+        r = await http.post(path, json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "invalid_argument"
+
+
+async def test_nul_in_a_path_or_query_parameter_is_422(system: System) -> None:
+    _, token = await signup_rider(system)
+    async with system.client(token) as http:
+        trip = await http.get("/v1/trips/abc%00def")
+        page = await http.get("/v1/me/trips", params={"page_token": "a\x00b"})
+    assert trip.status_code == 422, trip.text
+    assert page.status_code == 422, page.text
+
+
+async def test_a_lone_surrogate_in_json_is_422_not_500(system: System) -> None:
+    _, token = await signup_rider(system)
+    async with system.client(token) as http:
+        in_value = await http.post(
+            "/v1/riders",
+            content=b'{"name": "a\\ud800", "phone": "+49151", "password": "correct-horse"}',
+            headers={"Content-Type": "application/json"},
+        )
+        in_key = await http.post(
+            "/v1/trips/abc/cancel",
+            content=b'{"\\udfff": 1}',
+            headers={"Content-Type": "application/json"},
+        )
+    assert in_value.status_code == 422, in_value.text
+    assert in_key.status_code == 422, in_key.text
+    assert in_key.json()["error"]["code"] == "invalid_argument"
+
+
+async def test_a_position_time_beyond_int64_is_422_not_500(system: System) -> None:
+    _, token = await signup_driver(system)
+    async with system.client(token) as http:
+        r = await http.post(
+            "/v1/drivers/me/position", json={"lat": 52.5, "lng": 13.4, "ts_ms": 2**67}
+        )
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "invalid_argument"
+
+
 async def test_every_response_carries_a_request_id(system: System) -> None:
     async with system.client() as http:
         given = await http.get("/healthz", headers={"X-Request-Id": "abc-123"})

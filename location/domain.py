@@ -29,6 +29,8 @@ DEFAULT_SEARCH_LIMIT = 10
 MAX_AREA_LIMIT = 5_000
 DEFAULT_AREA_LIMIT = 1_000
 MAX_DRIVER_ID_LEN = 64
+# Redis GEO stores Web Mercator cells: it refuses latitudes beyond this (no city lies there).
+MAX_LAT = 85.05112878
 
 
 class LocationError(Exception):
@@ -108,8 +110,8 @@ def check_position(
     if not driver_id or len(driver_id) > MAX_DRIVER_ID_LEN:
         return Reject.MISSING_DRIVER_ID, f"driver_id must be 1-{MAX_DRIVER_ID_LEN} characters"
     # `not a <= x <= b` is also true for NaN, so finiteness comes for free.
-    if not -90.0 <= lat <= 90.0:
-        return Reject.INVALID_COORDINATES, f"lat {lat} not in [-90, 90]"
+    if not -MAX_LAT <= lat <= MAX_LAT:
+        return Reject.INVALID_COORDINATES, f"lat {lat} not in [-{MAX_LAT}, {MAX_LAT}]"
     if not -180.0 <= lng <= 180.0:
         return Reject.INVALID_COORDINATES, f"lng {lng} not in [-180, 180]"
     if not 0.0 <= heading < 360.0:
@@ -140,8 +142,11 @@ def clamp_limit(limit: int, *, default: int, maximum: int) -> int:
 
 def check_search(lat: float, lng: float, radius_m: float) -> float:
     """The radius to search with, capped; raises for a malformed centre or radius."""
-    if not (-90.0 <= lat <= 90.0 and -180.0 <= lng <= 180.0):
-        raise InvalidArgumentError(f"centre ({lat}, {lng}) is not a valid coordinate")
+    if not (-MAX_LAT <= lat <= MAX_LAT and -180.0 <= lng <= 180.0):
+        raise InvalidArgumentError(
+            f"centre ({lat}, {lng}) is not a coordinate the index covers "
+            f"(lat within ±{MAX_LAT}, lng within ±180)"
+        )
     if not 0.0 < radius_m < math.inf:
         raise InvalidArgumentError(f"radius_m {radius_m} must be a finite number > 0")
     return min(radius_m, MAX_RADIUS_M)
@@ -150,13 +155,13 @@ def check_search(lat: float, lng: float, radius_m: float) -> float:
 def check_area(min_lat: float, min_lng: float, max_lat: float, max_lng: float) -> None:
     """Raises for a box that is not a valid, non-empty, non-antimeridian-crossing area."""
     for name, value, bound in (
-        ("min_lat", min_lat, 90.0),
-        ("max_lat", max_lat, 90.0),
+        ("min_lat", min_lat, MAX_LAT),
+        ("max_lat", max_lat, MAX_LAT),
         ("min_lng", min_lng, 180.0),
         ("max_lng", max_lng, 180.0),
     ):
         if not -bound <= value <= bound:
-            raise InvalidArgumentError(f"{name} {value} not in [-{bound:g}, {bound:g}]")
+            raise InvalidArgumentError(f"{name} {value} not in [-{bound}, {bound}]")
     if min_lat > max_lat or min_lng > max_lng:
         raise InvalidArgumentError("the box must have min_lat <= max_lat and min_lng <= max_lng")
 

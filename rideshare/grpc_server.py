@@ -35,6 +35,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 
+import asyncpg
 import grpc
 import grpc.aio
 from google.protobuf import descriptor_pb2, descriptor_pool
@@ -361,6 +362,9 @@ def _wrap_coroutine(
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
+        except asyncpg.DataError as exc:
+            code = grpc.StatusCode.INVALID_ARGUMENT
+            await _abort_bad_data(exc, context)
         except Exception as exc:
             code = grpc.StatusCode.INTERNAL
             await _abort_internal(exc, context, observer.method)
@@ -392,6 +396,9 @@ def _wrap_async_gen(
         except (asyncio.CancelledError, GeneratorExit):
             code = grpc.StatusCode.CANCELLED
             raise
+        except asyncpg.DataError as exc:
+            code = grpc.StatusCode.INVALID_ARGUMENT
+            await _abort_bad_data(exc, context)
         except Exception as exc:
             code = grpc.StatusCode.INTERNAL
             await _abort_internal(exc, context, observer.method)
@@ -408,6 +415,17 @@ def _incoming_request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
                 return value
             break
     return new_request_id()
+
+
+async def _abort_bad_data(
+    exc: asyncpg.DataError, context: grpc.aio.ServicerContext[Any, Any]
+) -> NoReturn:
+    """SQLSTATE class 22, "data exception": the request carried a value the database cannot
+    hold (a NUL in text, a number out of range) that no validator caught. It is the
+    caller's input, so INVALID_ARGUMENT, with the database's own words."""
+    logger.info("request refused by the database: %s", exc)
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid value: {exc}")
+    raise AssertionError("unreachable: abort raises")
 
 
 async def _abort_internal(

@@ -45,8 +45,8 @@ def test_a_well_formed_update_passes() -> None:
     [
         ({"driver_id": ""}, Reject.MISSING_DRIVER_ID),
         ({"driver_id": "x" * 65}, Reject.MISSING_DRIVER_ID),
-        ({"lat": 90.0001}, Reject.INVALID_COORDINATES),
-        ({"lat": -90.0001}, Reject.INVALID_COORDINATES),
+        ({"lat": 85.0512}, Reject.INVALID_COORDINATES),
+        ({"lat": -90.0}, Reject.INVALID_COORDINATES),
         ({"lng": 180.5}, Reject.INVALID_COORDINATES),
         ({"lat": math.nan}, Reject.INVALID_COORDINATES),
         ({"lng": math.inf}, Reject.INVALID_COORDINATES),
@@ -69,8 +69,8 @@ def test_malformed_update_is_rejected_with_its_reason(
 @pytest.mark.parametrize(
     "changes",
     [
-        {"lat": 90.0},
-        {"lat": -90.0},
+        {"lat": 85.05112878},
+        {"lat": -85.05112878},
         {"lng": -180.0},
         {"heading": 359.99},
         {"client_ts_ms": NOW + 30_000},
@@ -115,6 +115,8 @@ def test_area_must_be_an_ordered_box_on_the_globe() -> None:
         check_area(53.0, 13.0, 52.0, 14.0)
     with pytest.raises(InvalidArgumentError):
         check_area(52.0, 13.0, 95.0, 14.0)
+    with pytest.raises(InvalidArgumentError):
+        check_search(89.0, 0.0, 1_000)  # beyond what a GEO index can hold
 
 
 def test_box_size_shrinks_in_longitude_away_from_the_equator() -> None:

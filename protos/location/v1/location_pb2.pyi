@@ -118,7 +118,7 @@ class PositionUpdate(_message.Message):
     driver_id: _builtins.str
     """The reporting driver."""
     lat: _builtins.float
-    """Latitude in degrees, [-90, 90]."""
+    """Latitude in degrees, [-85.05112878, 85.05112878]: the range a Redis GEO index holds."""
     lng: _builtins.float
     """Longitude in degrees, [-180, 180]."""
     heading: _builtins.float

@@ -77,7 +77,7 @@ class LocationServiceServicer:
     """
 
     def ReportPosition(self, request, context):
-        """Records one position of a driver. Malformed input (lat outside [-90, 90], lng outside
+        """Records one position of a driver. Malformed input (lat outside +-85.05112878, lng outside
         [-180, 180], non-finite numbers, heading outside [0, 360), negative speed or accuracy,
         client time too far in the future, empty driver id) fails with INVALID_ARGUMENT. An update
         older than the stored one is not an error: it is dropped and reported in the result.

@@ -44,7 +44,7 @@ class LocationServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> LocationServiceAsyncStub: ...
     ReportPosition: _grpc.UnaryUnaryMultiCallable[_location_pb2.PositionUpdate, _location_pb2.ReportResult]
-    """Records one position of a driver. Malformed input (lat outside [-90, 90], lng outside
+    """Records one position of a driver. Malformed input (lat outside +-85.05112878, lng outside
     [-180, 180], non-finite numbers, heading outside [0, 360), negative speed or accuracy,
     client time too far in the future, empty driver id) fails with INVALID_ARGUMENT. An update
     older than the stored one is not an error: it is dropped and reported in the result.
@@ -87,7 +87,7 @@ class LocationServiceAsyncStub(LocationServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ReportPosition: _aio.UnaryUnaryMultiCallable[_location_pb2.PositionUpdate, _location_pb2.ReportResult]  # type: ignore[assignment]
-    """Records one position of a driver. Malformed input (lat outside [-90, 90], lng outside
+    """Records one position of a driver. Malformed input (lat outside +-85.05112878, lng outside
     [-180, 180], non-finite numbers, heading outside [0, 360), negative speed or accuracy,
     client time too far in the future, empty driver id) fails with INVALID_ARGUMENT. An update
     older than the stored one is not an error: it is dropped and reported in the result.
@@ -133,7 +133,7 @@ class LocationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _location_pb2.PositionUpdate,
         context: _ServicerContext,
     ) -> _typing.Union[_location_pb2.ReportResult, _abc.Awaitable[_location_pb2.ReportResult]]:
-        """Records one position of a driver. Malformed input (lat outside [-90, 90], lng outside
+        """Records one position of a driver. Malformed input (lat outside +-85.05112878, lng outside
         [-180, 180], non-finite numbers, heading outside [0, 360), negative speed or accuracy,
         client time too far in the future, empty driver id) fails with INVALID_ARGUMENT. An update
         older than the stored one is not an error: it is dropped and reported in the result.

@@ -27,12 +27,19 @@ SERVICE_NAME = "rideshare.location.v1.LocationService"
 async def sweep_stale(
     store: LocationStore, settings: LocationSettings, stop: asyncio.Event
 ) -> None:
-    """Drop drivers not heard from within the staleness bound out of the GEO sets."""
+    """Drop drivers not heard from within the staleness bound out of the GEO sets, and
+    release OFFERED holds older than any offer can live."""
     while not stop.is_set():
         try:
-            removed = await store.sweep_stale(cutoff_ms=now_ms() - settings.stale_ms)
+            now = now_ms()
+            removed = await store.sweep_stale(cutoff_ms=now - settings.stale_ms)
             if removed:
                 logger.info("swept %d stale drivers out of the index", removed)
+            released = await store.release_held(
+                cutoff_ms=now - int(settings.offer_hold_max_s * 1000)
+            )
+            if released:
+                logger.warning("released %d drivers held OFFERED past the bound", released)
         except Exception:
             logger.exception("stale sweep failed; retrying")
         with contextlib.suppress(TimeoutError):

@@ -49,6 +49,9 @@ class LocationSettings:
     watch_queue: int = 256
     sweep_interval_s: float = 1.0
     consumer_name: str = "location"  # the durable JetStream consumer all copies share
+    # Longer than any offer lives (RIDESHARE_OFFER_TIMEOUT_S): an older OFFERED hold was left
+    # by a dispatcher that died, and the driver is released.
+    offer_hold_max_s: float = 120.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> LocationSettings:
@@ -58,6 +61,7 @@ class LocationSettings:
             watch_queue=env_int("RIDESHARE_WATCH_QUEUE", 256, minimum=1, env=env),
             sweep_interval_s=env_float("RIDESHARE_STALE_SWEEP_S", 1.0, minimum=0.05, env=env),
             consumer_name=env_str("RIDESHARE_LOCATION_CONSUMER", "location", env=env),
+            offer_hold_max_s=env_float("RIDESHARE_OFFER_HOLD_MAX_S", 120.0, minimum=1.0, env=env),
         )
 
     @property

@@ -12,6 +12,8 @@ Layout (``<p>`` is the key prefix, ``loc:`` by default):
   the admin map.
 - ``<p>geo:avail:<c>``   GEO set of AVAILABLE drivers with vehicle class ``c``: availability
   lives in the index itself, so a search never sees a busy driver.
+- ``<p>offered``         sorted set: driver -> when it was set OFFERED, so a hold that its
+  owner never ended (it crashed) can be released.
 
 Each operation is one Lua script call: one round trip, and atomic, which makes the
 out-of-order check and the availability compare-and-set safe with many service copies.
@@ -21,6 +23,7 @@ Keys are built inside the scripts, so this layout targets one Redis (or one Clus
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -61,6 +64,7 @@ return out
 
 _SET_AVAILABILITY = """
 local p, id, new, class, expected, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local now = ARGV[7]
 local key = p .. 'd:' .. id
 local cur = redis.call('HMGET', key, 'a', 'c', 'x', 'y')
 local prev = cur[1] or '4'
@@ -68,6 +72,8 @@ if expected ~= '' and prev ~= expected then return {0, tonumber(prev)} end
 if class == '' then class = cur[2] or '0' end
 redis.call('HSET', key, 'a', new, 'c', class)
 redis.call('PEXPIRE', key, ttl)
+if new == '2' then redis.call('ZADD', p .. 'offered', now, id)
+else redis.call('ZREM', p .. 'offered', id) end
 for c = 0, 3 do redis.call('ZREM', p .. 'geo:avail:' .. c, id) end
 if new == '4' then
   redis.call('ZREM', p .. 'geo:all', id)
@@ -140,6 +146,25 @@ end
 return {#found > limit and 1 or 0, out}
 """
 
+# A hold (OFFERED) nobody ended: the process that reserved the driver died before it could
+# offer or release. Older than any offer can live, it is released to AVAILABLE.
+_RELEASE_HELD = """
+local p, cutoff, batch = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local held = redis.call('ZRANGE', p .. 'offered', '-inf', cutoff, 'BYSCORE', 'LIMIT', 0, batch)
+for _, id in ipairs(held) do
+  local key = p .. 'd:' .. id
+  local cur = redis.call('HMGET', key, 'a', 'c', 'x', 'y')
+  if cur[1] == '2' then
+    redis.call('HSET', key, 'a', '1')
+    if cur[3] and redis.call('ZSCORE', p .. 'seen', id) then
+      redis.call('GEOADD', p .. 'geo:avail:' .. (cur[2] or '0'), cur[3], cur[4], id)
+    end
+  end
+  redis.call('ZREM', p .. 'offered', id)
+end
+return #held
+"""
+
 _SWEEP = """
 local p, cutoff, batch = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local stale = redis.call('ZRANGE', p .. 'seen', '-inf', cutoff, 'BYSCORE', 'LIMIT', 0, batch)
@@ -199,6 +224,7 @@ class LocationStore:
         self._nearest = client.register_script(_NEAREST)
         self._in_area = client.register_script(_IN_AREA)
         self._sweep = client.register_script(_SWEEP)
+        self._release_held = client.register_script(_RELEASE_HELD)
 
     async def ping(self) -> None:
         await self._redis.ping()
@@ -233,6 +259,7 @@ class LocationStore:
                 vehicle_class or "",
                 int(expected) if expected is not None else "",
                 _DAY_MS,
+                time.time_ns() // 1_000_000,
             ]
         )
         if not ok:
@@ -317,6 +344,10 @@ class LocationStore:
             removed += count
             if count < batch:
                 return removed
+
+    async def release_held(self, *, cutoff_ms: int, batch: int = 1_000) -> int:
+        """Make drivers held OFFERED since ``cutoff_ms`` or earlier AVAILABLE again."""
+        return int(await self._release_held(args=[self._prefix, cutoff_ms, batch]))
 
     async def claim_event(self, consumer: str, event_id: str, *, ttl_s: int = 7 * 86_400) -> bool:
         """Idempotency guard for consumed events: True the first time an id is seen."""

@@ -415,3 +415,27 @@ async def test_driver_online_event_makes_the_driver_searchable(
         assert await nearest_ids(stub, *BERLIN) == []
     finally:
         await nc.drain()
+
+
+async def test_driver_held_offered_by_a_dispatcher_that_died_is_released(
+    infra: InfraUrls, redis_url: str
+) -> None:
+    driver = new_id()
+    async with location_service(
+        infra, redis_url, offer_hold_max_s=0.5, sweep_interval_s=0.1
+    ) as stub:
+        await go_online(stub, driver, *BERLIN)
+        await stub.SetAvailability(
+            pb.SetAvailabilityRequest(
+                driver_id=driver,
+                availability=pb.AVAILABILITY_OFFERED,
+                expected_availability=pb.AVAILABILITY_AVAILABLE,
+            ),
+            timeout=5,
+        )
+        assert await nearest_ids(stub, *BERLIN) == []
+
+        async def released() -> bool:
+            return await nearest_ids(stub, *BERLIN) == [driver]
+
+        await eventually(released, timeout_s=5)

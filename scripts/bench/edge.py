@@ -55,7 +55,7 @@ from protos.location.v1 import location_pb2
 from rideshare.infra import free_port
 from rideshare.settings import InfraUrls
 from rideshare.supervisor import SERVICE_ORDER, Supervisor, available_services
-from scripts.bench.location import infrastructure, percentile
+from scripts.bench.common import infrastructure, percentile
 
 SECRET = "bench-secret-" + "b" * 40
 PASSWORD = "bench-password-1"

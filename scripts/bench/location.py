@@ -19,29 +19,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import random
 import shutil
-import signal
 import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import TypeAlias
 
 import grpc
-import redis.asyncio as aioredis
 
 from location.domain import Availability, Position
 from location.store import LocationStore
 from protos.common.v1 import common_pb2
 from protos.location.v1 import location_pb2 as pb
 from protos.location.v1 import location_pb2_grpc
-from rideshare.infra import EmbeddedInfra, free_port
+from rideshare.infra import free_port
+from rideshare.runtime import open_redis
 from rideshare.settings import InfraUrls
-from rideshare.supervisor import grpc_healthy
+from scripts.bench.common import infrastructure, percentile, service_process, wait_healthy
 
 Stub: TypeAlias = "location_pb2_grpc.LocationServiceAsyncStub"
 
@@ -55,57 +50,6 @@ def city_point(rng: random.Random) -> tuple[float, float]:
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-@contextlib.asynccontextmanager
-async def infrastructure() -> AsyncIterator[InfraUrls]:
-    names = ("RIDESHARE_REDIS_URL", "RIDESHARE_POSTGRES_DSN", "RIDESHARE_NATS_URL")
-    if all(os.environ.get(n) for n in names):
-        yield InfraUrls(*(os.environ[n] for n in names))
-        return
-    directory = Path(tempfile.mkdtemp(prefix="rideshare-bench-"))
-    os.chmod(directory, 0o755)  # PostgreSQL runs as another user and must reach it
-    embedded = EmbeddedInfra(directory, durable=False)
-    try:
-        yield await embedded.start()
-    finally:
-        embedded.stop()
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def location_process(urls: InfraUrls, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    env = {
-        **os.environ,
-        "RIDESHARE_REDIS_URL": urls.redis_url,
-        "RIDESHARE_POSTGRES_DSN": urls.postgres_dsn,
-        "RIDESHARE_NATS_URL": urls.nats_url,
-        "RIDESHARE_LOCATION_PORT": str(port),
-        "RIDESHARE_LOCATION_METRICS_PORT": "0",
-        "RIDESHARE_DRIVER_STALE_S": "600",  # the index must not age out mid-benchmark
-        "RIDESHARE_LOG_LEVEL": "WARNING",
-    }
-    process = subprocess.Popen([sys.executable, "-m", "location"], env=env)
-    try:
-        yield process
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-async def wait_healthy(target: str) -> None:
-    async with asyncio.timeout(30):
-        while not await grpc_healthy(target):  # noqa: ASYNC110 - another process
-            await asyncio.sleep(0.1)
 
 
 async def make_available(store: LocationStore, driver_ids: list[str]) -> None:
@@ -268,14 +212,11 @@ async def setup_index(store: LocationStore, driver_ids: list[str]) -> None:
 async def run(args: argparse.Namespace) -> None:
     async with infrastructure() as urls:
         port = free_port()
-        with location_process(urls, port):
+        # the index must not age out mid-benchmark
+        with service_process("location", urls, port=port, env={"RIDESHARE_DRIVER_STALE_S": "600"}):
             target = f"127.0.0.1:{port}"
             await wait_healthy(target)
-            client = aioredis.Redis.from_pool(
-                aioredis.BlockingConnectionPool.from_url(
-                    urls.redis_url, max_connections=32, timeout=10, socket_timeout=10
-                )
-            )
+            client = open_redis(urls.redis_url, max_connections=32, timeout_s=10)
             drivers = [f"bench-{i}" for i in range(args.drivers)]
             started = time.perf_counter()
             await setup_index(LocationStore(client), drivers)

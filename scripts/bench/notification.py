@@ -39,7 +39,7 @@ from rideshare import bus
 from rideshare.infra import free_port
 from rideshare.settings import InfraUrls
 from rideshare.supervisor import Supervisor
-from scripts.bench.location import infrastructure, percentile
+from scripts.bench.common import infrastructure, percentile
 
 CONSUMED_PER_TRIP = 6  # driver.online, offered, accepted, arrived, started, completed
 PUSHES_PER_TRIP = 5  # offer (driver), assigned, arrived, started, completed (rider)

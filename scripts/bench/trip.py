@@ -23,17 +23,12 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import os
 import random
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TypeAlias
 
 import grpc
-import redis.asyncio as aioredis
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
@@ -45,45 +40,13 @@ from protos.trip.v1 import trip_pb2 as pb
 from protos.trip.v1 import trip_pb2_grpc
 from rideshare import bus
 from rideshare.infra import free_port
-from rideshare.settings import InfraUrls
-from scripts.bench.location import (
-    city_point,
-    infrastructure,
-    location_process,
-    percentile,
-    setup_index,
-    wait_healthy,
-)
+from rideshare.runtime import open_redis
+from scripts.bench.common import infrastructure, percentile, service_process, wait_healthy
+from scripts.bench.location import city_point, setup_index
 
 TripStub: TypeAlias = "trip_pb2_grpc.TripServiceAsyncStub"
 
 STANDARD = common_pb2.VEHICLE_CLASS_STANDARD
-
-
-@contextlib.contextmanager
-def trip_process(urls: InfraUrls, port: int, location_port: int) -> Iterator[None]:
-    env = {
-        **os.environ,
-        "RIDESHARE_REDIS_URL": urls.redis_url,
-        "RIDESHARE_POSTGRES_DSN": urls.postgres_dsn,
-        "RIDESHARE_NATS_URL": urls.nats_url,
-        "RIDESHARE_TRIP_PORT": str(port),
-        "RIDESHARE_TRIP_METRICS_PORT": "0",
-        "RIDESHARE_LOCATION_ADDR": f"127.0.0.1:{location_port}",
-        "RIDESHARE_OFFER_TIMEOUT_S": "60",
-        "RIDESHARE_DB_POOL_MAX": "40",
-        "RIDESHARE_LOG_LEVEL": "WARNING",
-    }
-    process = subprocess.Popen([sys.executable, "-m", "trip"], env=env)
-    try:
-        yield
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 class Watcher:
@@ -203,18 +166,25 @@ async def bench_throughput(
 async def run(args: argparse.Namespace) -> None:
     async with infrastructure() as urls:
         location_port, trip_port = free_port(), free_port()
-        with location_process(urls, location_port):
+        with service_process(
+            "location", urls, port=location_port, env={"RIDESHARE_DRIVER_STALE_S": "600"}
+        ):
             await wait_healthy(f"127.0.0.1:{location_port}")
-            client = aioredis.Redis.from_pool(
-                aioredis.BlockingConnectionPool.from_url(
-                    urls.redis_url, max_connections=32, timeout=10, socket_timeout=10
-                )
-            )
+            client = open_redis(urls.redis_url, max_connections=32, timeout_s=10)
             drivers = [f"bench-{i}" for i in range(args.drivers)]
             await setup_index(LocationStore(client), drivers)
             await client.aclose()
             print(f"setup: {len(drivers):,} available drivers indexed", flush=True)
-            with trip_process(urls, trip_port, location_port):
+            with service_process(
+                "trip",
+                urls,
+                port=trip_port,
+                env={
+                    "RIDESHARE_LOCATION_ADDR": f"127.0.0.1:{location_port}",
+                    "RIDESHARE_OFFER_TIMEOUT_S": "60",
+                    "RIDESHARE_DB_POOL_MAX": "40",
+                },
+            ):
                 target = f"127.0.0.1:{trip_port}"
                 await wait_healthy(target)
                 nc = await bus.connect(urls.nats_url, name="bench-trip")

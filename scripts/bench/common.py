@@ -1,0 +1,82 @@
+"""What every benchmark needs: real servers, one service as a child process, percentiles."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
+
+from rideshare.infra import EmbeddedInfra
+from rideshare.settings import InfraUrls
+from rideshare.supervisor import grpc_healthy
+
+__all__ = ["infrastructure", "percentile", "service_process", "wait_healthy"]
+
+_ENV_URLS = ("RIDESHARE_REDIS_URL", "RIDESHARE_POSTGRES_DSN", "RIDESHARE_NATS_URL")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values``, nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@contextlib.asynccontextmanager
+async def infrastructure() -> AsyncIterator[InfraUrls]:
+    """The RIDESHARE_* servers when all are given, else embedded ones in a temporary dir."""
+    if all(os.environ.get(n) for n in _ENV_URLS):
+        yield InfraUrls(*(os.environ[n] for n in _ENV_URLS))
+        return
+    directory = Path(tempfile.mkdtemp(prefix="rideshare-bench-"))
+    os.chmod(directory, 0o755)  # PostgreSQL runs as another user and must reach it
+    embedded = EmbeddedInfra(directory, durable=False)
+    try:
+        yield await embedded.start()
+    finally:
+        embedded.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def service_process(
+    name: str, urls: InfraUrls, *, port: int, env: Mapping[str, str] = {}
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``python -m <name>`` on ``port`` with the given servers (metrics off, quiet logs),
+    stopped with SIGTERM (SIGKILL after 15 s) when the context exits."""
+    upper = name.upper()
+    process = subprocess.Popen(
+        [sys.executable, "-m", name],
+        env={
+            **os.environ,
+            "RIDESHARE_REDIS_URL": urls.redis_url,
+            "RIDESHARE_POSTGRES_DSN": urls.postgres_dsn,
+            "RIDESHARE_NATS_URL": urls.nats_url,
+            f"RIDESHARE_{upper}_PORT": str(port),
+            f"RIDESHARE_{upper}_METRICS_PORT": "0",
+            "RIDESHARE_LOG_LEVEL": "WARNING",
+            **env,
+        },
+    )
+    try:
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def wait_healthy(target: str, timeout_s: float = 30.0) -> None:
+    """Until the gRPC server at ``target`` reports SERVING."""
+    async with asyncio.timeout(timeout_s):
+        while not await grpc_healthy(target):  # noqa: ASYNC110 - another process
+            await asyncio.sleep(0.1)

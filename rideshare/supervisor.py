@@ -34,10 +34,11 @@ def available_services() -> list[str]:
     ]
 
 
-def service_port(name: str) -> int:
-    """The port a service listens on: ``RIDESHARE_<NAME>_PORT`` or the default."""
+def service_port(name: str, env: Mapping[str, str] | None = None) -> int:
+    """The port a service listens on: ``RIDESHARE_<NAME>_PORT`` in ``env`` (default: this
+    process's environment) or the default port."""
     default = EDGE_PORT if name == "edge" else SERVICE_PORTS[name][0]
-    return env_int(f"RIDESHARE_{name.upper()}_PORT", default, minimum=1, maximum=65535)
+    return env_int(f"RIDESHARE_{name.upper()}_PORT", default, minimum=1, maximum=65535, env=env)
 
 
 async def grpc_healthy(target: str, *, timeout_s: float = 1.0) -> bool:
@@ -88,11 +89,8 @@ class Supervisor:
         *,
         extra_env: Mapping[str, str] | None = None,
         ready_timeout_s: float = 60.0,
-        ports: Mapping[str, int] | None = None,
     ) -> None:
         self._infra = infra
-        # Ports that differ from the defaults (the children must be told the same by env).
-        self._ports = dict(ports or {})
         self._extra_env = dict(extra_env or {})
         self._ready_timeout_s = ready_timeout_s
         self.children: list[ServiceProcess] = []
@@ -106,7 +104,7 @@ class Supervisor:
         env["PYTHONUNBUFFERED"] = "1"
         # Every service finds the others where this supervisor starts them.
         for name in SERVICE_PORTS:
-            env.setdefault(f"RIDESHARE_{name.upper()}_ADDR", f"127.0.0.1:{service_port(name)}")
+            env.setdefault(f"RIDESHARE_{name.upper()}_ADDR", f"127.0.0.1:{service_port(name, env)}")
         return env
 
     async def start(self, name: str) -> ServiceProcess:
@@ -122,7 +120,7 @@ class Supervisor:
         )
         assert process.stdout is not None
         pump = asyncio.create_task(_prefix_lines(name, process.stdout))
-        child = ServiceProcess(name, process, self._ports.get(name, service_port(name)), pump)
+        child = ServiceProcess(name, process, service_port(name, self._env()), pump)
         self.children.append(child)
         await self._wait_healthy(child)
         return child

@@ -95,8 +95,7 @@ async def system(urls: InfraUrls) -> AsyncIterator[tuple[str, Supervisor]]:
         if name != "edge":
             env[f"RIDESHARE_{name.upper()}_PORT"] = str(ports[name])
             env[f"RIDESHARE_{name.upper()}_METRICS_PORT"] = "0"
-            env[f"RIDESHARE_{name.upper()}_ADDR"] = f"127.0.0.1:{ports[name]}"
-    supervisor = Supervisor(urls, extra_env=env, ports=ports, ready_timeout_s=90)
+    supervisor = Supervisor(urls, extra_env=env, ready_timeout_s=90)
     try:
         for name in names:
             await supervisor.start(name)

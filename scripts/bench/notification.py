@@ -159,7 +159,7 @@ def supervisor(urls: InfraUrls, port: int, name: str, batch: int) -> Supervisor:
         "RIDESHARE_NOTIFICATION_BATCH": str(batch),
         "RIDESHARE_LOG_LEVEL": "ERROR",  # not the SMS warnings of phoneless riders
     }
-    return Supervisor(urls, extra_env=env, ports={"notification": port})
+    return Supervisor(urls, extra_env=env)
 
 
 async def main(args: argparse.Namespace) -> None:

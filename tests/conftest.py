@@ -29,8 +29,7 @@ _redis_dbs = itertools.cycle(range(1, 16))
 
 @pytest.fixture(scope="session")
 def infra_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="rideshare-test-"))
-    path.chmod(0o755)
+    path = Path(tempfile.mkdtemp(prefix="rideshare-test-"))  # 0700, even as root
     yield path
     shutil.rmtree(path, ignore_errors=True)
 

@@ -22,6 +22,7 @@ import uvloop
 from edge.app import running
 from edge.settings import EdgeSettings
 from rideshare.log import configure_logging
+from rideshare.ports import PortInUseError
 from rideshare.runtime import tune_gc_for_serving
 from rideshare.settings import SettingsError
 
@@ -41,4 +42,7 @@ if __name__ == "__main__":
     except SettingsError as exc:
         sys.exit(f"edge: {exc}")
     configure_logging("edge", edge_settings.log_level)
-    uvloop.run(main(edge_settings))
+    try:
+        uvloop.run(main(edge_settings))
+    except PortInUseError as exc:
+        sys.exit(f"edge: {exc}")

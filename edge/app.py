@@ -36,6 +36,7 @@ from edge.settings import EdgeSettings
 from edge.upstreams import Upstreams
 from edge.ws import router as ws_router
 from rideshare import bus
+from rideshare.ports import bind_port
 from rideshare.runtime import open_redis
 
 __all__ = ["EdgeContext", "EdgeServer", "create_app", "running"]
@@ -156,7 +157,10 @@ class EdgeServer:
 
 @contextlib.asynccontextmanager
 async def running(settings: EdgeSettings) -> AsyncIterator[EdgeServer]:
-    """The edge, serving on ``settings.host:settings.port`` (0 = a free port) until exit."""
+    """The edge, serving on ``settings.host:settings.port`` (0 = a free port) until exit.
+
+    A taken port is retried for ``settings.bind_retry_s``, then
+    :class:`rideshare.ports.PortInUseError`."""
     stop = asyncio.Event()
     async with contextlib.AsyncExitStack() as stack:
         redis = open_redis(settings.infra.redis_url, max_connections=256)
@@ -188,6 +192,12 @@ async def running(settings: EdgeSettings) -> AsyncIterator[EdgeServer]:
             positions=batcher,
         )
         app = create_app(ctx)
+        # Bound here, so a taken port is waited out (and reported) as the gRPC services do,
+        # and uvicorn serves on these very sockets: nothing can take the port in between.
+        # Before the workers' TaskGroup, which would wrap a PortInUseError in a group.
+        sockets = await bind_port(settings.host, settings.port, retry_s=settings.bind_retry_s)
+        for sock in sockets:
+            stack.callback(sock.close)  # uvicorn closes them too; a second close is a no-op
         workers = await stack.enter_async_context(asyncio.TaskGroup())
         stack.callback(stop.set)  # runs before the group joins: the workers see stop
         workers.create_task(hub.run(stop), name="live-hub")
@@ -211,7 +221,7 @@ async def running(settings: EdgeSettings) -> AsyncIterator[EdgeServer]:
         )
         server = uvicorn.Server(config)
         logging.getLogger("uvicorn.error").addFilter(redact_tokens)
-        task = asyncio.create_task(server.serve(), name="uvicorn")
+        task = asyncio.create_task(server.serve(sockets=sockets), name="uvicorn")
         try:
             async with asyncio.timeout(10.0):
                 while not server.started:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rideshare.settings import (
+    BIND_RETRY_S,
     EDGE_PORT,
     SERVICE_PORTS,
     InfraUrls,
@@ -38,6 +39,7 @@ class EdgeSettings:
     port: int = EDGE_PORT
     log_level: str = "INFO"
     shutdown_grace_s: float = 5.0
+    bind_retry_s: float = BIND_RETRY_S
     token_ttl_s: int = 3600
     call_timeout_s: float = 3.0
     breaker_failures: int = 5
@@ -79,6 +81,7 @@ class EdgeSettings:
             port=env_int("RIDESHARE_EDGE_PORT", EDGE_PORT, minimum=0, maximum=65535, env=env),
             log_level=env_str("RIDESHARE_LOG_LEVEL", "INFO", env=env).upper(),
             shutdown_grace_s=env_float("RIDESHARE_SHUTDOWN_GRACE_S", 5.0, minimum=0.0, env=env),
+            bind_retry_s=env_float("RIDESHARE_BIND_RETRY_S", BIND_RETRY_S, minimum=0.0, env=env),
             token_ttl_s=env_int("RIDESHARE_JWT_TTL_S", 3600, minimum=60, env=env),
             call_timeout_s=env_float("RIDESHARE_EDGE_CALL_TIMEOUT_S", 3.0, minimum=0.05, env=env),
             breaker_failures=env_int("RIDESHARE_EDGE_BREAKER_FAILURES", 5, minimum=1, env=env),

@@ -48,6 +48,8 @@ from grpc_reflection.v1alpha import reflection_pb2 as reflection_v1alpha_pb2
 
 from rideshare.log import REQUEST_ID_METADATA_KEY, new_request_id, request_id_var
 from rideshare.metrics import GRPC_SERVER_HANDLED, GRPC_SERVER_HANDLING_SECONDS
+from rideshare.ports import RETRY_EVERY_S, port_in_use_error, wait_for_port
+from rideshare.settings import BIND_RETRY_S
 
 __all__ = ["GrpcServer"]
 
@@ -88,7 +90,7 @@ class GrpcServer:
     services with :meth:`add_service_name`, then :meth:`start`. ``readiness`` is awaited every
     ``health_interval_s`` (and at start) with that same timeout; it raises when a store the
     service needs is unreachable. Usable as ``async with GrpcServer(...) as srv``, which stops
-    with a 5 s grace.
+    with a 5 s grace. A taken ``port`` is retried for ``bind_retry_s`` (rideshare/ports.py).
     """
 
     def __init__(
@@ -100,6 +102,7 @@ class GrpcServer:
         readiness: Callable[[], Awaitable[None]] | None = None,
         health_interval_s: float = 2.0,
         max_concurrent_rpcs: int | None = None,
+        bind_retry_s: float = BIND_RETRY_S,
     ) -> None:
         if health_interval_s <= 0:
             raise ValueError(f"health_interval_s must be positive, got {health_interval_s}")
@@ -113,6 +116,7 @@ class GrpcServer:
         )
         self._readiness = readiness
         self._interval = health_interval_s
+        self._bind_retry_s = bind_retry_s
         self._service_names: list[str] = []
         self._health = health_aio.HealthServicer()
         self._ready: bool | None = None  # None until the first readiness check
@@ -129,7 +133,10 @@ class GrpcServer:
             self._service_names.append(full_name)
 
     async def start(self) -> int:
-        """Bind, start serving, run the first readiness check, and return the bound port."""
+        """Bind, start serving, run the first readiness check, and return the bound port.
+
+        While the port is taken, waits up to ``bind_retry_s`` for it, then raises
+        :class:`rideshare.ports.PortInUseError` naming the port and its holder."""
         if self._started:
             raise RuntimeError(f"{self.name} gRPC server already started")
         self._started = True
@@ -144,7 +151,7 @@ class GrpcServer:
             ],
         )
         await self._set_status(_NOT_SERVING)
-        self.port = self.server.add_insecure_port(f"{self.host}:{self.port}")
+        self.port = await self._bind()
         await self.server.start()
         await self._check_readiness()
         self._health_task = asyncio.create_task(
@@ -152,6 +159,23 @@ class GrpcServer:
         )
         logger.info("%s gRPC server listening on %s:%d", self.name, self.host, self.port)
         return self.port
+
+    async def _bind(self) -> int:
+        # grpc binds by itself and logs an error line per failed try, so it tries only once
+        # wait_for_port found the port free; a process that takes it in between costs a retry.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._bind_retry_s
+        while True:
+            await wait_for_port(self.host, self.port, retry_s=max(0.0, deadline - loop.time()))
+            try:
+                return self.server.add_insecure_port(f"{self.host}:{self.port}")
+            except RuntimeError:  # grpc's "Failed to bind to address"
+                if self.port == 0:
+                    raise
+                if loop.time() >= deadline:
+                    error = await port_in_use_error(self.host, self.port, self._bind_retry_s)
+                    raise error from None
+            await asyncio.sleep(RETRY_EVERY_S)
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Report NOT_SERVING, stop accepting calls, and give in-flight calls ``grace_s`` to

@@ -42,6 +42,7 @@ from rideshare.log import configure_logging
 from rideshare.metrics import start_metrics_server
 from rideshare.migrations import apply_migrations
 from rideshare.outbox import OutboxRelay
+from rideshare.ports import PortInUseError
 from rideshare.settings import ServiceSettings, SettingsError, service_settings
 
 __all__ = ["Runtime", "open_redis", "run_service", "service_runtime", "tune_gc_for_serving"]
@@ -96,6 +97,7 @@ class Runtime:
             host=self.settings.host,
             port=self.settings.grpc_port,
             readiness=self.ready,
+            bind_retry_s=self.settings.bind_retry_s,
         )
 
     @contextlib.asynccontextmanager
@@ -186,5 +188,12 @@ def run_service(name: str, running: RunningFactory) -> None:
     try:
         # uvloop: the event loop and transports in C; grpc.aio runs on any asyncio loop.
         uvloop.run(serve_until_signalled(settings, running))
-    except SettingsError as exc:  # a service's own settings, read as it starts
-        sys.exit(f"{name}: {exc}")
+    # A service's own settings, read as it starts, or its port, taken: one line, no traceback.
+    # except*, as they may come wrapped in groups by the runtime's TaskGroup.
+    except* (SettingsError, PortInUseError) as errors:
+        sys.exit(f"{name}: {_first_leaf(errors)}")
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first

@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
+    "BIND_RETRY_S",
     "DEFAULT_DATA_DIR",
     "INFRA_FILE",
     "SERVICE_PORTS",
@@ -41,6 +42,8 @@ SERVICE_PORTS: Mapping[str, tuple[int, int]] = {
     "notification": (50055, 9155),
 }
 EDGE_PORT = 8080
+# How long a server retries a taken port before it gives up (rideshare/ports.py says why).
+BIND_RETRY_S = 20.0
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -203,6 +206,7 @@ class ServiceSettings:
     log_level: str = "INFO"
     shutdown_grace_s: float = 5.0
     db_pool_max: int = 10
+    bind_retry_s: float = BIND_RETRY_S
 
 
 def service_settings(
@@ -224,4 +228,5 @@ def service_settings(
         log_level=env_str("RIDESHARE_LOG_LEVEL", "INFO", env=env).upper(),
         shutdown_grace_s=env_float("RIDESHARE_SHUTDOWN_GRACE_S", 5.0, minimum=0.0, env=env),
         db_pool_max=env_int("RIDESHARE_DB_POOL_MAX", 10, minimum=1, maximum=200, env=env),
+        bind_retry_s=env_float("RIDESHARE_BIND_RETRY_S", BIND_RETRY_S, minimum=0.0, env=env),
     )

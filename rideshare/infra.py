@@ -459,7 +459,8 @@ class EmbeddedInfra:
         ``/proc/self/cwd``. The same holds without root, so there is one way to start it.
         """
         run_as = _pg_user()
-        bin_dir = pg_bin_dir_for(run_as, pg_bin_dir())
+        # A thread: the first start as root may copy ~35 MB (see pg_bin_dir_for).
+        bin_dir = await asyncio.to_thread(pg_bin_dir_for, run_as, pg_bin_dir())
         root = self.data_dir / "postgres"
         pgdata = root / "data"
         password_file = root / "password"

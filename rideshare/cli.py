@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -33,7 +33,15 @@ from rideshare.settings import (
     load_infra_urls,
     mask_url,
 )
-from rideshare.supervisor import Supervisor, available_services, service_port
+from rideshare.supervisor import (
+    STATUS_FILE,
+    Health,
+    Supervisor,
+    available_services,
+    probe_service,
+    read_status,
+    service_port,
+)
 
 __all__ = ["main"]
 
@@ -41,6 +49,7 @@ logger = logging.getLogger("rideshare.cli")
 
 LOCK_FILE = "rideshare.lock"
 _ENV_URLS = ("RIDESHARE_REDIS_URL", "RIDESHARE_POSTGRES_DSN", "RIDESHARE_NATS_URL")
+UP_READY_TIMEOUT_S = 120.0
 
 
 class AlreadyRunningError(RuntimeError):
@@ -97,23 +106,24 @@ def _stop_event() -> asyncio.Event:
 
 
 @contextlib.asynccontextmanager
-async def _infrastructure(data_dir: Path) -> AsyncIterator[InfraUrls]:
+async def _infrastructure(data_dir: Path) -> AsyncIterator[tuple[InfraUrls, EmbeddedInfra | None]]:
+    """The servers' URLs, and the embedded servers when this process started them."""
     if _urls_given():
         urls = load_infra_urls(data_dir)
         print(f"using the given infrastructure: {urls!r}", flush=True)
-        yield urls
+        yield urls, None
         return
     embedded = EmbeddedInfra(data_dir)
     try:
         urls = await embedded.start()
-        yield urls
+        yield urls, embedded
     finally:
         embedded.stop()
 
 
 async def _infra_up(data_dir: Path) -> int:
     stop = _stop_event()
-    async with _infrastructure(data_dir) as urls:
+    async with _infrastructure(data_dir) as (urls, _):
         print(
             "infrastructure is up:\n"
             f"  RIDESHARE_REDIS_URL={urls.redis_url}\n"
@@ -128,41 +138,59 @@ async def _infra_up(data_dir: Path) -> int:
 
 
 async def _up(data_dir: Path, *, demo: bool = False) -> int:
+    """Start the servers and every service, keep them running (restarting what dies) until
+    the user stops it; only that stop stops everything."""
     stop = _stop_event()
-    async with _infrastructure(data_dir) as urls:
-        supervisor = Supervisor(urls, extra_env={"RIDESHARE_DATA_DIR": str(data_dir)})
+    began = time.monotonic()
+    async with _infrastructure(data_dir) as (urls, servers):
+        supervisor = Supervisor(
+            urls,
+            extra_env={"RIDESHARE_DATA_DIR": str(data_dir)},
+            servers=servers,
+            status_file=data_dir / STATUS_FILE,
+            ready_timeout_s=UP_READY_TIMEOUT_S,
+        )
         try:
-            for name in available_services():
-                if stop.is_set():
-                    break
-                await supervisor.start(name)
-            if not stop.is_set():
+            await supervisor.spawn_all(available_services())
+            async with supervisor.supervising():
+                if not await _unless_stopped(
+                    stop, supervisor.wait_all_up(timeout_s=UP_READY_TIMEOUT_S)
+                ):
+                    return 0
                 _print_banner(data_dir, [c.name for c in supervisor.children])
+                print(f"healthy {time.monotonic() - began:.1f} s after start", flush=True)
                 async with _demo(data_dir) if demo else contextlib.nullcontext():
-                    await _wait_for_stop_or_crash(stop, supervisor)
+                    await stop.wait()
+        except RuntimeError as exc:
+            print(f"rideshare: {exc}", file=sys.stderr, flush=True)
+            return 1
         finally:
             print("stopping services...", flush=True)
             await supervisor.stop_all()
+            (data_dir / STATUS_FILE).unlink(missing_ok=True)
     print("stopped", flush=True)
     return 0
+
+
+async def _unless_stopped(stop: asyncio.Event, work: Awaitable[None]) -> bool:
+    """Run ``work`` unless ``stop`` is set first; True when ``work`` finished."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return False
+    task.result()
+    return True
 
 
 def _demo(data_dir: Path) -> contextlib.AbstractAsyncContextManager[None]:
     from scripts.simulate.demo import running_demo
 
     return running_demo(data_dir)
-
-
-async def _wait_for_stop_or_crash(stop: asyncio.Event, supervisor: Supervisor) -> None:
-    while not stop.is_set():
-        dead = supervisor.exited()
-        if dead:
-            names = ", ".join(f"{c.name} (exit {c.process.returncode})" for c in dead)
-            print(f"a service stopped unexpectedly: {names}; shutting down", flush=True)
-            return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(0.5):
-                await stop.wait()
 
 
 def _print_banner(data_dir: Path, services: Sequence[str]) -> None:
@@ -197,6 +225,7 @@ async def _status(data_dir: Path, *, services: bool) -> int:
         ("nats", urls.nats_url, probe_nats),
     )
     pids = _recorded_pids(data_dir)
+    records = read_status(data_dir)
     for name, url, probe in checks:
         try:
             async with asyncio.timeout(3):
@@ -204,20 +233,35 @@ async def _status(data_dir: Path, *, services: bool) -> int:
             state = "up"
         except Exception as exc:
             state, ok = f"DOWN ({type(exc).__name__})", False
-        print(f"{name:<13} {state:<6} {mask_url(url)}  pid={pids.get(name, '-')}")
+        supervised = _supervision(records.get(name)) or f"pid={pids.get(name, '-')}"
+        print(f"{name:<13} {state:<6} {mask_url(url)}  {supervised}")
     if services:
-        from rideshare.supervisor import grpc_healthy, http_healthy
-
+        records = read_status(data_dir)
         for name in available_services():
             port = service_port(name)
-            healthy = (
-                await http_healthy("127.0.0.1", port)
-                if name == "edge"
-                else await grpc_healthy(f"127.0.0.1:{port}")
-            )
-            ok = ok and healthy
-            print(f"{name:<13} {'up' if healthy else 'DOWN':<6} 127.0.0.1:{port}")
+            health = await probe_service(name, port)
+            ok = ok and health is Health.SERVING
+            state = "up" if health is Health.SERVING else f"DOWN ({health.value})"
+            print(f"{name:<13} {state:<6} 127.0.0.1:{port}  {_supervision(records.get(name))}")
     return 0 if ok else 1
+
+
+def _supervision(record: dict[str, object] | None) -> str:
+    """``pid=.. restarts=.. uptime=..`` from a running launcher's status file, or ''."""
+    if not record:
+        return ""
+    up_since = record.get("up_since")
+    uptime = (
+        f"{time.time() - up_since:.0f}s"
+        if isinstance(up_since, int | float) and record.get("state") == "up"
+        else "-"
+    )
+    text = f"pid={record.get('pid')} restarts={record.get('restarts')} uptime={uptime}"
+    if record.get("state") not in ("up", None):
+        text += f" state={record.get('state')}"
+    if record.get("last_exit"):
+        text += f" last_exit={record.get('last_exit')!r}"
+    return text
 
 
 def _recorded_pids(data_dir: Path) -> dict[str, int]:

@@ -1,0 +1,353 @@
+"""A chaos run: the whole system under simulated riders and drivers while every process dies.
+
+    python -m scripts.chaos [--seed 7] [--drivers 16 --riders 10 --rate 1.0] [--no-faults]
+
+Starts ``rideshare up`` in a data directory of its own (free ports, short reliability limits),
+runs the simulator against its edge, and meanwhile ``kill -9``s every service and every server
+once, one after another, and freezes one service with SIGSTOP for longer than its health limit.
+After each fault it waits until the system is healthy again and prints how long that took.
+When the simulation is over it looks into the stores themselves:
+
+- no trip is live without progress for longer than the policy allows;
+- no driver was ever on two trips at once;
+- no outbox row is left unsent;
+- no notification is duplicated or missing (every event in the stream that makes one has it);
+- the location index agrees with the driver and trip services;
+- every 5xx the apps saw is a 503/504 inside a fault window.
+
+Exit status 0 when every check held, 1 when one broke, 2 when the system would not start.
+``--no-faults`` runs the same seed without faults, for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import asyncpg
+
+from rideshare.infra import free_port
+from rideshare.settings import SERVICE_PORTS, load_infra_urls
+from rideshare.supervisor import Health, probe_service, read_status
+
+SERVICES = ("rider", "driver", "location", "trip", "notification", "edge")
+SERVERS = ("redis", "postgres", "nats")
+# One kill -9 each, in this order, then one freeze: services and servers interleaved so that
+# every kind of loss lands while trips are in every state.
+FAULTS: tuple[tuple[str, str], ...] = (
+    ("kill", "location"),
+    ("kill", "redis"),
+    ("kill", "trip"),
+    ("kill", "rider"),
+    ("kill", "postgres"),
+    ("kill", "driver"),
+    ("kill", "notification"),
+    ("kill", "nats"),
+    ("kill", "edge"),
+    ("freeze", "trip"),
+)
+LIVE_STATES = ("REQUESTED", "DISPATCHING", "ACCEPTED", "ARRIVED", "IN_PROGRESS")
+OUTBOX_SCHEMAS = ("rider", "driver", "trip")
+
+# Short limits so that a run of a few minutes exercises every rule.
+CHAOS_ENV = {
+    "RIDESHARE_SUPERVISOR_HUNG_S": "6",
+    "RIDESHARE_SUPERVISOR_BACKOFF_MAX_S": "2",
+    "RIDESHARE_SHUTDOWN_GRACE_S": "1",
+}
+# A live trip may go this long without a transition: the longest live-state limit in the
+# reliability settings above, plus slack for a busy machine.
+STUCK_LIMIT_S = 180.0
+
+
+@dataclass
+class Fault:
+    action: str
+    target: str
+    at: float  # wall clock
+    healthy_after_s: float | None = None
+
+
+@dataclass
+class Run:
+    data_dir: Path
+    env: dict[str, str]
+    edge_url: str
+    faults: list[Fault] = field(default_factory=list)
+
+
+def _system_env(data_dir: Path) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RIDESHARE_REDIS_URL", "RIDESHARE_POSTGRES_DSN", "RIDESHARE_NATS_URL")
+    }
+    for name in [*SERVICE_PORTS, "edge"]:
+        env[f"RIDESHARE_{name.upper()}_PORT"] = str(free_port())
+        env[f"RIDESHARE_{name.upper()}_METRICS_PORT"] = "0"
+    env["RIDESHARE_DATA_DIR"] = str(data_dir)
+    env.update(CHAOS_ENV)
+    return env
+
+
+def _port(env: dict[str, str], name: str) -> int:
+    return int(env[f"RIDESHARE_{name.upper()}_PORT"])
+
+
+async def _all_healthy(env: dict[str, str]) -> bool:
+    healths = await asyncio.gather(*(probe_service(n, _port(env, n)) for n in SERVICES))
+    return all(h is Health.SERVING for h in healths)
+
+
+async def _wait_healthy(env: dict[str, str], data_dir: Path, *, timeout_s: float) -> float:
+    """Seconds until every service answers SERVING and the supervisor has everything up."""
+    began = time.monotonic()
+    while time.monotonic() - began < timeout_s:
+        records = read_status(data_dir)
+        supervised_up = bool(records) and all(r.get("state") == "up" for r in records.values())
+        if supervised_up and await _all_healthy(env):
+            return time.monotonic() - began
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"the system was not healthy within {timeout_s:.0f} s")
+
+
+@contextlib.asynccontextmanager
+async def _system(data_dir: Path, log: IO[bytes]) -> AsyncIterator[Run]:
+    env = _system_env(data_dir)
+    launcher = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rideshare", "up",
+        env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        took = await _wait_healthy(env, data_dir, timeout_s=180)
+        print(f"system healthy {took:.1f} s after start", flush=True)
+        yield Run(data_dir, env, f"http://127.0.0.1:{_port(env, 'edge')}")
+    finally:
+        launcher.send_signal(signal.SIGINT)
+        try:
+            async with asyncio.timeout(60):
+                await launcher.wait()
+        except TimeoutError:
+            launcher.kill()
+            await launcher.wait()
+
+
+def _pid(data_dir: Path, name: str) -> int:
+    pid = read_status(data_dir)[name]["pid"]
+    assert isinstance(pid, int)
+    return pid
+
+
+async def _inject(run: Run, action: str, target: str, *, hung_s: float) -> Fault:
+    fault = Fault(action, target, time.time())
+    pid = _pid(run.data_dir, target)
+    began = time.monotonic()
+    os.kill(pid, signal.SIGKILL if action == "kill" else signal.SIGSTOP)
+    try:
+        # The supervisor must notice on its own: wait until the old pid is gone from its
+        # records, then until everything is healthy.
+        deadline = began + hung_s + 60
+        while time.monotonic() < deadline:
+            if _pid(run.data_dir, target) != pid:
+                break
+            await asyncio.sleep(0.1)
+        await _wait_healthy(run.env, run.data_dir, timeout_s=max(1.0, deadline - time.monotonic()))
+    finally:
+        if action == "freeze":
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)  # in case it was not killed: leave nothing frozen
+    fault.healthy_after_s = time.monotonic() - began
+    print(f"  {action:<6} {target:<13} healthy again after {fault.healthy_after_s:5.1f} s")
+    return fault
+
+
+async def _faults(run: Run, *, warmup_s: float, pause_s: float) -> None:
+    await asyncio.sleep(warmup_s)
+    hung_s = float(run.env["RIDESHARE_SUPERVISOR_HUNG_S"])
+    for action, target in FAULTS:
+        run.faults.append(await _inject(run, action, target, hung_s=hung_s))
+        await asyncio.sleep(pause_s)
+
+
+async def _simulate(run: Run, args: argparse.Namespace, summary_path: Path, log: IO[bytes]) -> int:
+    argv = [
+        sys.executable, "-m", "scripts.simulate",
+        "--edge-url", run.edge_url,
+        "--drivers", str(args.drivers),
+        "--riders", str(args.riders),
+        "--rate", str(args.rate),
+        "--speedup", str(args.speedup),
+        "--duration", str(args.duration),
+        "--drain", str(args.drain),
+        "--seed", str(args.seed),
+        "--quiet",
+        "--json-out", str(summary_path),
+    ]  # fmt: skip
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+    )
+    return await process.wait()
+
+
+# -- checks against the stores ---------------------------------------------------------------
+
+
+async def _check_stores(run: Run) -> dict[str, list[str]]:
+    urls = load_infra_urls(run.data_dir)
+    conn = await asyncpg.connect(urls.postgres_dsn, timeout=10)
+    try:
+        return {
+            "stuck_trips": await _stuck_trips(conn),
+            "drivers_on_two_trips": await _overlapping_drivers(conn),
+            "unsent_outbox_rows": await _unsent_outbox(conn),
+        }
+    finally:
+        await conn.close()
+
+
+async def _stuck_trips(conn: asyncpg.Connection) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT t.id, t.state, now() - max(x.at) AS idle FROM trip.trips t "
+        "JOIN trip.trip_transitions x ON x.trip_id = t.id "
+        "WHERE t.state = ANY($1::text[]) GROUP BY t.id, t.state "
+        "HAVING now() - max(x.at) > make_interval(secs => $2)",
+        list(LIVE_STATES),
+        STUCK_LIMIT_S,
+    )
+    return [f"{r['id']} {r['state']} idle {r['idle']}" for r in rows]
+
+
+async def _overlapping_drivers(conn: asyncpg.Connection) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT a.driver_id, a.id AS one, b.id AS other FROM trip.trips a "
+        "JOIN trip.trips b ON a.driver_id = b.driver_id AND a.id < b.id "
+        "WHERE a.accepted_at IS NOT NULL AND b.accepted_at IS NOT NULL "
+        "AND tstzrange(a.accepted_at, coalesce(a.ended_at, 'infinity')) "
+        "&& tstzrange(b.accepted_at, coalesce(b.ended_at, 'infinity'))"
+    )
+    return [f"driver {r['driver_id']}: {r['one']} and {r['other']}" for r in rows]
+
+
+async def _unsent_outbox(conn: asyncpg.Connection) -> list[str]:
+    # The relays run on; give them time to drain what the last fault left.
+    found: list[str] = []
+    for _ in range(60):
+        found = []
+        for schema in OUTBOX_SCHEMAS:
+            count = await conn.fetchval(
+                f"SELECT count(*) FROM {schema}.outbox WHERE sent_at IS NULL"
+            )
+            if count:
+                found.append(f"{schema}: {count} unsent")
+        if not found:
+            return []
+        await asyncio.sleep(1)
+    return found
+
+
+def _server_errors_outside_faults(summary: dict[str, Any], faults: Sequence[Fault]) -> list[str]:
+    windows = [
+        (f.at - 1.0, f.at + (f.healthy_after_s or 0.0) + 10.0) for f in faults
+    ]  # slack for calls in flight when the fault hit and for clients' retries after it
+    bad = []
+    for error in summary.get("server_errors", []):
+        status = int(error.get("status", 0))
+        at = float(error.get("at", 0.0))
+        inside = any(start <= at <= end for start, end in windows)
+        if status not in (503, 504) or not inside:
+            bad.append(f"{error.get('method')} {error.get('path')} -> {status} at {at:.1f}")
+    return bad
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+async def chaos(args: argparse.Namespace, data_dir: Path, logs: Logs) -> dict[str, Any]:
+    summary_path = data_dir / "simulate.json"
+    async with _system(data_dir, logs.up) as run:
+        simulation = asyncio.create_task(_simulate(run, args, summary_path, logs.simulate))
+        if not args.no_faults:
+            await _faults(run, warmup_s=args.warmup, pause_s=args.pause)
+        sim_exit = await simulation
+        checks = await _check_stores(run)
+    summary = _read_json(summary_path)
+    checks["server_errors_outside_faults"] = _server_errors_outside_faults(summary, run.faults)
+    counters = summary.get("counters", {})
+    return {
+        "seed": args.seed,
+        "faults": [
+            {"action": f.action, "target": f.target, "healthy_after_s": f.healthy_after_s}
+            for f in run.faults
+        ],
+        "trips_requested": counters.get("trips_requested", 0),
+        "trips_completed": counters.get("trips_completed", 0),
+        "simulator_exit": sim_exit,
+        "simulator_violations": summary.get("violations", []),
+        "checks": checks,
+        "ok": not any(checks.values()),
+        "data_dir": str(data_dir),
+    }
+
+
+@dataclass
+class Logs:
+    up: IO[bytes]
+    simulate: IO[bytes]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m scripts.chaos", description=__doc__)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--drivers", type=int, default=16)
+    parser.add_argument("--riders", type=int, default=10)
+    parser.add_argument("--rate", type=float, default=1.0)
+    parser.add_argument("--speedup", type=float, default=20.0)
+    parser.add_argument("--duration", type=float, default=120.0)
+    parser.add_argument("--drain", type=float, default=45.0)
+    parser.add_argument("--warmup", type=float, default=10.0, help="seconds before the 1st fault")
+    parser.add_argument("--pause", type=float, default=3.0, help="seconds between faults")
+    parser.add_argument("--no-faults", action="store_true", help="the same run without faults")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--json-out", default=None)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="rideshare-chaos-")).absolute()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    print(f"chaos run in {data_dir} (logs: up.log, simulate.log)", flush=True)
+    with (data_dir / "up.log").open("wb") as up, (data_dir / "simulate.log").open("wb") as sim:
+        try:
+            result = asyncio.run(chaos(args, data_dir, Logs(up, sim)))
+        except TimeoutError as exc:
+            print(f"chaos: {exc}", file=sys.stderr)
+            return 2
+    print(json.dumps(result, indent=2))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -88,7 +88,9 @@ class _ActorEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Actor.ValueType
     ACTOR_DRIVER: _Actor.ValueType  # 2
     """The trip's (assigned or offered) driver."""
     ACTOR_SYSTEM: _Actor.ValueType  # 3
-    """The trip service itself (offer timeouts, dispatch bounds, a driver going offline)."""
+    """The trip service itself (offer timeouts, dispatch bounds, a driver going offline, and
+    the clocks of the live states: a silent driver, a pickup or a ride that never ends).
+    """
     ACTOR_ADMIN: _Actor.ValueType  # 4
     """An operator."""
 
@@ -102,7 +104,9 @@ ACTOR_RIDER: Actor.ValueType  # 1
 ACTOR_DRIVER: Actor.ValueType  # 2
 """The trip's (assigned or offered) driver."""
 ACTOR_SYSTEM: Actor.ValueType  # 3
-"""The trip service itself (offer timeouts, dispatch bounds, a driver going offline)."""
+"""The trip service itself (offer timeouts, dispatch bounds, a driver going offline, and
+the clocks of the live states: a silent driver, a pickup or a ride that never ends).
+"""
 ACTOR_ADMIN: Actor.ValueType  # 4
 """An operator."""
 Global___Actor: _TypeAlias = Actor  # noqa: Y015

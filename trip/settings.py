@@ -52,7 +52,7 @@ class TripSettings:
     max_wait_s + offer_timeout_s, so it only catches a dispatch that could not run."""
     trip_max_life_s: float = 28800.0
     """No trip is live longer than this after its request."""
-    sweep_poll_s: float = 2.0
+    sweep_poll_s: float = 5.0
     """How often the sweeper looks for trips whose clock ran out."""
     sweep_concurrency: int = 8
     """Trips one sweeper checks at once (each may ask the location service once)."""
@@ -158,7 +158,7 @@ class TripSettings:
                 env=env,
             ),
             trip_max_life_s=env_float("RIDESHARE_TRIP_MAX_LIFE_S", 28800.0, minimum=60.0, env=env),
-            sweep_poll_s=env_float("RIDESHARE_SWEEP_POLL_S", 2.0, minimum=0.01, env=env),
+            sweep_poll_s=env_float("RIDESHARE_SWEEP_POLL_S", 5.0, minimum=0.01, env=env),
             sweep_concurrency=env_int(
                 "RIDESHARE_SWEEP_CONCURRENCY", 8, minimum=1, maximum=256, env=env
             ),

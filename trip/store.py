@@ -247,12 +247,15 @@ class TripStore:
         )
         return [row["id"] for row in rows]
 
-    async def due_for_sweep(self, cutoffs: Cutoffs, *, limit: int) -> list[tuple[str, str | None]]:
-        """(trip id, assigned driver) of the live trips whose clock may have run out (see
-        ``liveness.cutoffs``), oldest first. Read without locks: the sweeper decides again
-        on each trip inside its own version-checked transaction."""
+    async def due_for_sweep(
+        self, cutoffs: Cutoffs, *, after: tuple[datetime, str] | None = None, limit: int
+    ) -> list[tuple[str, str | None, datetime]]:
+        """(trip id, assigned driver, requested at) of the live trips whose clock may have run
+        out (see ``liveness.cutoffs``), oldest first, one page after ``after`` (the last
+        row's (requested at, id)). Read without locks: the sweeper decides again on each trip
+        inside its own version-checked transaction."""
         rows = await self._pool.fetch(
-            "SELECT id, driver_id FROM trips WHERE state IN "
+            "SELECT id, driver_id, requested_at FROM trips WHERE state IN "
             "('REQUESTED', 'DISPATCHING', 'ACCEPTED', 'ARRIVED', 'IN_PROGRESS') AND ("
             "requested_at <= $5 "
             "OR (state IN ('REQUESTED', 'DISPATCHING') "
@@ -260,15 +263,18 @@ class TripStore:
             "OR (state = 'ACCEPTED' AND accepted_at <= $2) "
             "OR (state = 'ARRIVED' AND arrived_at <= $3) "
             "OR (state = 'IN_PROGRESS' AND started_at <= $4)) "
-            "ORDER BY requested_at LIMIT $6",
+            "AND ($7::timestamptz IS NULL OR (requested_at, id) > ($7, $8)) "
+            "ORDER BY requested_at, id LIMIT $6",
             cutoffs.dispatch_started,
             cutoffs.accepted,
             cutoffs.arrived,
             cutoffs.started,
             cutoffs.requested,
             limit,
+            after[0] if after is not None else None,
+            after[1] if after is not None else "",
         )
-        return [(row["id"], row["driver_id"]) for row in rows]
+        return [(row["id"], row["driver_id"], row["requested_at"]) for row in rows]
 
     async def trips_of_driver(self, conn: asyncpg.Connection, driver_id: str) -> list[str]:
         """Ids of the live trips holding ``driver_id``: by a pending offer or as assigned."""

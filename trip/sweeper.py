@@ -12,6 +12,12 @@ changes nothing. Each round:
    copies that both act on a trip conflict on the version; the loser starts over on the
    trip as it has become, and the rules then find nothing due (or the next thing due).
 
+Silence compares the location service's clock (when it accepted the last position) with this
+service's; hosts are expected to be NTP-synchronised, far inside the limits (a minute).
+
+Every round looks at every trip that may be due, a page at a time; a ride in progress past
+the flag limit is due every round, so a round costs one ``GetPosition`` per such ride.
+
 A location service that cannot answer is not a silent driver: its error is logged and the
 trip is judged without a position this round (only the rules that need none apply), so an
 outage of location never reassigns anyone. Neither does a driver location has no position
@@ -111,12 +117,14 @@ class Sweeper:
                     await stop.wait()
 
     async def sweep_once(self) -> int:
-        """One round over the trips that may be due; returns how many were looked at."""
+        """One round over every trip that may be due, a page at a time (so the oldest never
+        starve the others); returns how many were looked at."""
         concurrency = self._settings.sweep_concurrency
-        due = await self._store.due_for_sweep(
-            liveness.cutoffs(self._clock(), self._policy), limit=16 * concurrency
-        )
+        page_size = 16 * concurrency
+        bounds = liveness.cutoffs(self._clock(), self._policy)
         slots = asyncio.Semaphore(concurrency)
+        seen = 0
+        after: tuple[datetime, str] | None = None
 
         async def check(trip_id: str, driver_id: str | None) -> None:
             async with slots:
@@ -128,10 +136,15 @@ class Sweeper:
                     # The trip stays due; the next round looks at it again.
                     logger.exception("sweep of trip %s failed; will retry", trip_id)
 
-        async with asyncio.TaskGroup() as group:
-            for trip_id, driver_id in due:
-                group.create_task(check(trip_id, driver_id))
-        return len(due)
+        while True:
+            page = await self._store.due_for_sweep(bounds, after=after, limit=page_size)
+            async with asyncio.TaskGroup() as group:
+                for trip_id, driver_id, _requested_at in page:
+                    group.create_task(check(trip_id, driver_id))
+            seen += len(page)
+            if len(page) < page_size:
+                return seen
+            after = (page[-1][2], page[-1][0])
 
     async def _ask(self, driver_id: str) -> Heard | None:
         try:

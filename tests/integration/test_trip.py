@@ -825,21 +825,26 @@ async def test_a_driver_who_keeps_reporting_is_never_reassigned(harness: Harness
     assert not harness.tap.of(events.TRIP_DRIVER_CANCELLED, trip.id)
 
 
+def unreachable_location() -> dict[str, object]:
+    """Trip settings pointing at a port nothing listens on, with a short dispatch clock."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{probe.getsockname()[1]}"
+    return {
+        "location_addr": dead,
+        "location_timeout_s": 0.2,
+        "max_wait_s": 1.0,
+        "offer_timeout_s": 0.5,
+        "dispatch_limit_s": 2.0,
+        "sweep_poll_s": 0.1,
+    }
+
+
 async def test_a_trip_whose_dispatch_cannot_run_is_ended_by_its_clock(harness: Harness) -> None:
     """With the location service unreachable dispatch cannot search: the trip would wait in
     REQUESTED for as long as the outage lasts. Its clock ends it, and the rider is free."""
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        dead = f"127.0.0.1:{probe.getsockname()[1]}"
     rider = new_id("r")
-    async with harness.trip_service(
-        location_addr=dead,
-        location_timeout_s=0.2,
-        max_wait_s=1.0,
-        offer_timeout_s=0.5,
-        dispatch_limit_s=2.0,
-        sweep_poll_s=0.1,
-    ) as stub:
+    async with harness.trip_service(**unreachable_location()) as stub:
         trip = await book(stub, rider)
         done = await trip_in(stub, trip.id, (pb.TRIP_STATE_CANCELLED,))
         cancelled = (await harness.tap.wait_for(events.TRIP_CANCELLED, trip.id))[0]
@@ -852,3 +857,11 @@ async def test_a_trip_whose_dispatch_cannot_run_is_ended_by_its_clock(harness: H
     )
     assert done.cancel_reason == event.reason and "dispatch did not finish" in event.reason
     assert again.state == pb.TRIP_STATE_REQUESTED
+
+
+async def test_every_due_trip_is_swept_when_there_are_more_than_a_page(harness: Harness) -> None:
+    riders = [new_id("r") for _ in range(20)]  # one sweeper page is 16 with concurrency 1
+    async with harness.trip_service(**unreachable_location(), sweep_concurrency=1) as stub:
+        trips = [await book(stub, rider) for rider in riders]
+        for trip in trips:
+            await trip_in(stub, trip.id, (pb.TRIP_STATE_CANCELLED,))

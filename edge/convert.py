@@ -46,6 +46,11 @@ _ACTOR_NAMES = {
     for name, value in trip_pb2.Actor.items()
     if value != trip_pb2.ACTOR_UNSPECIFIED
 }
+_CHARGE_BASIS_NAMES = {
+    value: name.removeprefix("CHARGE_BASIS_").lower()
+    for name, value in trip_pb2.ChargeBasis.items()
+    if value != trip_pb2.CHARGE_BASIS_UNSPECIFIED
+}
 _AVAILABILITY_NAMES = {
     value: name.removeprefix("AVAILABILITY_").lower()
     for name, value in location_pb2.Availability.items()
@@ -189,6 +194,9 @@ def trip_out(t: trip_pb2.Trip, *, show_offer: bool = True) -> models.TripOut:
         completed_at=_ts(t, "completed_at"),
         cancelled_at=_ts(t, "cancelled_at"),
         ended_at=_ts(t, "ended_at"),
+        flagged_at=_ts(t, "flagged_at"),
+        flag_reason=_opt(t.flag_reason),
+        charge_basis=_CHARGE_BASIS_NAMES.get(t.charge_basis),  # type: ignore[arg-type]
         history=[
             models.TransitionOut(
                 from_state=state_name(h.from_state),

@@ -54,6 +54,7 @@ TripStateName = Literal[
     "no_drivers",
 ]
 ActorName = Literal["rider", "driver", "system", "admin"]
+ChargeBasisName = Literal["metered", "quote"]
 AvailabilityName = Literal["available", "offered", "on_trip", "offline", "unknown"]
 DriverStatusName = Literal["offline", "available", "on_trip", "unknown"]
 
@@ -281,6 +282,11 @@ class TripOut(BaseModel):
     cancelled_at: datetime | None
     ended_at: datetime | None
     history: list[TransitionOut]
+    flagged_at: datetime | None = None
+    """When the service flagged the ride for an operator (its driver's app fell silent)."""
+    flag_reason: str | None = None
+    charge_basis: ChargeBasisName | None = None
+    """What final_fare was priced from: metered, or the quote (a ride the service ended)."""
 
 
 class TripsOut(BaseModel):

@@ -17,7 +17,7 @@ Edge -> driver app
    "pickup_address", "dropoff_address", "vehicle_class", "fare": {"amount_minor","currency"},
    "distance_to_pickup_m", "attempt", "expires_at": "<ISO 8601>", "expires_at_ms"}
   {"type": "offer_ended", "trip_id", "offer_id", "reason": "expired|declined|trip_cancelled|
-   driver_offline"}
+   driver_offline|trip_ended"}
   {"type": "trip", "event": "trip.accepted" | ... | "snapshot", "trip": {<TripOut>}}
   {"type": "notification", "notification": {<NotificationOut>}}
   {"type": "error", "code", "message"}

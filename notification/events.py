@@ -118,7 +118,14 @@ def _started(e: trip_events.TripStarted) -> Facts:
 
 
 def _completed(e: trip_events.TripCompleted) -> Facts:
+    # Events from before completed_by existed were all the driver's.
+    by_service = e.completed_by in (trip_pb2.ACTOR_SYSTEM, trip_pb2.ACTOR_ADMIN)
     return {
+        "completed_by": "service" if by_service else "driver",
+        "reason": e.reason,
+        "charge_basis": trip_pb2.ChargeBasis.Name(e.charge_basis)
+        .removeprefix("CHARGE_BASIS_")
+        .lower(),
         "trip_id": e.trip_id,
         "rider_id": e.rider_id,
         "driver_id": e.driver_id,
@@ -136,12 +143,32 @@ def _no_drivers(e: trip_events.TripNoDrivers) -> Facts:
     return {"trip_id": e.trip_id, "rider_id": e.rider_id}
 
 
+# What each side is told when the system took the trip from its driver (the trip's clock ran
+# out, trip/liveness.py): (rider, driver).
+_REPLACED: Final[Mapping[int, tuple[str, str]]] = {
+    trip_events.LIVENESS_RULE_DRIVER_SILENT: (
+        "We lost contact with your driver.",
+        "We had no location from your app for too long.",
+    ),
+    trip_events.LIVENESS_RULE_PICKUP_TOO_LONG: (
+        "Your driver was taking too long to reach you.",
+        "You did not reach the pickup in time.",
+    ),
+}
+_REPLACED_OTHERWISE: Final = ("Your driver could not continue.", "We had to take the trip back.")
+
+
 def _driver_cancelled(e: trip_events.TripDriverCancelled) -> Facts:
+    rider_text, driver_text = _REPLACED.get(e.liveness_rule, _REPLACED_OTHERWISE)
     return {
         "trip_id": e.trip_id,
         "rider_id": e.rider_id,
         "driver_id": e.driver_id,
         "reason": e.reason,
+        # A driver's own cancel (or going offline) vs the system taking the trip from them.
+        "released_by": "driver" if not e.liveness_rule else "service",
+        "rider_text": rider_text,
+        "driver_text": driver_text,
     }
 
 

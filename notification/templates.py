@@ -70,6 +70,32 @@ TEMPLATES: Final[Mapping[str, tuple[Template, ...]]] = MappingProxyType(
                 body="You paid {fare} for {distance} in {duration_min} min.",
                 channels=IN_APP_PUSH,
                 data=("fare", "fare_minor", "currency", "distance_m", "duration_s"),
+                when={"completed_by": "driver"},
+            ),
+            Template(
+                recipient="rider_id",
+                kind="trip.ended_by_service",
+                title="We ended your trip",
+                body=(
+                    "We lost contact with your driver's app during the ride, so we ended the "
+                    "trip. You were charged the quoted fare of {fare}. If that is wrong, "
+                    "contact support."
+                ),
+                channels=ALL_CHANNELS,
+                data=("fare", "fare_minor", "currency", "reason", "charge_basis"),
+                when={"completed_by": "service"},
+            ),
+            Template(
+                recipient="driver_id",
+                kind="trip.ended_by_service",
+                title="Your trip was ended",
+                body=(
+                    "We had no location from your app for too long, so we ended the trip at "
+                    "the quoted fare of {fare}. You can take new trips now."
+                ),
+                channels=IN_APP_PUSH,
+                data=("fare", "reason"),
+                when={"completed_by": "service"},
             ),
         ),
         events.TRIP_NO_DRIVERS: (
@@ -88,6 +114,25 @@ TEMPLATES: Final[Mapping[str, tuple[Template, ...]]] = MappingProxyType(
                 title="Your driver cancelled",
                 body="Your driver had to cancel. We are finding you another one.",
                 channels=IN_APP_PUSH,
+                when={"released_by": "driver"},
+            ),
+            Template(
+                recipient="rider_id",
+                kind="trip.driver_replaced",
+                title="Finding you another driver",
+                body="{rider_text} We are finding you another one.",
+                channels=IN_APP_PUSH,
+                data=("reason",),
+                when={"released_by": "service"},
+            ),
+            Template(
+                recipient="driver_id",
+                kind="trip.reassigned",
+                title="Trip reassigned",
+                body="{driver_text} The trip went to another driver.",
+                channels=IN_APP_PUSH,
+                data=("reason",),
+                when={"released_by": "service"},
             ),
         ),
         events.TRIP_CANCELLED: (

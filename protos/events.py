@@ -46,6 +46,7 @@ __all__ = [
     "TRIP_CANCELLED",
     "TRIP_COMPLETED",
     "TRIP_DRIVER_CANCELLED",
+    "TRIP_FLAGGED",
     "TRIP_NO_DRIVERS",
     "TRIP_OFFERED",
     "TRIP_OFFER_ENDED",
@@ -87,6 +88,7 @@ TRIP_COMPLETED: Final = "trip.completed"
 TRIP_CANCELLED: Final = "trip.cancelled"
 TRIP_NO_DRIVERS: Final = "trip.no_drivers"
 TRIP_RATED: Final = "trip.rated"
+TRIP_FLAGGED: Final = "trip.flagged"
 
 EVENT_TYPES: Final[Mapping[str, type[Message]]] = MappingProxyType(
     {
@@ -107,6 +109,7 @@ EVENT_TYPES: Final[Mapping[str, type[Message]]] = MappingProxyType(
         TRIP_CANCELLED: trip_events_pb2.TripCancelled,
         TRIP_NO_DRIVERS: trip_events_pb2.TripNoDrivers,
         TRIP_RATED: trip_events_pb2.TripRated,
+        TRIP_FLAGGED: trip_events_pb2.TripFlagged,
     }
 )
 """Subject -> payload message class of every durable event on the stream."""

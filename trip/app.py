@@ -1,5 +1,5 @@
-"""Wiring of the trip service: Postgres, the location client, NATS, the gRPC server, the
-dispatcher and the driver.offline consumer."""
+"""Wiring of the trip service: Postgres, the location clients, NATS, the gRPC server, the
+dispatcher, the sweeper of live trips' clocks and the driver.offline consumer."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from trip.events import CONSUMED_SUBJECTS, DriverOfflineHandler
 from trip.server import TripServicer
 from trip.settings import TripSettings
 from trip.store import TripStore
+from trip.sweeper import PositionClient, Sweeper
 
 __all__ = ["MIGRATIONS", "SERVICE_NAME", "running"]
 
@@ -44,6 +45,8 @@ async def running(
         # stopped them.
         location = LocationClient(trip.location_addr, timeout_s=trip.location_timeout_s)
         stack.push_async_callback(location.close)
+        positions = PositionClient(trip.location_addr, timeout_s=trip.location_timeout_s)
+        stack.push_async_callback(positions.close)
         rt = await stack.enter_async_context(
             service_runtime(settings, schema=schema, migrations=MIGRATIONS)
         )
@@ -55,6 +58,7 @@ async def running(
         trip_pb2_grpc.add_TripServiceServicer_to_server(TripServicer(commands), server.server)
         server.add_service_name(SERVICE_NAME)
         rt.run_worker(dispatcher.run, name="dispatcher")
+        rt.run_worker(Sweeper(store, commands, positions, trip).run, name="sweeper")
         handler = DriverOfflineHandler(commands, consumer=trip.consumer_name)
         rt.run_worker(
             lambda stop: bus.run_consumer(

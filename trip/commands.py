@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 from protos.trip.v1 import events_pb2
 from rideshare.bus import claim_event, reraise_if_cancelling
-from trip import domain, pricing, wire
+from trip import domain, liveness, pricing, wire
 from trip.dispatch import Dispatcher, LocationClient
 from trip.domain import Actor, LatLng, Quote, Trip, TripState, VehicleClass
 from trip.errors import ConcurrencyError, InvalidArgumentError, NotFoundError
@@ -68,6 +68,7 @@ class TripCommands:
         self._dispatcher = dispatcher
         self._settings = settings
         self._clock = clock
+        self._liveness = settings.liveness()
 
     # --- quotes and booking -----------------------------------------------------------------
 
@@ -321,6 +322,64 @@ class TripCommands:
                 return Outcome(trip)  # nothing to do: on the ride, or already moved on
 
             await self._run(trip_id, guard, claim=(consumer, f"{event_id}:{trip_id}"))
+
+    async def enforce_clocks(self, trip_id: str, *, heard: liveness.Heard | None) -> Trip:
+        """Do what ``liveness.decide`` says the trip's clocks call for now, if anything.
+
+        ``heard`` is what the location service said about the driver, read before this call
+        (None when it could not say). The decision is made again on the trip as loaded in the
+        transaction, so a trip that moved on since the sweeper listed it, or that another
+        sweeper copy acted on first (the version check), is judged as it is now.
+        """
+        policy = self._liveness
+
+        def guard(trip: Trip, now: datetime) -> Outcome:
+            action = liveness.decide(trip, now=now, policy=policy, heard=heard)
+            if action is None:
+                return Outcome(trip)
+            logger.info("trip %s in %s: %s", trip.id, trip.state, action.reason)
+            return self._liveness_outcome(trip, action, now)
+
+        return await self._run(trip_id, guard)
+
+    def _liveness_outcome(self, trip: Trip, action: liveness.SweepAction, now: datetime) -> Outcome:
+        rule, reason = action.rule, action.reason
+        if isinstance(action, liveness.Reassign):
+            after = domain.reassign(trip, driver_id=action.driver_id, now=now, reason=reason)
+            event = wire.driver_cancelled(trip, after, reason=reason, at=now, rule=rule)
+            return Outcome(after, [event], [_free(self._location, action.driver_id)], dispatch=True)
+        if isinstance(action, liveness.Flag):
+            after = domain.flag(trip, now=now, reason=reason)
+            return Outcome(
+                after, [wire.flagged(after, rule=rule, silent_since=action.silent_since)]
+            )
+        if isinstance(action, liveness.EndRide):
+            assert trip.driver_id is not None
+            after = domain.end_ride(trip, now=now, reason=reason, last_heard=action.last_heard)
+            return Outcome(
+                after,
+                [wire.completed(after, by=Actor.SYSTEM, rule=rule, reason=reason)],
+                [_free(self._location, trip.driver_id)],
+            )
+        outcome: Outcome
+        if isinstance(action, liveness.Exhaust):
+            after = domain.exhaust(trip, now=now, reason=reason)
+            radius = self._settings.radius_steps_m[-1]
+            events = [wire.no_drivers(after, max_radius_m=radius, rule=rule)]
+            if trip.offer is not None:
+                ended = events_pb2.OFFER_END_REASON_TRIP_ENDED
+                events.insert(0, wire.offer_ended(trip, trip.offer, ended))
+            outcome = Outcome(after, events)
+        else:
+            after, _fee = domain.cancel(
+                trip, actor=Actor.SYSTEM, actor_id="", now=now, reason=reason
+            )
+            outcome = Outcome(after, [wire.cancelled(trip, after, actor_id="", rule=rule)])
+        if trip.offer is not None:
+            outcome.after_commit.append(_call(self._location.release_offer, trip.offer))
+        if trip.driver_id is not None:
+            outcome.after_commit.append(_free(self._location, trip.driver_id))
+        return outcome
 
     # --- the transaction --------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence, Set
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from enum import StrEnum
 from itertools import pairwise
 from typing import Any
 
@@ -48,6 +49,7 @@ __all__ = [
     "ConcurrencyError",
     "DispatchPlan",
     "DispatchStep",
+    "FareBasis",
     "GiveUp",
     "InvalidArgumentError",
     "InvalidTransition",
@@ -76,12 +78,15 @@ __all__ = [
     "decline",
     "dispatch",
     "driver_cancel",
+    "end_ride",
     "exhaust",
     "expire_offer",
+    "flag",
     "make_quote",
     "next_dispatch_step",
     "offer",
     "rate",
+    "reassign",
     "request_trip",
     "start",
 ]
@@ -94,6 +99,15 @@ OFFER_TIMEOUT = timedelta(seconds=15)
 
 
 # --- values ------------------------------------------------------------------------------
+
+
+class FareBasis(StrEnum):
+    """What a final fare was priced from; the value is what the store writes."""
+
+    METERED = "METERED"
+    """The ride's distance and duration (measured, or estimated where not measured)."""
+    QUOTE = "QUOTE"
+    """The upfront quote: a ride the system ended because the driver's app fell silent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +197,11 @@ class Trip:
     completed_at: datetime | None = None
     cancelled_at: datetime | None = None
     ended_at: datetime | None = None
+    fare_basis: FareBasis | None = None
+    """What ``final_fare`` was priced from; None until the ride ends."""
+    flagged_at: datetime | None = None
+    """When the system last flagged the ride for an operator (its driver went silent)."""
+    flag_reason: str = ""
     history: tuple[Transition, ...] = ()
     """Transitions oldest first; a store may load only a suffix, the last one is always the
     latest guard's."""
@@ -478,8 +497,53 @@ def complete(
         now=now,
         actor_id=driver_id,
         final_fare=fare,
+        fare_basis=FareBasis.METERED,
         distance_m=distance_m,
         duration_s=duration_s,
+        completed_at=now,
+        ended_at=now,
+    )
+
+
+def flag(trip: Trip, *, now: datetime, reason: str) -> Trip:
+    """SYSTEM flags an IN_PROGRESS ride for an operator (its driver went silent); the ride
+    goes on. Records when and why on the trip and in its history."""
+    _check_clock(now)
+    target = next_state(trip.state, Command.FLAG, Actor.SYSTEM)
+    return _advance(
+        trip,
+        target,
+        Command.FLAG,
+        Actor.SYSTEM,
+        now=now,
+        reason=reason,
+        flagged_at=now,
+        flag_reason=reason,
+    )
+
+
+def end_ride(trip: Trip, *, now: datetime, reason: str, last_heard: datetime | None) -> Trip:
+    """SYSTEM ends an IN_PROGRESS ride whose driver is gone: IN_PROGRESS -> COMPLETED.
+
+    Nothing measured the ride, so the rider pays the upfront quote, never more
+    (``FareBasis.QUOTE``). The duration recorded runs from the start to ``last_heard`` (the
+    driver's last sign of life, ``now`` when unknown); the distance is the quote's estimate.
+    """
+    _check_clock(now)
+    target = next_state(trip.state, Command.COMPLETE, Actor.SYSTEM)
+    until = min(last_heard, now) if last_heard is not None else now
+    started = trip.started_at or until
+    return _advance(
+        trip,
+        target,
+        Command.COMPLETE,
+        Actor.SYSTEM,
+        now=now,
+        reason=reason,
+        final_fare=trip.quoted_fare,
+        fare_basis=FareBasis.QUOTE,
+        distance_m=trip.estimated_distance_m,
+        duration_s=max(0, round((until - started).total_seconds())),
         completed_at=now,
         ended_at=now,
     )
@@ -555,7 +619,7 @@ def driver_cancel(
     _check_clock(now)
     target = next_state(trip.state, Command.DRIVER_CANCEL, actor)
     _check_assigned(trip, driver_id)
-    return _advance(
+    return _without_driver(
         trip,
         target,
         Command.DRIVER_CANCEL,
@@ -563,8 +627,44 @@ def driver_cancel(
         now=now,
         actor_id=driver_id if actor is Actor.DRIVER else "",
         reason=reason,
+    )
+
+
+def reassign(trip: Trip, *, driver_id: str, now: datetime, reason: str) -> Trip:
+    """SYSTEM takes an ACCEPTED or ARRIVED trip from ``driver_id`` (silent, or never reached
+    the pickup): back to DISPATCHING without them, exactly as after ``driver_cancel``.
+
+    ``driver_id`` is the driver the caller's decision was about; if the trip has another
+    driver by now, that decision is stale and this raises ``PermissionDeniedError``.
+    """
+    _check_clock(now)
+    target = next_state(trip.state, Command.REASSIGN, Actor.SYSTEM)
+    _check_assigned(trip, driver_id)
+    return _without_driver(trip, target, Command.REASSIGN, Actor.SYSTEM, now=now, reason=reason)
+
+
+def _without_driver(
+    trip: Trip,
+    target: TripState,
+    command: Command,
+    actor: Actor,
+    *,
+    now: datetime,
+    reason: str,
+    actor_id: str = "",
+) -> Trip:
+    """``trip`` back in dispatch: its driver cleared and excluded, dispatch's clock restarted."""
+    assert trip.driver_id is not None
+    return _advance(
+        trip,
+        target,
+        command,
+        actor,
+        now=now,
+        actor_id=actor_id,
+        reason=reason,
         driver_id=None,
-        excluded_driver_ids=trip.excluded_driver_ids | {driver_id},
+        excluded_driver_ids=trip.excluded_driver_ids | {trip.driver_id},
         offer_attempts=0,
         dispatch_started_at=now,
         accepted_at=None,

@@ -17,10 +17,17 @@ REQUESTED -> DISPATCHING -> ACCEPTED -> ARRIVED -> IN_PROGRESS -> COMPLETED:
   ``COMPLETE``) are the DRIVER's. ``OFFER``, ``OFFER_EXPIRED`` and ``OFFER_DECLINED`` keep the
   trip in DISPATCHING: they are transitions all the same, so each gets a version and a history
   record.
-* IN_PROGRESS can be cancelled by ADMIN only. With the rider on board no automatic signal
-  justifies ending the ride (a driver "going offline" mid-ride is almost always a lost
-  connection, and the ride goes on); a ride that really is stuck is a support case, so an
-  operator ends it. SYSTEM may cancel every other live state (dispatch and pickup timeouts).
+* IN_PROGRESS can be cancelled by ADMIN only. With the rider on board a driver "going
+  offline" is almost always a lost connection, and the ride goes on. SYSTEM may cancel every
+  other live state (dispatch and pickup timeouts).
+* Every live state has a clock (``trip/liveness.py`` says which and when it runs out):
+  ``REASSIGN`` is SYSTEM taking an ACCEPTED or ARRIVED trip from a driver whose app went
+  silent, or who never reached the pickup, back to DISPATCHING without that driver (like
+  ``DRIVER_CANCEL``, but the driver did not ask). ``FLAG`` marks an IN_PROGRESS ride whose
+  driver went silent, for an operator to see; it keeps the state, so it gets a version and a
+  history record like ``OFFER``. A ride silent for much longer is ended by SYSTEM with
+  ``COMPLETE``: the rider was on board, so it is a ride that happened and is paid as quoted,
+  not a cancellation. SYSTEM never cancels a ride in progress.
 """
 
 from __future__ import annotations
@@ -70,6 +77,8 @@ class Command(StrEnum):
     COMPLETE = "complete"
     CANCEL = "cancel"
     DRIVER_CANCEL = "driver_cancel"
+    REASSIGN = "reassign"
+    FLAG = "flag"
 
 
 class Actor(StrEnum):
@@ -102,6 +111,7 @@ _TABLE: dict[TripState, dict[tuple[Command, Actor], TripState]] = {
         (Command.ARRIVE, Actor.DRIVER): TripState.ARRIVED,
         (Command.DRIVER_CANCEL, Actor.DRIVER): TripState.DISPATCHING,
         (Command.DRIVER_CANCEL, Actor.SYSTEM): TripState.DISPATCHING,
+        (Command.REASSIGN, Actor.SYSTEM): TripState.DISPATCHING,
         (Command.CANCEL, Actor.RIDER): TripState.CANCELLED,
         (Command.CANCEL, Actor.SYSTEM): TripState.CANCELLED,
         (Command.CANCEL, Actor.ADMIN): TripState.CANCELLED,
@@ -110,12 +120,15 @@ _TABLE: dict[TripState, dict[tuple[Command, Actor], TripState]] = {
         (Command.START, Actor.DRIVER): TripState.IN_PROGRESS,
         (Command.DRIVER_CANCEL, Actor.DRIVER): TripState.DISPATCHING,
         (Command.DRIVER_CANCEL, Actor.SYSTEM): TripState.DISPATCHING,
+        (Command.REASSIGN, Actor.SYSTEM): TripState.DISPATCHING,
         (Command.CANCEL, Actor.RIDER): TripState.CANCELLED,
         (Command.CANCEL, Actor.SYSTEM): TripState.CANCELLED,
         (Command.CANCEL, Actor.ADMIN): TripState.CANCELLED,
     },
     TripState.IN_PROGRESS: {
         (Command.COMPLETE, Actor.DRIVER): TripState.COMPLETED,
+        (Command.COMPLETE, Actor.SYSTEM): TripState.COMPLETED,
+        (Command.FLAG, Actor.SYSTEM): TripState.IN_PROGRESS,
         (Command.CANCEL, Actor.ADMIN): TripState.CANCELLED,
     },
     TripState.COMPLETED: {},

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from rideshare.settings import SettingsError, env_float, env_int, env_str
 from trip.domain import CancellationPolicy, DispatchPlan, InvalidArgumentError
+from trip.liveness import LivenessPolicy
 
 __all__ = ["TripSettings"]
 
@@ -36,9 +37,51 @@ class TripSettings:
     surge_supply_radius_m: float = 2000.0
     consumer_name: str = "trip"
     """Durable name of the driver.offline consumer (tests give each service its own)."""
+    driver_silent_s: float = 60.0
+    """Before pickup, a driver with no position or command for this long is replaced."""
+    pickup_limit_s: float = 1200.0
+    """A driver who accepted and has not arrived after this long is replaced."""
+    boarding_wait_s: float = 600.0
+    """A trip whose driver arrived and whose ride has not started after this long is cancelled."""
+    ride_silent_flag_s: float = 120.0
+    """A ride whose driver is silent this long is flagged for an operator."""
+    ride_silent_end_s: float = 900.0
+    """A ride whose driver is silent this long is ended by the system at the quoted fare."""
+    dispatch_limit_s: float = 300.0
+    """A trip still looking for a driver this long after dispatch (re)started ends; above
+    max_wait_s + offer_timeout_s, so it only catches a dispatch that could not run."""
+    trip_max_life_s: float = 28800.0
+    """No trip is live longer than this after its request."""
+    sweep_poll_s: float = 5.0
+    """How often the sweeper looks for trips whose clock ran out."""
+    sweep_concurrency: int = 8
+    """Trips one sweeper checks at once (each may ask the location service once)."""
 
     def __post_init__(self) -> None:
         self.plan()  # fail fast on a plan the domain rejects
+        self.liveness()
+        if self.dispatch_limit_s <= self.max_wait_s + self.offer_timeout_s:
+            raise SettingsError(
+                f"RIDESHARE_DISPATCH_LIMIT_S={self.dispatch_limit_s:g} must exceed "
+                f"RIDESHARE_DISPATCH_MAX_WAIT_S + RIDESHARE_OFFER_TIMEOUT_S "
+                f"({self.max_wait_s + self.offer_timeout_s:g}), or it would end trips that "
+                "dispatch is still working on"
+            )
+
+    def liveness(self) -> LivenessPolicy:
+        """The clocks of the live states these settings describe (``trip/liveness.py``)."""
+        try:
+            return LivenessPolicy(
+                driver_silent=timedelta(seconds=self.driver_silent_s),
+                pickup_limit=timedelta(seconds=self.pickup_limit_s),
+                boarding_wait=timedelta(seconds=self.boarding_wait_s),
+                ride_silent_flag=timedelta(seconds=self.ride_silent_flag_s),
+                ride_silent_end=timedelta(seconds=self.ride_silent_end_s),
+                dispatch_limit=timedelta(seconds=self.dispatch_limit_s),
+                max_life=timedelta(seconds=self.trip_max_life_s),
+            )
+        except InvalidArgumentError as exc:
+            raise SettingsError(f"trip liveness settings: {exc}") from None
 
     def plan(self) -> DispatchPlan:
         """The dispatch plan these settings describe."""
@@ -75,18 +118,20 @@ class TripSettings:
             raise SettingsError(
                 f"RIDESHARE_DISPATCH_RADII_M={raw_steps!r} is not a list of integers"
             ) from None
+        max_wait_s = env_float("RIDESHARE_DISPATCH_MAX_WAIT_S", 180.0, minimum=1.0, env=env)
+        offer_timeout_s = env_float("RIDESHARE_OFFER_TIMEOUT_S", 15.0, minimum=0.05, env=env)
         return cls(
             location_addr=env_str("RIDESHARE_LOCATION_ADDR", "127.0.0.1:50054", env=env),
             location_timeout_s=env_float(
                 "RIDESHARE_LOCATION_TIMEOUT_S", 1.0, minimum=0.01, env=env
             ),
-            offer_timeout_s=env_float("RIDESHARE_OFFER_TIMEOUT_S", 15.0, minimum=0.05, env=env),
+            offer_timeout_s=offer_timeout_s,
             radius_steps_m=steps,
             candidates_per_search=env_int(
                 "RIDESHARE_DISPATCH_CANDIDATES", 10, minimum=1, maximum=50, env=env
             ),
             max_offers=env_int("RIDESHARE_DISPATCH_MAX_OFFERS", 10, minimum=1, env=env),
-            max_wait_s=env_float("RIDESHARE_DISPATCH_MAX_WAIT_S", 180.0, minimum=1.0, env=env),
+            max_wait_s=max_wait_s,
             dispatch_poll_s=env_float("RIDESHARE_DISPATCH_POLL_S", 0.2, minimum=0.01, env=env),
             dispatch_concurrency=env_int(
                 "RIDESHARE_DISPATCH_CONCURRENCY", 16, minimum=1, maximum=256, env=env
@@ -98,5 +143,23 @@ class TripSettings:
             surge_window_s=env_float("RIDESHARE_SURGE_WINDOW_S", 600.0, minimum=1.0, env=env),
             surge_supply_radius_m=env_float(
                 "RIDESHARE_SURGE_SUPPLY_RADIUS_M", 2000.0, minimum=1.0, env=env
+            ),
+            driver_silent_s=env_float("RIDESHARE_DRIVER_SILENT_S", 60.0, minimum=1.0, env=env),
+            pickup_limit_s=env_float("RIDESHARE_PICKUP_LIMIT_S", 1200.0, minimum=1.0, env=env),
+            boarding_wait_s=env_float("RIDESHARE_BOARDING_WAIT_S", 600.0, minimum=1.0, env=env),
+            ride_silent_flag_s=env_float(
+                "RIDESHARE_RIDE_SILENT_FLAG_S", 120.0, minimum=1.0, env=env
+            ),
+            ride_silent_end_s=env_float("RIDESHARE_RIDE_SILENT_END_S", 900.0, minimum=1.0, env=env),
+            dispatch_limit_s=env_float(
+                "RIDESHARE_DISPATCH_LIMIT_S",
+                max(300.0, max_wait_s + offer_timeout_s + 60.0),
+                minimum=1.0,
+                env=env,
+            ),
+            trip_max_life_s=env_float("RIDESHARE_TRIP_MAX_LIFE_S", 28800.0, minimum=60.0, env=env),
+            sweep_poll_s=env_float("RIDESHARE_SWEEP_POLL_S", 5.0, minimum=0.01, env=env),
+            sweep_concurrency=env_int(
+                "RIDESHARE_SWEEP_CONCURRENCY", 8, minimum=1, maximum=256, env=env
             ),
         )

@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 from rideshare.outbox import add_event
 from trip.domain import (
     Actor,
+    FareBasis,
     LatLng,
     Money,
     Offer,
@@ -40,6 +41,7 @@ from trip.errors import (
     QuoteUsedError,
     RiderHasLiveTripError,
 )
+from trip.liveness import Cutoffs
 
 __all__ = ["Event", "TripStore", "decode_page_token", "encode_page_token"]
 
@@ -68,7 +70,7 @@ _TRIP_COLUMNS = """
     t.excluded_driver_ids, t.dispatch_started_at, t.final_fare_minor, t.distance_m,
     t.duration_s, t.cancellation_fee_minor, t.cancelled_by, t.cancel_reason, t.rider_rating,
     t.driver_rating, t.accepted_at, t.arrived_at, t.started_at, t.completed_at,
-    t.cancelled_at, t.ended_at,
+    t.cancelled_at, t.ended_at, t.fare_basis, t.flagged_at, t.flag_reason,
     o.offer_id, o.driver_id AS offer_driver_id, o.attempt AS offer_attempt,
     o.offered_at AS offer_offered_at, o.expires_at AS offer_expires_at
 """
@@ -245,6 +247,35 @@ class TripStore:
         )
         return [row["id"] for row in rows]
 
+    async def due_for_sweep(
+        self, cutoffs: Cutoffs, *, after: tuple[datetime, str] | None = None, limit: int
+    ) -> list[tuple[str, str | None, datetime]]:
+        """(trip id, assigned driver, requested at) of the live trips whose clock may have run
+        out (see ``liveness.cutoffs``), oldest first, one page after ``after`` (the last
+        row's (requested at, id)). Read without locks: the sweeper decides again on each trip
+        inside its own version-checked transaction."""
+        rows = await self._pool.fetch(
+            "SELECT id, driver_id, requested_at FROM trips WHERE state IN "
+            "('REQUESTED', 'DISPATCHING', 'ACCEPTED', 'ARRIVED', 'IN_PROGRESS') AND ("
+            "requested_at <= $5 "
+            "OR (state IN ('REQUESTED', 'DISPATCHING') "
+            "AND COALESCE(dispatch_started_at, requested_at) <= $1) "
+            "OR (state = 'ACCEPTED' AND accepted_at <= $2) "
+            "OR (state = 'ARRIVED' AND arrived_at <= $3) "
+            "OR (state = 'IN_PROGRESS' AND started_at <= $4)) "
+            "AND ($7::timestamptz IS NULL OR (requested_at, id) > ($7, $8)) "
+            "ORDER BY requested_at, id LIMIT $6",
+            cutoffs.dispatch_started,
+            cutoffs.accepted,
+            cutoffs.arrived,
+            cutoffs.started,
+            cutoffs.requested,
+            limit,
+            after[0] if after is not None else None,
+            after[1] if after is not None else "",
+        )
+        return [(row["id"], row["driver_id"], row["requested_at"]) for row in rows]
+
     async def trips_of_driver(self, conn: asyncpg.Connection, driver_id: str) -> list[str]:
         """Ids of the live trips holding ``driver_id``: by a pending offer or as assigned."""
         rows = await conn.fetch(
@@ -273,7 +304,8 @@ class TripStore:
                 "distance_m = $10, duration_s = $11, cancellation_fee_minor = $12, "
                 "cancelled_by = $13, cancel_reason = $14, rider_rating = $15, "
                 "driver_rating = $16, accepted_at = $17, arrived_at = $18, started_at = $19, "
-                "completed_at = $20, cancelled_at = $21, ended_at = $22 "
+                "completed_at = $20, cancelled_at = $21, ended_at = $22, fare_basis = $23, "
+                "flagged_at = $24, flag_reason = $25 "
                 "WHERE id = $1 AND version = $2",
                 after.id,
                 before.version,
@@ -297,6 +329,9 @@ class TripStore:
                 after.completed_at,
                 after.cancelled_at,
                 after.ended_at,
+                after.fare_basis.value if after.fare_basis is not None else None,
+                after.flagged_at,
+                after.flag_reason,
             )
             if status != "UPDATE 1":
                 raise ConcurrencyError(
@@ -496,4 +531,7 @@ def _trip(row: asyncpg.Record) -> Trip:
         completed_at=row["completed_at"],
         cancelled_at=row["cancelled_at"],
         ended_at=row["ended_at"],
+        fare_basis=FareBasis(row["fare_basis"]) if row["fare_basis"] else None,
+        flagged_at=row["flagged_at"],
+        flag_reason=row["flag_reason"],
     )

@@ -16,6 +16,7 @@ from protos.common.v1 import common_pb2
 from protos.trip.v1 import events_pb2, trip_pb2
 from trip.domain import (
     Actor,
+    FareBasis,
     InvalidArgumentError,
     LatLng,
     Money,
@@ -25,6 +26,7 @@ from trip.domain import (
     TripState,
     VehicleClass,
 )
+from trip.liveness import LivenessRule
 from trip.store import Event
 
 __all__ = [
@@ -33,9 +35,12 @@ __all__ = [
     "actor_to_proto",
     "arrived",
     "cancelled",
+    "charge_basis_to_proto",
     "completed",
     "driver_cancelled",
+    "flagged",
     "latlng_from_proto",
+    "liveness_rule_to_proto",
     "no_drivers",
     "offer_ended",
     "offered",
@@ -99,6 +104,18 @@ def actor_to_proto(value: Actor | None) -> trip_pb2.Actor.ValueType:
     if value is None:
         return trip_pb2.ACTOR_UNSPECIFIED
     return trip_pb2.Actor.Value(_ACTOR_PREFIX + value.value)
+
+
+def charge_basis_to_proto(value: FareBasis | None) -> trip_pb2.ChargeBasis.ValueType:
+    if value is None:
+        return trip_pb2.CHARGE_BASIS_UNSPECIFIED
+    return trip_pb2.ChargeBasis.Value("CHARGE_BASIS_" + value.value)
+
+
+def liveness_rule_to_proto(value: LivenessRule | None) -> events_pb2.LivenessRule.ValueType:
+    if value is None:
+        return events_pb2.LIVENESS_RULE_UNSPECIFIED
+    return events_pb2.LivenessRule.Value("LIVENESS_RULE_" + value.value)
 
 
 # --- values --------------------------------------------------------------------------------
@@ -175,6 +192,8 @@ def trip_to_proto(trip: Trip) -> trip_pb2.Trip:
         rider_rating=trip.rider_rating or 0,
         driver_rating=trip.driver_rating or 0,
         requested_at=_ts(trip.requested_at),
+        flag_reason=trip.flag_reason,
+        charge_basis=charge_basis_to_proto(trip.fare_basis),
     )
     if trip.final_fare is not None:
         message.final_fare.CopyFrom(_money(trip.final_fare))
@@ -189,6 +208,7 @@ def trip_to_proto(trip: Trip) -> trip_pb2.Trip:
         "completed_at",
         "cancelled_at",
         "ended_at",
+        "flagged_at",
     ):
         when = getattr(trip, field)
         if when is not None:
@@ -274,7 +294,11 @@ def accepted(trip: Trip, *, offer_id: str) -> Event:
     )
 
 
-def driver_cancelled(before: Trip, after: Trip, *, reason: str, at: datetime) -> Event:
+def driver_cancelled(
+    before: Trip, after: Trip, *, reason: str, at: datetime, rule: LivenessRule | None = None
+) -> Event:
+    """trip.driver_cancelled: the driver left the trip, or (``rule`` set) the system took it
+    from them."""
     return subjects.TRIP_DRIVER_CANCELLED, events_pb2.TripDriverCancelled(
         trip_id=after.id,
         rider_id=after.rider_id,
@@ -282,6 +306,7 @@ def driver_cancelled(before: Trip, after: Trip, *, reason: str, at: datetime) ->
         reason=reason,
         from_state=state_to_proto(before.state),
         cancelled_at=_ts(at),
+        liveness_rule=liveness_rule_to_proto(rule),
     )
 
 
@@ -306,7 +331,10 @@ def started(trip: Trip) -> Event:
     )
 
 
-def completed(trip: Trip) -> Event:
+def completed(
+    trip: Trip, *, by: Actor = Actor.DRIVER, rule: LivenessRule | None = None, reason: str = ""
+) -> Event:
+    """trip.completed: by the driver, or by SYSTEM (``rule`` and ``reason`` say why)."""
     assert trip.completed_at is not None and trip.final_fare is not None
     return subjects.TRIP_COMPLETED, events_pb2.TripCompleted(
         trip_id=trip.id,
@@ -321,10 +349,16 @@ def completed(trip: Trip) -> Event:
         duration_s=trip.duration_s or 0,
         requested_at=_ts(trip.requested_at),
         completed_at=_ts(trip.completed_at),
+        completed_by=actor_to_proto(by),
+        charge_basis=charge_basis_to_proto(trip.fare_basis),
+        liveness_rule=liveness_rule_to_proto(rule),
+        reason=reason,
     )
 
 
-def cancelled(before: Trip, after: Trip, *, actor_id: str) -> Event:
+def cancelled(
+    before: Trip, after: Trip, *, actor_id: str, rule: LivenessRule | None = None
+) -> Event:
     """trip.cancelled; driver_id is the assigned driver or the one holding the offer."""
     assert after.cancelled_at is not None
     driver = before.driver_id or (before.offer.driver_id if before.offer is not None else "")
@@ -343,10 +377,12 @@ def cancelled(before: Trip, after: Trip, *, actor_id: str) -> Event:
     if after.cancellation_fee is not None:
         message.fee.CopyFrom(_money(after.cancellation_fee))
     message.from_state = state_to_proto(before.state)
+    message.liveness_rule = liveness_rule_to_proto(rule)
     return subjects.TRIP_CANCELLED, message
 
 
-def no_drivers(trip: Trip, *, max_radius_m: float) -> Event:
+def no_drivers(trip: Trip, *, max_radius_m: float, rule: LivenessRule | None = None) -> Event:
+    """trip.no_drivers; its reason is the last history record's (``exhaust``'s)."""
     assert trip.ended_at is not None
     return subjects.TRIP_NO_DRIVERS, events_pb2.TripNoDrivers(
         trip_id=trip.id,
@@ -357,6 +393,22 @@ def no_drivers(trip: Trip, *, max_radius_m: float) -> Event:
         max_radius_m=max_radius_m,
         requested_at=_ts(trip.requested_at),
         ended_at=_ts(trip.ended_at),
+        reason=trip.history[-1].reason if trip.history else "",
+        liveness_rule=liveness_rule_to_proto(rule),
+    )
+
+
+def flagged(trip: Trip, *, rule: LivenessRule, silent_since: datetime) -> Event:
+    """trip.flagged: the ride needs an operator's eye; it goes on."""
+    assert trip.flagged_at is not None
+    return subjects.TRIP_FLAGGED, events_pb2.TripFlagged(
+        trip_id=trip.id,
+        rider_id=trip.rider_id,
+        driver_id=trip.driver_id or "",
+        liveness_rule=liveness_rule_to_proto(rule),
+        reason=trip.flag_reason,
+        silent_since=_ts(silent_since),
+        flagged_at=_ts(trip.flagged_at),
     )
 
 

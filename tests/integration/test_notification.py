@@ -291,6 +291,41 @@ CASES: dict[str, tuple[Events, list[str], list[str]]] = {
         ["trip.completed"],
         [],
     ),
+    "ended_by_service": (
+        lambda i: [
+            (
+                events.TRIP_COMPLETED,
+                trip_events.TripCompleted(
+                    trip_id=i.trip,
+                    rider_id=i.rider,
+                    driver_id=i.driver,
+                    fare=EUR_1250,
+                    completed_by=trip_pb2.ACTOR_SYSTEM,
+                    charge_basis=trip_pb2.CHARGE_BASIS_QUOTE,
+                    liveness_rule=trip_events.LIVENESS_RULE_RIDE_SILENT,
+                    reason="driver silent for 900 s during the ride",
+                ),
+            )
+        ],
+        ["trip.ended_by_service"],
+        ["trip.ended_by_service"],
+    ),
+    "driver_replaced": (
+        lambda i: [
+            (
+                events.TRIP_DRIVER_CANCELLED,
+                trip_events.TripDriverCancelled(
+                    trip_id=i.trip,
+                    rider_id=i.rider,
+                    driver_id=i.driver,
+                    reason="driver silent for 61 s (limit 60 s)",
+                    liveness_rule=trip_events.LIVENESS_RULE_DRIVER_SILENT,
+                ),
+            )
+        ],
+        ["trip.driver_replaced"],
+        ["trip.reassigned"],
+    ),
     "no_drivers": (
         lambda i: [
             (events.TRIP_NO_DRIVERS, trip_events.TripNoDrivers(trip_id=i.trip, rider_id=i.rider))
@@ -422,6 +457,22 @@ async def test_trip_completed_tells_the_fare(stub: Stub, publisher: Publisher) -
 
     assert completed.body == "You paid 12.50 EUR for 5.4 km in 15 min."
     assert completed.data["fare_minor"] == "1250"
+
+
+async def test_a_ride_the_service_ended_tells_the_rider_why_and_what_they_paid(
+    stub: Stub, publisher: Publisher
+) -> None:
+    ids = Ids()
+    for subject, payload in CASES["ended_by_service"][0](ids):
+        await publisher.publish(subject, payload)
+
+    [ended] = await wait_for_kinds(stub, ids.rider, 1)
+
+    assert ended.title == "We ended your trip"
+    assert "lost contact with your driver's app" in ended.body
+    assert "quoted fare of 12.50 EUR" in ended.body
+    assert ended.data["charge_basis"] == "quote"
+    assert ended.data["reason"] == "driver silent for 900 s during the ride"
 
 
 # -- idempotency -----------------------------------------------------------------------------

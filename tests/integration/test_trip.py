@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
@@ -647,3 +648,220 @@ async def test_list_trips_pages_newest_first(harness: Harness) -> None:
     assert seen == [t.id for t in reversed(booked)]
     assert [t.id for t in mine.trips] == [booked[1].id]
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# --- every live state has a clock (trip/liveness.py) ---------------------------------------
+
+# Short limits: a driver silent for 1.5 s before pickup is replaced; a ride silent for 1 s is
+# flagged and ended after 2.5 s. Apps report every 0.2 s, well inside them.
+CLOCKS: dict[str, object] = {
+    "driver_silent_s": 1.5,
+    "ride_silent_flag_s": 1.0,
+    "ride_silent_end_s": 2.5,
+    "sweep_poll_s": 0.1,
+}
+
+
+@contextlib.asynccontextmanager
+async def reporting(
+    harness: Harness, drivers: dict[str, tuple[float, float]], *, every_s: float = 0.2
+) -> AsyncIterator[dict[str, int]]:
+    """Driver apps that keep reporting their position; drop a driver from ``drivers`` and its
+    app falls silent. Yields the number of reports sent per driver."""
+    sent: dict[str, int] = {}
+
+    async def run() -> None:
+        while True:
+            for driver_id, point in list(drivers.items()):
+                await harness.location.ReportPosition(
+                    loc.PositionUpdate(
+                        driver_id=driver_id,
+                        lat=point[0],
+                        lng=point[1],
+                        accuracy_m=5.0,
+                        client_ts_ms=time.time_ns() // 1_000_000,
+                    ),
+                    timeout=5,
+                )
+                sent[driver_id] = sent.get(driver_id, 0) + 1
+            await asyncio.sleep(every_s)  # an app's report interval, not a wait
+
+    task = asyncio.create_task(run())
+    try:
+        yield sent
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def history_of(trip: pb.Trip) -> list[tuple[str, int]]:
+    return [(record.command, record.actor) for record in trip.history]
+
+
+async def test_a_driver_silent_after_accepting_is_replaced_by_a_reporting_driver(
+    harness: Harness,
+) -> None:
+    silent, reporting_driver, rider = new_id("d"), new_id("d"), new_id("r")
+    near, farther = (PICKUP[0] + 0.001, PICKUP[1]), (PICKUP[0] + 0.003, PICKUP[1])
+    await harness.go_online(silent, near)
+    await harness.go_online(reporting_driver, farther)
+    async with (
+        harness.trip_service(**CLOCKS) as stub,
+        reporting(harness, {reporting_driver: farther}),
+        auto_accepting(harness.tap, stub, drivers={silent, reporting_driver}),
+    ):
+        trip = await book(stub, rider)
+        assert (await offer_of(harness.tap, trip.id)).driver_id == silent
+        # `silent` accepts and never reports again.
+        released = (await harness.tap.wait_for(events.TRIP_DRIVER_CANCELLED, trip.id))[0]
+        second = await offer_of(harness.tap, trip.id, count=2)
+        await harness.tap.wait_for(events.TRIP_ACCEPTED, trip.id, count=2)
+        done = await trip_in(stub, trip.id, (pb.TRIP_STATE_ACCEPTED,))
+
+        async def silent_driver_freed() -> bool:
+            return await harness.availability(silent) == loc.AVAILABILITY_AVAILABLE
+
+        await eventually(silent_driver_freed)
+
+    event = released.unpack(trip_events.TripDriverCancelled)
+    assert (event.driver_id, event.liveness_rule) == (
+        silent,
+        trip_events.LIVENESS_RULE_DRIVER_SILENT,
+    )
+    assert event.from_state == pb.TRIP_STATE_ACCEPTED
+    assert event.reason.startswith("driver silent for ")
+    assert second.driver_id == reporting_driver
+    assert done.driver_id == reporting_driver
+    assert ("reassign", pb.ACTOR_SYSTEM) in history_of(done)
+
+
+async def test_a_silent_driver_with_no_one_else_near_ends_the_trip_and_frees_the_rider(
+    harness: Harness,
+) -> None:
+    silent, rider = new_id("d"), new_id("r")
+    await harness.go_online(silent, (PICKUP[0] + 0.001, PICKUP[1]))
+    async with (
+        harness.trip_service(**CLOCKS) as stub,
+        auto_accepting(harness.tap, stub, drivers={silent}),
+    ):
+        trip = await book(stub, rider)
+        done = await trip_in(stub, trip.id, (pb.TRIP_STATE_NO_DRIVERS,))
+        ended = (await harness.tap.wait_for(events.TRIP_NO_DRIVERS, trip.id))[0]
+        again = await book(stub, rider)  # no 409: the rider's live trip is over
+
+    assert ("reassign", pb.ACTOR_SYSTEM) in history_of(done)
+    assert done.history[-1].reason == "no drivers within 3 km"
+    assert ended.unpack(trip_events.TripNoDrivers).reason == "no drivers within 3 km"
+    assert again.state == pb.TRIP_STATE_REQUESTED
+
+
+async def test_a_ride_whose_driver_falls_silent_is_flagged_then_ended_at_the_quote(
+    harness: Harness,
+) -> None:
+    driver, rider = new_id("d"), new_id("r")
+    point = (PICKUP[0] + 0.001, PICKUP[1])
+    await harness.go_online(driver, point)
+    apps = {driver: point}
+    async with (
+        harness.trip_service(**CLOCKS) as stub,
+        reporting(harness, apps),
+        auto_accepting(harness.tap, stub, drivers={driver}),
+    ):
+        trip = await book(stub, rider)
+        await trip_in(stub, trip.id, (pb.TRIP_STATE_ACCEPTED,))
+        await stub.ArriveAtPickup(
+            pb.ArriveAtPickupRequest(trip_id=trip.id, driver_id=driver), timeout=5
+        )
+        await stub.StartTrip(pb.StartTripRequest(trip_id=trip.id, driver_id=driver), timeout=5)
+        del apps[driver]  # the phone dies mid-ride
+        flagged = (await harness.tap.wait_for(events.TRIP_FLAGGED, trip.id))[0]
+        completed = (await harness.tap.wait_for(events.TRIP_COMPLETED, trip.id))[0]
+        done = await trip_in(stub, trip.id, (pb.TRIP_STATE_COMPLETED,))
+
+        async def driver_freed() -> bool:
+            return await harness.availability(driver) == loc.AVAILABILITY_AVAILABLE
+
+        await eventually(driver_freed)
+
+    flag = flagged.unpack(trip_events.TripFlagged)
+    assert (flag.driver_id, flag.rider_id) == (driver, rider)
+    assert flag.liveness_rule == trip_events.LIVENESS_RULE_RIDE_SILENT
+    end = completed.unpack(trip_events.TripCompleted)
+    assert end.completed_by == pb.ACTOR_SYSTEM
+    assert end.liveness_rule == trip_events.LIVENESS_RULE_RIDE_SILENT
+    assert end.charge_basis == pb.CHARGE_BASIS_QUOTE
+    assert end.fare == trip.quoted_fare
+    assert end.reason.startswith("driver silent for ")
+    assert harness.tap.types_of(trip.id).index(events.TRIP_FLAGGED) < harness.tap.types_of(
+        trip.id
+    ).index(events.TRIP_COMPLETED)
+    assert done.final_fare == trip.quoted_fare and done.charge_basis == pb.CHARGE_BASIS_QUOTE
+    assert done.HasField("flagged_at") and done.flag_reason.startswith("driver silent for ")
+    assert history_of(done)[-2:] == [("flag", pb.ACTOR_SYSTEM), ("complete", pb.ACTOR_SYSTEM)]
+
+
+async def test_a_driver_who_keeps_reporting_is_never_reassigned(harness: Harness) -> None:
+    driver, rider = new_id("d"), new_id("r")
+    point = (PICKUP[0] + 0.001, PICKUP[1])
+    await harness.go_online(driver, point)
+    async with (
+        harness.trip_service(**CLOCKS) as stub,
+        reporting(harness, {driver: point}) as sent,
+        auto_accepting(harness.tap, stub, drivers={driver}),
+    ):
+        trip = await book(stub, rider)
+        await trip_in(stub, trip.id, (pb.TRIP_STATE_ACCEPTED,))
+        reports_at_accept = sent.get(driver, 0)
+
+        async def three_silence_limits_of_reports() -> bool:
+            # 0.2 s apart: 25 reports span 5 s, more than three times driver_silent_s.
+            return sent.get(driver, 0) - reports_at_accept >= 25
+
+        await eventually(three_silence_limits_of_reports, timeout_s=30)
+        still = await stub.GetTrip(pb.GetTripRequest(trip_id=trip.id), timeout=5)
+
+    assert (still.state, still.driver_id) == (pb.TRIP_STATE_ACCEPTED, driver)
+    assert not harness.tap.of(events.TRIP_DRIVER_CANCELLED, trip.id)
+
+
+def unreachable_location() -> dict[str, object]:
+    """Trip settings pointing at a port nothing listens on, with a short dispatch clock."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{probe.getsockname()[1]}"
+    return {
+        "location_addr": dead,
+        "location_timeout_s": 0.2,
+        "max_wait_s": 1.0,
+        "offer_timeout_s": 0.5,
+        "dispatch_limit_s": 2.0,
+        "sweep_poll_s": 0.1,
+    }
+
+
+async def test_a_trip_whose_dispatch_cannot_run_is_ended_by_its_clock(harness: Harness) -> None:
+    """With the location service unreachable dispatch cannot search: the trip would wait in
+    REQUESTED for as long as the outage lasts. Its clock ends it, and the rider is free."""
+    rider = new_id("r")
+    async with harness.trip_service(**unreachable_location()) as stub:
+        trip = await book(stub, rider)
+        done = await trip_in(stub, trip.id, (pb.TRIP_STATE_CANCELLED,))
+        cancelled = (await harness.tap.wait_for(events.TRIP_CANCELLED, trip.id))[0]
+        again = await book(stub, rider)
+
+    event = cancelled.unpack(trip_events.TripCancelled)
+    assert (event.cancelled_by, event.liveness_rule) == (
+        pb.ACTOR_SYSTEM,
+        trip_events.LIVENESS_RULE_DISPATCH_STALLED,
+    )
+    assert done.cancel_reason == event.reason and "dispatch did not finish" in event.reason
+    assert again.state == pb.TRIP_STATE_REQUESTED
+
+
+async def test_every_due_trip_is_swept_when_there_are_more_than_a_page(harness: Harness) -> None:
+    riders = [new_id("r") for _ in range(20)]  # one sweeper page is 16 with concurrency 1
+    async with harness.trip_service(**unreachable_location(), sweep_concurrency=1) as stub:
+        trips = [await book(stub, rider) for rider in riders]
+        for trip in trips:
+            await trip_in(stub, trip.id, (pb.TRIP_STATE_CANCELLED,))

@@ -41,16 +41,20 @@ EXPECTED: dict[tuple[str, str, str], str] = {
     ("ACCEPTED", "arrive", "DRIVER"): "ARRIVED",
     ("ACCEPTED", "driver_cancel", "DRIVER"): "DISPATCHING",
     ("ACCEPTED", "driver_cancel", "SYSTEM"): "DISPATCHING",
+    ("ACCEPTED", "reassign", "SYSTEM"): "DISPATCHING",
     ("ACCEPTED", "cancel", "RIDER"): "CANCELLED",
     ("ACCEPTED", "cancel", "SYSTEM"): "CANCELLED",
     ("ACCEPTED", "cancel", "ADMIN"): "CANCELLED",
     ("ARRIVED", "start", "DRIVER"): "IN_PROGRESS",
     ("ARRIVED", "driver_cancel", "DRIVER"): "DISPATCHING",
     ("ARRIVED", "driver_cancel", "SYSTEM"): "DISPATCHING",
+    ("ARRIVED", "reassign", "SYSTEM"): "DISPATCHING",
     ("ARRIVED", "cancel", "RIDER"): "CANCELLED",
     ("ARRIVED", "cancel", "SYSTEM"): "CANCELLED",
     ("ARRIVED", "cancel", "ADMIN"): "CANCELLED",
     ("IN_PROGRESS", "complete", "DRIVER"): "COMPLETED",
+    ("IN_PROGRESS", "complete", "SYSTEM"): "COMPLETED",
+    ("IN_PROGRESS", "flag", "SYSTEM"): "IN_PROGRESS",
     ("IN_PROGRESS", "cancel", "ADMIN"): "CANCELLED",
 }
 
@@ -143,6 +147,21 @@ def test_system_cannot_cancel_a_ride_in_progress() -> None:
 def test_driver_cancel_sends_the_trip_back_to_dispatch_instead_of_ending_it() -> None:
     for state in (TripState.ACCEPTED, TripState.ARRIVED):
         assert next_state(state, Command.DRIVER_CANCEL, Actor.DRIVER) is TripState.DISPATCHING
+
+
+def test_only_the_system_reassigns_a_trip_and_only_before_the_ride() -> None:
+    for state in (TripState.ACCEPTED, TripState.ARRIVED):
+        assert allowed_actors(state, Command.REASSIGN) == (Actor.SYSTEM,)
+        assert next_state(state, Command.REASSIGN, Actor.SYSTEM) is TripState.DISPATCHING
+    with pytest.raises(InvalidTransition, match=r"^cannot reassign when state=IN_PROGRESS$"):
+        next_state(TripState.IN_PROGRESS, Command.REASSIGN, Actor.SYSTEM)
+
+
+def test_a_flag_keeps_the_ride_in_progress_and_the_system_may_end_it_as_completed() -> None:
+    assert next_state(TripState.IN_PROGRESS, Command.FLAG, Actor.SYSTEM) is TripState.IN_PROGRESS
+    assert allowed_actors(TripState.IN_PROGRESS, Command.COMPLETE) == (Actor.DRIVER, Actor.SYSTEM)
+    with pytest.raises(InvalidTransition, match=r"^cannot flag when state=ARRIVED$"):
+        next_state(TripState.ARRIVED, Command.FLAG, Actor.SYSTEM)
 
 
 def test_rejection_without_another_allowed_actor_names_only_command_and_state() -> None:

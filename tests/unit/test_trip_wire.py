@@ -9,8 +9,10 @@ import pytest
 from protos.common.v1 import common_pb2
 from protos.trip.v1 import events_pb2, trip_pb2
 from rideshare.settings import SettingsError
+from tests.unit.test_trip_domain import T0, completed, in_progress
 from trip import domain, wire
 from trip.domain import Actor, InvalidArgumentError, LatLng, TripState, VehicleClass
+from trip.liveness import LivenessRule
 from trip.settings import TripSettings
 from trip.store import decode_page_token, encode_page_token
 
@@ -111,14 +113,90 @@ def test_settings_from_env_read_every_dispatch_knob() -> None:
     assert TripSettings.from_env({}).location_addr == "127.0.0.1:50054"
 
 
+def test_settings_from_env_read_every_clock_of_the_live_states() -> None:
+    settings = TripSettings.from_env(
+        {
+            "RIDESHARE_DRIVER_SILENT_S": "45",
+            "RIDESHARE_PICKUP_LIMIT_S": "900",
+            "RIDESHARE_BOARDING_WAIT_S": "300",
+            "RIDESHARE_RIDE_SILENT_FLAG_S": "90",
+            "RIDESHARE_RIDE_SILENT_END_S": "600",
+            "RIDESHARE_DISPATCH_LIMIT_S": "400",
+            "RIDESHARE_TRIP_MAX_LIFE_S": "7200",
+            "RIDESHARE_SWEEP_POLL_S": "1",
+        }
+    )
+
+    policy = settings.liveness()
+    assert [
+        policy.driver_silent,
+        policy.pickup_limit,
+        policy.boarding_wait,
+        policy.ride_silent_flag,
+        policy.ride_silent_end,
+        policy.dispatch_limit,
+        policy.max_life,
+    ] == [timedelta(seconds=n) for n in (45, 900, 300, 90, 600, 400, 7200)]
+    assert settings.sweep_poll_s == 1.0
+
+
+def test_the_dispatch_clock_defaults_to_outlast_dispatch_itself() -> None:
+    assert TripSettings.from_env({}).dispatch_limit_s == 300.0
+    longer = TripSettings.from_env({"RIDESHARE_DISPATCH_MAX_WAIT_S": "600"})
+    assert longer.dispatch_limit_s == 600 + 15 + 60
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
         ("RIDESHARE_DISPATCH_RADII_M", "5000,2000"),
         ("RIDESHARE_DISPATCH_RADII_M", "two"),
         ("RIDESHARE_OFFER_TIMEOUT_S", "-1"),
+        ("RIDESHARE_DISPATCH_LIMIT_S", "100"),
+        ("RIDESHARE_RIDE_SILENT_FLAG_S", "900"),
+        ("RIDESHARE_DRIVER_SILENT_S", "0"),
     ],
 )
 def test_bad_settings_fail_fast_naming_the_problem(name: str, value: str) -> None:
     with pytest.raises(SettingsError):
         TripSettings.from_env({name: value})
+
+
+def test_a_ride_the_system_ended_goes_on_the_wire_with_who_why_and_the_charge_basis() -> None:
+    flagged = domain.flag(in_progress(), now=T0 + timedelta(minutes=9), reason="silent 120 s")
+    ended = domain.end_ride(
+        flagged,
+        now=T0 + timedelta(minutes=22),
+        reason="silent 900 s",
+        last_heard=T0 + timedelta(minutes=7),
+    )
+
+    subject, payload = wire.completed(
+        ended, by=Actor.SYSTEM, rule=LivenessRule.RIDE_SILENT, reason="silent 900 s"
+    )
+    assert subject == "trip.completed"
+    assert isinstance(payload, events_pb2.TripCompleted)
+    assert payload.completed_by == trip_pb2.ACTOR_SYSTEM
+    assert payload.liveness_rule == events_pb2.LIVENESS_RULE_RIDE_SILENT
+    assert payload.charge_basis == trip_pb2.CHARGE_BASIS_QUOTE
+    assert (payload.reason, payload.fare.amount_minor) == (
+        "silent 900 s",
+        ended.quoted_fare.amount_minor,
+    )
+    message = wire.trip_to_proto(ended)
+    assert message.charge_basis == trip_pb2.CHARGE_BASIS_QUOTE
+    assert message.flag_reason == "silent 120 s"
+    assert message.flagged_at.ToDatetime(UTC) == T0 + timedelta(minutes=9)
+    _, flag_event = wire.flagged(
+        flagged, rule=LivenessRule.RIDE_SILENT, silent_since=T0 + timedelta(minutes=7)
+    )
+    assert isinstance(flag_event, events_pb2.TripFlagged)
+    assert flag_event.silent_since.ToDatetime(UTC) == T0 + timedelta(minutes=7)
+
+
+def test_a_driver_completed_ride_is_metered_and_names_the_driver() -> None:
+    _, payload = wire.completed(completed())
+    assert isinstance(payload, events_pb2.TripCompleted)
+    assert payload.completed_by == trip_pb2.ACTOR_DRIVER
+    assert payload.charge_basis == trip_pb2.CHARGE_BASIS_METERED
+    assert payload.liveness_rule == events_pb2.LIVENESS_RULE_UNSPECIFIED

@@ -41,6 +41,8 @@ class _OfferEndReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OfferE
     """The trip was cancelled while the offer was pending."""
     OFFER_END_REASON_DRIVER_OFFLINE: _OfferEndReason.ValueType  # 4
     """The driver went offline while the offer was pending."""
+    OFFER_END_REASON_TRIP_ENDED: _OfferEndReason.ValueType  # 5
+    """The trip ended (NO_DRIVERS: its dispatch did not finish in time) with the offer pending."""
 
 class OfferEndReason(_OfferEndReason, metaclass=_OfferEndReasonEnumTypeWrapper):
     """Why an offer ended without being accepted."""
@@ -55,7 +57,55 @@ OFFER_END_REASON_TRIP_CANCELLED: OfferEndReason.ValueType  # 3
 """The trip was cancelled while the offer was pending."""
 OFFER_END_REASON_DRIVER_OFFLINE: OfferEndReason.ValueType  # 4
 """The driver went offline while the offer was pending."""
+OFFER_END_REASON_TRIP_ENDED: OfferEndReason.ValueType  # 5
+"""The trip ended (NO_DRIVERS: its dispatch did not finish in time) with the offer pending."""
 Global___OfferEndReason: _TypeAlias = OfferEndReason  # noqa: Y015
+
+class _LivenessRule:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LivenessRuleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LivenessRule.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LIVENESS_RULE_UNSPECIFIED: _LivenessRule.ValueType  # 0
+    """Not set: the trip did not end or move on because of a clock."""
+    LIVENESS_RULE_DRIVER_SILENT: _LivenessRule.ValueType  # 1
+    """No position or command from the driver for RIDESHARE_DRIVER_SILENT_S before pickup."""
+    LIVENESS_RULE_PICKUP_TOO_LONG: _LivenessRule.ValueType  # 2
+    """ACCEPTED for RIDESHARE_PICKUP_LIMIT_S without reaching the pickup."""
+    LIVENESS_RULE_BOARDING_TOO_LONG: _LivenessRule.ValueType  # 3
+    """ARRIVED for RIDESHARE_BOARDING_WAIT_S without the ride starting."""
+    LIVENESS_RULE_RIDE_SILENT: _LivenessRule.ValueType  # 4
+    """The driver silent during the ride (flag: RIDESHARE_RIDE_SILENT_FLAG_S, end:
+    RIDESHARE_RIDE_SILENT_END_S).
+    """
+    LIVENESS_RULE_DISPATCH_STALLED: _LivenessRule.ValueType  # 5
+    """Dispatch did not finish within RIDESHARE_DISPATCH_LIMIT_S (e.g. location unreachable)."""
+    LIVENESS_RULE_TRIP_TOO_OLD: _LivenessRule.ValueType  # 6
+    """The trip reached RIDESHARE_TRIP_MAX_LIFE_S."""
+
+class LivenessRule(_LivenessRule, metaclass=_LivenessRuleEnumTypeWrapper):
+    """Which of a live trip's clocks ran out (see trip/liveness.py). The limits are settings of
+    the trip service, named after each value.
+    """
+
+LIVENESS_RULE_UNSPECIFIED: LivenessRule.ValueType  # 0
+"""Not set: the trip did not end or move on because of a clock."""
+LIVENESS_RULE_DRIVER_SILENT: LivenessRule.ValueType  # 1
+"""No position or command from the driver for RIDESHARE_DRIVER_SILENT_S before pickup."""
+LIVENESS_RULE_PICKUP_TOO_LONG: LivenessRule.ValueType  # 2
+"""ACCEPTED for RIDESHARE_PICKUP_LIMIT_S without reaching the pickup."""
+LIVENESS_RULE_BOARDING_TOO_LONG: LivenessRule.ValueType  # 3
+"""ARRIVED for RIDESHARE_BOARDING_WAIT_S without the ride starting."""
+LIVENESS_RULE_RIDE_SILENT: LivenessRule.ValueType  # 4
+"""The driver silent during the ride (flag: RIDESHARE_RIDE_SILENT_FLAG_S, end:
+RIDESHARE_RIDE_SILENT_END_S).
+"""
+LIVENESS_RULE_DISPATCH_STALLED: LivenessRule.ValueType  # 5
+"""Dispatch did not finish within RIDESHARE_DISPATCH_LIMIT_S (e.g. location unreachable)."""
+LIVENESS_RULE_TRIP_TOO_OLD: LivenessRule.ValueType  # 6
+"""The trip reached RIDESHARE_TRIP_MAX_LIFE_S."""
+Global___LivenessRule: _TypeAlias = LivenessRule  # noqa: Y015
 
 @_typing.final
 class TripRequested(_message.Message):
@@ -325,6 +375,7 @@ class TripDriverCancelled(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     FROM_STATE_FIELD_NUMBER: _builtins.int
     CANCELLED_AT_FIELD_NUMBER: _builtins.int
+    LIVENESS_RULE_FIELD_NUMBER: _builtins.int
     trip_id: _builtins.str
     """The trip."""
     rider_id: _builtins.str
@@ -335,6 +386,10 @@ class TripDriverCancelled(_message.Message):
     """The driver's reason."""
     from_state: _trip_pb2.TripState.ValueType
     """State the trip was in (ACCEPTED or ARRIVED)."""
+    liveness_rule: Global___LivenessRule.ValueType
+    """Set when the trip service took the trip from the driver (a live state's clock ran out);
+    then the driver did not cancel, and `reason` says what happened.
+    """
     @_builtins.property
     def cancelled_at(self) -> _timestamp_pb2.Timestamp:
         """When the driver cancelled."""
@@ -348,10 +403,11 @@ class TripDriverCancelled(_message.Message):
         reason: _builtins.str = ...,
         from_state: _trip_pb2.TripState.ValueType = ...,
         cancelled_at: _timestamp_pb2.Timestamp | None = ...,
+        liveness_rule: Global___LivenessRule.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cancelled_at", b"cancelled_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_at", b"cancelled_at", "driver_id", b"driver_id", "from_state", b"from_state", "reason", b"reason", "rider_id", b"rider_id", "trip_id", b"trip_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_at", b"cancelled_at", "driver_id", b"driver_id", "from_state", b"from_state", "liveness_rule", b"liveness_rule", "reason", b"reason", "rider_id", b"rider_id", "trip_id", b"trip_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -455,6 +511,10 @@ class TripCompleted(_message.Message):
     DURATION_S_FIELD_NUMBER: _builtins.int
     REQUESTED_AT_FIELD_NUMBER: _builtins.int
     COMPLETED_AT_FIELD_NUMBER: _builtins.int
+    COMPLETED_BY_FIELD_NUMBER: _builtins.int
+    CHARGE_BASIS_FIELD_NUMBER: _builtins.int
+    LIVENESS_RULE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     trip_id: _builtins.str
     """The trip."""
     rider_id: _builtins.str
@@ -467,6 +527,14 @@ class TripCompleted(_message.Message):
     """Actual distance in metres."""
     duration_s: _builtins.int
     """Actual duration in seconds."""
+    completed_by: _trip_pb2.Actor.ValueType
+    """Who ended the ride: ACTOR_DRIVER, or ACTOR_SYSTEM when the driver's app fell silent."""
+    charge_basis: _trip_pb2.ChargeBasis.ValueType
+    """What the fare was priced from."""
+    liveness_rule: Global___LivenessRule.ValueType
+    """Set when the system ended the ride (completed_by = ACTOR_SYSTEM): which clock ran out."""
+    reason: _builtins.str
+    """Why the system ended the ride; empty when the driver did."""
     @_builtins.property
     def pickup(self) -> _common_pb2.LatLng:
         """Pickup point."""
@@ -506,10 +574,14 @@ class TripCompleted(_message.Message):
         duration_s: _builtins.int = ...,
         requested_at: _timestamp_pb2.Timestamp | None = ...,
         completed_at: _timestamp_pb2.Timestamp | None = ...,
+        completed_by: _trip_pb2.Actor.ValueType = ...,
+        charge_basis: _trip_pb2.ChargeBasis.ValueType = ...,
+        liveness_rule: Global___LivenessRule.ValueType = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "dropoff", b"dropoff", "fare", b"fare", "pickup", b"pickup", "quoted_fare", b"quoted_fare", "requested_at", b"requested_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "distance_m", b"distance_m", "driver_id", b"driver_id", "dropoff", b"dropoff", "duration_s", b"duration_s", "fare", b"fare", "pickup", b"pickup", "quoted_fare", b"quoted_fare", "requested_at", b"requested_at", "rider_id", b"rider_id", "trip_id", b"trip_id", "vehicle_class", b"vehicle_class"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["charge_basis", b"charge_basis", "completed_at", b"completed_at", "completed_by", b"completed_by", "distance_m", b"distance_m", "driver_id", b"driver_id", "dropoff", b"dropoff", "duration_s", b"duration_s", "fare", b"fare", "liveness_rule", b"liveness_rule", "pickup", b"pickup", "quoted_fare", b"quoted_fare", "reason", b"reason", "requested_at", b"requested_at", "rider_id", b"rider_id", "trip_id", b"trip_id", "vehicle_class", b"vehicle_class"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -535,6 +607,7 @@ class TripCancelled(_message.Message):
     DROPOFF_FIELD_NUMBER: _builtins.int
     REQUESTED_AT_FIELD_NUMBER: _builtins.int
     CANCELLED_AT_FIELD_NUMBER: _builtins.int
+    LIVENESS_RULE_FIELD_NUMBER: _builtins.int
     trip_id: _builtins.str
     """The trip."""
     rider_id: _builtins.str
@@ -549,6 +622,8 @@ class TripCancelled(_message.Message):
     """Why."""
     from_state: _trip_pb2.TripState.ValueType
     """State the trip was in when cancelled."""
+    liveness_rule: Global___LivenessRule.ValueType
+    """Set when SYSTEM cancelled because a live state's clock ran out."""
     @_builtins.property
     def fee(self) -> _common_pb2.Money:
         """Fee charged to the rider; unset when none."""
@@ -584,10 +659,11 @@ class TripCancelled(_message.Message):
         dropoff: _common_pb2.LatLng | None = ...,
         requested_at: _timestamp_pb2.Timestamp | None = ...,
         cancelled_at: _timestamp_pb2.Timestamp | None = ...,
+        liveness_rule: Global___LivenessRule.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cancelled_at", b"cancelled_at", "dropoff", b"dropoff", "fee", b"fee", "pickup", b"pickup", "requested_at", b"requested_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_id", b"actor_id", "cancelled_at", b"cancelled_at", "cancelled_by", b"cancelled_by", "driver_id", b"driver_id", "dropoff", b"dropoff", "fee", b"fee", "from_state", b"from_state", "pickup", b"pickup", "reason", b"reason", "requested_at", b"requested_at", "rider_id", b"rider_id", "trip_id", b"trip_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_id", b"actor_id", "cancelled_at", b"cancelled_at", "cancelled_by", b"cancelled_by", "driver_id", b"driver_id", "dropoff", b"dropoff", "fee", b"fee", "from_state", b"from_state", "liveness_rule", b"liveness_rule", "pickup", b"pickup", "reason", b"reason", "requested_at", b"requested_at", "rider_id", b"rider_id", "trip_id", b"trip_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -607,6 +683,8 @@ class TripNoDrivers(_message.Message):
     MAX_RADIUS_M_FIELD_NUMBER: _builtins.int
     REQUESTED_AT_FIELD_NUMBER: _builtins.int
     ENDED_AT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    LIVENESS_RULE_FIELD_NUMBER: _builtins.int
     trip_id: _builtins.str
     """The trip."""
     rider_id: _builtins.str
@@ -615,6 +693,10 @@ class TripNoDrivers(_message.Message):
     """How many offers were made before giving up."""
     max_radius_m: _builtins.float
     """The widest search radius tried, in metres."""
+    reason: _builtins.str
+    """Why dispatch gave up, e.g. "no drivers within 10 km"."""
+    liveness_rule: Global___LivenessRule.ValueType
+    """Set when the sweeper ended a dispatch that did not finish on its own (DISPATCH_STALLED)."""
     @_builtins.property
     def pickup(self) -> _common_pb2.LatLng:
         """Pickup point."""
@@ -642,10 +724,12 @@ class TripNoDrivers(_message.Message):
         max_radius_m: _builtins.float = ...,
         requested_at: _timestamp_pb2.Timestamp | None = ...,
         ended_at: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+        liveness_rule: Global___LivenessRule.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["dropoff", b"dropoff", "ended_at", b"ended_at", "pickup", b"pickup", "requested_at", b"requested_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropoff", b"dropoff", "ended_at", b"ended_at", "max_radius_m", b"max_radius_m", "offers_made", b"offers_made", "pickup", b"pickup", "requested_at", b"requested_at", "rider_id", b"rider_id", "trip_id", b"trip_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropoff", b"dropoff", "ended_at", b"ended_at", "liveness_rule", b"liveness_rule", "max_radius_m", b"max_radius_m", "offers_made", b"offers_made", "pickup", b"pickup", "reason", b"reason", "requested_at", b"requested_at", "rider_id", b"rider_id", "trip_id", b"trip_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -692,3 +776,56 @@ class TripRated(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TripRated: _TypeAlias = TripRated  # noqa: Y015
+
+@_typing.final
+class TripFlagged(_message.Message):
+    """Subject trip.flagged: a ride in progress needs an operator's eye (its driver's app has been
+    silent for a while); the ride goes on. If the silence lasts, trip.completed follows with
+    completed_by = ACTOR_SYSTEM.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRIP_ID_FIELD_NUMBER: _builtins.int
+    RIDER_ID_FIELD_NUMBER: _builtins.int
+    DRIVER_ID_FIELD_NUMBER: _builtins.int
+    LIVENESS_RULE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    SILENT_SINCE_FIELD_NUMBER: _builtins.int
+    FLAGGED_AT_FIELD_NUMBER: _builtins.int
+    trip_id: _builtins.str
+    """The trip."""
+    rider_id: _builtins.str
+    """The rider."""
+    driver_id: _builtins.str
+    """The driver."""
+    liveness_rule: Global___LivenessRule.ValueType
+    """Which clock ran out."""
+    reason: _builtins.str
+    """Human-readable detail, e.g. "driver silent for 130 s during the ride"."""
+    @_builtins.property
+    def silent_since(self) -> _timestamp_pb2.Timestamp:
+        """When the driver was last heard from (position or command)."""
+
+    @_builtins.property
+    def flagged_at(self) -> _timestamp_pb2.Timestamp:
+        """When the ride was flagged."""
+
+    def __init__(
+        self,
+        *,
+        trip_id: _builtins.str = ...,
+        rider_id: _builtins.str = ...,
+        driver_id: _builtins.str = ...,
+        liveness_rule: Global___LivenessRule.ValueType = ...,
+        reason: _builtins.str = ...,
+        silent_since: _timestamp_pb2.Timestamp | None = ...,
+        flagged_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["flagged_at", b"flagged_at", "silent_since", b"silent_since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["driver_id", b"driver_id", "flagged_at", b"flagged_at", "liveness_rule", b"liveness_rule", "reason", b"reason", "rider_id", b"rider_id", "silent_since", b"silent_since", "trip_id", b"trip_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TripFlagged: _TypeAlias = TripFlagged  # noqa: Y015

@@ -88,7 +88,9 @@ class _ActorEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Actor.ValueType
     ACTOR_DRIVER: _Actor.ValueType  # 2
     """The trip's (assigned or offered) driver."""
     ACTOR_SYSTEM: _Actor.ValueType  # 3
-    """The trip service itself (offer timeouts, dispatch bounds, a driver going offline)."""
+    """The trip service itself (offer timeouts, dispatch bounds, a driver going offline, and
+    the clocks of the live states: a silent driver, a pickup or a ride that never ends).
+    """
     ACTOR_ADMIN: _Actor.ValueType  # 4
     """An operator."""
 
@@ -102,10 +104,36 @@ ACTOR_RIDER: Actor.ValueType  # 1
 ACTOR_DRIVER: Actor.ValueType  # 2
 """The trip's (assigned or offered) driver."""
 ACTOR_SYSTEM: Actor.ValueType  # 3
-"""The trip service itself (offer timeouts, dispatch bounds, a driver going offline)."""
+"""The trip service itself (offer timeouts, dispatch bounds, a driver going offline, and
+the clocks of the live states: a silent driver, a pickup or a ride that never ends).
+"""
 ACTOR_ADMIN: Actor.ValueType  # 4
 """An operator."""
 Global___Actor: _TypeAlias = Actor  # noqa: Y015
+
+class _ChargeBasis:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ChargeBasisEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChargeBasis.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHARGE_BASIS_UNSPECIFIED: _ChargeBasis.ValueType  # 0
+    """Not set (the ride has not ended; or a record from before the field existed: metered)."""
+    CHARGE_BASIS_METERED: _ChargeBasis.ValueType  # 1
+    """The ride's distance and duration, measured or estimated."""
+    CHARGE_BASIS_QUOTE: _ChargeBasis.ValueType  # 2
+    """The upfront quote: the system ended a ride whose driver fell silent."""
+
+class ChargeBasis(_ChargeBasis, metaclass=_ChargeBasisEnumTypeWrapper):
+    """What a final fare was priced from."""
+
+CHARGE_BASIS_UNSPECIFIED: ChargeBasis.ValueType  # 0
+"""Not set (the ride has not ended; or a record from before the field existed: metered)."""
+CHARGE_BASIS_METERED: ChargeBasis.ValueType  # 1
+"""The ride's distance and duration, measured or estimated."""
+CHARGE_BASIS_QUOTE: ChargeBasis.ValueType  # 2
+"""The upfront quote: the system ended a ride whose driver fell silent."""
+Global___ChargeBasis: _TypeAlias = ChargeBasis  # noqa: Y015
 
 @_typing.final
 class Quote(_message.Message):
@@ -309,6 +337,9 @@ class Trip(_message.Message):
     CANCELLED_AT_FIELD_NUMBER: _builtins.int
     ENDED_AT_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
+    FLAGGED_AT_FIELD_NUMBER: _builtins.int
+    FLAG_REASON_FIELD_NUMBER: _builtins.int
+    CHARGE_BASIS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Trip id (UUID)."""
     rider_id: _builtins.str
@@ -341,6 +372,10 @@ class Trip(_message.Message):
     """Stars (1-5) the rider gave the driver; 0 = not rated yet."""
     driver_rating: _builtins.int
     """Stars (1-5) the driver gave the rider; 0 = not rated yet."""
+    flag_reason: _builtins.str
+    """Why it was flagged; empty when never flagged."""
+    charge_basis: Global___ChargeBasis.ValueType
+    """What final_fare was priced from; unset before the ride ends."""
     @_builtins.property
     def pickup(self) -> _common_pb2.LatLng:
         """Pickup point."""
@@ -399,6 +434,12 @@ class Trip(_message.Message):
         ListTrips.
         """
 
+    @_builtins.property
+    def flagged_at(self) -> _timestamp_pb2.Timestamp:
+        """When the system last flagged the ride for an operator (its driver fell silent); unset
+        when never flagged.
+        """
+
     def __init__(
         self,
         *,
@@ -432,10 +473,13 @@ class Trip(_message.Message):
         cancelled_at: _timestamp_pb2.Timestamp | None = ...,
         ended_at: _timestamp_pb2.Timestamp | None = ...,
         history: _abc.Iterable[Global___TransitionRecord] | None = ...,
+        flagged_at: _timestamp_pb2.Timestamp | None = ...,
+        flag_reason: _builtins.str = ...,
+        charge_basis: Global___ChargeBasis.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "arrived_at", b"arrived_at", "cancellation_fee", b"cancellation_fee", "cancelled_at", b"cancelled_at", "completed_at", b"completed_at", "current_offer", b"current_offer", "dropoff", b"dropoff", "ended_at", b"ended_at", "final_fare", b"final_fare", "pickup", b"pickup", "quoted_fare", b"quoted_fare", "requested_at", b"requested_at", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "arrived_at", b"arrived_at", "cancellation_fee", b"cancellation_fee", "cancelled_at", b"cancelled_at", "completed_at", b"completed_at", "current_offer", b"current_offer", "dropoff", b"dropoff", "ended_at", b"ended_at", "final_fare", b"final_fare", "flagged_at", b"flagged_at", "pickup", b"pickup", "quoted_fare", b"quoted_fare", "requested_at", b"requested_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "arrived_at", b"arrived_at", "cancel_reason", b"cancel_reason", "cancellation_fee", b"cancellation_fee", "cancelled_at", b"cancelled_at", "cancelled_by", b"cancelled_by", "completed_at", b"completed_at", "current_offer", b"current_offer", "distance_m", b"distance_m", "driver_id", b"driver_id", "driver_rating", b"driver_rating", "dropoff", b"dropoff", "dropoff_address", b"dropoff_address", "duration_s", b"duration_s", "ended_at", b"ended_at", "final_fare", b"final_fare", "history", b"history", "id", b"id", "pickup", b"pickup", "pickup_address", b"pickup_address", "quote_id", b"quote_id", "quoted_fare", b"quoted_fare", "requested_at", b"requested_at", "rider_id", b"rider_id", "rider_rating", b"rider_rating", "started_at", b"started_at", "state", b"state", "surge_multiplier", b"surge_multiplier", "vehicle_class", b"vehicle_class", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "arrived_at", b"arrived_at", "cancel_reason", b"cancel_reason", "cancellation_fee", b"cancellation_fee", "cancelled_at", b"cancelled_at", "cancelled_by", b"cancelled_by", "charge_basis", b"charge_basis", "completed_at", b"completed_at", "current_offer", b"current_offer", "distance_m", b"distance_m", "driver_id", b"driver_id", "driver_rating", b"driver_rating", "dropoff", b"dropoff", "dropoff_address", b"dropoff_address", "duration_s", b"duration_s", "ended_at", b"ended_at", "final_fare", b"final_fare", "flag_reason", b"flag_reason", "flagged_at", b"flagged_at", "history", b"history", "id", b"id", "pickup", b"pickup", "pickup_address", b"pickup_address", "quote_id", b"quote_id", "quoted_fare", b"quoted_fare", "requested_at", b"requested_at", "rider_id", b"rider_id", "rider_rating", b"rider_rating", "started_at", b"started_at", "state", b"state", "surge_multiplier", b"surge_multiplier", "vehicle_class", b"vehicle_class", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -52,7 +52,9 @@ async def running(
         dispatcher = Dispatcher(store, location, trip)
         commands = TripCommands(store, location, dispatcher, trip)
         server = rt.grpc_server()
-        trip_pb2_grpc.add_TripServiceServicer_to_server(TripServicer(commands), server.server)
+        trip_pb2_grpc.add_TripServiceServicer_to_server(
+            TripServicer(commands, store=store), server.server
+        )
         server.add_service_name(SERVICE_NAME)
         rt.run_worker(dispatcher.run, name="dispatcher")
         handler = DriverOfflineHandler(commands, consumer=trip.consumer_name)

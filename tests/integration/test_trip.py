@@ -107,12 +107,31 @@ class Harness:
             yield trip_pb2_grpc.TripServiceStub(channel)
 
     async def go_online(self, driver_id: str, point: tuple[float, float]) -> None:
-        await self.location.SetAvailability(
-            loc.SetAvailabilityRequest(
-                driver_id=driver_id, availability=loc.AVAILABILITY_AVAILABLE, vehicle_class=STANDARD
-            ),
-            timeout=5,
+        """driver.online as the driver service publishes it, and a position; returns once
+        the location service made the driver AVAILABLE from the event."""
+        online = bus.make_envelope(
+            driver_events.DriverWentOnline(driver_id=driver_id, vehicle_class=STANDARD),
+            type=events.DRIVER_ONLINE,
+            aggregate_id=driver_id,
+            aggregate_version=1,
         )
+        await bus.publish_envelope(self.js, online)  # type: ignore[arg-type]
+        await self.report(driver_id, point)
+
+        async def available() -> bool:
+            return await self.availability(driver_id) == loc.AVAILABILITY_AVAILABLE
+
+        await eventually(available)
+
+    async def becomes(self, driver_id: str, availability: int) -> None:
+        """Wait until the location service shows the driver with ``availability``."""
+
+        async def shown() -> bool:
+            return await self.availability(driver_id) == availability
+
+        await eventually(shown)
+
+    async def report(self, driver_id: str, point: tuple[float, float]) -> None:
         await self.location.ReportPosition(
             loc.PositionUpdate(
                 driver_id=driver_id,
@@ -154,7 +173,9 @@ async def harness(infra: InfraUrls, redis_url: str, unique_name: str) -> AsyncIt
             deliver_policy=DeliverPolicy.NEW,
         )
         async with (
-            location_running(location_settings, LocationSettings()) as server,
+            location_running(
+                location_settings, LocationSettings(driver_addr="", trip_addr="")
+            ) as server,
             grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
         ):
             yield Harness(
@@ -396,7 +417,7 @@ async def test_a_declined_offer_moves_to_the_next_driver(harness: Harness) -> No
         assert (
             ended.unpack(trip_events.TripOfferEnded).reason == trip_events.OFFER_END_REASON_DECLINED
         )
-        assert await harness.availability(near) == loc.AVAILABILITY_AVAILABLE
+        await harness.becomes(near, loc.AVAILABILITY_AVAILABLE)
 
 
 async def test_rider_cancel_during_dispatch_releases_the_offered_driver(
@@ -419,7 +440,7 @@ async def test_rider_cancel_during_dispatch_releases_the_offered_driver(
         assert cancelled.state == pb.TRIP_STATE_CANCELLED
         assert not cancelled.HasField("cancellation_fee")
         assert not cancelled.HasField("current_offer")
-        assert await harness.availability(driver) == loc.AVAILABILITY_AVAILABLE
+        await harness.becomes(driver, loc.AVAILABILITY_AVAILABLE)
         event = (await harness.tap.wait_for(events.TRIP_CANCELLED, trip.id))[0]
         assert event.unpack(trip_events.TripCancelled).driver_id == driver
         with pytest.raises(grpc.aio.AioRpcError) as late:
@@ -453,7 +474,7 @@ async def test_fifty_riders_and_ten_drivers_never_double_book(harness: Harness) 
     assert sorted(t.driver_id for t in accepted) == sorted(drivers)
     assert not failures
     for driver in drivers:
-        assert await harness.availability(driver) == loc.AVAILABILITY_ON_TRIP
+        await harness.becomes(driver, loc.AVAILABILITY_ON_TRIP)
 
 
 async def test_ten_concurrent_accepts_of_one_offer_one_wins(harness: Harness) -> None:
@@ -602,7 +623,7 @@ async def test_driver_cancel_sends_the_trip_back_to_dispatch_without_them(
 
     assert done.driver_id == second
     assert harness.tap.of(events.TRIP_DRIVER_CANCELLED, trip.id)
-    assert await harness.availability(first) == loc.AVAILABILITY_AVAILABLE
+    await harness.becomes(first, loc.AVAILABILITY_AVAILABLE)
 
 
 async def test_driver_going_offline_releases_their_pending_offer(harness: Harness) -> None:

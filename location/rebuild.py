@@ -18,7 +18,7 @@ must still apply, while anything older is in the snapshot already. A flush in th
 a rebuild takes the lock with it; the rebuild notices (its lock is gone) and starts over.
 
 Failure: if the driver or trip service cannot be read, the lock is dropped, nothing is marked
-done, and the rebuild is retried with backoff (0.5 s doubling to 10 s) until they answer.
+done, and the rebuild is retried with backoff (0.5 s doubling to 5 s) until they answer.
 
 Why not persist Redis instead (AOF or snapshots)? The embedded Valkey runs with neither
 (``rideshare/infra.py``). The index is a cache of facts owned elsewhere: a restored file
@@ -38,6 +38,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TypeAlias
 
+import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
 from location.domain import Availability, snapshot_entries
@@ -57,7 +58,7 @@ TripStub: TypeAlias = "trip_pb2_grpc.TripServiceAsyncStub"
 SNAPSHOT_GRACE_MS = 5_000
 LOCK_MS = 30_000  # extended with every page, so only a stuck rebuild loses it
 PAGE_SIZE = 1_000
-_BACKOFF_FIRST_S, _BACKOFF_MAX_S = 0.5, 10.0
+_BACKOFF_FIRST_S, _BACKOFF_MAX_S = 0.5, 5.0
 _LIST_ONLINE = "rideshare.driver.v1.DriverService/ListOnlineDrivers"
 _LIST_ASSIGNMENTS = "rideshare.trip.v1.TripService/ListActiveAssignments"
 
@@ -213,8 +214,14 @@ async def keep_index_built(
             REBUILDS.labels("failed").inc()
             backoff = min(max(_BACKOFF_FIRST_S, backoff * 2), _BACKOFF_MAX_S)
             wait = backoff
-            logger.warning("availability rebuild failed (%r); retrying in %.1fs", exc, wait)
+            logger.warning("availability rebuild failed (%s); retrying in %.1fs", _brief(exc), wait)
         if wait:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await stop.wait()
+
+
+def _brief(exc: Exception) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return repr(exc)

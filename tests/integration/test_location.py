@@ -14,6 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from location.app import running
+from location.domain import Availability, SnapshotEntry
 from location.server import LocationSettings
 from location.store import LocationStore
 from protos import events
@@ -450,3 +451,65 @@ async def test_driver_held_offered_by_a_dispatcher_that_died_is_released(
             return await nearest_ids(stub, *BERLIN) == [driver]
 
         await eventually(released, timeout_s=5)
+
+
+async def test_an_older_change_never_undoes_a_newer_one(stub: Stub, index: LocationStore) -> None:
+    driver = new_id()
+    await go_online(index, stub, driver, *BERLIN)
+    t = now_ms()
+    await index.driver_offline(driver, at_ms=t)
+
+    assert not await index.driver_online(driver, STANDARD, at_ms=t - 1)  # late, older
+    assert not await index.free(driver, "t1", at_ms=t + 1)  # no trip holds the driver
+    assert await nearest_ids(stub, *BERLIN) == []
+    assert await index.driver_online(driver, STANDARD, at_ms=t + 2)
+    assert await index.assign(driver, "t1", at_ms=t + 3)
+    assert not await index.free(driver, "t0", at_ms=t + 4)  # another trip's end
+    assert await nearest_ids(stub, *BERLIN) == []
+    assert await index.free(driver, "t1", at_ms=t + 4)
+    assert await nearest_ids(stub, *BERLIN) == [driver]
+
+
+async def test_a_rebuild_snapshot_yields_to_newer_events_and_holds_taken_since(
+    stub: Stub, index: LocationStore, redis_url: str
+) -> None:
+    went_offline, reserved, riding = new_id(), new_id(), new_id()
+    for driver in (went_offline, reserved, riding):
+        await stub.ReportPosition(update(driver, *BERLIN), timeout=5)
+    snapshot_at = now_ms() - 5_000
+    await index.driver_offline(went_offline, at_ms=snapshot_at + 1)  # an event after it
+    await index.driver_online(reserved, STANDARD, at_ms=snapshot_at + 1)
+    await index.reserve(reserved, "t-new")  # a hold taken after the snapshot was read
+    entries = [
+        SnapshotEntry(went_offline, STANDARD, Availability.AVAILABLE),
+        SnapshotEntry(reserved, STANDARD, Availability.AVAILABLE),
+        SnapshotEntry(riding, STANDARD, Availability.ON_TRIP, "t-ride"),
+    ]
+
+    assert await index.begin_rebuild("token", lock_ms=10_000)
+    assert not await index.begin_rebuild("other", lock_ms=10_000)  # one rebuild at a time
+    assert (
+        await index.apply_snapshot(entries, at_ms=snapshot_at, token="token", lock_ms=10_000) == 1
+    )
+    assert await index.finish_rebuild("token", info="{}")
+    assert await index.index_built()
+
+    shown = {d: (await index.get(d)) for d in (went_offline, reserved, riding)}
+    assert {d: p.availability for d, p in shown.items() if p is not None} == {
+        went_offline: Availability.OFFLINE,
+        reserved: Availability.OFFERED,
+        riding: Availability.ON_TRIP,
+    }
+    assert await index.free(riding, "t-ride", at_ms=now_ms())  # the rebuilt hold is t-ride's
+    assert await nearest_ids(stub, *BERLIN) == [riding]
+
+    # Redis emptied during a rebuild: its lock goes with the data, and it is not marked done.
+    assert await index.begin_rebuild("again", lock_ms=10_000)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.flushdb()
+    finally:
+        await client.aclose()
+    assert await index.apply_snapshot(entries, at_ms=now_ms(), token="again", lock_ms=1) is None
+    assert not await index.finish_rebuild("again", info="{}")
+    assert not await index.index_built()

@@ -13,6 +13,7 @@ from typing import TypeAlias
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
@@ -668,3 +669,94 @@ async def test_list_trips_pages_newest_first(harness: Harness) -> None:
     assert seen == [t.id for t in reversed(booked)]
     assert [t.id for t in mine.trips] == [booked[1].id]
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_on_trip_and_free_again_in_the_index_come_from_the_trip_events(
+    harness: Harness, redis_url: str
+) -> None:
+    """Trip only holds and releases drivers for its offers; ON_TRIP and the AVAILABLE after
+    the ride are the location service's, applied from trip.accepted and trip.completed:
+    the index records each event's time and the trip holding the driver."""
+    driver, rider = new_id("d"), new_id("r")
+    await harness.go_online(driver, (PICKUP[0] + 0.001, PICKUP[1]))
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        async with harness.trip_service() as stub:
+            trip = await book(stub, rider)
+            offer = await offer_of(harness.tap, trip.id)
+            await stub.AcceptTrip(
+                pb.AcceptTripRequest(trip_id=trip.id, driver_id=driver, offer_id=offer.offer_id),
+                timeout=5,
+            )
+            accepted = (await harness.tap.wait_for(events.TRIP_ACCEPTED, trip.id))[0]
+            await harness.becomes(driver, loc.AVAILABILITY_ON_TRIP)
+            stamp, holder = await client.hmget(f"loc:d:{driver}", ["t", "h"])
+            assert isinstance(stamp, bytes)
+            assert int(stamp) == int(accepted.occurred_at.timestamp() * 1000)
+            assert holder == trip.id.encode()
+
+            await stub.ArriveAtPickup(pb.ArriveAtPickupRequest(trip_id=trip.id, driver_id=driver))
+            await stub.StartTrip(pb.StartTripRequest(trip_id=trip.id, driver_id=driver), timeout=5)
+            await stub.CompleteTrip(
+                pb.CompleteTripRequest(trip_id=trip.id, driver_id=driver), timeout=5
+            )
+            completed = (await harness.tap.wait_for(events.TRIP_COMPLETED, trip.id))[0]
+            await harness.becomes(driver, loc.AVAILABILITY_AVAILABLE)
+            stamp, holder = await client.hmget(f"loc:d:{driver}", ["t", "h"])
+            assert isinstance(stamp, bytes)
+            assert int(stamp) == int(completed.occurred_at.timestamp() * 1000)
+            assert holder is None
+
+            # A late copy of trip.accepted (a new event id, its old time) changes nothing.
+            late = bus.make_envelope(
+                accepted.unpack(trip_events.TripAccepted),
+                type=events.TRIP_ACCEPTED,
+                aggregate_id=trip.id,
+                aggregate_version=accepted.aggregate_version,
+                occurred_at=accepted.occurred_at,
+            )
+            await bus.publish_envelope(harness.js, late)  # type: ignore[arg-type]
+            marker = new_id("d")
+            await harness.go_online(marker, (PICKUP[0] + 0.01, PICKUP[1]))  # consumed after it
+            assert await harness.availability(driver) == loc.AVAILABILITY_AVAILABLE
+    finally:
+        await client.aclose()
+
+
+async def test_active_assignments_list_drivers_on_live_trips_and_with_pending_offers(
+    harness: Harness,
+) -> None:
+    riding, offered, rider_a, rider_b = new_id("d"), new_id("d"), new_id("r"), new_id("r")
+    await harness.go_online(riding, (PICKUP[0] + 0.001, PICKUP[1]))
+    async with harness.trip_service(offer_timeout_s=60.0) as stub:
+        first = await book(stub, rider_a)
+        offer = await offer_of(harness.tap, first.id)
+        await stub.AcceptTrip(
+            pb.AcceptTripRequest(trip_id=first.id, driver_id=riding, offer_id=offer.offer_id),
+            timeout=5,
+        )
+        await harness.go_online(offered, (PICKUP[0] + 0.002, PICKUP[1]))
+        second = await book(stub, rider_b)
+        assert (await offer_of(harness.tap, second.id)).driver_id == offered
+
+        listed: list[pb.DriverAssignment] = []
+        token = ""
+        while True:
+            reply = await stub.ListActiveAssignments(
+                pb.ListActiveAssignmentsRequest(page_size=1, page_token=token), timeout=5
+            )
+            listed += reply.assignments
+            token = reply.next_page_token
+            if not token:
+                break
+        bad = pb.ListActiveAssignmentsRequest(page_size=-1)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.ListActiveAssignments(bad, timeout=5)
+
+    assert sorted((a.driver_id, a.trip_id, a.kind) for a in listed) == sorted(
+        [
+            (riding, first.id, pb.ASSIGNMENT_KIND_ON_TRIP),
+            (offered, second.id, pb.ASSIGNMENT_KIND_OFFERED),
+        ]
+    )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

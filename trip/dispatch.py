@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 LocationStub: TypeAlias = "location_pb2_grpc.LocationServiceAsyncStub"
 
 _NEAREST = "rideshare.location.v1.LocationService/NearestDrivers"
+_RELEASE = "rideshare.location.v1.LocationService/ReleaseDriver"  # repeatable: names its trip
 
 
 def utcnow() -> datetime:
@@ -70,7 +71,7 @@ class LocationClient:
 
     def __init__(self, target: str, *, timeout_s: float = 1.0) -> None:
         self._channel = make_channel(
-            target, idempotent_methods=[_NEAREST], default_timeout_s=timeout_s
+            target, idempotent_methods=[_NEAREST, _RELEASE], default_timeout_s=timeout_s
         )
         self._stub: LocationStub = location_pb2_grpc.LocationServiceStub(self._channel)
 

@@ -52,7 +52,11 @@ async def sweep_stale(
 async def running(
     settings: ServiceSettings, location: LocationSettings | None = None
 ) -> AsyncIterator[GrpcServer]:
-    """The service, serving on its port until the context exits."""
+    """The service, serving on its port until the context exits.
+
+    With the driver and trip services' addresses in ``location`` (both non-empty), it also
+    rebuilds availability from them whenever Redis comes back empty (``location.rebuild``).
+    """
     location = location if location is not None else LocationSettings.from_env()
     async with contextlib.AsyncExitStack() as stack:
         records = None

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from rideshare.credentials import InvalidCredentialError, check_password, check_phone, check_text
+from rideshare.paging import InvalidPageError, decode_page_token, encode_page_token, page_size
 
 __all__ = [
     "BadCredentialsError",
@@ -20,6 +21,8 @@ __all__ = [
     "NewVehicle",
     "NoVehicleError",
     "OnTripError",
+    "OnlineDriver",
+    "OnlinePage",
     "PhoneTakenError",
     "PlateTakenError",
     "Vehicle",
@@ -28,12 +31,16 @@ __all__ = [
     "new_driver",
     "new_vehicle",
     "normalize_plate",
+    "online_page",
 ]
 
 MAX_NAME_LEN = 100
 MAX_LICENSE_LEN = 50
 MAX_MAKE_LEN = 50
 MIN_SEATS, MAX_SEATS = 1, 8
+DEFAULT_ONLINE_PAGE_SIZE = 500
+MAX_ONLINE_PAGE_SIZE = 5_000
+_ONLINE_SCOPE = "driver.online"
 _PLATE_RE = re.compile(r"[A-Z0-9][A-Z0-9-]{0,14}")
 
 
@@ -220,3 +227,37 @@ def new_vehicle(*, make: str, model: str, plate: str, seats: int, vehicle_class:
         seats=seats,
         vehicle_class=klass,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class OnlineDriver:
+    """An online driver and the class of the vehicle they are online with."""
+
+    driver_id: str
+    vehicle_class: VehicleClass
+
+
+@dataclass(frozen=True, slots=True)
+class OnlinePage:
+    """Where a ListOnlineDrivers page starts (after this driver id) and how long it is."""
+
+    limit: int
+    after: str | None
+
+    def next_token(self, drivers: list[OnlineDriver]) -> str:
+        """The token of the page after ``drivers`` (fetched with limit + 1), or ""."""
+        if len(drivers) <= self.limit:
+            return ""
+        return encode_page_token(_ONLINE_SCOPE, [drivers[self.limit - 1].driver_id])
+
+
+def online_page(*, size: int, token: str) -> OnlinePage:
+    """Validate ListOnlineDrivers paging; InvalidDriverError for a negative size or bad token."""
+    try:
+        limit = page_size(size, default=DEFAULT_ONLINE_PAGE_SIZE, maximum=MAX_ONLINE_PAGE_SIZE)
+        if not token:
+            return OnlinePage(limit=limit, after=None)
+        (after,) = decode_page_token(token, _ONLINE_SCOPE, key_types=(str,))
+        return OnlinePage(limit=limit, after=str(after))
+    except InvalidPageError as exc:
+        raise InvalidDriverError(str(exc)) from None

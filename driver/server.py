@@ -147,3 +147,22 @@ class DriverServicer(driver_pb2_grpc.DriverServiceServicer):
         except DriverError as exc:
             await abort_with(context, exc, _STATUS)
         return driver_to_proto(driver)
+
+    async def ListOnlineDrivers(
+        self, request: driver_pb2.ListOnlineDriversRequest, context: Context
+    ) -> driver_pb2.ListOnlineDriversResponse:
+        try:
+            page = domain.online_page(size=request.page_size, token=request.page_token)
+            drivers = await self._store.online_drivers(page)
+        except DriverError as exc:
+            await abort_with(context, exc, _STATUS)
+        return driver_pb2.ListOnlineDriversResponse(
+            drivers=[
+                driver_pb2.OnlineDriver(
+                    driver_id=d.driver_id,
+                    vehicle_class=int(d.vehicle_class),  # type: ignore[arg-type]
+                )
+                for d in drivers[: page.limit]
+            ],
+            next_page_token=page.next_token(drivers),
+        )

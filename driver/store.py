@@ -13,6 +13,8 @@ from driver.domain import (
     DriverNotFoundError,
     NewDriver,
     NewVehicle,
+    OnlineDriver,
+    OnlinePage,
     PhoneTakenError,
     PlateTakenError,
     Vehicle,
@@ -160,6 +162,18 @@ class DriverStore:
                 payload=driver_offline(driver_id),
             )
         return driver
+
+    async def online_drivers(self, page: OnlinePage) -> list[OnlineDriver]:
+        """Up to ``page.limit + 1`` online drivers with their vehicle's class, by id, after
+        the page's start (one more than asked, to know whether another page follows)."""
+        rows = await self._pool.fetch(
+            "SELECT d.id, v.vehicle_class FROM drivers d "
+            "JOIN vehicles v ON v.id = d.active_vehicle_id "
+            "WHERE d.online AND ($1::text IS NULL OR d.id > $1) ORDER BY d.id LIMIT $2",
+            page.after,
+            page.limit + 1,
+        )
+        return [OnlineDriver(row["id"], VehicleClass(row["vehicle_class"])) for row in rows]
 
     async def apply_trip_hold(
         self,

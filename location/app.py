@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from location.events import CONSUMED_SUBJECTS, AvailabilityUpdater, PositionFeed
+from location.rebuild import RecordsClient, keep_index_built
 from location.server import LocationServicer, LocationSettings, now_ms
 from location.store import LocationStore
 from protos import events
@@ -51,9 +52,21 @@ async def sweep_stale(
 async def running(
     settings: ServiceSettings, location: LocationSettings | None = None
 ) -> AsyncIterator[GrpcServer]:
-    """The service, serving on its port until the context exits."""
+    """The service, serving on its port until the context exits.
+
+    With the driver and trip services' addresses in ``location`` (both non-empty), it also
+    rebuilds availability from them whenever Redis comes back empty (``location.rebuild``).
+    """
     location = location if location is not None else LocationSettings.from_env()
-    async with service_runtime(settings, use_redis=True) as rt:
+    async with contextlib.AsyncExitStack() as stack:
+        records = None
+        if location.driver_addr and location.trip_addr:
+            # Opened first, closed last: the rebuilder uses it until the runtime stopped it.
+            records = RecordsClient(
+                location.driver_addr, location.trip_addr, timeout_s=location.rebuild_timeout_s
+            )
+            stack.push_async_callback(records.close)
+        rt = await stack.enter_async_context(service_runtime(settings, use_redis=True))
         assert rt.redis is not None
         store = LocationStore(rt.redis)
         server = rt.grpc_server()
@@ -77,5 +90,13 @@ async def running(
             ),
             name="availability-consumer",
         )
+        if records is not None:
+            rebuilder = records
+            rt.run_worker(
+                lambda stop: keep_index_built(
+                    store, rebuilder, stop, check_s=location.rebuild_check_s, clock_ms=now_ms
+                ),
+                name="index-rebuilder",
+            )
         async with rt.serving(server):
             yield server

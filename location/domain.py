@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = [
@@ -16,11 +17,13 @@ __all__ = [
     "LocationError",
     "Position",
     "Reject",
+    "SnapshotEntry",
     "UnknownDriverError",
     "check_area",
     "check_position",
     "clamp_limit",
     "is_stale",
+    "snapshot_entries",
 ]
 
 MAX_RADIUS_M = 50_000.0
@@ -89,6 +92,43 @@ class Position:
     server_ts_ms: int
     availability: Availability = Availability.OFFLINE
     vehicle_class: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotEntry:
+    """One driver's availability as the systems of record state it, for a rebuild."""
+
+    driver_id: str
+    vehicle_class: int
+    availability: Availability
+    trip_id: str = ""  # the trip holding the driver (OFFERED or ON_TRIP)
+
+
+def snapshot_entries(
+    online: Iterable[tuple[str, int]], held: Iterable[tuple[str, str, bool]]
+) -> list[SnapshotEntry]:
+    """The availability of every online driver, from the driver service's online drivers
+    (id, vehicle class) and the trip service's holds (driver id, trip id, offered).
+
+    The rule the events apply, stated once for a rebuild: on a live trip -> ON_TRIP; else
+    with a pending offer -> OFFERED for that trip; else AVAILABLE. Holds on drivers who are
+    not online are left out (offline wins: the trip service ends those holds when it sees
+    driver.offline), and an assignment wins over an offer if both were ever listed.
+    """
+    holds: dict[str, tuple[str, bool]] = {}
+    for driver_id, trip_id, offered in held:
+        if driver_id not in holds or not offered:
+            holds[driver_id] = (trip_id, offered)
+    entries = []
+    for driver_id, vehicle_class in online:
+        hold = holds.get(driver_id)
+        if hold is None:
+            entries.append(SnapshotEntry(driver_id, vehicle_class, Availability.AVAILABLE))
+        else:
+            trip_id, offered = hold
+            availability = Availability.OFFERED if offered else Availability.ON_TRIP
+            entries.append(SnapshotEntry(driver_id, vehicle_class, availability, trip_id))
+    return entries
 
 
 def check_position(

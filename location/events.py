@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from location.domain import Availability, AvailabilityConflictError
 from location.store import LocationStore
 from protos import events
 from protos.driver.v1 import events_pb2 as driver_events
@@ -95,10 +94,14 @@ Handler = Callable[[Envelope], Awaitable[None]]
 
 
 class AvailabilityUpdater:
-    """Keeps the availability index in step with driver and trip events.
+    """Applies driver and trip events to the availability index: the rule of who is
+    AVAILABLE, ON_TRIP or OFFLINE lives here and in the rebuild (``domain.snapshot_entries``),
+    nowhere else.
 
-    Idempotent by event id (a claim in Redis), and guarded by compare-and-set so a late or
-    redelivered event cannot, say, free a driver who has since gone offline.
+    Idempotent by event id (a claim in Redis), and ordered per driver by the event's time: a
+    change is applied only when no newer one was, so a late or replayed event never flips a
+    newer state (the claims are in Redis too, so after a flush the time guard is what holds).
+    A trip's event frees a driver only while that trip holds them.
     """
 
     def __init__(self, store: LocationStore) -> None:
@@ -107,7 +110,7 @@ class AvailabilityUpdater:
             events.DRIVER_ONLINE: self._driver_online,
             events.DRIVER_OFFLINE: self._driver_offline,
             events.TRIP_ACCEPTED: self._trip_accepted,
-            events.TRIP_OFFER_ENDED: self._offer_ended,
+            events.TRIP_OFFER_ENDED: self._driver_released,
             events.TRIP_DRIVER_CANCELLED: self._driver_released,
             events.TRIP_COMPLETED: self._driver_released,
             events.TRIP_CANCELLED: self._driver_released,
@@ -127,50 +130,52 @@ class AvailabilityUpdater:
 
     async def _driver_online(self, envelope: Envelope) -> None:
         event = envelope.unpack(driver_events.DriverWentOnline)
-        await self._set_if(
+        await self._applied(
+            envelope,
             event.driver_id,
-            Availability.AVAILABLE,
-            expected=Availability.OFFLINE,
-            vehicle_class=int(event.vehicle_class),
+            self._store.driver_online(
+                event.driver_id, int(event.vehicle_class), at_ms=_at_ms(envelope)
+            ),
         )
 
     async def _driver_offline(self, envelope: Envelope) -> None:
         event = envelope.unpack(driver_events.DriverWentOffline)
-        await self._store.set_availability(event.driver_id, Availability.OFFLINE)
+        await self._applied(
+            envelope,
+            event.driver_id,
+            self._store.driver_offline(event.driver_id, at_ms=_at_ms(envelope)),
+        )
 
     async def _trip_accepted(self, envelope: Envelope) -> None:
         event = envelope.unpack(trip_events.TripAccepted)
-        for expected in (Availability.OFFERED, Availability.AVAILABLE):
-            if await self._set_if(event.driver_id, Availability.ON_TRIP, expected=expected):
-                return
-
-    async def _offer_ended(self, envelope: Envelope) -> None:
-        event = envelope.unpack(trip_events.TripOfferEnded)
-        await self._set_if(event.driver_id, Availability.AVAILABLE, expected=Availability.OFFERED)
+        await self._applied(
+            envelope,
+            event.driver_id,
+            self._store.assign(event.driver_id, event.trip_id, at_ms=_at_ms(envelope)),
+        )
 
     async def _driver_released(self, envelope: Envelope) -> None:
-        message_type = events.payload_type(envelope.type)
-        event = envelope.unpack(message_type)
+        event = envelope.unpack(events.payload_type(envelope.type))
         driver_id = str(getattr(event, "driver_id", ""))
-        if not driver_id:
+        trip_id = str(getattr(event, "trip_id", ""))
+        if not driver_id or not trip_id:
             return
-        for expected in (Availability.ON_TRIP, Availability.OFFERED):
-            if await self._set_if(driver_id, Availability.AVAILABLE, expected=expected):
-                return
+        await self._applied(
+            envelope,
+            driver_id,
+            self._store.free(driver_id, trip_id, at_ms=_at_ms(envelope)),
+        )
 
-    async def _set_if(
-        self,
-        driver_id: str,
-        availability: Availability,
-        *,
-        expected: Availability,
-        vehicle_class: int = 0,
-    ) -> bool:
-        try:
-            await self._store.set_availability(
-                driver_id, availability, vehicle_class=vehicle_class, expected=expected
+    @staticmethod
+    async def _applied(envelope: Envelope, driver_id: str, change: Awaitable[bool]) -> None:
+        if not await change:
+            logger.debug(
+                "%s %s left driver %s as they were (newer state or another trip's hold)",
+                envelope.type,
+                envelope.event_id,
+                driver_id,
             )
-        except AvailabilityConflictError as exc:
-            logger.debug("availability unchanged: %s", exc)
-            return False
-        return True
+
+
+def _at_ms(envelope: Envelope) -> int:
+    return int(envelope.occurred_at.timestamp() * 1000)

@@ -13,7 +13,6 @@ import grpc
 
 from location import domain
 from location.domain import (
-    Availability,
     AvailabilityConflictError,
     InvalidArgumentError,
     LocationError,
@@ -52,6 +51,14 @@ class LocationSettings:
     # Longer than any offer lives (RIDESHARE_OFFER_TIMEOUT_S): an older OFFERED hold was left
     # by a dispatcher that died, and the driver is released.
     offer_hold_max_s: float = 120.0
+    # The systems of record availability is rebuilt from when Redis comes back empty; an
+    # empty address turns the rebuild off (tests of this service alone).
+    driver_addr: str = "127.0.0.1:50052"
+    trip_addr: str = "127.0.0.1:50053"
+    rebuild_check_s: float = 1.0
+    """How often each copy checks that Redis still holds the index (its marker)."""
+    rebuild_timeout_s: float = 5.0
+    """Deadline of each page read from the driver and trip services during a rebuild."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> LocationSettings:
@@ -62,6 +69,14 @@ class LocationSettings:
             sweep_interval_s=env_float("RIDESHARE_STALE_SWEEP_S", 1.0, minimum=0.05, env=env),
             consumer_name=env_str("RIDESHARE_LOCATION_CONSUMER", "location", env=env),
             offer_hold_max_s=env_float("RIDESHARE_OFFER_HOLD_MAX_S", 120.0, minimum=1.0, env=env),
+            driver_addr=env_str("RIDESHARE_DRIVER_ADDR", "127.0.0.1:50052", env=env),
+            trip_addr=env_str("RIDESHARE_TRIP_ADDR", "127.0.0.1:50053", env=env),
+            rebuild_check_s=env_float(
+                "RIDESHARE_INDEX_CHECK_S", 1.0, minimum=0.05, maximum=60.0, env=env
+            ),
+            rebuild_timeout_s=env_float(
+                "RIDESHARE_INDEX_REBUILD_TIMEOUT_S", 5.0, minimum=0.1, env=env
+            ),
         )
 
     @property
@@ -308,32 +323,29 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
                     last_ts = update.client_ts_ms
                     yield update
 
-    async def SetAvailability(
+    async def ReserveDriver(
         self,
-        request: location_pb2.SetAvailabilityRequest,
+        request: location_pb2.ReserveDriverRequest,
         context: grpc.aio.ServicerContext[Any, Any],
-    ) -> location_pb2.SetAvailabilityResponse:
+    ) -> location_pb2.ReserveDriverResponse:
         try:
-            if not request.driver_id:
-                raise InvalidArgumentError("driver_id is required")
-            availability = _availability(request.availability, "availability")
-            expected = (
-                _availability(request.expected_availability, "expected_availability")
-                if request.HasField("expected_availability")
-                else None
-            )
-            previous = await self._store.set_availability(
-                request.driver_id,
-                availability,
-                vehicle_class=int(request.vehicle_class),
-                expected=expected,
-            )
+            _hold_request(request.driver_id, request.trip_id)
+            await self._store.reserve(request.driver_id, request.trip_id)
         except LocationError as exc:
             await abort_with(context, exc, _STATUS)
-        return location_pb2.SetAvailabilityResponse(
-            previous=int(previous),  # type: ignore[arg-type]
-            current=int(availability),  # type: ignore[arg-type]
-        )
+        return location_pb2.ReserveDriverResponse()
+
+    async def ReleaseDriver(
+        self,
+        request: location_pb2.ReleaseDriverRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> location_pb2.ReleaseDriverResponse:
+        try:
+            _hold_request(request.driver_id, request.trip_id)
+        except LocationError as exc:
+            await abort_with(context, exc, _STATUS)
+        released = await self._store.release(request.driver_id, request.trip_id)
+        return location_pb2.ReleaseDriverResponse(released=released)
 
     async def DriversInArea(
         self,
@@ -361,8 +373,8 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
         )
 
 
-def _availability(value: int, field: str) -> Availability:
-    try:
-        return Availability(value)
-    except ValueError:
-        raise InvalidArgumentError(f"{field} must be specified") from None
+def _hold_request(driver_id: str, trip_id: str) -> None:
+    if not driver_id:
+        raise InvalidArgumentError("driver_id is required")
+    if not trip_id:
+        raise InvalidArgumentError("trip_id is required")

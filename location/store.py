@@ -3,8 +3,9 @@
 Layout (``<p>`` is the key prefix, ``loc:`` by default):
 
 - ``<p>d:<driver_id>``   hash: ``ts`` client time of the stored fix, ``p`` the packed fix,
-  ``x``/``y`` lng/lat, ``a`` availability, ``c`` vehicle class. Expires a day after the last
-  update, so forgotten drivers cost nothing.
+  ``x``/``y`` lng/lat, ``a`` availability, ``c`` vehicle class, ``h`` the trip holding the
+  driver (OFFERED or ON_TRIP), ``t`` the time of the last event (or rebuild) that set the
+  availability. Expires a day after the last update, so forgotten drivers cost nothing.
 - ``<p>seen``            sorted set: driver -> server time of the last accepted update. The
   staleness index: search ignores members older than the bound, and the sweeper removes
   them from the GEO sets, since Redis GEO has no per-member TTL.
@@ -14,6 +15,15 @@ Layout (``<p>`` is the key prefix, ``loc:`` by default):
   lives in the index itself, so a search never sees a busy driver.
 - ``<p>offered``         sorted set: driver -> when it was set OFFERED, so a hold that its
   owner never ended (it crashed) can be released.
+- ``<p>index:built``     marker written when availability was rebuilt from the systems of
+  record; missing means Redis lost its data (see ``location/rebuild.py``).
+- ``<p>index:rebuilding`` lock of the rebuild in progress (one service copy at a time).
+
+Availability has one writer, this service: from driver and trip events (each change guarded
+by the event's time, ``t``, so a late or replayed event never undoes a newer one, and by the
+holding trip, ``h``, so one trip's end never frees a driver another trip holds), from a
+rebuild, and from the one change dispatch makes itself, ReserveDriver/ReleaseDriver (a hold
+for one trip; those carry no event time and leave ``t`` alone).
 
 Each operation is one Lua script call: one round trip, and atomic, which makes the
 out-of-order check and the availability compare-and-set safe with many service copies.
@@ -29,7 +39,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from location.domain import Availability, AvailabilityConflictError, Position
+from location.domain import Availability, AvailabilityConflictError, Position, SnapshotEntry
 
 __all__ = ["LocationStore", "NearbyHit"]
 
@@ -38,6 +48,11 @@ _PACK = struct.Struct("<dddddqq")  # lat lng heading speed accuracy client_ts se
 _BATCH = 1_000  # updates per script call: bounds one call's time inside Redis
 _DAY_MS = 86_400_000
 FIRST_SEARCH_RADIUS_M = 500.0
+_BUILT = "index:built"
+_REBUILDING = "index:rebuilding"
+_OFFLINE = "4"
+_ONLINE = "123"  # AVAILABLE, OFFERED, ON_TRIP
+_HELD = "23"  # OFFERED, ON_TRIP
 
 _INGEST = """
 local p, now, ttl = ARGV[1], ARGV[2], ARGV[3]
@@ -62,26 +77,89 @@ end
 return out
 """
 
-_SET_AVAILABILITY = """
-local p, id, new, class, expected, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-local now = ARGV[7]
-local key = p .. 'd:' .. id
-local cur = redis.call('HMGET', key, 'a', 'c', 'x', 'y')
-local prev = cur[1] or '4'
-if expected ~= '' and prev ~= expected then return {0, tonumber(prev)} end
-if class == '' then class = cur[2] or '0' end
-redis.call('HSET', key, 'a', new, 'c', class)
-redis.call('PEXPIRE', key, ttl)
-if new == '2' then redis.call('ZADD', p .. 'offered', now, id)
-else redis.call('ZREM', p .. 'offered', id) end
-for c = 0, 3 do redis.call('ZREM', p .. 'geo:avail:' .. c, id) end
-if new == '4' then
-  redis.call('ZREM', p .. 'geo:all', id)
-elseif cur[3] and redis.call('ZSCORE', p .. 'seen', id) then
-  redis.call('GEOADD', p .. 'geo:all', cur[3], cur[4], id)
-  if new == '1' then redis.call('GEOADD', p .. 'geo:avail:' .. class, cur[3], cur[4], id) end
+# One availability change of one driver, under guards; shared by the scripts below.
+# states: the availabilities it applies from ('' any); hold: the trip that must hold the
+# driver ('' any); at: the change's time in ms, applied only if no newer change was ('' no
+# guard, and the stored time is kept); newhold: '' keep, '-' clear, else the holding trip.
+_CHANGE_FN = """
+local function change(p, id, new, class, states, hold, at, newhold, ttl, now)
+  local key = p .. 'd:' .. id
+  local cur = redis.call('HMGET', key, 'a', 'c', 'x', 'y', 'h', 't')
+  local prev = cur[1] or '4'
+  if at ~= '' and cur[6] and tonumber(cur[6]) > tonumber(at) then return {0, tonumber(prev)} end
+  if states ~= '' and not string.find(states, prev, 1, true) then return {0, tonumber(prev)} end
+  if hold ~= '' and cur[5] ~= hold then return {0, tonumber(prev)} end
+  if new == '' then new = prev end
+  if class == '' then class = cur[2] or '0' end
+  redis.call('HSET', key, 'a', new, 'c', class)
+  if newhold == '-' then redis.call('HDEL', key, 'h')
+  elseif newhold ~= '' then redis.call('HSET', key, 'h', newhold) end
+  if at ~= '' then redis.call('HSET', key, 't', at) end
+  redis.call('PEXPIRE', key, ttl)
+  if new ~= '2' then redis.call('ZREM', p .. 'offered', id)
+  elseif prev ~= '2' or newhold ~= '' then redis.call('ZADD', p .. 'offered', now, id) end
+  for c = 0, 3 do redis.call('ZREM', p .. 'geo:avail:' .. c, id) end
+  if new == '4' then
+    redis.call('ZREM', p .. 'geo:all', id)
+  elseif cur[3] and redis.call('ZSCORE', p .. 'seen', id) then
+    redis.call('GEOADD', p .. 'geo:all', cur[3], cur[4], id)
+    if new == '1' then redis.call('GEOADD', p .. 'geo:avail:' .. class, cur[3], cur[4], id) end
+  end
+  return {1, tonumber(prev)}
 end
-return {1, tonumber(prev)}
+"""
+
+_CHANGE = (
+    _CHANGE_FN
+    + """
+return change(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9],
+  ARGV[10])
+"""
+)
+
+# A page of the rebuild snapshot, while this rebuild still holds the lock (a flush during a
+# rebuild drops the lock, and the rebuild starts over). Every row carries the snapshot's time,
+# so a driver changed by an event newer than the snapshot keeps the event's state; and a
+# driver the snapshot calls AVAILABLE but who is OFFERED now was reserved after the snapshot
+# was read (a flush empties every hold), so the hold stays.
+_SNAPSHOT = (
+    _CHANGE_FN
+    + """
+local p, lock, token, lock_ttl, at, ttl, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5],
+  ARGV[6], ARGV[7]
+if redis.call('GET', p .. lock) ~= token then return -1 end
+redis.call('PEXPIRE', p .. lock, lock_ttl)
+local applied = 0
+for i = 8, #ARGV, 4 do
+  local id, class, new, trip = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local a = redis.call('HGET', p .. 'd:' .. id, 'a')
+  if not (new == '1' and a == '2') then
+    local hold = trip
+    if trip == '' then hold = '-' end
+    applied = applied + change(p, id, new, class, '', '', at, hold, ttl, now)[1]
+  end
+end
+return applied
+"""
+)
+
+_FINISH_REBUILD = """
+local p, lock, token, marker, info = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+if redis.call('GET', p .. lock) ~= token then return 0 end
+redis.call('SET', p .. marker, info)
+redis.call('DEL', p .. lock)
+return 1
+"""
+
+_EXTEND_REBUILD = """
+if redis.call('GET', ARGV[1] .. ARGV[2]) ~= ARGV[3] then return 0 end
+redis.call('PEXPIRE', ARGV[1] .. ARGV[2], ARGV[4])
+return 1
+"""
+
+_ABANDON_REBUILD = """
+if redis.call('GET', ARGV[1] .. ARGV[2]) == ARGV[3] then redis.call('DEL', ARGV[1] .. ARGV[2]) end
+return 0
 """
 
 # Search small first and widen (FIELD-NOTES: GEOSEARCH cost grows with the members inside
@@ -156,6 +234,7 @@ for _, id in ipairs(held) do
   local cur = redis.call('HMGET', key, 'a', 'c', 'x', 'y')
   if cur[1] == '2' then
     redis.call('HSET', key, 'a', '1')
+    redis.call('HDEL', key, 'h')
     if cur[3] and redis.call('ZSCORE', p .. 'seen', id) then
       redis.call('GEOADD', p .. 'geo:avail:' .. (cur[2] or '0'), cur[3], cur[4], id)
     end
@@ -220,7 +299,11 @@ class LocationStore:
         self._redis = client
         self._prefix = prefix
         self._ingest = client.register_script(_INGEST)
-        self._set_availability = client.register_script(_SET_AVAILABILITY)
+        self._change_script = client.register_script(_CHANGE)
+        self._snapshot = client.register_script(_SNAPSHOT)
+        self._finish_rebuild = client.register_script(_FINISH_REBUILD)
+        self._abandon_rebuild = client.register_script(_ABANDON_REBUILD)
+        self._extend_rebuild = client.register_script(_EXTEND_REBUILD)
         self._nearest = client.register_script(_NEAREST)
         self._in_area = client.register_script(_IN_AREA)
         self._sweep = client.register_script(_SWEEP)
@@ -240,32 +323,147 @@ class LocationStore:
             results += await self._ingest(args=args)
         return results
 
-    async def set_availability(
+    async def _change(
         self,
         driver_id: str,
-        availability: Availability,
+        new: Availability | None,
         *,
         vehicle_class: int = 0,
-        expected: Availability | None = None,
-    ) -> Availability:
-        """Set availability (and the class when non-zero); returns the previous value.
-
-        With ``expected`` it is a compare-and-set that raises AvailabilityConflictError."""
-        ok, previous = await self._set_availability(
+        states: str = "",
+        hold: str = "",
+        at_ms: int | None = None,
+        new_hold: str = "",
+    ) -> tuple[bool, Availability]:
+        """Run ``_CHANGE`` (see its comment for the guards); (applied, previous)."""
+        ok, previous = await self._change_script(
             args=[
                 self._prefix,
                 driver_id,
-                int(availability),
+                int(new) if new is not None else "",
                 vehicle_class or "",
-                int(expected) if expected is not None else "",
+                states,
+                hold,
+                at_ms if at_ms is not None else "",
+                new_hold,
                 _DAY_MS,
                 time.time_ns() // 1_000_000,
             ]
         )
+        return bool(ok), Availability(previous)
+
+    async def driver_online(self, driver_id: str, vehicle_class: int, *, at_ms: int) -> bool:
+        """driver.online at ``at_ms``: an OFFLINE driver becomes AVAILABLE with the class; an
+        online one keeps their availability and takes the class. False when a newer change
+        was applied already."""
+        ok, previous = await self._change(
+            driver_id,
+            Availability.AVAILABLE,
+            vehicle_class=vehicle_class,
+            states=_OFFLINE,
+            at_ms=at_ms,
+            new_hold="-",
+        )
+        if ok or previous is Availability.OFFLINE:
+            return ok
+        ok, _ = await self._change(
+            driver_id, None, vehicle_class=vehicle_class, states=_ONLINE, at_ms=at_ms
+        )
+        return ok
+
+    async def driver_offline(self, driver_id: str, *, at_ms: int) -> bool:
+        """driver.offline at ``at_ms``: OFFLINE, out of search at once, any hold dropped."""
+        ok, _ = await self._change(driver_id, Availability.OFFLINE, at_ms=at_ms, new_hold="-")
+        return ok
+
+    async def assign(self, driver_id: str, trip_id: str, *, at_ms: int) -> bool:
+        """trip.accepted at ``at_ms``: an online driver is ON_TRIP, held by ``trip_id``."""
+        ok, _ = await self._change(
+            driver_id, Availability.ON_TRIP, states=_ONLINE, at_ms=at_ms, new_hold=trip_id
+        )
+        return ok
+
+    async def free(self, driver_id: str, trip_id: str, *, at_ms: int) -> bool:
+        """The end of ``trip_id``'s hold at ``at_ms`` (its offer ended, or the trip ended or
+        lost its driver): AVAILABLE again, only if that trip still holds the driver."""
+        ok, _ = await self._change(
+            driver_id,
+            Availability.AVAILABLE,
+            states=_HELD,
+            hold=trip_id,
+            at_ms=at_ms,
+            new_hold="-",
+        )
+        return ok
+
+    async def reserve(self, driver_id: str, trip_id: str) -> None:
+        """AVAILABLE -> OFFERED, held by ``trip_id``; AvailabilityConflictError otherwise."""
+        ok, previous = await self._change(
+            driver_id,
+            Availability.OFFERED,
+            states=str(int(Availability.AVAILABLE)),
+            new_hold=trip_id,
+        )
         if not ok:
-            assert expected is not None
-            raise AvailabilityConflictError(driver_id, expected, Availability(previous))
-        return Availability(previous)
+            raise AvailabilityConflictError(driver_id, Availability.AVAILABLE, previous)
+
+    async def release(self, driver_id: str, trip_id: str) -> bool:
+        """OFFERED -> AVAILABLE if ``trip_id`` holds the driver; False (nothing changed)
+        otherwise."""
+        ok, _ = await self._change(
+            driver_id,
+            Availability.AVAILABLE,
+            states=str(int(Availability.OFFERED)),
+            hold=trip_id,
+            new_hold="-",
+        )
+        return ok
+
+    async def index_built(self) -> bool:
+        """Whether the marker a finished rebuild writes is there: gone after a flush or a
+        restart of an unpersisted Redis, which is how the loss is noticed."""
+        return bool(await self._redis.exists(self._prefix + _BUILT))
+
+    async def begin_rebuild(self, token: str, *, lock_ms: int) -> bool:
+        """Take the rebuild lock (one copy rebuilds at a time); False when another has it."""
+        return bool(await self._redis.set(self._prefix + _REBUILDING, token, nx=True, px=lock_ms))
+
+    async def extend_rebuild(self, token: str, *, lock_ms: int) -> bool:
+        """Extend the lock while a rebuild reads; False when it is gone (Redis was emptied)."""
+        return bool(await self._extend_rebuild(args=[self._prefix, _REBUILDING, token, lock_ms]))
+
+    async def apply_snapshot(
+        self, entries: Sequence[SnapshotEntry], *, at_ms: int, token: str, lock_ms: int
+    ) -> int | None:
+        """Apply rebuild entries as of ``at_ms`` (see ``_SNAPSHOT``) and extend the lock;
+        the number applied, or None when the lock was lost (a flush): start over."""
+        applied = 0
+        for start in range(0, len(entries), _BATCH):
+            args: list[str | int] = [
+                self._prefix,
+                _REBUILDING,
+                token,
+                lock_ms,
+                at_ms,
+                _DAY_MS,
+                time.time_ns() // 1_000_000,
+            ]
+            for e in entries[start : start + _BATCH]:
+                args += (e.driver_id, e.vehicle_class or "", int(e.availability), e.trip_id)
+            count = int(await self._snapshot(args=args))
+            if count < 0:
+                return None
+            applied += count
+        return applied
+
+    async def finish_rebuild(self, token: str, *, info: str) -> bool:
+        """Write the marker and drop the lock, if this rebuild still holds it."""
+        return bool(
+            await self._finish_rebuild(args=[self._prefix, _REBUILDING, token, _BUILT, info])
+        )
+
+    async def abandon_rebuild(self, token: str) -> None:
+        """Drop the lock (if still ours) after a failed rebuild, so any copy may retry."""
+        await self._abandon_rebuild(args=[self._prefix, _REBUILDING, token])
 
     async def get(self, driver_id: str) -> Position | None:
         """The stored position of a driver, stale or not, or None."""

@@ -409,6 +409,12 @@ class EmbeddedInfra:
         tmp.replace(path)
 
     async def _start_redis(self) -> str:
+        """Valkey without persistence (no RDB snapshots, no AOF), on purpose: it holds only
+        what can be rebuilt from the systems of record. The location service notices an
+        empty Redis and rebuilds availability from the driver and trip services within
+        seconds (``location/rebuild.py``); a restored file would instead bring back
+        availability as it was when written (drivers since gone offline or on a trip shown
+        free), and the rebuild must work anyway, for a failover or a lost disk."""
         port = free_port()
         directory = self.data_dir / "redis"
         directory.mkdir(exist_ok=True)

@@ -9,9 +9,13 @@ go on (state, pending offer and its expiry, drivers already tried) is in its row
 * a poller every ``dispatch_poll_s`` that picks up trips whose offer expired and trips in
   REQUESTED/DISPATCHING without an offer (whatever a crashed or stopped copy left behind).
 
-Before offering, the driver is reserved in the location index with a compare-and-set
-(AVAILABLE -> OFFERED), so concurrent dispatches of different trips never pick the same
-driver; the ``offers`` table's unique indexes make it impossible even if the index is wrong.
+Before offering, the driver is reserved for the trip in the location index with a
+compare-and-set (``ReserveDriver``: AVAILABLE -> OFFERED), so concurrent dispatches of different
+trips never pick the same driver; the ``offers`` table's unique indexes make it impossible even
+if the index is wrong. That hold, and its release (``ReleaseDriver``) when the offer lapses or
+does not commit, are the only availability changes trip makes: ON_TRIP and AVAILABLE are
+applied by the location service from the trip events, and rebuilt by it from
+``ListActiveAssignments`` when its Redis comes back empty.
 """
 
 from __future__ import annotations
@@ -47,9 +51,7 @@ logger = logging.getLogger(__name__)
 LocationStub: TypeAlias = "location_pb2_grpc.LocationServiceAsyncStub"
 
 _NEAREST = "rideshare.location.v1.LocationService/NearestDrivers"
-_AVAILABLE = location_pb2.AVAILABILITY_AVAILABLE
-_OFFERED = location_pb2.AVAILABILITY_OFFERED
-_ON_TRIP = location_pb2.AVAILABILITY_ON_TRIP
+_RELEASE = "rideshare.location.v1.LocationService/ReleaseDriver"  # repeatable: names its trip
 
 
 def utcnow() -> datetime:
@@ -69,7 +71,7 @@ class LocationClient:
 
     def __init__(self, target: str, *, timeout_s: float = 1.0) -> None:
         self._channel = make_channel(
-            target, idempotent_methods=[_NEAREST], default_timeout_s=timeout_s
+            target, idempotent_methods=[_NEAREST, _RELEASE], default_timeout_s=timeout_s
         )
         self._stub: LocationStub = location_pb2_grpc.LocationServiceStub(self._channel)
 
@@ -98,21 +100,12 @@ class LocationClient:
         reply = await self._stub.NearestDrivers(request)
         return [Nearby(d.driver_id, d.distance_m) for d in reply.drivers]
 
-    async def compare_and_set(
-        self,
-        driver_id: str,
-        availability: location_pb2.Availability.ValueType,
-        *,
-        expected: location_pb2.Availability.ValueType,
-    ) -> bool:
-        """Set availability if it currently is ``expected``; False when it is not."""
+    async def reserve(self, driver_id: str, *, trip_id: str) -> bool:
+        """Hold an AVAILABLE driver for ``trip_id``'s offer (AVAILABLE -> OFFERED); False when
+        the driver is not available (any more)."""
         try:
-            await self._stub.SetAvailability(
-                location_pb2.SetAvailabilityRequest(
-                    driver_id=driver_id,
-                    availability=availability,
-                    expected_availability=expected,
-                )
+            await self._stub.ReserveDriver(
+                location_pb2.ReserveDriverRequest(driver_id=driver_id, trip_id=trip_id)
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() is grpc.StatusCode.FAILED_PRECONDITION:
@@ -120,37 +113,35 @@ class LocationClient:
             raise
         return True
 
-    async def reserve(self, driver_id: str) -> bool:
-        """AVAILABLE -> OFFERED; False when the driver is not available (any more)."""
-        return await self.compare_and_set(driver_id, _OFFERED, expected=_AVAILABLE)
+    async def release(self, driver_id: str, *, trip_id: str) -> None:
+        """End ``trip_id``'s hold on the driver (OFFERED -> AVAILABLE), best effort.
 
-    async def release_offer(self, driver_id: str) -> None:
-        """OFFERED -> AVAILABLE once an offer ended; best effort (see ``_best_effort``)."""
-        await self._best_effort(driver_id, _AVAILABLE, _OFFERED)
-
-    async def assign(self, driver_id: str) -> None:
-        """OFFERED -> ON_TRIP once the driver accepted; best effort."""
-        await self._best_effort(driver_id, _ON_TRIP, _OFFERED)
-
-    async def free(self, driver_id: str) -> None:
-        """ON_TRIP -> AVAILABLE once the trip ended or the driver left it; best effort."""
-        await self._best_effort(driver_id, _AVAILABLE, _ON_TRIP)
-
-    async def _best_effort(
-        self,
-        driver_id: str,
-        availability: location_pb2.Availability.ValueType,
-        expected: location_pb2.Availability.ValueType,
-    ) -> None:
-        # Runs after the trip's transaction committed, so a failure must not fail the command:
-        # the location service also applies the same change from the trip event (its own
-        # consumer, compare-and-set too), so the index converges either way.
+        Runs after the trip's transaction committed (or failed), so a failure must not fail
+        the caller: the location service ends the hold from the trip's own event too
+        (trip.offer_ended, trip.cancelled), and its sweeper releases any hold older than an
+        offer can live.
+        """
         try:
-            if not await self.compare_and_set(driver_id, availability, expected=expected):
-                logger.debug("driver %s was not %s; availability left alone", driver_id, expected)
+            await self._stub.ReleaseDriver(
+                location_pb2.ReleaseDriverRequest(driver_id=driver_id, trip_id=trip_id)
+            )
         except Exception as exc:
             reraise_if_cancelling()
-            logger.warning("could not set driver %s's availability: %r", driver_id, exc)
+            logger.warning("could not release driver %s from trip %s: %r", driver_id, trip_id, exc)
+
+    # The location service owns availability and applies these from the trip events
+    # (trip.accepted, trip.offer_ended, trip.completed, trip.cancelled,
+    # trip.driver_cancelled); the commands' after-commit hooks call them, and they leave the
+    # index alone. ``release`` is the one change trip makes besides ``reserve``.
+
+    async def release_offer(self, driver_id: str) -> None:
+        """Nothing: trip.offer_ended or trip.cancelled ends the hold in the location service."""
+
+    async def assign(self, driver_id: str) -> None:
+        """Nothing: trip.accepted makes the driver ON_TRIP in the location service."""
+
+    async def free(self, driver_id: str) -> None:
+        """Nothing: the trip's ending event frees the driver in the location service."""
 
 
 class Dispatcher:
@@ -241,11 +232,11 @@ class Dispatcher:
         except BaseException:
             if reserved is not None:
                 # Reserved in the index but the offer did not commit: give the driver back.
-                await self._location.release_offer(reserved)
+                await self._location.release(reserved, trip_id=trip_id)
             raise
         # Only once the expiry committed: until then the driver's offer still stands.
         for driver_id in released:
-            await self._location.release_offer(driver_id)
+            await self._location.release(driver_id, trip_id=trip_id)
 
     async def _offer_next(self, conn: asyncpg.Connection, trip: Trip, now: datetime) -> str | None:
         """Offer ``trip`` to the nearest untried driver, widening the radius, or give up.
@@ -278,7 +269,7 @@ class Dispatcher:
                 return None
             assert isinstance(step, OfferTo)
             driver_id = step.driver_id
-            if not await self._location.reserve(driver_id):
+            if not await self._location.reserve(driver_id, trip_id=trip.id):
                 skip.add(driver_id)  # taken by another trip since the search
                 continue
             offered = domain.offer(
@@ -303,7 +294,7 @@ class Dispatcher:
                 skip.add(driver_id)
                 continue
             except BaseException:
-                await self._location.release_offer(driver_id)
+                await self._location.release(driver_id, trip_id=trip.id)
                 raise
             return driver_id
 

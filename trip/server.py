@@ -10,6 +10,7 @@ import grpc
 
 from protos.trip.v1 import trip_pb2, trip_pb2_grpc
 from rideshare.grpc_errors import StatusTable, abort_with
+from rideshare.paging import InvalidPageError, decode_page_token, encode_page_token, page_size
 from trip import wire
 from trip.commands import TripCommands
 from trip.errors import (
@@ -27,12 +28,17 @@ from trip.errors import (
     RiderHasLiveTripError,
     TripError,
 )
+from trip.store import TripStore
 
 __all__ = ["STATUS", "TripServicer"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+DEFAULT_ASSIGNMENT_PAGE = 500
+MAX_ASSIGNMENT_PAGE = 5_000
+_ASSIGNMENTS_SCOPE = "trip.assignments"
 Context = grpc.aio.ServicerContext[Any, Any]
 
 STATUS: StatusTable = {
@@ -68,8 +74,9 @@ def _required(value: str, name: str) -> str:
 class TripServicer(trip_pb2_grpc.TripServiceServicer):
     """Translates each call into a ``TripCommands`` call and its result back."""
 
-    def __init__(self, commands: TripCommands) -> None:
+    def __init__(self, commands: TripCommands, *, store: TripStore) -> None:
         self._commands = commands
+        self._store = store
 
     async def EstimateFare(
         self, request: trip_pb2.EstimateFareRequest, context: Context
@@ -213,5 +220,48 @@ class TripServicer(trip_pb2_grpc.TripServiceServicer):
                 comment=request.comment,
             )
             return wire.trip_to_proto(trip)
+
+        return await _answer(context, call())
+
+    async def ListActiveAssignments(
+        self, request: trip_pb2.ListActiveAssignmentsRequest, context: Context
+    ) -> trip_pb2.ListActiveAssignmentsResponse:
+        async def call() -> trip_pb2.ListActiveAssignmentsResponse:
+            try:
+                limit = page_size(
+                    request.page_size,
+                    default=DEFAULT_ASSIGNMENT_PAGE,
+                    maximum=MAX_ASSIGNMENT_PAGE,
+                )
+                after = None
+                if request.page_token:
+                    driver_id, trip_id = decode_page_token(
+                        request.page_token, _ASSIGNMENTS_SCOPE, key_types=(str, str)
+                    )
+                    after = (str(driver_id), str(trip_id))
+            except InvalidPageError as exc:
+                raise InvalidArgumentError(str(exc)) from None
+            rows = await self._store.active_assignments(after=after, limit=limit + 1)
+            page = rows[:limit]
+            token = (
+                encode_page_token(_ASSIGNMENTS_SCOPE, [page[-1].driver_id, page[-1].trip_id])
+                if len(rows) > limit
+                else ""
+            )
+            return trip_pb2.ListActiveAssignmentsResponse(
+                assignments=[
+                    trip_pb2.DriverAssignment(
+                        driver_id=a.driver_id,
+                        trip_id=a.trip_id,
+                        kind=(
+                            trip_pb2.ASSIGNMENT_KIND_OFFERED
+                            if a.offered
+                            else trip_pb2.ASSIGNMENT_KIND_ON_TRIP
+                        ),
+                    )
+                    for a in page
+                ],
+                next_page_token=token,
+            )
 
         return await _answer(context, call())

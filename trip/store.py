@@ -13,7 +13,7 @@ import binascii
 import contextlib
 import json
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,13 +42,25 @@ from trip.errors import (
     RiderHasLiveTripError,
 )
 from trip.liveness import Cutoffs
+from trip.machine import LIVE_STATES
 
-__all__ = ["Event", "TripStore", "decode_page_token", "encode_page_token"]
+__all__ = ["Assignment", "Event", "TripStore", "decode_page_token", "encode_page_token"]
 
 Event = tuple[str, Message]
 """An outbox event: (subject, payload)."""
 
 _LIVE = [s.value for s in (TripState.REQUESTED, TripState.DISPATCHING)]
+_HOLDING = sorted(s.value for s in LIVE_STATES)
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """A driver held by a live trip: assigned to it (``offered`` False) or offered it."""
+
+    driver_id: str
+    trip_id: str
+    offered: bool
+
 
 # Unique constraints -> the domain error a violation means.
 _UNIQUE_ERRORS: dict[str, tuple[type[Exception], str]] = {
@@ -285,6 +297,27 @@ class TripStore:
             driver_id,
         )
         return [row["id"] for row in rows]
+
+    async def active_assignments(
+        self, *, after: tuple[str, str] | None, limit: int
+    ) -> list[Assignment]:
+        """Drivers held by live trips (assigned, or with a pending offer), by (driver id, trip
+        id), after ``after``; at most ``limit``. Any live state with a driver counts, so a
+        state added to the machine is covered without a change here."""
+        after_driver, after_trip = after if after is not None else (None, None)
+        rows = await self._pool.fetch(
+            "SELECT driver_id, trip_id, offered FROM ("
+            " SELECT driver_id, id AS trip_id, false AS offered FROM trips"
+            " WHERE driver_id IS NOT NULL AND state = ANY($1::text[])"
+            " UNION ALL SELECT driver_id, trip_id, true FROM offers) a "
+            "WHERE $2::text IS NULL OR (driver_id, trip_id) > ($2, $3::text) "
+            "ORDER BY driver_id, trip_id LIMIT $4",
+            _HOLDING,
+            after_driver,
+            after_trip,
+            limit,
+        )
+        return [Assignment(r["driver_id"], r["trip_id"], r["offered"]) for r in rows]
 
     async def save(
         self, conn: asyncpg.Connection, before: Trip, after: Trip, *, events: Sequence[Event]

@@ -28,7 +28,7 @@ from typing import TypeAlias
 
 import grpc
 
-from location.domain import Availability, Position
+from location.domain import Position
 from location.store import LocationStore
 from protos.common.v1 import common_pb2
 from protos.location.v1 import location_pb2 as pb
@@ -55,10 +55,7 @@ def now_ms() -> int:
 async def make_available(store: LocationStore, driver_ids: list[str]) -> None:
     for start in range(0, len(driver_ids), 500):
         await asyncio.gather(
-            *(
-                store.set_availability(d, Availability.AVAILABLE, vehicle_class=1)
-                for d in driver_ids[start : start + 500]
-            )
+            *(store.driver_online(d, 1, at_ms=now_ms()) for d in driver_ids[start : start + 500])
         )
 
 

@@ -395,3 +395,37 @@ async def test_trip_events_drive_the_status_and_block_going_offline(rig: Rig) ->
     assert offline_now.status == pb.DRIVER_STATUS_OFFLINE and offline_now.active_vehicle_id == ""
     subjects = [r["subject"] for r in await rig.db.fetch("SELECT subject FROM outbox ORDER BY id")]
     assert subjects[-1] == events.DRIVER_OFFLINE
+
+
+async def test_online_drivers_are_listed_in_pages_with_their_vehicle_class(rig: Rig) -> None:
+    online = []
+    for _ in range(3):
+        driver = await create(rig.stub)
+        vehicle = await add_vehicle(rig.stub, driver.id)
+        await rig.stub.GoOnline(
+            pb.GoOnlineRequest(driver_id=driver.id, vehicle_id=vehicle.id), timeout=5
+        )
+        online.append(driver.id)
+    offline = await create(rig.stub)
+    await add_vehicle(rig.stub, offline.id)
+
+    listed: list[pb.OnlineDriver] = []
+    token = ""
+    pages = 0
+    while True:
+        reply = await rig.stub.ListOnlineDrivers(
+            pb.ListOnlineDriversRequest(page_size=2, page_token=token), timeout=5
+        )
+        listed += reply.drivers
+        pages += 1
+        token = reply.next_page_token
+        if not token:
+            break
+
+    assert pages == 2
+    assert [d.driver_id for d in listed] == sorted(online)
+    assert {d.vehicle_class for d in listed} == {COMFORT}
+    bad = pb.ListOnlineDriversRequest(page_token="not-a-token")
+    assert await grpc_status(rig.stub.ListOnlineDrivers(bad, timeout=5)) == (
+        grpc.StatusCode.INVALID_ARGUMENT
+    )

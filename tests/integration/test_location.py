@@ -14,7 +14,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from location.app import running
+from location.domain import Availability, SnapshotEntry
 from location.server import LocationSettings
+from location.store import LocationStore
 from protos import events
 from protos.common.v1 import common_pb2
 from protos.driver.v1 import events_pb2 as driver_events
@@ -63,7 +65,12 @@ async def location_service(
         grpc_port=0,
         shutdown_grace_s=1.0,
     )
-    location = LocationSettings(consumer_name=f"location-{uuid.uuid4().hex[:8]}", **overrides)  # type: ignore[arg-type]
+    location = LocationSettings(
+        consumer_name=f"location-{uuid.uuid4().hex[:8]}",
+        driver_addr="",  # no driver or trip service here: no rebuild
+        trip_addr="",
+        **overrides,  # type: ignore[arg-type]
+    )
     async with running(settings, location) as server:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             yield location_pb2_grpc.LocationServiceStub(channel)
@@ -75,13 +82,27 @@ async def stub(infra: InfraUrls, redis_url: str) -> AsyncIterator[Stub]:
         yield stub
 
 
-async def go_online(stub: Stub, driver_id: str, lat: float, lng: float) -> None:
-    await stub.SetAvailability(
-        pb.SetAvailabilityRequest(
-            driver_id=driver_id, availability=pb.AVAILABILITY_AVAILABLE, vehicle_class=STANDARD
-        ),
-        timeout=5,
-    )
+@contextlib.asynccontextmanager
+async def index_of(redis_url: str) -> AsyncIterator[LocationStore]:
+    """The service's Redis adapter on the same database: writes what an event would."""
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        yield LocationStore(client)
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def index(redis_url: str) -> AsyncIterator[LocationStore]:
+    async with index_of(redis_url) as store:
+        yield store
+
+
+async def go_online(
+    index: LocationStore, stub: Stub, driver_id: str, lat: float, lng: float, klass: int = STANDARD
+) -> None:
+    """What driver.online does, then a position."""
+    await index.driver_online(driver_id, klass, at_ms=now_ms())
     await stub.ReportPosition(update(driver_id, lat, lng), timeout=5)
 
 
@@ -92,15 +113,15 @@ async def nearest_ids(stub: Stub, lat: float, lng: float, radius_m: float = 2_00
     return [d.driver_id for d in reply.drivers]
 
 
-async def test_reported_available_driver_is_found_nearest_first(stub: Stub) -> None:
+async def test_reported_available_driver_is_found_nearest_first(
+    stub: Stub, index: LocationStore
+) -> None:
     near, far, busy, outside = new_id(), new_id(), new_id(), new_id()
-    await go_online(stub, near, BERLIN[0] + 0.001, BERLIN[1])
-    await go_online(stub, far, BERLIN[0] + 0.010, BERLIN[1])
-    await go_online(stub, busy, BERLIN[0], BERLIN[1] + 0.001)
-    await go_online(stub, outside, BERLIN[0] + 0.5, BERLIN[1])
-    await stub.SetAvailability(
-        pb.SetAvailabilityRequest(driver_id=busy, availability=pb.AVAILABILITY_OFFERED), timeout=5
-    )
+    await go_online(index, stub, near, BERLIN[0] + 0.001, BERLIN[1])
+    await go_online(index, stub, far, BERLIN[0] + 0.010, BERLIN[1])
+    await go_online(index, stub, busy, BERLIN[0], BERLIN[1] + 0.001)
+    await go_online(index, stub, outside, BERLIN[0] + 0.5, BERLIN[1])
+    await stub.ReserveDriver(pb.ReserveDriverRequest(driver_id=busy, trip_id="t1"), timeout=5)
 
     reply = await stub.NearestDrivers(
         pb.NearestDriversRequest(lat=BERLIN[0], lng=BERLIN[1], radius_m=2_000, limit=10),
@@ -115,22 +136,16 @@ async def test_reported_available_driver_is_found_nearest_first(stub: Stub) -> N
     assert 0 <= first.position_age_ms < 5_000
 
 
-async def test_search_filters_by_class_and_excluded_drivers(stub: Stub) -> None:
+async def test_search_filters_by_class_and_excluded_drivers(
+    stub: Stub, index: LocationStore
+) -> None:
     standard, xl, declined = new_id(), new_id(), new_id()
     for driver_id, vehicle_class in (
         (standard, STANDARD),
         (xl, common_pb2.VEHICLE_CLASS_XL),
         (declined, STANDARD),
     ):
-        await stub.SetAvailability(
-            pb.SetAvailabilityRequest(
-                driver_id=driver_id,
-                availability=pb.AVAILABILITY_AVAILABLE,
-                vehicle_class=vehicle_class,
-            ),
-            timeout=5,
-        )
-        await stub.ReportPosition(update(driver_id, *BERLIN), timeout=5)
+        await go_online(index, stub, driver_id, *BERLIN, klass=vehicle_class)
 
     reply = await stub.NearestDrivers(
         pb.NearestDriversRequest(
@@ -220,7 +235,7 @@ async def test_stream_rejects_bad_items_one_by_one_and_applies_the_rest(stub: St
             grpc.StatusCode.NOT_FOUND,
         ),
         (
-            lambda s: s.SetAvailability(pb.SetAvailabilityRequest(driver_id="d"), timeout=5),
+            lambda s: s.ReserveDriver(pb.ReserveDriverRequest(driver_id="d"), timeout=5),
             grpc.StatusCode.INVALID_ARGUMENT,
         ),
         (
@@ -237,7 +252,7 @@ async def test_stream_rejects_bad_items_one_by_one_and_applies_the_rest(stub: St
         "zero-radius",
         "negative-limit",
         "unknown-driver",
-        "unspecified-availability",
+        "reserve-without-trip",
         "inverted-box",
     ],
 )
@@ -250,44 +265,47 @@ async def test_bad_input_gets_a_clear_status(
     assert caught.value.details()
 
 
-async def test_compare_and_set_on_availability_reserves_a_driver_once(stub: Stub) -> None:
+async def test_reserve_holds_a_driver_for_one_trip_once(stub: Stub, index: LocationStore) -> None:
     driver = new_id()
-    await go_online(stub, driver, *BERLIN)
-    reserve = pb.SetAvailabilityRequest(
-        driver_id=driver,
-        availability=pb.AVAILABILITY_OFFERED,
-        expected_availability=pb.AVAILABILITY_AVAILABLE,
-    )
+    await go_online(index, stub, driver, *BERLIN)
 
     results = await asyncio.gather(
-        *(stub.SetAvailability(reserve, timeout=5) for _ in range(10)), return_exceptions=True
+        *(
+            stub.ReserveDriver(
+                pb.ReserveDriverRequest(driver_id=driver, trip_id=f"t{i}"), timeout=5
+            )
+            for i in range(10)
+        ),
+        return_exceptions=True,
     )
 
-    won = [r for r in results if isinstance(r, pb.SetAvailabilityResponse)]
+    won = [i for i, r in enumerate(results) if isinstance(r, pb.ReserveDriverResponse)]
     lost = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
     assert len(won) == 1
     assert len(lost) == 9
     assert {e.code() for e in lost} == {grpc.StatusCode.FAILED_PRECONDITION}
     assert await nearest_ids(stub, *BERLIN) == []
+    # Only the holding trip releases the driver; repeating it changes nothing.
+    other = pb.ReleaseDriverRequest(driver_id=driver, trip_id=f"t{(won[0] + 1) % 10}")
+    assert not (await stub.ReleaseDriver(other, timeout=5)).released
+    assert await nearest_ids(stub, *BERLIN) == []
+    mine = pb.ReleaseDriverRequest(driver_id=driver, trip_id=f"t{won[0]}")
+    assert (await stub.ReleaseDriver(mine, timeout=5)).released
+    assert not (await stub.ReleaseDriver(mine, timeout=5)).released
+    assert await nearest_ids(stub, *BERLIN) == [driver]
 
 
 async def test_offline_driver_leaves_search_at_once_and_returns_when_available(
-    stub: Stub,
+    stub: Stub, index: LocationStore
 ) -> None:
     driver = new_id()
-    await go_online(stub, driver, *BERLIN)
+    await go_online(index, stub, driver, *BERLIN)
     assert await nearest_ids(stub, *BERLIN) == [driver]
 
-    await stub.SetAvailability(
-        pb.SetAvailabilityRequest(driver_id=driver, availability=pb.AVAILABILITY_OFFLINE),
-        timeout=5,
-    )
+    await index.driver_offline(driver, at_ms=now_ms())
     assert await nearest_ids(stub, *BERLIN) == []
 
-    await stub.SetAvailability(
-        pb.SetAvailabilityRequest(driver_id=driver, availability=pb.AVAILABILITY_AVAILABLE),
-        timeout=5,
-    )
+    await index.driver_online(driver, STANDARD, at_ms=now_ms())
     assert await nearest_ids(stub, *BERLIN) == [driver]
 
 
@@ -295,8 +313,11 @@ async def test_driver_not_heard_from_drops_out_of_search_and_index(
     infra: InfraUrls, redis_url: str
 ) -> None:
     driver = new_id()
-    async with location_service(infra, redis_url, stale_s=0.5, sweep_interval_s=0.1) as stub:
-        await go_online(stub, driver, *BERLIN)
+    async with (
+        location_service(infra, redis_url, stale_s=0.5, sweep_interval_s=0.1) as stub,
+        index_of(redis_url) as index,
+    ):
+        await go_online(index, stub, driver, *BERLIN)
         assert await nearest_ids(stub, *BERLIN) == [driver]
 
         async def gone_from_search() -> bool:
@@ -317,17 +338,14 @@ async def test_driver_not_heard_from_drops_out_of_search_and_index(
         assert position.driver_id == driver  # last known position is kept
 
 
-async def test_drivers_in_area_shows_online_drivers_of_any_availability(stub: Stub) -> None:
+async def test_drivers_in_area_shows_online_drivers_of_any_availability(
+    stub: Stub, index: LocationStore
+) -> None:
     available, offered, offline = new_id(), new_id(), new_id()
     for driver in (available, offered, offline):
-        await go_online(stub, driver, BERLIN[0] + 0.001, BERLIN[1] + 0.001)
-    for driver, availability in (
-        (offered, pb.AVAILABILITY_OFFERED),
-        (offline, pb.AVAILABILITY_OFFLINE),
-    ):
-        await stub.SetAvailability(
-            pb.SetAvailabilityRequest(driver_id=driver, availability=availability), timeout=5
-        )
+        await go_online(index, stub, driver, BERLIN[0] + 0.001, BERLIN[1] + 0.001)
+    await stub.ReserveDriver(pb.ReserveDriverRequest(driver_id=offered, trip_id="t1"), timeout=5)
+    await index.driver_offline(offline, at_ms=now_ms())
 
     box = pb.DriversInAreaRequest(min_lat=52.5, min_lng=13.4, max_lat=52.53, max_lng=13.42)
     reply = await stub.DriversInArea(box, timeout=5)
@@ -424,18 +442,74 @@ async def test_driver_held_offered_by_a_dispatcher_that_died_is_released(
     async with location_service(
         infra, redis_url, offer_hold_max_s=0.5, sweep_interval_s=0.1
     ) as stub:
-        await go_online(stub, driver, *BERLIN)
-        await stub.SetAvailability(
-            pb.SetAvailabilityRequest(
-                driver_id=driver,
-                availability=pb.AVAILABILITY_OFFERED,
-                expected_availability=pb.AVAILABILITY_AVAILABLE,
-            ),
-            timeout=5,
-        )
+        async with index_of(redis_url) as index:
+            await go_online(index, stub, driver, *BERLIN)
+        await stub.ReserveDriver(pb.ReserveDriverRequest(driver_id=driver, trip_id="t1"), timeout=5)
         assert await nearest_ids(stub, *BERLIN) == []
 
         async def released() -> bool:
             return await nearest_ids(stub, *BERLIN) == [driver]
 
         await eventually(released, timeout_s=5)
+
+
+async def test_an_older_change_never_undoes_a_newer_one(stub: Stub, index: LocationStore) -> None:
+    driver = new_id()
+    await go_online(index, stub, driver, *BERLIN)
+    t = now_ms()
+    await index.driver_offline(driver, at_ms=t)
+
+    assert not await index.driver_online(driver, STANDARD, at_ms=t - 1)  # late, older
+    assert not await index.free(driver, "t1", at_ms=t + 1)  # no trip holds the driver
+    assert await nearest_ids(stub, *BERLIN) == []
+    assert await index.driver_online(driver, STANDARD, at_ms=t + 2)
+    assert await index.assign(driver, "t1", at_ms=t + 3)
+    assert not await index.free(driver, "t0", at_ms=t + 4)  # another trip's end
+    assert await nearest_ids(stub, *BERLIN) == []
+    assert await index.free(driver, "t1", at_ms=t + 4)
+    assert await nearest_ids(stub, *BERLIN) == [driver]
+
+
+async def test_a_rebuild_snapshot_yields_to_newer_events_and_holds_taken_since(
+    stub: Stub, index: LocationStore, redis_url: str
+) -> None:
+    went_offline, reserved, riding = new_id(), new_id(), new_id()
+    for driver in (went_offline, reserved, riding):
+        await stub.ReportPosition(update(driver, *BERLIN), timeout=5)
+    snapshot_at = now_ms() - 5_000
+    await index.driver_offline(went_offline, at_ms=snapshot_at + 1)  # an event after it
+    await index.driver_online(reserved, STANDARD, at_ms=snapshot_at + 1)
+    await index.reserve(reserved, "t-new")  # a hold taken after the snapshot was read
+    entries = [
+        SnapshotEntry(went_offline, STANDARD, Availability.AVAILABLE),
+        SnapshotEntry(reserved, STANDARD, Availability.AVAILABLE),
+        SnapshotEntry(riding, STANDARD, Availability.ON_TRIP, "t-ride"),
+    ]
+
+    assert await index.begin_rebuild("token", lock_ms=10_000)
+    assert not await index.begin_rebuild("other", lock_ms=10_000)  # one rebuild at a time
+    assert (
+        await index.apply_snapshot(entries, at_ms=snapshot_at, token="token", lock_ms=10_000) == 1
+    )
+    assert await index.finish_rebuild("token", info="{}")
+    assert await index.index_built()
+
+    shown = {d: (await index.get(d)) for d in (went_offline, reserved, riding)}
+    assert {d: p.availability for d, p in shown.items() if p is not None} == {
+        went_offline: Availability.OFFLINE,
+        reserved: Availability.OFFERED,
+        riding: Availability.ON_TRIP,
+    }
+    assert await index.free(riding, "t-ride", at_ms=now_ms())  # the rebuilt hold is t-ride's
+    assert await nearest_ids(stub, *BERLIN) == [riding]
+
+    # Redis emptied during a rebuild: its lock goes with the data, and it is not marked done.
+    assert await index.begin_rebuild("again", lock_ms=10_000)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.flushdb()
+    finally:
+        await client.aclose()
+    assert await index.apply_snapshot(entries, at_ms=now_ms(), token="again", lock_ms=1) is None
+    assert not await index.finish_rebuild("again", info="{}")
+    assert not await index.index_built()

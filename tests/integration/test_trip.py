@@ -14,6 +14,7 @@ from typing import TypeAlias
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
@@ -108,12 +109,31 @@ class Harness:
             yield trip_pb2_grpc.TripServiceStub(channel)
 
     async def go_online(self, driver_id: str, point: tuple[float, float]) -> None:
-        await self.location.SetAvailability(
-            loc.SetAvailabilityRequest(
-                driver_id=driver_id, availability=loc.AVAILABILITY_AVAILABLE, vehicle_class=STANDARD
-            ),
-            timeout=5,
+        """driver.online as the driver service publishes it, and a position; returns once
+        the location service made the driver AVAILABLE from the event."""
+        online = bus.make_envelope(
+            driver_events.DriverWentOnline(driver_id=driver_id, vehicle_class=STANDARD),
+            type=events.DRIVER_ONLINE,
+            aggregate_id=driver_id,
+            aggregate_version=1,
         )
+        await bus.publish_envelope(self.js, online)  # type: ignore[arg-type]
+        await self.report(driver_id, point)
+
+        async def available() -> bool:
+            return await self.availability(driver_id) == loc.AVAILABILITY_AVAILABLE
+
+        await eventually(available)
+
+    async def becomes(self, driver_id: str, availability: int) -> None:
+        """Wait until the location service shows the driver with ``availability``."""
+
+        async def shown() -> bool:
+            return await self.availability(driver_id) == availability
+
+        await eventually(shown)
+
+    async def report(self, driver_id: str, point: tuple[float, float]) -> None:
         await self.location.ReportPosition(
             loc.PositionUpdate(
                 driver_id=driver_id,
@@ -155,7 +175,9 @@ async def harness(infra: InfraUrls, redis_url: str, unique_name: str) -> AsyncIt
             deliver_policy=DeliverPolicy.NEW,
         )
         async with (
-            location_running(location_settings, LocationSettings()) as server,
+            location_running(
+                location_settings, LocationSettings(driver_addr="", trip_addr="")
+            ) as server,
             grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
         ):
             yield Harness(
@@ -397,7 +419,7 @@ async def test_a_declined_offer_moves_to_the_next_driver(harness: Harness) -> No
         assert (
             ended.unpack(trip_events.TripOfferEnded).reason == trip_events.OFFER_END_REASON_DECLINED
         )
-        assert await harness.availability(near) == loc.AVAILABILITY_AVAILABLE
+        await harness.becomes(near, loc.AVAILABILITY_AVAILABLE)
 
 
 async def test_rider_cancel_during_dispatch_releases_the_offered_driver(
@@ -420,7 +442,7 @@ async def test_rider_cancel_during_dispatch_releases_the_offered_driver(
         assert cancelled.state == pb.TRIP_STATE_CANCELLED
         assert not cancelled.HasField("cancellation_fee")
         assert not cancelled.HasField("current_offer")
-        assert await harness.availability(driver) == loc.AVAILABILITY_AVAILABLE
+        await harness.becomes(driver, loc.AVAILABILITY_AVAILABLE)
         event = (await harness.tap.wait_for(events.TRIP_CANCELLED, trip.id))[0]
         assert event.unpack(trip_events.TripCancelled).driver_id == driver
         with pytest.raises(grpc.aio.AioRpcError) as late:
@@ -448,13 +470,15 @@ async def test_fifty_riders_and_ten_drivers_never_double_book(harness: Harness) 
                 for t in trips
             )
         )
+        # The index learns ON_TRIP from trip.accepted: while the trip service (its outbox
+        # relay) still runs.
+        for driver in drivers:
+            await harness.becomes(driver, loc.AVAILABILITY_ON_TRIP)
 
     accepted = [t for t in ended if t.state == pb.TRIP_STATE_ACCEPTED]
     assert len(accepted) == 10
     assert sorted(t.driver_id for t in accepted) == sorted(drivers)
     assert not failures
-    for driver in drivers:
-        assert await harness.availability(driver) == loc.AVAILABILITY_ON_TRIP
 
 
 async def test_ten_concurrent_accepts_of_one_offer_one_wins(harness: Harness) -> None:
@@ -603,7 +627,7 @@ async def test_driver_cancel_sends_the_trip_back_to_dispatch_without_them(
 
     assert done.driver_id == second
     assert harness.tap.of(events.TRIP_DRIVER_CANCELLED, trip.id)
-    assert await harness.availability(first) == loc.AVAILABILITY_AVAILABLE
+    await harness.becomes(first, loc.AVAILABILITY_AVAILABLE)
 
 
 async def test_driver_going_offline_releases_their_pending_offer(harness: Harness) -> None:
@@ -865,3 +889,94 @@ async def test_every_due_trip_is_swept_when_there_are_more_than_a_page(harness: 
         trips = [await book(stub, rider) for rider in riders]
         for trip in trips:
             await trip_in(stub, trip.id, (pb.TRIP_STATE_CANCELLED,))
+
+
+async def test_on_trip_and_free_again_in_the_index_come_from_the_trip_events(
+    harness: Harness, redis_url: str
+) -> None:
+    """Trip only holds and releases drivers for its offers; ON_TRIP and the AVAILABLE after
+    the ride are the location service's, applied from trip.accepted and trip.completed:
+    the index records each event's time and the trip holding the driver."""
+    driver, rider = new_id("d"), new_id("r")
+    await harness.go_online(driver, (PICKUP[0] + 0.001, PICKUP[1]))
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        async with harness.trip_service() as stub:
+            trip = await book(stub, rider)
+            offer = await offer_of(harness.tap, trip.id)
+            await stub.AcceptTrip(
+                pb.AcceptTripRequest(trip_id=trip.id, driver_id=driver, offer_id=offer.offer_id),
+                timeout=5,
+            )
+            accepted = (await harness.tap.wait_for(events.TRIP_ACCEPTED, trip.id))[0]
+            await harness.becomes(driver, loc.AVAILABILITY_ON_TRIP)
+            stamp, holder = await client.hmget(f"loc:d:{driver}", ["t", "h"])
+            assert isinstance(stamp, bytes)
+            assert int(stamp) == int(accepted.occurred_at.timestamp() * 1000)
+            assert holder == trip.id.encode()
+
+            await stub.ArriveAtPickup(pb.ArriveAtPickupRequest(trip_id=trip.id, driver_id=driver))
+            await stub.StartTrip(pb.StartTripRequest(trip_id=trip.id, driver_id=driver), timeout=5)
+            await stub.CompleteTrip(
+                pb.CompleteTripRequest(trip_id=trip.id, driver_id=driver), timeout=5
+            )
+            completed = (await harness.tap.wait_for(events.TRIP_COMPLETED, trip.id))[0]
+            await harness.becomes(driver, loc.AVAILABILITY_AVAILABLE)
+            stamp, holder = await client.hmget(f"loc:d:{driver}", ["t", "h"])
+            assert isinstance(stamp, bytes)
+            assert int(stamp) == int(completed.occurred_at.timestamp() * 1000)
+            assert holder is None
+
+            # A late copy of trip.accepted (a new event id, its old time) changes nothing.
+            late = bus.make_envelope(
+                accepted.unpack(trip_events.TripAccepted),
+                type=events.TRIP_ACCEPTED,
+                aggregate_id=trip.id,
+                aggregate_version=accepted.aggregate_version,
+                occurred_at=accepted.occurred_at,
+            )
+            await bus.publish_envelope(harness.js, late)  # type: ignore[arg-type]
+            marker = new_id("d")
+            await harness.go_online(marker, (PICKUP[0] + 0.01, PICKUP[1]))  # consumed after it
+            assert await harness.availability(driver) == loc.AVAILABILITY_AVAILABLE
+    finally:
+        await client.aclose()
+
+
+async def test_active_assignments_list_drivers_on_live_trips_and_with_pending_offers(
+    harness: Harness,
+) -> None:
+    riding, offered, rider_a, rider_b = new_id("d"), new_id("d"), new_id("r"), new_id("r")
+    await harness.go_online(riding, (PICKUP[0] + 0.001, PICKUP[1]))
+    async with harness.trip_service(offer_timeout_s=60.0) as stub:
+        first = await book(stub, rider_a)
+        offer = await offer_of(harness.tap, first.id)
+        await stub.AcceptTrip(
+            pb.AcceptTripRequest(trip_id=first.id, driver_id=riding, offer_id=offer.offer_id),
+            timeout=5,
+        )
+        await harness.go_online(offered, (PICKUP[0] + 0.002, PICKUP[1]))
+        second = await book(stub, rider_b)
+        assert (await offer_of(harness.tap, second.id)).driver_id == offered
+
+        listed: list[pb.DriverAssignment] = []
+        token = ""
+        while True:
+            reply = await stub.ListActiveAssignments(
+                pb.ListActiveAssignmentsRequest(page_size=1, page_token=token), timeout=5
+            )
+            listed += reply.assignments
+            token = reply.next_page_token
+            if not token:
+                break
+        bad = pb.ListActiveAssignmentsRequest(page_size=-1)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.ListActiveAssignments(bad, timeout=5)
+
+    assert sorted((a.driver_id, a.trip_id, a.kind) for a in listed) == sorted(
+        [
+            (riding, first.id, pb.ASSIGNMENT_KIND_ON_TRIP),
+            (offered, second.id, pb.ASSIGNMENT_KIND_OFFERED),
+        ]
+    )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -8,14 +8,17 @@ import pytest
 
 from location.domain import (
     MAX_RADIUS_M,
+    Availability,
     InvalidArgumentError,
     Reject,
+    SnapshotEntry,
     box_size_m,
     check_area,
     check_position,
     check_search,
     clamp_limit,
     is_stale,
+    snapshot_entries,
 )
 
 NOW = 1_700_000_000_000
@@ -124,3 +127,25 @@ def test_box_size_shrinks_in_longitude_away_from_the_equator() -> None:
     width_north, _ = box_size_m(59.5, 0.0, 60.5, 1.0)
     assert height == pytest.approx(111_320, rel=1e-3)
     assert width_north == pytest.approx(width_equator / 2, rel=1e-2)
+
+
+def test_rebuild_makes_online_drivers_available_unless_a_live_trip_holds_them() -> None:
+    online = [("free", 1), ("riding", 2), ("offered", 3)]
+    held = [("riding", "t1", False), ("offered", "t2", True), ("gone-offline", "t3", True)]
+
+    assert snapshot_entries(online, held) == [
+        SnapshotEntry("free", 1, Availability.AVAILABLE),
+        SnapshotEntry("riding", 2, Availability.ON_TRIP, "t1"),
+        SnapshotEntry("offered", 3, Availability.OFFERED, "t2"),
+    ]
+
+
+@pytest.mark.parametrize("order", [1, -1], ids=["trip-first", "offer-first"])
+def test_rebuild_prefers_the_live_trip_over_an_offer_listed_for_the_same_driver(
+    order: int,
+) -> None:
+    held = [("d", "ride", False), ("d", "offer", True)][::order]
+
+    assert snapshot_entries([("d", 1)], held) == [
+        SnapshotEntry("d", 1, Availability.ON_TRIP, "ride")
+    ]

@@ -366,3 +366,83 @@ class GoOfflineRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GoOfflineRequest: _TypeAlias = GoOfflineRequest  # noqa: Y015
+
+@_typing.final
+class ListOnlineDriversRequest(_message.Message):
+    """Request for DriverService.ListOnlineDrivers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Maximum number of drivers to return (see the pagination convention in common.proto)."""
+    page_token: _builtins.str
+    """Token from a previous response's next_page_token; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListOnlineDriversRequest: _TypeAlias = ListOnlineDriversRequest  # noqa: Y015
+
+@_typing.final
+class OnlineDriver(_message.Message):
+    """One online driver in ListOnlineDriversResponse."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DRIVER_ID_FIELD_NUMBER: _builtins.int
+    VEHICLE_CLASS_FIELD_NUMBER: _builtins.int
+    driver_id: _builtins.str
+    """The driver."""
+    vehicle_class: _common_pb2.VehicleClass.ValueType
+    """The class of the vehicle the driver is online with."""
+    def __init__(
+        self,
+        *,
+        driver_id: _builtins.str = ...,
+        vehicle_class: _common_pb2.VehicleClass.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["driver_id", b"driver_id", "vehicle_class", b"vehicle_class"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OnlineDriver: _TypeAlias = OnlineDriver  # noqa: Y015
+
+@_typing.final
+class ListOnlineDriversResponse(_message.Message):
+    """Response of DriverService.ListOnlineDrivers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DRIVERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty when this is the last page."""
+    @_builtins.property
+    def drivers(self) -> _containers.RepeatedCompositeFieldContainer[Global___OnlineDriver]:
+        """The online drivers of this page, by driver id."""
+
+    def __init__(
+        self,
+        *,
+        drivers: _abc.Iterable[Global___OnlineDriver] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drivers", b"drivers", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListOnlineDriversResponse: _TypeAlias = ListOnlineDriversResponse  # noqa: Y015

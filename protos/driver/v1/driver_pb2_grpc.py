@@ -65,6 +65,11 @@ class DriverServiceStub:
                 request_serializer=protos_dot_driver_dot_v1_dot_driver__pb2.GoOfflineRequest.SerializeToString,
                 response_deserializer=protos_dot_driver_dot_v1_dot_driver__pb2.Driver.FromString,
                 _registered_method=True)
+        self.ListOnlineDrivers = channel.unary_unary(
+                '/rideshare.driver.v1.DriverService/ListOnlineDrivers',
+                request_serializer=protos_dot_driver_dot_v1_dot_driver__pb2.ListOnlineDriversRequest.SerializeToString,
+                response_deserializer=protos_dot_driver_dot_v1_dot_driver__pb2.ListOnlineDriversResponse.FromString,
+                _registered_method=True)
 
 
 class DriverServiceServicer:
@@ -124,6 +129,15 @@ class DriverServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListOnlineDrivers(self, request, context):
+        """Drivers who are online now, with the class of the vehicle they are online with, ordered
+        by driver id: what the location service rebuilds its availability index from when its
+        Redis comes back empty. Errors: INVALID_ARGUMENT (negative page_size, bad page_token).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DriverServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -156,6 +170,11 @@ def add_DriverServiceServicer_to_server(servicer, server):
                     servicer.GoOffline,
                     request_deserializer=protos_dot_driver_dot_v1_dot_driver__pb2.GoOfflineRequest.FromString,
                     response_serializer=protos_dot_driver_dot_v1_dot_driver__pb2.Driver.SerializeToString,
+            ),
+            'ListOnlineDrivers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOnlineDrivers,
+                    request_deserializer=protos_dot_driver_dot_v1_dot_driver__pb2.ListOnlineDriversRequest.FromString,
+                    response_serializer=protos_dot_driver_dot_v1_dot_driver__pb2.ListOnlineDriversResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -321,6 +340,33 @@ class DriverService:
             '/rideshare.driver.v1.DriverService/GoOffline',
             protos_dot_driver_dot_v1_dot_driver__pb2.GoOfflineRequest.SerializeToString,
             protos_dot_driver_dot_v1_dot_driver__pb2.Driver.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOnlineDrivers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rideshare.driver.v1.DriverService/ListOnlineDrivers',
+            protos_dot_driver_dot_v1_dot_driver__pb2.ListOnlineDriversRequest.SerializeToString,
+            protos_dot_driver_dot_v1_dot_driver__pb2.ListOnlineDriversResponse.FromString,
             options,
             channel_credentials,
             insecure,

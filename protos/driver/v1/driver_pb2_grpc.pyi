@@ -63,6 +63,11 @@ class DriverServiceStub:
     driver.offline. Publishes driver.offline. Going offline while offline is a no-op.
     Errors: NOT_FOUND, FAILED_PRECONDITION (the driver is ON_TRIP).
     """
+    ListOnlineDrivers: _grpc.UnaryUnaryMultiCallable[_driver_pb2.ListOnlineDriversRequest, _driver_pb2.ListOnlineDriversResponse]
+    """Drivers who are online now, with the class of the vehicle they are online with, ordered
+    by driver id: what the location service rebuilds its availability index from when its
+    Redis comes back empty. Errors: INVALID_ARGUMENT (negative page_size, bad page_token).
+    """
 
 @_typing.type_check_only
 class DriverServiceAsyncStub(DriverServiceStub):
@@ -96,6 +101,11 @@ class DriverServiceAsyncStub(DriverServiceStub):
     """Takes the driver offline; a pending offer is released by the trip service when it sees
     driver.offline. Publishes driver.offline. Going offline while offline is a no-op.
     Errors: NOT_FOUND, FAILED_PRECONDITION (the driver is ON_TRIP).
+    """
+    ListOnlineDrivers: _aio.UnaryUnaryMultiCallable[_driver_pb2.ListOnlineDriversRequest, _driver_pb2.ListOnlineDriversResponse]  # type: ignore[assignment]
+    """Drivers who are online now, with the class of the vehicle they are online with, ordered
+    by driver id: what the location service rebuilds its availability index from when its
+    Redis comes back empty. Errors: INVALID_ARGUMENT (negative page_size, bad page_token).
     """
 
 class DriverServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -163,6 +173,17 @@ class DriverServiceServicer(metaclass=_abc_1.ABCMeta):
         """Takes the driver offline; a pending offer is released by the trip service when it sees
         driver.offline. Publishes driver.offline. Going offline while offline is a no-op.
         Errors: NOT_FOUND, FAILED_PRECONDITION (the driver is ON_TRIP).
+        """
+
+    @_abc_1.abstractmethod
+    def ListOnlineDrivers(
+        self,
+        request: _driver_pb2.ListOnlineDriversRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_driver_pb2.ListOnlineDriversResponse, _abc.Awaitable[_driver_pb2.ListOnlineDriversResponse]]:
+        """Drivers who are online now, with the class of the vehicle they are online with, ordered
+        by driver id: what the location service rebuilds its availability index from when its
+        Redis comes back empty. Errors: INVALID_ARGUMENT (negative page_size, bad page_token).
         """
 
 def add_DriverServiceServicer_to_server(servicer: DriverServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

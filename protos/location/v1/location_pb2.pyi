@@ -495,72 +495,6 @@ class WatchDriverRequest(_message.Message):
 Global___WatchDriverRequest: _TypeAlias = WatchDriverRequest  # noqa: Y015
 
 @_typing.final
-class SetAvailabilityRequest(_message.Message):
-    """Request for LocationService.SetAvailability."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    DRIVER_ID_FIELD_NUMBER: _builtins.int
-    AVAILABILITY_FIELD_NUMBER: _builtins.int
-    VEHICLE_CLASS_FIELD_NUMBER: _builtins.int
-    EXPECTED_AVAILABILITY_FIELD_NUMBER: _builtins.int
-    driver_id: _builtins.str
-    """The driver."""
-    availability: Global___Availability.ValueType
-    """The new availability; must be specified."""
-    vehicle_class: _common_pb2.VehicleClass.ValueType
-    """The class of the vehicle the driver is online with, when it is known to the caller;
-    unspecified keeps the stored class.
-    """
-    expected_availability: Global___Availability.ValueType
-    """When present, apply only if the current availability equals this value (atomically),
-    else FAILED_PRECONDITION.
-    """
-    def __init__(
-        self,
-        *,
-        driver_id: _builtins.str = ...,
-        availability: Global___Availability.ValueType = ...,
-        vehicle_class: _common_pb2.VehicleClass.ValueType = ...,
-        expected_availability: Global___Availability.ValueType | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_availability", b"_expected_availability", "expected_availability", b"expected_availability"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_availability", b"_expected_availability", "availability", b"availability", "driver_id", b"driver_id", "expected_availability", b"expected_availability", "vehicle_class", b"vehicle_class"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__expected_availability: _TypeAlias = _typing.Literal["expected_availability"]  # noqa: Y015
-    _WhichOneofArgType__expected_availability: _TypeAlias = _typing.Literal["_expected_availability", b"_expected_availability"]  # noqa: Y015
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_availability) -> _WhichOneofReturnType__expected_availability | None: ...
-
-Global___SetAvailabilityRequest: _TypeAlias = SetAvailabilityRequest  # noqa: Y015
-
-@_typing.final
-class SetAvailabilityResponse(_message.Message):
-    """Response of LocationService.SetAvailability."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    PREVIOUS_FIELD_NUMBER: _builtins.int
-    CURRENT_FIELD_NUMBER: _builtins.int
-    previous: Global___Availability.ValueType
-    """The availability before the change (AVAILABILITY_OFFLINE for an unknown driver)."""
-    current: Global___Availability.ValueType
-    """The availability now."""
-    def __init__(
-        self,
-        *,
-        previous: Global___Availability.ValueType = ...,
-        current: Global___Availability.ValueType = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "previous", b"previous"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___SetAvailabilityResponse: _TypeAlias = SetAvailabilityResponse  # noqa: Y015
-
-@_typing.final
 class DriversInAreaRequest(_message.Message):
     """Request for LocationService.DriversInArea. The box must not cross the antimeridian."""
 
@@ -625,3 +559,94 @@ class DriversInAreaResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DriversInAreaResponse: _TypeAlias = DriversInAreaResponse  # noqa: Y015
+
+@_typing.final
+class ReserveDriverRequest(_message.Message):
+    """Request for LocationService.ReserveDriver."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DRIVER_ID_FIELD_NUMBER: _builtins.int
+    TRIP_ID_FIELD_NUMBER: _builtins.int
+    driver_id: _builtins.str
+    """The driver to hold."""
+    trip_id: _builtins.str
+    """The trip the driver is held for: only its ReleaseDriver or its events end the hold."""
+    def __init__(
+        self,
+        *,
+        driver_id: _builtins.str = ...,
+        trip_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["driver_id", b"driver_id", "trip_id", b"trip_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReserveDriverRequest: _TypeAlias = ReserveDriverRequest  # noqa: Y015
+
+@_typing.final
+class ReserveDriverResponse(_message.Message):
+    """Response of LocationService.ReserveDriver."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReserveDriverResponse: _TypeAlias = ReserveDriverResponse  # noqa: Y015
+
+@_typing.final
+class ReleaseDriverRequest(_message.Message):
+    """Request for LocationService.ReleaseDriver."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DRIVER_ID_FIELD_NUMBER: _builtins.int
+    TRIP_ID_FIELD_NUMBER: _builtins.int
+    driver_id: _builtins.str
+    """The held driver."""
+    trip_id: _builtins.str
+    """The trip that holds the driver."""
+    def __init__(
+        self,
+        *,
+        driver_id: _builtins.str = ...,
+        trip_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["driver_id", b"driver_id", "trip_id", b"trip_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseDriverRequest: _TypeAlias = ReleaseDriverRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseDriverResponse(_message.Message):
+    """Response of LocationService.ReleaseDriver."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELEASED_FIELD_NUMBER: _builtins.int
+    released: _builtins.bool
+    """True when the driver was held for this trip and is AVAILABLE again."""
+    def __init__(
+        self,
+        *,
+        released: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["released", b"released"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseDriverResponse: _TypeAlias = ReleaseDriverResponse  # noqa: Y015

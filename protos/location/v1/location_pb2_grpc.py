@@ -60,15 +60,20 @@ class LocationServiceStub:
                 request_serializer=protos_dot_location_dot_v1_dot_location__pb2.WatchDriverRequest.SerializeToString,
                 response_deserializer=protos_dot_location_dot_v1_dot_location__pb2.DriverPosition.FromString,
                 _registered_method=True)
-        self.SetAvailability = channel.unary_unary(
-                '/rideshare.location.v1.LocationService/SetAvailability',
-                request_serializer=protos_dot_location_dot_v1_dot_location__pb2.SetAvailabilityRequest.SerializeToString,
-                response_deserializer=protos_dot_location_dot_v1_dot_location__pb2.SetAvailabilityResponse.FromString,
-                _registered_method=True)
         self.DriversInArea = channel.unary_unary(
                 '/rideshare.location.v1.LocationService/DriversInArea',
                 request_serializer=protos_dot_location_dot_v1_dot_location__pb2.DriversInAreaRequest.SerializeToString,
                 response_deserializer=protos_dot_location_dot_v1_dot_location__pb2.DriversInAreaResponse.FromString,
+                _registered_method=True)
+        self.ReserveDriver = channel.unary_unary(
+                '/rideshare.location.v1.LocationService/ReserveDriver',
+                request_serializer=protos_dot_location_dot_v1_dot_location__pb2.ReserveDriverRequest.SerializeToString,
+                response_deserializer=protos_dot_location_dot_v1_dot_location__pb2.ReserveDriverResponse.FromString,
+                _registered_method=True)
+        self.ReleaseDriver = channel.unary_unary(
+                '/rideshare.location.v1.LocationService/ReleaseDriver',
+                request_serializer=protos_dot_location_dot_v1_dot_location__pb2.ReleaseDriverRequest.SerializeToString,
+                response_deserializer=protos_dot_location_dot_v1_dot_location__pb2.ReleaseDriverResponse.FromString,
                 _registered_method=True)
 
 
@@ -123,19 +128,30 @@ class LocationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def SetAvailability(self, request, context):
-        """Sets a driver's availability (the trip service calls it when it offers, assigns or frees
-        a driver; driver events do the same). OFFLINE removes the driver from search at once.
-        With expected_availability set it is a compare-and-set: it fails with
-        FAILED_PRECONDITION, changing nothing, when the current availability differs.
+    def DriversInArea(self, request, context):
+        """Fresh driver positions inside a bounding box, for the admin live map. Bounded by limit;
+        includes every availability except OFFLINE. Errors: INVALID_ARGUMENT (bad box).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def DriversInArea(self, request, context):
-        """Fresh driver positions inside a bounding box, for the admin live map. Bounded by limit;
-        includes every availability except OFFLINE. Errors: INVALID_ARGUMENT (bad box).
+    def ReserveDriver(self, request, context):
+        """Holds an AVAILABLE driver for one trip's offer (AVAILABLE -> OFFERED), atomically, so
+        concurrent dispatches never offer two trips to one driver. The only availability change
+        a caller makes; every other one comes from driver and trip events, which the location
+        service applies itself. Errors: INVALID_ARGUMENT (empty driver_id or trip_id),
+        FAILED_PRECONDITION (the driver is not AVAILABLE; nothing changed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseDriver(self, request, context):
+        """Ends the hold ReserveDriver took for this trip (OFFERED -> AVAILABLE). A driver not held
+        for this trip (accepted, offline, held for another trip, or released already) is left as
+        they are and `released` is false, so repeating it is harmless.
+        Errors: INVALID_ARGUMENT (empty driver_id or trip_id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -169,15 +185,20 @@ def add_LocationServiceServicer_to_server(servicer, server):
                     request_deserializer=protos_dot_location_dot_v1_dot_location__pb2.WatchDriverRequest.FromString,
                     response_serializer=protos_dot_location_dot_v1_dot_location__pb2.DriverPosition.SerializeToString,
             ),
-            'SetAvailability': grpc.unary_unary_rpc_method_handler(
-                    servicer.SetAvailability,
-                    request_deserializer=protos_dot_location_dot_v1_dot_location__pb2.SetAvailabilityRequest.FromString,
-                    response_serializer=protos_dot_location_dot_v1_dot_location__pb2.SetAvailabilityResponse.SerializeToString,
-            ),
             'DriversInArea': grpc.unary_unary_rpc_method_handler(
                     servicer.DriversInArea,
                     request_deserializer=protos_dot_location_dot_v1_dot_location__pb2.DriversInAreaRequest.FromString,
                     response_serializer=protos_dot_location_dot_v1_dot_location__pb2.DriversInAreaResponse.SerializeToString,
+            ),
+            'ReserveDriver': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReserveDriver,
+                    request_deserializer=protos_dot_location_dot_v1_dot_location__pb2.ReserveDriverRequest.FromString,
+                    response_serializer=protos_dot_location_dot_v1_dot_location__pb2.ReserveDriverResponse.SerializeToString,
+            ),
+            'ReleaseDriver': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseDriver,
+                    request_deserializer=protos_dot_location_dot_v1_dot_location__pb2.ReleaseDriverRequest.FromString,
+                    response_serializer=protos_dot_location_dot_v1_dot_location__pb2.ReleaseDriverResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -327,33 +348,6 @@ class LocationService:
             _registered_method=True)
 
     @staticmethod
-    def SetAvailability(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/rideshare.location.v1.LocationService/SetAvailability',
-            protos_dot_location_dot_v1_dot_location__pb2.SetAvailabilityRequest.SerializeToString,
-            protos_dot_location_dot_v1_dot_location__pb2.SetAvailabilityResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
     def DriversInArea(request,
             target,
             options=(),
@@ -370,6 +364,60 @@ class LocationService:
             '/rideshare.location.v1.LocationService/DriversInArea',
             protos_dot_location_dot_v1_dot_location__pb2.DriversInAreaRequest.SerializeToString,
             protos_dot_location_dot_v1_dot_location__pb2.DriversInAreaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReserveDriver(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rideshare.location.v1.LocationService/ReserveDriver',
+            protos_dot_location_dot_v1_dot_location__pb2.ReserveDriverRequest.SerializeToString,
+            protos_dot_location_dot_v1_dot_location__pb2.ReserveDriverResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseDriver(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rideshare.location.v1.LocationService/ReleaseDriver',
+            protos_dot_location_dot_v1_dot_location__pb2.ReleaseDriverRequest.SerializeToString,
+            protos_dot_location_dot_v1_dot_location__pb2.ReleaseDriverResponse.FromString,
             options,
             channel_credentials,
             insecure,

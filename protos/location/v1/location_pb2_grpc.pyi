@@ -70,15 +70,22 @@ class LocationServiceStub:
     update as it happens, from whichever service copy received it. Ends when the client
     cancels.
     """
-    SetAvailability: _grpc.UnaryUnaryMultiCallable[_location_pb2.SetAvailabilityRequest, _location_pb2.SetAvailabilityResponse]
-    """Sets a driver's availability (the trip service calls it when it offers, assigns or frees
-    a driver; driver events do the same). OFFLINE removes the driver from search at once.
-    With expected_availability set it is a compare-and-set: it fails with
-    FAILED_PRECONDITION, changing nothing, when the current availability differs.
-    """
     DriversInArea: _grpc.UnaryUnaryMultiCallable[_location_pb2.DriversInAreaRequest, _location_pb2.DriversInAreaResponse]
     """Fresh driver positions inside a bounding box, for the admin live map. Bounded by limit;
     includes every availability except OFFLINE. Errors: INVALID_ARGUMENT (bad box).
+    """
+    ReserveDriver: _grpc.UnaryUnaryMultiCallable[_location_pb2.ReserveDriverRequest, _location_pb2.ReserveDriverResponse]
+    """Holds an AVAILABLE driver for one trip's offer (AVAILABLE -> OFFERED), atomically, so
+    concurrent dispatches never offer two trips to one driver. The only availability change
+    a caller makes; every other one comes from driver and trip events, which the location
+    service applies itself. Errors: INVALID_ARGUMENT (empty driver_id or trip_id),
+    FAILED_PRECONDITION (the driver is not AVAILABLE; nothing changed).
+    """
+    ReleaseDriver: _grpc.UnaryUnaryMultiCallable[_location_pb2.ReleaseDriverRequest, _location_pb2.ReleaseDriverResponse]
+    """Ends the hold ReserveDriver took for this trip (OFFERED -> AVAILABLE). A driver not held
+    for this trip (accepted, offline, held for another trip, or released already) is left as
+    they are and `released` is false, so repeating it is harmless.
+    Errors: INVALID_ARGUMENT (empty driver_id or trip_id).
     """
 
 @_typing.type_check_only
@@ -113,15 +120,22 @@ class LocationServiceAsyncStub(LocationServiceStub):
     update as it happens, from whichever service copy received it. Ends when the client
     cancels.
     """
-    SetAvailability: _aio.UnaryUnaryMultiCallable[_location_pb2.SetAvailabilityRequest, _location_pb2.SetAvailabilityResponse]  # type: ignore[assignment]
-    """Sets a driver's availability (the trip service calls it when it offers, assigns or frees
-    a driver; driver events do the same). OFFLINE removes the driver from search at once.
-    With expected_availability set it is a compare-and-set: it fails with
-    FAILED_PRECONDITION, changing nothing, when the current availability differs.
-    """
     DriversInArea: _aio.UnaryUnaryMultiCallable[_location_pb2.DriversInAreaRequest, _location_pb2.DriversInAreaResponse]  # type: ignore[assignment]
     """Fresh driver positions inside a bounding box, for the admin live map. Bounded by limit;
     includes every availability except OFFLINE. Errors: INVALID_ARGUMENT (bad box).
+    """
+    ReserveDriver: _aio.UnaryUnaryMultiCallable[_location_pb2.ReserveDriverRequest, _location_pb2.ReserveDriverResponse]  # type: ignore[assignment]
+    """Holds an AVAILABLE driver for one trip's offer (AVAILABLE -> OFFERED), atomically, so
+    concurrent dispatches never offer two trips to one driver. The only availability change
+    a caller makes; every other one comes from driver and trip events, which the location
+    service applies itself. Errors: INVALID_ARGUMENT (empty driver_id or trip_id),
+    FAILED_PRECONDITION (the driver is not AVAILABLE; nothing changed).
+    """
+    ReleaseDriver: _aio.UnaryUnaryMultiCallable[_location_pb2.ReleaseDriverRequest, _location_pb2.ReleaseDriverResponse]  # type: ignore[assignment]
+    """Ends the hold ReserveDriver took for this trip (OFFERED -> AVAILABLE). A driver not held
+    for this trip (accepted, offline, held for another trip, or released already) is left as
+    they are and `released` is false, so repeating it is harmless.
+    Errors: INVALID_ARGUMENT (empty driver_id or trip_id).
     """
 
 class LocationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -185,18 +199,6 @@ class LocationServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
-    def SetAvailability(
-        self,
-        request: _location_pb2.SetAvailabilityRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_location_pb2.SetAvailabilityResponse, _abc.Awaitable[_location_pb2.SetAvailabilityResponse]]:
-        """Sets a driver's availability (the trip service calls it when it offers, assigns or frees
-        a driver; driver events do the same). OFFLINE removes the driver from search at once.
-        With expected_availability set it is a compare-and-set: it fails with
-        FAILED_PRECONDITION, changing nothing, when the current availability differs.
-        """
-
-    @_abc_1.abstractmethod
     def DriversInArea(
         self,
         request: _location_pb2.DriversInAreaRequest,
@@ -204,6 +206,31 @@ class LocationServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_location_pb2.DriversInAreaResponse, _abc.Awaitable[_location_pb2.DriversInAreaResponse]]:
         """Fresh driver positions inside a bounding box, for the admin live map. Bounded by limit;
         includes every availability except OFFLINE. Errors: INVALID_ARGUMENT (bad box).
+        """
+
+    @_abc_1.abstractmethod
+    def ReserveDriver(
+        self,
+        request: _location_pb2.ReserveDriverRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_location_pb2.ReserveDriverResponse, _abc.Awaitable[_location_pb2.ReserveDriverResponse]]:
+        """Holds an AVAILABLE driver for one trip's offer (AVAILABLE -> OFFERED), atomically, so
+        concurrent dispatches never offer two trips to one driver. The only availability change
+        a caller makes; every other one comes from driver and trip events, which the location
+        service applies itself. Errors: INVALID_ARGUMENT (empty driver_id or trip_id),
+        FAILED_PRECONDITION (the driver is not AVAILABLE; nothing changed).
+        """
+
+    @_abc_1.abstractmethod
+    def ReleaseDriver(
+        self,
+        request: _location_pb2.ReleaseDriverRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_location_pb2.ReleaseDriverResponse, _abc.Awaitable[_location_pb2.ReleaseDriverResponse]]:
+        """Ends the hold ReserveDriver took for this trip (OFFERED -> AVAILABLE). A driver not held
+        for this trip (accepted, offline, held for another trip, or released already) is left as
+        they are and `released` is false, so repeating it is harmless.
+        Errors: INVALID_ARGUMENT (empty driver_id or trip_id).
         """
 
 def add_LocationServiceServicer_to_server(servicer: LocationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -135,6 +135,30 @@ CHARGE_BASIS_QUOTE: ChargeBasis.ValueType  # 2
 """The upfront quote: the system ended a ride whose driver fell silent."""
 Global___ChargeBasis: _TypeAlias = ChargeBasis  # noqa: Y015
 
+class _AssignmentKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AssignmentKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AssignmentKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ASSIGNMENT_KIND_UNSPECIFIED: _AssignmentKind.ValueType  # 0
+    """Not set."""
+    ASSIGNMENT_KIND_ON_TRIP: _AssignmentKind.ValueType  # 1
+    """The driver is assigned to the live trip (accepted, arrived or in progress)."""
+    ASSIGNMENT_KIND_OFFERED: _AssignmentKind.ValueType  # 2
+    """The trip's offer to the driver is pending."""
+
+class AssignmentKind(_AssignmentKind, metaclass=_AssignmentKindEnumTypeWrapper):
+    """How a live trip holds a driver, in ListActiveAssignmentsResponse."""
+
+ASSIGNMENT_KIND_UNSPECIFIED: AssignmentKind.ValueType  # 0
+"""Not set."""
+ASSIGNMENT_KIND_ON_TRIP: AssignmentKind.ValueType  # 1
+"""The driver is assigned to the live trip (accepted, arrived or in progress)."""
+ASSIGNMENT_KIND_OFFERED: AssignmentKind.ValueType  # 2
+"""The trip's offer to the driver is pending."""
+Global___AssignmentKind: _TypeAlias = AssignmentKind  # noqa: Y015
+
 @_typing.final
 class Quote(_message.Message):
     """An upfront price for a ride, valid for a short time."""
@@ -916,3 +940,87 @@ class RateTripRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RateTripRequest: _TypeAlias = RateTripRequest  # noqa: Y015
+
+@_typing.final
+class ListActiveAssignmentsRequest(_message.Message):
+    """Request for TripService.ListActiveAssignments."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Maximum number of assignments to return (see the pagination convention in common.proto)."""
+    page_token: _builtins.str
+    """Token from a previous response's next_page_token; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListActiveAssignmentsRequest: _TypeAlias = ListActiveAssignmentsRequest  # noqa: Y015
+
+@_typing.final
+class DriverAssignment(_message.Message):
+    """One driver held by a live trip."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DRIVER_ID_FIELD_NUMBER: _builtins.int
+    TRIP_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    driver_id: _builtins.str
+    """The driver."""
+    trip_id: _builtins.str
+    """The trip holding the driver."""
+    kind: Global___AssignmentKind.ValueType
+    """Assigned, or offered."""
+    def __init__(
+        self,
+        *,
+        driver_id: _builtins.str = ...,
+        trip_id: _builtins.str = ...,
+        kind: Global___AssignmentKind.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["driver_id", b"driver_id", "kind", b"kind", "trip_id", b"trip_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DriverAssignment: _TypeAlias = DriverAssignment  # noqa: Y015
+
+@_typing.final
+class ListActiveAssignmentsResponse(_message.Message):
+    """Response of TripService.ListActiveAssignments."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ASSIGNMENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty when this is the last page."""
+    @_builtins.property
+    def assignments(self) -> _containers.RepeatedCompositeFieldContainer[Global___DriverAssignment]:
+        """The assignments of this page, by driver id then trip id."""
+
+    def __init__(
+        self,
+        *,
+        assignments: _abc.Iterable[Global___DriverAssignment] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListActiveAssignmentsResponse: _TypeAlias = ListActiveAssignmentsResponse  # noqa: Y015

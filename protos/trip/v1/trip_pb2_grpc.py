@@ -90,6 +90,11 @@ class TripServiceStub:
                 request_serializer=protos_dot_trip_dot_v1_dot_trip__pb2.RateTripRequest.SerializeToString,
                 response_deserializer=protos_dot_trip_dot_v1_dot_trip__pb2.Trip.FromString,
                 _registered_method=True)
+        self.ListActiveAssignments = channel.unary_unary(
+                '/rideshare.trip.v1.TripService/ListActiveAssignments',
+                request_serializer=protos_dot_trip_dot_v1_dot_trip__pb2.ListActiveAssignmentsRequest.SerializeToString,
+                response_deserializer=protos_dot_trip_dot_v1_dot_trip__pb2.ListActiveAssignmentsResponse.FromString,
+                _registered_method=True)
 
 
 class TripServiceServicer:
@@ -195,6 +200,16 @@ class TripServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListActiveAssignments(self, request, context):
+        """Drivers that live trips hold: assigned to a live trip, or holding a pending offer,
+        ordered by driver id. What the location service rebuilds its availability index from
+        when its Redis comes back empty. Errors: INVALID_ARGUMENT (negative page_size, bad
+        page_token).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TripServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -252,6 +267,11 @@ def add_TripServiceServicer_to_server(servicer, server):
                     servicer.RateTrip,
                     request_deserializer=protos_dot_trip_dot_v1_dot_trip__pb2.RateTripRequest.FromString,
                     response_serializer=protos_dot_trip_dot_v1_dot_trip__pb2.Trip.SerializeToString,
+            ),
+            'ListActiveAssignments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListActiveAssignments,
+                    request_deserializer=protos_dot_trip_dot_v1_dot_trip__pb2.ListActiveAssignmentsRequest.FromString,
+                    response_serializer=protos_dot_trip_dot_v1_dot_trip__pb2.ListActiveAssignmentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -552,6 +572,33 @@ class TripService:
             '/rideshare.trip.v1.TripService/RateTrip',
             protos_dot_trip_dot_v1_dot_trip__pb2.RateTripRequest.SerializeToString,
             protos_dot_trip_dot_v1_dot_trip__pb2.Trip.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListActiveAssignments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rideshare.trip.v1.TripService/ListActiveAssignments',
+            protos_dot_trip_dot_v1_dot_trip__pb2.ListActiveAssignmentsRequest.SerializeToString,
+            protos_dot_trip_dot_v1_dot_trip__pb2.ListActiveAssignmentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -93,6 +93,12 @@ class TripServiceStub:
     PERMISSION_DENIED (not this trip's rider or driver), INVALID_ARGUMENT (stars not 1-5,
     actor not RIDER or DRIVER).
     """
+    ListActiveAssignments: _grpc.UnaryUnaryMultiCallable[_trip_pb2.ListActiveAssignmentsRequest, _trip_pb2.ListActiveAssignmentsResponse]
+    """Drivers that live trips hold: assigned to a live trip, or holding a pending offer,
+    ordered by driver id. What the location service rebuilds its availability index from
+    when its Redis comes back empty. Errors: INVALID_ARGUMENT (negative page_size, bad
+    page_token).
+    """
 
 @_typing.type_check_only
 class TripServiceAsyncStub(TripServiceStub):
@@ -152,6 +158,12 @@ class TripServiceAsyncStub(TripServiceStub):
     Errors: NOT_FOUND, FAILED_PRECONDITION (not completed, or this side rated already),
     PERMISSION_DENIED (not this trip's rider or driver), INVALID_ARGUMENT (stars not 1-5,
     actor not RIDER or DRIVER).
+    """
+    ListActiveAssignments: _aio.UnaryUnaryMultiCallable[_trip_pb2.ListActiveAssignmentsRequest, _trip_pb2.ListActiveAssignmentsResponse]  # type: ignore[assignment]
+    """Drivers that live trips hold: assigned to a live trip, or holding a pending offer,
+    ordered by driver id. What the location service rebuilds its availability index from
+    when its Redis comes back empty. Errors: INVALID_ARGUMENT (negative page_size, bad
+    page_token).
     """
 
 class TripServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -275,6 +287,18 @@ class TripServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: NOT_FOUND, FAILED_PRECONDITION (not completed, or this side rated already),
         PERMISSION_DENIED (not this trip's rider or driver), INVALID_ARGUMENT (stars not 1-5,
         actor not RIDER or DRIVER).
+        """
+
+    @_abc_1.abstractmethod
+    def ListActiveAssignments(
+        self,
+        request: _trip_pb2.ListActiveAssignmentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trip_pb2.ListActiveAssignmentsResponse, _abc.Awaitable[_trip_pb2.ListActiveAssignmentsResponse]]:
+        """Drivers that live trips hold: assigned to a live trip, or holding a pending offer,
+        ordered by driver id. What the location service rebuilds its availability index from
+        when its Redis comes back empty. Errors: INVALID_ARGUMENT (negative page_size, bad
+        page_token).
         """
 
 def add_TripServiceServicer_to_server(servicer: TripServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -369,7 +369,9 @@ def _wrap_coroutine(
             code = grpc.StatusCode.INVALID_ARGUMENT
             await _abort_bad_data(exc, context)
         except Exception as exc:
-            code = await _abort_unexpected(exc, context, observer.method)
+            server = outage_of(exc)
+            code = grpc.StatusCode.INTERNAL if server is None else grpc.StatusCode.UNAVAILABLE
+            await _abort_unexpected(exc, context, observer.method, server)
         finally:
             observer.done(code, started)
             request_id_var.reset(token)
@@ -402,7 +404,9 @@ def _wrap_async_gen(
             code = grpc.StatusCode.INVALID_ARGUMENT
             await _abort_bad_data(exc, context)
         except Exception as exc:
-            code = await _abort_unexpected(exc, context, observer.method)
+            server = outage_of(exc)
+            code = grpc.StatusCode.INTERNAL if server is None else grpc.StatusCode.UNAVAILABLE
+            await _abort_unexpected(exc, context, observer.method, server)
         finally:
             observer.done(code, started)
 
@@ -430,19 +434,21 @@ async def _abort_bad_data(
 
 
 async def _abort_unexpected(
-    exc: Exception, context: grpc.aio.ServicerContext[Any, Any], method: str
-) -> grpc.StatusCode:
-    """End the call for an error no handler dealt with: UNAVAILABLE when a server the call
-    needs is unreachable (:func:`~rideshare.grpc_errors.outage_of`; the client retries),
-    else INTERNAL. Returns the code for the metrics, then raises (abort always does)."""
-    server = outage_of(exc)
+    exc: Exception,
+    context: grpc.aio.ServicerContext[Any, Any],
+    method: str,
+    server: str | None,
+) -> NoReturn:
+    """End the call for an error no handler dealt with: UNAVAILABLE when ``server`` (from
+    :func:`~rideshare.grpc_errors.outage_of`) is unreachable, which the client retries;
+    INTERNAL otherwise."""
     if server is None:
         await _abort_internal(exc, context, method)
     _log_outage(server, exc, method)
     await context.abort(
         grpc.StatusCode.UNAVAILABLE, f"{server} is unavailable, retry later ({type(exc).__name__})"
     )
-    return grpc.StatusCode.UNAVAILABLE  # unreachable: abort raises
+    raise AssertionError("unreachable: abort raises")
 
 
 # Outage warnings per server at most this often: every call fails alike during an outage.

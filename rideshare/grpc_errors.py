@@ -78,8 +78,20 @@ def outage_of(exc: BaseException) -> str | None:
         return servers.pop() if len(servers) == 1 else "a server"
     if not _is_outage(exc):
         return None
-    module = type(exc).__module__.partition(".")[0]
-    return _SERVER_OF_MODULE.get(module, "a server")
+    return _server_named_by(exc)
+
+
+def _server_named_by(exc: BaseException) -> str:
+    """The server whose client library raised ``exc``: by the error's class, or, for a
+    builtin error (ConnectionRefusedError from a connect), by the innermost library frame
+    it passed through."""
+    server = _SERVER_OF_MODULE.get(type(exc).__module__.partition(".")[0])
+    tb = exc.__traceback__
+    while server is None and tb is not None:
+        module = str(tb.tb_frame.f_globals.get("__name__", "")).partition(".")[0]
+        server = _SERVER_OF_MODULE.get(module)
+        tb = tb.tb_next
+    return server or "a server"
 
 
 def _is_outage(exc: BaseException) -> bool:

@@ -7,6 +7,7 @@ it kills, also when it fails."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -31,6 +32,7 @@ from protos.rider.v1 import rider_pb2, rider_pb2_grpc
 from protos.trip.v1 import events_pb2 as trip_events
 from rider.app import running as rider_running
 from rideshare import bus
+from rideshare.grpc_errors import outage_of
 from rideshare.infra import EmbeddedInfra
 from rideshare.settings import InfraUrls, ServiceSettings
 from rideshare.supervisor import grpc_healthy
@@ -39,6 +41,8 @@ from tests.integration.edge_system import dead_address
 
 # Generous: the machine may be busy, and health is re-checked every 2 s.
 WITHIN_S = 60.0
+# How long PostgreSQL and NATS stay down: every backoff in the services reaches its cap.
+OUTAGE_S = 30.0
 
 
 @pytest.fixture
@@ -72,6 +76,19 @@ async def _checkpoint(embedded: EmbeddedInfra) -> None:
         await conn.close()
 
 
+async def throughout(check: Callable[[], Awaitable[bool]], duration_s: float) -> int:
+    """Assert ``check()`` holds at every look, about once a second, for ``duration_s``;
+    returns how many looks there were."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + duration_s
+    looks = 0
+    while loop.time() < end:
+        assert await check(), f"no longer true after {looks} looks"
+        looks += 1
+        await asyncio.sleep(1.0)
+    return looks
+
+
 def serving(target: str, expected: bool) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         return await grpc_healthy(target, timeout_s=2.0) is expected
@@ -95,6 +112,12 @@ async def create_rider(stub: rider_pb2_grpc.RiderServiceAsyncStub) -> rider_pb2.
     return await stub.CreateRider(request, timeout=20)
 
 
+async def test_a_refused_connect_is_an_outage_named_for_its_server() -> None:
+    with pytest.raises(OSError) as refused:
+        await asyncpg.connect(f"postgresql://u:p@{dead_address()}/db", timeout=10)
+    assert outage_of(refused.value) == "PostgreSQL"
+
+
 # -- PostgreSQL ------------------------------------------------------------------------------
 
 
@@ -114,11 +137,12 @@ async def test_rider_waits_out_a_postgres_outage_and_serves_again(
 
         async with killed(outage_infra, "postgres"):
             await eventually(serving(target, False), timeout_s=WITHIN_S)
-            status = await grpc_status(stub.GetRider(get, timeout=10))
-            assert status == grpc.StatusCode.UNAVAILABLE
-            # Still unavailable a round later: nothing crashed, the service waits.
-            await eventually(serving(target, False), timeout_s=WITHIN_S)
-            assert await grpc_status(stub.GetRider(get, timeout=10)) == status
+
+            async def waiting() -> bool:
+                status = await grpc_status(stub.GetRider(get, timeout=10))
+                return status == grpc.StatusCode.UNAVAILABLE and await serving(target, False)()
+
+            assert await throughout(waiting, OUTAGE_S) >= 10
 
         await eventually(serving(target, True), timeout_s=WITHIN_S)
         await eventually(lambda: answers_ok(lambda: stub.GetRider(get, timeout=10)), WITHIN_S)
@@ -176,6 +200,7 @@ async def test_rider_keeps_consuming_trip_events_after_nats_restarts(
 
             async with killed(outage_infra, "nats"):
                 await eventually(serving(target, False), timeout_s=WITHIN_S)
+                assert await throughout(serving(target, False), OUTAGE_S) >= 10
 
             await eventually(serving(target, True), timeout_s=WITHIN_S)
             await eventually(lambda: nc.is_connected, timeout_s=WITHIN_S)

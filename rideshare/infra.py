@@ -295,7 +295,7 @@ class EmbeddedInfra:
     processes: list[ManagedProcess] = field(default_factory=list)
     urls: InfraUrls | None = None
     reserved_ports: frozenset[int] = field(default_factory=configured_ports)
-    _specs: dict[str, _ServerSpec] = field(default_factory=dict, repr=False)
+    _specs: dict[str, _ServerSpec] = field(default_factory=dict, repr=False, init=False)
 
     async def start(self) -> InfraUrls:
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,10 @@
 """Every failure becomes ``{"error": {"code", "message"}}`` with a fitting HTTP status.
 
 gRPC status codes from the services map through one table; request validation is 422 with the
-same shape; anything unexpected is 500 with an id that is in the log, never a stack trace.
+same shape. Outages are 503 with ``Retry-After``, so that apps retry: an upstream answering
+UNAVAILABLE, and the edge's own Redis or NATS being unreachable (the errors that
+:func:`rideshare.grpc_errors.outage_of` names, the services' list too). Anything else
+unexpected is 500 with an id that is in the log, never a stack trace.
 """
 
 from __future__ import annotations
@@ -11,15 +14,20 @@ import uuid
 from typing import Any
 
 import grpc
+import nats.errors
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from rideshare.grpc_errors import outage_of
 
 __all__ = [
     "GRPC_TO_HTTP",
+    "RETRY_AFTER_S",
     "ApiError",
     "ErrorBody",
     "ErrorResponse",
@@ -48,6 +56,11 @@ GRPC_TO_HTTP: dict[grpc.StatusCode, tuple[int, str]] = {
 }
 # INTERNAL, UNKNOWN, DATA_LOSS: the service failed; its details stay in its own log.
 _UPSTREAM_FAILED = (502, "upstream_error")
+
+# Retry-After (seconds) on a 503 for an outage: servers come back within seconds (restarted
+# by the launcher), and clients add their own backoff on repeated 503s.
+RETRY_AFTER_S = 1
+_RETRY_AFTER = {"Retry-After": str(RETRY_AFTER_S)}
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -112,7 +125,7 @@ def from_grpc(exc: grpc.aio.AioRpcError, upstream: str = "") -> ApiError:
         message = f"{upstream or 'upstream'} service {name.replace('_', ' ')}"
     else:
         message = exc.details() or name.replace("_", " ")
-    return ApiError(status, name, message)
+    return ApiError(status, name, message, headers=dict(_RETRY_AFTER) if status == 503 else None)
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
@@ -129,7 +142,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def grpc_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, grpc.aio.AioRpcError)
         err = from_grpc(exc)
-        return _json(err.status, error_body(err.code, err.message))
+        return _json(err.status, error_body(err.code, err.message), err.headers)
 
     async def validation_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -149,6 +162,14 @@ def install_error_handlers(app: FastAPI) -> None:
         return _json(exc.status_code, error_body(code, str(exc.detail)), headers)
 
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        server = outage_of(exc)
+        if server is not None:
+            logger.warning("%s unavailable, answering 503: %r", server, exc)
+            return _json(
+                503,
+                error_body("unavailable", f"{server} is unavailable; retry later"),
+                dict(_RETRY_AFTER),
+            )
         error_id = uuid.uuid4().hex[:12]
         logger.exception("unhandled error %s", error_id)
         return _json(500, error_body("internal", f"internal error (id {error_id})"))
@@ -157,4 +178,9 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(grpc.aio.AioRpcError, grpc_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    # The client libraries' error bases get the handler directly as well: Starlette answers
+    # those in its exception middleware, while a handler for Exception alone runs in the
+    # outermost one, which re-raises after answering (a traceback per request in an outage).
+    for base in (RedisError, nats.errors.Error, OSError):
+        app.add_exception_handler(base, unexpected)
     app.add_exception_handler(Exception, unexpected)

@@ -5,6 +5,11 @@ Keys live in Redis under the caller's subject, so two users cannot collide. The 
 claims the key (SET NX with a short lease) and stores its response when done; a concurrent
 duplicate waits briefly for that response instead of creating a second trip. Server-side
 failures (5xx) release the key so that the client's retry gets a real second attempt.
+
+Without Redis there is no way to tell a retry from a new request, so a request with a key
+answers 503 (Retry-After) while Redis is unreachable, rather than risk a second trip. If
+Redis goes away after the trip was created, the response is still returned (and not stored):
+the client has its answer and no reason to retry.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from edge.errors import ApiError
 
@@ -92,7 +98,7 @@ class IdempotencyStore:
             response = await create()
         except ApiError as exc:
             if exc.status >= 500:
-                await self._redis.delete(redis_key)
+                await self._release(redis_key)
                 raise
             record = {
                 "status": exc.status,
@@ -101,14 +107,26 @@ class IdempotencyStore:
             await self._store(redis_key, fp, record)
             raise
         except BaseException:
-            await self._redis.delete(redis_key)
+            await self._release(redis_key)
             raise
         await self._store(redis_key, fp, {"status": response.status, "body": response.body})
         return response
 
     async def _store(self, redis_key: str, fp: str, record: dict[str, Any]) -> None:
+        """Keep the outcome for replays; if Redis is gone now, the caller still gets it (a
+        503 instead would invite a retry, and with it a second trip)."""
         value = json.dumps({"state": "done", "fp": fp, **record}, default=str)
-        await self._redis.set(redis_key, value, ex=self._ttl_s)
+        try:
+            await self._redis.set(redis_key, value, ex=self._ttl_s)
+        except RedisError as exc:
+            logger.warning("idempotency: could not store the response of %s: %r", redis_key, exc)
+
+    async def _release(self, redis_key: str) -> None:
+        """Free the key for a retry; if Redis is gone, its lease runs out by itself."""
+        try:
+            await self._redis.delete(redis_key)
+        except RedisError as exc:
+            logger.warning("idempotency: could not release %s: %r", redis_key, exc)
 
     async def _await_result(self, redis_key: str, fp: str) -> StoredResponse | None:
         """The stored response for the key; None when the key was released."""

@@ -10,6 +10,7 @@ __all__ = [
     "POSITIONS_DROPPED",
     "POSITIONS_FORWARDED",
     "RATE_LIMITED",
+    "RATE_LIMITER_FAILED_OPEN",
     "WS_CONNECTIONS",
     "WS_FRAMES_DROPPED",
 ]
@@ -24,6 +25,10 @@ HTTP_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 RATE_LIMITED = Counter("edge_rate_limited_total", "Requests refused with 429.")
+RATE_LIMITER_FAILED_OPEN = Counter(
+    "edge_rate_limiter_failed_open_total",
+    "Requests let through unchecked because Redis, which holds the buckets, did not answer.",
+)
 WS_CONNECTIONS = Gauge("edge_ws_connections", "Open WebSockets by role.", ["role"])
 WS_FRAMES_DROPPED = Counter(
     "edge_ws_frames_dropped_total", "Position frames dropped because a socket fell behind."

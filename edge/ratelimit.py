@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+
+from edge.metrics import RATE_LIMITER_FAILED_OPEN
 
 __all__ = ["Bucket", "RateLimiter", "TokenBucket"]
 
@@ -62,20 +65,41 @@ class Bucket:
 
 
 class RateLimiter:
-    """Checks and takes from the buckets of a request in one round trip."""
+    """Checks and takes from the buckets of a request in one round trip.
 
-    def __init__(self, redis: aioredis.Redis, *, prefix: str = "edge:rl:") -> None:
+    When Redis is down the limiter fails open: requests pass unchecked, counted in
+    ``edge_rate_limiter_failed_open_total``, with a warning at most every ``log_every_s``.
+    The limiter guards against floods, and an outage of the cache that holds its buckets
+    must not turn into an outage of the whole API: routes that cannot work without Redis
+    (Idempotency-Key) answer 503 on their own, and the services behind have bounds of
+    their own (concurrent RPC limits, bounded queues, breakers). After a failure Redis is
+    not asked again for ``retry_s``, so a hung Redis does not add its timeout to every
+    request.
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        prefix: str = "edge:rl:",
+        retry_s: float = 1.0,
+        log_every_s: float = 10.0,
+    ) -> None:
         self._redis = redis
         self._prefix = prefix
         self._script = redis.register_script(_SCRIPT)
+        self._retry_s = retry_s
+        self._log_every_s = log_every_s
+        self._open_until = 0.0
+        self._logged_at = -math.inf
 
     async def take(self, buckets: Sequence[Bucket]) -> float:
-        """0.0 when the request may pass, else the seconds to wait before retrying.
-
-        Fails open (logs, lets the request through) when Redis does not answer: an
-        overloaded limiter must not take the whole API down with it.
-        """
+        """0.0 when the request may pass, else the seconds to wait before retrying."""
         if not buckets:
+            return 0.0
+        now = time.monotonic()
+        if now < self._open_until:
+            RATE_LIMITER_FAILED_OPEN.inc()
             return 0.0
         keys = [self._prefix + b.key for b in buckets]
         args: list[float | int] = []
@@ -84,9 +108,17 @@ class RateLimiter:
         try:
             allowed, retry_ms = await self._script(keys=keys, args=args)
         except RedisError as exc:
-            logger.warning("rate limiter unavailable, letting the request through: %s", exc)
+            self._fail_open(exc)
             return 0.0
         return 0.0 if int(allowed) == 1 else max(int(retry_ms), 1) / 1000.0
+
+    def _fail_open(self, exc: RedisError) -> None:
+        RATE_LIMITER_FAILED_OPEN.inc()
+        now = time.monotonic()
+        self._open_until = now + self._retry_s
+        if now - self._logged_at >= self._log_every_s:
+            self._logged_at = now
+            logger.warning("rate limiter unavailable, letting requests through: %r", exc)
 
 
 class TokenBucket:

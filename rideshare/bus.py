@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -77,12 +78,21 @@ async def connect(
     connect_timeout_s: float = 2.0,
     initial_timeout_s: float = 10.0,
     reconnect_wait_s: float = 1.0,
+    ping_interval_s: int = 10,
+    pending_bytes: int = 8 * 1024 * 1024,
 ) -> NATS:
     """A NATS connection that reconnects for ever once established.
 
     The first connection must succeed within ``initial_timeout_s`` (a wrong URL fails start-up
     instead of hanging); after that, a lost server is retried every ``reconnect_wait_s``
     (with jitter) without limit, and disconnects, reconnects and errors are logged.
+
+    A server that stops answering without closing the socket is noticed after three missed
+    pings, ``ping_interval_s`` apart (nats-py waits 2 x 120 s by default). While
+    disconnected, publishes are buffered up to ``pending_bytes`` and sent on reconnect; past
+    that they fail (OutboundBufferLimitError, an outage: UNAVAILABLE to a gRPC caller), so a
+    long outage costs bounded memory. Subscriptions, including the inboxes of pull
+    consumers, are renewed on reconnect by the client.
     """
 
     async def on_error(exc: Exception) -> None:
@@ -107,6 +117,9 @@ async def connect(
                 reconnect_time_wait=reconnect_wait_s,  # type: ignore[arg-type]
                 max_reconnect_attempts=-1,
                 allow_reconnect=True,
+                ping_interval=ping_interval_s,
+                max_outstanding_pings=3,
+                pending_size=pending_bytes,
                 error_cb=on_error,
                 disconnected_cb=on_disconnected,
                 reconnected_cb=on_reconnected,
@@ -315,6 +328,7 @@ class DurableConsumer:
         deadletter: str | None = None,
         publish_timeout_s: float = 5.0,
         only_new: bool = False,
+        max_error_backoff_s: float = 5.0,
     ) -> None:
         if not filter_subjects:
             raise ValueError("a consumer needs at least one filter subject")
@@ -332,6 +346,7 @@ class DurableConsumer:
         self.backoff_s = list(backoff_s)
         self.deadletter = deadletter if deadletter is not None else deadletter_subject(durable)
         self.publish_timeout_s = publish_timeout_s
+        self.max_error_backoff_s = max_error_backoff_s
         # A consumer of live state (say, availability) has no use for history: when first
         # created it starts at the stream's end instead of replaying every stored event.
         self.deliver_policy = DeliverPolicy.NEW if only_new else DeliverPolicy.ALL
@@ -354,9 +369,16 @@ class DurableConsumer:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until ``stop`` is set (checked between fetches)."""
+        """Consume until ``stop`` is set (checked between fetches).
+
+        Never ends because NATS went away: a failed fetch is logged and retried after a
+        backoff that doubles up to ``max_error_backoff_s``. The durable consumer lives in the
+        JetStream store, so after NATS restarts the fetches resume where the acks left off;
+        one that is gone (a store lost with the server) is created again.
+        """
         await self._create_or_update()
         sub = await self._js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+        failures = 0
         try:
             while not stop.is_set():
                 # nats-py swallows a cancellation that lands inside some of its awaits;
@@ -366,9 +388,39 @@ class DurableConsumer:
                     msgs = await sub.fetch(self.batch, timeout=self.fetch_timeout_s)
                 except TimeoutError:  # nats.errors.TimeoutError, or a bare one from nats-py
                     continue  # nothing to do this round
+                except Exception as exc:
+                    reraise_if_cancelling()
+                    failures += 1
+                    await self._recover(exc, failures, stop)
+                    continue
+                if failures:
+                    logger.info("consumer %s: fetching again", self.durable)
+                    failures = 0
                 await self._process_batch(msgs)
         finally:
-            await sub.unsubscribe()
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:
+                reraise_if_cancelling()
+                logger.info("consumer %s: unsubscribe failed: %r", self.durable, exc)
+
+    async def _recover(self, exc: Exception, failures: int, stop: asyncio.Event) -> None:
+        """After a failed fetch: log (once, then at the backoff cap), wait, and recreate the
+        consumer if the server no longer has it."""
+        delay = min(self.fetch_timeout_s * 2 ** (failures - 1), self.max_error_backoff_s)
+        if failures == 1 or delay >= self.max_error_backoff_s:
+            logger.warning(
+                "consumer %s: fetch failed (%r), retry in %.1fs", self.durable, exc, delay
+            )
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await stop.wait()
+        if isinstance(exc, nats.js.errors.NotFoundError) and not stop.is_set():
+            try:
+                await self._create_or_update()
+            except Exception as again:
+                reraise_if_cancelling()
+                logger.warning("consumer %s: recreating failed: %r", self.durable, again)
 
     async def _create_or_update(self) -> None:
         """Create the durable, or update it: copies starting together with one config all

@@ -38,10 +38,14 @@ async def create_pool(
     min_size: int = 1,
     max_size: int = 10,
     command_timeout: float = 5.0,
+    connect_timeout: float = 5.0,
 ) -> asyncpg.Pool:
     """A pool whose connections use ``search_path = <schema>, public``; creates the schema.
 
-    ``command_timeout`` is the default deadline (seconds) of every query on the pool.
+    ``command_timeout`` is the default deadline (seconds) of every query on the pool, and
+    ``connect_timeout`` that of opening a connection (asyncpg's default is a minute, which a
+    caller would wait out while PostgreSQL is unreachable). A connection lost to a restart
+    of the server is replaced by the pool on its next use.
     """
     quoted = quote_schema(schema)
     pool: asyncpg.Pool = await asyncpg.create_pool(
@@ -49,6 +53,7 @@ async def create_pool(
         min_size=min_size,
         max_size=max_size,
         command_timeout=command_timeout,
+        timeout=connect_timeout,
         server_settings={"search_path": f"{quoted}, public"},
     )
     try:

@@ -19,7 +19,9 @@ What it adds to the plain ``grpc.aio`` server:
 - One interceptor, for every RPC kind: the request id from the ``x-request-id`` metadata (or a
   new one) in :data:`rideshare.log.request_id_var`; Prometheus metrics per method and status
   code; an unexpected exception becomes INTERNAL ``internal error (id=<hex>)`` with the traceback
-  logged under the same id, while ``context.abort(...)`` passes through untouched.
+  logged under the same id, except that a server the call needs being unreachable
+  (PostgreSQL, Redis, NATS; :func:`rideshare.grpc_errors.outage_of`) is UNAVAILABLE, which
+  clients retry; ``context.abort(...)`` passes through untouched.
 
 Handlers must be ``async def`` functions or async generators (the grpc.aio norm); a synchronous
 handler is served as is, without the interceptor's request id, metrics or error mapping.
@@ -46,6 +48,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import _async as reflection_aio
 from grpc_reflection.v1alpha import reflection_pb2 as reflection_v1alpha_pb2
 
+from rideshare.grpc_errors import outage_of
 from rideshare.log import REQUEST_ID_METADATA_KEY, new_request_id, request_id_var
 from rideshare.metrics import GRPC_SERVER_HANDLED, GRPC_SERVER_HANDLING_SECONDS
 from rideshare.ports import RETRY_EVERY_S, port_in_use_error, wait_for_port
@@ -390,8 +393,9 @@ def _wrap_coroutine(
             code = grpc.StatusCode.INVALID_ARGUMENT
             await _abort_bad_data(exc, context)
         except Exception as exc:
-            code = grpc.StatusCode.INTERNAL
-            await _abort_internal(exc, context, observer.method)
+            server = outage_of(exc)
+            code = grpc.StatusCode.INTERNAL if server is None else grpc.StatusCode.UNAVAILABLE
+            await _abort_unexpected(exc, context, observer.method, server)
         finally:
             observer.done(code, started)
             request_id_var.reset(token)
@@ -424,8 +428,9 @@ def _wrap_async_gen(
             code = grpc.StatusCode.INVALID_ARGUMENT
             await _abort_bad_data(exc, context)
         except Exception as exc:
-            code = grpc.StatusCode.INTERNAL
-            await _abort_internal(exc, context, observer.method)
+            server = outage_of(exc)
+            code = grpc.StatusCode.INTERNAL if server is None else grpc.StatusCode.UNAVAILABLE
+            await _abort_unexpected(exc, context, observer.method, server)
         finally:
             observer.done(code, started)
 
@@ -450,6 +455,37 @@ async def _abort_bad_data(
     logger.info("request refused by the database: %s", exc)
     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid value: {exc}")
     raise AssertionError("unreachable: abort raises")
+
+
+async def _abort_unexpected(
+    exc: Exception,
+    context: grpc.aio.ServicerContext[Any, Any],
+    method: str,
+    server: str | None,
+) -> NoReturn:
+    """End the call for an error no handler dealt with: UNAVAILABLE when ``server`` (from
+    :func:`~rideshare.grpc_errors.outage_of`) is unreachable, which the client retries;
+    INTERNAL otherwise."""
+    if server is None:
+        await _abort_internal(exc, context, method)
+    _log_outage(server, exc, method)
+    await context.abort(
+        grpc.StatusCode.UNAVAILABLE, f"{server} is unavailable, retry later ({type(exc).__name__})"
+    )
+    raise AssertionError("unreachable: abort raises")
+
+
+# Outage warnings per server at most this often: every call fails alike during an outage.
+_OUTAGE_LOG_INTERVAL_S = 5.0
+_outage_logged_at: dict[str, float] = {}
+
+
+def _log_outage(server: str, exc: Exception, method: str) -> None:
+    now = time.monotonic()
+    if now - _outage_logged_at.get(server, -_OUTAGE_LOG_INTERVAL_S) < _OUTAGE_LOG_INTERVAL_S:
+        return
+    _outage_logged_at[server] = now
+    logger.warning("%s unavailable in %s, answering UNAVAILABLE: %r", server, method, exc)
 
 
 async def _abort_internal(

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +35,7 @@ import asyncpg
 import nats
 import redis.asyncio as aioredis
 
-from rideshare.settings import INFRA_FILE, InfraUrls
+from rideshare.settings import INFRA_FILE, InfraUrls, configured_ports
 
 __all__ = [
     "EmbeddedInfra",
@@ -44,6 +44,7 @@ __all__ = [
     "free_port",
     "pg_bin_dir",
     "pg_bin_dir_for",
+    "port_is_free",
     "stop_process",
 ]
 
@@ -52,6 +53,7 @@ logger = logging.getLogger(__name__)
 DATABASE = "rideshare"
 PG_USER = "rideshare"
 READY_TIMEOUT_S = 60.0
+RESTART_TIMEOUT_S = 60.0  # how long restart() retries a port that is still held
 STOP_TIMEOUT_S = 15.0
 _PR_SET_PDEATHSIG = 1
 PG_RUN_AS = "nobody"
@@ -67,11 +69,29 @@ class InfraError(RuntimeError):
     """An embedded server could not be found, started or reached."""
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that nothing listens on right now (the server binds it a moment later)."""
+def free_port(host: str = "127.0.0.1", *, exclude: Collection[int] = ()) -> int:
+    """A port that nothing listens on right now (the server binds it a moment later), and
+    none of ``exclude``: the kernel's ephemeral range covers the services' configured
+    ports (50051-50055), which a server started first must not take from them."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in exclude:
+            return port
+    raise InfraError(f"no free port on {host} outside {sorted(exclude)}")
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True when ``port`` can be bound as the servers bind it (SO_REUSEADDR, so a socket of
+    a dead server in TIME_WAIT does not count as taken)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _scripts_dir() -> Path:
@@ -356,28 +376,61 @@ async def probe_postgres(dsn: str) -> None:
         await conn.close()
 
 
+@dataclass(frozen=True)
+class _ServerSpec:
+    """All it takes to (re)start one server the same way: the same port, data and probe."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    probe: Callable[[], Awaitable[None]]
+    user: str | None = None
+    stop_signal: signal.Signals = signal.SIGTERM
+    prepare: Callable[[], None] | None = None  # run before each spawn
+    cwd: Path | None = None
+
+
 @dataclass
 class EmbeddedInfra:
-    """Starts and stops the three servers under ``data_dir``.
+    """Starts, restarts and stops the three servers under ``data_dir``.
 
-    ``durable=False`` (tests) turns off fsync in PostgreSQL for speed; data survives a clean
-    stop either way. Ports are free ones unless given.
+    ``durable=False`` (tests) turns off fsync and synchronous commit in PostgreSQL for speed:
+    data survives a clean stop, but a killed server may lose the commits of its last
+    fraction of a second (a session can ``SET synchronous_commit = on`` to keep its own).
+    Ports are free ones outside :func:`~rideshare.settings.configured_ports`
+    (``reserved_ports``).
+
+    A server that died is found by :meth:`dead` and brought back by :meth:`restart` on its
+    old port and data directory: PostgreSQL with its data, NATS with its JetStream store,
+    Valkey empty (a cache, rebuilt by its users). Clients given the URLs at start reconnect
+    to the same address.
     """
 
     data_dir: Path
     durable: bool = True
     processes: list[ManagedProcess] = field(default_factory=list)
     urls: InfraUrls | None = None
+    reserved_ports: frozenset[int] = field(default_factory=configured_ports)
+    _specs: dict[str, _ServerSpec] = field(default_factory=dict, repr=False, init=False)
 
     async def start(self) -> InfraUrls:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         try:
-            redis_url = await self._start_redis()
-            nats_url = await self._start_nats()
-            postgres_dsn = await self._start_postgres()
+            # The three do not depend on each other: start them side by side.
+            started = await asyncio.gather(
+                self._start_redis(),
+                self._start_nats(),
+                self._start_postgres(),
+                return_exceptions=True,
+            )
         except BaseException:
             self.stop()
             raise
+        failed = [result for result in started if isinstance(result, BaseException)]
+        if failed:
+            self.stop()
+            raise failed[0]
+        redis_url, nats_url, postgres_dsn = (str(result) for result in started)
         self.urls = InfraUrls(redis_url=redis_url, postgres_dsn=postgres_dsn, nats_url=nats_url)
         self._write_infra_file(self.urls)
         return self.urls
@@ -395,6 +448,75 @@ class EmbeddedInfra:
             p.name: {"pid": p.pid, "alive": p.process.poll() is None, "log": str(p.log_path)}
             for p in self.processes
         }
+
+    def dead(self) -> list[str]:
+        """Names of the servers whose process has exited (in start order)."""
+        return [p.name for p in self.processes if p.process.poll() is not None]
+
+    def pid(self, name: str) -> int:
+        """The current process id of the server ``name`` ("redis", "nats", "postgres")."""
+        return self._process(name).pid
+
+    async def restart(self, name: str) -> None:
+        """Start the server ``name`` again on its port and data directory, stopping it first
+        if it still runs, and return once it answers its readiness probe.
+
+        A port still held for a while (the old process's children exiting, another bind
+        racing us) is retried for up to ``RESTART_TIMEOUT_S``; then InfraError.
+        """
+        spec = self._specs.get(name)
+        if spec is None:
+            raise InfraError(f"no server {name!r} was started here (have: {sorted(self._specs)})")
+        old = self._process(name)
+        if old.process.poll() is None:
+            old.stop()
+        logger.warning("restarting %s (pid %s exited with %s)", name, old.pid, old.process.poll())
+        await self._launch(spec, retry_s=RESTART_TIMEOUT_S)
+        if self.urls is not None:
+            self._write_infra_file(self.urls)
+
+    def _process(self, name: str) -> ManagedProcess:
+        for proc in self.processes:
+            if proc.name == name:
+                return proc
+        raise InfraError(f"no server {name!r} is managed here")
+
+    def _free_port(self) -> int:
+        return free_port(exclude=self.reserved_ports)
+
+    async def _launch(self, spec: _ServerSpec, *, retry_s: float = 0.0) -> ManagedProcess:
+        """Spawn ``spec`` and wait until it answers, retrying a failed start for ``retry_s``."""
+        deadline = time.monotonic() + retry_s
+        while True:
+            if spec.prepare is not None:
+                spec.prepare()
+            proc = _spawn(
+                spec.name,
+                spec.argv,
+                spec.log_path,
+                user=spec.user,
+                cwd=spec.cwd,
+                stop_signal=spec.stop_signal,
+            )
+            self._specs[spec.name] = spec
+            self._replace(proc)
+            try:
+                await _wait_ready(proc, spec.probe)
+            except InfraError as exc:
+                proc.stop()
+                if time.monotonic() >= deadline:
+                    raise
+                logger.warning("%s did not start, retrying: %s", spec.name, exc)
+                await asyncio.sleep(0.5)
+                continue
+            return proc
+
+    def _replace(self, proc: ManagedProcess) -> None:
+        for i, old in enumerate(self.processes):
+            if old.name == proc.name:
+                self.processes[i] = proc
+                return
+        self.processes.append(proc)
 
     def _write_infra_file(self, urls: InfraUrls) -> None:
         record: dict[str, object] = {
@@ -415,7 +537,7 @@ class EmbeddedInfra:
         seconds (``location/rebuild.py``); a restored file would instead bring back
         availability as it was when written (drivers since gone offline or on a trip shown
         free), and the rebuild must work anyway, for a failover or a lost disk."""
-        port = free_port()
+        port = self._free_port()
         directory = self.data_dir / "redis"
         directory.mkdir(exist_ok=True)
         argv = [
@@ -427,14 +549,16 @@ class EmbeddedInfra:
             "--dir", str(directory),
             "--protected-mode", "yes",
         ]  # fmt: skip
-        proc = _spawn("redis", argv, self.data_dir / "logs" / "redis.log")
-        self.processes.append(proc)
         url = f"redis://127.0.0.1:{port}/0"
-        await _wait_ready(proc, lambda: probe_redis(url))
+        await self._launch(
+            _ServerSpec(
+                "redis", argv, self.data_dir / "logs" / "redis.log", lambda: probe_redis(url)
+            )
+        )
         return url
 
     async def _start_nats(self) -> str:
-        port = free_port()
+        port = self._free_port()
         store = self.data_dir / "nats"
         store.mkdir(exist_ok=True)
         argv = [
@@ -444,10 +568,10 @@ class EmbeddedInfra:
             "-p", str(port),
             "-sd", str(store),
         ]  # fmt: skip
-        proc = _spawn("nats", argv, self.data_dir / "logs" / "nats.log")
-        self.processes.append(proc)
         url = f"nats://127.0.0.1:{port}"
-        await _wait_ready(proc, lambda: probe_nats(url))
+        await self._launch(
+            _ServerSpec("nats", argv, self.data_dir / "logs" / "nats.log", lambda: probe_nats(url))
+        )
         return url
 
     async def _start_postgres(self) -> str:
@@ -481,8 +605,7 @@ class EmbeddedInfra:
             _give_to(run_as, root)
         if not (pgdata / "PG_VERSION").exists():
             await self._initdb(bin_dir, root, pgdata, password, run_as)
-        _remove_stale_pidfile(pgdata)
-        port = free_port()
+        port = self._free_port()
         argv = [
             str(bin_dir / "postgres"),
             "-D", _PG_DATA_ARG,
@@ -494,18 +617,21 @@ class EmbeddedInfra:
             "-c", f"synchronous_commit={'on' if self.durable else 'off'}",
             "-c", f"full_page_writes={'on' if self.durable else 'off'}",
         ]  # fmt: skip
-        # SIGINT is PostgreSQL's fast shutdown; SIGTERM would wait for every client to leave.
-        proc = _spawn(
-            "postgres",
-            argv,
-            root / "postgres.log",
-            user=run_as,
-            cwd=pgdata,
-            stop_signal=signal.SIGINT,
-        )
-        self.processes.append(proc)
         admin_dsn = f"postgresql://{PG_USER}:{password}@127.0.0.1:{port}/postgres"
-        await _wait_ready(proc, lambda: probe_postgres(admin_dsn))
+        await self._launch(
+            _ServerSpec(
+                "postgres",
+                argv,
+                root / "postgres.log",
+                lambda: probe_postgres(admin_dsn),
+                user=run_as,
+                cwd=pgdata,  # the data directory, as -D /proc/self/cwd (see above)
+                # SIGINT is PostgreSQL's fast shutdown; SIGTERM would wait for every client.
+                stop_signal=signal.SIGINT,
+                # A postmaster killed with -9 leaves its pid file behind.
+                prepare=lambda: _remove_stale_pidfile(pgdata),
+            )
+        )
         await _ensure_database(admin_dsn, DATABASE)
         return f"postgresql://{PG_USER}:{password}@127.0.0.1:{port}/{DATABASE}"
 

@@ -24,6 +24,7 @@ from nats.js.api import PubAck
 from protos.events import MSG_ID_HEADER
 from rideshare.bus import Envelope, encode_envelope, reraise_if_cancelling
 from rideshare.db import quote_schema
+from rideshare.grpc_errors import outage_of
 
 __all__ = ["OutboxRelay", "add_event", "notify_channel"]
 
@@ -97,6 +98,7 @@ class OutboxRelay:
         retention_s: float = 600.0,
         prune_interval_s: float = 60.0,
         error_backoff_s: float = 1.0,
+        max_error_backoff_s: float = 5.0,
     ) -> None:
         self._quoted = quote_schema(schema)
         self._pool = pool
@@ -108,33 +110,55 @@ class OutboxRelay:
         self.retention_s = retention_s
         self.prune_interval_s = prune_interval_s
         self.error_backoff_s = error_backoff_s
+        self.max_error_backoff_s = max_error_backoff_s
         self.published = 0
         self.duplicates = 0  # acks saying JetStream already had the event (a republish)
+        self.failed_rounds = 0  # batches that failed (a server down), since start
         self._wake = asyncio.Event()
         self._lock_key = f"rideshare.outbox:{schema}"
         self._next_prune = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Relay until ``stop`` is set; the batch in flight is finished (or rolled back)."""
+        """Relay until ``stop`` is set; the batch in flight is finished (or rolled back).
+
+        Never ends because a server went away: a lost LISTEN connection is replaced on the
+        next round (polling meanwhile), and a failed batch (PostgreSQL or NATS down) is
+        logged and retried after a backoff that doubles up to ``max_error_backoff_s``. Rows
+        stay unsent until JetStream acks them, so nothing is lost; a batch published but
+        not marked sent is published again and deduplicated by its ``Nats-Msg-Id``.
+        """
         listener: Any = None
+        failures = 0
         try:
             while not stop.is_set():
                 # nats-py swallows a cancellation that lands inside some of its awaits
                 # (publish flushing); honour it at the loop boundary at the latest.
                 reraise_if_cancelling()
-                if listener is None or listener.is_closed():
-                    listener = await self._listen(listener)
+                if listener is None or not _usable(listener):
+                    listener = await self._listen(listener, quiet=failures > 0)
                 # Cleared before the batch, so a NOTIFY that arrives while it runs is kept
                 # and the next wait returns at once.
                 self._wake.clear()
                 try:
                     sent = await self.relay_once()
                     await self._maybe_prune()
-                except Exception:
+                except Exception as exc:
                     reraise_if_cancelling()
-                    logger.exception("outbox relay %s: batch failed", self.schema)
-                    await _wait_any(stop, None, self.error_backoff_s)
+                    failures += 1
+                    self.failed_rounds += 1
+                    delay = min(
+                        self.error_backoff_s * 2 ** (failures - 1), self.max_error_backoff_s
+                    )
+                    self._log_failure(exc, failures, delay)
+                    await _wait_any(stop, None, delay)
                     continue
+                if failures:
+                    logger.info(
+                        "outbox relay %s: publishing again after %d failed rounds",
+                        self.schema,
+                        failures,
+                    )
+                    failures = 0
                 if sent >= self.batch_size:
                     continue  # more are probably waiting
                 await _wait_any(stop, self._wake, self.poll_interval_s)
@@ -142,13 +166,32 @@ class OutboxRelay:
             if listener is not None:
                 await self._unlisten(listener)
 
+    def _log_failure(self, exc: Exception, failures: int, delay: float) -> None:
+        server = outage_of(exc)
+        if server is None:
+            logger.error(
+                "outbox relay %s: batch failed, retry in %.1fs",
+                self.schema,
+                delay,
+                exc_info=exc,
+            )
+        elif failures == 1 or delay >= self.max_error_backoff_s:
+            # One line per round at most, and no traceback: an outage is not a bug.
+            logger.warning(
+                "outbox relay %s: %s unavailable (%r), retry in %.1fs",
+                self.schema,
+                server,
+                exc,
+                delay,
+            )
+
     async def relay_once(self) -> int:
         """Claim and publish one batch of unsent rows; returns how many were marked sent.
 
         Returns 0 without publishing when another relay of the schema is busy.
         """
         q = self._quoted
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire(timeout=self.publish_timeout_s) as conn, conn.transaction():
             if not await conn.fetchval(
                 "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))", self._lock_key
             ):
@@ -237,33 +280,62 @@ class OutboxRelay:
     def _on_notify(self, *_: object) -> None:
         self._wake.set()
 
-    async def _listen(self, old: Any) -> Any:
-        """A dedicated pool connection LISTENing on the schema's channel, or None on failure."""
+    async def _listen(self, old: Any, *, quiet: bool = False) -> Any:
+        """A dedicated pool connection LISTENing on the schema's channel, or None on failure
+        (the relay polls meanwhile and tries again next round). ``quiet``: PostgreSQL is
+        known to be down, so a failure here is not news."""
         if old is not None:
             await self._unlisten(old)
         try:
-            conn = await self._pool.acquire()
-        except Exception:
+            conn = await self._pool.acquire(timeout=self.publish_timeout_s)
+        except Exception as exc:
             reraise_if_cancelling()
-            logger.exception("outbox relay %s: no listener connection, polling", self.schema)
+            if not quiet:
+                logger.warning(
+                    "outbox relay %s: no listener connection, polling: %r", self.schema, exc
+                )
             return None
         try:
             await conn.add_listener(notify_channel(self.schema), self._on_notify)
         except BaseException as exc:
-            await self._pool.release(conn)
+            await _release_quietly(self._pool, conn)
             if not isinstance(exc, Exception):
                 raise
             reraise_if_cancelling()
-            logger.exception("outbox relay %s: LISTEN failed, polling", self.schema)
+            if not quiet:
+                logger.warning("outbox relay %s: LISTEN failed, polling: %r", self.schema, exc)
             return None
         return conn
 
     async def _unlisten(self, conn: Any) -> None:
         try:
-            if not conn.is_closed():
+            if _usable(conn):
                 await conn.remove_listener(notify_channel(self.schema), self._on_notify)
+        except Exception as exc:
+            reraise_if_cancelling()
+            logger.info("outbox relay %s: UNLISTEN failed: %r", self.schema, exc)
         finally:
-            await self._pool.release(conn)
+            await _release_quietly(self._pool, conn)
+
+
+def _usable(conn: Any) -> bool:
+    """Whether a pool connection still works. When its server connection is lost, asyncpg
+    hands it back to the pool by itself and every method of the proxy we hold then raises
+    InterfaceError ("released back to the pool"), ``is_closed()`` included."""
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:
+        return False
+
+
+async def _release_quietly(pool: asyncpg.Pool, conn: Any) -> None:
+    """Give ``conn`` back to the pool; a lost connection is already back (a no-op), and a
+    failure to reset a broken one only costs that connection."""
+    try:
+        await pool.release(conn)
+    except Exception as exc:
+        reraise_if_cancelling()
+        logger.info("outbox: releasing a listener connection failed: %r", exc)
 
 
 async def _wait_any(stop: asyncio.Event, wake: asyncio.Event | None, delay_s: float) -> None:

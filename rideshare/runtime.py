@@ -34,6 +34,8 @@ import redis.asyncio as aioredis
 import uvloop
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from rideshare import bus, db
 from rideshare.grpc_server import GrpcServer
@@ -54,13 +56,22 @@ Worker = Callable[[asyncio.Event], Awaitable[object]]
 
 def open_redis(url: str, *, max_connections: int = 64, timeout_s: float = 2.0) -> aioredis.Redis:
     """A Redis client whose calls all have a deadline. The pool blocks (up to ``timeout_s``)
-    when every connection is busy, rather than failing a burst with "Too many connections"."""
+    when every connection is busy, rather than failing a burst with "Too many connections".
+
+    A call that meets a dropped connection (Redis restarted: every pooled connection is
+    dead) is tried once more on a fresh one, so the first call after a restart succeeds;
+    timeouts are not retried, so an outage costs a caller at most one deadline."""
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
         timeout=timeout_s,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
+        retry=Retry(
+            ExponentialBackoff(cap=0.2, base=0.02),
+            retries=1,
+            supported_errors=(aioredis.ConnectionError,),
+        ),
     )
     return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
 

@@ -21,12 +21,14 @@ __all__ = [
     "InfraUrls",
     "ServiceSettings",
     "SettingsError",
+    "configured_ports",
     "env_bool",
     "env_float",
     "env_int",
     "env_str",
     "load_infra_urls",
     "mask_url",
+    "service_port",
     "service_settings",
 ]
 
@@ -207,6 +209,19 @@ class ServiceSettings:
     shutdown_grace_s: float = 5.0
     db_pool_max: int = 10
     bind_retry_s: float = BIND_RETRY_S
+
+
+def service_port(name: str, env: Mapping[str, str] | None = None) -> int:
+    """The port a service listens on: ``RIDESHARE_<NAME>_PORT`` in ``env`` (default: this
+    process's environment) or the default port."""
+    default = EDGE_PORT if name == "edge" else SERVICE_PORTS[name][0]
+    return env_int(f"RIDESHARE_{name.upper()}_PORT", default, minimum=1, maximum=65535, env=env)
+
+
+def configured_ports(env: Mapping[str, str] | None = None) -> frozenset[int]:
+    """The gRPC port of every service and the edge's HTTP port, as configured in ``env``:
+    ports the project must never hand out as "free" to anything else."""
+    return frozenset(service_port(name, env) for name in (*SERVICE_PORTS, "edge"))
 
 
 def service_settings(

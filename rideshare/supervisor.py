@@ -40,7 +40,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rideshare.infra import _die_with_parent
-from rideshare.settings import EDGE_PORT, SERVICE_PORTS, InfraUrls, env_float, env_int
+from rideshare.settings import SERVICE_PORTS, InfraUrls, env_float, env_int, service_port
 
 __all__ = [
     "STATUS_FILE",
@@ -52,6 +52,7 @@ __all__ = [
     "grpc_healthy",
     "probe_service",
     "read_status",
+    "service_port",
 ]
 
 logger = logging.getLogger(__name__)
@@ -74,13 +75,6 @@ def available_services() -> list[str]:
         for name in SERVICE_ORDER
         if importlib.util.find_spec(name) and importlib.util.find_spec(f"{name}.__main__")
     ]
-
-
-def service_port(name: str, env: Mapping[str, str] | None = None) -> int:
-    """The port a service listens on: ``RIDESHARE_<NAME>_PORT`` in ``env`` (default: this
-    process's environment) or the default port."""
-    default = EDGE_PORT if name == "edge" else SERVICE_PORTS[name][0]
-    return env_int(f"RIDESHARE_{name.upper()}_PORT", default, minimum=1, maximum=65535, env=env)
 
 
 async def grpc_health(target: str, *, timeout_s: float = 1.0) -> Health:

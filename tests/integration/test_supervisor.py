@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rideshare.infra import free_port
+from rideshare.infra import EmbeddedInfra, free_port
 from rideshare.settings import InfraUrls
 from rideshare.supervisor import RestartPolicy, Supervisor, read_status
 from tests.helpers import eventually
@@ -61,7 +61,9 @@ async def _pid_changes(sup: Supervisor, name: str, old: int) -> int:
         return record.pid != old and record.state == "up"
 
     await eventually(new_copy_up, timeout_s=60)
-    return sup.child(name).process.pid
+    pid = sup.records[name].pid
+    assert pid is not None
+    return pid
 
 
 async def test_a_killed_service_is_restarted_and_the_restart_is_counted(
@@ -132,3 +134,33 @@ async def test_a_crash_loop_is_given_up_on_and_the_rest_keeps_running(
 def test_backoff_doubles_up_to_its_cap() -> None:
     policy = RestartPolicy(backoff_initial_s=0.5, backoff_max_s=4.0)
     assert [policy.backoff_s(n) for n in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+
+
+async def test_killed_servers_are_started_again_and_the_service_reconnects(
+    outage_infra: EmbeddedInfra, unique_name: str, tmp_path: Path
+) -> None:
+    urls = outage_infra.urls
+    assert urls is not None
+    sup = Supervisor(
+        urls,
+        extra_env=_env(unique_name),
+        servers=outage_infra,
+        policy=FAST,
+        status_file=tmp_path / "supervisor.json",
+    )
+    try:
+        await sup.spawn_all(["location"])
+        async with sup.supervising():
+            await sup.wait_all_up(timeout_s=60)
+            for server in ("redis", "nats", "postgres"):
+                old = outage_infra.pid(server)
+                os.kill(old, signal.SIGKILL)
+                await _pid_changes(sup, server, old)
+                assert outage_infra.dead() == []
+                assert read_status(tmp_path)[server]["restarts"] == 1
+            # The service was never restarted: it rode the outages out and serves again.
+            await eventually(sup.child("location").healthy, timeout_s=60)
+            assert sup.records["location"].restarts == 0
+            assert [name for name, _, _ in sup.recoveries] == ["redis", "nats", "postgres"]
+    finally:
+        await sup.stop_all(grace_s=5.0)

@@ -31,14 +31,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 import asyncpg
+import redis.asyncio as aioredis
 
+from notification.domain import plan
+from notification.events import facts_of
+from notification.templates import TEMPLATES
+from protos.events import payload_type
 from rideshare.infra import free_port
+from rideshare.runtime import open_redis
 from rideshare.settings import SERVICE_PORTS, load_infra_urls
 from rideshare.supervisor import Health, probe_service, read_status
 
@@ -60,6 +67,7 @@ FAULTS: tuple[tuple[str, str], ...] = (
 )
 LIVE_STATES = ("REQUESTED", "DISPATCHING", "ACCEPTED", "ARRIVED", "IN_PROGRESS")
 OUTBOX_SCHEMAS = ("rider", "driver", "trip")
+LOCATION_PREFIX = "loc:"  # the location service's default key prefix
 
 # Short limits so that a run of a few minutes exercises every rule.
 CHAOS_ENV = {
@@ -207,14 +215,30 @@ async def _simulate(run: Run, args: argparse.Namespace, summary_path: Path, log:
 async def _check_stores(run: Run) -> dict[str, list[str]]:
     urls = load_infra_urls(run.data_dir)
     conn = await asyncpg.connect(urls.postgres_dsn, timeout=10)
+    redis = open_redis(urls.redis_url)
     try:
         return {
             "stuck_trips": await _stuck_trips(conn),
             "drivers_on_two_trips": await _overlapping_drivers(conn),
             "unsent_outbox_rows": await _unsent_outbox(conn),
+            "notifications_missing": await _settled(lambda: _missing_notifications(conn)),
+            "notifications_duplicated": await _duplicated_notifications(conn),
+            "index_disagrees": await _settled(lambda: _index_disagreements(conn, redis)),
         }
     finally:
+        await redis.aclose()
         await conn.close()
+
+
+async def _settled(check: Callable[[], Awaitable[list[str]]], *, wait_s: float = 60.0) -> list[str]:
+    """``check()`` once it finds nothing, or what it still finds after ``wait_s``: consumers
+    apply the last events a moment after the simulation ends."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = await check()
+        if not found or time.monotonic() >= deadline:
+            return found
+        await asyncio.sleep(1.0)
 
 
 async def _stuck_trips(conn: asyncpg.Connection) -> list[str]:
@@ -255,6 +279,80 @@ async def _unsent_outbox(conn: asyncpg.Connection) -> list[str]:
             return []
         await asyncio.sleep(1)
     return found
+
+
+class _Blank(dict[str, str]):
+    """Facts for planning who an event notifies: a fact the store adds later (the driver's
+    car) reads as blank; ``get`` (who the recipient is) is not affected."""
+
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+async def _missing_notifications(conn: asyncpg.Connection) -> list[str]:
+    """Events published (outbox rows, kept for the outbox retention) that should have made a
+    notification for a user who has none for that event."""
+    rows = await conn.fetch(
+        " UNION ALL ".join(
+            f"SELECT event_id, subject, payload FROM {schema}.outbox WHERE sent_at IS NOT NULL"
+            for schema in OUTBOX_SCHEMAS
+        )
+    )
+    have = {
+        (r["event_id"], r["user_id"])
+        for r in await conn.fetch("SELECT event_id, user_id FROM notification.notifications")
+    }
+    missing = []
+    now = datetime.now(UTC)
+    for row in rows:
+        templates = TEMPLATES.get(row["subject"])
+        if not templates:
+            continue
+        message = payload_type(row["subject"]).FromString(row["payload"])
+        facts = _Blank(facts_of(row["subject"], message))
+        for draft in plan(templates, facts, event_id=row["event_id"], created_at=now):
+            if (row["event_id"], draft.user_id) not in have:
+                missing.append(f"{row['subject']} {row['event_id']} for {draft.user_id}")
+    return missing
+
+
+async def _duplicated_notifications(conn: asyncpg.Connection) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT event_id, user_id, count(*) AS n FROM notification.notifications "
+        "GROUP BY event_id, user_id HAVING count(*) > 1"
+    )
+    return [f"{r['event_id']} for {r['user_id']}: {r['n']} times" for r in rows]
+
+
+# Availability as location stores it (location/domain.py Availability).
+_AVAILABLE, _ON_TRIP, _OFFLINE = "1", "3", "4"
+
+
+async def _index_disagreements(conn: asyncpg.Connection, redis: aioredis.Redis) -> list[str]:
+    """Drivers whose availability in the location index contradicts the driver service (online
+    or not) or the trip service (on a live trip or not)."""
+    drivers = await conn.fetch("SELECT id, online FROM driver.drivers")
+    on_trip = {
+        r["driver_id"]: r["id"]
+        for r in await conn.fetch(
+            "SELECT driver_id, id FROM trip.trips WHERE driver_id IS NOT NULL "
+            "AND state IN ('ACCEPTED', 'ARRIVED', 'IN_PROGRESS')"
+        )
+    }
+    wrong = []
+    for driver in drivers:
+        raw = await redis.hmget(f"{LOCATION_PREFIX}d:{driver['id']}", "a", "h")
+        availability, holder = (v.decode() if isinstance(v, bytes) else v for v in raw)
+        trip_id = on_trip.get(driver["id"])
+        if trip_id is not None and (availability != _ON_TRIP or holder != trip_id):
+            wrong.append(f"{driver['id']}: on trip {trip_id}, index says {availability}/{holder}")
+        elif trip_id is None and availability == _ON_TRIP:
+            wrong.append(f"{driver['id']}: on no live trip, index says ON_TRIP for {holder}")
+        elif not driver["online"] and availability not in (None, _OFFLINE):
+            wrong.append(f"{driver['id']}: offline, index says {availability}")
+        elif driver["online"] and trip_id is None and availability in (None, _OFFLINE):
+            wrong.append(f"{driver['id']}: online and free, index says {availability}")
+    return wrong
 
 
 def _server_errors_outside_faults(summary: dict[str, Any], faults: Sequence[Fault]) -> list[str]:

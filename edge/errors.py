@@ -48,6 +48,8 @@ GRPC_TO_HTTP: dict[grpc.StatusCode, tuple[int, str]] = {
 }
 # INTERNAL, UNKNOWN, DATA_LOSS: the service failed; its details stay in its own log.
 _UPSTREAM_FAILED = (502, "upstream_error")
+# An upstream that is busy (429) or away (503) is worth retrying: say when.
+UPSTREAM_RETRY_AFTER_S = 1
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -112,7 +114,8 @@ def from_grpc(exc: grpc.aio.AioRpcError, upstream: str = "") -> ApiError:
         message = f"{upstream or 'upstream'} service {name.replace('_', ' ')}"
     else:
         message = exc.details() or name.replace("_", " ")
-    return ApiError(status, name, message)
+    headers = {"Retry-After": str(UPSTREAM_RETRY_AFTER_S)} if status in (429, 503) else None
+    return ApiError(status, name, message, headers=headers)
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
@@ -129,7 +132,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def grpc_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, grpc.aio.AioRpcError)
         err = from_grpc(exc)
-        return _json(err.status, error_body(err.code, err.message))
+        return _json(err.status, error_body(err.code, err.message), err.headers)
 
     async def validation_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

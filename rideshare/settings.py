@@ -20,6 +20,7 @@ __all__ = [
     "InfraUrls",
     "ServiceSettings",
     "SettingsError",
+    "default_kdf_concurrency",
     "env_bool",
     "env_float",
     "env_int",
@@ -203,6 +204,15 @@ class ServiceSettings:
     log_level: str = "INFO"
     shutdown_grace_s: float = 5.0
     db_pool_max: int = 10
+    # Password hashing (rideshare.credentials.PasswordHasher): KDF runs at once, and how many
+    # more may wait before a signup or login is refused with RESOURCE_EXHAUSTED.
+    kdf_concurrency: int = field(default_factory=lambda: default_kdf_concurrency())
+    kdf_queue: int = 32
+
+
+def default_kdf_concurrency() -> int:
+    """One KDF per CPU: more threads only share the same cores and stretch every hash."""
+    return os.cpu_count() or 1
 
 
 def service_settings(
@@ -224,4 +234,8 @@ def service_settings(
         log_level=env_str("RIDESHARE_LOG_LEVEL", "INFO", env=env).upper(),
         shutdown_grace_s=env_float("RIDESHARE_SHUTDOWN_GRACE_S", 5.0, minimum=0.0, env=env),
         db_pool_max=env_int("RIDESHARE_DB_POOL_MAX", 10, minimum=1, maximum=200, env=env),
+        kdf_concurrency=env_int(
+            "RIDESHARE_KDF_CONCURRENCY", default_kdf_concurrency(), minimum=1, maximum=256, env=env
+        ),
+        kdf_queue=env_int("RIDESHARE_KDF_QUEUE", 32, minimum=0, maximum=10_000, env=env),
     )

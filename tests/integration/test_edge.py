@@ -388,6 +388,56 @@ async def test_a_dead_upstream_fails_fast_with_503_and_opens_the_breaker(system:
     assert detail["location"]["serving"] is True
 
 
+async def test_a_signup_flood_slows_signups_but_cheap_calls_on_the_same_upstream_answer(
+    system: System,
+) -> None:
+    _, token = await signup_driver(system, online=True)
+    flood_s, workers = 4.0, 48
+    signups: list[int] = []
+    cheap: list[tuple[int, float]] = []
+
+    async def sign_up_until(http: httpx.AsyncClient, end: float) -> None:
+        while time.monotonic() < end:
+            r = await http.post(
+                "/v1/drivers",
+                json={"name": "Flo", "phone": phone(), "password": "correct-horse"}
+                | {"license_number": "L1"},
+            )
+            signups.append(r.status_code)
+            if r.status_code == 429:
+                assert r.json()["error"]["code"] == "resource_exhausted"
+                assert r.headers["retry-after"] == "1"
+
+    limits = httpx.Limits(max_connections=workers)
+    async with (
+        httpx.AsyncClient(base_url=system.url, timeout=15.0, limits=limits) as anon,
+        system.client(token) as me,
+    ):
+        end = time.monotonic() + flood_s
+        flood = asyncio.gather(*(sign_up_until(anon, end) for _ in range(workers)))
+        await asyncio.sleep(0.5)  # the KDF queue fills up
+        while not flood.done():
+            for method, path in (("GET", "/v1/drivers/me"), ("POST", "/v1/drivers/me/online")):
+                started = time.monotonic()
+                r = await me.request(method, path)
+                cheap.append((r.status_code, time.monotonic() - started))
+        await flood
+        health = (await anon.get("/healthz")).json()
+
+    assert {s for s, _ in cheap} == {200}, cheap
+    assert set(signups) <= {201, 429}, sorted(set(signups))
+    assert signups.count(201) >= 2 and signups.count(429) >= 1
+    assert health["upstreams"]["driver"]["breaker"] == "closed"
+    times = sorted(t for _, t in cheap)
+    p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
+    print(
+        f"signup flood: {signups.count(201) / flood_s:.1f} signups/s, "
+        f"{signups.count(429)} refused; cheap calls n={len(times)} "
+        f"p50={times[len(times) // 2] * 1000:.0f} ms p99={p99 * 1000:.0f} ms"
+    )
+    assert p99 < 1.0, times
+
+
 # -- WebSockets ------------------------------------------------------------------------------
 
 

@@ -222,10 +222,16 @@ async def _check(
 
     def refresh(trip_id: str, token: str) -> Callable[[], Awaitable[None]]:
         async def call() -> None:
-            with contextlib.suppress(ApiError):
+            try:
                 trip = await api.trip(trip_id, token=token, op="final_read")
-                if isinstance(trip, dict):
-                    registry.update(trip)
+            except ApiError:
+                return  # counted by Api; the trip is judged on what the phones saw
+            except Exception as exc:
+                logger.debug("final read of %s failed", trip_id, exc_info=True)
+                api.stats.crashes[f"final_read {type(exc).__name__}"] += 1
+                return
+            if isinstance(trip, dict):
+                registry.update(trip)
 
         return call
 

@@ -165,8 +165,9 @@ class SimDriver:
         self.registry.online.discard(self.driver_id)
         if self.leg is None:  # on a trip the app stays online (the service refuses anyway)
             with contextlib.suppress(ApiError):
+                # One retry at most: the run is ending, and the system may be stopping too.
                 await self.api.call(
-                    "POST", "/v1/drivers/me/offline", op="offline", token=self.token
+                    "POST", "/v1/drivers/me/offline", op="offline", token=self.token, retries=1
                 )
 
     async def _go_online(self, stop: asyncio.Event) -> bool:

@@ -437,6 +437,32 @@ async def test_a_signup_flood_slows_signups_but_cheap_calls_on_the_same_upstream
     assert health["upstreams"]["driver"]["breaker"] == "closed"
 
 
+async def test_slow_logins_and_signups_past_their_deadline_never_open_the_breaker(
+    system: System,
+) -> None:
+    _, token = await signup_driver(system)
+    body = {"phone": phone(), "password": "correct-horse", "role": "driver"}
+    # No KDF finishes in a millisecond: every signup and login misses its deadline.
+    async with system.another_edge(expensive_call_timeout_s=0.001, breaker_failures=2) as edge:
+        async with httpx.AsyncClient(base_url=edge.url, timeout=10.0) as http:
+            logins = [(await http.post("/v1/auth/token", json=body)).status_code for _ in range(4)]
+            signups = [
+                (
+                    await http.post(
+                        "/v1/drivers",
+                        json={"name": "Sy", "phone": phone(), "password": "correct-horse"}
+                        | {"license_number": "L1"},
+                    )
+                ).status_code
+                for _ in range(4)
+            ]
+            me = await http.get("/v1/drivers/me", headers={"Authorization": f"Bearer {token}"})
+            health = (await http.get("/healthz")).json()
+    assert logins == [504] * 4 and signups == [504] * 4
+    assert me.status_code == 200, me.text
+    assert health["upstreams"]["driver"]["breaker"] == "closed"
+
+
 # -- WebSockets ------------------------------------------------------------------------------
 
 

@@ -10,7 +10,8 @@ costs one scrypt in the driver service), while one driver calls ``GET /v1/driver
 processes burn a CPU each meanwhile, as other work on a shared machine does.
 
 Reported: sign-ups/s that succeeded, how many were refused (429, the KDF queue was full) or
-failed otherwise, and the cheap calls' statuses and latency percentiles. Asserts no target.
+failed otherwise, and the cheap calls' statuses and latency percentiles. A refused client waits
+what Retry-After says (with jitter) before its next try, as the apps do. Asserts no target.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import random
 import subprocess
 import sys
 import time
@@ -120,8 +122,10 @@ async def run(args: argparse.Namespace) -> None:
                         signups[0] += 1
                         continue
                     signups[r.status_code] += 1
-                    if r.status_code == 429:
-                        await asyncio.sleep(0.05)  # a refused client does not spin
+                    if r.status_code in (429, 503):
+                        # As an app does: wait what Retry-After says, with jitter.
+                        wait = float(r.headers.get("retry-after", "1"))
+                        await asyncio.sleep(wait * random.uniform(0.5, 1.5))
 
             async def cheap_calls(end: float) -> None:
                 while time.monotonic() < end:

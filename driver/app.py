@@ -12,6 +12,7 @@ from driver.store import DriverStore
 from protos import events
 from protos.driver.v1 import driver_pb2, driver_pb2_grpc
 from rideshare import bus
+from rideshare.credentials import PasswordHasher
 from rideshare.grpc_server import GrpcServer
 from rideshare.runtime import service_runtime
 from rideshare.settings import ServiceSettings
@@ -32,8 +33,11 @@ async def running(
     async with service_runtime(settings, schema=schema, migrations=MIGRATIONS) as rt:
         assert rt.pool is not None
         store = DriverStore(rt.pool)
+        hasher = PasswordHasher(concurrency=settings.kdf_concurrency, queue=settings.kdf_queue)
         server = rt.grpc_server()
-        driver_pb2_grpc.add_DriverServiceServicer_to_server(DriverServicer(store), server.server)
+        driver_pb2_grpc.add_DriverServiceServicer_to_server(
+            DriverServicer(store, hasher), server.server
+        )
         server.add_service_name(SERVICE_NAME)
         consumer = TripStatusConsumer(store, consumer=durable)
         rt.run_worker(
@@ -47,5 +51,8 @@ async def running(
             ),
             name="trip-status-consumer",
         )
-        async with rt.serving(server):
-            yield server
+        try:
+            async with rt.serving(server):
+                yield server
+        finally:
+            hasher.close()  # after the server drained: no call is waiting for a hash

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import grpc
@@ -23,7 +22,7 @@ from driver.domain import (
 )
 from driver.store import DriverStore
 from protos.driver.v1 import driver_pb2, driver_pb2_grpc
-from rideshare.credentials import hash_password, login
+from rideshare.credentials import HasherBusyError, PasswordHasher
 from rideshare.grpc_errors import StatusTable, abort_with
 
 __all__ = ["DriverServicer"]
@@ -36,6 +35,9 @@ _STATUS: StatusTable = {
     PhoneTakenError: grpc.StatusCode.ALREADY_EXISTS,
     PlateTakenError: grpc.StatusCode.ALREADY_EXISTS,
     BadCredentialsError: grpc.StatusCode.UNAUTHENTICATED,
+    # Alive but at its KDF capacity: retry later (429), never UNAVAILABLE, which would count
+    # against the edge's circuit breaker for every call of the service.
+    HasherBusyError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     NoVehicleError: grpc.StatusCode.FAILED_PRECONDITION,
     VehicleNotOwnedError: grpc.StatusCode.FAILED_PRECONDITION,
     OnTripError: grpc.StatusCode.FAILED_PRECONDITION,
@@ -74,10 +76,11 @@ def driver_to_proto(driver: Driver) -> driver_pb2.Driver:
 
 
 class DriverServicer(driver_pb2_grpc.DriverServiceServicer):
-    """Driver accounts, vehicles and online status; the KDF runs in a thread."""
+    """Driver accounts, vehicles and online status; the KDF runs in the bounded PasswordHasher."""
 
-    def __init__(self, store: DriverStore) -> None:
+    def __init__(self, store: DriverStore, hasher: PasswordHasher) -> None:
         self._store = store
+        self._hasher = hasher
 
     async def CreateDriver(
         self, request: driver_pb2.CreateDriverRequest, context: Context
@@ -89,9 +92,9 @@ class DriverServicer(driver_pb2_grpc.DriverServiceServicer):
                 password=request.password,
                 license_number=request.license_number,
             )
-            password_hash = await asyncio.to_thread(hash_password, new.password)
+            password_hash = await self._hasher.hash(new.password)
             driver = await self._store.create(new, password_hash=password_hash)
-        except DriverError as exc:
+        except (DriverError, HasherBusyError) as exc:
             await abort_with(context, exc, _STATUS)
         return driver_to_proto(driver)
 
@@ -123,7 +126,13 @@ class DriverServicer(driver_pb2_grpc.DriverServiceServicer):
     async def Authenticate(
         self, request: driver_pb2.AuthenticateRequest, context: Context
     ) -> driver_pb2.AuthenticateResponse:
-        account_id = await login(await self._store.password_hash(request.phone), request.password)
+        # Login attempt limits (per phone, per client) go here, before any KDF work.
+        try:
+            account_id = await self._hasher.authenticate(
+                await self._store.password_hash(request.phone), request.password
+            )
+        except HasherBusyError as exc:
+            await abort_with(context, exc, _STATUS)
         if account_id is None:
             await abort_with(
                 context, BadCredentialsError("wrong phone number or password"), _STATUS

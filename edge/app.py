@@ -170,6 +170,7 @@ async def running(settings: EdgeSettings) -> AsyncIterator[EdgeServer]:
         upstreams = Upstreams(
             settings.upstreams,
             timeout_s=settings.call_timeout_s,
+            expensive_timeout_s=settings.expensive_call_timeout_s,
             failures=settings.breaker_failures,
             reset_s=settings.breaker_reset_s,
         )

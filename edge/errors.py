@@ -56,9 +56,9 @@ GRPC_TO_HTTP: dict[grpc.StatusCode, tuple[int, str]] = {
 }
 # INTERNAL, UNKNOWN, DATA_LOSS: the service failed; its details stay in its own log.
 _UPSTREAM_FAILED = (502, "upstream_error")
-
-# Retry-After (seconds) on a 503 for an outage: servers come back within seconds (restarted
-# by the launcher), and clients add their own backoff on repeated 503s.
+# Retry-After (seconds) on a 503 for an outage and a 429 from a busy upstream: servers come
+# back within seconds (restarted by the launcher), a busy queue drains within a second or two,
+# and clients add their own backoff on repeated refusals.
 RETRY_AFTER_S = 1
 _RETRY_AFTER = {"Retry-After": str(RETRY_AFTER_S)}
 
@@ -125,7 +125,8 @@ def from_grpc(exc: grpc.aio.AioRpcError, upstream: str = "") -> ApiError:
         message = f"{upstream or 'upstream'} service {name.replace('_', ' ')}"
     else:
         message = exc.details() or name.replace("_", " ")
-    return ApiError(status, name, message, headers=dict(_RETRY_AFTER) if status == 503 else None)
+    headers = dict(_RETRY_AFTER) if status in (429, 503) else None
+    return ApiError(status, name, message, headers=headers)
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:

@@ -42,6 +42,7 @@ class EdgeSettings:
     bind_retry_s: float = BIND_RETRY_S
     token_ttl_s: int = 3600
     call_timeout_s: float = 3.0
+    expensive_call_timeout_s: float = 8.0  # signups and logins (edge.upstreams.EXPENSIVE)
     breaker_failures: int = 5
     breaker_reset_s: float = 5.0
     rate_per_token: float = 20.0  # requests per second
@@ -84,6 +85,9 @@ class EdgeSettings:
             bind_retry_s=env_float("RIDESHARE_BIND_RETRY_S", BIND_RETRY_S, minimum=0.0, env=env),
             token_ttl_s=env_int("RIDESHARE_JWT_TTL_S", 3600, minimum=60, env=env),
             call_timeout_s=env_float("RIDESHARE_EDGE_CALL_TIMEOUT_S", 3.0, minimum=0.05, env=env),
+            expensive_call_timeout_s=env_float(
+                "RIDESHARE_EDGE_EXPENSIVE_CALL_TIMEOUT_S", 8.0, minimum=0.05, env=env
+            ),
             breaker_failures=env_int("RIDESHARE_EDGE_BREAKER_FAILURES", 5, minimum=1, env=env),
             breaker_reset_s=env_float("RIDESHARE_EDGE_BREAKER_RESET_S", 5.0, minimum=0.1, env=env),
             rate_per_token=env_float("RIDESHARE_RATE_PER_TOKEN", 20.0, minimum=0.1, env=env),

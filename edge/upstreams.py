@@ -1,14 +1,30 @@
 """One gRPC channel per upstream service, each behind a small circuit breaker.
 
-A call that fails with UNAVAILABLE or DEADLINE_EXCEEDED counts against the upstream; after
-``failures`` of them in a row the breaker opens and calls fail at once with 503 for
-``reset_s``; then one probe call is let through (half-open) and its outcome closes or reopens
-the breaker. Every call has a deadline (the channel's default, from make_channel).
+Deadlines fit the work: a call gets ``timeout_s`` unless :data:`EXPENSIVE` names its method
+(signups and logins, which wait their turn for the password KDF), which get
+``expensive_timeout_s``. :data:`EXPENSIVE` is the one list of expensive methods.
+
+The breaker opens on an upstream that is dead or failing, never on one that is merely slow
+or busy (:func:`outcome_of` is the whole policy):
+
+- BROKEN: UNAVAILABLE (nobody answers, or it says it cannot serve), INTERNAL / UNKNOWN /
+  DATA_LOSS (it answers, but fails), and DEADLINE_EXCEEDED of a cheap call (a read that
+  takes longer than its generous deadline means a hung process).
+- HEALTHY: any answer that shows the service working, including errors about the request
+  (NOT_FOUND, INVALID_ARGUMENT ...) and RESOURCE_EXHAUSTED (alive, and shedding work it
+  cannot do now: the caller is told to retry, the other calls still work).
+- NEUTRAL: DEADLINE_EXCEEDED of an expensive call (slow work on a busy machine says nothing
+  about the reads next to it) and CANCELLED (the caller gave up).
+
+After ``failures`` BROKEN outcomes in a row the breaker opens and calls fail at once with 503
+and Retry-After for ``reset_s``; then one probe call is let through (half-open) and its
+outcome closes or reopens the breaker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from collections.abc import Mapping
@@ -27,7 +43,7 @@ from protos.rider.v1 import rider_pb2_grpc
 from protos.trip.v1 import trip_pb2_grpc
 from rideshare.grpc_client import make_channel
 
-__all__ = ["CircuitBreaker", "Upstream", "Upstreams"]
+__all__ = ["EXPENSIVE", "CircuitBreaker", "Outcome", "Upstream", "Upstreams", "outcome_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +75,47 @@ _IDEMPOTENT = {
     ),
     "notification": ("rideshare.notification.v1.NotificationService/ListNotifications",),
 }
-_BREAKING = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# Methods that cost real CPU by design (the password KDF) and may queue for it: a longer
+# deadline, and their slowness never counts against the upstream's breaker.
+EXPENSIVE: Mapping[str, tuple[str, ...]] = {
+    "rider": (
+        "rideshare.rider.v1.RiderService/CreateRider",
+        "rideshare.rider.v1.RiderService/Authenticate",
+    ),
+    "driver": (
+        "rideshare.driver.v1.DriverService/CreateDriver",
+        "rideshare.driver.v1.DriverService/Authenticate",
+    ),
+}
+
+
+class Outcome(enum.Enum):
+    """What one finished call says about the upstream's health."""
+
+    HEALTHY = "healthy"
+    BROKEN = "broken"
+    NEUTRAL = "neutral"
+
+
+_BROKEN = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+
+def outcome_of(code: grpc.StatusCode, *, expensive: bool) -> Outcome:
+    """The breaker's policy: how a call that ended with ``code`` (OK for a success) counts."""
+    if code in _BROKEN:
+        return Outcome.BROKEN
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return Outcome.NEUTRAL if expensive else Outcome.BROKEN
+    if code is grpc.StatusCode.CANCELLED:
+        return Outcome.NEUTRAL
+    return Outcome.HEALTHY
 
 
 @dataclass
@@ -109,15 +165,27 @@ class Upstream:
     """A channel to one service, its breaker, and a way to call it."""
 
     def __init__(
-        self, name: str, target: str, *, timeout_s: float, failures: int, reset_s: float
+        self,
+        name: str,
+        target: str,
+        *,
+        timeout_s: float,
+        expensive_timeout_s: float,
+        failures: int,
+        reset_s: float,
     ) -> None:
         self.name = name
         self.target = target
         self.channel = make_channel(
-            target, idempotent_methods=_IDEMPOTENT.get(name, ()), default_timeout_s=timeout_s
+            target,
+            idempotent_methods=_IDEMPOTENT.get(name, ()),
+            default_timeout_s=timeout_s,
+            method_timeouts={m: expensive_timeout_s for m in EXPENSIVE.get(name, ())},
         )
         self.breaker = CircuitBreaker(failures=failures, reset_s=reset_s)
         self._health = health_pb2_grpc.HealthStub(self.channel)
+        # ids of the stub's multicallables for EXPENSIVE methods (Upstreams fills it in)
+        self.expensive: frozenset[int] = frozenset()
 
     def check(self) -> None:
         """Raises 503 at once while the breaker is open."""
@@ -141,17 +209,24 @@ class Upstream:
         try:
             response = await method(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() in _BREAKING:
-                self.breaker.failure()
+            outcome = outcome_of(exc.code(), expensive=id(method) in self.expensive)
+            self._count(outcome)
+            if outcome is Outcome.BROKEN:
                 logger.warning("%s call failed: %s", self.name, exc.code().name)
-            else:
-                self.breaker.success()
             raise from_grpc(exc, self.name) from None
         except BaseException:
             self.breaker.release()
             raise
         self.breaker.success()
         return response
+
+    def _count(self, outcome: Outcome) -> None:
+        if outcome is Outcome.BROKEN:
+            self.breaker.failure()
+        elif outcome is Outcome.HEALTHY:
+            self.breaker.success()
+        else:
+            self.breaker.release()
 
     async def healthy(self, *, timeout_s: float = 1.0) -> bool:
         try:
@@ -174,11 +249,19 @@ class Upstreams:
         targets: Mapping[str, str],
         *,
         timeout_s: float = 3.0,
+        expensive_timeout_s: float = 10.0,
         failures: int = 5,
         reset_s: float = 5.0,
     ) -> None:
         self.by_name = {
-            name: Upstream(name, target, timeout_s=timeout_s, failures=failures, reset_s=reset_s)
+            name: Upstream(
+                name,
+                target,
+                timeout_s=timeout_s,
+                expensive_timeout_s=expensive_timeout_s,
+                failures=failures,
+                reset_s=reset_s,
+            )
             for name, target in targets.items()
         }
 
@@ -192,6 +275,13 @@ class Upstreams:
         self._stubs: dict[str, Any] = {
             name: factories[name](up.channel) for name, up in self.by_name.items()
         }
+        # A stub keeps one multicallable per method for its life: the edge calls exactly
+        # these objects, so their ids tell an expensive call from a cheap one.
+        for name, up in self.by_name.items():
+            up.expensive = frozenset(
+                id(getattr(self._stubs[name], full.rpartition("/")[2]))
+                for full in EXPENSIVE.get(name, ())
+            )
 
     def get(self, name: str) -> Upstream:
         try:

@@ -12,6 +12,7 @@ from rider.events import CONSUMED_SUBJECTS, DURABLE, TripHistoryConsumer
 from rider.server import RiderServicer
 from rider.store import RiderStore
 from rideshare import bus
+from rideshare.credentials import PasswordHasher
 from rideshare.grpc_server import GrpcServer
 from rideshare.runtime import service_runtime
 from rideshare.settings import ServiceSettings
@@ -32,8 +33,11 @@ async def running(
     async with service_runtime(settings, schema=schema, migrations=MIGRATIONS) as rt:
         assert rt.pool is not None
         store = RiderStore(rt.pool)
+        hasher = PasswordHasher(concurrency=settings.kdf_concurrency, queue=settings.kdf_queue)
         server = rt.grpc_server()
-        rider_pb2_grpc.add_RiderServiceServicer_to_server(RiderServicer(store), server.server)
+        rider_pb2_grpc.add_RiderServiceServicer_to_server(
+            RiderServicer(store, hasher), server.server
+        )
         server.add_service_name(SERVICE_NAME)
         consumer = TripHistoryConsumer(store, consumer=durable)
         rt.run_worker(
@@ -47,5 +51,8 @@ async def running(
             ),
             name="trip-history-consumer",
         )
-        async with rt.serving(server):
-            yield server
+        try:
+            async with rt.serving(server):
+                yield server
+        finally:
+            hasher.close()  # after the server drained: no call is waiting for a hash

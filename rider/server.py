@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import grpc
@@ -20,7 +19,7 @@ from rider.domain import (
     TripSummary,
 )
 from rider.store import RiderStore
-from rideshare.credentials import hash_password, login
+from rideshare.credentials import HasherBusyError, PasswordHasher
 from rideshare.grpc_errors import StatusTable, abort_with
 
 __all__ = ["RiderServicer"]
@@ -32,6 +31,9 @@ _STATUS: StatusTable = {
     RiderNotFoundError: grpc.StatusCode.NOT_FOUND,
     PhoneTakenError: grpc.StatusCode.ALREADY_EXISTS,
     BadCredentialsError: grpc.StatusCode.UNAUTHENTICATED,
+    # Alive but at its KDF capacity: retry later (429), never UNAVAILABLE, which would count
+    # against the edge's circuit breaker for every call of the service.
+    HasherBusyError: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 
@@ -72,10 +74,11 @@ def trip_to_proto(trip: TripSummary) -> rider_pb2.TripSummary:
 
 
 class RiderServicer(rider_pb2_grpc.RiderServiceServicer):
-    """Rider accounts and their trip history; the KDF runs in a thread, off the event loop."""
+    """Rider accounts and their trip history; the KDF runs in the bounded PasswordHasher."""
 
-    def __init__(self, store: RiderStore) -> None:
+    def __init__(self, store: RiderStore, hasher: PasswordHasher) -> None:
         self._store = store
+        self._hasher = hasher
 
     async def CreateRider(
         self, request: rider_pb2.CreateRiderRequest, context: Context
@@ -87,9 +90,9 @@ class RiderServicer(rider_pb2_grpc.RiderServiceServicer):
                 email=request.email if request.HasField("email") else None,
                 password=request.password,
             )
-            password_hash = await asyncio.to_thread(hash_password, new.password)
+            password_hash = await self._hasher.hash(new.password)
             rider = await self._store.create(new, password_hash=password_hash)
-        except RiderError as exc:
+        except (RiderError, HasherBusyError) as exc:
             await abort_with(context, exc, _STATUS)
         return rider_to_proto(rider)
 
@@ -118,7 +121,13 @@ class RiderServicer(rider_pb2_grpc.RiderServiceServicer):
     async def Authenticate(
         self, request: rider_pb2.AuthenticateRequest, context: Context
     ) -> rider_pb2.AuthenticateResponse:
-        account_id = await login(await self._store.password_hash(request.phone), request.password)
+        # Login attempt limits (per phone, per client) go here, before any KDF work.
+        try:
+            account_id = await self._hasher.authenticate(
+                await self._store.password_hash(request.phone), request.password
+            )
+        except HasherBusyError as exc:
+            await abort_with(context, exc, _STATUS)
         if account_id is None:
             await abort_with(
                 context, BadCredentialsError("wrong phone number or password"), _STATUS

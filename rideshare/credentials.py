@@ -1,8 +1,12 @@
 """Account rules shared by the rider and driver services: phones, passwords, the password KDF.
 
-No I/O. :func:`hash_password` and :func:`verify_password` cost tens of milliseconds of CPU on
-purpose (scrypt); async callers run them in a thread (``asyncio.to_thread``, as
-:func:`login` does) so the event loop never stalls on them.
+:func:`hash_password` and :func:`verify_password` cost tens of milliseconds of CPU on purpose
+(scrypt). Services never call them on the event loop, nor in an unbounded number of threads:
+they go through one :class:`PasswordHasher` per process, which runs at most ``concurrency``
+of them at once and lets at most ``queue`` more wait. A signup or login beyond that fails at
+once with :class:`HasherBusyError` (the servicer answers RESOURCE_EXHAUSTED, the edge 429 with
+Retry-After), so a flood of signups makes signups slower or refused, and leaves the CPU, the
+event loop and the database pool to every other call of the service.
 """
 
 from __future__ import annotations
@@ -14,13 +18,19 @@ import hashlib
 import hmac
 import os
 import re
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 __all__ = [
     "DEFAULT_KDF",
     "MAX_PASSWORD_LEN",
     "MIN_PASSWORD_LEN",
+    "HasherBusyError",
     "InvalidCredentialError",
+    "PasswordHasher",
     "ScryptParams",
     "burn_verify",
     "check_email",
@@ -28,7 +38,6 @@ __all__ = [
     "check_phone",
     "check_text",
     "hash_password",
-    "login",
     "verify_password",
 ]
 
@@ -145,12 +154,88 @@ def burn_verify(password: str) -> None:
     verify_password(password, _burn_hash())
 
 
-async def login(account: tuple[str, str] | None, password: str) -> str | None:
-    """The account id when ``password`` matches, else None; ``account`` is the (id, hash)
-    found by phone number, or None when there is none. The KDF runs in a thread, and an
-    unknown account costs the same time as a wrong password."""
-    if account is None:
-        await asyncio.to_thread(burn_verify, password)
-        return None
-    account_id, encoded = account
-    return account_id if await asyncio.to_thread(verify_password, password, encoded) else None
+T = TypeVar("T")
+
+
+class HasherBusyError(Exception):
+    """Every KDF slot and every queue place is taken: the caller should retry a little later.
+
+    The process is alive and every other call of it still works, so it is not UNAVAILABLE
+    (which would count against a circuit breaker for the whole service): servicers map it to
+    RESOURCE_EXHAUSTED.
+    """
+
+
+class PasswordHasher:
+    """The process's one way to run the KDF: at most ``concurrency`` at once in threads of its
+    own, at most ``queue`` more waiting, and :class:`HasherBusyError` at once beyond that.
+
+    A caller cancelled while waiting (its gRPC deadline passed, the client went away) leaves
+    the queue without costing any CPU; a KDF already running cannot be stopped and keeps its
+    slot until it ends, so ``concurrency`` bounds the threads really hashing. The queue is FIFO.
+    Build it in ``app.main`` and :meth:`close` it on shutdown.
+
+    :meth:`authenticate` is the one door of every login; limits on login attempts (per phone,
+    per client) belong in front of it, in the servicer, before any KDF work is spent.
+    """
+
+    def __init__(self, *, concurrency: int, queue: int, params: ScryptParams = DEFAULT_KDF) -> None:
+        if concurrency < 1 or queue < 0:
+            raise ValueError(f"need concurrency >= 1 and queue >= 0, got {concurrency}, {queue}")
+        self.concurrency = concurrency
+        self.queue = queue
+        self._params = params
+        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="kdf")
+        self._lock = threading.Lock()  # done callbacks run in the executor's threads
+        self._admitted = 0  # submitted and not yet finished or withdrawn
+        self.refused = 0
+
+    @property
+    def admitted(self) -> int:
+        """KDF runs hashing now or waiting for a thread."""
+        return self._admitted
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        with self._lock:
+            if self._admitted >= self.concurrency + self.queue:
+                self.refused += 1
+                raise HasherBusyError(
+                    f"password hashing is at capacity ({self.concurrency} running, "
+                    f"{self.queue} waiting); retry shortly"
+                )
+            self._admitted += 1
+        try:
+            job: Future[T] = self._executor.submit(fn, *args)
+        except BaseException:
+            self._release(None)
+            raise
+        job.add_done_callback(self._release)
+        # Cancelling the wrapper cancels ``job`` if it has not started; the callback then
+        # gives its place back at once.
+        return await asyncio.wrap_future(job)
+
+    def _release(self, _: object) -> None:
+        with self._lock:
+            self._admitted -= 1
+
+    async def hash(self, password: str) -> str:
+        """:func:`hash_password` in the bounded pool."""
+        return await self._run(functools.partial(hash_password, params=self._params), password)
+
+    async def verify(self, password: str, encoded: str) -> bool:
+        """:func:`verify_password` in the bounded pool."""
+        return await self._run(verify_password, password, encoded)
+
+    async def authenticate(self, account: tuple[str, str] | None, password: str) -> str | None:
+        """The account id when ``password`` matches, else None; ``account`` is the (id, hash)
+        found by phone number, or None when there is none. An unknown account costs the same
+        time (and the same place in the queue) as a wrong password."""
+        if account is None:
+            await self._run(burn_verify, password)
+            return None
+        account_id, encoded = account
+        return account_id if await self.verify(password, encoded) else None
+
+    def close(self) -> None:
+        """Stop the threads once the running KDFs end; queued ones are dropped."""
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -2,9 +2,11 @@
 
 Conventions every caller follows:
 
-- Every call has a deadline. A call without ``timeout=`` gets the channel's
-  ``default_timeout_s``; a long-lived stream (``WatchDriver``, ``ReportPositions``) passes a
-  large explicit ``timeout=`` instead, and the caller cancels it when it is no longer needed.
+- Every call has a deadline. A call without ``timeout=`` gets its method's entry in
+  ``method_timeouts`` (expensive methods, such as the ones that hash a password, need longer
+  than reads), else the channel's ``default_timeout_s``; a long-lived stream (``WatchDriver``,
+  ``ReportPositions``) passes a large explicit ``timeout=`` instead, and the caller cancels it
+  when it is no longer needed.
 - Only methods named in ``idempotent_methods`` are retried, and only on UNAVAILABLE (the
   request never reached a handler, or the server was going away): up to 3 attempts with
   exponential backoff, all within the call's one deadline. Commands that change state are not
@@ -18,7 +20,7 @@ Build channels in ``app.main`` (never at import time) and close them on shutdown
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
@@ -57,24 +59,36 @@ def make_channel(
     *,
     idempotent_methods: Sequence[str] = (),
     default_timeout_s: float = 5.0,
+    method_timeouts: Mapping[str, float] | None = None,
 ) -> grpc.aio.Channel:
     """An insecure ``grpc.aio`` channel to ``target`` (``host:port``) following the module's
     conventions.
 
-    ``idempotent_methods`` are fully qualified, ``package.Service/Method`` (e.g.
-    ``"rideshare.location.v1.LocationService/NearestDrivers"``); only those are retried.
-    Create it inside the running event loop.
+    ``idempotent_methods`` and the keys of ``method_timeouts`` are fully qualified,
+    ``package.Service/Method`` (e.g. ``"rideshare.location.v1.LocationService/NearestDrivers"``);
+    only the former are retried. Create it inside the running event loop.
     """
-    if default_timeout_s <= 0:
-        raise ValueError(f"default_timeout_s must be positive, got {default_timeout_s}")
+    timeouts = {"default": default_timeout_s, **(method_timeouts or {})}
+    for name, value in timeouts.items():
+        if value <= 0:
+            raise ValueError(f"the deadline of {name} must be positive, got {value}")
+    by_path = {_path(full): t for full, t in (method_timeouts or {}).items()}
     options = list(_CHANNEL_OPTIONS)
     if idempotent_methods:
         options.append(("grpc.service_config", retry_service_config(idempotent_methods)))
     return grpc.aio.insecure_channel(
         target,
         options=options,
-        interceptors=_interceptors(_CallDefaults(default_timeout_s)),
+        interceptors=_interceptors(_CallDefaults(default_timeout_s, by_path)),
     )
+
+
+def _path(full: str) -> bytes:
+    """``package.Service/Method`` as gRPC names it on the wire: ``b"/package.Service/Method"``."""
+    service, sep, method = full.lstrip("/").partition("/")
+    if not sep or not service or not method or "/" in method:
+        raise ValueError(f"not a fully qualified method (package.Service/Method): {full!r}")
+    return f"/{service}/{method}".encode()
 
 
 def retry_service_config(methods: Sequence[str]) -> str:
@@ -104,12 +118,18 @@ def retry_service_config(methods: Sequence[str]) -> str:
 
 
 class _CallDefaults:
-    """Adds the default deadline and the request id to a call's details."""
+    """Adds the default deadline (the method's own, if it has one) and the request id to a
+    call's details."""
 
-    __slots__ = ("_timeout",)
+    __slots__ = ("_by_path", "_timeout")
 
-    def __init__(self, default_timeout_s: float) -> None:
+    def __init__(self, default_timeout_s: float, by_path: Mapping[bytes, float]) -> None:
         self._timeout = default_timeout_s
+        self._by_path = by_path
+
+    def timeout_of(self, method: str | bytes) -> float:
+        path = method.encode() if isinstance(method, str) else method
+        return self._by_path.get(path, self._timeout)
 
     def details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         timeout = details.timeout
@@ -121,7 +141,7 @@ class _CallDefaults:
         if timeout is not None and not add_id:
             return details
         if timeout is None:
-            timeout = self._timeout
+            timeout = self.timeout_of(details.method)
         if add_id:
             # A new object: the caller's metadata may be shared between calls.
             metadata = grpc.aio.Metadata(

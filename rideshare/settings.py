@@ -22,6 +22,7 @@ __all__ = [
     "ServiceSettings",
     "SettingsError",
     "configured_ports",
+    "default_kdf_concurrency",
     "env_bool",
     "env_float",
     "env_int",
@@ -209,6 +210,10 @@ class ServiceSettings:
     shutdown_grace_s: float = 5.0
     db_pool_max: int = 10
     bind_retry_s: float = BIND_RETRY_S
+    # Password hashing (rideshare.credentials.PasswordHasher): KDF runs at once, and how many
+    # more may wait before a signup or login is refused with RESOURCE_EXHAUSTED.
+    kdf_concurrency: int = field(default_factory=lambda: default_kdf_concurrency())
+    kdf_queue: int = 32
 
 
 def service_port(name: str, env: Mapping[str, str] | None = None) -> int:
@@ -222,6 +227,11 @@ def configured_ports(env: Mapping[str, str] | None = None) -> frozenset[int]:
     """The gRPC port of every service and the edge's HTTP port, as configured in ``env``:
     ports the project must never hand out as "free" to anything else."""
     return frozenset(service_port(name, env) for name in (*SERVICE_PORTS, "edge"))
+
+
+def default_kdf_concurrency() -> int:
+    """One KDF per CPU: more threads only share the same cores and stretch every hash."""
+    return os.cpu_count() or 1
 
 
 def service_settings(
@@ -244,4 +254,8 @@ def service_settings(
         shutdown_grace_s=env_float("RIDESHARE_SHUTDOWN_GRACE_S", 5.0, minimum=0.0, env=env),
         db_pool_max=env_int("RIDESHARE_DB_POOL_MAX", 10, minimum=1, maximum=200, env=env),
         bind_retry_s=env_float("RIDESHARE_BIND_RETRY_S", BIND_RETRY_S, minimum=0.0, env=env),
+        kdf_concurrency=env_int(
+            "RIDESHARE_KDF_CONCURRENCY", default_kdf_concurrency(), minimum=1, maximum=256, env=env
+        ),
+        kdf_queue=env_int("RIDESHARE_KDF_QUEUE", 32, minimum=0, maximum=10_000, env=env),
     )

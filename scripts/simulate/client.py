@@ -1,7 +1,14 @@
-"""How a simulated phone talks to the edge: HTTP calls with deadlines (and the app-side
-handling of 429 and retries), and a WebSocket that stays connected.
+"""How a simulated phone talks to the edge: HTTP calls with deadlines and the retries a real
+app makes, and a WebSocket that stays connected.
 
-Everything it sees goes into the run's ``Stats``; 5xx answers are kept for the invariants.
+Retries: 429, 503, 504 and a failed connection are waited out and tried again with
+exponential backoff and full jitter (never sooner than Retry-After), up to ``retries`` times;
+every call the apps make is safe to repeat (POST /v1/trips carries one Idempotency-Key for all
+its attempts, and the others are reads, state settings or commands whose callers reconcile a
+409 that follows an attempt of unknown outcome, :attr:`ApiError.after_unknown`).
+
+Everything it sees goes into the run's ``Stats``; a 5xx that :func:`is_violation` calls
+broken is kept for the invariants.
 """
 
 from __future__ import annotations
@@ -19,14 +26,20 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus, WebSocketException
 
-from scripts.simulate.invariants import ServerError
+from scripts.simulate.invariants import ServerError, is_violation
 from scripts.simulate.stats import Stats
 
-__all__ = ["Api", "ApiError", "LiveSocket", "now_ms"]
+__all__ = ["Api", "ApiError", "LiveSocket", "backoff_s", "now_ms"]
 
 logger = logging.getLogger(__name__)
 
 MAX_RETRY_AFTER_S = 5.0
+RETRY_BASE_S = 0.2
+RETRY_CAP_S = 5.0
+DEFAULT_RETRIES = 8
+RETRYABLE_STATUSES = frozenset({429, 503, 504})
+# Answers after which the request may or may not have taken effect.
+UNKNOWN_OUTCOME_STATUSES = frozenset({503, 504})
 # Routes where a 409/404 is a race a real app meets and handles, not a failure.
 RACY_OPS = frozenset({"accept", "decline", "arrive", "start", "complete", "cancel", "rating"})
 
@@ -35,14 +48,30 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class ApiError(Exception):
-    """A call that did not succeed: ``status`` 0 for a transport failure."""
+def backoff_s(attempt: int, rng: random.Random | None = None, *, floor_s: float = 0.0) -> float:
+    """Seconds to wait before retry number ``attempt`` (1, 2, ...): full jitter over an
+    exponential ceiling (``RETRY_BASE_S * 2**attempt``, at most ``RETRY_CAP_S``), and never
+    less than ``floor_s`` (the server's Retry-After, bounded)."""
+    ceiling = min(RETRY_BASE_S * 2**attempt, RETRY_CAP_S)
+    jitter = (rng or random).uniform(0.0, ceiling)
+    return max(jitter, min(floor_s, MAX_RETRY_AFTER_S))
 
-    def __init__(self, op: str, status: int, code: str, message: str = "") -> None:
+
+class ApiError(Exception):
+    """A call that did not succeed: ``status`` 0 for a transport failure.
+
+    ``after_unknown``: an earlier attempt of the same call ended without telling whether it
+    took effect (503, 504, a lost connection), so a 409 now may be that attempt's success.
+    """
+
+    def __init__(
+        self, op: str, status: int, code: str, message: str = "", *, after_unknown: bool = False
+    ) -> None:
         super().__init__(f"{op}: {status} {code} {message}".strip())
         self.op = op
         self.status = status
         self.code = code
+        self.after_unknown = after_unknown
 
     @property
     def conflict(self) -> bool:
@@ -69,48 +98,48 @@ class Api:
         token: str | None = None,
         body: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
-        retry_transport: int = 0,
-        retry_429: int = 5,
+        retries: int = DEFAULT_RETRIES,
     ) -> Any:
         """The JSON body of a 2xx answer (None for 204); ApiError otherwise.
 
-        429 is waited out (Retry-After, bounded) like an app does; a transport failure is
-        retried only when asked (calls that carry an Idempotency-Key).
+        429, 503, 504 and transport failures are retried (see the module docstring); the
+        last failure is counted in ``stats.errors``, the ones retried in ``stats.retries``.
         """
         h = dict(headers or {})
         if token:
             h["Authorization"] = f"Bearer {token}"
         attempt = 0
+        unknown = False  # an earlier attempt may have taken effect
         while True:
             attempt += 1
+            floor_s = 0.0
             try:
                 r = await self.http.request(method, path, json=body, headers=h)
             except httpx.TimeoutException:
-                kind = "timeout"
+                status, code, message = 0, "timeout", ""
             except httpx.TransportError as exc:
-                kind = type(exc).__name__
+                status, code, message = 0, type(exc).__name__, ""
             else:
-                if r.status_code == 429 and attempt <= retry_429:
-                    self.stats.count("http_429_waited")
-                    await asyncio.sleep(_retry_after(r))
-                    continue
                 if r.is_success:
                     return None if r.status_code == 204 or not r.content else r.json()
-                code = _error_code(r)
-                if r.status_code >= 500:
-                    self.server_errors.append(
-                        ServerError(method, route or path, r.status_code, code)
-                    )
-                label = f"{op} {r.status_code} {code}"
-                if r.status_code in (404, 409) and op in RACY_OPS:
-                    self.stats.conflicts[label] += 1
-                else:
-                    self.stats.errors[label] += 1
-                raise ApiError(op, r.status_code, code, _error_message(r))
-            self.stats.errors[f"{op} {kind}"] += 1
-            if attempt > retry_transport:
-                raise ApiError(op, 0, kind)
-            await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
+                status, code, message = r.status_code, _error_code(r), _error_message(r)
+                has_retry_after = "retry-after" in r.headers
+                if is_violation(status, retry_after=has_retry_after):
+                    self.server_errors.append(ServerError(method, route or path, status, code))
+                if has_retry_after:
+                    floor_s = _retry_after(r)
+            label = f"{op} {status} {code}" if status else f"{op} {code}"
+            retryable = status == 0 or status in RETRYABLE_STATUSES
+            if retryable and attempt <= retries:
+                self.stats.retries[label] += 1
+                unknown = unknown or status == 0 or status in UNKNOWN_OUTCOME_STATUSES
+                await asyncio.sleep(backoff_s(attempt, floor_s=floor_s))
+                continue
+            if status in (404, 409) and (op in RACY_OPS or unknown):
+                self.stats.conflicts[label] += 1
+            else:
+                self.stats.errors[label] += 1
+            raise ApiError(op, status, code, message, after_unknown=unknown)
 
     async def trip(
         self,
@@ -215,6 +244,9 @@ class LiveSocket:
                     kind = f"ws_refused {exc.response.status_code}"
                 if not stop.is_set():
                     self._stats.errors[kind] += 1
+            except Exception as exc:  # a bug in a frame handler: count it, reconnect
+                logger.debug("socket %s failed", self._url, exc_info=True)
+                self._stats.crashes[f"ws {type(exc).__name__}"] += 1
             finally:
                 self._ws = None
                 self.connected.clear()
@@ -226,6 +258,7 @@ class LiveSocket:
 
     async def _read(self, ws: ClientConnection, stop: asyncio.Event) -> None:
         stopping = asyncio.create_task(stop.wait())
+        receiving: asyncio.Future[Any] | None = None
         try:
             while True:
                 receiving = asyncio.ensure_future(ws.recv())
@@ -235,14 +268,8 @@ class LiveSocket:
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 if stopping in done:
-                    receiving.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, WebSocketException):
-                        await receiving
                     return
                 if not done:
-                    receiving.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, WebSocketException):
-                        await receiving
                     raise TimeoutError("no frame for too long")
                 text = receiving.result()
                 try:
@@ -258,6 +285,12 @@ class LiveSocket:
                 self._on_frame(frame)
         finally:
             stopping.cancel()
+            if receiving is not None:
+                # However this ends (stop, silence, our own cancellation), the pending recv is
+                # cancelled and its outcome consumed: a socket closed later (1011, 1006) must
+                # not surface as "Task exception was never retrieved".
+                receiving.cancel()
+                receiving.add_done_callback(_consume)
 
     async def send(self, frame: Mapping[str, Any]) -> bool:
         """Send one frame if connected; False when the socket is down (the app drops it)."""
@@ -270,3 +303,8 @@ class LiveSocket:
         except (TimeoutError, WebSocketException, OSError):
             return False
         return True
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -94,6 +94,10 @@ async def running_demo(data_dir: Path) -> AsyncIterator[None]:
         except SimulationError as exc:
             print(f"demo: the simulator could not start: {exc}", flush=True)
             return
+        except Exception as exc:  # one line for the operator, never a traceback
+            logger.debug("the demo simulator failed", exc_info=True)
+            print(f"demo: the simulator failed: {exc!r}", flush=True)
+            return
         print(f"demo: invariants {'held' if summary['ok'] else 'BROKE'}", flush=True)
 
     task = asyncio.create_task(simulate(), name="demo-simulator")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import time
 import uuid
@@ -17,12 +18,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from scripts.simulate.city import Car, Clock, Point, parked, random_point, report_interval_s, step
-from scripts.simulate.client import Api, ApiError, LiveSocket, now_ms
+from scripts.simulate.client import RETRY_CAP_S, Api, ApiError, LiveSocket, now_ms
 from scripts.simulate.config import SimConfig
 from scripts.simulate.invariants import TERMINAL_STATES
 from scripts.simulate.registry import Registry
 
-__all__ = ["PASSWORD", "SimDriver", "new_phone"]
+__all__ = ["PASSWORD", "SimDriver", "new_phone", "sign_up"]
+
+logger = logging.getLogger(__name__)
 
 PASSWORD = "simulated-phone-1"
 VEHICLES = (("Toyota", "Prius"), ("Skoda", "Octavia"), ("Tesla", "Model 3"), ("VW", "Passat"))
@@ -31,6 +34,27 @@ VEHICLES = (("Toyota", "Prius"), ("Skoda", "Octavia"), ("Tesla", "Model 3"), ("V
 def new_phone() -> str:
     """A fresh E.164 number (unique across runs; identities are not part of the seed)."""
     return "+1555" + str(uuid.uuid4().int)[:10]
+
+
+async def sign_up(api: Api, path: str, *, op: str, body: dict[str, Any]) -> None:
+    """Create the account; a 409 after an attempt of unknown outcome is that attempt's
+    success (the phone number is this app's own), which the login that follows confirms."""
+    try:
+        await api.call("POST", path, op=op, body=body)
+    except ApiError as exc:
+        if not (exc.status == 409 and exc.after_unknown):
+            raise
+        api.stats.count(f"{op}_done_by_an_earlier_attempt")
+
+
+# A command's state once it took effect: a 409 after an attempt of unknown outcome is that
+# attempt's success when the trip is there (and, for the driver's commands, still ours).
+COMMAND_STATES = {
+    "accept": "accepted",
+    "arrive": "arrived",
+    "start": "in_progress",
+    "complete": "completed",
+}
 
 
 @dataclass
@@ -75,8 +99,8 @@ class SimDriver:
     async def setup(self) -> None:
         """Sign up, log in, register a vehicle, go online."""
         phone = new_phone()
-        await self.api.call(
-            "POST",
+        await sign_up(
+            self.api,
             "/v1/drivers",
             op="driver_signup",
             body={
@@ -94,19 +118,28 @@ class SimDriver:
         )
         self.driver_id, self.token = tok["user_id"], tok["access_token"]
         make, model = self.rng.choice(VEHICLES)
-        await self.api.call(
-            "POST",
-            "/v1/drivers/me/vehicles",
-            op="add_vehicle",
-            token=self.token,
-            body={
-                "make": make,
-                "model": model,
-                "plate": f"SIM-{uuid.uuid4().hex[:8].upper()}",
-                "seats": 4,
-                "vehicle_class": "standard",
-            },
-        )
+        plate = f"SIM-{uuid.uuid4().hex[:8].upper()}"  # one plate for every attempt
+        try:
+            await self.api.call(
+                "POST",
+                "/v1/drivers/me/vehicles",
+                op="add_vehicle",
+                token=self.token,
+                body={
+                    "make": make,
+                    "model": model,
+                    "plate": plate,
+                    "seats": 4,
+                    "vehicle_class": "standard",
+                },
+            )
+        except ApiError as exc:
+            if not (exc.status == 409 and exc.after_unknown):
+                raise
+            me = await self.api.call("GET", "/v1/drivers/me", op="get_me", token=self.token)
+            if plate not in {v.get("plate") for v in me.get("vehicles", ())}:
+                raise
+            self.stats.count("add_vehicle_done_by_an_earlier_attempt")
         self.socket = LiveSocket(
             f"{self.ws_base}/v1/ws/driver",
             token=self.token,
@@ -122,7 +155,8 @@ class SimDriver:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.socket.run(stop))
             await self._send_first_position(stop)
-            await self.api.call("POST", "/v1/drivers/me/online", op="online", token=self.token)
+            if not await self._go_online(stop):
+                return
             self.registry.online.add(self.driver_id)
             self.stats.count("drivers_online")
             tg.create_task(self._motion(stop))
@@ -131,9 +165,23 @@ class SimDriver:
         self.registry.online.discard(self.driver_id)
         if self.leg is None:  # on a trip the app stays online (the service refuses anyway)
             with contextlib.suppress(ApiError):
+                # One retry at most: the run is ending, and the system may be stopping too.
                 await self.api.call(
-                    "POST", "/v1/drivers/me/offline", op="offline", token=self.token
+                    "POST", "/v1/drivers/me/offline", op="offline", token=self.token, retries=1
                 )
+
+    async def _go_online(self, stop: asyncio.Event) -> bool:
+        """Go online, trying again (as an app's "go online" button does) until ``stop``."""
+        while not stop.is_set():
+            try:
+                await self.api.call("POST", "/v1/drivers/me/online", op="online", token=self.token)
+            except ApiError:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(RETRY_CAP_S):
+                        await stop.wait()
+                continue
+            return True
+        return False
 
     async def _send_first_position(self, stop: asyncio.Event) -> None:
         """Be on the map before going online, as an app that starts its GPS first."""
@@ -229,6 +277,9 @@ class SimDriver:
                 await self._handle(kind, data, stop)
             except ApiError:
                 pass  # counted by Api; the app carries on with what it knows
+            except Exception as exc:  # an app bug: counted, and the app carries on
+                logger.debug("driver %s: %s failed", self.index, kind, exc_info=True)
+                self.stats.crashes[f"driver {kind} {type(exc).__name__}"] += 1
 
     async def _handle(self, kind: str, data: dict[str, Any], stop: asyncio.Event) -> None:
         leg = self.leg
@@ -268,7 +319,10 @@ class SimDriver:
             self.stats.count("declines")
             await self.api.trip(trip_id, "decline", token=self.token, body=body)
             return
-        trip = await self.api.trip(trip_id, "accept", token=self.token, body=body)
+        try:
+            trip = await self.api.trip(trip_id, "accept", token=self.token, body=body)
+        except ApiError as exc:
+            trip = await self._took_effect(exc, trip_id, "accept")
         self.stats.count("accepts")
         self.registry.accepted(trip_id, self.driver_id, time.monotonic())
         self.registry.update(trip)
@@ -282,12 +336,30 @@ class SimDriver:
         except ApiError as exc:
             if not exc.conflict:
                 raise
-            trip = await self.api.trip(leg.trip_id, token=self.token)
-            self.registry.update(trip)
-            self._drop_leg()
-            return False
+            try:
+                trip = await self._took_effect(exc, leg.trip_id, command)
+            except ApiError:
+                trip = await self.api.trip(leg.trip_id, token=self.token)
+                self.registry.update(trip)
+                self._drop_leg()
+                return False
         self.registry.update(trip)
         return True
+
+    async def _took_effect(self, exc: ApiError, trip_id: str, command: str) -> dict[str, Any]:
+        """The trip, when ``exc`` (a 409/404) answered a retry of a ``command`` whose earlier
+        attempt succeeded; else ``exc`` again."""
+        if not (exc.conflict and exc.after_unknown and command in COMMAND_STATES):
+            raise exc
+        trip: dict[str, Any] = await self.api.trip(trip_id, token=self.token)
+        self.registry.update(trip)
+        done = trip.get("state") == COMMAND_STATES[command] or any(
+            h.get("to_state") == COMMAND_STATES[command] for h in trip.get("history") or ()
+        )
+        if not done or trip.get("driver_id") != self.driver_id:
+            raise exc
+        self.stats.count(f"{command}_done_by_an_earlier_attempt")
+        return trip
 
     async def _pick_up(self, leg: Leg, stop: asyncio.Event) -> None:
         if not await self._command(leg, "arrive"):

@@ -4,7 +4,10 @@ asks these functions what broke.
 - every requested trip ended, or is still live for a plausible reason;
 - no driver held two trips at once;
 - a rider saw positions of its own driver only;
-- the edge never answered 5xx.
+- the edge never answered a 5xx that means "broken" (:func:`is_violation`): 500, 502 and
+  every other 5xx are violations; 503 with Retry-After and 504 are the retryable answers of
+  a system under load or in an outage (DESIGN.md, Failure model), counted as retries, and a
+  503 without Retry-After is a violation again (the client cannot know when to come back).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ __all__ = [
     "Violation",
     "assignment_of",
     "foreign_positions",
+    "is_violation",
     "overlapping_assignments",
     "server_errors",
     "unfinished_trips",
@@ -70,6 +74,21 @@ class ServerError:
     path: str
     status: int
     code: str
+
+
+# 5xx answers an app retries (with backoff) instead of reporting the system broken.
+OUTAGE_STATUSES = frozenset({503, 504})
+
+
+def is_violation(status: int, *, retry_after: bool) -> bool:
+    """Whether an answer with HTTP ``status`` breaks the invariants (``retry_after``: it
+    carried a Retry-After header). Only 5xx can; 503 and 504 are outage retries, 503 only
+    with Retry-After."""
+    if status < 500:
+        return False
+    if status == 503:
+        return not retry_after
+    return status not in OUTAGE_STATUSES
 
 
 def _when(value: object) -> datetime | None:
@@ -158,7 +177,8 @@ def unfinished_trips(trips: Iterable[TripView], *, dispatch_wait_s: float) -> li
 
 
 def server_errors(errors: Iterable[ServerError], *, limit: int = 20) -> list[Violation]:
-    """One violation per distinct 5xx answer (method, path, status, code)."""
+    """One violation per distinct answer (method, path, status, code) among ``errors``, the
+    ones :func:`is_violation` found."""
     counts: dict[ServerError, int] = defaultdict(int)
     for e in errors:
         counts[e] += 1

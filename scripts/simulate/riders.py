@@ -14,7 +14,7 @@ from typing import Any
 from scripts.simulate.city import Clock, poisson_gaps, random_trip
 from scripts.simulate.client import Api, ApiError, LiveSocket, now_ms
 from scripts.simulate.config import SimConfig
-from scripts.simulate.drivers import PASSWORD, new_phone
+from scripts.simulate.drivers import PASSWORD, new_phone, sign_up
 from scripts.simulate.invariants import TERMINAL_STATES
 from scripts.simulate.registry import Registry, TripRecord
 
@@ -48,8 +48,8 @@ class SimRider:
 
     async def setup(self) -> None:
         phone = new_phone()
-        await self.api.call(
-            "POST",
+        await sign_up(
+            self.api,
             "/v1/riders",
             op="rider_signup",
             body={"name": f"Sim Rider {self.index}", "phone": phone, "password": PASSWORD},
@@ -145,8 +145,8 @@ class SimRider:
             op="request_trip",
             token=self.token,
             body={"quote_id": quote["quote_id"], **points},
+            # One key for every attempt: a retry gets the trip the first attempt created.
             headers={"Idempotency-Key": uuid.uuid4().hex},
-            retry_transport=2,  # safe: the same key returns the first answer
         )
         self.trip_id, self.version, self.state = trip["id"], -1, ""
         self.registry.requested(

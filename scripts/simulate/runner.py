@@ -85,9 +85,11 @@ async def run(
 
         async with asyncio.TaskGroup() as tg:
             for d in drivers:
-                tg.create_task(d.run(phones_stop))
+                tg.create_task(_guarded(stats, f"driver {d.index}", d.run(phones_stop)))
             for r in riders:
-                tg.create_task(r.run(no_more_requests, phones_stop))
+                tg.create_task(
+                    _guarded(stats, f"rider {r.index}", r.run(no_more_requests, phones_stop))
+                )
             view = tg.create_task(_view(cfg, snapshot, out, phones_stop))
             await _control(cfg, registry, stop, no_more_requests)
             phones_stop.set()
@@ -114,6 +116,21 @@ async def _check_edge(http: httpx.AsyncClient, url: str) -> None:
         raise SimulationError(f"the edge at {url} is not healthy: /healthz -> {r.status_code}")
 
 
+async def _guarded(stats: Stats, who: str, work: Awaitable[None]) -> None:
+    """Run one phone's ``work``; an exception ends that phone only, counted in
+    ``stats.crashes`` (with a debug log), never a traceback or a torn-down run. An
+    ExceptionGroup from the phone's own TaskGroup counts each of its exceptions."""
+    try:
+        await work
+    except ApiError:
+        stats.crashes[f"{who.split()[0]} gave up"] += 1  # the failed call is in errors
+    except Exception as exc:
+        logger.debug("%s failed", who, exc_info=True)
+        leaves = exc.exceptions if isinstance(exc, BaseExceptionGroup) else (exc,)
+        for leaf in leaves:
+            stats.crashes[f"{who.split()[0]} {type(leaf).__name__}"] += 1
+
+
 async def _set_up(phones: list[T], cfg: SimConfig, stop: asyncio.Event) -> list[T]:
     """Sign every phone up, a few at a time (password hashing is deliberately slow)."""
     gate = asyncio.Semaphore(cfg.signup_concurrency)
@@ -126,6 +143,10 @@ async def _set_up(phones: list[T], cfg: SimConfig, stop: asyncio.Event) -> list[
             try:
                 await phone.setup()
             except ApiError:
+                return  # counted by Api
+            except Exception as exc:
+                logger.debug("setting up phone %s failed", phone.index, exc_info=True)
+                phone.stats.crashes[f"setup {type(exc).__name__}"] += 1
                 return
             ready.append(phone)
 
@@ -201,8 +222,15 @@ async def _check(
 
     def refresh(trip_id: str, token: str) -> Callable[[], Awaitable[None]]:
         async def call() -> None:
-            with contextlib.suppress(ApiError):
+            try:
                 trip = await api.trip(trip_id, token=token, op="final_read")
+            except ApiError:
+                return  # counted by Api; the trip is judged on what the phones saw
+            except Exception as exc:
+                logger.debug("final read of %s failed", trip_id, exc_info=True)
+                api.stats.crashes[f"final_read {type(exc).__name__}"] += 1
+                return
+            if isinstance(trip, dict):
                 registry.update(trip)
 
         return call

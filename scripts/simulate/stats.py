@@ -119,12 +119,16 @@ class RateMeter:
 class Stats:
     """Every counter of one run. ``errors`` are failures (5xx, timeouts, unexpected 4xx);
     ``conflicts`` are the 409/404s a real app meets in races (an offer that just expired,
-    a cancel that crossed the driver's accept) and handles."""
+    a cancel that crossed the driver's accept) and handles; ``retries`` are the answers an app
+    waits out and tries again (429, 503 with Retry-After, 504, a dropped connection), and
+    ``crashes`` the app code that failed unexpectedly (counted, the phone carries on)."""
 
     started: float
     counters: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     conflicts: Counter[str] = field(default_factory=Counter)
+    retries: Counter[str] = field(default_factory=Counter)
+    crashes: Counter[str] = field(default_factory=Counter)
     latencies: dict[str, Latency] = field(default_factory=lambda: {k: Latency() for k in LATENCIES})
     meters: dict[str, RateMeter] = field(
         default_factory=lambda: {"requests": RateMeter(), "positions": RateMeter()}
@@ -159,6 +163,8 @@ class Stats:
             "counters": dict(sorted(self.counters.items())),
             "errors": dict(sorted(self.errors.items())),
             "conflicts": dict(sorted(self.conflicts.items())),
+            "retries": dict(sorted(self.retries.items())),
+            "crashes": dict(sorted(self.crashes.items())),
             "violations": list(violations),
             "ok": not violations,
             **({"config": dict(config)} if config is not None else {}),
@@ -183,8 +189,13 @@ def render_view(s: Mapping[str, Any], *, title: str = "rideshare simulator") -> 
             f"  {name:<22}{lat['count']:>7}{_ms(lat['p50_ms']):>8}{_ms(lat['p90_ms']):>8}"
             f"{_ms(lat['p99_ms']):>8}{_ms(lat['max_ms']):>8}"
         )
-    for label, key in (("errors", "errors"), ("conflicts", "conflicts")):
-        items = s[key]
+    for label, key in (
+        ("errors", "errors"),
+        ("conflicts", "conflicts"),
+        ("retried", "retries"),
+        ("crashes", "crashes"),
+    ):
+        items = s.get(key, {})
         text = ", ".join(f"{k} x{v}" for k, v in items.items()) if items else "none"
         lines.append(f"{label:<10}{text}")
     if s["violations"]:
@@ -198,10 +209,11 @@ def render_line(s: Mapping[str, Any]) -> str:
     live = sum(st[k] for k in ("requested", "dispatching", "accepted", "arrived", "in_progress"))
     acc = s["latency_ms"]["request_to_accept"]
     errors = sum(s["errors"].values())
+    retried = sum(s.get("retries", {}).values())
     return (
         f"simulator {s['elapsed_s']:.0f}s: {s['online_drivers']} drivers online, "
         f"trips live {live} completed {st['completed']} cancelled {st['cancelled']} "
         f"no_drivers {st['no_drivers']}, {s['positions_per_s']:.0f} positions/s, "
-        f"request->accept p99 {_ms(acc['p99_ms'])} ms, errors {errors}, "
+        f"request->accept p99 {_ms(acc['p99_ms'])} ms, errors {errors}, retried {retried}, "
         f"violations {len(s['violations'])}"
     )

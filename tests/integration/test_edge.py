@@ -388,6 +388,81 @@ async def test_a_dead_upstream_fails_fast_with_503_and_opens_the_breaker(system:
     assert detail["location"]["serving"] is True
 
 
+async def test_a_signup_flood_slows_signups_but_cheap_calls_on_the_same_upstream_answer(
+    system: System,
+) -> None:
+    _, token = await signup_driver(system, online=True)
+    flood_s, workers = 4.0, 48
+    signups: list[int] = []
+    cheap: list[tuple[int, float]] = []
+
+    async def sign_up_until(http: httpx.AsyncClient, end: float) -> None:
+        while time.monotonic() < end:
+            r = await http.post(
+                "/v1/drivers",
+                json={"name": "Flo", "phone": phone(), "password": "correct-horse"}
+                | {"license_number": "L1"},
+            )
+            signups.append(r.status_code)
+            if r.status_code == 429:
+                assert r.json()["error"]["code"] == "resource_exhausted"
+                assert r.headers["retry-after"] == "1"
+
+    limits = httpx.Limits(max_connections=workers)
+    async with (
+        httpx.AsyncClient(base_url=system.url, timeout=15.0, limits=limits) as anon,
+        system.client(token) as me,
+    ):
+        end = time.monotonic() + flood_s
+        flood = asyncio.gather(*(sign_up_until(anon, end) for _ in range(workers)))
+        await asyncio.sleep(0.5)  # the KDF queue fills up
+        while not flood.done():
+            for method, path in (("GET", "/v1/drivers/me"), ("POST", "/v1/drivers/me/online")):
+                started = time.monotonic()
+                r = await me.request(method, path)
+                cheap.append((r.status_code, time.monotonic() - started))
+        await flood
+        health = (await anon.get("/healthz")).json()
+
+    times = sorted(t for _, t in cheap)
+    measured = (
+        f"{signups.count(201) / flood_s:.1f} signups/s, {signups.count(429)} refused; "
+        f"cheap calls n={len(times)} p50={times[len(times) // 2] * 1000:.0f} ms "
+        f"max={times[-1] * 1000:.0f} ms"
+    )
+    # 200 also means within the cheap deadline (2 s here): no cheap call waited for a hash.
+    assert {s for s, _ in cheap} == {200}, (measured, cheap)
+    assert set(signups) <= {201, 429}, (measured, sorted(set(signups)))
+    assert signups.count(201) >= 2 and signups.count(429) >= 1, measured
+    assert health["upstreams"]["driver"]["breaker"] == "closed"
+
+
+async def test_slow_logins_and_signups_past_their_deadline_never_open_the_breaker(
+    system: System,
+) -> None:
+    _, token = await signup_driver(system)
+    body = {"phone": phone(), "password": "correct-horse", "role": "driver"}
+    # No KDF finishes in a millisecond: every signup and login misses its deadline.
+    async with system.another_edge(expensive_call_timeout_s=0.001, breaker_failures=2) as edge:
+        async with httpx.AsyncClient(base_url=edge.url, timeout=10.0) as http:
+            logins = [(await http.post("/v1/auth/token", json=body)).status_code for _ in range(4)]
+            signups = [
+                (
+                    await http.post(
+                        "/v1/drivers",
+                        json={"name": "Sy", "phone": phone(), "password": "correct-horse"}
+                        | {"license_number": "L1"},
+                    )
+                ).status_code
+                for _ in range(4)
+            ]
+            me = await http.get("/v1/drivers/me", headers={"Authorization": f"Bearer {token}"})
+            health = (await http.get("/healthz")).json()
+    assert logins == [504] * 4 and signups == [504] * 4
+    assert me.status_code == 200, me.text
+    assert health["upstreams"]["driver"]["breaker"] == "closed"
+
+
 # -- WebSockets ------------------------------------------------------------------------------
 
 

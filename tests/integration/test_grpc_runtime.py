@@ -464,6 +464,27 @@ async def test_calls_without_a_timeout_get_the_channel_default_deadline(
         assert await unary(ch, "Slow")(b"0.4", timeout=3) == b"done"
 
 
+async def test_a_method_with_a_deadline_of_its_own_gets_it_and_the_others_the_default(
+    server: GrpcServer,
+) -> None:
+    async with (
+        asyncio.timeout(5),
+        make_channel(
+            f"127.0.0.1:{server.port}",
+            default_timeout_s=0.2,
+            method_timeouts={f"{ECHO}/Slow": 2.0},
+        ) as ch,
+    ):
+        assert await unary(ch, "Slow")(b"0.5") == b"done"  # past the default, inside its own
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await unary(ch, "Slow")(b"0.5", timeout=0.1)  # an explicit timeout still wins
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    with pytest.raises(ValueError, match="not a fully qualified method"):
+        make_channel("127.0.0.1:1", method_timeouts={"Slow": 1.0})
+    with pytest.raises(ValueError, match="must be positive"):
+        make_channel("127.0.0.1:1", method_timeouts={f"{ECHO}/Slow": 0.0})
+
+
 async def test_streams_get_the_default_deadline_too(server: GrpcServer) -> None:
     async with (
         asyncio.timeout(5),

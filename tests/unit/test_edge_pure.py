@@ -1,5 +1,5 @@
-"""The edge's pure pieces: WebSocket message parsing, the circuit breaker, the in-process
-token bucket, tokens, and proto -> JSON conversion."""
+"""The edge's pure pieces: WebSocket message parsing, the circuit breaker and its policy, the
+in-process token bucket, tokens, and proto -> JSON conversion."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import json
 import logging
 import math
 
+import grpc
 import pytest
 
 from edge import convert
 from edge.auth import AuthError, decode_token, issue_token
 from edge.idempotency import fingerprint
 from edge.ratelimit import TokenBucket, retry_after_header
-from edge.upstreams import CircuitBreaker
+from edge.upstreams import EXPENSIVE, CircuitBreaker, Outcome, outcome_of
 from edge.wire import FrameError, parse_frame, parse_position
 from protos.common.v1 import common_pb2
 from protos.trip.v1 import trip_pb2
@@ -88,6 +89,53 @@ def test_breaker_opens_after_consecutive_failures_and_probes_once_after_reset() 
     assert breaker.allow()
     breaker.success()
     assert breaker.state == "closed" and breaker.allow()
+
+
+# What every status says about the upstream, for a cheap and for an expensive call; written
+# out by hand rather than derived from the module's own sets.
+_S = grpc.StatusCode
+H, B, N = Outcome.HEALTHY, Outcome.BROKEN, Outcome.NEUTRAL
+BREAKER_POLICY = {
+    _S.OK: (H, H),
+    _S.UNAVAILABLE: (B, B),
+    _S.INTERNAL: (B, B),
+    _S.UNKNOWN: (B, B),
+    _S.DATA_LOSS: (B, B),
+    _S.DEADLINE_EXCEEDED: (B, N),
+    _S.CANCELLED: (N, N),
+    _S.RESOURCE_EXHAUSTED: (H, H),
+    _S.INVALID_ARGUMENT: (H, H),
+    _S.NOT_FOUND: (H, H),
+    _S.ALREADY_EXISTS: (H, H),
+    _S.FAILED_PRECONDITION: (H, H),
+    _S.ABORTED: (H, H),
+    _S.OUT_OF_RANGE: (H, H),
+    _S.PERMISSION_DENIED: (H, H),
+    _S.UNAUTHENTICATED: (H, H),
+    _S.UNIMPLEMENTED: (H, H),
+}
+
+
+def test_the_breaker_policy_table_covers_every_status_code() -> None:
+    assert set(BREAKER_POLICY) == set(grpc.StatusCode)
+
+
+@pytest.mark.parametrize("code", list(BREAKER_POLICY), ids=lambda c: c.name)
+def test_breaker_policy_counts_dead_or_failing_upstreams_not_slow_expensive_work(
+    code: grpc.StatusCode,
+) -> None:
+    cheap, expensive = BREAKER_POLICY[code]
+    assert outcome_of(code, expensive=False) is cheap
+    assert outcome_of(code, expensive=True) is expensive
+
+
+def test_signups_and_logins_are_the_expensive_methods() -> None:
+    assert {m for methods in EXPENSIVE.values() for m in methods} == {
+        "rideshare.rider.v1.RiderService/CreateRider",
+        "rideshare.rider.v1.RiderService/Authenticate",
+        "rideshare.driver.v1.DriverService/CreateDriver",
+        "rideshare.driver.v1.DriverService/Authenticate",
+    }
 
 
 def test_a_success_resets_the_failure_count() -> None:

@@ -10,6 +10,7 @@ import pytest
 from rideshare.settings import (
     InfraUrls,
     SettingsError,
+    default_kdf_concurrency,
     env_bool,
     env_float,
     env_int,
@@ -85,3 +86,15 @@ def test_infra_urls_come_from_the_data_dir_when_not_given(tmp_path: Path) -> Non
 def test_missing_infra_says_how_to_start_it(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="rideshare infra up"):
         load_infra_urls(tmp_path, env={})
+
+
+def test_password_hashing_limits_default_to_one_kdf_per_cpu_and_are_read_from_env() -> None:
+    default = service_settings("rider", env=URLS)
+    assert default.kdf_concurrency == default_kdf_concurrency() >= 1
+    assert default.kdf_queue == 32
+    tuned = service_settings(
+        "rider", env={**URLS, "RIDESHARE_KDF_CONCURRENCY": "3", "RIDESHARE_KDF_QUEUE": "0"}
+    )
+    assert (tuned.kdf_concurrency, tuned.kdf_queue) == (3, 0)
+    with pytest.raises(SettingsError, match="RIDESHARE_KDF_CONCURRENCY=0 is below"):
+        service_settings("rider", env={**URLS, "RIDESHARE_KDF_CONCURRENCY": "0"})

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
+from scripts.simulate.client import RETRY_CAP_S, backoff_s
 from scripts.simulate.invariants import (
     Assignment,
     ServerError,
     TripView,
     assignment_of,
     foreign_positions,
+    is_violation,
     overlapping_assignments,
     server_errors,
     unfinished_trips,
@@ -94,7 +99,42 @@ def test_a_trip_must_end_or_still_be_plausibly_live() -> None:
     assert stuck == ["forgotten", "abandoned", "weird"]
 
 
-def test_every_5xx_is_a_violation_grouped_by_route() -> None:
+@pytest.mark.parametrize(
+    ("status", "retry_after", "violation"),
+    [
+        (200, False, False),
+        (404, False, False),
+        (409, False, False),
+        (429, True, False),
+        (500, False, True),
+        (500, True, True),
+        (501, False, True),
+        (502, False, True),
+        (502, True, True),
+        (503, True, False),  # an outage or overload, with when to come back: retried
+        (503, False, True),  # ... without it, the client is left guessing
+        (504, False, False),  # slow, not wrong: retried
+        (505, False, True),
+    ],
+)
+def test_only_retryable_outage_answers_are_exempt_among_5xx(
+    status: int, retry_after: bool, violation: bool
+) -> None:
+    assert is_violation(status, retry_after=retry_after) is violation
+
+
+def test_retry_backoff_grows_exponentially_with_full_jitter_and_respects_retry_after() -> None:
+    rng = random.Random(7)
+    for attempt in range(1, 12):
+        ceiling = min(0.2 * 2**attempt, RETRY_CAP_S)
+        waits = [backoff_s(attempt, rng) for _ in range(200)]
+        assert all(0.0 <= w <= ceiling for w in waits)
+        assert max(waits) > ceiling * 0.8 and min(waits) < ceiling * 0.2  # spread, not fixed
+    assert all(backoff_s(1, rng, floor_s=2.0) >= 2.0 for _ in range(50))
+    assert backoff_s(1, rng, floor_s=600.0) <= RETRY_CAP_S
+
+
+def test_the_violating_5xx_answers_are_grouped_by_route() -> None:
     errors = [
         ServerError("POST", "/v1/trips", 503, "unavailable"),
         ServerError("POST", "/v1/trips", 503, "unavailable"),

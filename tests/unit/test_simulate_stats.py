@@ -69,3 +69,17 @@ def test_summary_is_json_and_both_views_render_it() -> None:
     assert "accept timeout x1" in view and "VIOLATIONS 1" in view
     line = render_line(s)
     assert "\n" not in line and "completed 2" in line and "violations 1" in line
+
+
+def test_the_summary_reports_retries_and_crashes_by_kind() -> None:
+    stats = Stats(started=0.0)
+    stats.retries["driver_signup 429 resource_exhausted"] += 3
+    stats.crashes["driver KeyError"] += 1
+    summary = stats.summary(10.0, online_drivers=0, trips_by_state={})
+    assert summary["retries"] == {"driver_signup 429 resource_exhausted": 3}
+    assert summary["crashes"] == {"driver KeyError": 1}
+    assert summary["ok"] is True  # counted, not violations
+    view = render_view(summary)
+    assert "retried   driver_signup 429 resource_exhausted x3" in view
+    assert "crashes   driver KeyError x1" in view
+    assert "retried 3" in render_line(summary)

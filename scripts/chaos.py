@@ -69,15 +69,26 @@ LIVE_STATES = ("REQUESTED", "DISPATCHING", "ACCEPTED", "ARRIVED", "IN_PROGRESS")
 OUTBOX_SCHEMAS = ("rider", "driver", "trip")
 LOCATION_PREFIX = "loc:"  # the location service's default key prefix
 
-# Short limits so that a run of a few minutes exercises every rule.
+# Short limits so that a run of a few minutes exercises every rule: the supervisor's, and the
+# trip clocks (trip/liveness.py) that end or re-dispatch a trip whose apps went quiet.
+TRIP_MAX_LIFE_S = 240
 CHAOS_ENV = {
     "RIDESHARE_SUPERVISOR_HUNG_S": "6",
     "RIDESHARE_SUPERVISOR_BACKOFF_MAX_S": "2",
     "RIDESHARE_SHUTDOWN_GRACE_S": "1",
+    "RIDESHARE_DISPATCH_MAX_WAIT_S": "60",
+    "RIDESHARE_DISPATCH_LIMIT_S": "120",
+    "RIDESHARE_DRIVER_SILENT_S": "20",
+    "RIDESHARE_PICKUP_LIMIT_S": "120",
+    "RIDESHARE_BOARDING_WAIT_S": "90",
+    "RIDESHARE_RIDE_SILENT_FLAG_S": "20",
+    "RIDESHARE_RIDE_SILENT_END_S": "45",
+    "RIDESHARE_TRIP_MAX_LIFE_S": str(TRIP_MAX_LIFE_S),
+    "RIDESHARE_SWEEP_POLL_S": "1",
 }
-# A live trip may go this long without a transition: the longest live-state limit in the
-# reliability settings above, plus slack for a busy machine.
-STUCK_LIMIT_S = 180.0
+# No trip may stay live without a transition past the longest of those clocks, plus slack
+# for a sweeper round on a busy machine.
+STUCK_LIMIT_S = TRIP_MAX_LIFE_S + 30.0
 
 
 @dataclass
@@ -360,7 +371,7 @@ def _server_errors_outside_faults(summary: dict[str, Any], faults: Sequence[Faul
         (f.at - 1.0, f.at + (f.healthy_after_s or 0.0) + 10.0) for f in faults
     ]  # slack for calls in flight when the fault hit and for clients' retries after it
     bad = []
-    for error in summary.get("server_errors", []):
+    for error in summary.get("server_5xx", []):
         status = int(error.get("status", 0))
         at = float(error.get("at", 0.0))
         inside = any(start <= at <= end for start, end in windows)
@@ -390,7 +401,7 @@ async def chaos(args: argparse.Namespace, data_dir: Path, logs: Logs) -> dict[st
             for f in run.faults
         ],
         "trips_requested": counters.get("trips_requested", 0),
-        "trips_completed": counters.get("trips_completed", 0),
+        "trips_completed": summary.get("trips_by_state", {}).get("completed", 0),
         "simulator_exit": sim_exit,
         "simulator_violations": summary.get("violations", []),
         "checks": checks,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -40,11 +40,12 @@ def utcnow() -> datetime:
 
 @dataclass
 class Outcome:
-    """What a guard decided: the new trip, its events, and what to do after the commit."""
+    """What a guard decided: the new trip, its events, and whether dispatch should look at it
+    after the commit. (Drivers held or freed follow from the events: the location service
+    applies them to its index.)"""
 
     trip: Trip
     events: list[Event] = field(default_factory=list)
-    after_commit: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     dispatch: bool = False
 
 
@@ -199,12 +200,7 @@ class TripCommands:
                 reason=reason,
                 policy=self._settings.cancellation_policy,
             )
-            outcome = Outcome(after, [wire.cancelled(trip, after, actor_id=actor_id)])
-            if trip.offer is not None:
-                outcome.after_commit.append(_call(self._location.release_offer, trip.offer))
-            if trip.driver_id is not None:
-                outcome.after_commit.append(_free(self._location, trip.driver_id))
-            return outcome
+            return Outcome(after, [wire.cancelled(trip, after, actor_id=actor_id)])
 
         return await self._run(trip_id, guard)
 
@@ -213,23 +209,16 @@ class TripCommands:
             after = domain.driver_cancel(
                 trip, driver_id=driver_id, now=now, reason=reason, actor=actor
             )
-            outcome = Outcome(
+            return Outcome(
                 after, [wire.driver_cancelled(trip, after, reason=reason, at=now)], dispatch=True
             )
-            if actor is Actor.DRIVER:  # an offline driver stays OFFLINE in the index
-                outcome.after_commit.append(_free(self._location, driver_id))
-            return outcome
 
         return guard
 
     async def accept(self, trip_id: str, *, driver_id: str, offer_id: str) -> Trip:
         def guard(trip: Trip, now: datetime) -> Outcome:
             after = domain.accept(trip, driver_id=driver_id, offer_id=offer_id, now=now)
-            return Outcome(
-                after,
-                [wire.accepted(after, offer_id=offer_id)],
-                [lambda: self._location.assign(driver_id)],
-            )
+            return Outcome(after, [wire.accepted(after, offer_id=offer_id)])
 
         return await self._run(trip_id, guard)
 
@@ -240,7 +229,6 @@ class TripCommands:
             return Outcome(
                 after,
                 [wire.offer_ended(trip, trip.offer, events_pb2.OFFER_END_REASON_DECLINED)],
-                [lambda: self._location.release_offer(driver_id)],
                 dispatch=True,
             )
 
@@ -276,7 +264,7 @@ class TripCommands:
             after = domain.complete(
                 trip, driver_id=driver_id, now=now, distance_m=distance_m, duration_s=duration_s
             )
-            return Outcome(after, [wire.completed(after)], [_free(self._location, driver_id)])
+            return Outcome(after, [wire.completed(after)])
 
         return await self._run(trip_id, guard)
 
@@ -347,7 +335,7 @@ class TripCommands:
         if isinstance(action, liveness.Reassign):
             after = domain.reassign(trip, driver_id=action.driver_id, now=now, reason=reason)
             event = wire.driver_cancelled(trip, after, reason=reason, at=now, rule=rule)
-            return Outcome(after, [event], [_free(self._location, action.driver_id)], dispatch=True)
+            return Outcome(after, [event], dispatch=True)
         if isinstance(action, liveness.Flag):
             after = domain.flag(trip, now=now, reason=reason)
             return Outcome(
@@ -359,7 +347,6 @@ class TripCommands:
             return Outcome(
                 after,
                 [wire.completed(after, by=Actor.SYSTEM, rule=rule, reason=reason)],
-                [_free(self._location, trip.driver_id)],
             )
         outcome: Outcome
         if isinstance(action, liveness.Exhaust):
@@ -375,10 +362,6 @@ class TripCommands:
                 trip, actor=Actor.SYSTEM, actor_id="", now=now, reason=reason
             )
             outcome = Outcome(after, [wire.cancelled(trip, after, actor_id="", rule=rule)])
-        if trip.offer is not None:
-            outcome.after_commit.append(_call(self._location.release_offer, trip.offer))
-        if trip.driver_id is not None:
-            outcome.after_commit.append(_free(self._location, trip.driver_id))
         return outcome
 
     # --- the transaction --------------------------------------------------------------------
@@ -409,20 +392,7 @@ class TripCommands:
                 if attempt == _ATTEMPTS:
                     raise
                 continue
-            for effect in outcome.after_commit:
-                await effect()
             if outcome.dispatch:
                 self._dispatcher.kick(trip_id)
             return outcome.trip
         raise AssertionError("unreachable")
-
-
-def _call(
-    method: Callable[[str], Awaitable[None]], offer: domain.Offer
-) -> Callable[[], Awaitable[None]]:
-    driver_id = offer.driver_id
-    return lambda: method(driver_id)
-
-
-def _free(location: LocationClient, driver_id: str) -> Callable[[], Awaitable[None]]:
-    return lambda: location.free(driver_id)

@@ -129,17 +129,6 @@ class LocationClient:
             reraise_if_cancelling()
             logger.warning("could not release driver %s from trip %s: %r", driver_id, trip_id, exc)
 
-    # The location service owns availability and applies these from the trip events
-    # (trip.accepted, trip.offer_ended, trip.completed, trip.cancelled,
-    # trip.driver_cancelled); the commands' after-commit hooks call them, and they leave the
-    # index alone. ``release`` is the one change trip makes besides ``reserve``.
-
-    async def release_offer(self, driver_id: str) -> None:
-        """Nothing: trip.offer_ended or trip.cancelled ends the hold in the location service."""
-
-    async def assign(self, driver_id: str) -> None:
-        """Nothing: trip.accepted makes the driver ON_TRIP in the location service."""
-
     async def free(self, driver_id: str) -> None:
         """Nothing: the trip's ending event frees the driver in the location service."""
 

@@ -124,6 +124,8 @@ class Api:
                     return None if r.status_code == 204 or not r.content else r.json()
                 status, code, message = r.status_code, _error_code(r), _error_message(r)
                 has_retry_after = "retry-after" in r.headers
+                if status >= 500:
+                    self.stats.note_5xx(method, route or path, status, code)
                 if is_violation(status, retry_after=has_retry_after):
                     self.server_errors.append(ServerError(method, route or path, status, code))
                 if has_retry_after:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ __all__ = [
 ]
 
 # name -> what it measures (milliseconds)
+MAX_5XX_KEPT = 2_000
 LATENCIES = {
     "request_to_offer": "trip requested -> first offer on a driver's socket",
     "request_to_accept": "trip requested -> the driver's accept answered",
@@ -121,7 +123,9 @@ class Stats:
     ``conflicts`` are the 409/404s a real app meets in races (an offer that just expired,
     a cancel that crossed the driver's accept) and handles; ``retries`` are the answers an app
     waits out and tries again (429, 503 with Retry-After, 504, a dropped connection), and
-    ``crashes`` the app code that failed unexpectedly (counted, the phone carries on)."""
+    ``crashes`` the app code that failed unexpectedly (counted, the phone carries on).
+    ``server_5xx`` keeps every 5xx answer with its wall-clock time (the first
+    ``MAX_5XX_KEPT``), so that a chaos run can tell outage answers inside a fault from others."""
 
     started: float
     counters: Counter[str] = field(default_factory=Counter)
@@ -129,10 +133,18 @@ class Stats:
     conflicts: Counter[str] = field(default_factory=Counter)
     retries: Counter[str] = field(default_factory=Counter)
     crashes: Counter[str] = field(default_factory=Counter)
+    server_5xx: list[dict[str, Any]] = field(default_factory=list)
     latencies: dict[str, Latency] = field(default_factory=lambda: {k: Latency() for k in LATENCIES})
     meters: dict[str, RateMeter] = field(
         default_factory=lambda: {"requests": RateMeter(), "positions": RateMeter()}
     )
+
+    def note_5xx(self, method: str, path: str, status: int, code: str) -> None:
+        if len(self.server_5xx) < MAX_5XX_KEPT:
+            at = round(time.time(), 3)
+            self.server_5xx.append(
+                {"at": at, "method": method, "path": path, "status": status, "code": code}
+            )
 
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] += n
@@ -165,6 +177,7 @@ class Stats:
             "conflicts": dict(sorted(self.conflicts.items())),
             "retries": dict(sorted(self.retries.items())),
             "crashes": dict(sorted(self.crashes.items())),
+            "server_5xx": list(self.server_5xx),
             "violations": list(violations),
             "ok": not violations,
             **({"config": dict(config)} if config is not None else {}),

@@ -77,6 +77,10 @@ class PositionBatcher:
                 except grpc.aio.AioRpcError as exc:
                     self.connected = False
                     logger.warning("ReportPositions stream failed: %s", exc.code().name)
+                except asyncio.InvalidStateError:
+                    # A write after the server ended the call: location went away mid-stream.
+                    self.connected = False
+                    logger.warning("ReportPositions stream ended by the location service")
                 except Exception:
                     self.connected = False
                     logger.exception("ReportPositions stream failed unexpectedly")

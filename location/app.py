@@ -14,6 +14,7 @@ from location.store import LocationStore
 from protos import events
 from protos.location.v1 import location_pb2_grpc
 from rideshare import bus
+from rideshare.grpc_errors import log_round_failure
 from rideshare.grpc_server import GrpcServer
 from rideshare.runtime import service_runtime
 from rideshare.settings import ServiceSettings
@@ -41,8 +42,8 @@ async def sweep_stale(
             )
             if released:
                 logger.warning("released %d drivers held OFFERED past the bound", released)
-        except Exception:
-            logger.exception("stale sweep failed; retrying")
+        except Exception as exc:
+            log_round_failure(logger, "stale sweep failed", exc)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(settings.sweep_interval_s):
                 await stop.wait()

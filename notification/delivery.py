@@ -21,6 +21,7 @@ from notification.domain import Channel, Delivery, DeliveryOutcome, retry_delay_
 from notification.providers import PermanentProviderError, Provider
 from notification.store import NotificationStore
 from rideshare.bus import reraise_if_cancelling
+from rideshare.grpc_errors import log_round_failure
 
 __all__ = ["DELIVERY_ATTEMPTS", "DeliverySettings", "DeliveryWorker"]
 
@@ -76,9 +77,9 @@ class DeliveryWorker:
             self._wake.clear()
             try:
                 claimed = await self.run_once()
-            except Exception:
+            except Exception as exc:
                 reraise_if_cancelling()
-                logger.exception("delivery worker: claiming deliveries failed; retrying")
+                log_round_failure(logger, "delivery worker: claiming deliveries failed", exc)
                 claimed = 0
             if claimed >= self._settings.batch:
                 continue  # more may be due right away

@@ -9,6 +9,7 @@ clients retry; anything else is INTERNAL, a bug. This module is the one list of 
 from __future__ import annotations
 
 import errno
+import logging
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
@@ -18,7 +19,7 @@ import nats.errors
 import nats.js.errors
 import redis.exceptions
 
-__all__ = ["StatusTable", "abort_with", "outage_of"]
+__all__ = ["StatusTable", "abort_with", "log_round_failure", "outage_of"]
 
 StatusTable = Mapping[type[Exception], grpc.StatusCode]
 
@@ -79,6 +80,16 @@ def outage_of(exc: BaseException) -> str | None:
     if not _is_outage(exc):
         return None
     return _server_named_by(exc)
+
+
+def log_round_failure(log: logging.Logger, what: str, exc: BaseException) -> None:
+    """Log one failed round of a background worker that will try again: a one-line warning
+    when a server is away (expected while it restarts), the traceback when it is a bug."""
+    server = outage_of(exc)
+    if server is None:
+        log.error("%s; retrying", what, exc_info=exc)
+    else:
+        log.warning("%s: %s is unavailable (%s); retrying", what, server, type(exc).__name__)
 
 
 def _server_named_by(exc: BaseException) -> str:

@@ -35,6 +35,7 @@ from protos.location.v1 import location_pb2, location_pb2_grpc
 from protos.trip.v1 import events_pb2
 from rideshare.bus import reraise_if_cancelling
 from rideshare.grpc_client import make_channel
+from rideshare.grpc_errors import log_round_failure
 from trip import domain, wire
 from trip.domain import GiveUp, OfferTo, Trip, TripState, Widen
 from trip.errors import DriverUnavailableError
@@ -186,9 +187,9 @@ class Dispatcher:
                 )
                 for trip_id in due:
                     self.kick(trip_id)
-            except Exception:
+            except Exception as exc:
                 reraise_if_cancelling()
-                logger.exception("dispatch poll failed; retrying")
+                log_round_failure(logger, "dispatch poll failed", exc)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._settings.dispatch_poll_s):
                     await stop.wait()

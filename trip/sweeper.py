@@ -38,6 +38,7 @@ import grpc
 from protos.location.v1 import location_pb2, location_pb2_grpc
 from rideshare.bus import reraise_if_cancelling
 from rideshare.grpc_client import make_channel
+from rideshare.grpc_errors import log_round_failure
 from trip import liveness
 from trip.commands import TripCommands
 from trip.liveness import Heard
@@ -109,9 +110,9 @@ class Sweeper:
         while not stop.is_set():
             try:
                 await self.sweep_once()
-            except Exception:
+            except Exception as exc:
                 reraise_if_cancelling()
-                logger.exception("trip sweep failed; retrying")
+                log_round_failure(logger, "trip sweep failed", exc)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._settings.sweep_poll_s):
                     await stop.wait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 
 import asyncpg
 import nats.errors
@@ -10,7 +11,7 @@ import nats.js.errors
 import pytest
 import redis.exceptions
 
-from rideshare.grpc_errors import outage_of
+from rideshare.grpc_errors import log_round_failure, outage_of
 
 
 @pytest.mark.parametrize(
@@ -61,3 +62,27 @@ def test_an_unreachable_server_is_an_outage_named_for_its_server(
 )
 def test_a_bug_or_a_refused_request_is_not_an_outage(exc: BaseException) -> None:
     assert outage_of(exc) is None
+
+
+def test_a_worker_round_lost_to_an_outage_is_one_warning_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log = logging.getLogger("test.worker")
+    with caplog.at_level(logging.WARNING, logger="test.worker"):
+        log_round_failure(log, "poll failed", redis.exceptions.ConnectionError("refused"))
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    assert record.exc_info is None
+    assert record.getMessage() == "poll failed: Redis is unavailable (ConnectionError); retrying"
+
+
+def test_a_worker_round_lost_to_a_bug_keeps_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log = logging.getLogger("test.worker")
+    with caplog.at_level(logging.WARNING, logger="test.worker"):
+        log_round_failure(log, "poll failed", KeyError("oops"))
+    [record] = caplog.records
+    assert record.levelno == logging.ERROR
+    assert record.exc_info is not None
+    assert record.getMessage() == "poll failed; retrying"

@@ -107,7 +107,9 @@ class Run:
     faults: list[Fault] = field(default_factory=list)
 
 
-def _system_env(data_dir: Path) -> dict[str, str]:
+def system_env(data_dir: Path) -> dict[str, str]:
+    """The environment for a ``rideshare up`` of its own: embedded servers under ``data_dir``
+    (any URLs in this environment dropped), every service on a free port, no metrics ports."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -117,7 +119,6 @@ def _system_env(data_dir: Path) -> dict[str, str]:
         env[f"RIDESHARE_{name.upper()}_PORT"] = str(free_port())
         env[f"RIDESHARE_{name.upper()}_METRICS_PORT"] = "0"
     env["RIDESHARE_DATA_DIR"] = str(data_dir)
-    env.update(CHAOS_ENV)
     return env
 
 
@@ -144,7 +145,7 @@ async def _wait_healthy(env: dict[str, str], data_dir: Path, *, timeout_s: float
 
 @contextlib.asynccontextmanager
 async def _system(data_dir: Path, log: IO[bytes]) -> AsyncIterator[Run]:
-    env = _system_env(data_dir)
+    env = system_env(data_dir) | CHAOS_ENV
     launcher = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "rideshare", "up",
         env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

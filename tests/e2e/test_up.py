@@ -7,14 +7,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from rideshare.infra import free_port
-from rideshare.settings import SERVICE_PORTS
-from rideshare.supervisor import available_services
+from rideshare.supervisor import available_services, read_status
+from scripts.chaos import system_env
 
 BIN = Path(sys.executable).parent
 
@@ -53,18 +51,9 @@ def alive(pid: int) -> bool:
 
 
 @pytest.fixture
-def up_env(tmp_path: Path) -> Iterator[dict[str, str]]:
-    tmp_path.chmod(0o755)  # PostgreSQL runs as another user and must reach its data dir
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("RIDESHARE_REDIS_URL", "RIDESHARE_POSTGRES_DSN", "RIDESHARE_NATS_URL")
-    }
-    for name in [*SERVICE_PORTS, "edge"]:
-        env[f"RIDESHARE_{name.upper()}_PORT"] = str(free_port())
-        env[f"RIDESHARE_{name.upper()}_METRICS_PORT"] = "0"
-    env["RIDESHARE_DATA_DIR"] = str(tmp_path / "data")
-    yield env
+def up_env(tmp_path: Path) -> dict[str, str]:
+    # tmp_path is 0700 and root's: PostgreSQL, run as nobody, must start from there anyway.
+    return system_env(tmp_path / "data")
 
 
 def rideshare(
@@ -116,6 +105,24 @@ def test_up_starts_everything_refuses_a_second_copy_and_stops_cleanly_on_sigint(
         second = rideshare("up", env=up_env)
         assert second.returncode == 2
         assert "already running" in second.stderr
+
+        # A service killed under it is started again, and status says so.
+        data_dir = Path(up_env["RIDESHARE_DATA_DIR"])
+        killed = read_status(data_dir)["location"]["pid"]
+        assert isinstance(killed, int)
+        os.kill(killed, signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while not (
+            read_status(data_dir)["location"]["pid"] != killed
+            and rideshare("status", env=up_env).returncode == 0
+        ):
+            assert launcher.poll() is None, "up stopped after a service was killed"
+            assert time.monotonic() < deadline, "location was not restarted within 120 s"
+            time.sleep(0.5)
+        status_lines = rideshare("status", env=up_env).stdout.splitlines()
+        location_line = next(line for line in status_lines if line.startswith("location"))
+        assert "restarts=1" in location_line
+        assert "last_exit='killed by SIGKILL'" in location_line
 
         children = descendants(launcher.pid)
         assert len(children) >= 3 + len(available_services())

@@ -457,6 +457,16 @@ class EmbeddedInfra:
         """The current process id of the server ``name`` ("redis", "nats", "postgres")."""
         return self._process(name).pid
 
+    async def answers(self, name: str, *, timeout_s: float = 2.0) -> bool:
+        """Whether the server ``name`` answers its readiness probe within ``timeout_s`` (a
+        server that runs but does not answer is hung or frozen)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._specs[name].probe()
+        except Exception:  # every client library has its own "not answering" errors
+            return False
+        return True
+
     async def restart(self, name: str) -> None:
         """Start the server ``name`` again on its port and data directory, stopping it first
         if it still runs, and return once it answers its readiness probe.

@@ -9,8 +9,9 @@ service and every embedded server alive:
   SIGSTOP, stuck in a loop) is killed with SIGKILL and so started again. A service that
   answers NOT_SERVING is left alone: that is how it says a server it needs is away, and a
   new copy would wait for the same server;
-- an embedded server (Valkey, PostgreSQL, NATS) that exits is started again on the same port
-  and data, and the services reconnect by themselves;
+- an embedded server (Valkey, PostgreSQL, NATS) that exits, or runs but has not answered its
+  probe for ``hung_after_s``, is (killed and) started again on the same port and data, and
+  the services reconnect by themselves;
 - something that keeps failing (``max_restarts`` restarts without ever staying up for
   ``stable_after_s``) is given up on with a message that says so; the rest keeps running.
 
@@ -202,6 +203,8 @@ class RestartableServers(Protocol):
     async def restart(self, name: str) -> None: ...
 
     def pid(self, name: str) -> int: ...
+
+    async def answers(self, name: str, *, timeout_s: float = 2.0) -> bool: ...
 
 
 class Supervisor:
@@ -426,36 +429,69 @@ class Supervisor:
         return True
 
     async def _keep_servers(self, servers: RestartableServers, stop: asyncio.Event) -> None:
+        silent_since: dict[str, float] = {}
         while not stop.is_set():
-            for name in servers.dead():
-                record = self.records[name]
-                if record.state == "failed":
-                    continue
-                record.down_at = record.down_at or time.monotonic()
-                record.last_exit = "exited"
-                if not self._count_failure(record):
-                    continue
-                delay = self.policy.backoff_s(record.failures_in_a_row)
-                logger.warning("%s stopped; starting it again in %.1f s", name, delay)
-                await _wait(stop, delay)
-                if stop.is_set():
-                    return
-                record.restarts += 1
-                record.state = "starting"
-                self._write_status()
-                try:
-                    await servers.restart(name)
-                except Exception as exc:
-                    logger.error("could not start %s again: %s", name, exc)
-                    continue
-                record.pid = servers.pid(name)
-                record.started_at = time.monotonic()
-                self._mark_up(record)
+            dead = servers.dead()
+            for name in dead:
+                silent_since.pop(name, None)
+                await self._restart_server(servers, name, stop)
+            await self._kill_hung_servers(servers, dead, silent_since)
             for record in self.records.values():
                 stable = time.monotonic() - record.started_at >= self.policy.stable_after_s
                 if record.kind == "server" and record.state == "up" and stable:
                     record.failures_in_a_row = 0
             await _wait(stop, self.policy.check_interval_s)
+
+    async def _restart_server(
+        self, servers: RestartableServers, name: str, stop: asyncio.Event
+    ) -> None:
+        record = self.records[name]
+        if record.state == "failed":
+            return
+        if record.down_at is None:  # it died on its own (a hung one was killed, and said so)
+            record.down_at = time.monotonic()
+            record.last_exit = "exited"
+        if not self._count_failure(record):
+            return
+        delay = self.policy.backoff_s(record.failures_in_a_row)
+        logger.warning("%s stopped; starting it again in %.1f s", name, delay)
+        await _wait(stop, delay)
+        if stop.is_set():
+            return
+        record.restarts += 1
+        record.state = "starting"
+        self._write_status()
+        try:
+            await servers.restart(name)
+        except Exception as exc:
+            logger.error("could not start %s again: %s", name, exc)
+            return
+        record.pid = servers.pid(name)
+        record.started_at = time.monotonic()
+        self._mark_up(record)
+
+    async def _kill_hung_servers(
+        self, servers: RestartableServers, dead: list[str], silent_since: dict[str, float]
+    ) -> None:
+        """SIGKILL a server that runs but has not answered for ``hung_after_s`` (frozen,
+        hung): the next round finds it dead and starts it again."""
+        live = [r.name for r in self.records.values() if r.kind == "server" and r.name not in dead]
+        answers = await asyncio.gather(
+            *(servers.answers(name, timeout_s=self.policy.health_timeout_s) for name in live)
+        )
+        now = time.monotonic()
+        for name, answered in zip(live, answers, strict=True):
+            if answered:
+                silent_since.pop(name, None)
+                continue
+            since = silent_since.setdefault(name, now)
+            if now - since >= self.policy.hung_after_s:
+                logger.warning("%s has not answered for %.0f s; killing it", name, now - since)
+                record = self.records[name]
+                record.down_at = since
+                record.last_exit = "killed: not answering"
+                _kill(servers.pid(name))
+                silent_since.pop(name, None)
 
     def _count_failure(self, record: ProcessRecord) -> bool:
         """Count one more failure in a row; False (and say so) once there were too many."""

@@ -3,6 +3,7 @@ killed and comes back, a crash loop is given up on with the rest left running.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -164,3 +165,24 @@ async def test_killed_servers_are_started_again_and_the_service_reconnects(
             assert [name for name, _, _ in sup.recoveries] == ["redis", "nats", "postgres"]
     finally:
         await sup.stop_all(grace_s=5.0)
+
+
+async def test_a_frozen_server_is_killed_and_started_again(
+    outage_infra: EmbeddedInfra, tmp_path: Path
+) -> None:
+    urls = outage_infra.urls
+    assert urls is not None
+    sup = Supervisor(
+        urls, servers=outage_infra, policy=FAST, status_file=tmp_path / "supervisor.json"
+    )
+    async with sup.supervising():
+        frozen = outage_infra.pid("redis")
+        os.kill(frozen, signal.SIGSTOP)
+        try:
+            await _pid_changes(sup, "redis", frozen)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(frozen, signal.SIGCONT)  # should the supervisor not have killed it
+        assert sup.records["redis"].last_exit == "killed: not answering"
+        assert sup.records["redis"].restarts == 1
+        assert await outage_infra.answers("redis")

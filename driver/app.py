@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from driver.events import CONSUMED_SUBJECTS, DURABLE, TripStatusConsumer
-from driver.server import DriverServicer
+from driver.server import ERRORS, DriverServicer
 from driver.store import DriverStore
 from protos import events
 from protos.driver.v1 import driver_pb2, driver_pb2_grpc
@@ -34,7 +34,7 @@ async def running(
         assert rt.pool is not None
         store = DriverStore(rt.pool)
         hasher = PasswordHasher(concurrency=settings.kdf_concurrency, queue=settings.kdf_queue)
-        server = rt.grpc_server()
+        server = rt.grpc_server(errors=ERRORS)
         driver_pb2_grpc.add_DriverServiceServicer_to_server(
             DriverServicer(store, hasher), server.server
         )

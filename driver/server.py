@@ -23,13 +23,15 @@ from driver.domain import (
 from driver.store import DriverStore
 from protos.driver.v1 import driver_pb2, driver_pb2_grpc
 from rideshare.credentials import HasherBusyError, PasswordHasher
+from rideshare.db import DATA_ERRORS
 from rideshare.grpc_errors import StatusTable, abort_with
 
 __all__ = ["DriverServicer"]
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-_STATUS: StatusTable = {
+ERRORS: StatusTable = {
+    **DATA_ERRORS,
     InvalidDriverError: grpc.StatusCode.INVALID_ARGUMENT,
     DriverNotFoundError: grpc.StatusCode.NOT_FOUND,
     PhoneTakenError: grpc.StatusCode.ALREADY_EXISTS,
@@ -95,7 +97,7 @@ class DriverServicer(driver_pb2_grpc.DriverServiceServicer):
             password_hash = await self._hasher.hash(new.password)
             driver = await self._store.create(new, password_hash=password_hash)
         except (DriverError, HasherBusyError) as exc:
-            await abort_with(context, exc, _STATUS)
+            await abort_with(context, exc, ERRORS)
         return driver_to_proto(driver)
 
     async def AddVehicle(
@@ -111,7 +113,7 @@ class DriverServicer(driver_pb2_grpc.DriverServiceServicer):
             )
             added = await self._store.add_vehicle(request.driver_id, vehicle)
         except DriverError as exc:
-            await abort_with(context, exc, _STATUS)
+            await abort_with(context, exc, ERRORS)
         return vehicle_to_proto(added)
 
     async def GetDriver(
@@ -120,7 +122,7 @@ class DriverServicer(driver_pb2_grpc.DriverServiceServicer):
         try:
             driver = await self._store.get(request.driver_id)
         except DriverError as exc:
-            await abort_with(context, exc, _STATUS)
+            await abort_with(context, exc, ERRORS)
         return driver_to_proto(driver)
 
     async def Authenticate(
@@ -132,11 +134,9 @@ class DriverServicer(driver_pb2_grpc.DriverServiceServicer):
                 await self._store.password_hash(request.phone), request.password
             )
         except HasherBusyError as exc:
-            await abort_with(context, exc, _STATUS)
+            await abort_with(context, exc, ERRORS)
         if account_id is None:
-            await abort_with(
-                context, BadCredentialsError("wrong phone number or password"), _STATUS
-            )
+            await abort_with(context, BadCredentialsError("wrong phone number or password"), ERRORS)
         return driver_pb2.AuthenticateResponse(driver_id=account_id)
 
     async def GoOnline(
@@ -145,7 +145,7 @@ class DriverServicer(driver_pb2_grpc.DriverServiceServicer):
         try:
             driver = await self._store.go_online(request.driver_id, request.vehicle_id)
         except DriverError as exc:
-            await abort_with(context, exc, _STATUS)
+            await abort_with(context, exc, ERRORS)
         return driver_to_proto(driver)
 
     async def GoOffline(
@@ -154,7 +154,7 @@ class DriverServicer(driver_pb2_grpc.DriverServiceServicer):
         try:
             driver = await self._store.go_offline(request.driver_id)
         except DriverError as exc:
-            await abort_with(context, exc, _STATUS)
+            await abort_with(context, exc, ERRORS)
         return driver_to_proto(driver)
 
     async def ListOnlineDrivers(
@@ -164,7 +164,7 @@ class DriverServicer(driver_pb2_grpc.DriverServiceServicer):
             page = domain.online_page(size=request.page_size, token=request.page_token)
             drivers = await self._store.online_drivers(page)
         except DriverError as exc:
-            await abort_with(context, exc, _STATUS)
+            await abort_with(context, exc, ERRORS)
         return driver_pb2.ListOnlineDriversResponse(
             drivers=[
                 driver_pb2.OnlineDriver(

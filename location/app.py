@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from location.events import CONSUMED_SUBJECTS, AvailabilityUpdater, PositionFeed
 from location.rebuild import RecordsClient, keep_index_built
-from location.server import LocationServicer, LocationSettings, now_ms
+from location.server import ERRORS, LocationServicer, LocationSettings, now_ms
 from location.store import LocationStore
 from protos import events
 from protos.location.v1 import location_pb2_grpc
@@ -70,7 +70,7 @@ async def running(
         rt = await stack.enter_async_context(service_runtime(settings, use_redis=True))
         assert rt.redis is not None
         store = LocationStore(rt.redis)
-        server = rt.grpc_server()
+        server = rt.grpc_server(errors=ERRORS)
         location_pb2_grpc.add_LocationServiceServicer_to_server(
             LocationServicer(
                 store, PositionFeed(rt.nc, watch_queue=location.watch_queue), location

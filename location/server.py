@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 # Rejections listed in one ReportPositions summary; `rejected` still counts all of them.
 MAX_LISTED_REJECTIONS = 100
 
-_STATUS: StatusTable = {
+ERRORS: StatusTable = {
     InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
     UnknownDriverError: grpc.StatusCode.NOT_FOUND,
     AvailabilityConflictError: grpc.StatusCode.FAILED_PRECONDITION,
@@ -166,7 +166,7 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
         now = self._clock_ms()
         problem = self._check(request, now)
         if problem is not None:
-            await abort_with(context, InvalidArgumentError(problem[1]), _STATUS)
+            await abort_with(context, InvalidArgumentError(problem[1]), ERRORS)
         (availability,) = await self._apply([request], now)
         applied = availability != 0
         return location_pb2.ReportResult(
@@ -265,7 +265,7 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
                 maximum=domain.MAX_SEARCH_LIMIT,
             )
         except LocationError as exc:
-            await abort_with(context, exc, _STATUS)
+            await abort_with(context, exc, ERRORS)
         now = self._clock_ms()
         hits = await self._store.nearest(
             request.lat,
@@ -301,7 +301,7 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
         position = await self._store.get(request.driver_id) if request.driver_id else None
         if position is None:
             unknown = UnknownDriverError(f"no position for driver {request.driver_id!r}")
-            await abort_with(context, unknown, _STATUS)
+            await abort_with(context, unknown, ERRORS)
         return to_proto(position)
 
     async def WatchDriver(
@@ -310,7 +310,7 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[location_pb2.DriverPosition]:
         if not request.driver_id:
-            await abort_with(context, InvalidArgumentError("driver_id is required"), _STATUS)
+            await abort_with(context, InvalidArgumentError("driver_id is required"), ERRORS)
         # Subscribe before reading the snapshot, so nothing falls between the two.
         async with self._feed.watch(request.driver_id) as updates:
             last_ts = 0
@@ -332,7 +332,7 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
             _hold_request(request.driver_id, request.trip_id)
             await self._store.reserve(request.driver_id, request.trip_id)
         except LocationError as exc:
-            await abort_with(context, exc, _STATUS)
+            await abort_with(context, exc, ERRORS)
         return location_pb2.ReserveDriverResponse()
 
     async def ReleaseDriver(
@@ -343,7 +343,7 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
         try:
             _hold_request(request.driver_id, request.trip_id)
         except LocationError as exc:
-            await abort_with(context, exc, _STATUS)
+            await abort_with(context, exc, ERRORS)
         released = await self._store.release(request.driver_id, request.trip_id)
         return location_pb2.ReleaseDriverResponse(released=released)
 
@@ -359,7 +359,7 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
                 request.limit, default=domain.DEFAULT_AREA_LIMIT, maximum=domain.MAX_AREA_LIMIT
             )
         except LocationError as exc:
-            await abort_with(context, exc, _STATUS)
+            await abort_with(context, exc, ERRORS)
         centre = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
         positions, truncated = await self._store.in_area(
             centre,

@@ -23,7 +23,7 @@ from notification.events import (
     NotificationConsumer,
 )
 from notification.providers import LogPushProvider, LogSmsProvider, Provider
-from notification.server import NotificationServicer
+from notification.server import ERRORS, NotificationServicer
 from notification.store import NotificationStore
 from protos.notification.v1 import notification_pb2_grpc
 from rideshare.grpc_server import GrpcServer
@@ -126,7 +126,7 @@ async def running(
             fetch_timeout_s=notification.fetch_timeout_s,
             backoff_s=notification.backoff_s,
         )
-        server = rt.grpc_server()
+        server = rt.grpc_server(errors=ERRORS)
         notification_pb2_grpc.add_NotificationServiceServicer_to_server(
             NotificationServicer(store, feed), server.server
         )

@@ -14,6 +14,7 @@ from notification.events import InAppFeed, to_proto
 from notification.store import NotificationStore, to_us
 from protos import events
 from protos.notification.v1 import notification_pb2, notification_pb2_grpc
+from rideshare.db import DATA_ERRORS
 from rideshare.grpc_errors import StatusTable, abort_with
 
 __all__ = ["SUBSCRIBED_METADATA_KEY", "NotificationServicer"]
@@ -24,7 +25,8 @@ logger = logging.getLogger(__name__)
 # ``call.initial_metadata()`` knows that nothing created from then on will be missed.
 SUBSCRIBED_METADATA_KEY = "x-subscribed"
 
-_STATUS: StatusTable = {
+ERRORS: StatusTable = {
+    **DATA_ERRORS,
     InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
 }
 
@@ -62,7 +64,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
                 else None
             )
         except NotificationError as exc:
-            await abort_with(context, exc, _STATUS)
+            await abort_with(context, exc, ERRORS)
         found = await self._store.list_for_user(
             user_id, limit=size + 1, unread_only=request.unread_only, after=after
         )
@@ -88,7 +90,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         try:
             user_id = _user_id(request.user_id)
         except NotificationError as exc:
-            await abort_with(context, exc, _STATUS)
+            await abort_with(context, exc, ERRORS)
         ids = domain.parse_notification_ids(request.notification_ids)
         updated = await self._store.mark_read(user_id, ids)
         return notification_pb2.MarkReadResponse(updated=updated)
@@ -102,7 +104,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         try:
             user_id = _user_id(request.user_id)
         except NotificationError as exc:
-            await abort_with(context, exc, _STATUS)
+            await abort_with(context, exc, ERRORS)
         async with self._feed.watch(user_id) as live:
             await context.send_initial_metadata(((SUBSCRIBED_METADATA_KEY, "1"),))
             async for notification in live:

@@ -9,7 +9,7 @@ from pathlib import Path
 from protos import events
 from protos.rider.v1 import rider_pb2, rider_pb2_grpc
 from rider.events import CONSUMED_SUBJECTS, DURABLE, TripHistoryConsumer
-from rider.server import RiderServicer
+from rider.server import ERRORS, RiderServicer
 from rider.store import RiderStore
 from rideshare import bus
 from rideshare.credentials import PasswordHasher
@@ -34,7 +34,7 @@ async def running(
         assert rt.pool is not None
         store = RiderStore(rt.pool)
         hasher = PasswordHasher(concurrency=settings.kdf_concurrency, queue=settings.kdf_queue)
-        server = rt.grpc_server()
+        server = rt.grpc_server(errors=ERRORS)
         rider_pb2_grpc.add_RiderServiceServicer_to_server(
             RiderServicer(store, hasher), server.server
         )

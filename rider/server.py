@@ -20,13 +20,15 @@ from rider.domain import (
 )
 from rider.store import RiderStore
 from rideshare.credentials import HasherBusyError, PasswordHasher
+from rideshare.db import DATA_ERRORS
 from rideshare.grpc_errors import StatusTable, abort_with
 
 __all__ = ["RiderServicer"]
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-_STATUS: StatusTable = {
+ERRORS: StatusTable = {
+    **DATA_ERRORS,
     InvalidRiderError: grpc.StatusCode.INVALID_ARGUMENT,
     RiderNotFoundError: grpc.StatusCode.NOT_FOUND,
     PhoneTakenError: grpc.StatusCode.ALREADY_EXISTS,
@@ -93,7 +95,7 @@ class RiderServicer(rider_pb2_grpc.RiderServiceServicer):
             password_hash = await self._hasher.hash(new.password)
             rider = await self._store.create(new, password_hash=password_hash)
         except (RiderError, HasherBusyError) as exc:
-            await abort_with(context, exc, _STATUS)
+            await abort_with(context, exc, ERRORS)
         return rider_to_proto(rider)
 
     async def GetRider(
@@ -102,7 +104,7 @@ class RiderServicer(rider_pb2_grpc.RiderServiceServicer):
         try:
             rider = await self._store.get(request.rider_id)
         except RiderError as exc:
-            await abort_with(context, exc, _STATUS)
+            await abort_with(context, exc, ERRORS)
         return rider_to_proto(rider)
 
     async def UpdateRider(
@@ -115,7 +117,7 @@ class RiderServicer(rider_pb2_grpc.RiderServiceServicer):
             )
             rider = await self._store.update(request.rider_id, changes)
         except RiderError as exc:
-            await abort_with(context, exc, _STATUS)
+            await abort_with(context, exc, ERRORS)
         return rider_to_proto(rider)
 
     async def Authenticate(
@@ -127,11 +129,9 @@ class RiderServicer(rider_pb2_grpc.RiderServiceServicer):
                 await self._store.password_hash(request.phone), request.password
             )
         except HasherBusyError as exc:
-            await abort_with(context, exc, _STATUS)
+            await abort_with(context, exc, ERRORS)
         if account_id is None:
-            await abort_with(
-                context, BadCredentialsError("wrong phone number or password"), _STATUS
-            )
+            await abort_with(context, BadCredentialsError("wrong phone number or password"), ERRORS)
         return rider_pb2.AuthenticateResponse(rider_id=account_id)
 
     async def ListTrips(
@@ -144,7 +144,7 @@ class RiderServicer(rider_pb2_grpc.RiderServiceServicer):
             await self._store.get(request.rider_id)  # NOT_FOUND for an unknown rider
             trips = await self._store.list_trips(request.rider_id, page)
         except RiderError as exc:
-            await abort_with(context, exc, _STATUS)
+            await abort_with(context, exc, ERRORS)
         return rider_pb2.ListTripsResponse(
             trips=[trip_to_proto(t) for t in trips[: page.limit]],
             next_page_token=page.next_token(request.rider_id, trips),

@@ -9,8 +9,24 @@ from __future__ import annotations
 import re
 
 import asyncpg
+import grpc
 
-__all__ = ["SCHEMA_RE", "InvalidSchemaName", "create_pool", "ensure_schema", "ping", "quote_schema"]
+from rideshare.grpc_errors import StatusTable
+
+__all__ = [
+    "DATA_ERRORS",
+    "SCHEMA_RE",
+    "InvalidSchemaName",
+    "create_pool",
+    "ensure_schema",
+    "ping",
+    "quote_schema",
+]
+
+# For a service's error table: SQLSTATE class 22, "data exception", is a value the database
+# cannot hold (a NUL in text, a number out of range) that no validator caught. It is the
+# caller's input, so INVALID_ARGUMENT, with the database's own words.
+DATA_ERRORS: StatusTable = {asyncpg.DataError: grpc.StatusCode.INVALID_ARGUMENT}
 
 # Schema names are interpolated into SQL (identifiers cannot be bind parameters), so only
 # plain lowercase identifiers are accepted; no quoting tricks, no case folding surprises.

@@ -19,7 +19,7 @@ import nats.errors
 import nats.js.errors
 import redis.exceptions
 
-__all__ = ["StatusTable", "abort_with", "log_round_failure", "outage_of"]
+__all__ = ["StatusTable", "abort_with", "log_round_failure", "outage_of", "status_of"]
 
 StatusTable = Mapping[type[Exception], grpc.StatusCode]
 
@@ -122,15 +122,24 @@ def _is_outage(exc: BaseException) -> bool:
     return False
 
 
-async def abort_with(
-    context: grpc.aio.ServicerContext[Any, Any], exc: Exception, table: StatusTable
-) -> NoReturn:
-    """End the call with the status that ``table`` gives ``exc``'s class (or its nearest
-    base in the table) and the error's message. An error the table does not know is
-    re-raised, and the server's interceptor turns it into UNAVAILABLE (an outage, see
-    :func:`outage_of`) or INTERNAL with a logged id (a bug)."""
+def status_of(exc: BaseException, table: StatusTable) -> grpc.StatusCode | None:
+    """The code ``table`` gives ``exc``'s class, or its nearest base in the table; None when
+    the table does not know it."""
     for cls in type(exc).__mro__:
         code = table.get(cls)
         if code is not None:
-            await context.abort(code, str(exc))
+            return code
+    return None
+
+
+async def abort_with(
+    context: grpc.aio.ServicerContext[Any, Any], exc: Exception, table: StatusTable
+) -> NoReturn:
+    """End the call with the status that ``table`` gives ``exc`` (:func:`status_of`) and the
+    error's message. An error the table does not know is re-raised, and the server's
+    interceptor turns it into UNAVAILABLE (an outage, see :func:`outage_of`) or INTERNAL with
+    a logged id (a bug)."""
+    code = status_of(exc, table)
+    if code is not None:
+        await context.abort(code, str(exc))
     raise exc

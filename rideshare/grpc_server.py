@@ -37,7 +37,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import asyncpg
 import grpc
 import grpc.aio
 from google.protobuf import descriptor_pb2, descriptor_pool
@@ -48,7 +47,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import _async as reflection_aio
 from grpc_reflection.v1alpha import reflection_pb2 as reflection_v1alpha_pb2
 
-from rideshare.grpc_errors import outage_of
+from rideshare.grpc_errors import StatusTable, outage_of, status_of
 from rideshare.log import REQUEST_ID_METADATA_KEY, new_request_id, request_id_var
 from rideshare.metrics import GRPC_SERVER_HANDLED, GRPC_SERVER_HANDLING_SECONDS
 from rideshare.ports import RETRY_EVERY_S, port_in_use_error, wait_for_port
@@ -94,6 +93,7 @@ class GrpcServer:
     ``health_interval_s`` (and at start) with that same timeout; it raises when a store the
     service needs is unreachable. Usable as ``async with GrpcServer(...) as srv``, which stops
     with a 5 s grace. A taken ``port`` is retried for ``bind_retry_s`` (rideshare/ports.py).
+    ``errors`` is the service's table of domain error -> status code (see the module doc).
     """
 
     def __init__(
@@ -106,6 +106,7 @@ class GrpcServer:
         health_interval_s: float = 2.0,
         max_concurrent_rpcs: int | None = None,
         bind_retry_s: float = BIND_RETRY_S,
+        errors: StatusTable | None = None,
     ) -> None:
         if health_interval_s <= 0:
             raise ValueError(f"health_interval_s must be positive, got {health_interval_s}")
@@ -113,7 +114,7 @@ class GrpcServer:
         self.host = host
         self.port = port
         self.server: grpc.aio.Server = grpc.aio.server(
-            interceptors=[_ServerInterceptor()],
+            interceptors=[_ServerInterceptor(errors or {})],
             options=_SERVER_OPTIONS,
             maximum_concurrent_rpcs=max_concurrent_rpcs,
         )
@@ -284,7 +285,8 @@ class _ServerInterceptor(_ServerInterceptorBase):
     """Wraps each method's handler once (cached per method), so a call costs one dict lookup
     here and the work inside the wrapped behaviour."""
 
-    def __init__(self) -> None:
+    def __init__(self, errors: StatusTable) -> None:
+        self._errors = errors
         self._wrapped: dict[str, tuple[_Handler, _Handler]] = {}
 
     async def intercept_service(
@@ -299,7 +301,7 @@ class _ServerInterceptor(_ServerInterceptorBase):
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = _wrap_handler(method, handler)
+        wrapped = _wrap_handler(method, handler, self._errors)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
@@ -328,7 +330,7 @@ class _Observer:
             logger.debug("%s -> %s in %.2f ms", self.method, code.name, elapsed * 1000)
 
 
-def _wrap_handler(method: str, handler: _Handler) -> _Handler:
+def _wrap_handler(method: str, handler: _Handler, errors: StatusTable) -> _Handler:
     if handler.request_streaming and handler.response_streaming:
         behaviour, factory, rpc_type = (
             handler.stream_stream,
@@ -359,9 +361,9 @@ def _wrap_handler(method: str, handler: _Handler) -> _Handler:
     # grpc.aio picks how to drive a behaviour by its kind (coroutine function, async
     # generator function, or sync in a thread), so the wrapper must be of the same kind.
     if inspect.isasyncgenfunction(behaviour):
-        wrapped: Callable[..., Any] = _wrap_async_gen(behaviour, observer)
+        wrapped: Callable[..., Any] = _wrap_async_gen(behaviour, observer, errors)
     elif inspect.iscoroutinefunction(behaviour):
-        wrapped = _wrap_coroutine(behaviour, observer)
+        wrapped = _wrap_coroutine(behaviour, observer, errors)
     else:
         return handler
     return factory(
@@ -374,6 +376,7 @@ def _wrap_handler(method: str, handler: _Handler) -> _Handler:
 def _wrap_coroutine(
     behaviour: Callable[..., Awaitable[Any]],
     observer: _Observer,
+    errors: StatusTable,
 ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
     async def intercepted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         token = request_id_var.set(_incoming_request_id(context))
@@ -389,13 +392,9 @@ def _wrap_coroutine(
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
-        except asyncpg.DataError as exc:
-            code = grpc.StatusCode.INVALID_ARGUMENT
-            await _abort_bad_data(exc, context)
         except Exception as exc:
-            server = outage_of(exc)
-            code = grpc.StatusCode.INTERNAL if server is None else grpc.StatusCode.UNAVAILABLE
-            await _abort_unexpected(exc, context, observer.method, server)
+            code, server = _status_for(exc, errors)
+            await _abort_for(exc, context, observer.method, code, server)
         finally:
             observer.done(code, started)
             request_id_var.reset(token)
@@ -406,6 +405,7 @@ def _wrap_coroutine(
 def _wrap_async_gen(
     behaviour: Callable[..., AsyncIterator[Any]],
     observer: _Observer,
+    errors: StatusTable,
 ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
     async def intercepted(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
@@ -424,13 +424,9 @@ def _wrap_async_gen(
         except (asyncio.CancelledError, GeneratorExit):
             code = grpc.StatusCode.CANCELLED
             raise
-        except asyncpg.DataError as exc:
-            code = grpc.StatusCode.INVALID_ARGUMENT
-            await _abort_bad_data(exc, context)
         except Exception as exc:
-            server = outage_of(exc)
-            code = grpc.StatusCode.INTERNAL if server is None else grpc.StatusCode.UNAVAILABLE
-            await _abort_unexpected(exc, context, observer.method, server)
+            code, server = _status_for(exc, errors)
+            await _abort_for(exc, context, observer.method, code, server)
         finally:
             observer.done(code, started)
 
@@ -446,15 +442,28 @@ def _incoming_request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     return new_request_id()
 
 
-async def _abort_bad_data(
-    exc: asyncpg.DataError, context: grpc.aio.ServicerContext[Any, Any]
+def _status_for(exc: Exception, errors: StatusTable) -> tuple[grpc.StatusCode, str | None]:
+    """The status an escaped exception ends its call with: the service's table's code for a
+    domain error; UNAVAILABLE for an outage, with the server's name; INTERNAL for a bug."""
+    code = status_of(exc, errors)
+    if code is not None:
+        return code, None
+    server = outage_of(exc)
+    return (grpc.StatusCode.INTERNAL if server is None else grpc.StatusCode.UNAVAILABLE), server
+
+
+async def _abort_for(
+    exc: Exception,
+    context: grpc.aio.ServicerContext[Any, Any],
+    method: str,
+    code: grpc.StatusCode,
+    server: str | None,
 ) -> NoReturn:
-    """SQLSTATE class 22, "data exception": the request carried a value the database cannot
-    hold (a NUL in text, a number out of range) that no validator caught. It is the
-    caller's input, so INVALID_ARGUMENT, with the database's own words."""
-    logger.info("request refused by the database: %s", exc)
-    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid value: {exc}")
-    raise AssertionError("unreachable: abort raises")
+    """End the call with ``code`` from :func:`_status_for`: a domain error's own message, or
+    the outage / internal-error handling of :func:`_abort_unexpected`."""
+    if server is None and code is not grpc.StatusCode.INTERNAL:
+        await context.abort(code, str(exc))
+    await _abort_unexpected(exc, context, method, server)
 
 
 async def _abort_unexpected(

@@ -38,6 +38,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from rideshare import bus, db
+from rideshare.grpc_errors import StatusTable
 from rideshare.grpc_server import GrpcServer
 from rideshare.lifecycle import stop_on_signals
 from rideshare.log import configure_logging
@@ -101,14 +102,16 @@ class Runtime:
         if self.redis is not None:
             await self.redis.ping()
 
-    def grpc_server(self) -> GrpcServer:
-        """The service's gRPC server on its configured address, healthy when ready()."""
+    def grpc_server(self, *, errors: StatusTable | None = None) -> GrpcServer:
+        """The service's gRPC server on its configured address, healthy when ready(), ending
+        calls whose handler raised a domain error with the code ``errors`` gives it."""
         return GrpcServer(
             self.settings.name,
             host=self.settings.host,
             port=self.settings.grpc_port,
             readiness=self.ready,
             bind_retry_s=self.settings.bind_retry_s,
+            errors=errors,
         )
 
     @contextlib.asynccontextmanager

@@ -17,7 +17,7 @@ from rideshare.settings import ServiceSettings
 from trip.commands import TripCommands
 from trip.dispatch import Dispatcher, LocationClient
 from trip.events import CONSUMED_SUBJECTS, DriverOfflineHandler
-from trip.server import TripServicer
+from trip.server import ERRORS, TripServicer
 from trip.settings import TripSettings
 from trip.store import TripStore
 from trip.sweeper import PositionClient, Sweeper
@@ -54,7 +54,7 @@ async def running(
         store = TripStore(rt.pool)
         dispatcher = Dispatcher(store, location, trip)
         commands = TripCommands(store, location, dispatcher, trip)
-        server = rt.grpc_server()
+        server = rt.grpc_server(errors=ERRORS)
         trip_pb2_grpc.add_TripServiceServicer_to_server(
             TripServicer(commands, store=store), server.server
         )

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 import grpc
 
 from protos.trip.v1 import trip_pb2, trip_pb2_grpc
+from rideshare.db import DATA_ERRORS
 from rideshare.grpc_errors import StatusTable, abort_with
 from rideshare.paging import InvalidPageError, decode_page_token, encode_page_token, page_size
 from trip import wire
@@ -30,7 +31,7 @@ from trip.errors import (
 )
 from trip.store import TripStore
 
-__all__ = ["STATUS", "TripServicer"]
+__all__ = ["ERRORS", "TripServicer"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,8 @@ MAX_ASSIGNMENT_PAGE = 5_000
 _ASSIGNMENTS_SCOPE = "trip.assignments"
 Context = grpc.aio.ServicerContext[Any, Any]
 
-STATUS: StatusTable = {
+ERRORS: StatusTable = {
+    **DATA_ERRORS,
     InvalidTransition: grpc.StatusCode.FAILED_PRECONDITION,
     QuoteExpiredError: grpc.StatusCode.FAILED_PRECONDITION,
     QuoteUsedError: grpc.StatusCode.FAILED_PRECONDITION,
@@ -62,7 +64,7 @@ async def _answer(context: Context, call: Awaitable[T]) -> T:
     try:
         return await call
     except TripError as exc:
-        await abort_with(context, exc, STATUS)
+        await abort_with(context, exc, ERRORS)
 
 
 def _required(value: str, name: str) -> str:

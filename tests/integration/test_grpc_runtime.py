@@ -33,6 +33,18 @@ ECHO = "test.Echo"
 Context = grpc.aio.ServicerContext[bytes, bytes]
 
 
+class ThingError(Exception):
+    """The test service's base domain error."""
+
+
+class NoSuchThingError(ThingError):
+    pass
+
+
+# The test service's error table: a base class covers its subclasses unless they are listed.
+ERRORS = {ThingError: grpc.StatusCode.FAILED_PRECONDITION, LookupError: grpc.StatusCode.NOT_FOUND}
+
+
 class Echo:
     """Handlers of every RPC kind; counts calls per method."""
 
@@ -52,6 +64,13 @@ class Echo:
 
     async def abort(self, request: bytes, context: Context) -> bytes:
         await context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
+
+    async def domain(self, request: bytes, context: Context) -> bytes:
+        raise NoSuchThingError(f"no thing {request.decode()}")
+
+    async def lookup(self, request: bytes, context: Context) -> AsyncIterator[bytes]:
+        yield b"first"
+        raise KeyError("gone")  # a LookupError, mid-stream
 
     async def slow(self, request: bytes, context: Context) -> bytes:
         self.slow_started.set()
@@ -93,6 +112,8 @@ class Echo:
                 "WhoAmI": grpc.unary_unary_rpc_method_handler(self.whoami),
                 "Fail": grpc.unary_unary_rpc_method_handler(self.fail),
                 "Abort": grpc.unary_unary_rpc_method_handler(self.abort),
+                "Domain": grpc.unary_unary_rpc_method_handler(self.domain),
+                "Lookup": grpc.unary_stream_rpc_method_handler(self.lookup),
                 "Slow": grpc.unary_unary_rpc_method_handler(self.slow),
                 "Flaky": self.flaky("Flaky"),
                 "FlakyToo": self.flaky("FlakyToo"),
@@ -125,7 +146,7 @@ def readiness() -> Readiness:
 
 @pytest.fixture
 async def server(echo: Echo, readiness: Readiness) -> AsyncIterator[GrpcServer]:
-    srv = GrpcServer("test", readiness=readiness, health_interval_s=0.1)
+    srv = GrpcServer("test", readiness=readiness, health_interval_s=0.1, errors=ERRORS)
     srv.server.add_generic_rpc_handlers([echo.handler()])
     srv.add_service_name(ECHO)
     async with asyncio.timeout(5):
@@ -353,6 +374,25 @@ async def test_an_explicit_abort_passes_through_untouched(
     assert err.value.details() == "no such thing"
     assert server_log.getvalue() == ""
     assert handled("Abort", "NOT_FOUND") == before + 1
+
+
+async def test_a_domain_error_ends_the_call_with_the_code_of_the_service_table(
+    channel: grpc.aio.Channel, server_log: io.StringIO
+) -> None:
+    before = handled("Domain", "FAILED_PRECONDITION")
+    async with asyncio.timeout(5):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await unary(channel, "Domain")(b"42")
+        with pytest.raises(grpc.aio.AioRpcError) as streamed:
+            async for _ in channel.unary_stream(f"/{ECHO}/Lookup", None, None)(b"x"):
+                pass
+    assert (err.value.code(), err.value.details()) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "no thing 42",
+    )
+    assert streamed.value.code() == grpc.StatusCode.NOT_FOUND
+    assert server_log.getvalue() == ""  # a domain error is an answer, not a bug to log
+    assert handled("Domain", "FAILED_PRECONDITION") == before + 1
 
 
 async def test_successful_calls_are_counted_and_timed(channel: grpc.aio.Channel) -> None:

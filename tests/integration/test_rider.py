@@ -153,7 +153,7 @@ async def test_two_concurrent_signups_with_one_phone_exactly_one_wins(rig: Rig) 
         ({"name": "  "}, "name"),
         ({"email": "not-an-email"}, "email"),
         # Only the database notices a NUL: its data exception is still the caller's fault.
-        ({"name": "Ada\x00Lovelace"}, "invalid value"),
+        ({"name": "Ada\x00Lovelace"}, "invalid byte sequence"),
     ],
 )
 async def test_invalid_signups_are_invalid_argument(

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from driver import domain, wire
+from driver import wire
 from driver.commands import DriverCommands
 from driver.domain import (
     BadCredentialsError,
@@ -91,9 +91,5 @@ class DriverServicer(driver_pb2_grpc.DriverServiceServicer):
     async def ListOnlineDrivers(
         self, request: driver_pb2.ListOnlineDriversRequest, context: Context
     ) -> driver_pb2.ListOnlineDriversResponse:
-        page = domain.online_page(size=request.page_size, token=request.page_token)
-        drivers = await self._store.online_drivers(page)
-        return driver_pb2.ListOnlineDriversResponse(
-            drivers=[wire.online_driver_to_proto(d) for d in drivers[: page.limit]],
-            next_page_token=page.next_token(drivers),
-        )
+        page = wire.online_page_from_proto(request)
+        return wire.online_drivers_response(page, await self._store.online_drivers(page))

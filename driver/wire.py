@@ -20,6 +20,7 @@ from driver.domain import (
     NewDriver,
     NewVehicle,
     OnlineDriver,
+    OnlinePage,
     TripHold,
     Vehicle,
     VehicleClass,
@@ -41,6 +42,8 @@ __all__ = [
     "new_driver_from_proto",
     "new_vehicle_from_proto",
     "online_driver_to_proto",
+    "online_drivers_response",
+    "online_page_from_proto",
     "status_to_proto",
     "trip_hold",
     "vehicle_added",
@@ -134,6 +137,22 @@ def online_driver_to_proto(driver: OnlineDriver) -> driver_pb2.OnlineDriver:
     """One entry of ListOnlineDrivers."""
     return driver_pb2.OnlineDriver(
         driver_id=driver.driver_id, vehicle_class=vehicle_class_to_proto(driver.vehicle_class)
+    )
+
+
+def online_page_from_proto(request: driver_pb2.ListOnlineDriversRequest) -> OnlinePage:
+    """The validated paging of a ListOnlineDrivers request; InvalidDriverError for a bad size
+    or token."""
+    return domain.online_page(size=request.page_size, token=request.page_token)
+
+
+def online_drivers_response(
+    page: OnlinePage, drivers: list[OnlineDriver]
+) -> driver_pb2.ListOnlineDriversResponse:
+    """One page of ``drivers`` (fetched with ``page.limit + 1``) and the next page's token."""
+    return driver_pb2.ListOnlineDriversResponse(
+        drivers=[online_driver_to_proto(d) for d in drivers[: page.limit]],
+        next_page_token=page.next_token(drivers),
     )
 
 

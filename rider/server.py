@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 
 from protos.rider.v1 import rider_pb2, rider_pb2_grpc
-from rider import domain, wire
+from rider import wire
 from rider.commands import RiderCommands
 from rider.domain import (
     BadCredentialsError,
@@ -72,10 +72,7 @@ class RiderServicer(rider_pb2_grpc.RiderServiceServicer):
     async def ListTrips(
         self, request: rider_pb2.ListTripsRequest, context: Context
     ) -> rider_pb2.ListTripsResponse:
-        page = domain.trips_page(request.rider_id, size=request.page_size, token=request.page_token)
+        page = wire.trips_page_from_proto(request)
         await self._store.get(request.rider_id)  # NOT_FOUND for an unknown rider
         trips = await self._store.list_trips(request.rider_id, page)
-        return rider_pb2.ListTripsResponse(
-            trips=[wire.trip_to_proto(t) for t in trips[: page.limit]],
-            next_page_token=page.next_token(request.rider_id, trips),
-        )
+        return wire.list_trips_response(request.rider_id, page, trips)

@@ -19,10 +19,19 @@ from protos.rider.v1 import rider_pb2
 from protos.trip.v1 import events_pb2 as trip_events
 from protos.trip.v1 import trip_pb2
 from rider import domain
-from rider.domain import NewRider, Rider, RiderChanges, RiderRating, TripSummary, TripUpdate
+from rider.domain import (
+    NewRider,
+    Rider,
+    RiderChanges,
+    RiderRating,
+    TripPage,
+    TripSummary,
+    TripUpdate,
+)
 
 __all__ = [
     "TRIP_UPDATE_SUBJECTS",
+    "list_trips_response",
     "new_rider_from_proto",
     "rider_changes_from_proto",
     "rider_created",
@@ -31,6 +40,7 @@ __all__ = [
     "rider_updated",
     "trip_to_proto",
     "trip_update",
+    "trips_page_from_proto",
 ]
 
 # The trip.* subjects whose payload trip_update folds into the history, in the trip's order.
@@ -113,6 +123,21 @@ def trip_to_proto(trip: TripSummary) -> rider_pb2.TripSummary:
     if trip.ended_at is not None:
         message.ended_at.FromDatetime(trip.ended_at)
     return message
+
+
+def trips_page_from_proto(request: rider_pb2.ListTripsRequest) -> TripPage:
+    """The validated paging of a ListTrips request; InvalidRiderError for a bad size or token."""
+    return domain.trips_page(request.rider_id, size=request.page_size, token=request.page_token)
+
+
+def list_trips_response(
+    rider_id: str, page: TripPage, trips: list[TripSummary]
+) -> rider_pb2.ListTripsResponse:
+    """One page of ``trips`` (fetched with ``page.limit + 1``) and the next page's token."""
+    return rider_pb2.ListTripsResponse(
+        trips=[trip_to_proto(t) for t in trips[: page.limit]],
+        next_page_token=page.next_token(rider_id, trips),
+    )
 
 
 # -- rider.* payloads --------------------------------------------------------------------------

@@ -159,3 +159,19 @@ def test_a_rating_counts_only_with_one_to_five_stars_for_a_driver(
     driver_id: str, stars: int, valid: bool
 ) -> None:
     assert DriverRating("t1", driver_id, stars, NOW).valid is valid
+
+
+def test_an_online_page_shows_its_limit_and_points_past_the_last_one_shown() -> None:
+    request = driver_pb2.ListOnlineDriversRequest(page_size=2)
+    page = wire.online_page_from_proto(request)
+    drivers = [OnlineDriver(f"d{i}", VehicleClass.STANDARD) for i in range(3)]
+
+    response = wire.online_drivers_response(page, drivers)
+    assert [d.driver_id for d in response.drivers] == ["d0", "d1"]
+    request.page_token = response.next_page_token
+    assert wire.online_page_from_proto(request).after == "d1"
+    assert wire.online_drivers_response(page, drivers[:2]).next_page_token == ""
+
+    request.page_token = "garbage"
+    with pytest.raises(InvalidDriverError):
+        wire.online_page_from_proto(request)

@@ -208,3 +208,22 @@ def test_a_rating_counts_only_with_one_to_five_stars_for_a_rider(
     rider_id: str, stars: int, valid: bool
 ) -> None:
     assert RiderRating("t1", rider_id, stars, NOW).valid is valid
+
+
+def test_a_trips_page_shows_its_limit_and_points_past_the_last_one_shown() -> None:
+    request = rider_pb2.ListTripsRequest(rider_id="r1", page_size=2)
+    page = wire.trips_page_from_proto(request)
+    trips = [
+        TripSummary(f"t{i}", 1, None, None, None, "", 0, None, None, None, NOW - timedelta(i))
+        for i in range(3)
+    ]
+
+    response = wire.list_trips_response("r1", page, trips)
+    assert [t.trip_id for t in response.trips] == ["t0", "t1"]
+    request.page_token = response.next_page_token
+    assert wire.trips_page_from_proto(request).after == (trips[1].sort_at, "t1")
+    assert wire.list_trips_response("r1", page, trips[:2]).next_page_token == ""
+
+    request.page_size = -1
+    with pytest.raises(InvalidRiderError):
+        wire.trips_page_from_proto(request)

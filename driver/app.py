@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from driver.commands import DriverCommands
 from driver.events import CONSUMED_SUBJECTS, DURABLE, TripStatusConsumer
 from driver.server import ERRORS, DriverServicer
 from driver.store import DriverStore
@@ -35,11 +36,12 @@ async def running(
         store = DriverStore(rt.pool)
         hasher = PasswordHasher(concurrency=settings.kdf_concurrency, queue=settings.kdf_queue)
         server = rt.grpc_server(errors=ERRORS)
+        commands = DriverCommands(store, hasher)
         driver_pb2_grpc.add_DriverServiceServicer_to_server(
-            DriverServicer(store, hasher), server.server
+            DriverServicer(commands, store), server.server
         )
         server.add_service_name(SERVICE_NAME)
-        consumer = TripStatusConsumer(store, consumer=durable)
+        consumer = TripStatusConsumer(commands, consumer=durable)
         rt.run_worker(
             lambda stop: bus.run_consumer(
                 rt.js,

@@ -15,6 +15,7 @@ __all__ = [
     "Driver",
     "DriverError",
     "DriverNotFoundError",
+    "DriverRating",
     "DriverStatus",
     "InvalidDriverError",
     "NewDriver",
@@ -25,6 +26,7 @@ __all__ = [
     "OnlinePage",
     "PhoneTakenError",
     "PlateTakenError",
+    "TripHold",
     "Vehicle",
     "VehicleClass",
     "VehicleNotOwnedError",
@@ -261,3 +263,32 @@ def online_page(*, size: int, token: str) -> OnlinePage:
         return OnlinePage(limit=limit, after=str(after))
     except InvalidPageError as exc:
         raise InvalidDriverError(str(exc)) from None
+
+
+# -- what trip.* events say about drivers ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TripHold:
+    """A trip taking the driver (``live``: accepted) or letting them go (completed, cancelled,
+    or the driver cancelled), at the trip's ``trip_version``."""
+
+    driver_id: str
+    trip_id: str
+    trip_version: int
+    live: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DriverRating:
+    """A rider's rating of a driver after a trip, as the trip service recorded it."""
+
+    trip_id: str
+    driver_id: str
+    stars: int
+    rated_at: datetime
+
+    @property
+    def valid(self) -> bool:
+        """1 to 5 stars for a named driver; anything else is ignored, never counted."""
+        return 1 <= self.stars <= 5 and bool(self.driver_id)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from datetime import datetime
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -11,19 +12,17 @@ import asyncpg
 from driver.domain import (
     Driver,
     DriverNotFoundError,
+    DriverRating,
     NewDriver,
     NewVehicle,
     OnlineDriver,
     OnlinePage,
     PhoneTakenError,
     PlateTakenError,
+    TripHold,
     Vehicle,
     VehicleClass,
 )
-from driver.events import driver_created, driver_offline, driver_online, vehicle_added
-from protos import events
-from rideshare.bus import claim_event
-from rideshare.outbox import add_event
 
 __all__ = ["DriverStore"]
 
@@ -35,79 +34,94 @@ _VEHICLE_COLUMNS = "id, driver_id, make, model, plate, seats, vehicle_class, cre
 
 
 class DriverStore:
-    """Queries and transactions of the driver schema; rows in, domain objects out."""
+    """Queries of the driver schema; rows in, domain objects out. Methods taking ``conn`` run
+    in the caller's transaction (``transaction()``); the others are plain reads on the pool."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def create(self, driver: NewDriver, *, password_hash: str) -> Driver:
-        """Insert the driver and queue driver.created; PhoneTakenError if the phone is taken."""
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection inside a transaction, committed when the block exits cleanly."""
         async with self._pool.acquire() as conn, conn.transaction():
-            try:
-                row = await conn.fetchrow(
-                    "INSERT INTO drivers (id, name, phone, license_number, password_hash) "
-                    f"VALUES ($1, $2, $3, $4, $5) RETURNING {_DRIVER_COLUMNS}",
-                    str(uuid.uuid4()),
-                    driver.name,
-                    driver.phone,
-                    driver.license_number,
-                    password_hash,
-                )
-            except asyncpg.UniqueViolationError as exc:
-                if exc.constraint_name == "drivers_phone_key":
-                    raise PhoneTakenError("a driver with this phone number exists") from None
-                raise
-            created = _driver(row, ())
-            await add_event(
-                conn,
-                subject=events.DRIVER_CREATED,
-                aggregate_id=created.id,
-                aggregate_version=created.version,
-                payload=driver_created(created),
+            yield conn
+
+    # -- drivers and vehicles --------------------------------------------------------------
+
+    async def insert(
+        self, conn: asyncpg.Connection, driver: NewDriver, *, password_hash: str
+    ) -> Driver:
+        """Insert a new driver; PhoneTakenError if the phone is taken."""
+        try:
+            row = await conn.fetchrow(
+                "INSERT INTO drivers (id, name, phone, license_number, password_hash) "
+                f"VALUES ($1, $2, $3, $4, $5) RETURNING {_DRIVER_COLUMNS}",
+                str(uuid.uuid4()),
+                driver.name,
+                driver.phone,
+                driver.license_number,
+                password_hash,
             )
-        return created
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name == "drivers_phone_key":
+                raise PhoneTakenError("a driver with this phone number exists") from None
+            raise
+        return _driver(row, ())
 
     async def get(self, driver_id: str) -> Driver:
         """The driver with their vehicles; DriverNotFoundError if there is none."""
         async with self._pool.acquire() as conn:
-            return await self._load(conn, driver_id, lock=False)
+            return await self.load(conn, driver_id)
 
-    async def add_vehicle(self, driver_id: str, vehicle: NewVehicle) -> Vehicle:
-        """Register a vehicle and queue driver.vehicle_added; PlateTakenError for a known plate."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            version = await conn.fetchval(
-                "UPDATE drivers SET version = version + 1, updated_at = now() "
-                "WHERE id = $1 RETURNING version",
+    async def load(self, conn: asyncpg.Connection, driver_id: str, *, lock: bool = False) -> Driver:
+        """The driver with their vehicles, the driver row locked until the transaction ends
+        when ``lock``; DriverNotFoundError if there is none."""
+        row = await conn.fetchrow(
+            f"SELECT {_DRIVER_COLUMNS} FROM drivers WHERE id = $1"
+            + (" FOR UPDATE" if lock else ""),
+            driver_id,
+        )
+        if row is None:
+            raise DriverNotFoundError(f"no driver {driver_id!r}")
+        vehicles = await conn.fetch(
+            f"SELECT {_VEHICLE_COLUMNS} FROM vehicles WHERE driver_id = $1 ORDER BY created_at, id",
+            driver_id,
+        )
+        return _driver(row, tuple(_vehicle(v) for v in vehicles))
+
+    async def next_version(self, conn: asyncpg.Connection, driver_id: str) -> int:
+        """Move the driver to their next version and return it; DriverNotFoundError if none."""
+        version: int | None = await conn.fetchval(
+            "UPDATE drivers SET version = version + 1, updated_at = now() "
+            "WHERE id = $1 RETURNING version",
+            driver_id,
+        )
+        if version is None:
+            raise DriverNotFoundError(f"no driver {driver_id!r}")
+        return version
+
+    async def insert_vehicle(
+        self, conn: asyncpg.Connection, driver_id: str, vehicle: NewVehicle
+    ) -> Vehicle:
+        """Register a vehicle of the driver; PlateTakenError for a known plate."""
+        try:
+            row = await conn.fetchrow(
+                "INSERT INTO vehicles (id, driver_id, make, model, plate, seats, "
+                f"vehicle_class) VALUES ($1, $2, $3, $4, $5, $6, $7) "
+                f"RETURNING {_VEHICLE_COLUMNS}",
+                str(uuid.uuid4()),
                 driver_id,
+                vehicle.make,
+                vehicle.model,
+                vehicle.plate,
+                vehicle.seats,
+                int(vehicle.vehicle_class),
             )
-            if version is None:
-                raise DriverNotFoundError(f"no driver {driver_id!r}")
-            try:
-                row = await conn.fetchrow(
-                    "INSERT INTO vehicles (id, driver_id, make, model, plate, seats, "
-                    f"vehicle_class) VALUES ($1, $2, $3, $4, $5, $6, $7) "
-                    f"RETURNING {_VEHICLE_COLUMNS}",
-                    str(uuid.uuid4()),
-                    driver_id,
-                    vehicle.make,
-                    vehicle.model,
-                    vehicle.plate,
-                    vehicle.seats,
-                    int(vehicle.vehicle_class),
-                )
-            except asyncpg.UniqueViolationError as exc:
-                if exc.constraint_name == "vehicles_plate_key":
-                    raise PlateTakenError(f"plate {vehicle.plate} is registered already") from None
-                raise
-            added = _vehicle(row)
-            await add_event(
-                conn,
-                subject=events.DRIVER_VEHICLE_ADDED,
-                aggregate_id=driver_id,
-                aggregate_version=version,
-                payload=vehicle_added(added),
-            )
-        return added
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name == "vehicles_plate_key":
+                raise PlateTakenError(f"plate {vehicle.plate} is registered already") from None
+            raise
+        return _vehicle(row)
 
     async def password_hash(self, phone: str) -> tuple[str, str] | None:
         """(driver id, password hash) of the driver with this phone, or None."""
@@ -116,52 +130,24 @@ class DriverStore:
         )
         return None if row is None else (row["id"], row["password_hash"])
 
-    async def go_online(self, driver_id: str, vehicle_id: str) -> Driver:
-        """Put the driver online with the vehicle and queue driver.online, unless already so.
+    # -- online status ---------------------------------------------------------------------
 
-        The driver row is locked first, so a trip event or a GoOffline racing this waits.
-        """
-        async with self._pool.acquire() as conn, conn.transaction():
-            driver = await self._load(conn, driver_id, lock=True)
-            vehicle = driver.vehicle_to_go_online(vehicle_id)
-            if vehicle is None:
-                return driver
-            await conn.execute(
-                "UPDATE drivers SET online = true, active_vehicle_id = $2, "
-                "version = version + 1, updated_at = now() WHERE id = $1",
-                driver_id,
-                vehicle.id,
-            )
-            driver = await self._load(conn, driver_id, lock=False)
-            await add_event(
-                conn,
-                subject=events.DRIVER_ONLINE,
-                aggregate_id=driver_id,
-                aggregate_version=driver.version,
-                payload=driver_online(driver, vehicle),
-            )
-        return driver
+    async def set_online(self, conn: asyncpg.Connection, driver_id: str, vehicle_id: str) -> None:
+        """The driver is online with the vehicle, as their next version."""
+        await conn.execute(
+            "UPDATE drivers SET online = true, active_vehicle_id = $2, "
+            "version = version + 1, updated_at = now() WHERE id = $1",
+            driver_id,
+            vehicle_id,
+        )
 
-    async def go_offline(self, driver_id: str) -> Driver:
-        """Take the driver offline and queue driver.offline, unless already offline."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            driver = await self._load(conn, driver_id, lock=True)
-            if not driver.must_go_offline():
-                return driver
-            await conn.execute(
-                "UPDATE drivers SET online = false, active_vehicle_id = NULL, "
-                "version = version + 1, updated_at = now() WHERE id = $1",
-                driver_id,
-            )
-            driver = await self._load(conn, driver_id, lock=False)
-            await add_event(
-                conn,
-                subject=events.DRIVER_OFFLINE,
-                aggregate_id=driver_id,
-                aggregate_version=driver.version,
-                payload=driver_offline(driver_id),
-            )
-        return driver
+    async def set_offline(self, conn: asyncpg.Connection, driver_id: str) -> None:
+        """The driver is offline, as their next version."""
+        await conn.execute(
+            "UPDATE drivers SET online = false, active_vehicle_id = NULL, "
+            "version = version + 1, updated_at = now() WHERE id = $1",
+            driver_id,
+        )
 
     async def online_drivers(self, page: OnlinePage) -> list[OnlineDriver]:
         """Up to ``page.limit + 1`` online drivers with their vehicle's class, by id, after
@@ -175,92 +161,56 @@ class DriverStore:
         )
         return [OnlineDriver(row["id"], VehicleClass(row["vehicle_class"])) for row in rows]
 
-    async def apply_trip_hold(
-        self,
-        *,
-        driver_id: str,
-        trip_id: str,
-        trip_version: int,
-        live: bool,
-        consumer: str,
-        event_id: str,
-    ) -> bool:
-        """Record that a trip holds (``live``) or released the driver, once per event and only
-        if newer than what is known about that (driver, trip); then the driver's current trip
-        is their newest live one. False when the event changed nothing."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            if not await claim_event(conn, consumer=consumer, event_id=event_id):
-                return False
-            # Lock the driver before the hold rows, in the same order as GoOnline/GoOffline.
-            exists = await conn.fetchval(
-                "SELECT true FROM drivers WHERE id = $1 FOR UPDATE", driver_id
-            )
-            if not exists:
-                return False  # a driver of another deployment (or test): not ours
-            applied = await conn.fetchval(
-                "INSERT INTO driver_trips AS h (driver_id, trip_id, version, live) "
-                "VALUES ($1, $2, $3, $4) ON CONFLICT (driver_id, trip_id) DO UPDATE "
-                "SET version = EXCLUDED.version, live = EXCLUDED.live "
-                "WHERE h.version < EXCLUDED.version RETURNING true",
-                driver_id,
-                trip_id,
-                trip_version,
-                live,
-            )
-            if not applied:
-                return False
-            await conn.execute(
-                "UPDATE drivers SET current_trip_id = (SELECT trip_id FROM driver_trips "
-                "WHERE driver_id = $1 AND live ORDER BY version DESC LIMIT 1), "
-                "version = version + 1, updated_at = now() WHERE id = $1",
-                driver_id,
-            )
+    # -- trip holds and ratings ------------------------------------------------------------
+
+    async def lock_if_exists(self, conn: asyncpg.Connection, driver_id: str) -> bool:
+        """Lock the driver row until the transaction ends; False when there is no such driver."""
+        exists = await conn.fetchval("SELECT true FROM drivers WHERE id = $1 FOR UPDATE", driver_id)
+        return bool(exists)
+
+    async def record_hold(self, conn: asyncpg.Connection, hold: TripHold) -> bool:
+        """Record the hold if newer than what is known about that (driver, trip); then the
+        driver's current trip is their newest live one, as their next version. False when
+        the hold is not newer and nothing changed."""
+        applied = await conn.fetchval(
+            "INSERT INTO driver_trips AS h (driver_id, trip_id, version, live) "
+            "VALUES ($1, $2, $3, $4) ON CONFLICT (driver_id, trip_id) DO UPDATE "
+            "SET version = EXCLUDED.version, live = EXCLUDED.live "
+            "WHERE h.version < EXCLUDED.version RETURNING true",
+            hold.driver_id,
+            hold.trip_id,
+            hold.trip_version,
+            hold.live,
+        )
+        if not applied:
+            return False
+        await conn.execute(
+            "UPDATE drivers SET current_trip_id = (SELECT trip_id FROM driver_trips "
+            "WHERE driver_id = $1 AND live ORDER BY version DESC LIMIT 1), "
+            "version = version + 1, updated_at = now() WHERE id = $1",
+            hold.driver_id,
+        )
         return True
 
-    async def apply_rating(
-        self,
-        *,
-        trip_id: str,
-        driver_id: str,
-        stars: int,
-        rated_at: datetime,
-        consumer: str,
-        event_id: str,
-    ) -> bool:
-        """Count a rider's rating of a driver once per event and once per trip."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            if not await claim_event(conn, consumer=consumer, event_id=event_id):
-                return False
-            first = await conn.fetchval(
-                "INSERT INTO driver_ratings (trip_id, driver_id, stars, rated_at) "
-                "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING true",
-                trip_id,
-                driver_id,
-                stars,
-                rated_at,
+    async def add_rating(self, conn: asyncpg.Connection, rating: DriverRating) -> bool:
+        """Count the rating into the driver's average, once per trip; False if the trip's
+        rating was counted already."""
+        first = await conn.fetchval(
+            "INSERT INTO driver_ratings (trip_id, driver_id, stars, rated_at) "
+            "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING true",
+            rating.trip_id,
+            rating.driver_id,
+            rating.stars,
+            rating.rated_at,
+        )
+        if first:
+            await conn.execute(
+                "UPDATE drivers SET rating_sum = rating_sum + $2, "
+                "rating_count = rating_count + 1 WHERE id = $1",
+                rating.driver_id,
+                rating.stars,
             )
-            if first:
-                await conn.execute(
-                    "UPDATE drivers SET rating_sum = rating_sum + $2, "
-                    "rating_count = rating_count + 1 WHERE id = $1",
-                    driver_id,
-                    stars,
-                )
         return bool(first)
-
-    async def _load(self, conn: asyncpg.Connection, driver_id: str, *, lock: bool) -> Driver:
-        row = await conn.fetchrow(
-            f"SELECT {_DRIVER_COLUMNS} FROM drivers WHERE id = $1"
-            + (" FOR UPDATE" if lock else ""),
-            driver_id,
-        )
-        if row is None:
-            raise DriverNotFoundError(f"no driver {driver_id!r}")
-        vehicles = await conn.fetch(
-            f"SELECT {_VEHICLE_COLUMNS} FROM vehicles WHERE driver_id = $1 ORDER BY created_at, id",
-            driver_id,
-        )
-        return _driver(row, tuple(_vehicle(v) for v in vehicles))
 
 
 def _vehicle(row: Any) -> Vehicle:

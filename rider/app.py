@@ -8,6 +8,7 @@ from pathlib import Path
 
 from protos import events
 from protos.rider.v1 import rider_pb2, rider_pb2_grpc
+from rider.commands import RiderCommands
 from rider.events import CONSUMED_SUBJECTS, DURABLE, TripHistoryConsumer
 from rider.server import ERRORS, RiderServicer
 from rider.store import RiderStore
@@ -35,11 +36,12 @@ async def running(
         store = RiderStore(rt.pool)
         hasher = PasswordHasher(concurrency=settings.kdf_concurrency, queue=settings.kdf_queue)
         server = rt.grpc_server(errors=ERRORS)
+        commands = RiderCommands(store, hasher)
         rider_pb2_grpc.add_RiderServiceServicer_to_server(
-            RiderServicer(store, hasher), server.server
+            RiderServicer(commands, store), server.server
         )
         server.add_service_name(SERVICE_NAME)
-        consumer = TripHistoryConsumer(store, consumer=durable)
+        consumer = TripHistoryConsumer(commands, consumer=durable)
         rt.run_worker(
             lambda stop: bus.run_consumer(
                 rt.js,

@@ -25,6 +25,7 @@ __all__ = [
     "RiderChanges",
     "RiderError",
     "RiderNotFoundError",
+    "RiderRating",
     "TripPage",
     "TripSummary",
     "TripUpdate",
@@ -119,6 +120,21 @@ def rider_changes(*, name: str | None, email: str | None) -> RiderChanges:
         )
     except InvalidCredentialError as exc:
         raise InvalidRiderError(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class RiderRating:
+    """A driver's rating of a rider after a trip, as the trip service recorded it."""
+
+    trip_id: str
+    rider_id: str
+    stars: int
+    rated_at: datetime
+
+    @property
+    def valid(self) -> bool:
+        """1 to 5 stars for a named rider; anything else is ignored, never counted."""
+        return 1 <= self.stars <= 5 and bool(self.rider_id)
 
 
 # -- trip history ------------------------------------------------------------------------------

@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from datetime import datetime
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 
-from protos import events
 from rider.domain import (
     NewRider,
     PhoneTakenError,
     Rider,
     RiderChanges,
     RiderNotFoundError,
+    RiderRating,
     TripPage,
     TripSummary,
     TripUpdate,
 )
-from rider.events import rider_created, rider_updated
-from rideshare.bus import claim_event
-from rideshare.outbox import add_event
 
 __all__ = ["RiderStore"]
 
@@ -61,37 +59,39 @@ ON CONFLICT (trip_id) DO UPDATE SET
 
 
 class RiderStore:
-    """Queries and transactions of the rider schema; rows in, domain objects out."""
+    """Queries of the rider schema; rows in, domain objects out. Methods taking ``conn`` run in
+    the caller's transaction (``transaction()``); the others are plain reads on the pool."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def create(self, rider: NewRider, *, password_hash: str) -> Rider:
-        """Insert the rider and queue rider.created; PhoneTakenError if the phone is taken."""
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection inside a transaction, committed when the block exits cleanly."""
         async with self._pool.acquire() as conn, conn.transaction():
-            try:
-                row = await conn.fetchrow(
-                    "INSERT INTO riders (id, name, phone, email, password_hash) "
-                    f"VALUES ($1, $2, $3, $4, $5) RETURNING {_RIDER_COLUMNS}",
-                    str(uuid.uuid4()),
-                    rider.name,
-                    rider.phone,
-                    rider.email,
-                    password_hash,
-                )
-            except asyncpg.UniqueViolationError as exc:
-                if exc.constraint_name == "riders_phone_key":
-                    raise PhoneTakenError("a rider with this phone number exists") from None
-                raise
-            created = _rider(row)
-            await add_event(
-                conn,
-                subject=events.RIDER_CREATED,
-                aggregate_id=created.id,
-                aggregate_version=created.version,
-                payload=rider_created(created),
+            yield conn
+
+    # -- accounts --------------------------------------------------------------------------
+
+    async def insert(
+        self, conn: asyncpg.Connection, rider: NewRider, *, password_hash: str
+    ) -> Rider:
+        """Insert a new rider; PhoneTakenError if the phone is taken."""
+        try:
+            row = await conn.fetchrow(
+                "INSERT INTO riders (id, name, phone, email, password_hash) "
+                f"VALUES ($1, $2, $3, $4, $5) RETURNING {_RIDER_COLUMNS}",
+                str(uuid.uuid4()),
+                rider.name,
+                rider.phone,
+                rider.email,
+                password_hash,
             )
-        return created
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name == "riders_phone_key":
+                raise PhoneTakenError("a rider with this phone number exists") from None
+            raise
+        return _rider(row)
 
     async def get(self, rider_id: str) -> Rider:
         """The rider; RiderNotFoundError if there is none with this id."""
@@ -102,34 +102,26 @@ class RiderStore:
             raise RiderNotFoundError(f"no rider {rider_id!r}")
         return _rider(row)
 
-    async def update(self, rider_id: str, changes: RiderChanges) -> Rider:
-        """Apply ``changes`` and queue rider.updated, unless they change nothing."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                f"SELECT {_RIDER_COLUMNS} FROM riders WHERE id = $1 FOR UPDATE", rider_id
-            )
-            if row is None:
-                raise RiderNotFoundError(f"no rider {rider_id!r}")
-            rider = _rider(row)
-            if not changes.changes(rider):
-                return rider
-            row = await conn.fetchrow(
-                "UPDATE riders SET name = COALESCE($2, name), email = COALESCE($3, email), "
-                "version = version + 1, updated_at = now() "
-                f"WHERE id = $1 RETURNING {_RIDER_COLUMNS}",
-                rider_id,
-                changes.name,
-                changes.email,
-            )
-            updated = _rider(row)
-            await add_event(
-                conn,
-                subject=events.RIDER_UPDATED,
-                aggregate_id=updated.id,
-                aggregate_version=updated.version,
-                payload=rider_updated(updated),
-            )
-        return updated
+    async def lock(self, conn: asyncpg.Connection, rider_id: str) -> Rider:
+        """The rider, row locked until the transaction ends; RiderNotFoundError if none."""
+        row = await conn.fetchrow(
+            f"SELECT {_RIDER_COLUMNS} FROM riders WHERE id = $1 FOR UPDATE", rider_id
+        )
+        if row is None:
+            raise RiderNotFoundError(f"no rider {rider_id!r}")
+        return _rider(row)
+
+    async def update(self, conn: asyncpg.Connection, rider_id: str, changes: RiderChanges) -> Rider:
+        """Apply ``changes`` (None fields stay) as the rider's next version."""
+        row = await conn.fetchrow(
+            "UPDATE riders SET name = COALESCE($2, name), email = COALESCE($3, email), "
+            "version = version + 1, updated_at = now() "
+            f"WHERE id = $1 RETURNING {_RIDER_COLUMNS}",
+            rider_id,
+            changes.name,
+            changes.email,
+        )
+        return _rider(row)
 
     async def password_hash(self, phone: str) -> tuple[str, str] | None:
         """(rider id, password hash) of the rider with this phone, or None."""
@@ -137,6 +129,8 @@ class RiderStore:
             "SELECT id, password_hash FROM riders WHERE phone = $1", phone
         )
         return None if row is None else (row["id"], row["password_hash"])
+
+    # -- trip history and ratings ----------------------------------------------------------
 
     async def list_trips(self, rider_id: str, page: TripPage) -> list[TripSummary]:
         """Up to ``page.limit + 1`` trips of the rider, newest first, after the page's start
@@ -153,59 +147,44 @@ class RiderStore:
         )
         return [_trip(row) for row in rows]
 
-    async def apply_trip(self, update: TripUpdate, *, consumer: str, event_id: str) -> bool:
-        """Fold one trip event into the read model, once per event id; False if seen before."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            if not await claim_event(conn, consumer=consumer, event_id=event_id):
-                return False
-            await conn.execute(
-                _UPSERT_TRIP,
-                update.trip_id,
-                update.rider_id,
-                update.version,
-                update.state,
-                update.driver_id,
-                *(update.pickup or (None, None)),
-                *(update.dropoff or (None, None)),
-                update.fare_minor,
-                update.fare_currency,
-                update.vehicle_class,
-                update.requested_at,
-                update.completed_at,
-                update.ended_at,
-                update.occurred_at,
-            )
-        return True
+    async def upsert_trip(self, conn: asyncpg.Connection, update: TripUpdate) -> None:
+        """Fold one trip event's facts into the trip's history row."""
+        await conn.execute(
+            _UPSERT_TRIP,
+            update.trip_id,
+            update.rider_id,
+            update.version,
+            update.state,
+            update.driver_id,
+            *(update.pickup or (None, None)),
+            *(update.dropoff or (None, None)),
+            update.fare_minor,
+            update.fare_currency,
+            update.vehicle_class,
+            update.requested_at,
+            update.completed_at,
+            update.ended_at,
+            update.occurred_at,
+        )
 
-    async def apply_rating(
-        self,
-        *,
-        trip_id: str,
-        rider_id: str,
-        stars: int,
-        rated_at: datetime,
-        consumer: str,
-        event_id: str,
-    ) -> bool:
-        """Count a driver's rating of a rider once per event and once per trip."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            if not await claim_event(conn, consumer=consumer, event_id=event_id):
-                return False
-            first = await conn.fetchval(
-                "INSERT INTO rider_ratings (trip_id, rider_id, stars, rated_at) "
-                "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING true",
-                trip_id,
-                rider_id,
-                stars,
-                rated_at,
+    async def add_rating(self, conn: asyncpg.Connection, rating: RiderRating) -> bool:
+        """Count the rating into the rider's average, once per trip; False if the trip's
+        rating was counted already."""
+        first = await conn.fetchval(
+            "INSERT INTO rider_ratings (trip_id, rider_id, stars, rated_at) "
+            "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING true",
+            rating.trip_id,
+            rating.rider_id,
+            rating.stars,
+            rating.rated_at,
+        )
+        if first:
+            await conn.execute(
+                "UPDATE riders SET rating_sum = rating_sum + $2, "
+                "rating_count = rating_count + 1 WHERE id = $1",
+                rating.rider_id,
+                rating.stars,
             )
-            if first:
-                await conn.execute(
-                    "UPDATE riders SET rating_sum = rating_sum + $2, "
-                    "rating_count = rating_count + 1 WHERE id = $1",
-                    rider_id,
-                    stars,
-                )
         return bool(first)
 
 

@@ -2,8 +2,10 @@
 
 STYLE.md: dependencies point inward, so a service's ``domain.py`` and ``machine.py`` (and the
 trip service's other pure modules) never import asyncio, grpc, asyncpg, nats, redis or the
-generated protos, nor the service's own adapters. Reading the source, rather than importing
-it, catches an import hidden in a function body too.
+generated protos, nor the service's own adapters. A ``wire.py`` converts to and from the
+generated protos, so it may import those, but nothing else of that list and no adapter. And
+the modules of a service package never import each other in a circle. Reading the source,
+rather than importing it, catches an import hidden in a function body too.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("rider", "driver", "trip", "location", "notification", "edge")
 FORBIDDEN = frozenset({"asyncio", "grpc", "asyncpg", "nats", "redis", "protos"})
-ADAPTERS = frozenset({"server", "store", "events", "app", "__main__"})
+ADAPTERS = frozenset({"server", "store", "events", "commands", "app", "__main__"})
 
 PURE_MODULES = sorted(
     {path for service in SERVICES for path in (ROOT / service).glob("domain.py")}
@@ -24,6 +26,9 @@ PURE_MODULES = sorted(
     | {ROOT / "trip" / name for name in ("errors.py", "pricing.py", "liveness.py")}
 )
 TRIP_PURE_MODULES = [path for path in PURE_MODULES if path.parent.name == "trip"]
+WIRE_MODULES = [ROOT / service / "wire.py" for service in ("rider", "driver")]
+# Service packages whose modules are checked for import circles.
+ACYCLIC_PACKAGES = ("rider", "driver")
 
 
 def _imported_modules(path: Path) -> set[str]:
@@ -69,6 +74,63 @@ def test_pure_module_imports_none_of_its_services_adapters(path: Path) -> None:
         if name.split(".")[0] == package and ADAPTERS & set(name.split(".")[1:])
     }
     assert not adapters, f"{_rel(path)} imports adapters {sorted(adapters)}"
+
+
+@pytest.mark.parametrize("path", WIRE_MODULES, ids=_rel)
+def test_wire_module_imports_no_io_library_and_none_of_its_services_adapters(path: Path) -> None:
+    names = _imported_modules(path)
+    roots = {name.split(".")[0] for name in names}
+    io = roots & (FORBIDDEN - {"protos"})
+    assert not io, f"{_rel(path)} imports {sorted(io)}"
+    package = path.parent.name
+    adapters = {
+        name
+        for name in names
+        if name.split(".")[0] == package and ADAPTERS & set(name.split(".")[1:])
+    }
+    assert not adapters, f"{_rel(path)} imports adapters {sorted(adapters)}"
+
+
+def _package_graph(package: str) -> dict[str, set[str]]:
+    """Module -> the modules of the same package it imports (by name, e.g. ``rider.store``)."""
+    modules = {f"{package}.{path.stem}": path for path in (ROOT / package).glob("*.py")}
+    return {
+        name: (_imported_modules(path) & modules.keys()) - {name} for name, path in modules.items()
+    }
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle of ``graph`` as a path that ends where it starts, or None."""
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> list[str] | None:
+        if module in path:
+            return [*path[path.index(module) :], module]
+        if module in done:
+            return None
+        for imported in sorted(graph[module]):
+            found = visit(imported, [*path, module])
+            if found is not None:
+                return found
+        done.add(module)
+        return None
+
+    for module in sorted(graph):
+        found = visit(module, [])
+        if found is not None:
+            return found
+    return None
+
+
+@pytest.mark.parametrize("package", ACYCLIC_PACKAGES)
+def test_service_modules_import_each_other_without_a_circle(package: str) -> None:
+    cycle = _cycle(_package_graph(package))
+    assert cycle is None, " -> ".join(cycle or [])
+
+
+def test_the_circle_finder_finds_a_circle_and_passes_a_tree() -> None:
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
 
 
 @pytest.mark.parametrize("path", TRIP_PURE_MODULES, ids=_rel)

@@ -1,0 +1,302 @@
+"""Rider domain values <-> protobuf messages: the API's messages, rider.* payloads, trip.* reads.
+
+No I/O. ``server`` turns requests into domain values and domain values into responses here;
+``commands`` builds the rider.* event payloads here; ``events`` turns the trip.* payloads it
+consumes into the read model's updates and ratings here.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from protos import events as subjects
+from protos.common.v1 import common_pb2
+from protos.rider.v1 import events_pb2 as rider_events
+from protos.rider.v1 import rider_pb2
+from protos.trip.v1 import events_pb2 as trip_events
+from protos.trip.v1 import trip_pb2
+from rider import domain
+from rider.domain import (
+    NewRider,
+    Rider,
+    RiderChanges,
+    RiderRating,
+    TripPage,
+    TripSummary,
+    TripUpdate,
+)
+
+__all__ = [
+    "TRIP_UPDATE_SUBJECTS",
+    "list_trips_response",
+    "new_rider_from_proto",
+    "rider_changes_from_proto",
+    "rider_created",
+    "rider_rating",
+    "rider_to_proto",
+    "rider_updated",
+    "trip_to_proto",
+    "trip_update",
+    "trips_page_from_proto",
+]
+
+# The trip.* subjects whose payload trip_update folds into the history, in the trip's order.
+TRIP_UPDATE_SUBJECTS = (
+    subjects.TRIP_REQUESTED,
+    subjects.TRIP_OFFERED,
+    subjects.TRIP_ACCEPTED,
+    subjects.TRIP_DRIVER_CANCELLED,
+    subjects.TRIP_ARRIVED,
+    subjects.TRIP_STARTED,
+    subjects.TRIP_COMPLETED,
+    subjects.TRIP_CANCELLED,
+    subjects.TRIP_NO_DRIVERS,
+)
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+# -- the API -----------------------------------------------------------------------------------
+
+
+def new_rider_from_proto(request: rider_pb2.CreateRiderRequest) -> NewRider:
+    """The validated sign-up of a CreateRider request; InvalidRiderError names a bad field."""
+    return domain.new_rider(
+        name=request.name,
+        phone=request.phone,
+        email=request.email if request.HasField("email") else None,
+        password=request.password,
+    )
+
+
+def rider_changes_from_proto(request: rider_pb2.UpdateRiderRequest) -> RiderChanges:
+    """The validated changes of an UpdateRider request: an absent field is left alone."""
+    return domain.rider_changes(
+        name=request.name if request.HasField("name") else None,
+        email=request.email if request.HasField("email") else None,
+    )
+
+
+def rider_to_proto(rider: Rider) -> rider_pb2.Rider:
+    """The API's Rider."""
+    return rider_pb2.Rider(
+        id=rider.id,
+        name=rider.name,
+        phone=rider.phone,
+        email=rider.email,
+        rating_avg=rider.rating_avg,
+        rating_count=rider.rating_count,
+        created_at=_timestamp(rider.created_at),
+        updated_at=_timestamp(rider.updated_at),
+    )
+
+
+def _latlng(point: tuple[float, float]) -> common_pb2.LatLng:
+    return common_pb2.LatLng(lat=point[0], lng=point[1])
+
+
+def trip_to_proto(trip: TripSummary) -> rider_pb2.TripSummary:
+    """The API's TripSummary; state and class are the proto numbers the events carried."""
+    message = rider_pb2.TripSummary(
+        trip_id=trip.trip_id,
+        state=trip_pb2.TripState.ValueType(trip.state),
+        driver_id=trip.driver_id,
+        vehicle_class=common_pb2.VehicleClass.ValueType(trip.vehicle_class),
+    )
+    if trip.pickup is not None:
+        message.pickup.CopyFrom(_latlng(trip.pickup))
+    if trip.dropoff is not None:
+        message.dropoff.CopyFrom(_latlng(trip.dropoff))
+    if trip.fare is not None:
+        message.fare.CopyFrom(common_pb2.Money(amount_minor=trip.fare[0], currency=trip.fare[1]))
+    if trip.requested_at is not None:
+        message.requested_at.FromDatetime(trip.requested_at)
+    if trip.completed_at is not None:
+        message.completed_at.FromDatetime(trip.completed_at)
+    if trip.ended_at is not None:
+        message.ended_at.FromDatetime(trip.ended_at)
+    return message
+
+
+def trips_page_from_proto(request: rider_pb2.ListTripsRequest) -> TripPage:
+    """The validated paging of a ListTrips request; InvalidRiderError for a bad size or token."""
+    return domain.trips_page(request.rider_id, size=request.page_size, token=request.page_token)
+
+
+def list_trips_response(
+    rider_id: str, page: TripPage, trips: list[TripSummary]
+) -> rider_pb2.ListTripsResponse:
+    """One page of ``trips`` (fetched with ``page.limit + 1``) and the next page's token."""
+    return rider_pb2.ListTripsResponse(
+        trips=[trip_to_proto(t) for t in trips[: page.limit]],
+        next_page_token=page.next_token(rider_id, trips),
+    )
+
+
+# -- rider.* payloads --------------------------------------------------------------------------
+
+
+def rider_created(rider: Rider) -> rider_events.RiderCreated:
+    """The rider.created payload for a new rider."""
+    return rider_events.RiderCreated(
+        rider_id=rider.id,
+        name=rider.name,
+        phone=rider.phone,
+        email=rider.email,
+        created_at=_timestamp(rider.created_at),
+    )
+
+
+def rider_updated(rider: Rider) -> rider_events.RiderUpdated:
+    """The rider.updated payload: the full profile after the change."""
+    return rider_events.RiderUpdated(
+        rider_id=rider.id,
+        name=rider.name,
+        email=rider.email,
+        updated_at=_timestamp(rider.updated_at),
+    )
+
+
+# -- trip.* -> read model ----------------------------------------------------------------------
+
+
+def _when(ts: Timestamp, present: bool) -> datetime | None:
+    return ts.ToDatetime(tzinfo=UTC) if present else None
+
+
+def _point(point: common_pb2.LatLng, present: bool) -> tuple[float, float] | None:
+    return (point.lat, point.lng) if present else None
+
+
+def trip_update(message: Message, *, version: int, occurred_at: datetime) -> TripUpdate | None:
+    """What a trip.* payload says about its trip, or None for a payload the history does not
+    fold (see TRIP_UPDATE_SUBJECTS). ``version`` and ``occurred_at`` come from the envelope."""
+    match message:
+        case trip_events.TripRequested() as m:
+            return TripUpdate(
+                trip_id=m.trip_id,
+                rider_id=m.rider_id,
+                version=version,
+                state=trip_pb2.TRIP_STATE_REQUESTED,
+                occurred_at=occurred_at,
+                pickup=_point(m.pickup, m.HasField("pickup")),
+                dropoff=_point(m.dropoff, m.HasField("dropoff")),
+                fare_minor=m.fare.amount_minor if m.HasField("fare") else None,
+                fare_currency=m.fare.currency if m.HasField("fare") else None,
+                vehicle_class=m.vehicle_class,
+                requested_at=_when(m.requested_at, m.HasField("requested_at")),
+            )
+        case trip_events.TripOffered() as m:
+            return TripUpdate(
+                trip_id=m.trip_id,
+                rider_id=m.rider_id,
+                version=version,
+                state=trip_pb2.TRIP_STATE_DISPATCHING,
+                occurred_at=occurred_at,
+                pickup=_point(m.pickup, m.HasField("pickup")),
+                dropoff=_point(m.dropoff, m.HasField("dropoff")),
+                vehicle_class=m.vehicle_class,
+            )
+        case trip_events.TripAccepted() as m:
+            return TripUpdate(
+                trip_id=m.trip_id,
+                rider_id=m.rider_id,
+                version=version,
+                state=trip_pb2.TRIP_STATE_ACCEPTED,
+                occurred_at=occurred_at,
+                driver_id=m.driver_id,
+                pickup=_point(m.pickup, m.HasField("pickup")),
+                vehicle_class=m.vehicle_class,
+            )
+        case trip_events.TripDriverCancelled() as m:
+            # The trip goes back to dispatching without this driver.
+            return TripUpdate(
+                trip_id=m.trip_id,
+                rider_id=m.rider_id,
+                version=version,
+                state=trip_pb2.TRIP_STATE_DISPATCHING,
+                occurred_at=occurred_at,
+                driver_id="",
+            )
+        case trip_events.TripArrived() as m:
+            return TripUpdate(
+                trip_id=m.trip_id,
+                rider_id=m.rider_id,
+                version=version,
+                state=trip_pb2.TRIP_STATE_ARRIVED,
+                occurred_at=occurred_at,
+                driver_id=m.driver_id,
+                pickup=_point(m.pickup, m.HasField("pickup")),
+            )
+        case trip_events.TripStarted() as m:
+            return TripUpdate(
+                trip_id=m.trip_id,
+                rider_id=m.rider_id,
+                version=version,
+                state=trip_pb2.TRIP_STATE_IN_PROGRESS,
+                occurred_at=occurred_at,
+                driver_id=m.driver_id,
+            )
+        case trip_events.TripCompleted() as m:
+            return TripUpdate(
+                trip_id=m.trip_id,
+                rider_id=m.rider_id,
+                version=version,
+                state=trip_pb2.TRIP_STATE_COMPLETED,
+                occurred_at=occurred_at,
+                driver_id=m.driver_id,
+                pickup=_point(m.pickup, m.HasField("pickup")),
+                dropoff=_point(m.dropoff, m.HasField("dropoff")),
+                fare_minor=m.fare.amount_minor,
+                fare_currency=m.fare.currency or None,
+                vehicle_class=m.vehicle_class,
+                requested_at=_when(m.requested_at, m.HasField("requested_at")),
+                completed_at=_when(m.completed_at, m.HasField("completed_at")) or occurred_at,
+            )
+        case trip_events.TripCancelled() as m:
+            has_fee = m.HasField("fee")
+            return TripUpdate(
+                trip_id=m.trip_id,
+                rider_id=m.rider_id,
+                version=version,
+                state=trip_pb2.TRIP_STATE_CANCELLED,
+                occurred_at=occurred_at,
+                pickup=_point(m.pickup, m.HasField("pickup")),
+                dropoff=_point(m.dropoff, m.HasField("dropoff")),
+                # What a cancelled trip cost is its fee: nothing when none was charged.
+                fare_minor=m.fee.amount_minor if has_fee else 0,
+                fare_currency=(m.fee.currency or None) if has_fee else None,
+                requested_at=_when(m.requested_at, m.HasField("requested_at")),
+                ended_at=_when(m.cancelled_at, m.HasField("cancelled_at")) or occurred_at,
+            )
+        case trip_events.TripNoDrivers() as m:
+            return TripUpdate(
+                trip_id=m.trip_id,
+                rider_id=m.rider_id,
+                version=version,
+                state=trip_pb2.TRIP_STATE_NO_DRIVERS,
+                occurred_at=occurred_at,
+                pickup=_point(m.pickup, m.HasField("pickup")),
+                dropoff=_point(m.dropoff, m.HasField("dropoff")),
+                requested_at=_when(m.requested_at, m.HasField("requested_at")),
+                ended_at=_when(m.ended_at, m.HasField("ended_at")) or occurred_at,
+            )
+    return None
+
+
+def rider_rating(rated: trip_events.TripRated, *, rated_at: datetime) -> RiderRating | None:
+    """A driver's rating of a rider from a trip.rated payload; None when a rider rated their
+    driver (the driver service's business). The rating may still be invalid (see
+    RiderRating.valid): the event is what the trip service recorded."""
+    if rated.rater != trip_pb2.ACTOR_DRIVER:
+        return None
+    return RiderRating(
+        trip_id=rated.trip_id, rider_id=rated.ratee_id, stars=rated.stars, rated_at=rated_at
+    )

@@ -26,8 +26,8 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus, WebSocketException
 
-from scripts.simulate.invariants import ServerError, is_violation
-from scripts.simulate.stats import Stats
+from rideshare.simulate.invariants import ServerError, is_violation
+from rideshare.simulate.stats import Stats
 
 __all__ = ["Api", "ApiError", "LiveSocket", "backoff_s", "now_ms"]
 

@@ -14,7 +14,8 @@ A service's ``app.py`` builds on :func:`service_runtime`::
 
 and its ``__main__.py`` is ``run_service("rider", running)``. Shutdown order, from the
 inside out: stop accepting gRPC calls and drain them, signal the workers and wait for them,
-drain NATS, close Redis, close the Postgres pool (STYLE.md, Async).
+drain NATS, close Redis, close the Postgres pool: nothing is closed while something
+above it may still use it.
 """
 
 from __future__ import annotations

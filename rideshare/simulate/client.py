@@ -193,8 +193,8 @@ def _error_message(r: httpx.Response) -> str:
 
 class LiveSocket:
     """One app's WebSocket to the edge that stays up: it reconnects after a drop or after
-    ``silence_s`` without any frame (the edge pings every 4 s; FIELD-NOTES: 7 s), and the
-    edge sends a snapshot first on every (re)connect."""
+    ``silence_s`` without any frame (the edge pings every 4 s, edge/wire.py; 7 s is one missed
+    ping and some slack), and the edge sends a snapshot first on every (re)connect."""
 
     def __init__(
         self,

@@ -1,6 +1,6 @@
 """The pure cores import no I/O: read every ``domain.py`` and ``machine.py`` with ``ast``.
 
-STYLE.md: dependencies point inward, so a service's ``domain.py`` and ``machine.py`` (and the
+Dependencies point inward, so a service's ``domain.py`` and ``machine.py`` (and the
 trip service's other pure modules) never import asyncio, grpc, asyncpg, nats, redis or the
 generated protos, nor the service's own adapters. Reading the source, rather than importing
 it, catches an import hidden in a function body too.

@@ -5,7 +5,7 @@ A service's ``app.py`` builds on :func:`service_runtime`::
     @contextlib.asynccontextmanager
     async def running(settings: ServiceSettings) -> AsyncIterator[GrpcServer]:
         async with service_runtime(settings, schema="rider", migrations=MIGRATIONS) as rt:
-            server = rt.grpc_server()
+            server = rt.grpc_server(errors=ERRORS)  # the service's domain error -> status table
             rider_pb2_grpc.add_RiderServiceServicer_to_server(RiderServicer(...), server.server)
             server.add_service_name(SERVICE_NAME)
             rt.run_worker(some_consumer.run)

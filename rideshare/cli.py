@@ -2,10 +2,16 @@
 
     rideshare infra up|down|status [--data-dir DIR]
     rideshare up [--data-dir DIR] [--demo]
-    rideshare simulate [--drivers N --riders M ...]   (scripts/simulate; --help lists all)
+    rideshare simulate [--drivers N --riders M ...]   (rideshare.simulate; --help lists all)
     rideshare status|down [--data-dir DIR]
+    rideshare token [--role admin|rider|driver] [--subject ID] [--data-dir DIR]
 
 ``up`` commands run in the foreground until SIGINT/SIGTERM and then stop every child.
+
+This module is the launcher, the one part of ``rideshare`` that sits above the services: it
+starts them as processes (by name, never by import), and ``token`` signs with the edge's own
+code. That code is imported inside the function that needs it, so importing the shared
+runtime never imports a service (tests/unit/test_package_graph.py holds both rules).
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ import os
 import signal
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
 from rideshare.infra import EmbeddedInfra, probe_nats, probe_postgres, probe_redis
 from rideshare.settings import (
@@ -30,6 +37,7 @@ from rideshare.settings import (
     InfraUrls,
     SettingsError,
     data_dir_from_env,
+    env_str,
     load_infra_urls,
     mask_url,
 )
@@ -50,6 +58,9 @@ logger = logging.getLogger("rideshare.cli")
 LOCK_FILE = "rideshare.lock"
 _ENV_URLS = ("RIDESHARE_REDIS_URL", "RIDESHARE_POSTGRES_DSN", "RIDESHARE_NATS_URL")
 UP_READY_TIMEOUT_S = 120.0
+TOKEN_TTL_S = 12 * 3600
+Role = Literal["admin", "rider", "driver"]
+ROLES: tuple[Role, ...] = ("admin", "rider", "driver")
 
 
 class AlreadyRunningError(RuntimeError):
@@ -157,9 +168,11 @@ async def _up(data_dir: Path, *, demo: bool = False) -> int:
                     stop, supervisor.wait_all_up(timeout_s=UP_READY_TIMEOUT_S)
                 ):
                     return 0
-                _print_banner(data_dir, [c.name for c in supervisor.children])
+                names = [c.name for c in supervisor.children]
+                token = mint_token(data_dir, role="admin") if "edge" in names else None
+                _print_banner(data_dir, names, token=None if demo else token)
                 print(f"healthy {time.monotonic() - began:.1f} s after start", flush=True)
-                async with _demo(data_dir) if demo else contextlib.nullcontext():
+                async with _demo(token) if demo and token else contextlib.nullcontext():
                     await stop.wait()
         except RuntimeError as exc:
             print(f"rideshare: {exc}", file=sys.stderr, flush=True)
@@ -187,13 +200,38 @@ async def _unless_stopped(stop: asyncio.Event, work: Awaitable[None]) -> bool:
     return True
 
 
-def _demo(data_dir: Path) -> contextlib.AbstractAsyncContextManager[None]:
-    from scripts.simulate.demo import running_demo
+def _demo(token: str) -> contextlib.AbstractAsyncContextManager[None]:
+    # Imported when used: the simulator brings httpx and websockets, which no other
+    # command needs.
+    from rideshare.simulate.demo import running_demo
 
-    return running_demo(data_dir)
+    return running_demo(token=token)
 
 
-def _print_banner(data_dir: Path, services: Sequence[str]) -> None:
+def mint_token(
+    data_dir: Path, *, role: Role, subject: str | None = None, ttl_s: int = TOKEN_TTL_S
+) -> str:
+    """A token the edge accepts: signed with the edge's secret (``RIDESHARE_JWT_SECRET``, else
+    ``<data_dir>/jwt-secret``, created on first use as the edge would), for ``subject``
+    (default: a new ``<role>-<uuid>``) in ``role``. SettingsError for a secret that is too
+    short."""
+    # The edge's signing and secret, imported here and only here: the launcher may know the
+    # services it starts, the rest of the shared runtime may not.
+    from edge.auth import issue_token
+    from edge.settings import MIN_SECRET_LEN, load_jwt_secret
+
+    secret = env_str("RIDESHARE_JWT_SECRET", "")
+    if secret and len(secret) < MIN_SECRET_LEN:
+        raise SettingsError(
+            f"RIDESHARE_JWT_SECRET is {len(secret)} characters; use at least {MIN_SECRET_LEN}"
+        )
+    secret = secret or load_jwt_secret(data_dir)
+    sub = subject or f"{role}-{uuid.uuid4()}"
+    return issue_token(secret, sub=sub, role=role, ttl_s=ttl_s)
+
+
+def _print_banner(data_dir: Path, services: Sequence[str], *, token: str | None = None) -> None:
+    """What runs where; with ``token``, the live map's URL signed in as an admin."""
     lines = ["", "rideshare is up:"]
     for name in services:
         port = service_port(name)
@@ -201,6 +239,11 @@ def _print_banner(data_dir: Path, services: Sequence[str]) -> None:
             lines.append(f"  edge          http://127.0.0.1:{port}  (viewer: /viewer)")
         else:
             lines.append(f"  {name:<13} grpc 127.0.0.1:{port}")
+    if token is not None and "edge" in services:
+        from rideshare.simulate.demo import viewer_url
+
+        url = viewer_url(f"http://127.0.0.1:{service_port('edge')}", token)
+        lines += [f"live map (admin token, valid {TOKEN_TTL_S // 3600} h):", f"  {url}"]
     grpc_ports = [service_port(n) for n in services if n != "edge"]
     if grpc_ports:
         lines += [
@@ -295,6 +338,20 @@ def _down(data_dir: Path, timeout_s: float = 30.0) -> int:
     return 1
 
 
+def _token(args: argparse.Namespace, data_dir: Path) -> int:
+    if args.role != "admin" and not args.subject:
+        print(
+            f"rideshare token: a {args.role} token names its {args.role}: --subject <id>",
+            file=sys.stderr,
+        )
+        return 2
+    if args.ttl < 60:
+        print("rideshare token: --ttl is at least 60 seconds", file=sys.stderr)
+        return 2
+    print(mint_token(data_dir, role=args.role, subject=args.subject, ttl_s=args.ttl))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rideshare", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -322,13 +379,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     with_data_dir(sub.add_parser("status", help="infrastructure and services; exit 0 if all up"))
     with_data_dir(sub.add_parser("down", help="stop the `rideshare up` running from the data dir"))
+    token = with_data_dir(
+        sub.add_parser(
+            "token",
+            help="print a token the edge accepts, signed with the data dir's secret",
+            description="Print a token signed with the edge's secret: RIDESHARE_JWT_SECRET, "
+            "else <data dir>/jwt-secret. An admin token opens the live map "
+            "(http://127.0.0.1:8080/viewer#token=...) and the /v1/admin routes.",
+        )
+    )
+    token.add_argument("--role", choices=ROLES, default="admin")
+    token.add_argument(
+        "--subject",
+        help="the user id (required for rider and driver: the id the edge returned "
+        "at sign-up); default for admin: a new admin-<uuid>",
+    )
+    token.add_argument(
+        "--ttl", type=int, default=TOKEN_TTL_S, help="lifetime in seconds (default: 12 h)"
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["simulate"]:
-        from scripts.simulate.cli import main as simulate
+        from rideshare.simulate.cli import main as simulate
 
         return simulate(argv[1:], prog="rideshare simulate")
     args = _parser().parse_args(argv)
@@ -347,6 +422,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return asyncio.run(_up(data_dir, demo=args.demo))
         if args.command == "down":
             return _down(data_dir)
+        if args.command == "token":
+            return _token(args, data_dir)
         return asyncio.run(_status(data_dir, services=True))
     except (AlreadyRunningError, SettingsError) as exc:
         print(f"rideshare: {exc}", file=sys.stderr)

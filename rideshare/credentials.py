@@ -173,7 +173,8 @@ class PasswordHasher:
     A caller cancelled while waiting (its gRPC deadline passed, the client went away) leaves
     the queue without costing any CPU; a KDF already running cannot be stopped and keeps its
     slot until it ends, so ``concurrency`` bounds the threads really hashing. The queue is FIFO.
-    Build it in ``app.main`` and :meth:`close` it on shutdown.
+    Build it in the service's ``app.running()`` and :meth:`close` it once the server has
+    drained, so no call is left waiting for a hash.
 
     :meth:`authenticate` is the one door of every login; limits on login attempts (per phone,
     per client) belong in front of it, in the servicer, before any KDF work is spent.

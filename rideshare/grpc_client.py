@@ -14,7 +14,8 @@ Conventions every caller follows:
 - The request id of the current task (:data:`rideshare.log.request_id_var`), if any, travels as
   ``x-request-id`` metadata, so one request can be followed through every service's logs.
 
-Build channels in ``app.main`` (never at import time) and close them on shutdown.
+Build channels in the service's ``app.running()`` (never at import time) and close them on
+shutdown.
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """The gRPC server bootstrap every service uses: health, reflection, interceptors, shutdown.
 
-A service's ``app.main`` does::
+A service's ``app.running()`` gets one from its runtime (rideshare/runtime.py), which fills
+in the name, address, readiness and bind retry from the settings::
 
-    srv = GrpcServer("trip", host=settings.host, port=settings.grpc_port, readiness=store.ping)
-    trip_pb2_grpc.add_TripServiceServicer_to_server(servicer, srv.server)
-    srv.add_service_name(trip_pb2.DESCRIPTOR.services_by_name["TripService"].full_name)
-    await srv.start()
-    ...
-    await srv.stop(settings.shutdown_grace_s)
+    server = rt.grpc_server(errors=ERRORS)          # GrpcServer(name, host=, port=, ...)
+    trip_pb2_grpc.add_TripServiceServicer_to_server(servicer, server.server)
+    server.add_service_name(trip_pb2.DESCRIPTOR.services_by_name["TripService"].full_name)
+    async with rt.serving(server):                  # start(); ... stop(shutdown_grace_s)
+        ...
 
 What it adds to the plain ``grpc.aio`` server:
 

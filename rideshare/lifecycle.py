@@ -1,4 +1,4 @@
-"""Process lifecycle helpers."""
+"""Signals to a stop event: how a process learns that it should shut down in order."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ __all__ = ["stop_on_signals"]
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:
-    """Set ``stop`` on SIGTERM or SIGINT, so ``app.main`` can shut down in order.
+    """Set ``stop`` on SIGTERM or SIGINT, so the process leaves its service's ``running()``
+    block (see :func:`rideshare.runtime.serve_until_signalled`) and shuts down in order.
 
     Call from inside the running loop; the handlers live as long as the loop.
     """

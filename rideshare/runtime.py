@@ -5,7 +5,7 @@ A service's ``app.py`` builds on :func:`service_runtime`::
     @contextlib.asynccontextmanager
     async def running(settings: ServiceSettings) -> AsyncIterator[GrpcServer]:
         async with service_runtime(settings, schema="rider", migrations=MIGRATIONS) as rt:
-            server = rt.grpc_server()
+            server = rt.grpc_server(errors=ERRORS)  # the service's domain error -> status table
             rider_pb2_grpc.add_RiderServiceServicer_to_server(RiderServicer(...), server.server)
             server.add_service_name(SERVICE_NAME)
             rt.run_worker(some_consumer.run)
@@ -14,7 +14,8 @@ A service's ``app.py`` builds on :func:`service_runtime`::
 
 and its ``__main__.py`` is ``run_service("rider", running)``. Shutdown order, from the
 inside out: stop accepting gRPC calls and drain them, signal the workers and wait for them,
-drain NATS, close Redis, close the Postgres pool (STYLE.md, Async).
+drain NATS, close Redis, close the Postgres pool: nothing is closed while something
+above it may still use it.
 """
 
 from __future__ import annotations

@@ -36,7 +36,8 @@ __all__ = [
 DEFAULT_DATA_DIR = Path(".rideshare")
 INFRA_FILE = "infra.json"
 
-# gRPC port and Prometheus metrics port per service (DESIGN.md, Ports).
+# gRPC port and Prometheus metrics port per service; each overridable by RIDESHARE_<SERVICE>_PORT
+# and RIDESHARE_<SERVICE>_METRICS_PORT (README, Configuration).
 SERVICE_PORTS: Mapping[str, tuple[int, int]] = {
     "rider": (50051, 9151),
     "driver": (50052, 9152),

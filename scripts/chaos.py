@@ -203,7 +203,7 @@ async def _faults(run: Run, *, warmup_s: float, pause_s: float) -> None:
 
 async def _simulate(run: Run, args: argparse.Namespace, summary_path: Path, log: IO[bytes]) -> int:
     argv = [
-        sys.executable, "-m", "scripts.simulate",
+        sys.executable, "-m", "rideshare.simulate",
         "--edge-url", run.edge_url,
         "--drivers", str(args.drivers),
         "--riders", str(args.riders),

@@ -17,6 +17,7 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
 from tests.e2e.conftest import Stack
+from tests.helpers import eventually
 
 PASSWORD = "correct-horse-battery"
 
@@ -145,9 +146,7 @@ async def test_a_trip_from_signup_to_rating_through_the_edge(stack: Stack) -> No
                 )
                 return any(d["driver_id"] == driver_id for d in r.json()["drivers"])
 
-            async with asyncio.timeout(10.0):
-                while not await indexed():  # noqa: ASYNC110 - another process's outcome
-                    await asyncio.sleep(0.1)
+            await eventually(indexed, timeout_s=10.0)
 
             trip_id = await book_trip(http, rider_token, lat, lng)
 

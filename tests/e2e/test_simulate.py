@@ -9,17 +9,14 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from edge.auth import issue_token
-from edge.settings import load_jwt_secret
-from scripts.simulate import SimConfig, run
-from scripts.simulate.city import BERLIN, BBox
+from rideshare.simulate import SimConfig, run
+from rideshare.simulate.city import BERLIN, BBox
 from tests.e2e.conftest import Stack
 from tests.e2e.test_up import BIN, alive, descendants, rideshare, up_env  # noqa: F401
 
@@ -67,8 +64,8 @@ CPU_HOGS = 2
 
 @pytest.fixture
 def busy_machine() -> Iterator[list[int]]:
-    """Two processes that burn a CPU each for the whole test (DESIGN.md, Failure model: any
-    CPU can be busy with other work); stopped by their own PIDs."""
+    """Two processes that burn a CPU each for the whole test (the system must hold when any
+    CPU is busy with other work); stopped by their own PIDs."""
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(CPU_HOGS)]
     try:
         yield [hog.pid for hog in hogs]
@@ -112,8 +109,7 @@ def test_up_demo_on_a_busy_machine_serves_the_viewer_keeps_invariants_and_stops_
         ).stdout.split()
         assert "rideshare.trip.v1.TripService" in listing
 
-        secret = load_jwt_secret(Path(up_env["RIDESHARE_DATA_DIR"]))
-        admin = issue_token(secret, sub=f"admin-{uuid.uuid4()}", role="admin", ttl_s=600)
+        admin = rideshare("token", "--ttl", "600", env=up_env).stdout.strip()
         online = 0
         deadline = time.monotonic() + 90
         while online < 20:

@@ -9,9 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
-from rideshare.supervisor import available_services, read_status
+from rideshare.supervisor import SERVICE_ORDER, read_status
 from scripts.chaos import system_env
 
 BIN = Path(sys.executable).parent
@@ -87,7 +88,7 @@ def test_up_starts_everything_refuses_a_second_copy_and_stops_cleanly_on_sigint(
             time.sleep(0.5)
 
         status = rideshare("status", env=up_env).stdout
-        for name in ("redis", "postgres", "nats", *available_services()):
+        for name in ("redis", "postgres", "nats", *SERVICE_ORDER):
             assert f"{name}" in status
 
         location_port = up_env["RIDESHARE_LOCATION_PORT"]
@@ -101,6 +102,17 @@ def test_up_starts_everything_refuses_a_second_copy_and_stops_cleanly_on_sigint(
         assert "rideshare.location.v1.LocationService" in listing
         assert "grpc.health.v1.Health" in listing
         assert "grpc.reflection.v1.ServerReflection" in listing
+
+        # `rideshare token` signs with the secret of the running edge, found by the data dir
+        admin = rideshare("token", env=up_env).stdout.strip()
+        edge = f"http://127.0.0.1:{up_env['RIDESHARE_EDGE_PORT']}"
+        drivers = httpx.get(
+            f"{edge}/v1/admin/drivers",
+            params={"bbox": "-85,-180,85,180"},
+            headers={"Authorization": f"Bearer {admin}"},
+            timeout=10,
+        )
+        assert drivers.status_code == 200, drivers.text
 
         second = rideshare("up", env=up_env)
         assert second.returncode == 2
@@ -125,12 +137,13 @@ def test_up_starts_everything_refuses_a_second_copy_and_stops_cleanly_on_sigint(
         assert "last_exit='killed by SIGKILL'" in location_line
 
         children = descendants(launcher.pid)
-        assert len(children) >= 3 + len(available_services())
+        assert len(children) >= 3 + len(SERVICE_ORDER)
     finally:
         launcher.send_signal(signal.SIGINT)
         output, _ = launcher.communicate(timeout=60)
 
     assert launcher.returncode == 0, output
+    assert f"http://127.0.0.1:{up_env['RIDESHARE_EDGE_PORT']}/viewer#token=" in output, output
     deadline = time.monotonic() + 10
     while any(alive(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.1)

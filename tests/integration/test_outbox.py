@@ -144,14 +144,17 @@ async def test_a_commit_wakes_the_relay_without_waiting_for_the_poll(
 ) -> None:
     subject = f"{bus.prefix}.trip.accepted"
     running = Running(OutboxRelay(pool, bus.js, schema=unique_name, poll_interval_s=60.0))
+
+    async def published(count: int) -> bool:
+        return await stored(bus, subject) >= count
+
     try:
-        await asyncio.sleep(0.3)  # the relay has polled once and now waits for a NOTIFY
+        # A first event, published by the relay's first round (the relay LISTENs before it):
+        # from then on the relay waits 60 s for its next poll, or for a NOTIFY.
+        await _add(pool, subject, 1, aggregate="trip-0")
+        await eventually(lambda: published(1), timeout_s=20)
         await _add(pool, subject, 1)
-
-        async def published() -> bool:
-            return await stored(bus, subject) >= 1
-
-        await eventually(published, timeout_s=3)
+        await eventually(lambda: published(2), timeout_s=3)
     finally:
         await running.close()
 

@@ -535,12 +535,15 @@ async def test_trip_without_drivers_nearby_ends_no_drivers(harness: Harness) -> 
 async def test_expired_foreign_and_used_quotes_are_rejected(harness: Harness) -> None:
     rider, other = new_id("r"), new_id("r")
     async with harness.trip_service(quote_ttl_s=0.3) as stub:
-        request = request_for(await quote_for(stub, rider), other)
+        quote = await quote_for(stub, rider)
+        request = request_for(quote, other)
         with pytest.raises(grpc.aio.AioRpcError) as foreign:
             await stub.RequestTrip(request, timeout=5)
         assert foreign.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
-        await asyncio.sleep(0.4)  # let the quote's validity run out
+        # until the quote's own expiry has passed on the wall clock the service reads
+        expires_s = quote.expires_at.ToMilliseconds() / 1000
+        await eventually(lambda: time.time() > expires_s, timeout_s=10)
         request.rider_id = rider
         with pytest.raises(grpc.aio.AioRpcError) as expired:
             await stub.RequestTrip(request, timeout=5)

@@ -1,6 +1,6 @@
 """The pure cores import no I/O: read every ``domain.py`` and ``machine.py`` with ``ast``.
 
-STYLE.md: dependencies point inward, so a service's ``domain.py`` and ``machine.py`` (and the
+Dependencies point inward, so a service's ``domain.py`` and ``machine.py`` (and the
 trip service's other pure modules) never import asyncio, grpc, asyncpg, nats, redis or the
 generated protos, nor the service's own adapters. A ``wire.py`` converts to and from the
 generated protos, so it may import those, but nothing else of that list and no adapter. And

@@ -8,7 +8,7 @@ import statistics
 
 import pytest
 
-from scripts.simulate.city import (
+from rideshare.simulate.city import (
     BERLIN,
     BBox,
     Car,

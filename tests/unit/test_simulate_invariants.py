@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from scripts.simulate.client import RETRY_CAP_S, backoff_s
-from scripts.simulate.invariants import (
+from rideshare.simulate.client import RETRY_CAP_S, backoff_s
+from rideshare.simulate.invariants import (
     Assignment,
     ServerError,
     TripView,

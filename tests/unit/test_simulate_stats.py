@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from scripts.simulate.stats import Latency, RateMeter, Stats, percentile, render_line, render_view
+from rideshare.simulate.stats import Latency, RateMeter, Stats, percentile, render_line, render_view
 
 
 def test_percentiles_interpolate_between_closest_ranks() -> None:

@@ -10,8 +10,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from scripts.simulate.invariants import TERMINAL_STATES
-from scripts.simulate.stats import Stats
+from rideshare.simulate.invariants import TERMINAL_STATES
+from rideshare.simulate.stats import Stats
 
 __all__ = ["Registry", "TripRecord"]
 

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from scripts.simulate.city import BERLIN, BBox
+from rideshare.simulate.city import BERLIN, BBox
 
 __all__ = ["SimConfig", "View"]
 

@@ -14,10 +14,10 @@ from typing import Any, TextIO, TypeVar
 
 import httpx
 
-from scripts.simulate.client import Api, ApiError
-from scripts.simulate.config import SimConfig
-from scripts.simulate.drivers import SimDriver
-from scripts.simulate.invariants import (
+from rideshare.simulate.client import Api, ApiError
+from rideshare.simulate.config import SimConfig
+from rideshare.simulate.drivers import SimDriver
+from rideshare.simulate.invariants import (
     ServerError,
     TripView,
     Violation,
@@ -27,9 +27,9 @@ from scripts.simulate.invariants import (
     server_errors,
     unfinished_trips,
 )
-from scripts.simulate.registry import Registry
-from scripts.simulate.riders import SimRider
-from scripts.simulate.stats import Stats, render_line, render_view
+from rideshare.simulate.registry import Registry
+from rideshare.simulate.riders import SimRider
+from rideshare.simulate.stats import Stats, render_line, render_view
 
 __all__ = ["SimulationError", "run"]
 

@@ -1,6 +1,6 @@
 """Simulated mobile clients of the edge: driver and rider apps over HTTP + WebSocket only.
 
-    python -m scripts.simulate --drivers 50 --riders 20 --speedup 15 --duration 120
+    python -m rideshare.simulate --drivers 50 --riders 20 --speedup 15 --duration 120
     rideshare simulate ...          (the same, as a console command)
 
 A driver app signs up, adds a vehicle, goes online, streams positions over /v1/ws/driver
@@ -11,7 +11,7 @@ its driver on /v1/ws/rider, sometimes cancels and rates the driver. stats.py mea
 invariants.py checks, runner.py runs it all; the exit status says whether an invariant broke.
 """
 
-from scripts.simulate.config import SimConfig
-from scripts.simulate.runner import SimulationError, run
+from rideshare.simulate.config import SimConfig
+from rideshare.simulate.runner import SimulationError, run
 
 __all__ = ["SimConfig", "SimulationError", "run"]

@@ -1,28 +1,36 @@
 """The simulator inside ``rideshare up --demo``: a small city that runs until Ctrl-C, and a
-banner with the viewer URL (an admin token minted the way ``python -m edge.token`` does)."""
+banner with the live map's URL.
+
+Like every simulated app it knows the edge only by its public URLs; the admin token in the
+banner is minted by the caller (``rideshare.cli``, which knows the edge's secret), and
+:func:`viewer_url` is the one place that builds the viewer's address.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
-from edge.auth import issue_token
-from edge.settings import MIN_SECRET_LEN, load_jwt_secret
-from rideshare.settings import SettingsError, env_str
+from rideshare.simulate.city import BERLIN, BBox
+from rideshare.simulate.config import SimConfig
+from rideshare.simulate.runner import SimulationError, run
 from rideshare.supervisor import service_port
-from scripts.simulate.city import BERLIN, BBox
-from scripts.simulate.config import SimConfig
-from scripts.simulate.runner import SimulationError, run
 
-__all__ = ["admin_token", "demo_banner", "demo_config", "running_demo"]
+__all__ = ["demo_banner", "demo_config", "running_demo", "viewer_url"]
 
 logger = logging.getLogger(__name__)
 
-TOKEN_TTL_S = 12 * 3600
+
+def viewer_url(edge_url: str, token: str, *, bbox: BBox | None = None) -> str:
+    """The edge's live map, signed in with ``token``; ``bbox`` frames it (default: the world).
+
+    The token goes in the fragment, which the browser keeps to itself: it never reaches a
+    server's access log, and the page sends it as a bearer header.
+    """
+    query = f"?bbox={bbox}" if bbox is not None else ""
+    return f"{edge_url}/viewer{query}#token={token}"
 
 
 def demo_config(edge_url: str) -> SimConfig:
@@ -43,24 +51,14 @@ def demo_config(edge_url: str) -> SimConfig:
     )
 
 
-def admin_token(data_dir: Path) -> str:
-    """An admin token signed with the edge's secret (RIDESHARE_JWT_SECRET or
-    ``<data_dir>/jwt-secret``), as ``python -m edge.token --role admin`` prints."""
-    secret = env_str("RIDESHARE_JWT_SECRET", "")
-    if secret and len(secret) < MIN_SECRET_LEN:
-        raise SettingsError(f"RIDESHARE_JWT_SECRET is shorter than {MIN_SECRET_LEN}")
-    secret = secret or load_jwt_secret(data_dir)
-    return issue_token(secret, sub=f"admin-{uuid.uuid4()}", role="admin", ttl_s=TOKEN_TTL_S)
-
-
 def demo_banner(edge_url: str, token: str, city: BBox) -> str:
     trip, location = (service_port(n) for n in ("trip", "location"))
     return "\n".join(
         [
             "",
             "demo: 50 simulated drivers and 20 riders are riding around central Berlin.",
-            "  live map (admin token, valid 12 h):",
-            f"    {edge_url}/viewer?bbox={city}#token={token}",
+            "  live map (signed in with an admin token):",
+            f"    {viewer_url(edge_url, token, bbox=city)}",
             "  the same data over HTTP:",
             f"    curl -H 'Authorization: Bearer {token}' \\",
             f"      '{edge_url}/v1/admin/trips?state=live&page_size=5'",
@@ -77,13 +75,14 @@ def demo_banner(edge_url: str, token: str, city: BBox) -> str:
 
 
 @contextlib.asynccontextmanager
-async def running_demo(data_dir: Path) -> AsyncIterator[None]:
-    """The demo simulator runs while the block does; it stops (and is awaited) on exit."""
+async def running_demo(*, token: str) -> AsyncIterator[None]:
+    """The demo simulator runs while the block does; it stops (and is awaited) on exit.
+
+    ``token``: an admin token for the banner's viewer URL and curl line."""
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request
     edge_url = f"http://127.0.0.1:{service_port('edge')}"
     cfg = demo_config(edge_url)
     stop = asyncio.Event()
-    token = admin_token(data_dir)
 
     def started() -> None:
         print(demo_banner(edge_url, token, cfg.city), flush=True)

@@ -11,12 +11,12 @@ import time
 import uuid
 from typing import Any
 
-from scripts.simulate.city import Clock, poisson_gaps, random_trip
-from scripts.simulate.client import Api, ApiError, LiveSocket, now_ms
-from scripts.simulate.config import SimConfig
-from scripts.simulate.drivers import PASSWORD, new_phone, sign_up
-from scripts.simulate.invariants import TERMINAL_STATES
-from scripts.simulate.registry import Registry, TripRecord
+from rideshare.simulate.city import Clock, poisson_gaps, random_trip
+from rideshare.simulate.client import Api, ApiError, LiveSocket, now_ms
+from rideshare.simulate.config import SimConfig
+from rideshare.simulate.drivers import PASSWORD, new_phone, sign_up
+from rideshare.simulate.invariants import TERMINAL_STATES
+from rideshare.simulate.registry import Registry, TripRecord
 
 __all__ = ["SimRider"]
 

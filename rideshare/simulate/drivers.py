@@ -17,11 +17,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from scripts.simulate.city import Car, Clock, Point, parked, random_point, report_interval_s, step
-from scripts.simulate.client import RETRY_CAP_S, Api, ApiError, LiveSocket, now_ms
-from scripts.simulate.config import SimConfig
-from scripts.simulate.invariants import TERMINAL_STATES
-from scripts.simulate.registry import Registry
+from rideshare.simulate.city import Car, Clock, Point, parked, random_point, report_interval_s, step
+from rideshare.simulate.client import RETRY_CAP_S, Api, ApiError, LiveSocket, now_ms
+from rideshare.simulate.config import SimConfig
+from rideshare.simulate.invariants import TERMINAL_STATES
+from rideshare.simulate.registry import Registry
 
 __all__ = ["PASSWORD", "SimDriver", "new_phone", "sign_up"]
 

@@ -6,8 +6,8 @@ asks these functions what broke.
 - a rider saw positions of its own driver only;
 - the edge never answered a 5xx that means "broken" (:func:`is_violation`): 500, 502 and
   every other 5xx are violations; 503 with Retry-After and 504 are the retryable answers of
-  a system under load or in an outage (DESIGN.md, Failure model), counted as retries, and a
-  503 without Retry-After is a violation again (the client cannot know when to come back).
+  a system under load or in an outage (which must never be a 500), counted as retries, and
+  a 503 without Retry-After is a violation again (the client cannot know when to come back).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``rideshare simulate`` / ``python -m scripts.simulate``: the command line of the simulator.
+"""``rideshare simulate`` / ``python -m rideshare.simulate``: the command line of the simulator.
 
 Exit status: 0 when every invariant held, 1 when one broke, 2 when the run could not start.
 """
@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rideshare.settings import EDGE_PORT, env_int
-from scripts.simulate.city import BERLIN, BBox
-from scripts.simulate.config import SimConfig, View
-from scripts.simulate.runner import SimulationError, run
+from rideshare.simulate.city import BERLIN, BBox
+from rideshare.simulate.config import SimConfig, View
+from rideshare.simulate.runner import SimulationError, run
 
 __all__ = ["add_arguments", "config_from_args", "main"]
 
@@ -128,7 +128,7 @@ async def _main(cfg: SimConfig) -> int:
     return 0 if summary["ok"] else 1
 
 
-def main(argv: Sequence[str] | None = None, *, prog: str = "python -m scripts.simulate") -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m rideshare.simulate") -> int:
     parser = add_arguments(argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0]))
     args = parser.parse_args(argv)
     try:

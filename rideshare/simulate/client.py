@@ -26,8 +26,8 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus, WebSocketException
 
-from scripts.simulate.invariants import ServerError, is_violation
-from scripts.simulate.stats import Stats
+from rideshare.simulate.invariants import ServerError, is_violation
+from rideshare.simulate.stats import Stats
 
 __all__ = ["Api", "ApiError", "LiveSocket", "backoff_s", "now_ms"]
 
@@ -193,8 +193,8 @@ def _error_message(r: httpx.Response) -> str:
 
 class LiveSocket:
     """One app's WebSocket to the edge that stays up: it reconnects after a drop or after
-    ``silence_s`` without any frame (the edge pings every 4 s; FIELD-NOTES: 7 s), and the
-    edge sends a snapshot first on every (re)connect."""
+    ``silence_s`` without any frame (the edge pings every 4 s, edge/wire.py; 7 s is one missed
+    ping and some slack), and the edge sends a snapshot first on every (re)connect."""
 
     def __init__(
         self,

@@ -1,0 +1,7 @@
+"""python -m rideshare.simulate --help"""
+
+import sys
+
+from rideshare.simulate.cli import main
+
+sys.exit(main())

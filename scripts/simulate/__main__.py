@@ -1,7 +1,0 @@
-"""python -m scripts.simulate --help"""
-
-import sys
-
-from scripts.simulate.cli import main
-
-sys.exit(main())

@@ -49,10 +49,6 @@ LAZY_UPWARD: frozenset[tuple[str, str]] = frozenset(
 # when one is gone, the last test below fails and asks for its line here to be deleted.
 KNOWN_CIRCLES: frozenset[tuple[str, str]] = frozenset(
     {
-        # rider.store imports rider.events (the events it writes to the outbox)
-        ("rider.events", "rider.store"),
-        # driver.store imports driver.events, the same way
-        ("driver.events", "driver.store"),
         # edge.app imports the routers and middleware, which import EdgeContext from edge.app
         ("edge.deps", "edge.app"),
         ("edge.middleware", "edge.app"),

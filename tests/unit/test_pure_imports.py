@@ -3,9 +3,9 @@
 Dependencies point inward, so a service's ``domain.py`` and ``machine.py`` (and the
 trip service's other pure modules) never import asyncio, grpc, asyncpg, nats, redis or the
 generated protos, nor the service's own adapters. A ``wire.py`` converts to and from the
-generated protos, so it may import those, but nothing else of that list and no adapter. And
-the modules of a service package never import each other in a circle. Reading the source,
-rather than importing it, catches an import hidden in a function body too.
+generated protos, so it may import those, but nothing else of that list and no adapter.
+Reading the source, rather than importing it, catches an import hidden in a function body
+too. (Import circles: tests/unit/test_package_graph.py.)
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ PURE_MODULES = sorted(
 )
 TRIP_PURE_MODULES = [path for path in PURE_MODULES if path.parent.name == "trip"]
 WIRE_MODULES = [ROOT / service / "wire.py" for service in ("rider", "driver")]
-# Service packages whose modules are checked for import circles.
-ACYCLIC_PACKAGES = ("rider", "driver")
 
 
 def _imported_modules(path: Path) -> set[str]:
@@ -89,48 +87,6 @@ def test_wire_module_imports_no_io_library_and_none_of_its_services_adapters(pat
         if name.split(".")[0] == package and ADAPTERS & set(name.split(".")[1:])
     }
     assert not adapters, f"{_rel(path)} imports adapters {sorted(adapters)}"
-
-
-def _package_graph(package: str) -> dict[str, set[str]]:
-    """Module -> the modules of the same package it imports (by name, e.g. ``rider.store``)."""
-    modules = {f"{package}.{path.stem}": path for path in (ROOT / package).glob("*.py")}
-    return {
-        name: (_imported_modules(path) & modules.keys()) - {name} for name, path in modules.items()
-    }
-
-
-def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    """One import circle of ``graph`` as a path that ends where it starts, or None."""
-    done: set[str] = set()
-
-    def visit(module: str, path: list[str]) -> list[str] | None:
-        if module in path:
-            return [*path[path.index(module) :], module]
-        if module in done:
-            return None
-        for imported in sorted(graph[module]):
-            found = visit(imported, [*path, module])
-            if found is not None:
-                return found
-        done.add(module)
-        return None
-
-    for module in sorted(graph):
-        found = visit(module, [])
-        if found is not None:
-            return found
-    return None
-
-
-@pytest.mark.parametrize("package", ACYCLIC_PACKAGES)
-def test_service_modules_import_each_other_without_a_circle(package: str) -> None:
-    cycle = _cycle(_package_graph(package))
-    assert cycle is None, " -> ".join(cycle or [])
-
-
-def test_the_circle_finder_finds_a_circle_and_passes_a_tree() -> None:
-    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
-    assert _cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
 
 
 @pytest.mark.parametrize("path", TRIP_PURE_MODULES, ids=_rel)

@@ -433,7 +433,8 @@ async def test_a_signup_flood_slows_signups_but_cheap_calls_on_the_same_upstream
     )
     # 200 also means within the cheap deadline (2 s here): no cheap call waited for a hash.
     assert {s for s, _ in cheap} == {200}, (measured, cheap)
-    assert set(signups) <= {201, 429}, (measured, sorted(set(signups)))
+    # A signup may also outwait its own deadline on a busy machine (504): slower, never broken.
+    assert set(signups) <= {201, 429, 504}, (measured, sorted(set(signups)))
     assert signups.count(201) >= 2 and signups.count(429) >= 1, measured
     assert health["upstreams"]["driver"]["breaker"] == "closed"
 

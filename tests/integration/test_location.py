@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from location.app import running
 from location.domain import Availability, SnapshotEntry
-from location.server import LocationSettings
+from location.settings import LocationSettings
 from location.store import LocationStore
 from protos import events
 from protos.common.v1 import common_pb2

@@ -2,8 +2,9 @@
 
 STYLE.md: dependencies point inward, so a service's ``domain.py`` and ``machine.py`` (and the
 trip service's other pure modules) never import asyncio, grpc, asyncpg, nats, redis or the
-generated protos, nor the service's own adapters. Reading the source, rather than importing
-it, catches an import hidden in a function body too.
+generated protos, nor the service's own adapters; a ``wire.py`` converts to and from the
+generated protos and imports nothing else of I/O either. Reading the source, rather than
+importing it, catches an import hidden in a function body too.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("rider", "driver", "trip", "location", "notification", "edge")
 FORBIDDEN = frozenset({"asyncio", "grpc", "asyncpg", "nats", "redis", "protos"})
-ADAPTERS = frozenset({"server", "store", "events", "app", "__main__"})
+ADAPTERS = frozenset({"server", "store", "events", "feed", "app", "__main__"})
 
 PURE_MODULES = sorted(
     {path for service in SERVICES for path in (ROOT / service).glob("domain.py")}
@@ -24,6 +25,8 @@ PURE_MODULES = sorted(
     | {ROOT / "trip" / name for name in ("errors.py", "pricing.py", "liveness.py")}
 )
 TRIP_PURE_MODULES = [path for path in PURE_MODULES if path.parent.name == "trip"]
+# Proto <-> domain conversion: pure too, but the generated protos are what it converts.
+WIRE_MODULES = sorted(ROOT / service / "wire.py" for service in ("location", "notification"))
 
 
 def _imported_modules(path: Path) -> set[str]:
@@ -51,7 +54,7 @@ def _rel(path: Path) -> str:
 def test_the_trip_service_pure_modules_are_all_checked() -> None:
     expected = {"domain.py", "machine.py", "errors.py", "pricing.py", "liveness.py"}
     assert {path.name for path in TRIP_PURE_MODULES} == expected
-    assert all(path.is_file() for path in PURE_MODULES)
+    assert all(path.is_file() for path in PURE_MODULES + WIRE_MODULES)
 
 
 @pytest.mark.parametrize("path", PURE_MODULES, ids=_rel)
@@ -60,7 +63,14 @@ def test_pure_module_imports_no_io_library(path: Path) -> None:
     assert not roots & FORBIDDEN, f"{_rel(path)} imports {sorted(roots & FORBIDDEN)}"
 
 
-@pytest.mark.parametrize("path", PURE_MODULES, ids=_rel)
+@pytest.mark.parametrize("path", WIRE_MODULES, ids=_rel)
+def test_wire_module_imports_no_io_library(path: Path) -> None:
+    roots = {name.split(".")[0] for name in _imported_modules(path)}
+    io = FORBIDDEN - {"protos"}
+    assert not roots & io, f"{_rel(path)} imports {sorted(roots & io)}"
+
+
+@pytest.mark.parametrize("path", PURE_MODULES + WIRE_MODULES, ids=_rel)
 def test_pure_module_imports_none_of_its_services_adapters(path: Path) -> None:
     package = path.parent.name
     adapters = {
@@ -82,6 +92,31 @@ def test_trip_pure_module_reads_no_clock_and_no_randomness(path: Path) -> None:
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
     }
     assert not calls & {"now", "utcnow", "today"}
+
+
+@pytest.mark.parametrize("service", ["location", "notification"])
+def test_a_services_modules_import_each_other_without_a_cycle(service: str) -> None:
+    graph = {
+        path.stem: {
+            name.split(".")[1]
+            for name in _imported_modules(path)
+            if name.split(".")[0] == service and name.count(".") >= 1
+        }
+        & {other.stem for other in (ROOT / service).glob("*.py")}
+        for path in (ROOT / service).glob("*.py")
+    }
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        assert module not in path, f"import cycle: {' -> '.join((*path, module))}"
+        if module in done:
+            return
+        for imported in graph[module]:
+            visit(imported, (*path, module))
+        done.add(module)
+
+    for module in graph:
+        visit(module, ())
 
 
 def test_the_import_reader_sees_imports_inside_functions_and_relative_ones(

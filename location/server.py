@@ -5,7 +5,6 @@ feed. Conversion is in ``wire``; a domain error raised here becomes its status t
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from typing import Any
@@ -26,8 +25,6 @@ from protos.location.v1 import location_pb2, location_pb2_grpc
 from rideshare.grpc_errors import StatusTable
 
 __all__ = ["ERRORS", "LocationServicer", "now_ms"]
-
-logger = logging.getLogger(__name__)
 
 # Rejections listed in one ReportPositions summary; `rejected` still counts all of them.
 MAX_LISTED_REJECTIONS = 100

@@ -9,7 +9,6 @@ every copy because the in-app channel is core NATS.
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +27,6 @@ from rideshare.runtime import service_runtime
 from rideshare.settings import ServiceSettings
 
 __all__ = ["MIGRATIONS", "SERVICE_NAME", "Service", "running"]
-
-logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "rideshare.notification.v1.NotificationService"
 MIGRATIONS = Path(__file__).parent / "migrations"

@@ -1,10 +1,10 @@
 """The notification rules, pure: templates, rendering, page tokens, retry schedule.
 
 No I/O and no protobuf here. An event reaches this module as *facts*: a flat mapping of
-strings (``rider_id``, ``fare``, ``driver_name`` ...) that events.py builds from the payload
-and the read model. A :class:`Template` (the one table of them is templates.py) says who is
-told, what, and on which channels; :func:`render` turns template + facts into a
-:class:`Notification`.
+strings (``rider_id``, ``fare``, ``driver_name`` ...) that wire.py reads out of the payload
+and events.py completes from the read model. A :class:`Template` (the one table of them is
+templates.py) says who is told, what, and on which channels; :func:`render` turns template +
+facts into a :class:`Notification`.
 """
 
 from __future__ import annotations

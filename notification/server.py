@@ -4,7 +4,6 @@ through ``ERRORS``, which the server's interceptor applies (``rideshare.grpc_ser
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,8 +18,6 @@ from rideshare.db import DATA_ERRORS
 from rideshare.grpc_errors import StatusTable
 
 __all__ = ["ERRORS", "SUBSCRIBED_METADATA_KEY", "NotificationServicer"]
-
-logger = logging.getLogger(__name__)
 
 # Subscribe sends this initial metadata once it listens: a client that awaits
 # ``call.initial_metadata()`` knows that nothing created from then on will be missed.

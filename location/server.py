@@ -59,9 +59,6 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
         self._settings = settings
         self._clock_ms = clock_ms
 
-    def _check(self, update: location_pb2.PositionUpdate, now: int) -> tuple[Reject, str] | None:
-        return wire.check_update(update, now_ms=now, max_future_ms=self._settings.max_future_ms)
-
     async def _apply(self, updates: Sequence[location_pb2.PositionUpdate], now: int) -> list[int]:
         """Store well-formed updates and publish the ones applied. Per update: the driver's
         availability when applied, or 0 when it was out of order and dropped."""
@@ -74,7 +71,7 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
         self, request: location_pb2.PositionUpdate, context: Context
     ) -> location_pb2.ReportResult:
         now = self._clock_ms()
-        problem = self._check(request, now)
+        problem = wire.check_update(request, now_ms=now, max_future_ms=self._settings.max_future_ms)
         if problem is not None:
             raise InvalidArgumentError(problem[1])
         (availability,) = await self._apply([request], now)
@@ -126,9 +123,10 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
                 now = self._clock_ms()
                 good: list[location_pb2.PositionUpdate] = []
                 good_index: list[int] = []
+                max_future_ms = self._settings.max_future_ms
                 for first, batch in batches:
                     for offset, update in enumerate(batch.updates):
-                        problem = self._check(update, now)
+                        problem = wire.check_update(update, now_ms=now, max_future_ms=max_future_ms)
                         if problem is None:
                             good.append(update)
                             good_index.append(first + offset)

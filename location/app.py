@@ -7,9 +7,11 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from location.events import CONSUMED_SUBJECTS, AvailabilityUpdater, PositionFeed
+from location.events import CONSUMED_SUBJECTS, AvailabilityUpdater
+from location.feed import PositionFeed
 from location.rebuild import RecordsClient, keep_index_built
-from location.server import ERRORS, LocationServicer, LocationSettings, now_ms
+from location.server import ERRORS, LocationServicer, now_ms
+from location.settings import LocationSettings
 from location.store import LocationStore
 from protos import events
 from protos.location.v1 import location_pb2_grpc
@@ -85,7 +87,7 @@ async def running(
                 stream=events.STREAM,
                 durable=location.consumer_name,
                 filter_subjects=CONSUMED_SUBJECTS,
-                handler=AvailabilityUpdater(store).handle,
+                handler=AvailabilityUpdater(store, consumer=location.consumer_name).handle,
                 stop=stop,
                 only_new=True,
             ),

@@ -15,11 +15,13 @@ __all__ = [
     "AvailabilityConflictError",
     "InvalidArgumentError",
     "LocationError",
+    "NearbyHit",
     "Position",
     "Reject",
     "SnapshotEntry",
     "UnknownDriverError",
     "check_area",
+    "check_hold",
     "check_position",
     "clamp_limit",
     "is_stale",
@@ -95,6 +97,14 @@ class Position:
 
 
 @dataclass(frozen=True, slots=True)
+class NearbyHit:
+    """One search result: the stored position plus the distance from the centre."""
+
+    position: Position
+    distance_m: float
+
+
+@dataclass(frozen=True, slots=True)
 class SnapshotEntry:
     """One driver's availability as the systems of record state it, for a rebuild."""
 
@@ -166,6 +176,14 @@ def check_position(
         ahead = (client_ts_ms - now_ms) / 1000
         return Reject.INVALID_TIMESTAMP, f"client_ts_ms is {ahead:.1f}s in the future"
     return None
+
+
+def check_hold(driver_id: str, trip_id: str) -> None:
+    """Raises unless a hold (ReserveDriver, ReleaseDriver) names both its driver and trip."""
+    if not driver_id:
+        raise InvalidArgumentError("driver_id is required")
+    if not trip_id:
+        raise InvalidArgumentError("trip_id is required")
 
 
 def is_stale(last_seen_ms: int, *, now_ms: int, stale_ms: int) -> bool:

@@ -41,6 +41,7 @@ from typing import TypeAlias
 import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
+from location import wire
 from location.domain import Availability, snapshot_entries
 from location.store import LocationStore
 from protos.driver.v1 import driver_pb2, driver_pb2_grpc
@@ -106,7 +107,7 @@ class RecordsClient:
             reply = await self._drivers.ListOnlineDrivers(
                 driver_pb2.ListOnlineDriversRequest(page_size=PAGE_SIZE, page_token=token)
             )
-            drivers += ((d.driver_id, int(d.vehicle_class)) for d in reply.drivers)
+            drivers += wire.online_drivers_of(reply)
             await on_page()
             token = reply.next_page_token
             if not token:
@@ -121,10 +122,7 @@ class RecordsClient:
             reply = await self._trips.ListActiveAssignments(
                 trip_pb2.ListActiveAssignmentsRequest(page_size=PAGE_SIZE, page_token=token)
             )
-            holds += (
-                (a.driver_id, a.trip_id, a.kind == trip_pb2.ASSIGNMENT_KIND_OFFERED)
-                for a in reply.assignments
-            )
+            holds += wire.holds_of(reply)
             await on_page()
             token = reply.next_page_token
             if not token:
@@ -165,8 +163,12 @@ async def rebuild_once(
         logger.warning("Redis was emptied again during the availability rebuild; restarting")
         return False
     except BaseException:
-        with contextlib.suppress(Exception):
+        try:
             await store.abandon_rebuild(token)
+        except Exception as exc:
+            # The lock expires by itself (LOCK_MS); the error that ended the rebuild is the
+            # one to raise.
+            logger.warning("could not drop the rebuild lock (%r); it expires by itself", exc)
         raise
     elapsed = time.monotonic() - started
     REBUILDS.labels("done").inc()

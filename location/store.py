@@ -35,13 +35,18 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from location.domain import Availability, AvailabilityConflictError, Position, SnapshotEntry
+from location.domain import (
+    Availability,
+    AvailabilityConflictError,
+    NearbyHit,
+    Position,
+    SnapshotEntry,
+)
 
-__all__ = ["LocationStore", "NearbyHit"]
+__all__ = ["LocationStore"]
 
 VEHICLE_CLASSES = (0, 1, 2, 3)  # unspecified, standard, xl, comfort: the wire enum values
 _PACK = struct.Struct("<dddddqq")  # lat lng heading speed accuracy client_ts server_ts
@@ -254,14 +259,6 @@ for _, id in ipairs(stale) do
 end
 return #stale
 """
-
-
-@dataclass(frozen=True, slots=True)
-class NearbyHit:
-    """One search result: the stored position plus the distance from the centre."""
-
-    position: Position
-    distance_m: float
 
 
 def pack(position: Position) -> bytes:

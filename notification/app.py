@@ -9,71 +9,27 @@ every copy because the in-app channel is core NATS.
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from notification.delivery import DeliverySettings, DeliveryWorker
+from notification.delivery import DeliveryWorker
 from notification.domain import Channel, Notification
-from notification.events import (
-    DURABLE,
-    EventProcessor,
-    InAppFeed,
-    NotificationConsumer,
-)
+from notification.events import EventProcessor, NotificationConsumer
+from notification.feed import InAppFeed
 from notification.providers import LogPushProvider, LogSmsProvider, Provider
 from notification.server import ERRORS, NotificationServicer
+from notification.settings import NotificationSettings
 from notification.store import NotificationStore
 from protos.notification.v1 import notification_pb2_grpc
 from rideshare.grpc_server import GrpcServer
 from rideshare.runtime import service_runtime
-from rideshare.settings import ServiceSettings, env_float, env_int, env_str
+from rideshare.settings import ServiceSettings
 
-__all__ = ["MIGRATIONS", "SERVICE_NAME", "NotificationSettings", "Service", "running"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["MIGRATIONS", "SERVICE_NAME", "Service", "running"]
 
 SERVICE_NAME = "rideshare.notification.v1.NotificationService"
 MIGRATIONS = Path(__file__).parent / "migrations"
-
-
-@dataclass(frozen=True)
-class NotificationSettings:
-    """The notification service's own settings (RIDESHARE_NOTIFICATION_* and friends)."""
-
-    schema: str = "notification"
-    durable: str = DURABLE
-    max_deliver: int = 5
-    ack_wait_s: float = 30.0
-    batch: int = 100
-    fetch_timeout_s: float = 1.0
-    backoff_s: tuple[float, ...] = (1.0, 5.0, 15.0, 30.0)
-    watch_queue: int = 256
-    delivery: DeliverySettings = field(default_factory=DeliverySettings)
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> NotificationSettings:
-        return cls(
-            schema=env_str("RIDESHARE_NOTIFICATION_SCHEMA", "notification", env=env),
-            durable=env_str("RIDESHARE_NOTIFICATION_DURABLE", DURABLE, env=env),
-            max_deliver=env_int("RIDESHARE_NOTIFICATION_MAX_DELIVER", 5, minimum=1, env=env),
-            ack_wait_s=env_float("RIDESHARE_NOTIFICATION_ACK_WAIT_S", 30.0, minimum=1.0, env=env),
-            batch=env_int("RIDESHARE_NOTIFICATION_BATCH", 100, minimum=1, maximum=1000, env=env),
-            watch_queue=env_int("RIDESHARE_NOTIFICATION_WATCH_QUEUE", 256, minimum=1, env=env),
-            delivery=DeliverySettings(
-                max_attempts=env_int(
-                    "RIDESHARE_NOTIFICATION_DELIVERY_ATTEMPTS", 6, minimum=1, env=env
-                ),
-                retry_base_s=env_float(
-                    "RIDESHARE_NOTIFICATION_RETRY_BASE_S", 1.0, minimum=0.01, env=env
-                ),
-                retry_cap_s=env_float(
-                    "RIDESHARE_NOTIFICATION_RETRY_CAP_S", 300.0, minimum=0.01, env=env
-                ),
-                poll_s=env_float("RIDESHARE_NOTIFICATION_POLL_S", 1.0, minimum=0.01, env=env),
-            ),
-        )
 
 
 @dataclass(frozen=True)

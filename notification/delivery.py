@@ -13,43 +13,18 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
-
-from prometheus_client import Counter
 
 from notification.domain import Channel, Delivery, DeliveryOutcome, retry_delay_s
+from notification.metrics import DELIVERY_ATTEMPTS
 from notification.providers import PermanentProviderError, Provider
+from notification.settings import DeliverySettings
 from notification.store import NotificationStore
 from rideshare.bus import reraise_if_cancelling
 from rideshare.grpc_errors import log_round_failure
 
-__all__ = ["DELIVERY_ATTEMPTS", "DeliverySettings", "DeliveryWorker"]
+__all__ = ["DeliveryWorker"]
 
 logger = logging.getLogger(__name__)
-
-DELIVERY_ATTEMPTS = Counter(
-    "notification_delivery_attempts_total",
-    "Push and SMS delivery attempts, by channel and result (sent, retry, failed).",
-    ["channel", "result"],
-)
-
-
-@dataclass(frozen=True)
-class DeliverySettings:
-    """How the worker retries: ``max_attempts`` in all, waits doubling from ``retry_base_s``
-    up to ``retry_cap_s``; each provider call is bounded by ``send_timeout_s``."""
-
-    max_attempts: int = 6
-    retry_base_s: float = 1.0
-    retry_cap_s: float = 300.0
-    poll_s: float = 1.0
-    batch: int = 100
-    send_timeout_s: float = 10.0
-
-    @property
-    def lease_s(self) -> float:
-        """How long a claimed delivery is left alone: past any send's deadline."""
-        return self.send_timeout_s * 3
 
 
 class DeliveryWorker:

@@ -1,10 +1,10 @@
 """The notification rules, pure: templates, rendering, page tokens, retry schedule.
 
 No I/O and no protobuf here. An event reaches this module as *facts*: a flat mapping of
-strings (``rider_id``, ``fare``, ``driver_name`` ...) that events.py builds from the payload
-and the read model. A :class:`Template` (the one table of them is templates.py) says who is
-told, what, and on which channels; :func:`render` turns template + facts into a
-:class:`Notification`.
+strings (``rider_id``, ``fare``, ``driver_name`` ...) that wire.py reads out of the payload
+and events.py completes from the read model. A :class:`Template` (the one table of them is
+templates.py) says who is told, what, and on which channels; :func:`render` turns template +
+facts into a :class:`Notification`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import string
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -33,16 +33,19 @@ __all__ = [
     "NotificationError",
     "PageCursor",
     "Template",
+    "cursor_after",
     "decode_page_token",
     "encode_page_token",
     "eta_minutes",
     "format_distance",
     "format_money",
+    "from_us",
     "page_size",
     "parse_notification_ids",
     "plan",
     "render",
     "retry_delay_s",
+    "to_us",
 ]
 
 DEFAULT_PAGE_SIZE = 20
@@ -277,6 +280,30 @@ class PageCursor:
     unread_only: bool
     created_at_us: int
     notification_id: str
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_us(moment: datetime) -> int:
+    """Microseconds since the epoch, exactly (timestamptz has microsecond precision)."""
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_us(micros: int) -> datetime:
+    """The moment ``micros`` microseconds after the epoch (UTC)."""
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def cursor_after(last: Notification, *, user_id: str, unread_only: bool) -> PageCursor:
+    """Where the page after the one ending with ``last`` starts, for these filters."""
+    return PageCursor(
+        user_id=user_id,
+        unread_only=unread_only,
+        created_at_us=to_us(last.created_at),
+        notification_id=last.id,
+    )
 
 
 def page_size(requested: int) -> int:

@@ -1,8 +1,8 @@
-"""What the notification service consumes (trip.*, driver.*, rider.* from JetStream) and
-publishes (the bare Notification on core NATS ``notify.user.<user_id>``).
+"""What the notification service consumes: trip.*, driver.*, rider.* from JetStream. (What it
+publishes live, the in-app channel, is the feed: ``notification/feed.py``.)
 
-Consuming: :class:`NotificationConsumer` is the bus's durable consumer, handling each fetched
-batch in ONE transaction (:class:`EventProcessor`): per event, in stream order, claim it
+:class:`NotificationConsumer` is the bus's durable consumer, handling each fetched batch in
+ONE transaction (:class:`EventProcessor`): per event, in stream order, claim it
 (processed_events), update the read models, render the templates; then insert every
 notification, all committed together before any message is acked. If the batch fails, each
 message is handled alone, so only a poison message is retried, with backoff, and finally
@@ -12,211 +12,26 @@ dead-lettered by the bus.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
-from google.protobuf.message import Message
-from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from prometheus_client import Counter
 
-from notification.domain import (
-    DRIVER_FIELDS,
-    UNKNOWN_DRIVER_FACTS,
-    Channel,
-    DriverVehicle,
-    Notification,
-    eta_minutes,
-    format_distance,
-    format_money,
-    plan,
-)
+from notification import wire
+from notification.domain import DRIVER_FIELDS, UNKNOWN_DRIVER_FACTS, Notification, plan
+from notification.metrics import EVENTS_DEADLETTERED, EVENTS_PROCESSED
 from notification.store import Batch, NotificationStore
 from notification.templates import TEMPLATES
 from protos import events
-from protos.common.v1 import common_pb2
 from protos.driver.v1 import events_pb2 as driver_events
-from protos.notification.v1 import notification_pb2
 from protos.rider.v1 import events_pb2 as rider_events
-from protos.trip.v1 import events_pb2 as trip_events
-from protos.trip.v1 import trip_pb2
 from rideshare.bus import DurableConsumer, Envelope, EnvelopeError, decode_envelope
 
-__all__ = [
-    "CONSUMED_SUBJECTS",
-    "DURABLE",
-    "EVENTS_DEADLETTERED",
-    "EVENTS_PROCESSED",
-    "EventProcessor",
-    "InAppFeed",
-    "NotificationConsumer",
-    "facts_of",
-    "to_proto",
-]
+__all__ = ["CONSUMED_SUBJECTS", "EventProcessor", "NotificationConsumer"]
 
 logger = logging.getLogger(__name__)
-
-DURABLE: Final = "notification"
-
-EVENTS_PROCESSED = Counter(
-    "notification_events_processed_total",
-    "Events taken off the stream and acked, by result: notified (made notifications), "
-    "read_model (updated a read model only), duplicate (seen before), ignored (not ours).",
-    ["result"],
-)
-EVENTS_DEADLETTERED = Counter(
-    "notification_events_deadlettered_total",
-    "Events given up on after the delivery bound and copied to the dead-letter subject.",
-)
-
-Facts = dict[str, str]
-
-# -- facts: event payload -> the strings templates use ---------------------------------------
-
-
-def _money(money: common_pb2.Money) -> str:
-    return format_money(money.amount_minor, money.currency) if money.currency else "-"
-
-
-def _place(address: str, point: common_pb2.LatLng) -> str:
-    return address or f"{point.lat:.5f}, {point.lng:.5f}"
-
-
-def _offered(e: trip_events.TripOffered) -> Facts:
-    return {
-        "trip_id": e.trip_id,
-        "driver_id": e.driver_id,
-        "rider_id": e.rider_id,
-        "offer_id": e.offer_id,
-        "expires_at": e.expires_at.ToJsonString() if e.HasField("expires_at") else "",
-        "fare": _money(e.fare),
-        "pickup": _place(e.pickup_address, e.pickup),
-        "distance_to_pickup": format_distance(e.distance_to_pickup_m),
-        "distance_to_pickup_m": str(round(e.distance_to_pickup_m)),
-    }
-
-
-def _accepted(e: trip_events.TripAccepted) -> Facts:
-    return {
-        "trip_id": e.trip_id,
-        "rider_id": e.rider_id,
-        "driver_id": e.driver_id,
-        "eta_s": str(e.eta_s),
-        "eta_min": str(eta_minutes(e.eta_s)),
-    }
-
-
-def _arrived(e: trip_events.TripArrived) -> Facts:
-    return {"trip_id": e.trip_id, "rider_id": e.rider_id, "driver_id": e.driver_id}
-
-
-def _started(e: trip_events.TripStarted) -> Facts:
-    return {"trip_id": e.trip_id, "rider_id": e.rider_id, "driver_id": e.driver_id}
-
-
-def _completed(e: trip_events.TripCompleted) -> Facts:
-    # Events from before completed_by existed were all the driver's.
-    by_service = e.completed_by in (trip_pb2.ACTOR_SYSTEM, trip_pb2.ACTOR_ADMIN)
-    return {
-        "completed_by": "service" if by_service else "driver",
-        "reason": e.reason,
-        "charge_basis": trip_pb2.ChargeBasis.Name(e.charge_basis)
-        .removeprefix("CHARGE_BASIS_")
-        .lower(),
-        "trip_id": e.trip_id,
-        "rider_id": e.rider_id,
-        "driver_id": e.driver_id,
-        "fare": _money(e.fare),
-        "fare_minor": str(e.fare.amount_minor),
-        "currency": e.fare.currency,
-        "distance": format_distance(e.distance_m),
-        "distance_m": str(e.distance_m),
-        "duration_min": str(eta_minutes(e.duration_s)),
-        "duration_s": str(e.duration_s),
-    }
-
-
-def _no_drivers(e: trip_events.TripNoDrivers) -> Facts:
-    return {"trip_id": e.trip_id, "rider_id": e.rider_id}
-
-
-# What each side is told when the system took the trip from its driver (the trip's clock ran
-# out, trip/liveness.py): (rider, driver).
-_REPLACED: Final[Mapping[int, tuple[str, str]]] = {
-    trip_events.LIVENESS_RULE_DRIVER_SILENT: (
-        "We lost contact with your driver.",
-        "We had no location from your app for too long.",
-    ),
-    trip_events.LIVENESS_RULE_PICKUP_TOO_LONG: (
-        "Your driver was taking too long to reach you.",
-        "You did not reach the pickup in time.",
-    ),
-}
-_REPLACED_OTHERWISE: Final = ("Your driver could not continue.", "We had to take the trip back.")
-
-
-def _driver_cancelled(e: trip_events.TripDriverCancelled) -> Facts:
-    rider_text, driver_text = _REPLACED.get(e.liveness_rule, _REPLACED_OTHERWISE)
-    return {
-        "trip_id": e.trip_id,
-        "rider_id": e.rider_id,
-        "driver_id": e.driver_id,
-        "reason": e.reason,
-        # A driver's own cancel (or going offline) vs the system taking the trip from them.
-        "released_by": "driver" if not e.liveness_rule else "service",
-        "rider_text": rider_text,
-        "driver_text": driver_text,
-    }
-
-
-_CANCELLED_BY = {
-    trip_pb2.ACTOR_RIDER: "rider",
-    trip_pb2.ACTOR_DRIVER: "driver",
-    trip_pb2.ACTOR_SYSTEM: "service",
-    trip_pb2.ACTOR_ADMIN: "service",
-}
-
-
-def _cancelled(e: trip_events.TripCancelled) -> Facts:
-    fee = e.fee if e.HasField("fee") and e.fee.amount_minor else None
-    return {
-        "trip_id": e.trip_id,
-        "rider_id": e.rider_id,
-        "driver_id": e.driver_id,
-        "cancelled_by": _CANCELLED_BY.get(e.cancelled_by, ""),
-        "reason": e.reason,
-        "fee_text": f"A fee of {_money(fee)} was charged." if fee else "You were not charged.",
-    }
-
-
-def _rated(e: trip_events.TripRated) -> Facts:
-    return {"trip_id": e.trip_id, "ratee_id": e.ratee_id, "stars": str(e.stars)}
-
-
-def _rider_created(e: rider_events.RiderCreated) -> Facts:
-    return {"rider_id": e.rider_id, "name": e.name}
-
-
-def _driver_created(e: driver_events.DriverCreated) -> Facts:
-    return {"driver_id": e.driver_id, "name": e.name}
-
-
-_FACTS: Final[Mapping[str, Callable[[Any], Facts]]] = {
-    events.TRIP_OFFERED: _offered,
-    events.TRIP_ACCEPTED: _accepted,
-    events.TRIP_ARRIVED: _arrived,
-    events.TRIP_STARTED: _started,
-    events.TRIP_COMPLETED: _completed,
-    events.TRIP_NO_DRIVERS: _no_drivers,
-    events.TRIP_DRIVER_CANCELLED: _driver_cancelled,
-    events.TRIP_CANCELLED: _cancelled,
-    events.TRIP_RATED: _rated,
-    events.RIDER_CREATED: _rider_created,
-    events.DRIVER_CREATED: _driver_created,
-}
 
 # Event types whose templates name the driver's car: those look the driver up.
 _NEEDS_DRIVER: Final = frozenset(
@@ -226,26 +41,16 @@ _NEEDS_DRIVER: Final = frozenset(
 )
 
 
-def facts_of(subject: str, message: Message) -> Facts:
-    """The template facts of one event payload (KeyError for a subject with no templates)."""
-    return _FACTS[subject](message)
-
-
 # -- read models -----------------------------------------------------------------------------
 
 
 async def _save_driver_vehicle(
     tx: Batch, envelope: Envelope, e: driver_events.DriverWentOnline
 ) -> None:
-    vehicle = DriverVehicle(
-        driver_id=e.driver_id,
-        driver_name=e.driver_name,
-        make=e.vehicle_make,
-        model=e.vehicle_model,
-        plate=e.vehicle_plate,
-    )
     await tx.upsert_driver_vehicle(
-        vehicle, vehicle_class=int(e.vehicle_class), version=envelope.aggregate_version
+        wire.driver_vehicle_of(e),
+        vehicle_class=wire.vehicle_class_from_proto(e.vehicle_class),
+        version=envelope.aggregate_version,
     )
 
 
@@ -325,7 +130,7 @@ class EventProcessor:
         templates = TEMPLATES.get(envelope.type)
         if not templates:
             return []
-        facts = facts_of(envelope.type, message)
+        facts = wire.facts_of(envelope.type, message)
         if envelope.type in _NEEDS_DRIVER:
             vehicle = await tx.driver_vehicle(facts.get("driver_id", ""))
             facts |= vehicle.facts() if vehicle is not None else UNKNOWN_DRIVER_FACTS
@@ -340,7 +145,7 @@ class NotificationConsumer(DurableConsumer):
         js: JetStreamContext,
         processor: EventProcessor,
         *,
-        durable: str = DURABLE,
+        durable: str,
         max_deliver: int = 5,
         ack_wait_s: float = 30.0,
         batch: int = 100,
@@ -404,77 +209,3 @@ class NotificationConsumer(DurableConsumer):
     async def _dead_letter(self, msg: Msg, exc: BaseException, deliveries: int) -> None:
         await super()._dead_letter(msg, exc, deliveries)
         EVENTS_DEADLETTERED.inc()
-
-
-# -- live in-app delivery --------------------------------------------------------------------
-
-
-def to_proto(notification: Notification) -> notification_pb2.Notification:
-    """The wire form of a notification."""
-    message = notification_pb2.Notification(
-        id=notification.id,
-        user_id=notification.user_id,
-        kind=notification.kind,
-        title=notification.title,
-        body=notification.body,
-        data=dict(notification.data),
-        trip_id=notification.trip_id,
-        channels=[int(c) for c in notification.channels],  # type: ignore[misc]
-        event_id=notification.event_id,
-    )
-    message.created_at.FromDatetime(notification.created_at)
-    if notification.read_at is not None:
-        message.read_at.FromDatetime(notification.read_at)
-    return message
-
-
-class InAppFeed:
-    """The in-app channel: core NATS ``notify.user.<user_id>``, published by whichever copy
-    stored the notification, read by the edge and by Subscribe in any copy."""
-
-    def __init__(self, nc: NATS, *, watch_queue: int = 256) -> None:
-        self._nc = nc
-        self._watch_queue = watch_queue
-
-    async def publish(self, notifications: Sequence[Notification]) -> None:
-        """Publish the in-app ones. Called only after their transaction committed: a push
-        lost here (no subscriber, NATS down, a crash right now) loses nothing, because the
-        stored notification is the record and the app reads it with ListNotifications; and
-        a redelivered event is not pushed twice, because it is never committed twice."""
-        for notification in notifications:
-            if Channel.IN_APP not in notification.channels:
-                continue
-            try:
-                await self._nc.publish(
-                    events.notify_user_subject(notification.user_id),
-                    to_proto(notification).SerializeToString(),
-                )
-            except Exception:
-                logger.warning(
-                    "in-app push of notification %s to %s lost (stored all the same)",
-                    notification.id,
-                    notification.user_id,
-                    exc_info=True,
-                )
-
-    @contextlib.asynccontextmanager
-    async def watch(
-        self, user_id: str
-    ) -> AsyncIterator[AsyncIterator[notification_pb2.Notification]]:
-        """The user's live notifications while the context is open; subscribed (and the
-        interest known to the server) on entry. A watcher too slow to keep up loses the
-        oldest (NATS drops them); ListNotifications still has them."""
-        sub = await self._nc.subscribe(
-            events.notify_user_subject(user_id), pending_msgs_limit=self._watch_queue
-        )
-        try:
-            await self._nc.flush(timeout=5)
-
-            async def stream() -> AsyncIterator[notification_pb2.Notification]:
-                async for msg in sub.messages:
-                    yield notification_pb2.Notification.FromString(msg.data)
-
-            yield stream()
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()

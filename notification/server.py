@@ -1,25 +1,23 @@
-"""gRPC servicer of rideshare.notification.v1.NotificationService: proto <-> domain."""
+"""gRPC servicer of rideshare.notification.v1.NotificationService: requests to the store and
+the in-app feed. Conversion is in ``wire``; a domain error raised here becomes its status
+through ``ERRORS``, which the server's interceptor applies (``rideshare.grpc_server``)."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
-from notification import domain
-from notification.domain import InvalidArgumentError, NotificationError, PageCursor
-from notification.events import InAppFeed, to_proto
-from notification.store import NotificationStore, to_us
-from protos import events
+from notification import domain, wire
+from notification.domain import InvalidArgumentError
+from notification.feed import InAppFeed
+from notification.store import NotificationStore
 from protos.notification.v1 import notification_pb2, notification_pb2_grpc
 from rideshare.db import DATA_ERRORS
-from rideshare.grpc_errors import StatusTable, abort_with
+from rideshare.grpc_errors import StatusTable
 
-__all__ = ["SUBSCRIBED_METADATA_KEY", "NotificationServicer"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["ERRORS", "SUBSCRIBED_METADATA_KEY", "NotificationServicer"]
 
 # Subscribe sends this initial metadata once it listens: a client that awaits
 # ``call.initial_metadata()`` knows that nothing created from then on will be missed.
@@ -33,16 +31,6 @@ ERRORS: StatusTable = {
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def _user_id(user_id: str) -> str:
-    if not user_id:
-        raise InvalidArgumentError("user_id is required")
-    try:
-        events.notify_user_subject(user_id)
-    except ValueError as exc:
-        raise InvalidArgumentError(str(exc)) from None
-    return user_id
-
-
 class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
     """Reads notifications from the store and streams live ones from the in-app feed."""
 
@@ -53,44 +41,30 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
     async def ListNotifications(
         self, request: notification_pb2.ListNotificationsRequest, context: Context
     ) -> notification_pb2.ListNotificationsResponse:
-        try:
-            user_id = _user_id(request.user_id)
-            size = domain.page_size(request.page_size)
-            after = (
-                domain.decode_page_token(
-                    request.page_token, user_id=user_id, unread_only=request.unread_only
-                )
-                if request.page_token
-                else None
+        user_id = wire.user_id_of(request.user_id)
+        size = domain.page_size(request.page_size)
+        after = (
+            domain.decode_page_token(
+                request.page_token, user_id=user_id, unread_only=request.unread_only
             )
-        except NotificationError as exc:
-            await abort_with(context, exc, ERRORS)
+            if request.page_token
+            else None
+        )
         found = await self._store.list_for_user(
             user_id, limit=size + 1, unread_only=request.unread_only, after=after
         )
         page = found[:size]
-        response = notification_pb2.ListNotificationsResponse(
-            notifications=[to_proto(n) for n in page]
-        )
+        next_page_token = ""
         if len(found) > size:
-            last = page[-1]
-            response.next_page_token = domain.encode_page_token(
-                PageCursor(
-                    user_id=user_id,
-                    unread_only=request.unread_only,
-                    created_at_us=to_us(last.created_at),
-                    notification_id=last.id,
-                )
+            next_page_token = domain.encode_page_token(
+                domain.cursor_after(page[-1], user_id=user_id, unread_only=request.unread_only)
             )
-        return response
+        return wire.list_response(page, next_page_token=next_page_token)
 
     async def MarkRead(
         self, request: notification_pb2.MarkReadRequest, context: Context
     ) -> notification_pb2.MarkReadResponse:
-        try:
-            user_id = _user_id(request.user_id)
-        except NotificationError as exc:
-            await abort_with(context, exc, ERRORS)
+        user_id = wire.user_id_of(request.user_id)
         ids = domain.parse_notification_ids(request.notification_ids)
         updated = await self._store.mark_read(user_id, ids)
         return notification_pb2.MarkReadResponse(updated=updated)
@@ -101,10 +75,7 @@ class NotificationServicer(notification_pb2_grpc.NotificationServiceServicer):
         # Live only: what was created before the subscription is not replayed (the contract
         # says so). A client that must miss nothing subscribes, waits for the initial
         # metadata, then calls ListNotifications and merges the two by notification id.
-        try:
-            user_id = _user_id(request.user_id)
-        except NotificationError as exc:
-            await abort_with(context, exc, ERRORS)
+        user_id = wire.user_id_of(request.user_id)
         async with self._feed.watch(user_id) as live:
             await context.send_initial_metadata(((SUBSCRIBED_METADATA_KEY, "1"),))
             async for notification in live:

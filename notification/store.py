@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
@@ -20,23 +19,13 @@ from notification.domain import (
     DriverVehicle,
     Notification,
     PageCursor,
+    from_us,
 )
 from rideshare.bus import claim_event
 
 __all__ = ["Batch", "NotificationStore"]
 
 _COLUMNS = "id, user_id, kind, title, body, data, trip_id, channels, event_id, created_at, read_at"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def to_us(moment: datetime) -> int:
-    """Microseconds since the epoch, exactly (timestamptz has microsecond precision)."""
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def from_us(micros: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=micros)
 
 
 def _notification(row: asyncpg.Record) -> Notification:

@@ -1,6 +1,6 @@
 """The one table of notifications: event subject -> what each person concerned is told.
 
-Placeholders are facts that events.py extracts from the event (``facts_of``) plus, for
+Placeholders are facts that wire.py extracts from the event (``facts_of``) plus, for
 ``driver_name``, ``vehicle`` and ``plate``, the driver read model. ``data`` keys travel to the
 app in ``Notification.data``. An event type missing here notifies nobody.
 """

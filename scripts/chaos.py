@@ -41,8 +41,8 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from notification.domain import plan
-from notification.events import facts_of
 from notification.templates import TEMPLATES
+from notification.wire import facts_of
 from protos.events import payload_type
 from rideshare.infra import free_port
 from rideshare.runtime import open_redis

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 
 from driver.app import running as driver_running
 from location.app import running as location_running
-from location.server import LocationSettings
+from location.settings import LocationSettings
 from protos.common.v1 import common_pb2
 from protos.driver.v1 import driver_pb2, driver_pb2_grpc
 from protos.location.v1 import location_pb2 as loc

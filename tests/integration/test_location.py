@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from location.app import running
 from location.domain import Availability, SnapshotEntry
-from location.server import LocationSettings
+from location.settings import LocationSettings
 from location.store import LocationStore
 from protos import events
 from protos.common.v1 import common_pb2
@@ -433,6 +433,45 @@ async def test_driver_online_event_makes_the_driver_searchable(
         assert await nearest_ids(stub, *BERLIN) == []
     finally:
         await nc.drain()
+
+
+async def test_event_claims_are_kept_under_the_configured_consumer_name(
+    infra: InfraUrls, redis_url: str, index: LocationStore
+) -> None:
+    settings = ServiceSettings(
+        name="location",
+        infra=InfraUrls(
+            redis_url=redis_url, postgres_dsn=infra.postgres_dsn, nats_url=infra.nats_url
+        ),
+        grpc_port=0,
+        shutdown_grace_s=1.0,
+    )
+    consumer = f"location-{uuid.uuid4().hex[:8]}"
+    location = LocationSettings(consumer_name=consumer, driver_addr="", trip_addr="")
+    driver = new_id()
+    online = bus.make_envelope(
+        driver_events.DriverWentOnline(driver_id=driver, vehicle_class=STANDARD),
+        type=events.DRIVER_ONLINE,
+        aggregate_id=driver,
+        aggregate_version=1,
+    )
+    nc = await bus.connect(infra.nats_url, name="test")
+    try:
+        async with running(settings, location) as server:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                stub: Stub = location_pb2_grpc.LocationServiceStub(channel)
+                await stub.ReportPosition(update(driver, *BERLIN), timeout=5)
+                await bus.publish_envelope(nc.jetstream(), online)
+
+                async def searchable() -> bool:
+                    return await nearest_ids(stub, *BERLIN) == [driver]
+
+                await eventually(searchable)
+    finally:
+        await nc.drain()
+
+    assert not await index.claim_event(consumer, online.event_id)  # claimed by the service
+    assert await index.claim_event("location", online.event_id)  # not under another name
 
 
 async def test_driver_held_offered_by_a_dispatcher_that_died_is_released(

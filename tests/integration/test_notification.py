@@ -25,11 +25,11 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from prometheus_client import REGISTRY
 
-from notification.app import MIGRATIONS, NotificationSettings, Service, running
-from notification.delivery import DeliverySettings
+from notification.app import MIGRATIONS, Service, running
 from notification.domain import Channel, Delivery, Notification
 from notification.events import EventProcessor, NotificationConsumer
 from notification.providers import LogSmsProvider, Provider
+from notification.settings import DeliverySettings, NotificationSettings
 from notification.store import NotificationStore
 from protos import events
 from protos.common.v1 import common_pb2

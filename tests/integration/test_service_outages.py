@@ -24,7 +24,7 @@ from edge.app import running as edge_running
 from edge.auth import issue_token
 from edge.settings import EdgeSettings
 from location.app import running as location_running
-from location.server import LocationSettings
+from location.settings import LocationSettings
 from protos import events
 from protos.common.v1 import common_pb2
 from protos.location.v1 import location_pb2, location_pb2_grpc

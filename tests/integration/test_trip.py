@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
 from location.app import running as location_running
-from location.server import LocationSettings
+from location.settings import LocationSettings
 from protos import events
 from protos.common.v1 import common_pb2
 from protos.driver.v1 import events_pb2 as driver_events

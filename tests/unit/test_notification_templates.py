@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 import pytest
 
 from notification.domain import DRIVER_FIELDS, UNKNOWN_DRIVER_FACTS, Channel, Notification
-from notification.events import CONSUMED_SUBJECTS, facts_of, to_proto
+from notification.events import CONSUMED_SUBJECTS
 from notification.templates import TEMPLATES
+from notification.wire import facts_of, notification_to_proto
 from protos import events
 from protos.notification.v1 import notification_pb2 as pb
 
@@ -75,7 +76,7 @@ def test_a_notification_goes_on_the_wire_with_its_channels_data_and_times() -> N
         created_at=WHEN,
     )
 
-    wire = to_proto(notification)
+    wire = notification_to_proto(notification)
 
     assert list(wire.channels) == [pb.CHANNEL_IN_APP, pb.CHANNEL_PUSH]
     assert dict(wire.data) == {"fare_minor": "1250"}

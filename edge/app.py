@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-import redis.asyncio as aioredis
 import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from nats.aio.client import Client as NATS
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from edge.context import EdgeContext
 from edge.errors import install_error_handlers
 from edge.idempotency import IdempotencyStore
 from edge.live import LiveHub
@@ -39,7 +38,7 @@ from rideshare import bus
 from rideshare.ports import bind_port
 from rideshare.runtime import open_redis
 
-__all__ = ["EdgeContext", "EdgeServer", "create_app", "running"]
+__all__ = ["EdgeServer", "create_app", "running"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,20 +60,6 @@ HEALTH_TIMEOUT_S = 1.0
 # Positions reach sockets through bounded queues, so the transport's own limit only has to
 # stop abuse; edge/wire.py enforces the per-message limit with an error frame.
 WS_TRANSPORT_MAX_BYTES = 64 * 1024
-
-
-@dataclass
-class EdgeContext:
-    """Everything a route or socket handler needs, built once per process."""
-
-    settings: EdgeSettings
-    upstreams: Upstreams
-    redis: aioredis.Redis
-    nc: NATS
-    limiter: RateLimiter
-    idempotency: IdempotencyStore
-    hub: LiveHub
-    positions: PositionBatcher
 
 
 def create_app(ctx: EdgeContext) -> FastAPI:
@@ -103,7 +88,8 @@ def create_app(ctx: EdgeContext) -> FastAPI:
             async with asyncio.timeout(HEALTH_TIMEOUT_S):
                 await ctx.redis.ping()
             detail["redis"] = True
-        except Exception:
+        except Exception as exc:  # any failure is "not healthy", and said so in the log
+            logger.warning("/healthz: Redis did not answer: %r", exc)
             detail["redis"] = False
         detail["upstreams"] = await ctx.upstreams.health()
         ok = (
@@ -175,10 +161,15 @@ async def running(settings: EdgeSettings) -> AsyncIterator[EdgeServer]:
             reset_s=settings.breaker_reset_s,
         )
         stack.push_async_callback(upstreams.close)
-        hub = LiveHub(nc, upstreams, redis, ping_interval_s=settings.ws_ping_interval_s)
-        location = upstreams.by_name.get("location")
+        hub = LiveHub(
+            nc,
+            trip=upstreams.trip,
+            location=upstreams.location,
+            redis=redis,
+            ping_interval_s=settings.ws_ping_interval_s,
+        )
         batcher = PositionBatcher(
-            upstreams.location if location is not None else None,  # type: ignore[arg-type]
+            upstreams.location,
             flush_s=settings.position_flush_s,
             max_buffer=settings.position_buffer,
         )
@@ -202,8 +193,7 @@ async def running(settings: EdgeSettings) -> AsyncIterator[EdgeServer]:
         workers = await stack.enter_async_context(asyncio.TaskGroup())
         stack.callback(stop.set)  # runs before the group joins: the workers see stop
         workers.create_task(hub.run(stop), name="live-hub")
-        if location is not None:
-            workers.create_task(batcher.run(stop), name="position-batcher")
+        workers.create_task(batcher.run(stop), name="position-batcher")
         config = uvicorn.Config(
             app,
             host=settings.host,

@@ -27,6 +27,7 @@ __all__ = [
     "state_name",
     "trip_out",
     "trip_summary_out",
+    "vehicle_class_name",
 ]
 
 VEHICLE_CLASSES: dict[str, int] = {
@@ -71,6 +72,11 @@ TERMINAL_STATES = frozenset({"completed", "cancelled", "no_drivers"})
 
 def state_name(value: int) -> Any:
     return _STATE_NAMES.get(value)
+
+
+def vehicle_class_name(value: int) -> Any:
+    """The API's name of a proto VehicleClass; None for UNSPECIFIED or an unknown value."""
+    return _CLASS_NAMES.get(value)
 
 
 def _ts(msg: Message, field: str) -> datetime | None:

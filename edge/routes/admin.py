@@ -43,8 +43,7 @@ async def drivers(
 ) -> DriversInAreaOut:
     """Fresh positions of online drivers inside the box, with their availability."""
     min_lat, min_lng, max_lat, max_lng = parse_bbox(bbox)
-    reply = await ctx.upstreams.get("location").call(
-        ctx.upstreams.location.DriversInArea,
+    reply = await ctx.location.DriversInArea(
         location_pb2.DriversInAreaRequest(
             min_lat=min_lat, min_lng=min_lng, max_lat=max_lat, max_lng=max_lng, limit=limit
         ),
@@ -75,8 +74,7 @@ async def trips(
                 states.append(convert.TRIP_STATES[name])
             elif name:
                 raise ApiError(422, "invalid_argument", f"unknown trip state {name!r}")
-    reply = await ctx.upstreams.get("trip").call(
-        ctx.upstreams.trip.ListTrips,
+    reply = await ctx.trip.ListTrips(
         trip_pb2.ListTripsRequest(states=states, page_size=page_size, page_token=page_token),  # type: ignore[arg-type]
     )
     return TripsOut(

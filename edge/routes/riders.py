@@ -30,8 +30,7 @@ PageToken = Annotated[str, Query(max_length=500, pattern=NO_NUL)]
 @router.post("/fare-estimates", status_code=201, response_model=QuoteOut)
 async def fare_estimate(body: FareEstimateIn, rider: Rider, ctx: Ctx) -> QuoteOut:
     """An upfront quote; book it with POST /v1/trips before it expires."""
-    quote = await ctx.upstreams.get("trip").call(
-        ctx.upstreams.trip.EstimateFare,
+    quote = await ctx.trip.EstimateFare(
         trip_pb2.EstimateFareRequest(
             pickup=convert.to_latlng(body.pickup),
             dropoff=convert.to_latlng(body.dropoff),
@@ -48,8 +47,7 @@ async def my_trips(
 ) -> TripSummariesOut | TripsOut:
     """The caller's trips, newest first (a rider's history; a driver's assigned trips)."""
     if user.role == "rider":
-        reply = await ctx.upstreams.get("rider").call(
-            ctx.upstreams.rider.ListTrips,
+        reply = await ctx.rider.ListTrips(
             rider_pb2.ListTripsRequest(
                 rider_id=user.sub, page_size=page_size, page_token=page_token
             ),
@@ -58,8 +56,7 @@ async def my_trips(
             trips=[convert.trip_summary_out(t) for t in reply.trips],
             next_page_token=reply.next_page_token or None,
         )
-    trips = await ctx.upstreams.get("trip").call(
-        ctx.upstreams.trip.ListTrips,
+    trips = await ctx.trip.ListTrips(
         trip_pb2.ListTripsRequest(driver_id=user.sub, page_size=page_size, page_token=page_token),
     )
     return TripsOut(
@@ -77,8 +74,7 @@ async def my_notifications(
     unread_only: bool = False,
 ) -> NotificationsOut:
     """The caller's notifications, newest first."""
-    reply = await ctx.upstreams.get("notification").call(
-        ctx.upstreams.notification.ListNotifications,
+    reply = await ctx.notification.ListNotifications(
         notification_pb2.ListNotificationsRequest(
             user_id=user.sub, page_size=page_size, page_token=page_token, unread_only=unread_only
         ),

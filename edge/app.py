@@ -68,9 +68,18 @@ def create_app(ctx: EdgeContext) -> FastAPI:
         title="Rideshare edge API",
         version="1.0.0",
         description=(
-            "HTTP API for the rider and driver apps. WebSockets at /v1/ws/driver and "
-            "/v1/ws/rider (message formats: edge/wire.py). Errors are "
-            '{"error": {"code", "message"}}.'
+            "HTTP API for the rider and driver apps. Errors are "
+            '{"error": {"code", "message"}}; 503 and 429 carry Retry-After.\n\n'
+            "WebSockets: /v1/ws/driver and /v1/ws/rider, authenticated by ?token=<jwt> or a "
+            'first message {"type": "auth", "token": "<jwt>"}; one JSON object per text frame, '
+            "message formats in edge/wire.py.\n\n"
+            "Query formats: coordinates are decimal degrees; a bounding box is "
+            "bbox=minLat,minLng,maxLat,maxLng (south-west corner, then north-east); lists "
+            "accept a repeated parameter or comma-separated values; paging is page_size + "
+            "page_token (pass next_page_token back until it is null).\n\n"
+            "Live map for operators: /viewer#token=<admin jwt> (or ?token=, kept in the tab's "
+            "session storage), with ?bbox=minLat,minLng,maxLat,maxLng for the area shown "
+            "(default -85,-180,85,180)."
         ),
     )
     app.state.ctx = ctx

@@ -123,7 +123,9 @@ async def my_notifications(
     ctx: Ctx,
     page_size: PageSize = 20,
     page_token: PageToken = "",
-    unread_only: bool = False,
+    unread_only: Annotated[
+        bool, Query(description="true: only notifications not read yet.")
+    ] = False,
 ) -> NotificationsOut:
     """The caller's notifications, newest first."""
     reply = await ctx.notification.ListNotifications(

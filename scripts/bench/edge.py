@@ -85,7 +85,6 @@ async def system(urls: InfraUrls) -> AsyncIterator[tuple[str, Supervisor]]:
         "RIDESHARE_SHUTDOWN_GRACE_S": "2",
         "RIDESHARE_DRIVER_STALE_S": "600",
         "RIDESHARE_OFFER_TIMEOUT_S": "60",
-        "RIDESHARE_EDGE_UPSTREAMS": ",".join(n for n in names if n != "edge"),
         "RIDESHARE_EDGE_PORT": str(ports["edge"]),
         "RIDESHARE_RATE_PER_IP": "1000000",
         "RIDESHARE_BURST_PER_IP": "1000000",

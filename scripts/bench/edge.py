@@ -150,6 +150,7 @@ class Pair:
     # ts_ms -> when this process saw it on NATS, and NATS -> rider socket per position: the
     # edge's own part of the delay (the live path from NATS to the rider's socket)
     seen_on_nats: dict[int, int] = field(default_factory=dict)
+    seen_on_socket: dict[int, int] = field(default_factory=dict)  # when the socket was first
     after_nats: list[float] = field(default_factory=list)
     sent_at: list[float] = field(default_factory=list)  # wall clock of each latency sample
 
@@ -262,6 +263,8 @@ async def listen(pair: Pair, until: float, since_ms: int) -> None:
                     seen = pair.seen_on_nats.pop(frame["ts_ms"], None)
                     if seen is not None:
                         pair.after_nats.append(received - seen)
+                    else:  # this loop read the socket before its own NATS message
+                        pair.seen_on_socket[frame["ts_ms"]] = received
 
 
 async def drain(ws: ClientConnection) -> None:
@@ -509,7 +512,11 @@ async def phases(
         if pair is not None and update.client_ts_ms >= start * 1000:
             seen = now_ms()
             pair.published.append(seen - update.client_ts_ms)
-            pair.seen_on_nats[update.client_ts_ms] = seen
+            on_socket = pair.seen_on_socket.pop(update.client_ts_ms, None)
+            if on_socket is None:
+                pair.seen_on_nats[update.client_ts_ms] = seen
+            else:
+                pair.after_nats.append(max(0, on_socket - seen))
 
     for p in pairs:
         await nc.subscribe(events.location_driver_subject(p.driver_id), cb=on_position)

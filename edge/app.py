@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-import redis.asyncio as aioredis
 import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from nats.aio.client import Client as NATS
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from edge.context import EdgeContext
 from edge.errors import install_error_handlers
 from edge.idempotency import IdempotencyStore
 from edge.live import LiveHub
@@ -39,7 +38,7 @@ from rideshare import bus
 from rideshare.ports import bind_port
 from rideshare.runtime import open_redis
 
-__all__ = ["EdgeContext", "EdgeServer", "create_app", "running"]
+__all__ = ["EdgeServer", "create_app", "running"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,29 +62,24 @@ HEALTH_TIMEOUT_S = 1.0
 WS_TRANSPORT_MAX_BYTES = 64 * 1024
 
 
-@dataclass
-class EdgeContext:
-    """Everything a route or socket handler needs, built once per process."""
-
-    settings: EdgeSettings
-    upstreams: Upstreams
-    redis: aioredis.Redis
-    nc: NATS
-    limiter: RateLimiter
-    idempotency: IdempotencyStore
-    hub: LiveHub
-    positions: PositionBatcher
-
-
 def create_app(ctx: EdgeContext) -> FastAPI:
     """The ASGI app over an open context."""
     app = FastAPI(
         title="Rideshare edge API",
         version="1.0.0",
         description=(
-            "HTTP API for the rider and driver apps. WebSockets at /v1/ws/driver and "
-            "/v1/ws/rider (message formats: edge/wire.py). Errors are "
-            '{"error": {"code", "message"}}.'
+            "HTTP API for the rider and driver apps. Errors are "
+            '{"error": {"code", "message"}}; 503 and 429 carry Retry-After.\n\n'
+            "WebSockets: /v1/ws/driver and /v1/ws/rider, authenticated by ?token=<jwt> or a "
+            'first message {"type": "auth", "token": "<jwt>"}; one JSON object per text frame, '
+            "message formats in edge/wire.py.\n\n"
+            "Query formats: coordinates are decimal degrees; a bounding box is "
+            "bbox=minLat,minLng,maxLat,maxLng (south-west corner, then north-east); lists "
+            "accept a repeated parameter or comma-separated values; paging is page_size + "
+            "page_token (pass next_page_token back until it is null).\n\n"
+            "Live map for operators: /viewer#token=<admin jwt> (or ?token=, kept in the tab's "
+            "session storage), with ?bbox=minLat,minLng,maxLat,maxLng for the area shown "
+            "(default -85,-180,85,180)."
         ),
     )
     app.state.ctx = ctx
@@ -103,7 +97,8 @@ def create_app(ctx: EdgeContext) -> FastAPI:
             async with asyncio.timeout(HEALTH_TIMEOUT_S):
                 await ctx.redis.ping()
             detail["redis"] = True
-        except Exception:
+        except Exception as exc:  # any failure is "not healthy", and said so in the log
+            logger.warning("/healthz: Redis did not answer: %r", exc)
             detail["redis"] = False
         detail["upstreams"] = await ctx.upstreams.health()
         ok = (
@@ -175,10 +170,15 @@ async def running(settings: EdgeSettings) -> AsyncIterator[EdgeServer]:
             reset_s=settings.breaker_reset_s,
         )
         stack.push_async_callback(upstreams.close)
-        hub = LiveHub(nc, upstreams, redis, ping_interval_s=settings.ws_ping_interval_s)
-        location = upstreams.by_name.get("location")
+        hub = LiveHub(
+            nc,
+            trip=upstreams.trip,
+            location=upstreams.location,
+            redis=redis,
+            ping_interval_s=settings.ws_ping_interval_s,
+        )
         batcher = PositionBatcher(
-            upstreams.location if location is not None else None,  # type: ignore[arg-type]
+            upstreams.location,
             flush_s=settings.position_flush_s,
             max_buffer=settings.position_buffer,
         )
@@ -202,8 +202,7 @@ async def running(settings: EdgeSettings) -> AsyncIterator[EdgeServer]:
         workers = await stack.enter_async_context(asyncio.TaskGroup())
         stack.callback(stop.set)  # runs before the group joins: the workers see stop
         workers.create_task(hub.run(stop), name="live-hub")
-        if location is not None:
-            workers.create_task(batcher.run(stop), name="position-batcher")
+        workers.create_task(batcher.run(stop), name="position-batcher")
         config = uvicorn.Config(
             app,
             host=settings.host,

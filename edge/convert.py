@@ -20,13 +20,16 @@ __all__ = [
     "VEHICLE_CLASSES",
     "driver_out",
     "latlng",
+    "merge_fresh",
     "notification_out",
     "position_out",
     "quote_out",
     "rider_out",
     "state_name",
     "trip_out",
+    "trip_summary_of_trip",
     "trip_summary_out",
+    "vehicle_class_name",
 ]
 
 VEHICLE_CLASSES: dict[str, int] = {
@@ -71,6 +74,11 @@ TERMINAL_STATES = frozenset({"completed", "cancelled", "no_drivers"})
 
 def state_name(value: int) -> Any:
     return _STATE_NAMES.get(value)
+
+
+def vehicle_class_name(value: int) -> Any:
+    """The API's name of a proto VehicleClass; None for UNSPECIFIED or an unknown value."""
+    return _CLASS_NAMES.get(value)
 
 
 def _ts(msg: Message, field: str) -> datetime | None:
@@ -213,19 +221,73 @@ def trip_out(t: trip_pb2.Trip, *, show_offer: bool = True) -> models.TripOut:
     )
 
 
+_UNCHARGED_ENDS = frozenset({trip_pb2.TRIP_STATE_CANCELLED, trip_pb2.TRIP_STATE_NO_DRIVERS})
+
+
 def trip_summary_out(s: rider_pb2.TripSummary) -> models.TripSummaryOut:
+    """A line of the rider's history (the rider service's read model). The read model keeps a
+    zero fare for a trip that ended without a charge: the API shows null."""
+    fare = _money(s, "fare")
+    if fare is not None and fare.amount_minor == 0 and s.state in _UNCHARGED_ENDS:
+        fare = None
+    if s.state == trip_pb2.TRIP_STATE_NO_DRIVERS:
+        fare = None
     return models.TripSummaryOut(
-        trip_id=s.trip_id,
+        id=s.trip_id,
         state=state_name(s.state),
         pickup=latlng(s.pickup),
         dropoff=latlng(s.dropoff),
-        fare=_money(s, "fare"),
+        fare=fare,
         driver_id=_opt(s.driver_id),
-        vehicle_class=_CLASS_NAMES.get(s.vehicle_class),  # type: ignore[arg-type]
+        vehicle_class=vehicle_class_name(s.vehicle_class),
         requested_at=_ts(s, "requested_at"),
         completed_at=_ts(s, "completed_at"),
         ended_at=_ts(s, "ended_at"),
     )
+
+
+def trip_summary_of_trip(t: trip_pb2.Trip) -> models.TripSummaryOut:
+    """The trip service's trip as a line of a list, priced as the rider's history prices it."""
+    if t.state == trip_pb2.TRIP_STATE_COMPLETED:
+        fare = _money(t, "final_fare")
+    elif t.state == trip_pb2.TRIP_STATE_CANCELLED:
+        fare = _money(t, "cancellation_fee")
+    elif t.state == trip_pb2.TRIP_STATE_NO_DRIVERS:
+        fare = None
+    else:
+        fare = _money(t, "quoted_fare")
+    ended = t.state in _UNCHARGED_ENDS
+    return models.TripSummaryOut(
+        id=t.id,
+        state=state_name(t.state),
+        pickup=latlng(t.pickup),
+        dropoff=latlng(t.dropoff),
+        fare=fare,
+        driver_id=_opt(t.driver_id),
+        vehicle_class=vehicle_class_name(t.vehicle_class),
+        requested_at=_ts(t, "requested_at"),
+        completed_at=_ts(t, "completed_at"),
+        ended_at=_ts(t, "ended_at") if ended else None,
+    )
+
+
+def merge_fresh(
+    history: list[models.TripSummaryOut], fresh: list[models.TripSummaryOut]
+) -> list[models.TripSummaryOut]:
+    """The first page of a rider's history (a read model, ~150 ms behind the trip service)
+    with the rider's newest trips as the trip service has them now: a trip on both takes the
+    trip service's line (its state is the newer), and a trip booked after the page's newest
+    one, which the history has not caught up with yet, goes on top. Newest first."""
+    by_id = {t.id: t for t in fresh}
+    lines = [by_id.pop(t.id, t) for t in history]
+    newest = max((t.requested_at for t in history if t.requested_at is not None), default=None)
+    new = [
+        t
+        for t in fresh
+        if t.id in by_id
+        and (newest is None or (t.requested_at is not None and t.requested_at >= newest))
+    ]
+    return new + lines
 
 
 def notification_out(n: notification_pb2.Notification) -> models.NotificationOut:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from edge.auth import AuthError, Principal, decode_token
+from edge.context import EdgeContext
 from edge.errors import ApiError
-
-if TYPE_CHECKING:
-    from edge.app import EdgeContext
 
 __all__ = ["Admin", "AnyUser", "Ctx", "Driver", "Rider", "RiderOrDriver", "get_ctx", "require"]
 
@@ -24,7 +22,7 @@ def get_ctx(request: Request) -> EdgeContext:
     return ctx
 
 
-Ctx = Annotated["EdgeContext", Depends(get_ctx)]
+Ctx = Annotated[EdgeContext, Depends(get_ctx)]
 
 
 def require(*roles: str) -> Callable[..., Awaitable[Principal]]:

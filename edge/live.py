@@ -5,15 +5,23 @@ Where updates come from (one choice, documented here):
   service's outbox relay publishes, but every publish is also delivered to plain subscribers,
   so each edge copy sees every trip event without a consumer of its own. Delivery is at most
   once; that is enough because a socket that (re)connects gets a snapshot read from the trip
-  service, and each event is turned into a fresh ``GetTrip`` read (so a missed event is
-  repaired by the next one). Events are handled in arrival order by one task; a trip version
-  older than what a socket has seen is never sent to it.
+  service, and each event carries the whole trip after it (``trip``, as GetTrip shows it), so
+  a missed event is repaired by the next one. An event without it (one written by dispatch,
+  which works without the trip's history) is turned into a ``GetTrip`` read. Events are
+  handled in arrival order by one task; a trip version older than what a socket has seen is
+  never sent to it.
 - Offers: from ``trip.offered`` to the offered driver, and kept in Redis until they expire so
   that a driver who reconnects sees the pending offer again (checked against GetTrip first).
 - Per-user pushes: core NATS ``notify.user.<id>``, one subscription per connected user.
-- The assigned driver's position, for the rider, from ACCEPTED until the trip ends: one
-  ``LocationService.WatchDriver`` stream per watched driver in this process, shared by every
-  socket of that trip's rider; it starts with the last known position (the snapshot).
+- The assigned driver's position, for the rider, from ACCEPTED until the trip ends: one core
+  NATS subscription on ``location.driver.<id>`` per watched driver in this process (where the
+  location service publishes every position it applied), shared by every socket of that
+  trip's rider; it starts with the last known position from ``GetPosition`` (the snapshot).
+  The edge does not hold a ``WatchDriver`` stream: that would take the positions out to the
+  location service and back over gRPC, for what NATS already brings to this process
+  (docs/PERFORMANCE.md, edge).
+
+Every frame is built by edge/wire.py.
 """
 
 from __future__ import annotations
@@ -27,18 +35,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
-import grpc.aio
 import redis.asyncio as aioredis
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from redis.exceptions import RedisError
 
-from edge import convert
+from edge import wire
 from edge.errors import ApiError
 from edge.metrics import WS_CONNECTIONS
-from edge.upstreams import Upstreams
+from edge.upstreams import LocationStub, TripStub
 from edge.wsconn import Connection
 from protos import events
 from protos.location.v1 import location_pb2
@@ -47,7 +53,7 @@ from protos.trip.v1 import events_pb2 as trip_events
 from protos.trip.v1 import trip_pb2
 from rideshare import bus
 
-__all__ = ["LiveHub", "offer_frame"]
+__all__ = ["LiveHub"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,64 +67,20 @@ _LIVE_STATES = [
     trip_pb2.TRIP_STATE_DISPATCHING,
     *sorted(_WATCHED_STATES),
 ]
-_OFFER_END_REASONS = {
-    value: name.removeprefix("OFFER_END_REASON_").lower()
-    for name, value in trip_events.OfferEndReason.items()
-}
-WATCH_TIMEOUT_S = 24 * 3600.0
 PING_SLICE_S = 0.1
-
-
-def offer_frame(o: trip_events.TripOffered) -> dict[str, Any]:
-    expires = o.expires_at.ToDatetime() if o.HasField("expires_at") else None
-    return {
-        "type": "offer",
-        "trip_id": o.trip_id,
-        "offer_id": o.offer_id,
-        "rider_id": o.rider_id,
-        "pickup": {"lat": o.pickup.lat, "lng": o.pickup.lng},
-        "dropoff": {"lat": o.dropoff.lat, "lng": o.dropoff.lng},
-        "pickup_address": o.pickup_address or None,
-        "dropoff_address": o.dropoff_address or None,
-        "vehicle_class": convert._CLASS_NAMES.get(o.vehicle_class),
-        "fare": {"amount_minor": o.fare.amount_minor, "currency": o.fare.currency},
-        "distance_to_pickup_m": o.distance_to_pickup_m,
-        "attempt": o.attempt,
-        "expires_at": expires.isoformat() + "Z" if expires else None,
-        "expires_at_ms": o.expires_at.ToMilliseconds() if o.HasField("expires_at") else None,
-    }
-
-
-def position_frame(p: location_pb2.DriverPosition) -> str:
-    return json.dumps(
-        {
-            "type": "driver_position",
-            "driver_id": p.driver_id,
-            "lat": p.lat,
-            "lng": p.lng,
-            "heading": p.heading,
-            "speed_mps": p.speed_mps,
-            "ts_ms": p.client_ts_ms,
-        },
-        separators=(",", ":"),
-    )
-
-
-def trip_frame(trip: trip_pb2.Trip, event: str, *, rider: bool) -> dict[str, Any]:
-    return {
-        "type": "trip",
-        "event": event,
-        "trip": convert.trip_out(trip, show_offer=not rider).model_dump(mode="json"),
-    }
+# Positions of one watched driver waiting in this process; beyond it NATS drops the oldest
+# (a newer position supersedes them), as it did for the location service's own watchers.
+WATCH_PENDING = 256
 
 
 @dataclass
 class _Watch:
-    """One WatchDriver stream and the rider sockets it feeds."""
+    """One driver's live positions and the rider sockets they feed."""
 
     driver_id: str
     conns: set[Connection] = field(default_factory=set)
     last: str | None = None
+    last_ts_ms: int = 0
     task: asyncio.Task[None] | None = None
 
 
@@ -128,13 +90,15 @@ class LiveHub:
     def __init__(
         self,
         nc: NATS,
-        upstreams: Upstreams,
-        redis: aioredis.Redis,
         *,
+        trip: TripStub,
+        location: LocationStub,
+        redis: aioredis.Redis,
         ping_interval_s: float = 4.0,
     ) -> None:
         self._nc = nc
-        self._ups = upstreams
+        self._trip = trip
+        self._location = location
         self._redis = redis
         self._ping_interval_s = ping_interval_s
         self._conns: dict[str, set[Connection]] = {}
@@ -191,7 +155,7 @@ class LiveHub:
         i = 0
         while True:
             await asyncio.sleep(step)
-            text = json.dumps({"type": "ping", "ts_ms": time.time_ns() // 1_000_000})
+            text = wire.ping_frame(time.time_ns() // 1_000_000)
             for conn in self._ping_slots[i]:
                 conn.send_text(text, droppable=True)
             i = (i + 1) % slots
@@ -233,10 +197,6 @@ class LiveHub:
     def connections(self, user_id: str) -> Iterable[Connection]:
         return tuple(self._conns.get(user_id, ()))
 
-    @property
-    def connection_count(self) -> int:
-        return sum(len(c) for c in self._conns.values())
-
     async def _snapshot(self, conn: Connection) -> None:
         p = conn.principal
         rider = p.role == "rider"
@@ -246,25 +206,25 @@ class LiveHub:
         else:
             request.driver_id = p.sub
         try:
-            trips = await self._ups.get("trip").call(self._ups.trip.ListTrips, request)
+            trips = await self._trip.ListTrips(request)
             for trip in trips.trips:
                 self._send_trip(conn, trip, "snapshot")
             if not rider:
                 await self._send_pending_offer(conn)
         except ApiError as exc:
-            conn.send({"type": "error", "code": exc.code, "message": exc.message})
+            conn.send(wire.error_frame(exc.code, exc.message))
 
     async def _send_pending_offer(self, conn: Connection) -> None:
         try:
             raw = await self._redis.get(OFFER_KEY + conn.principal.sub)
-        except RedisError:
+        except RedisError as exc:
+            # The offer still reaches the driver when it is made again or through GET /v1/trips.
+            logger.warning("pending offer of %s not read: %r", conn.principal.sub, exc)
             return
         if raw is None:
             return
         frame = json.loads(raw)
-        trip = await self._ups.get("trip").call(
-            self._ups.trip.GetTrip, trip_pb2.GetTripRequest(trip_id=frame["trip_id"])
-        )
+        trip = await self._trip.GetTrip(trip_pb2.GetTripRequest(trip_id=frame["trip_id"]))
         offer = trip.current_offer
         if (
             trip.state == trip_pb2.TRIP_STATE_DISPATCHING
@@ -277,7 +237,7 @@ class LiveHub:
         if not conn.trip_is_new(trip.id, trip.version):
             return
         rider = conn.principal.role == "rider"
-        conn.send(trip_frame(trip, event, rider=rider))
+        conn.send(wire.trip_frame(trip, event, rider=rider))
         if rider:
             if trip.state in _WATCHED_STATES and trip.driver_id:
                 self._watch(conn, trip.driver_id)
@@ -293,10 +253,7 @@ class LiveHub:
         except Exception:
             logger.warning("undecodable notification on %s", msg.subject)
             return
-        frame = {
-            "type": "notification",
-            "notification": convert.notification_out(n).model_dump(mode="json"),
-        }
+        frame = wire.notification_frame(n)
         for conn in self.connections(n.user_id or msg.subject.rsplit(".", 1)[-1]):
             conn.send(frame)
 
@@ -323,12 +280,7 @@ class LiveHub:
             await self._push_offer(payload)
             return
         if envelope.type == events.TRIP_OFFER_ENDED:
-            frame = {
-                "type": "offer_ended",
-                "trip_id": payload.trip_id,
-                "offer_id": payload.offer_id,
-                "reason": _OFFER_END_REASONS.get(payload.reason, "unspecified"),
-            }
+            frame = wire.offer_ended_frame(payload)
             for conn in self.connections(payload.driver_id):
                 conn.send(frame)
         users = {
@@ -337,17 +289,18 @@ class LiveHub:
         targets = [conn for user in users for conn in self.connections(user)]
         if not targets:
             return
-        trip_id = getattr(payload, "trip_id", "") or envelope.aggregate_id
-        trip = await self._ups.get("trip").call(
-            self._ups.trip.GetTrip, trip_pb2.GetTripRequest(trip_id=trip_id)
-        )
+        if "trip" in payload.DESCRIPTOR.fields_by_name and payload.HasField("trip"):
+            trip: trip_pb2.Trip = payload.trip
+        else:
+            trip_id = getattr(payload, "trip_id", "") or envelope.aggregate_id
+            trip = await self._trip.GetTrip(trip_pb2.GetTripRequest(trip_id=trip_id))
         for conn in targets:
             # Only the trip's own parties: an offered-but-declined driver is not one.
             if conn.principal.sub in (trip.rider_id, trip.driver_id):
                 self._send_trip(conn, trip, envelope.type)
 
     async def _push_offer(self, offer: trip_events.TripOffered) -> None:
-        frame = offer_frame(offer)
+        frame = wire.offer_frame(offer)
         ttl_ms = offer.expires_at.ToMilliseconds() - time.time_ns() // 1_000_000
         if ttl_ms > 0:
             try:
@@ -357,7 +310,7 @@ class LiveHub:
         for conn in self.connections(offer.driver_id):
             conn.send(frame)
 
-    # -- driver position streams for riders -------------------------------------------------
+    # -- driver positions for riders ----------------------------------------------------------
 
     def _watch(self, conn: Connection, driver_id: str) -> None:
         if self._watch_of.get(conn) == driver_id:
@@ -367,7 +320,7 @@ class LiveHub:
         if watch is None:
             watch = self._watches[driver_id] = _Watch(driver_id)
             if self._tasks is not None:
-                watch.task = self._tasks.create_task(self._watch_loop(watch))
+                watch.task = self._tasks.create_task(self._follow(watch))
         watch.conns.add(conn)
         self._watch_of[conn] = driver_id
         if watch.last is not None:
@@ -386,18 +339,43 @@ class LiveHub:
             if watch.task is not None:
                 watch.task.cancel()
 
-    async def _watch_loop(self, watch: _Watch) -> None:
-        request = location_pb2.WatchDriverRequest(driver_id=watch.driver_id)
-        while True:
+    async def _follow(self, watch: _Watch) -> None:
+        """Feed ``watch`` from NATS until cancelled (its last socket left). Subscribed before
+        the snapshot is read, so no position falls between the two; neither goes back in
+        time."""
+        try:
+            subject = events.location_driver_subject(watch.driver_id)
+        except ValueError:
+            return  # not an id the location service publishes under
+
+        async def on_position(msg: Msg) -> None:
             try:
-                call = self._ups.location.WatchDriver(request, timeout=WATCH_TIMEOUT_S)
-                async for position in call:
-                    text = position_frame(position)
-                    watch.last = text
-                    for conn in tuple(watch.conns):
-                        conn.send_text(text, droppable=True)
-            except grpc.aio.AioRpcError as exc:
-                logger.info("WatchDriver %s ended: %s", watch.driver_id, exc.code().name)
+                position = location_pb2.DriverPosition.FromString(msg.data)
+            except Exception:
+                logger.warning("undecodable position on %s", msg.subject)
+                return
+            self._deliver(watch, position)
+
+        sub = await self._nc.subscribe(subject, cb=on_position, pending_msgs_limit=WATCH_PENDING)
+        try:
+            try:
+                snapshot = await self._location.GetPosition(
+                    location_pb2.GetPositionRequest(driver_id=watch.driver_id)
+                )
             except ApiError as exc:
-                logger.info("WatchDriver %s: %s", watch.driver_id, exc.message)
-            await asyncio.sleep(1.0)
+                if exc.status != 404:  # no position yet is normal; the live ones follow
+                    logger.info("snapshot of driver %s: %s", watch.driver_id, exc.message)
+            else:
+                self._deliver(watch, snapshot)
+            await asyncio.Event().wait()  # until cancelled
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    def _deliver(self, watch: _Watch, position: location_pb2.DriverPosition) -> None:
+        if position.client_ts_ms <= watch.last_ts_ms:
+            return
+        watch.last_ts_ms = position.client_ts_ms
+        watch.last = text = wire.position_frame(position)
+        for conn in tuple(watch.conns):
+            conn.send_text(text, droppable=True)

@@ -12,18 +12,16 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edge.auth import AuthError, decode_token
+from edge.context import EdgeContext
 from edge.errors import error_body
 from edge.metrics import HTTP_REQUESTS, HTTP_SECONDS, RATE_LIMITED
 from edge.ratelimit import Bucket, retry_after_header
 from rideshare.log import new_request_id, request_id_var
-
-if TYPE_CHECKING:
-    from edge.app import EdgeContext
 
 __all__ = ["EdgeMiddleware"]
 

@@ -295,21 +295,33 @@ class TripsOut(BaseModel):
 
 
 class TripSummaryOut(BaseModel):
-    trip_id: str
+    """One trip in a list: the same shape for riders and drivers."""
+
+    id: str = Field(description="The trip's id; GET /v1/trips/{id} has the whole trip.")
     state: TripStateName | None
     pickup: LatLng
     dropoff: LatLng
-    fare: Money | None
-    driver_id: str | None
+    fare: Money | None = Field(
+        description=(
+            "What the trip costs the rider: the quoted price while it is live, the final fare "
+            "once completed, the cancellation fee of a cancelled trip; null when nothing is "
+            "charged (cancelled without a fee, or no driver found)."
+        )
+    )
+    driver_id: str | None = Field(description="The driver who took the trip; null if none did.")
     vehicle_class: VehicleClassName | None
     requested_at: datetime | None
-    completed_at: datetime | None
-    ended_at: datetime | None
+    completed_at: datetime | None = Field(description="Set when state is completed.")
+    ended_at: datetime | None = Field(
+        description="When the trip ended without completing (cancelled or no_drivers)."
+    )
 
 
 class TripSummariesOut(BaseModel):
-    trips: list[TripSummaryOut]
-    next_page_token: str | None
+    trips: list[TripSummaryOut] = Field(description="Newest first.")
+    next_page_token: str | None = Field(
+        description="Pass as page_token for the next page; null on the last page."
+    )
 
 
 class NotificationOut(BaseModel):

@@ -59,8 +59,6 @@ class PositionBatcher:
         self._backoff_s = backoff_s
         self._buffer: deque[location_pb2.PositionUpdate] = deque(maxlen=max_buffer)
         self._wake = asyncio.Event()
-        self.sent = 0
-        self.connected = False
 
     def add(self, update: location_pb2.PositionUpdate) -> None:
         if len(self._buffer) == self._buffer.maxlen:
@@ -75,14 +73,11 @@ class PositionBatcher:
                 try:
                     call = await self._one_stream(stop)
                 except grpc.aio.AioRpcError as exc:
-                    self.connected = False
                     logger.warning("ReportPositions stream failed: %s", exc.code().name)
                 except asyncio.InvalidStateError:
                     # A write after the server ended the call: location went away mid-stream.
-                    self.connected = False
                     logger.warning("ReportPositions stream ended by the location service")
                 except Exception:
-                    self.connected = False
                     logger.exception("ReportPositions stream failed unexpectedly")
                 else:
                     # The next stream opens at once; this one's summary is awaited aside, so
@@ -110,8 +105,6 @@ class PositionBatcher:
                     continue
                 batch = self._take()
                 await call.write(location_pb2.PositionBatch(updates=batch))
-                self.connected = True
-                self.sent += len(batch)
                 POSITIONS_FORWARDED.inc(len(batch))
                 if len(self._buffer) < MAX_BATCH:
                     # Let updates gather for a few ms: one message per flush, not per update.

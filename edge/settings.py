@@ -21,11 +21,16 @@ from rideshare.settings import (
     load_infra_urls,
 )
 
-__all__ = ["UPSTREAM_NAMES", "EdgeSettings", "load_jwt_secret"]
+__all__ = ["UPSTREAM_NAMES", "EdgeSettings", "default_upstreams", "load_jwt_secret"]
 
 UPSTREAM_NAMES = ("rider", "driver", "trip", "location", "notification")
 JWT_SECRET_FILE = "jwt-secret"
 MIN_SECRET_LEN = 32
+
+
+def default_upstreams() -> dict[str, str]:
+    """Every upstream service at its default local address."""
+    return {name: f"127.0.0.1:{SERVICE_PORTS[name][0]}" for name in UPSTREAM_NAMES}
 
 
 @dataclass(frozen=True)
@@ -34,7 +39,8 @@ class EdgeSettings:
 
     infra: InfraUrls
     jwt_secret: str = field(repr=False)
-    upstreams: Mapping[str, str] = field(default_factory=dict)  # name -> host:port
+    # name -> host:port of every service in UPSTREAM_NAMES; one left out is at its default
+    upstreams: Mapping[str, str] = field(default_factory=default_upstreams)
     host: str = "127.0.0.1"
     port: int = EDGE_PORT
     log_level: str = "INFO"
@@ -58,6 +64,12 @@ class EdgeSettings:
     position_flush_s: float = 0.005
     position_buffer: int = 100_000
 
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.upstreams) - set(UPSTREAM_NAMES))
+        if unknown:
+            raise SettingsError(f"upstreams names unknown services {unknown}")
+        object.__setattr__(self, "upstreams", {**default_upstreams(), **self.upstreams})
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> EdgeSettings:
         """Read every setting; a bad value raises SettingsError naming the variable."""
@@ -67,13 +79,10 @@ class EdgeSettings:
             raise SettingsError(
                 f"RIDESHARE_JWT_SECRET is {len(secret)} characters; use at least {MIN_SECRET_LEN}"
             )
-        names = env_str("RIDESHARE_EDGE_UPSTREAMS", ",".join(UPSTREAM_NAMES), env=env)
-        upstreams = {}
-        for name in (n.strip() for n in names.split(",") if n.strip()):
-            if name not in UPSTREAM_NAMES:
-                raise SettingsError(f"RIDESHARE_EDGE_UPSTREAMS names unknown service {name!r}")
-            default = f"127.0.0.1:{SERVICE_PORTS[name][0]}"
-            upstreams[name] = env_str(f"RIDESHARE_{name.upper()}_ADDR", default, env=env)
+        upstreams = {
+            name: env_str(f"RIDESHARE_{name.upper()}_ADDR", default, env=env)
+            for name, default in default_upstreams().items()
+        }
         return cls(
             infra=load_infra_urls(data_dir, env=env),
             jwt_secret=secret or load_jwt_secret(data_dir),

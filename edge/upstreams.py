@@ -1,4 +1,5 @@
-"""One gRPC channel per upstream service, each behind a small circuit breaker.
+"""One typed client per upstream service: its stub, whose every unary call goes through that
+service's small circuit breaker and deadlines.
 
 Deadlines fit the work: a call gets ``timeout_s`` unless :data:`EXPENSIVE` names its method
 (signups and logins, which wait their turn for the password KDF), which get
@@ -27,15 +28,16 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar, cast
 
 import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edge.errors import ApiError, from_grpc
+from edge.settings import UPSTREAM_NAMES
 from protos.driver.v1 import driver_pb2_grpc
 from protos.location.v1 import location_pb2_grpc
 from protos.notification.v1 import notification_pb2_grpc
@@ -43,7 +45,19 @@ from protos.rider.v1 import rider_pb2_grpc
 from protos.trip.v1 import trip_pb2_grpc
 from rideshare.grpc_client import make_channel
 
-__all__ = ["EXPENSIVE", "CircuitBreaker", "Outcome", "Upstream", "Upstreams", "outcome_of"]
+__all__ = [
+    "EXPENSIVE",
+    "CircuitBreaker",
+    "DriverStub",
+    "LocationStub",
+    "NotificationStub",
+    "Outcome",
+    "RiderStub",
+    "TripStub",
+    "Upstream",
+    "Upstreams",
+    "outcome_of",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +176,9 @@ class CircuitBreaker:
 
 
 class Upstream:
-    """A channel to one service, its breaker, and a way to call it."""
+    """A channel to one service and its breaker: :attr:`Upstreams` hands out the service's
+    stub built over :class:`_GuardedChannel`, so every unary call of that stub goes through
+    this breaker and no other."""
 
     def __init__(
         self,
@@ -184,8 +200,6 @@ class Upstream:
         )
         self.breaker = CircuitBreaker(failures=failures, reset_s=reset_s)
         self._health = health_pb2_grpc.HealthStub(self.channel)
-        # ids of the stub's multicallables for EXPENSIVE methods (Upstreams fills it in)
-        self.expensive: frozenset[int] = frozenset()
 
     def check(self) -> None:
         """Raises 503 at once while the breaker is open."""
@@ -202,6 +216,7 @@ class Upstream:
         method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp],
         request: Req,
         *,
+        expensive: bool,
         timeout: float | None = None,  # noqa: ASYNC109 - a gRPC deadline, not a wait
     ) -> Resp:
         """``method(request)`` through the breaker; a gRPC error becomes an ApiError."""
@@ -209,7 +224,7 @@ class Upstream:
         try:
             response = await method(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
-            outcome = outcome_of(exc.code(), expensive=id(method) in self.expensive)
+            outcome = outcome_of(exc.code(), expensive=expensive)
             self._count(outcome)
             if outcome is Outcome.BROKEN:
                 logger.warning("%s call failed: %s", self.name, exc.code().name)
@@ -241,8 +256,65 @@ class Upstream:
         await self.channel.close(None)
 
 
+class _GuardedUnary:
+    """One unary method of a stub, called through its upstream's breaker: awaiting
+    ``stub.GetTrip(request)`` gives the reply or raises an ApiError."""
+
+    __slots__ = ("_expensive", "_method", "_upstream")
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        method: grpc.aio.UnaryUnaryMultiCallable[Any, Any],
+        *,
+        expensive: bool,
+    ) -> None:
+        self._upstream = upstream
+        self._method = method
+        self._expensive = expensive
+
+    def __call__(
+        self,
+        request: Any,
+        *,
+        timeout: float | None = None,
+    ) -> Awaitable[Any]:
+        return self._upstream.call(
+            self._method, request, expensive=self._expensive, timeout=timeout
+        )
+
+
+class _GuardedChannel:
+    """What a generated stub asks of its channel, answered by the upstream's real channel:
+    unary methods come back wrapped in the upstream's breaker (:class:`_GuardedUnary`), so a
+    stub cannot be called around it or through another service's breaker. Streams are the
+    channel's own: they are long-lived, and their ends are handled where they are used."""
+
+    def __init__(self, upstream: Upstream) -> None:
+        self._upstream = upstream
+        self._expensive = frozenset("/" + m for m in EXPENSIVE.get(upstream.name, ()))
+
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> _GuardedUnary:
+        inner = self._upstream.channel.unary_unary(method, *args, **kwargs)
+        return _GuardedUnary(self._upstream, inner, expensive=method in self._expensive)
+
+    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._upstream.channel.unary_stream(method, *args, **kwargs)
+
+    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._upstream.channel.stream_unary(method, *args, **kwargs)
+
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._upstream.channel.stream_stream(method, *args, **kwargs)
+
+
+Stub = TypeVar("Stub")
+
+
 class Upstreams:
-    """The edge's clients: ``ups.trip_stub.GetTrip`` called through ``ups.get("trip")``."""
+    """The edge's five clients, each a typed stub whose unary calls go through that service's
+    breaker and deadlines: ``await ups.trip.GetTrip(request)``. Every service is always
+    there (a service that is down answers 503 through its breaker, like any outage)."""
 
     def __init__(
         self,
@@ -253,65 +325,30 @@ class Upstreams:
         failures: int = 5,
         reset_s: float = 5.0,
     ) -> None:
-        self.by_name = {
-            name: Upstream(
+        missing = [n for n in UPSTREAM_NAMES if n not in targets]
+        if missing:
+            raise ValueError(f"no address for the upstream services {', '.join(missing)}")
+        self.by_name: dict[str, Upstream] = {}
+
+        def client(name: str, stub: Callable[[grpc.aio.Channel], Stub]) -> Stub:
+            upstream = self.by_name[name] = Upstream(
                 name,
-                target,
+                targets[name],
                 timeout_s=timeout_s,
                 expensive_timeout_s=expensive_timeout_s,
                 failures=failures,
                 reset_s=reset_s,
             )
-            for name, target in targets.items()
-        }
+            # The stub only calls the channel's four method factories (see _GuardedChannel).
+            return stub(cast(grpc.aio.Channel, _GuardedChannel(upstream)))
 
-        factories: dict[str, Any] = {
-            "rider": rider_pb2_grpc.RiderServiceStub,
-            "driver": driver_pb2_grpc.DriverServiceStub,
-            "trip": trip_pb2_grpc.TripServiceStub,
-            "location": location_pb2_grpc.LocationServiceStub,
-            "notification": notification_pb2_grpc.NotificationServiceStub,
-        }
-        self._stubs: dict[str, Any] = {
-            name: factories[name](up.channel) for name, up in self.by_name.items()
-        }
-        # A stub keeps one multicallable per method for its life: the edge calls exactly
-        # these objects, so their ids tell an expensive call from a cheap one.
-        for name, up in self.by_name.items():
-            up.expensive = frozenset(
-                id(getattr(self._stubs[name], full.rpartition("/")[2]))
-                for full in EXPENSIVE.get(name, ())
-            )
-
-    def get(self, name: str) -> Upstream:
-        try:
-            return self.by_name[name]
-        except KeyError:
-            raise ApiError(503, "unavailable", f"{name} service is not configured") from None
-
-    def _stub(self, name: str) -> Any:
-        self.get(name)
-        return self._stubs[name]
-
-    @property
-    def rider(self) -> RiderStub:
-        return self._stub("rider")  # type: ignore[no-any-return]
-
-    @property
-    def driver(self) -> DriverStub:
-        return self._stub("driver")  # type: ignore[no-any-return]
-
-    @property
-    def trip(self) -> TripStub:
-        return self._stub("trip")  # type: ignore[no-any-return]
-
-    @property
-    def location(self) -> LocationStub:
-        return self._stub("location")  # type: ignore[no-any-return]
-
-    @property
-    def notification(self) -> NotificationStub:
-        return self._stub("notification")  # type: ignore[no-any-return]
+        self.rider: RiderStub = client("rider", rider_pb2_grpc.RiderServiceStub)
+        self.driver: DriverStub = client("driver", driver_pb2_grpc.DriverServiceStub)
+        self.trip: TripStub = client("trip", trip_pb2_grpc.TripServiceStub)
+        self.location: LocationStub = client("location", location_pb2_grpc.LocationServiceStub)
+        self.notification: NotificationStub = client(
+            "notification", notification_pb2_grpc.NotificationServiceStub
+        )
 
     async def health(self) -> dict[str, dict[str, Any]]:
         """Per upstream: whether it answers SERVING and its breaker state."""

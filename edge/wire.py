@@ -1,4 +1,4 @@
-"""WebSocket message formats of the edge, and their parsing. Pure: no I/O.
+"""WebSocket message formats of the edge: every frame is built and parsed here. Pure: no I/O.
 
 Every message is one JSON object (a text frame) with a ``"type"``.
 
@@ -9,8 +9,10 @@ Client -> edge (both sockets)
 Driver app -> edge (/v1/ws/driver)
   {"type": "position", "lat": 52.52, "lng": 13.40, "heading": 90.0, "speed_mps": 8.3,
    "accuracy_m": 5.0, "ts_ms": 1760000000000}
-      lat/lng required; heading [0, 360), speed_mps >= 0, accuracy_m >= 0 default 0;
-      ts_ms (fix time, ms since the epoch) defaults to the edge's receive time.
+      lat/lng required (lat within +-85.05112878: Redis GEO's range); heading [0, 360),
+      speed_mps >= 0, accuracy_m >= 0 default 0; ts_ms (fix time, ms since the epoch, at most
+      30 s ahead) defaults to the edge's receive time. The rule is rideshare/geo.py's, the
+      location service's own.
 
 Edge -> driver app
   {"type": "offer", "trip_id", "offer_id", "rider_id", "pickup": {"lat","lng"}, "dropoff",
@@ -45,15 +47,31 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from edge import convert
+from protos.location.v1 import location_pb2
+from protos.notification.v1 import notification_pb2
+from protos.trip.v1 import events_pb2 as trip_events
+from protos.trip.v1 import trip_pb2
+from rideshare import geo
+
 __all__ = [
     "FrameError",
     "Position",
     "error_frame",
+    "notification_frame",
+    "offer_ended_frame",
+    "offer_frame",
     "parse_frame",
     "parse_position",
+    "ping_frame",
+    "position_frame",
+    "trip_frame",
 ]
 
-MAX_FUTURE_MS = 30_000
+_OFFER_END_REASONS = {
+    value: name.removeprefix("OFFER_END_REASON_").lower()
+    for name, value in trip_events.OfferEndReason.items()
+}
 
 
 class FrameError(ValueError):
@@ -75,8 +93,82 @@ class Position:
     ts_ms: int
 
 
+# -- edge -> app ------------------------------------------------------------------------------
+
+
 def error_frame(code: str, message: str) -> dict[str, Any]:
     return {"type": "error", "code": code, "message": message}
+
+
+def ping_frame(now_ms: int) -> str:
+    """The heartbeat, already encoded: one text is sent to every socket of a ping slot."""
+    return json.dumps({"type": "ping", "ts_ms": now_ms})
+
+
+def offer_frame(o: trip_events.TripOffered) -> dict[str, Any]:
+    """An offer for the driver app, from the trip.offered event."""
+    expires = o.expires_at.ToDatetime() if o.HasField("expires_at") else None
+    return {
+        "type": "offer",
+        "trip_id": o.trip_id,
+        "offer_id": o.offer_id,
+        "rider_id": o.rider_id,
+        "pickup": {"lat": o.pickup.lat, "lng": o.pickup.lng},
+        "dropoff": {"lat": o.dropoff.lat, "lng": o.dropoff.lng},
+        "pickup_address": o.pickup_address or None,
+        "dropoff_address": o.dropoff_address or None,
+        "vehicle_class": convert.vehicle_class_name(o.vehicle_class),
+        "fare": {"amount_minor": o.fare.amount_minor, "currency": o.fare.currency},
+        "distance_to_pickup_m": o.distance_to_pickup_m,
+        "attempt": o.attempt,
+        "expires_at": expires.isoformat() + "Z" if expires else None,
+        "expires_at_ms": o.expires_at.ToMilliseconds() if o.HasField("expires_at") else None,
+    }
+
+
+def offer_ended_frame(e: trip_events.TripOfferEnded) -> dict[str, Any]:
+    return {
+        "type": "offer_ended",
+        "trip_id": e.trip_id,
+        "offer_id": e.offer_id,
+        "reason": _OFFER_END_REASONS.get(e.reason, "unspecified"),
+    }
+
+
+def trip_frame(trip: trip_pb2.Trip, event: str, *, rider: bool) -> dict[str, Any]:
+    """A trip update; a rider never sees the pending offer."""
+    return {
+        "type": "trip",
+        "event": event,
+        "trip": convert.trip_out(trip, show_offer=not rider).model_dump(mode="json"),
+    }
+
+
+def notification_frame(n: notification_pb2.Notification) -> dict[str, Any]:
+    return {
+        "type": "notification",
+        "notification": convert.notification_out(n).model_dump(mode="json"),
+    }
+
+
+def position_frame(p: location_pb2.DriverPosition) -> str:
+    """The driver's position for the rider app, already encoded: one text feeds every socket
+    that watches the driver."""
+    return json.dumps(
+        {
+            "type": "driver_position",
+            "driver_id": p.driver_id,
+            "lat": p.lat,
+            "lng": p.lng,
+            "heading": p.heading,
+            "speed_mps": p.speed_mps,
+            "ts_ms": p.client_ts_ms,
+        },
+        separators=(",", ":"),
+    )
+
+
+# -- app -> edge ------------------------------------------------------------------------------
 
 
 def parse_frame(text: str | bytes, *, max_bytes: int) -> dict[str, Any]:
@@ -102,21 +194,15 @@ def _number(frame: dict[str, Any], key: str, default: float | None) -> float:
 
 
 def parse_position(frame: dict[str, Any], *, now_ms: int) -> Position:
-    """A driver's position message, range-checked like the location service checks it."""
+    """A driver's position message, checked by the rule the location service applies
+    (:func:`rideshare.geo.check_position`)."""
     lat = _number(frame, "lat", None)
     lng = _number(frame, "lng", None)
     heading = _number(frame, "heading", 0.0)
     speed = _number(frame, "speed_mps", 0.0)
     accuracy = _number(frame, "accuracy_m", 0.0)
-    ts = _number(frame, "ts_ms", float(now_ms))
-    if not -90.0 <= lat <= 90.0:
-        raise FrameError("invalid_position", f"lat {lat} not in [-90, 90]")
-    if not -180.0 <= lng <= 180.0:
-        raise FrameError("invalid_position", f"lng {lng} not in [-180, 180]")
-    if not 0.0 <= heading < 360.0:
-        raise FrameError("invalid_position", f"heading {heading} not in [0, 360)")
-    if speed < 0.0 or accuracy < 0.0:
-        raise FrameError("invalid_position", "speed_mps and accuracy_m must be >= 0")
-    if ts <= 0 or ts > now_ms + MAX_FUTURE_MS:
-        raise FrameError("invalid_position", "ts_ms is missing or in the future")
-    return Position(lat, lng, heading, speed, accuracy, int(ts))
+    ts = int(_number(frame, "ts_ms", float(now_ms)))
+    problem = geo.check_position(lat, lng, heading, speed, accuracy, ts, now_ms=now_ms)
+    if problem is not None:
+        raise FrameError("invalid_position", problem[1])
+    return Position(lat, lng, heading, speed, accuracy, ts)

@@ -8,19 +8,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from edge import wire
 from edge.auth import AuthError, Principal, decode_token
+from edge.context import EdgeContext
 from edge.ratelimit import TokenBucket
 from edge.wsconn import Connection
 from protos.location.v1 import location_pb2
-
-if TYPE_CHECKING:
-    from edge.app import EdgeContext
 
 __all__ = ["router"]
 

@@ -7,6 +7,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from rideshare import geo
+
 __all__ = [
     "MAX_AREA_LIMIT",
     "MAX_RADIUS_M",
@@ -34,8 +36,7 @@ DEFAULT_SEARCH_LIMIT = 10
 MAX_AREA_LIMIT = 5_000
 DEFAULT_AREA_LIMIT = 1_000
 MAX_DRIVER_ID_LEN = 64
-# Redis GEO stores Web Mercator cells: it refuses latitudes beyond this (no city lies there).
-MAX_LAT = 85.05112878
+MAX_LAT = geo.MAX_LAT
 
 
 class LocationError(Exception):
@@ -155,27 +156,25 @@ def check_position(
 ) -> tuple[Reject, str] | None:
     """None when the update is well formed, else the reason and a readable detail.
 
-    Ordering against the stored position is not checked here: that needs the store.
+    The fix itself is checked by :func:`rideshare.geo.check_position`, the rule the edge
+    applies too. Ordering against the stored position is not checked here: that needs the
+    store.
     """
     if not driver_id or len(driver_id) > MAX_DRIVER_ID_LEN:
         return Reject.MISSING_DRIVER_ID, f"driver_id must be 1-{MAX_DRIVER_ID_LEN} characters"
-    # `not a <= x <= b` is also true for NaN, so finiteness comes for free.
-    if not -MAX_LAT <= lat <= MAX_LAT:
-        return Reject.INVALID_COORDINATES, f"lat {lat} not in [-{MAX_LAT}, {MAX_LAT}]"
-    if not -180.0 <= lng <= 180.0:
-        return Reject.INVALID_COORDINATES, f"lng {lng} not in [-180, 180]"
-    if not 0.0 <= heading < 360.0:
-        return Reject.INVALID_HEADING, f"heading {heading} not in [0, 360)"
-    if not 0.0 <= speed_mps < math.inf:
-        return Reject.INVALID_MOTION, f"speed_mps {speed_mps} must be finite and >= 0"
-    if not 0.0 <= accuracy_m < math.inf:
-        return Reject.INVALID_MOTION, f"accuracy_m {accuracy_m} must be finite and >= 0"
-    if client_ts_ms <= 0:
-        return Reject.INVALID_TIMESTAMP, "client_ts_ms is required"
-    if client_ts_ms > now_ms + max_future_ms:
-        ahead = (client_ts_ms - now_ms) / 1000
-        return Reject.INVALID_TIMESTAMP, f"client_ts_ms is {ahead:.1f}s in the future"
-    return None
+    problem = geo.check_position(
+        lat,
+        lng,
+        heading,
+        speed_mps,
+        accuracy_m,
+        client_ts_ms,
+        now_ms=now_ms,
+        max_future_ms=max_future_ms,
+    )
+    if problem is None:
+        return None
+    return Reject[problem[0].name], problem[1]
 
 
 def check_hold(driver_id: str, trip_id: str) -> None:

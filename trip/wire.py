@@ -234,19 +234,33 @@ def trip_to_proto(trip: Trip) -> trip_pb2.Trip:
 # --- event payloads ------------------------------------------------------------------------
 
 
+def _with_trip(subject: str, message: Any, trip: Trip) -> Event:
+    """``(subject, message)`` with the whole trip after the event in ``message.trip``, when
+    ``trip`` carries its whole history (loaded with it, or new): a consumer showing the trip
+    then need not read it back. Dispatch loads trips without history, so its events leave
+    ``trip`` unset rather than carry a trip that GetTrip would show differently."""
+    if trip.history and trip.history[0].from_state is None:
+        message.trip.CopyFrom(trip_to_proto(trip))
+    return subject, message
+
+
 def requested(trip: Trip) -> Event:
-    return subjects.TRIP_REQUESTED, events_pb2.TripRequested(
-        trip_id=trip.id,
-        rider_id=trip.rider_id,
-        quote_id=trip.quote_id,
-        vehicle_class=vehicle_class_to_proto(trip.vehicle_class),
-        pickup=_latlng(trip.pickup),
-        dropoff=_latlng(trip.dropoff),
-        pickup_address=trip.pickup_address,
-        dropoff_address=trip.dropoff_address,
-        fare=_money(trip.quoted_fare),
-        surge_multiplier=trip.surge_multiplier,
-        requested_at=_ts(trip.requested_at),
+    return _with_trip(
+        subjects.TRIP_REQUESTED,
+        events_pb2.TripRequested(
+            trip_id=trip.id,
+            rider_id=trip.rider_id,
+            quote_id=trip.quote_id,
+            vehicle_class=vehicle_class_to_proto(trip.vehicle_class),
+            pickup=_latlng(trip.pickup),
+            dropoff=_latlng(trip.dropoff),
+            pickup_address=trip.pickup_address,
+            dropoff_address=trip.dropoff_address,
+            fare=_money(trip.quoted_fare),
+            surge_multiplier=trip.surge_multiplier,
+            requested_at=_ts(trip.requested_at),
+        ),
+        trip,
     )
 
 
@@ -271,6 +285,7 @@ def offered(trip: Trip, *, distance_to_pickup_m: float) -> Event:
 
 
 def offer_ended(trip: Trip, offer: Offer, reason: events_pb2.OfferEndReason.ValueType) -> Event:
+    # ``trip`` is the trip before the offer ended: it is not attached (consumers read it).
     return subjects.TRIP_OFFER_ENDED, events_pb2.TripOfferEnded(
         trip_id=trip.id,
         offer_id=offer.offer_id,
@@ -282,15 +297,19 @@ def offer_ended(trip: Trip, offer: Offer, reason: events_pb2.OfferEndReason.Valu
 
 def accepted(trip: Trip, *, offer_id: str) -> Event:
     assert trip.driver_id is not None and trip.accepted_at is not None
-    return subjects.TRIP_ACCEPTED, events_pb2.TripAccepted(
-        trip_id=trip.id,
-        rider_id=trip.rider_id,
-        driver_id=trip.driver_id,
-        offer_id=offer_id,
-        vehicle_class=vehicle_class_to_proto(trip.vehicle_class),
-        pickup=_latlng(trip.pickup),
-        pickup_address=trip.pickup_address,
-        accepted_at=_ts(trip.accepted_at),
+    return _with_trip(
+        subjects.TRIP_ACCEPTED,
+        events_pb2.TripAccepted(
+            trip_id=trip.id,
+            rider_id=trip.rider_id,
+            driver_id=trip.driver_id,
+            offer_id=offer_id,
+            vehicle_class=vehicle_class_to_proto(trip.vehicle_class),
+            pickup=_latlng(trip.pickup),
+            pickup_address=trip.pickup_address,
+            accepted_at=_ts(trip.accepted_at),
+        ),
+        trip,
     )
 
 
@@ -299,35 +318,47 @@ def driver_cancelled(
 ) -> Event:
     """trip.driver_cancelled: the driver left the trip, or (``rule`` set) the system took it
     from them."""
-    return subjects.TRIP_DRIVER_CANCELLED, events_pb2.TripDriverCancelled(
-        trip_id=after.id,
-        rider_id=after.rider_id,
-        driver_id=before.driver_id or "",
-        reason=reason,
-        from_state=state_to_proto(before.state),
-        cancelled_at=_ts(at),
-        liveness_rule=liveness_rule_to_proto(rule),
+    return _with_trip(
+        subjects.TRIP_DRIVER_CANCELLED,
+        events_pb2.TripDriverCancelled(
+            trip_id=after.id,
+            rider_id=after.rider_id,
+            driver_id=before.driver_id or "",
+            reason=reason,
+            from_state=state_to_proto(before.state),
+            cancelled_at=_ts(at),
+            liveness_rule=liveness_rule_to_proto(rule),
+        ),
+        after,
     )
 
 
 def arrived(trip: Trip) -> Event:
     assert trip.arrived_at is not None
-    return subjects.TRIP_ARRIVED, events_pb2.TripArrived(
-        trip_id=trip.id,
-        rider_id=trip.rider_id,
-        driver_id=trip.driver_id or "",
-        pickup=_latlng(trip.pickup),
-        arrived_at=_ts(trip.arrived_at),
+    return _with_trip(
+        subjects.TRIP_ARRIVED,
+        events_pb2.TripArrived(
+            trip_id=trip.id,
+            rider_id=trip.rider_id,
+            driver_id=trip.driver_id or "",
+            pickup=_latlng(trip.pickup),
+            arrived_at=_ts(trip.arrived_at),
+        ),
+        trip,
     )
 
 
 def started(trip: Trip) -> Event:
     assert trip.started_at is not None
-    return subjects.TRIP_STARTED, events_pb2.TripStarted(
-        trip_id=trip.id,
-        rider_id=trip.rider_id,
-        driver_id=trip.driver_id or "",
-        started_at=_ts(trip.started_at),
+    return _with_trip(
+        subjects.TRIP_STARTED,
+        events_pb2.TripStarted(
+            trip_id=trip.id,
+            rider_id=trip.rider_id,
+            driver_id=trip.driver_id or "",
+            started_at=_ts(trip.started_at),
+        ),
+        trip,
     )
 
 
@@ -336,23 +367,27 @@ def completed(
 ) -> Event:
     """trip.completed: by the driver, or by SYSTEM (``rule`` and ``reason`` say why)."""
     assert trip.completed_at is not None and trip.final_fare is not None
-    return subjects.TRIP_COMPLETED, events_pb2.TripCompleted(
-        trip_id=trip.id,
-        rider_id=trip.rider_id,
-        driver_id=trip.driver_id or "",
-        vehicle_class=vehicle_class_to_proto(trip.vehicle_class),
-        pickup=_latlng(trip.pickup),
-        dropoff=_latlng(trip.dropoff),
-        fare=_money(trip.final_fare),
-        quoted_fare=_money(trip.quoted_fare),
-        distance_m=trip.distance_m or 0,
-        duration_s=trip.duration_s or 0,
-        requested_at=_ts(trip.requested_at),
-        completed_at=_ts(trip.completed_at),
-        completed_by=actor_to_proto(by),
-        charge_basis=charge_basis_to_proto(trip.fare_basis),
-        liveness_rule=liveness_rule_to_proto(rule),
-        reason=reason,
+    return _with_trip(
+        subjects.TRIP_COMPLETED,
+        events_pb2.TripCompleted(
+            trip_id=trip.id,
+            rider_id=trip.rider_id,
+            driver_id=trip.driver_id or "",
+            vehicle_class=vehicle_class_to_proto(trip.vehicle_class),
+            pickup=_latlng(trip.pickup),
+            dropoff=_latlng(trip.dropoff),
+            fare=_money(trip.final_fare),
+            quoted_fare=_money(trip.quoted_fare),
+            distance_m=trip.distance_m or 0,
+            duration_s=trip.duration_s or 0,
+            requested_at=_ts(trip.requested_at),
+            completed_at=_ts(trip.completed_at),
+            completed_by=actor_to_proto(by),
+            charge_basis=charge_basis_to_proto(trip.fare_basis),
+            liveness_rule=liveness_rule_to_proto(rule),
+            reason=reason,
+        ),
+        trip,
     )
 
 
@@ -378,47 +413,59 @@ def cancelled(
         message.fee.CopyFrom(_money(after.cancellation_fee))
     message.from_state = state_to_proto(before.state)
     message.liveness_rule = liveness_rule_to_proto(rule)
-    return subjects.TRIP_CANCELLED, message
+    return _with_trip(subjects.TRIP_CANCELLED, message, after)
 
 
 def no_drivers(trip: Trip, *, max_radius_m: float, rule: LivenessRule | None = None) -> Event:
     """trip.no_drivers; its reason is the last history record's (``exhaust``'s)."""
     assert trip.ended_at is not None
-    return subjects.TRIP_NO_DRIVERS, events_pb2.TripNoDrivers(
-        trip_id=trip.id,
-        rider_id=trip.rider_id,
-        pickup=_latlng(trip.pickup),
-        dropoff=_latlng(trip.dropoff),
-        offers_made=trip.offer_attempts,
-        max_radius_m=max_radius_m,
-        requested_at=_ts(trip.requested_at),
-        ended_at=_ts(trip.ended_at),
-        reason=trip.history[-1].reason if trip.history else "",
-        liveness_rule=liveness_rule_to_proto(rule),
+    return _with_trip(
+        subjects.TRIP_NO_DRIVERS,
+        events_pb2.TripNoDrivers(
+            trip_id=trip.id,
+            rider_id=trip.rider_id,
+            pickup=_latlng(trip.pickup),
+            dropoff=_latlng(trip.dropoff),
+            offers_made=trip.offer_attempts,
+            max_radius_m=max_radius_m,
+            requested_at=_ts(trip.requested_at),
+            ended_at=_ts(trip.ended_at),
+            reason=trip.history[-1].reason if trip.history else "",
+            liveness_rule=liveness_rule_to_proto(rule),
+        ),
+        trip,
     )
 
 
 def flagged(trip: Trip, *, rule: LivenessRule, silent_since: datetime) -> Event:
     """trip.flagged: the ride needs an operator's eye; it goes on."""
     assert trip.flagged_at is not None
-    return subjects.TRIP_FLAGGED, events_pb2.TripFlagged(
-        trip_id=trip.id,
-        rider_id=trip.rider_id,
-        driver_id=trip.driver_id or "",
-        liveness_rule=liveness_rule_to_proto(rule),
-        reason=trip.flag_reason,
-        silent_since=_ts(silent_since),
-        flagged_at=_ts(trip.flagged_at),
+    return _with_trip(
+        subjects.TRIP_FLAGGED,
+        events_pb2.TripFlagged(
+            trip_id=trip.id,
+            rider_id=trip.rider_id,
+            driver_id=trip.driver_id or "",
+            liveness_rule=liveness_rule_to_proto(rule),
+            reason=trip.flag_reason,
+            silent_since=_ts(silent_since),
+            flagged_at=_ts(trip.flagged_at),
+        ),
+        trip,
     )
 
 
 def rated(trip: Trip, *, side: Actor, rater_id: str, stars: int, comment: str) -> Event:
     ratee = (trip.driver_id or "") if side is Actor.RIDER else trip.rider_id
-    return subjects.TRIP_RATED, events_pb2.TripRated(
-        trip_id=trip.id,
-        rater=actor_to_proto(side),
-        rater_id=rater_id,
-        ratee_id=ratee,
-        stars=stars,
-        comment=comment,
+    return _with_trip(
+        subjects.TRIP_RATED,
+        events_pb2.TripRated(
+            trip_id=trip.id,
+            rater=actor_to_proto(side),
+            rater_id=rater_id,
+            ratee_id=ratee,
+            stars=stars,
+            comment=comment,
+        ),
+        trip,
     )

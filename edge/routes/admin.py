@@ -19,7 +19,12 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=ERRORS)
 Bbox = Annotated[
     str,
     Query(
-        description="minLat,minLng,maxLat,maxLng (not crossing the antimeridian)",
+        description=(
+            "Bounding box: four decimal degrees separated by commas, "
+            "minLat,minLng,maxLat,maxLng (the south-west corner, then the north-east one); "
+            "latitudes within +-85.05112878, longitudes within +-180, not crossing the "
+            "antimeridian."
+        ),
         examples=["52.3,13.0,52.7,13.8"],
         max_length=200,
     ),
@@ -39,12 +44,16 @@ def parse_bbox(text: str) -> tuple[float, float, float, float]:
 
 @router.get("/drivers", response_model=DriversInAreaOut)
 async def drivers(
-    _: Admin, ctx: Ctx, bbox: Bbox, limit: Annotated[int, Query(ge=0, le=10_000)] = 0
+    _: Admin,
+    ctx: Ctx,
+    bbox: Bbox,
+    limit: Annotated[
+        int, Query(ge=0, le=10_000, description="At most this many drivers; 0 = the default.")
+    ] = 0,
 ) -> DriversInAreaOut:
     """Fresh positions of online drivers inside the box, with their availability."""
     min_lat, min_lng, max_lat, max_lng = parse_bbox(bbox)
-    reply = await ctx.upstreams.get("location").call(
-        ctx.upstreams.location.DriversInArea,
+    reply = await ctx.location.DriversInArea(
         location_pb2.DriversInAreaRequest(
             min_lat=min_lat, min_lng=min_lng, max_lat=max_lat, max_lng=max_lng, limit=limit
         ),
@@ -59,10 +68,27 @@ async def trips(
     _: Admin,
     ctx: Ctx,
     state: Annotated[
-        list[str] | None, Query(description="Trip states (repeat or comma-separate); default: all")
+        list[str] | None,
+        Query(
+            description=(
+                "Trip states, repeated (state=accepted&state=arrived) or comma-separated "
+                "(state=accepted,arrived): requested, dispatching, accepted, arrived, "
+                "in_progress, completed, cancelled, no_drivers, or live (the first five). "
+                "Default: every state."
+            )
+        ),
     ] = None,
-    page_size: Annotated[int, Query(ge=0, le=100)] = 50,
-    page_token: Annotated[str, Query(max_length=500, pattern=NO_NUL)] = "",
+    page_size: Annotated[
+        int, Query(ge=0, le=100, description="Trips per page, at most 100; 0 = the default.")
+    ] = 50,
+    page_token: Annotated[
+        str,
+        Query(
+            max_length=500,
+            pattern=NO_NUL,
+            description="next_page_token of the previous page; empty for the first page.",
+        ),
+    ] = "",
 ) -> TripsOut:
     """Trips by state, newest first."""
     states = []
@@ -75,8 +101,7 @@ async def trips(
                 states.append(convert.TRIP_STATES[name])
             elif name:
                 raise ApiError(422, "invalid_argument", f"unknown trip state {name!r}")
-    reply = await ctx.upstreams.get("trip").call(
-        ctx.upstreams.trip.ListTrips,
+    reply = await ctx.trip.ListTrips(
         trip_pb2.ListTripsRequest(states=states, page_size=page_size, page_token=page_token),  # type: ignore[arg-type]
     )
     return TripsOut(

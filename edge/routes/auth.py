@@ -21,7 +21,7 @@ async def create_rider(body: RiderSignupIn, ctx: Ctx) -> RiderOut:
     request = rider_pb2.CreateRiderRequest(name=body.name, phone=body.phone, password=body.password)
     if body.email is not None:
         request.email = body.email
-    rider = await ctx.upstreams.get("rider").call(ctx.upstreams.rider.CreateRider, request)
+    rider = await ctx.rider.CreateRider(request)
     return convert.rider_out(rider)
 
 
@@ -34,23 +34,20 @@ async def create_driver(body: DriverSignupIn, ctx: Ctx) -> DriverOut:
         password=body.password,
         license_number=body.license_number,
     )
-    driver = await ctx.upstreams.get("driver").call(ctx.upstreams.driver.CreateDriver, request)
+    driver = await ctx.driver.CreateDriver(request)
     return convert.driver_out(driver)
 
 
 @router.post("/auth/token", response_model=TokenOut)
 async def token(body: TokenIn, ctx: Ctx) -> TokenOut:
     """Exchange phone + password for a bearer token of the given role."""
-    ups = ctx.upstreams
     if body.role == "rider":
-        r = await ups.get("rider").call(
-            ups.rider.Authenticate,
+        r = await ctx.rider.Authenticate(
             rider_pb2.AuthenticateRequest(phone=body.phone, password=body.password),
         )
         user_id = r.rider_id
     else:
-        d = await ups.get("driver").call(
-            ups.driver.Authenticate,
+        d = await ctx.driver.Authenticate(
             driver_pb2.AuthenticateRequest(phone=body.phone, password=body.password),
         )
         user_id = d.driver_id

@@ -28,17 +28,14 @@ router = APIRouter(prefix="/v1/drivers/me", tags=["driver"], responses=ERRORS)
 @router.get("", response_model=DriverOut)
 async def me(driver: Driver, ctx: Ctx) -> DriverOut:
     """The calling driver with vehicles and status."""
-    d = await ctx.upstreams.get("driver").call(
-        ctx.upstreams.driver.GetDriver, driver_pb2.GetDriverRequest(driver_id=driver.sub)
-    )
+    d = await ctx.driver.GetDriver(driver_pb2.GetDriverRequest(driver_id=driver.sub))
     return convert.driver_out(d)
 
 
 @router.post("/vehicles", status_code=201, response_model=VehicleOut)
 async def add_vehicle(body: AddVehicleIn, driver: Driver, ctx: Ctx) -> VehicleOut:
     """Register a vehicle."""
-    v = await ctx.upstreams.get("driver").call(
-        ctx.upstreams.driver.AddVehicle,
+    v = await ctx.driver.AddVehicle(
         driver_pb2.AddVehicleRequest(
             driver_id=driver.sub,
             make=body.make,
@@ -63,17 +60,14 @@ async def go_online(
     driver: Driver, ctx: Ctx, body: Annotated[GoOnlineIn | None, Body()] = None
 ) -> DriverOut:
     """Go online with a vehicle (default: the newest) and become available for offers."""
-    ups = ctx.upstreams
     vehicle_id = body.vehicle_id if body is not None else None
     if vehicle_id is None:
-        d = await ups.get("driver").call(
-            ups.driver.GetDriver, driver_pb2.GetDriverRequest(driver_id=driver.sub)
-        )
+        d = await ctx.driver.GetDriver(driver_pb2.GetDriverRequest(driver_id=driver.sub))
         if not d.vehicles:
             raise ApiError(409, "failed_precondition", "register a vehicle first")
         vehicle_id = d.vehicles[-1].id
-    d = await ups.get("driver").call(
-        ups.driver.GoOnline, driver_pb2.GoOnlineRequest(driver_id=driver.sub, vehicle_id=vehicle_id)
+    d = await ctx.driver.GoOnline(
+        driver_pb2.GoOnlineRequest(driver_id=driver.sub, vehicle_id=vehicle_id)
     )
     return convert.driver_out(d)
 
@@ -81,9 +75,7 @@ async def go_online(
 @router.post("/offline", response_model=DriverOut)
 async def go_offline(driver: Driver, ctx: Ctx) -> DriverOut:
     """Stop receiving offers."""
-    d = await ctx.upstreams.get("driver").call(
-        ctx.upstreams.driver.GoOffline, driver_pb2.GoOfflineRequest(driver_id=driver.sub)
-    )
+    d = await ctx.driver.GoOffline(driver_pb2.GoOfflineRequest(driver_id=driver.sub))
     return convert.driver_out(d)
 
 
@@ -91,8 +83,7 @@ async def go_offline(driver: Driver, ctx: Ctx) -> DriverOut:
 async def report_position(body: PositionIn, driver: Driver, ctx: Ctx) -> PositionResultOut:
     """One position update (the WebSocket is the normal path for a stream of them)."""
     now_ms = time.time_ns() // 1_000_000
-    result = await ctx.upstreams.get("location").call(
-        ctx.upstreams.location.ReportPosition,
+    result = await ctx.location.ReportPosition(
         location_pb2.PositionUpdate(
             driver_id=driver.sub,
             lat=body.lat,

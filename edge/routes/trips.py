@@ -32,9 +32,7 @@ def _out(trip: trip_pb2.Trip, user: Principal) -> TripOut:
 
 async def _get_visible(ctx: Ctx, trip_id: str, user: Principal) -> trip_pb2.Trip:
     """The trip if ``user`` may see it; 404 otherwise (whether or not it exists)."""
-    trip = await ctx.upstreams.get("trip").call(
-        ctx.upstreams.trip.GetTrip, trip_pb2.GetTripRequest(trip_id=trip_id)
-    )
+    trip = await ctx.trip.GetTrip(trip_pb2.GetTripRequest(trip_id=trip_id))
     if user.role == "admin" or user.sub == trip.rider_id or user.sub == trip.driver_id:
         return trip
     if user.role == "driver" and trip.current_offer.driver_id == user.sub:
@@ -68,7 +66,7 @@ async def request_trip(
             request.pickup_address = body.pickup_address
         if body.dropoff_address is not None:
             request.dropoff_address = body.dropoff_address
-        trip = await ctx.upstreams.get("trip").call(ctx.upstreams.trip.RequestTrip, request)
+        trip = await ctx.trip.RequestTrip(request)
         return StoredResponse(201, _out(trip, rider).model_dump(mode="json"))
 
     if idempotency_key is None:
@@ -92,8 +90,7 @@ async def cancel_trip(
     trip_id: TripId, user: AnyUser, ctx: Ctx, body: Annotated[CancelIn | None, Body()] = None
 ) -> TripOut:
     """Cancel as the rider, the assigned driver (re-dispatches) or an admin."""
-    trip = await ctx.upstreams.get("trip").call(
-        ctx.upstreams.trip.CancelTrip,
+    trip = await ctx.trip.CancelTrip(
         trip_pb2.CancelTripRequest(
             trip_id=trip_id,
             actor=_ACTORS[user.role],
@@ -107,8 +104,7 @@ async def cancel_trip(
 @router.post("/{trip_id}/rating", response_model=TripOut)
 async def rate_trip(trip_id: TripId, body: RatingIn, user: RiderOrDriver, ctx: Ctx) -> TripOut:
     """Rate the other party of a completed trip, once per side."""
-    trip = await ctx.upstreams.get("trip").call(
-        ctx.upstreams.trip.RateTrip,
+    trip = await ctx.trip.RateTrip(
         trip_pb2.RateTripRequest(
             trip_id=trip_id,
             actor=_ACTORS[user.role],
@@ -135,8 +131,7 @@ async def accept_trip(
 ) -> TripOut:
     """Accept the pending offer (the offer id from the WebSocket offer frame)."""
     offer_id = await _offer_id(ctx, trip_id, driver, body)
-    trip = await ctx.upstreams.get("trip").call(
-        ctx.upstreams.trip.AcceptTrip,
+    trip = await ctx.trip.AcceptTrip(
         trip_pb2.AcceptTripRequest(trip_id=trip_id, driver_id=driver.sub, offer_id=offer_id),
     )
     return _out(trip, driver)
@@ -148,8 +143,7 @@ async def decline_trip(
 ) -> None:
     """Decline the pending offer; dispatch moves on."""
     offer_id = await _offer_id(ctx, trip_id, driver, body)
-    await ctx.upstreams.get("trip").call(
-        ctx.upstreams.trip.DeclineTrip,
+    await ctx.trip.DeclineTrip(
         trip_pb2.DeclineTripRequest(trip_id=trip_id, driver_id=driver.sub, offer_id=offer_id),
     )
 
@@ -157,8 +151,7 @@ async def decline_trip(
 @router.post("/{trip_id}/arrive", response_model=TripOut)
 async def arrive(trip_id: TripId, driver: Driver, ctx: Ctx) -> TripOut:
     """The assigned driver is at the pickup."""
-    trip = await ctx.upstreams.get("trip").call(
-        ctx.upstreams.trip.ArriveAtPickup,
+    trip = await ctx.trip.ArriveAtPickup(
         trip_pb2.ArriveAtPickupRequest(trip_id=trip_id, driver_id=driver.sub),
     )
     return _out(trip, driver)
@@ -167,8 +160,7 @@ async def arrive(trip_id: TripId, driver: Driver, ctx: Ctx) -> TripOut:
 @router.post("/{trip_id}/start", response_model=TripOut)
 async def start(trip_id: TripId, driver: Driver, ctx: Ctx) -> TripOut:
     """The rider is on board."""
-    trip = await ctx.upstreams.get("trip").call(
-        ctx.upstreams.trip.StartTrip,
+    trip = await ctx.trip.StartTrip(
         trip_pb2.StartTripRequest(trip_id=trip_id, driver_id=driver.sub),
     )
     return _out(trip, driver)
@@ -184,5 +176,5 @@ async def complete(
         request.distance_m = body.distance_m
     if body is not None and body.duration_s is not None:
         request.duration_s = body.duration_s
-    trip = await ctx.upstreams.get("trip").call(ctx.upstreams.trip.CompleteTrip, request)
+    trip = await ctx.trip.CompleteTrip(request)
     return _out(trip, driver)

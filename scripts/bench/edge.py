@@ -20,7 +20,8 @@ in this (lightly loaded) main process, which measures the latency.
    positions/s the edge forwarded to location (its /metrics), positions/s location applied
    (Redis ``PEXPIRE`` calls, one per applied update in its ingest script), the wall-clock
    delay from a pair driver's send (``ts_ms = time.time()``) to its rider's socket receiving
-   the position (p50/p99), and the CPU each process used during the phase.
+   the position (p50/p99), split at location's publish on NATS (this process subscribes to
+   the pair drivers' subjects too), and the CPU each process used during the phase.
 3. idle: the edge's RSS before and after opening ``--idle`` idle driver sockets.
 """
 
@@ -85,7 +86,6 @@ async def system(urls: InfraUrls) -> AsyncIterator[tuple[str, Supervisor]]:
         "RIDESHARE_SHUTDOWN_GRACE_S": "2",
         "RIDESHARE_DRIVER_STALE_S": "600",
         "RIDESHARE_OFFER_TIMEOUT_S": "60",
-        "RIDESHARE_EDGE_UPSTREAMS": ",".join(n for n in names if n != "edge"),
         "RIDESHARE_EDGE_PORT": str(ports["edge"]),
         "RIDESHARE_RATE_PER_IP": "1000000",
         "RIDESHARE_BURST_PER_IP": "1000000",
@@ -147,6 +147,11 @@ class Pair:
     rider_ws: ClientConnection | None = None
     latencies: list[float] = field(default_factory=list)
     published: list[float] = field(default_factory=list)  # send -> location's NATS publish
+    # ts_ms -> when this process saw it on NATS, and NATS -> rider socket per position: the
+    # edge's own part of the delay (the live path from NATS to the rider's socket)
+    seen_on_nats: dict[int, int] = field(default_factory=dict)
+    seen_on_socket: dict[int, int] = field(default_factory=dict)  # when the socket was first
+    after_nats: list[float] = field(default_factory=list)
     sent_at: list[float] = field(default_factory=list)  # wall clock of each latency sample
 
 
@@ -252,8 +257,14 @@ async def listen(pair: Pair, until: float, since_ms: int) -> None:
                     and frame["driver_id"] == pair.driver_id
                     and frame["ts_ms"] >= since_ms
                 ):
-                    pair.latencies.append(now_ms() - frame["ts_ms"])
+                    received = now_ms()
+                    pair.latencies.append(received - frame["ts_ms"])
                     pair.sent_at.append(frame["ts_ms"] / 1000)
+                    seen = pair.seen_on_nats.pop(frame["ts_ms"], None)
+                    if seen is not None:
+                        pair.after_nats.append(received - seen)
+                    else:  # this loop read the socket before its own NATS message
+                        pair.seen_on_socket[frame["ts_ms"]] = received
 
 
 async def drain(ws: ClientConnection) -> None:
@@ -499,7 +510,13 @@ async def phases(
         update = location_pb2.DriverPosition.FromString(msg.data)
         pair = watched.get(update.driver_id)
         if pair is not None and update.client_ts_ms >= start * 1000:
-            pair.published.append(now_ms() - update.client_ts_ms)
+            seen = now_ms()
+            pair.published.append(seen - update.client_ts_ms)
+            on_socket = pair.seen_on_socket.pop(update.client_ts_ms, None)
+            if on_socket is None:
+                pair.seen_on_nats[update.client_ts_ms] = seen
+            else:
+                pair.after_nats.append(max(0, on_socket - seen))
 
     for p in pairs:
         await nc.subscribe(events.location_driver_subject(p.driver_id), cb=on_position)
@@ -551,6 +568,10 @@ async def phases(
     print_delays(
         "  of which driver WS -> location's publish on NATS",
         [v for p in pairs for v in p.published],
+    )
+    print_delays(
+        "  and location's publish on NATS -> rider WS (the live path to the rider)",
+        [v for p in pairs for v in p.after_nats],
     )
     await nc.close()
     split_ = cpu_split(cpu0, cpu1, end - start)

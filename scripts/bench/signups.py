@@ -46,7 +46,6 @@ async def system(urls: InfraUrls) -> AsyncIterator[str]:
         "RIDESHARE_JWT_SECRET": SECRET,
         "RIDESHARE_LOG_LEVEL": "WARNING",
         "RIDESHARE_SHUTDOWN_GRACE_S": "2",
-        "RIDESHARE_EDGE_UPSTREAMS": "rider,driver",
         "RIDESHARE_EDGE_PORT": str(ports["edge"]),
         "RIDESHARE_RATE_PER_IP": "1000000",
         "RIDESHARE_BURST_PER_IP": "1000000",

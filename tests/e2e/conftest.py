@@ -60,7 +60,6 @@ async def stack(e2e_infra: InfraUrls, infra_dir: Path) -> AsyncIterator[Stack]:
         "RIDESHARE_JWT_SECRET": E2E_JWT_SECRET,
         "RIDESHARE_SHUTDOWN_GRACE_S": "1",
         "RIDESHARE_OFFER_TIMEOUT_S": "20",
-        "RIDESHARE_EDGE_UPSTREAMS": ",".join(n for n in names if n != "edge"),
         "RIDESHARE_EDGE_PORT": str(ports["edge"]),
         "RIDESHARE_RATE_PER_IP": "10000",
         "RIDESHARE_BURST_PER_IP": "10000",

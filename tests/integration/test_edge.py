@@ -363,6 +363,52 @@ async def test_riders_cannot_read_each_others_trips(system: System) -> None:
     assert admin.status_code == 200
 
 
+async def test_a_riders_history_shows_a_trip_at_once_and_its_end_with_no_fare(
+    system: System,
+) -> None:
+    # No driver is near: the trip is cancelled by the rider, or ends in no_drivers first.
+    _, token = await signup_rider(system)
+    async with system.client(token) as http:
+        quote = await _quote(http)
+        trip = await http.post(
+            "/v1/trips",
+            json={
+                "quote_id": quote["quote_id"],
+                "pickup": quote["pickup"],
+                "dropoff": quote["dropoff"],
+            },
+        )
+        assert trip.status_code == 201, trip.text
+        trip_id = trip.json()["id"]
+        booked = await http.get("/v1/me/trips")
+        cancel = await http.post(f"/v1/trips/{trip_id}/cancel", json={"reason": "changed plan"})
+        assert cancel.status_code in (200, 409), cancel.text
+        ended = cancel.json()["state"] if cancel.status_code == 200 else "no_drivers"
+        after_end = await http.get("/v1/me/trips")
+    assert booked.status_code == 200, booked.text
+    first = booked.json()["trips"][0]
+    assert first["id"] == trip_id
+    if first["state"] in ("requested", "dispatching"):
+        assert first["fare"] == quote["price"]
+    line = after_end.json()["trips"][0]
+    assert line["id"] == trip_id and line["state"] == ended
+    assert line["fare"] is None  # nothing charged: null, not a zero amount
+
+
+async def test_a_drivers_trips_have_the_riders_shape(system: System) -> None:
+    _, rider_token = await signup_rider(system)
+    _, driver_token = await signup_driver(system)
+    async with system.client(driver_token) as http:
+        driver_page = await http.get("/v1/me/trips")
+    async with system.client(rider_token) as http:
+        rider_page = await http.get("/v1/me/trips")
+        spec = (await http.get("/openapi.json")).json()
+    assert driver_page.status_code == rider_page.status_code == 200
+    assert set(driver_page.json()) == set(rider_page.json()) == {"trips", "next_page_token"}
+    schema = spec["paths"]["/v1/me/trips"]["get"]["responses"]["200"]["content"]
+    assert schema["application/json"]["schema"] == {"$ref": "#/components/schemas/TripSummariesOut"}
+
+
 async def test_a_dead_upstream_fails_fast_with_503_and_opens_the_breaker(system: System) -> None:
     _, token = await signup_rider(system)
     async with system.client(token) as http:

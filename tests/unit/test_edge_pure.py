@@ -3,9 +3,11 @@ in-process token bucket, tokens, and proto -> JSON conversion."""
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import math
+from pathlib import Path
 
 import grpc
 import pytest
@@ -17,6 +19,7 @@ from edge.ratelimit import TokenBucket, retry_after_header
 from edge.upstreams import EXPENSIVE, CircuitBreaker, Outcome, outcome_of
 from edge.wire import FrameError, parse_frame, parse_position
 from protos.common.v1 import common_pb2
+from protos.rider.v1 import rider_pb2
 from protos.trip.v1 import trip_pb2
 
 SECRET = "unit-test-secret-" + "z" * 32
@@ -212,3 +215,92 @@ def test_bearer_tokens_in_websocket_urls_never_reach_the_log() -> None:
     assert record.getMessage() == (
         '127.0.0.1:5000 - "WebSocket /v1/ws/driver?token=<redacted>&x=1" [accepted]'
     )
+
+
+def _summary(trip_id: str, state: int, *, fare: int | None, minute: int) -> rider_pb2.TripSummary:
+    s = rider_pb2.TripSummary(trip_id=trip_id, state=state)  # type: ignore[arg-type]
+    s.requested_at.FromSeconds(1_760_000_000 + 60 * minute)
+    if fare is not None:
+        s.fare.CopyFrom(common_pb2.Money(amount_minor=fare, currency="EUR"))
+    return s
+
+
+def test_a_cancelled_trip_without_a_fee_has_no_fare_not_a_zero_one() -> None:
+    no_fee = convert.trip_summary_out(
+        _summary("t1", trip_pb2.TRIP_STATE_CANCELLED, fare=0, minute=0)
+    )
+    fee = convert.trip_summary_out(
+        _summary("t2", trip_pb2.TRIP_STATE_CANCELLED, fare=500, minute=0)
+    )
+    assert no_fee.fare is None and no_fee.id == "t1"
+    assert fee.fare is not None and fee.fare.amount_minor == 500
+
+
+def test_a_trip_is_priced_alike_from_the_history_and_from_the_trip_service() -> None:
+    money = common_pb2.Money(amount_minor=1250, currency="EUR")
+    fee = common_pb2.Money(amount_minor=300, currency="EUR")
+    live = trip_pb2.Trip(id="a", state=trip_pb2.TRIP_STATE_DISPATCHING, quoted_fare=money)
+    done = trip_pb2.Trip(
+        id="b", state=trip_pb2.TRIP_STATE_COMPLETED, quoted_fare=fee, final_fare=money
+    )
+    free = trip_pb2.Trip(id="c", state=trip_pb2.TRIP_STATE_CANCELLED, quoted_fare=money)
+    paid = trip_pb2.Trip(
+        id="d", state=trip_pb2.TRIP_STATE_CANCELLED, quoted_fare=money, cancellation_fee=fee
+    )
+    fares = [convert.trip_summary_of_trip(t).fare for t in (live, done, free, paid)]
+    amounts = [f.amount_minor if f is not None else None for f in fares]
+    assert amounts == [1250, 1250, None, 300]
+
+
+def test_the_first_history_page_shows_the_trip_services_newer_state_and_new_trips_on_top() -> None:
+    history = [
+        convert.trip_summary_out(
+            _summary("old2", trip_pb2.TRIP_STATE_DISPATCHING, fare=900, minute=2)
+        ),
+        convert.trip_summary_out(
+            _summary("old1", trip_pb2.TRIP_STATE_COMPLETED, fare=700, minute=1)
+        ),
+    ]
+    fresh_trips = []
+    for trip_id, state, minute in (
+        ("new", trip_pb2.TRIP_STATE_REQUESTED, 3),
+        ("old2", trip_pb2.TRIP_STATE_CANCELLED, 2),
+        ("older", trip_pb2.TRIP_STATE_COMPLETED, 0),  # on a later page of the history
+    ):
+        t = trip_pb2.Trip(id=trip_id, state=state)
+        t.requested_at.FromSeconds(1_760_000_000 + 60 * minute)
+        fresh_trips.append(convert.trip_summary_of_trip(t))
+    merged = convert.merge_fresh(history, fresh_trips)
+    assert [(t.id, t.state) for t in merged] == [
+        ("new", "requested"),
+        ("old2", "cancelled"),
+        ("old1", "completed"),
+    ]
+
+
+def test_the_edge_package_has_no_import_cycle() -> None:
+    root = Path(__file__).resolve().parents[2]
+    graph: dict[str, set[str]] = {}
+    for path in (root / "edge").rglob("*.py"):
+        name = ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                deps |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+        graph[name] = deps
+    edges = {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+
+    def in_a_cycle(start: str) -> bool:
+        todo, seen = list(edges[start]), set()
+        while todo:
+            module = todo.pop()
+            if module == start:
+                return True
+            if module not in seen:
+                seen.add(module)
+                todo.extend(edges[module])
+        return False
+
+    assert [m for m in sorted(edges) if in_a_cycle(m)] == []

@@ -124,6 +124,7 @@ class TripRequested(_message.Message):
     FARE_FIELD_NUMBER: _builtins.int
     SURGE_MULTIPLIER_FIELD_NUMBER: _builtins.int
     REQUESTED_AT_FIELD_NUMBER: _builtins.int
+    TRIP_FIELD_NUMBER: _builtins.int
     trip_id: _builtins.str
     """The trip."""
     rider_id: _builtins.str
@@ -154,6 +155,13 @@ class TripRequested(_message.Message):
     def requested_at(self) -> _timestamp_pb2.Timestamp:
         """When the trip was requested."""
 
+    @_builtins.property
+    def trip(self) -> _trip_pb2.Trip:
+        """The trip after this event, as GetTrip returns it (history included), so that a consumer
+        showing the trip (the edge's sockets) need not read it back; unset when the publisher
+        did not hold the whole trip (dispatch works without its history).
+        """
+
     def __init__(
         self,
         *,
@@ -168,10 +176,11 @@ class TripRequested(_message.Message):
         fare: _common_pb2.Money | None = ...,
         surge_multiplier: _builtins.float = ...,
         requested_at: _timestamp_pb2.Timestamp | None = ...,
+        trip: _trip_pb2.Trip | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["dropoff", b"dropoff", "fare", b"fare", "pickup", b"pickup", "requested_at", b"requested_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dropoff", b"dropoff", "fare", b"fare", "pickup", b"pickup", "requested_at", b"requested_at", "trip", b"trip"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropoff", b"dropoff", "dropoff_address", b"dropoff_address", "fare", b"fare", "pickup", b"pickup", "pickup_address", b"pickup_address", "quote_id", b"quote_id", "requested_at", b"requested_at", "rider_id", b"rider_id", "surge_multiplier", b"surge_multiplier", "trip_id", b"trip_id", "vehicle_class", b"vehicle_class"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropoff", b"dropoff", "dropoff_address", b"dropoff_address", "fare", b"fare", "pickup", b"pickup", "pickup_address", b"pickup_address", "quote_id", b"quote_id", "requested_at", b"requested_at", "rider_id", b"rider_id", "surge_multiplier", b"surge_multiplier", "trip", b"trip", "trip_id", b"trip_id", "vehicle_class", b"vehicle_class"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -270,6 +279,7 @@ class TripOfferEnded(_message.Message):
     DRIVER_ID_FIELD_NUMBER: _builtins.int
     RIDER_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    TRIP_FIELD_NUMBER: _builtins.int
     trip_id: _builtins.str
     """The trip."""
     offer_id: _builtins.str
@@ -280,6 +290,13 @@ class TripOfferEnded(_message.Message):
     """The rider."""
     reason: Global___OfferEndReason.ValueType
     """Why it ended."""
+    @_builtins.property
+    def trip(self) -> _trip_pb2.Trip:
+        """The trip after this event, as GetTrip returns it (history included), so that a consumer
+        showing the trip (the edge's sockets) need not read it back; unset when the publisher
+        did not hold the whole trip (dispatch works without its history).
+        """
+
     def __init__(
         self,
         *,
@@ -288,10 +305,11 @@ class TripOfferEnded(_message.Message):
         driver_id: _builtins.str = ...,
         rider_id: _builtins.str = ...,
         reason: Global___OfferEndReason.ValueType = ...,
+        trip: _trip_pb2.Trip | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["trip", b"trip"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["driver_id", b"driver_id", "offer_id", b"offer_id", "reason", b"reason", "rider_id", b"rider_id", "trip_id", b"trip_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["driver_id", b"driver_id", "offer_id", b"offer_id", "reason", b"reason", "rider_id", b"rider_id", "trip", b"trip", "trip_id", b"trip_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -313,6 +331,7 @@ class TripAccepted(_message.Message):
     DRIVER_POSITION_FIELD_NUMBER: _builtins.int
     ETA_S_FIELD_NUMBER: _builtins.int
     ACCEPTED_AT_FIELD_NUMBER: _builtins.int
+    TRIP_FIELD_NUMBER: _builtins.int
     trip_id: _builtins.str
     """The trip."""
     rider_id: _builtins.str
@@ -339,6 +358,13 @@ class TripAccepted(_message.Message):
     def accepted_at(self) -> _timestamp_pb2.Timestamp:
         """When the driver accepted."""
 
+    @_builtins.property
+    def trip(self) -> _trip_pb2.Trip:
+        """The trip after this event, as GetTrip returns it (history included), so that a consumer
+        showing the trip (the edge's sockets) need not read it back; unset when the publisher
+        did not hold the whole trip (dispatch works without its history).
+        """
+
     def __init__(
         self,
         *,
@@ -352,10 +378,11 @@ class TripAccepted(_message.Message):
         driver_position: _common_pb2.LatLng | None = ...,
         eta_s: _builtins.int = ...,
         accepted_at: _timestamp_pb2.Timestamp | None = ...,
+        trip: _trip_pb2.Trip | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "driver_position", b"driver_position", "pickup", b"pickup"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "driver_position", b"driver_position", "pickup", b"pickup", "trip", b"trip"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "driver_id", b"driver_id", "driver_position", b"driver_position", "eta_s", b"eta_s", "offer_id", b"offer_id", "pickup", b"pickup", "pickup_address", b"pickup_address", "rider_id", b"rider_id", "trip_id", b"trip_id", "vehicle_class", b"vehicle_class"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "driver_id", b"driver_id", "driver_position", b"driver_position", "eta_s", b"eta_s", "offer_id", b"offer_id", "pickup", b"pickup", "pickup_address", b"pickup_address", "rider_id", b"rider_id", "trip", b"trip", "trip_id", b"trip_id", "vehicle_class", b"vehicle_class"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -376,6 +403,7 @@ class TripDriverCancelled(_message.Message):
     FROM_STATE_FIELD_NUMBER: _builtins.int
     CANCELLED_AT_FIELD_NUMBER: _builtins.int
     LIVENESS_RULE_FIELD_NUMBER: _builtins.int
+    TRIP_FIELD_NUMBER: _builtins.int
     trip_id: _builtins.str
     """The trip."""
     rider_id: _builtins.str
@@ -394,6 +422,13 @@ class TripDriverCancelled(_message.Message):
     def cancelled_at(self) -> _timestamp_pb2.Timestamp:
         """When the driver cancelled."""
 
+    @_builtins.property
+    def trip(self) -> _trip_pb2.Trip:
+        """The trip after this event, as GetTrip returns it (history included), so that a consumer
+        showing the trip (the edge's sockets) need not read it back; unset when the publisher
+        did not hold the whole trip (dispatch works without its history).
+        """
+
     def __init__(
         self,
         *,
@@ -404,10 +439,11 @@ class TripDriverCancelled(_message.Message):
         from_state: _trip_pb2.TripState.ValueType = ...,
         cancelled_at: _timestamp_pb2.Timestamp | None = ...,
         liveness_rule: Global___LivenessRule.ValueType = ...,
+        trip: _trip_pb2.Trip | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancelled_at", b"cancelled_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancelled_at", b"cancelled_at", "trip", b"trip"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_at", b"cancelled_at", "driver_id", b"driver_id", "from_state", b"from_state", "liveness_rule", b"liveness_rule", "reason", b"reason", "rider_id", b"rider_id", "trip_id", b"trip_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_at", b"cancelled_at", "driver_id", b"driver_id", "from_state", b"from_state", "liveness_rule", b"liveness_rule", "reason", b"reason", "rider_id", b"rider_id", "trip", b"trip", "trip_id", b"trip_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -424,6 +460,7 @@ class TripArrived(_message.Message):
     DRIVER_ID_FIELD_NUMBER: _builtins.int
     PICKUP_FIELD_NUMBER: _builtins.int
     ARRIVED_AT_FIELD_NUMBER: _builtins.int
+    TRIP_FIELD_NUMBER: _builtins.int
     trip_id: _builtins.str
     """The trip."""
     rider_id: _builtins.str
@@ -438,6 +475,13 @@ class TripArrived(_message.Message):
     def arrived_at(self) -> _timestamp_pb2.Timestamp:
         """When the driver arrived."""
 
+    @_builtins.property
+    def trip(self) -> _trip_pb2.Trip:
+        """The trip after this event, as GetTrip returns it (history included), so that a consumer
+        showing the trip (the edge's sockets) need not read it back; unset when the publisher
+        did not hold the whole trip (dispatch works without its history).
+        """
+
     def __init__(
         self,
         *,
@@ -446,10 +490,11 @@ class TripArrived(_message.Message):
         driver_id: _builtins.str = ...,
         pickup: _common_pb2.LatLng | None = ...,
         arrived_at: _timestamp_pb2.Timestamp | None = ...,
+        trip: _trip_pb2.Trip | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["arrived_at", b"arrived_at", "pickup", b"pickup"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["arrived_at", b"arrived_at", "pickup", b"pickup", "trip", b"trip"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrived_at", b"arrived_at", "driver_id", b"driver_id", "pickup", b"pickup", "rider_id", b"rider_id", "trip_id", b"trip_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrived_at", b"arrived_at", "driver_id", b"driver_id", "pickup", b"pickup", "rider_id", b"rider_id", "trip", b"trip", "trip_id", b"trip_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -465,6 +510,7 @@ class TripStarted(_message.Message):
     RIDER_ID_FIELD_NUMBER: _builtins.int
     DRIVER_ID_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
+    TRIP_FIELD_NUMBER: _builtins.int
     trip_id: _builtins.str
     """The trip."""
     rider_id: _builtins.str
@@ -475,6 +521,13 @@ class TripStarted(_message.Message):
     def started_at(self) -> _timestamp_pb2.Timestamp:
         """When the ride started."""
 
+    @_builtins.property
+    def trip(self) -> _trip_pb2.Trip:
+        """The trip after this event, as GetTrip returns it (history included), so that a consumer
+        showing the trip (the edge's sockets) need not read it back; unset when the publisher
+        did not hold the whole trip (dispatch works without its history).
+        """
+
     def __init__(
         self,
         *,
@@ -482,10 +535,11 @@ class TripStarted(_message.Message):
         rider_id: _builtins.str = ...,
         driver_id: _builtins.str = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
+        trip: _trip_pb2.Trip | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at", "trip", b"trip"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["driver_id", b"driver_id", "rider_id", b"rider_id", "started_at", b"started_at", "trip_id", b"trip_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["driver_id", b"driver_id", "rider_id", b"rider_id", "started_at", b"started_at", "trip", b"trip", "trip_id", b"trip_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -515,6 +569,7 @@ class TripCompleted(_message.Message):
     CHARGE_BASIS_FIELD_NUMBER: _builtins.int
     LIVENESS_RULE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    TRIP_FIELD_NUMBER: _builtins.int
     trip_id: _builtins.str
     """The trip."""
     rider_id: _builtins.str
@@ -559,6 +614,13 @@ class TripCompleted(_message.Message):
     def completed_at(self) -> _timestamp_pb2.Timestamp:
         """When the ride completed."""
 
+    @_builtins.property
+    def trip(self) -> _trip_pb2.Trip:
+        """The trip after this event, as GetTrip returns it (history included), so that a consumer
+        showing the trip (the edge's sockets) need not read it back; unset when the publisher
+        did not hold the whole trip (dispatch works without its history).
+        """
+
     def __init__(
         self,
         *,
@@ -578,10 +640,11 @@ class TripCompleted(_message.Message):
         charge_basis: _trip_pb2.ChargeBasis.ValueType = ...,
         liveness_rule: Global___LivenessRule.ValueType = ...,
         reason: _builtins.str = ...,
+        trip: _trip_pb2.Trip | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "dropoff", b"dropoff", "fare", b"fare", "pickup", b"pickup", "quoted_fare", b"quoted_fare", "requested_at", b"requested_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "dropoff", b"dropoff", "fare", b"fare", "pickup", b"pickup", "quoted_fare", b"quoted_fare", "requested_at", b"requested_at", "trip", b"trip"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["charge_basis", b"charge_basis", "completed_at", b"completed_at", "completed_by", b"completed_by", "distance_m", b"distance_m", "driver_id", b"driver_id", "dropoff", b"dropoff", "duration_s", b"duration_s", "fare", b"fare", "liveness_rule", b"liveness_rule", "pickup", b"pickup", "quoted_fare", b"quoted_fare", "reason", b"reason", "requested_at", b"requested_at", "rider_id", b"rider_id", "trip_id", b"trip_id", "vehicle_class", b"vehicle_class"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["charge_basis", b"charge_basis", "completed_at", b"completed_at", "completed_by", b"completed_by", "distance_m", b"distance_m", "driver_id", b"driver_id", "dropoff", b"dropoff", "duration_s", b"duration_s", "fare", b"fare", "liveness_rule", b"liveness_rule", "pickup", b"pickup", "quoted_fare", b"quoted_fare", "reason", b"reason", "requested_at", b"requested_at", "rider_id", b"rider_id", "trip", b"trip", "trip_id", b"trip_id", "vehicle_class", b"vehicle_class"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -608,6 +671,7 @@ class TripCancelled(_message.Message):
     REQUESTED_AT_FIELD_NUMBER: _builtins.int
     CANCELLED_AT_FIELD_NUMBER: _builtins.int
     LIVENESS_RULE_FIELD_NUMBER: _builtins.int
+    TRIP_FIELD_NUMBER: _builtins.int
     trip_id: _builtins.str
     """The trip."""
     rider_id: _builtins.str
@@ -644,6 +708,13 @@ class TripCancelled(_message.Message):
     def cancelled_at(self) -> _timestamp_pb2.Timestamp:
         """When it was cancelled."""
 
+    @_builtins.property
+    def trip(self) -> _trip_pb2.Trip:
+        """The trip after this event, as GetTrip returns it (history included), so that a consumer
+        showing the trip (the edge's sockets) need not read it back; unset when the publisher
+        did not hold the whole trip (dispatch works without its history).
+        """
+
     def __init__(
         self,
         *,
@@ -660,10 +731,11 @@ class TripCancelled(_message.Message):
         requested_at: _timestamp_pb2.Timestamp | None = ...,
         cancelled_at: _timestamp_pb2.Timestamp | None = ...,
         liveness_rule: Global___LivenessRule.ValueType = ...,
+        trip: _trip_pb2.Trip | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["cancelled_at", b"cancelled_at", "dropoff", b"dropoff", "fee", b"fee", "pickup", b"pickup", "requested_at", b"requested_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cancelled_at", b"cancelled_at", "dropoff", b"dropoff", "fee", b"fee", "pickup", b"pickup", "requested_at", b"requested_at", "trip", b"trip"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_id", b"actor_id", "cancelled_at", b"cancelled_at", "cancelled_by", b"cancelled_by", "driver_id", b"driver_id", "dropoff", b"dropoff", "fee", b"fee", "from_state", b"from_state", "liveness_rule", b"liveness_rule", "pickup", b"pickup", "reason", b"reason", "requested_at", b"requested_at", "rider_id", b"rider_id", "trip_id", b"trip_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_id", b"actor_id", "cancelled_at", b"cancelled_at", "cancelled_by", b"cancelled_by", "driver_id", b"driver_id", "dropoff", b"dropoff", "fee", b"fee", "from_state", b"from_state", "liveness_rule", b"liveness_rule", "pickup", b"pickup", "reason", b"reason", "requested_at", b"requested_at", "rider_id", b"rider_id", "trip", b"trip", "trip_id", b"trip_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -685,6 +757,7 @@ class TripNoDrivers(_message.Message):
     ENDED_AT_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     LIVENESS_RULE_FIELD_NUMBER: _builtins.int
+    TRIP_FIELD_NUMBER: _builtins.int
     trip_id: _builtins.str
     """The trip."""
     rider_id: _builtins.str
@@ -713,6 +786,13 @@ class TripNoDrivers(_message.Message):
     def ended_at(self) -> _timestamp_pb2.Timestamp:
         """When dispatch gave up."""
 
+    @_builtins.property
+    def trip(self) -> _trip_pb2.Trip:
+        """The trip after this event, as GetTrip returns it (history included), so that a consumer
+        showing the trip (the edge's sockets) need not read it back; unset when the publisher
+        did not hold the whole trip (dispatch works without its history).
+        """
+
     def __init__(
         self,
         *,
@@ -726,10 +806,11 @@ class TripNoDrivers(_message.Message):
         ended_at: _timestamp_pb2.Timestamp | None = ...,
         reason: _builtins.str = ...,
         liveness_rule: Global___LivenessRule.ValueType = ...,
+        trip: _trip_pb2.Trip | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["dropoff", b"dropoff", "ended_at", b"ended_at", "pickup", b"pickup", "requested_at", b"requested_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dropoff", b"dropoff", "ended_at", b"ended_at", "pickup", b"pickup", "requested_at", b"requested_at", "trip", b"trip"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropoff", b"dropoff", "ended_at", b"ended_at", "liveness_rule", b"liveness_rule", "max_radius_m", b"max_radius_m", "offers_made", b"offers_made", "pickup", b"pickup", "reason", b"reason", "requested_at", b"requested_at", "rider_id", b"rider_id", "trip_id", b"trip_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropoff", b"dropoff", "ended_at", b"ended_at", "liveness_rule", b"liveness_rule", "max_radius_m", b"max_radius_m", "offers_made", b"offers_made", "pickup", b"pickup", "reason", b"reason", "requested_at", b"requested_at", "rider_id", b"rider_id", "trip", b"trip", "trip_id", b"trip_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -747,6 +828,7 @@ class TripRated(_message.Message):
     RATEE_ID_FIELD_NUMBER: _builtins.int
     STARS_FIELD_NUMBER: _builtins.int
     COMMENT_FIELD_NUMBER: _builtins.int
+    TRIP_FIELD_NUMBER: _builtins.int
     trip_id: _builtins.str
     """The trip."""
     rater: _trip_pb2.Actor.ValueType
@@ -759,6 +841,13 @@ class TripRated(_message.Message):
     """1-5."""
     comment: _builtins.str
     """Free-text comment; may be empty."""
+    @_builtins.property
+    def trip(self) -> _trip_pb2.Trip:
+        """The trip after this event, as GetTrip returns it (history included), so that a consumer
+        showing the trip (the edge's sockets) need not read it back; unset when the publisher
+        did not hold the whole trip (dispatch works without its history).
+        """
+
     def __init__(
         self,
         *,
@@ -768,10 +857,11 @@ class TripRated(_message.Message):
         ratee_id: _builtins.str = ...,
         stars: _builtins.int = ...,
         comment: _builtins.str = ...,
+        trip: _trip_pb2.Trip | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["trip", b"trip"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "ratee_id", b"ratee_id", "rater", b"rater", "rater_id", b"rater_id", "stars", b"stars", "trip_id", b"trip_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "ratee_id", b"ratee_id", "rater", b"rater", "rater_id", b"rater_id", "stars", b"stars", "trip", b"trip", "trip_id", b"trip_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -793,6 +883,7 @@ class TripFlagged(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     SILENT_SINCE_FIELD_NUMBER: _builtins.int
     FLAGGED_AT_FIELD_NUMBER: _builtins.int
+    TRIP_FIELD_NUMBER: _builtins.int
     trip_id: _builtins.str
     """The trip."""
     rider_id: _builtins.str
@@ -811,6 +902,13 @@ class TripFlagged(_message.Message):
     def flagged_at(self) -> _timestamp_pb2.Timestamp:
         """When the ride was flagged."""
 
+    @_builtins.property
+    def trip(self) -> _trip_pb2.Trip:
+        """The trip after this event, as GetTrip returns it (history included), so that a consumer
+        showing the trip (the edge's sockets) need not read it back; unset when the publisher
+        did not hold the whole trip (dispatch works without its history).
+        """
+
     def __init__(
         self,
         *,
@@ -821,10 +919,11 @@ class TripFlagged(_message.Message):
         reason: _builtins.str = ...,
         silent_since: _timestamp_pb2.Timestamp | None = ...,
         flagged_at: _timestamp_pb2.Timestamp | None = ...,
+        trip: _trip_pb2.Trip | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["flagged_at", b"flagged_at", "silent_since", b"silent_since"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["flagged_at", b"flagged_at", "silent_since", b"silent_since", "trip", b"trip"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["driver_id", b"driver_id", "flagged_at", b"flagged_at", "liveness_rule", b"liveness_rule", "reason", b"reason", "rider_id", b"rider_id", "silent_since", b"silent_since", "trip_id", b"trip_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["driver_id", b"driver_id", "flagged_at", b"flagged_at", "liveness_rule", b"liveness_rule", "reason", b"reason", "rider_id", b"rider_id", "silent_since", b"silent_since", "trip", b"trip", "trip_id", b"trip_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

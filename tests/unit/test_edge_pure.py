@@ -3,11 +3,9 @@ in-process token bucket, tokens, and proto -> JSON conversion."""
 
 from __future__ import annotations
 
-import ast
 import json
 import logging
 import math
-from pathlib import Path
 
 import grpc
 import pytest
@@ -276,31 +274,3 @@ def test_the_first_history_page_shows_the_trip_services_newer_state_and_new_trip
         ("old2", "cancelled"),
         ("old1", "completed"),
     ]
-
-
-def test_the_edge_package_has_no_import_cycle() -> None:
-    root = Path(__file__).resolve().parents[2]
-    graph: dict[str, set[str]] = {}
-    for path in (root / "edge").rglob("*.py"):
-        name = ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
-        deps: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                deps |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
-            elif isinstance(node, ast.Import):
-                deps |= {a.name for a in node.names}
-        graph[name] = deps
-    edges = {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
-
-    def in_a_cycle(start: str) -> bool:
-        todo, seen = list(edges[start]), set()
-        while todo:
-            module = todo.pop()
-            if module == start:
-                return True
-            if module not in seen:
-                seen.add(module)
-                todo.extend(edges[module])
-        return False
-
-    assert [m for m in sorted(edges) if in_a_cycle(m)] == []

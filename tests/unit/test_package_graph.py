@@ -44,18 +44,6 @@ LAZY_UPWARD: frozenset[tuple[str, str]] = frozenset(
     }
 )
 
-# Circles inside service packages that exist today, each as the import that closes it (all
-# under TYPE_CHECKING). They are being taken apart in the service packages' own reshaping;
-# when one is gone, the last test below fails and asks for its line here to be deleted.
-KNOWN_CIRCLES: frozenset[tuple[str, str]] = frozenset(
-    {
-        # edge.app imports the routers and middleware, which import EdgeContext from edge.app
-        ("edge.deps", "edge.app"),
-        ("edge.middleware", "edge.app"),
-        ("edge.ws", "edge.app"),
-    }
-)
-
 
 @dataclass(frozen=True)
 class Import:
@@ -210,16 +198,8 @@ def test_the_allowed_upward_imports_are_lazy_and_still_there() -> None:
 
 @pytest.mark.parametrize("package", PACKAGES)
 def test_a_package_has_no_import_circle(package: str) -> None:
-    found = circles(within(package) - KNOWN_CIRCLES)
+    found = circles(within(package))
     assert not found, f"import circles in {package}: {found}"
-
-
-@pytest.mark.parametrize("known", sorted(KNOWN_CIRCLES), ids="->".join)
-def test_each_known_circle_is_still_a_circle(known: tuple[str, str]) -> None:
-    edges = within(_package(known[0]))
-    assert known in edges and any(set(known) <= set(members) for members in circles(edges)), (
-        f"{known[0]} -> {known[1]} closes no circle any more: delete it from KNOWN_CIRCLES"
-    )
 
 
 def test_the_reader_resolves_relative_lazy_and_type_checking_imports(tmp_path: Path) -> None:

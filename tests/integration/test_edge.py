@@ -455,9 +455,13 @@ async def test_a_signup_flood_slows_signups_but_cheap_calls_on_the_same_upstream
                 assert r.headers["retry-after"] == "1"
 
     limits = httpx.Limits(max_connections=workers)
+    auth = {"Authorization": f"Bearer {token}"}
+    # A cheap call's deadline of 5 s: on a machine busy with other work too, a cheap call may
+    # wait for a core for a second or two; what must never happen is waiting for a hash.
     async with (
-        httpx.AsyncClient(base_url=system.url, timeout=15.0, limits=limits) as anon,
-        system.client(token) as me,
+        system.another_edge(call_timeout_s=5.0) as edge,
+        httpx.AsyncClient(base_url=edge.url, timeout=15.0, limits=limits) as anon,
+        httpx.AsyncClient(base_url=edge.url, headers=auth, timeout=15.0) as me,
     ):
         end = time.monotonic() + flood_s
         flood = asyncio.gather(*(sign_up_until(anon, end) for _ in range(workers)))
@@ -477,7 +481,7 @@ async def test_a_signup_flood_slows_signups_but_cheap_calls_on_the_same_upstream
         f"cheap calls n={len(times)} p50={times[len(times) // 2] * 1000:.0f} ms "
         f"max={times[-1] * 1000:.0f} ms"
     )
-    # 200 also means within the cheap deadline (2 s here): no cheap call waited for a hash.
+    # 200 also means within the cheap deadline: no cheap call waited for a hash.
     assert {s for s, _ in cheap} == {200}, (measured, cheap)
     # A signup may also outwait its own deadline on a busy machine (504): slower, never broken.
     assert set(signups) <= {201, 429, 504}, (measured, sorted(set(signups)))

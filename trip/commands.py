@@ -16,13 +16,25 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from protos.trip.v1 import events_pb2
+from rideshare import paging
 from rideshare.bus import claim_event, reraise_if_cancelling
 from trip import domain, liveness, pricing, wire
 from trip.dispatch import Dispatcher, LocationClient
-from trip.domain import Actor, LatLng, Quote, Trip, TripState, VehicleClass
-from trip.errors import ConcurrencyError, InvalidArgumentError, NotFoundError
+from trip.domain import (
+    Actor,
+    Assignment,
+    ConcurrencyError,
+    InvalidArgumentError,
+    LatLng,
+    NotFoundError,
+    Quote,
+    Trip,
+    TripState,
+    VehicleClass,
+)
 from trip.settings import TripSettings
-from trip.store import Event, TripStore, decode_page_token, encode_page_token
+from trip.store import TripStore
+from trip.wire import Event
 
 __all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "Outcome", "TripCommands"]
 
@@ -30,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
+DEFAULT_ASSIGNMENT_PAGE = 500
+MAX_ASSIGNMENT_PAGE = 5_000
+_ASSIGNMENTS_SCOPE = "trip.assignments"
 _ATTEMPTS = 5
 _SUPPLY_LIMIT = 50
 
@@ -176,13 +191,39 @@ class TripCommands:
         if page_size < 0:
             raise InvalidArgumentError(f"page_size {page_size} is negative")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        after = decode_page_token(page_token) if page_token else None
+        after = wire.decode_page_token(page_token) if page_token else None
         trips = await self._store.list_trips(
             states=states, rider_id=rider_id, driver_id=driver_id, limit=size + 1, after=after
         )
         if len(trips) > size:
-            return trips[:size], encode_page_token(trips[size - 1])
+            return trips[:size], wire.encode_page_token(trips[size - 1])
         return trips, ""
+
+    async def active_assignments(
+        self, *, page_size: int, page_token: str
+    ) -> tuple[list[Assignment], str]:
+        """One page of the drivers held by live trips, by (driver id, trip id), and the next
+        page's token ("" on the last)."""
+        try:
+            limit = paging.page_size(
+                page_size, default=DEFAULT_ASSIGNMENT_PAGE, maximum=MAX_ASSIGNMENT_PAGE
+            )
+            after = None
+            if page_token:
+                driver_id, trip_id = paging.decode_page_token(
+                    page_token, _ASSIGNMENTS_SCOPE, key_types=(str, str)
+                )
+                after = (str(driver_id), str(trip_id))
+        except paging.InvalidPageError as exc:
+            raise InvalidArgumentError(str(exc)) from None
+        rows = await self._store.active_assignments(after=after, limit=limit + 1)
+        page = rows[:limit]
+        token = ""
+        if len(rows) > limit:
+            token = paging.encode_page_token(
+                _ASSIGNMENTS_SCOPE, [page[-1].driver_id, page[-1].trip_id]
+            )
+        return page, token
 
     # --- commands ---------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from typing import Any
 from trip.errors import (
     AlreadyRatedError,
     ConcurrencyError,
+    DriverUnavailableError,
     InvalidArgumentError,
     InvalidTransition,
     NotFoundError,
@@ -44,11 +45,13 @@ __all__ = [
     "QUOTE_TTL",
     "Actor",
     "AlreadyRatedError",
+    "Assignment",
     "CancellationPolicy",
     "Command",
     "ConcurrencyError",
     "DispatchPlan",
     "DispatchStep",
+    "DriverUnavailableError",
     "FareBasis",
     "GiveUp",
     "InvalidArgumentError",
@@ -138,6 +141,15 @@ class Offer:
     attempt: int
     offered_at: datetime
     expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """A driver held by a live trip: assigned to it (``offered`` False) or offered it."""
+
+    driver_id: str
+    trip_id: str
+    offered: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,14 +1,20 @@
-"""Domain values <-> protobuf messages: the API's Trip and Quote, and every event payload.
+"""Domain values <-> protobuf messages: the API's requests and answers, its page tokens, and
+every event payload the trip service writes to its outbox.
 
-No I/O; shared by ``server`` (responses) and the modules that write outbox events.
+Pure: no I/O, and nothing here imports the service's adapters. ``server`` reads requests and
+writes answers with it; ``commands`` and ``dispatch`` build their outbox events with it.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from protos import events as subjects
@@ -16,6 +22,7 @@ from protos.common.v1 import common_pb2
 from protos.trip.v1 import events_pb2, trip_pb2
 from trip.domain import (
     Actor,
+    Assignment,
     FareBasis,
     InvalidArgumentError,
     LatLng,
@@ -27,17 +34,20 @@ from trip.domain import (
     VehicleClass,
 )
 from trip.liveness import LivenessRule
-from trip.store import Event
 
 __all__ = [
+    "Event",
     "accepted",
     "actor_from_proto",
     "actor_to_proto",
     "arrived",
+    "assignment_to_proto",
     "cancelled",
     "charge_basis_to_proto",
     "completed",
+    "decode_page_token",
     "driver_cancelled",
+    "encode_page_token",
     "flagged",
     "latlng_from_proto",
     "liveness_rule_to_proto",
@@ -54,6 +64,9 @@ __all__ = [
     "vehicle_class_from_proto",
     "vehicle_class_to_proto",
 ]
+
+Event = tuple[str, Message]
+"""An outbox event: (subject, payload)."""
 
 _VEHICLE_PREFIX = "VEHICLE_CLASS_"
 _STATE_PREFIX = "TRIP_STATE_"
@@ -229,6 +242,42 @@ def trip_to_proto(trip: Trip) -> trip_pb2.Trip:
             at=_ts(record.at),
         )
     return message
+
+
+def assignment_to_proto(assignment: Assignment) -> trip_pb2.DriverAssignment:
+    """A driver held by a live trip, as ListActiveAssignments answers it."""
+    return trip_pb2.DriverAssignment(
+        driver_id=assignment.driver_id,
+        trip_id=assignment.trip_id,
+        kind=(
+            trip_pb2.ASSIGNMENT_KIND_OFFERED
+            if assignment.offered
+            else trip_pb2.ASSIGNMENT_KIND_ON_TRIP
+        ),
+    )
+
+
+# --- page tokens ---------------------------------------------------------------------------
+
+
+def encode_page_token(trip: Trip) -> str:
+    """ListTrips' opaque token for the page after ``trip``."""
+    raw = json.dumps([trip.requested_at.isoformat(), trip.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> tuple[datetime, str]:
+    """The (requested_at, id) a ListTrips page token stands for; InvalidArgumentError if
+    malformed."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        when, trip_id = json.loads(raw)
+        at = datetime.fromisoformat(when)
+        if not isinstance(trip_id, str) or at.tzinfo is None:
+            raise ValueError(token)
+    except (ValueError, TypeError, binascii.Error):
+        raise InvalidArgumentError(f"page token {token!r} is not valid") from None
+    return at.astimezone(UTC), trip_id
 
 
 # --- event payloads ------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from trip import domain, wire
 from trip.domain import Actor, InvalidArgumentError, LatLng, TripState, VehicleClass
 from trip.liveness import LivenessRule
 from trip.settings import TripSettings
-from trip.store import decode_page_token, encode_page_token
+from trip.wire import decode_page_token, encode_page_token
 
 NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 

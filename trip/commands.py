@@ -4,7 +4,8 @@ Each command loads the trip, runs the domain guard, and saves the new version wi
 and outbox events in one transaction (``UPDATE ... WHERE version=$2``). A concurrent change
 makes the save fail with ConcurrencyError; the command then starts over on the fresh trip, so
 the caller gets the error the new state calls for ("cannot accept when state=ACCEPTED")
-rather than a bare conflict. Location index updates run after the commit.
+rather than a bare conflict. Dispatch is kicked only after the commit; the location service
+learns about drivers held or freed from the events.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from protos.trip.v1 import events_pb2
 from rideshare import paging
 from rideshare.bus import claim_event, reraise_if_cancelling
 from trip import domain, liveness, pricing, wire
@@ -27,6 +27,7 @@ from trip.domain import (
     InvalidArgumentError,
     LatLng,
     NotFoundError,
+    OfferEndReason,
     Quote,
     Trip,
     TripState,
@@ -269,7 +270,7 @@ class TripCommands:
             assert trip.offer is not None
             return Outcome(
                 after,
-                [wire.offer_ended(trip, trip.offer, events_pb2.OFFER_END_REASON_DECLINED)],
+                [wire.offer_ended(trip, trip.offer, OfferEndReason.DECLINED)],
                 dispatch=True,
             )
 
@@ -337,9 +338,7 @@ class TripCommands:
                     after = domain.expire_offer(
                         trip, offer_id=pending.offer_id, now=now, reason="driver went offline"
                     )
-                    ended = wire.offer_ended(
-                        trip, pending, events_pb2.OFFER_END_REASON_DRIVER_OFFLINE
-                    )
+                    ended = wire.offer_ended(trip, pending, OfferEndReason.DRIVER_OFFLINE)
                     return Outcome(after, [ended], dispatch=True)
                 if trip.driver_id == driver_id and trip.state in (
                     TripState.ACCEPTED,
@@ -395,7 +394,7 @@ class TripCommands:
             radius = self._settings.radius_steps_m[-1]
             events = [wire.no_drivers(after, max_radius_m=radius, rule=rule)]
             if trip.offer is not None:
-                ended = events_pb2.OFFER_END_REASON_TRIP_ENDED
+                ended = OfferEndReason.TRIP_ENDED
                 events.insert(0, wire.offer_ended(trip, trip.offer, ended))
             outcome = Outcome(after, events)
         else:

@@ -50,14 +50,12 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeAlias
 
 import grpc
 
 from protos.location.v1 import location_pb2, location_pb2_grpc
-from protos.trip.v1 import events_pb2
 from rideshare.bus import reraise_if_cancelling
 from rideshare.grpc_client import make_channel
 from rideshare.grpc_errors import log_round_failure
@@ -66,6 +64,8 @@ from trip.domain import (
     ConcurrencyError,
     DriverUnavailableError,
     GiveUp,
+    Nearby,
+    OfferEndReason,
     OfferTo,
     Trip,
     TripState,
@@ -75,7 +75,7 @@ from trip.settings import TripSettings
 from trip.store import TripStore
 from trip.wire import Event
 
-__all__ = ["Dispatcher", "LocationClient", "Nearby"]
+__all__ = ["Dispatcher", "LocationClient"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,14 +93,6 @@ _Change = tuple[Trip, list[Event]]
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class Nearby:
-    """One search hit: an available driver and their distance to the pickup."""
-
-    driver_id: str
-    distance_m: float
 
 
 class LocationClient:
@@ -125,17 +117,10 @@ class LocationClient:
         exclude: frozenset[str] = frozenset(),
     ) -> list[Nearby]:
         """Available drivers within ``radius_m`` of ``point``, nearest first."""
-        request = location_pb2.NearestDriversRequest(
-            lat=point.lat,
-            lng=point.lng,
-            radius_m=radius_m,
-            limit=limit,
-            exclude_driver_ids=sorted(exclude),
+        request = wire.nearest_drivers_request(
+            point, radius_m=radius_m, limit=limit, vehicle_class=vehicle_class, exclude=exclude
         )
-        if vehicle_class is not None:
-            request.vehicle_class = wire.vehicle_class_to_proto(vehicle_class)
-        reply = await self._stub.NearestDrivers(request)
-        return [Nearby(d.driver_id, d.distance_m) for d in reply.drivers]
+        return wire.nearby_from_proto(await self._stub.NearestDrivers(request))
 
     async def reserve(self, driver_id: str, *, trip_id: str) -> bool:
         """Hold an AVAILABLE driver for ``trip_id``'s offer (AVAILABLE -> OFFERED); False when
@@ -275,7 +260,7 @@ class Dispatcher:
             if now < pending.expires_at:
                 return  # not due: the driver still has time to answer
             expired = domain.expire_offer(current, offer_id=pending.offer_id, now=now)
-            ended = wire.offer_ended(current, pending, events_pb2.OFFER_END_REASON_EXPIRED)
+            ended = wire.offer_ended(current, pending, OfferEndReason.EXPIRED)
             steps.append((expired, [ended]))
             current = expired
         await self._offer_next(trip, current, steps, now)

@@ -58,8 +58,10 @@ __all__ = [
     "InvalidTransition",
     "LatLng",
     "Money",
+    "Nearby",
     "NotFoundError",
     "Offer",
+    "OfferEndReason",
     "OfferExpiredError",
     "OfferMismatchError",
     "OfferTo",
@@ -141,6 +143,24 @@ class Offer:
     attempt: int
     offered_at: datetime
     expires_at: datetime
+
+
+class OfferEndReason(StrEnum):
+    """Why a pending offer ended without being accepted (trip.offer_ended)."""
+
+    EXPIRED = "EXPIRED"
+    DECLINED = "DECLINED"
+    TRIP_CANCELLED = "TRIP_CANCELLED"
+    DRIVER_OFFLINE = "DRIVER_OFFLINE"
+    TRIP_ENDED = "TRIP_ENDED"
+
+
+@dataclass(frozen=True, slots=True)
+class Nearby:
+    """One search hit: an available driver and their distance to the pickup."""
+
+    driver_id: str
+    distance_m: float
 
 
 @dataclass(frozen=True, slots=True)

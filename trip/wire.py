@@ -1,8 +1,9 @@
-"""Domain values <-> protobuf messages: the API's requests and answers, its page tokens, and
-every event payload the trip service writes to its outbox.
+"""Domain values <-> protobuf messages: the API's requests and answers, its page tokens, every
+event payload the trip service writes to its outbox, and its calls to the location service.
 
 Pure: no I/O, and nothing here imports the service's adapters. ``server`` reads requests and
-writes answers with it; ``commands`` and ``dispatch`` build their outbox events with it.
+writes answers with it; ``commands`` and ``dispatch`` build their outbox events with it;
+the location clients in ``dispatch`` and ``sweeper`` build requests and read replies with it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from protos import events as subjects
 from protos.common.v1 import common_pb2
+from protos.location.v1 import location_pb2
 from protos.trip.v1 import events_pb2, trip_pb2
 from trip.domain import (
     Actor,
@@ -27,7 +29,9 @@ from trip.domain import (
     InvalidArgumentError,
     LatLng,
     Money,
+    Nearby,
     Offer,
+    OfferEndReason,
     Quote,
     Trip,
     TripState,
@@ -51,9 +55,13 @@ __all__ = [
     "flagged",
     "latlng_from_proto",
     "liveness_rule_to_proto",
+    "nearby_from_proto",
+    "nearest_drivers_request",
     "no_drivers",
+    "offer_end_reason_to_proto",
     "offer_ended",
     "offered",
+    "position_time_from_proto",
     "quote_to_proto",
     "rated",
     "requested",
@@ -123,6 +131,10 @@ def charge_basis_to_proto(value: FareBasis | None) -> trip_pb2.ChargeBasis.Value
     if value is None:
         return trip_pb2.CHARGE_BASIS_UNSPECIFIED
     return trip_pb2.ChargeBasis.Value("CHARGE_BASIS_" + value.value)
+
+
+def offer_end_reason_to_proto(value: OfferEndReason) -> events_pb2.OfferEndReason.ValueType:
+    return events_pb2.OfferEndReason.Value("OFFER_END_REASON_" + value.value)
 
 
 def liveness_rule_to_proto(value: LivenessRule | None) -> events_pb2.LivenessRule.ValueType:
@@ -257,6 +269,42 @@ def assignment_to_proto(assignment: Assignment) -> trip_pb2.DriverAssignment:
     )
 
 
+# --- the location service ----------------------------------------------------------------
+
+
+def nearest_drivers_request(
+    point: LatLng,
+    *,
+    radius_m: float,
+    limit: int,
+    vehicle_class: VehicleClass | None,
+    exclude: frozenset[str],
+) -> location_pb2.NearestDriversRequest:
+    """NearestDrivers for available drivers of ``vehicle_class`` (any class when None)."""
+    request = location_pb2.NearestDriversRequest(
+        lat=point.lat,
+        lng=point.lng,
+        radius_m=radius_m,
+        limit=limit,
+        exclude_driver_ids=sorted(exclude),
+    )
+    if vehicle_class is not None:
+        request.vehicle_class = vehicle_class_to_proto(vehicle_class)
+    return request
+
+
+def nearby_from_proto(reply: location_pb2.NearestDriversResponse) -> list[Nearby]:
+    """NearestDrivers' hits, in its order (nearest first)."""
+    return [Nearby(d.driver_id, d.distance_m) for d in reply.drivers]
+
+
+def position_time_from_proto(position: location_pb2.DriverPosition) -> datetime | None:
+    """When the location service accepted the position (its clock); None when it has none."""
+    if position.server_ts_ms <= 0:
+        return None
+    return datetime.fromtimestamp(position.server_ts_ms / 1000, UTC)
+
+
 # --- page tokens ---------------------------------------------------------------------------
 
 
@@ -319,13 +367,13 @@ def offered(trip: Trip, *, distance_to_pickup_m: float) -> Event:
     )
 
 
-def offer_ended(trip: Trip, offer: Offer, reason: events_pb2.OfferEndReason.ValueType) -> Event:
+def offer_ended(trip: Trip, offer: Offer, reason: OfferEndReason) -> Event:
     return subjects.TRIP_OFFER_ENDED, events_pb2.TripOfferEnded(
         trip_id=trip.id,
         offer_id=offer.offer_id,
         driver_id=offer.driver_id,
         rider_id=trip.rider_id,
-        reason=reason,
+        reason=offer_end_reason_to_proto(reason),
     )
 
 

@@ -53,6 +53,16 @@ def test_every_actor_round_trips(actor: Actor) -> None:
     assert wire.actor_from_proto(wire.actor_to_proto(actor)) is actor
 
 
+def test_every_offer_end_reason_has_its_own_proto_value() -> None:
+    values = [wire.offer_end_reason_to_proto(reason) for reason in domain.OfferEndReason]
+
+    assert sorted(values) == sorted(
+        v
+        for v in events_pb2.OfferEndReason.values()
+        if v != events_pb2.OFFER_END_REASON_UNSPECIFIED
+    )
+
+
 def test_unspecified_enums_are_invalid_arguments() -> None:
     with pytest.raises(InvalidArgumentError):
         wire.vehicle_class_from_proto(common_pb2.VEHICLE_CLASS_UNSPECIFIED)

@@ -232,6 +232,7 @@ class Dispatcher:
                     if attempt == _ATTEMPTS:
                         raise
                 # The trip changed under the step: look at it again as it is now.
+                logger.info("trip %s changed during its dispatch step; looking again", trip_id)
                 fresh = await self._store.find_trip(trip_id)
                 if fresh is None or fresh.state not in _DISPATCHABLE:
                     return

@@ -13,19 +13,24 @@ One step of a trip (``advance``) holds no lock and no transaction while it talks
 location service; a slow or failing location service never blocks the rider's cancel or any
 other command on the trip, nor holds a pooled connection. The step:
 
-1. **claim**: one committed statement leases the trip to this step for ``dispatch_claim_s``
-   (``TripStore.claim_for_dispatch``) and the trip is read. A trip claimed by another step,
-   here or in another copy, is left alone, so two copies do not search and reserve drivers
-   for one trip at once;
+1. **claim**: one short transaction leases the trip to this step for ``dispatch_claim_s``
+   (``TripStore.claim_for_dispatch``) and reads it. A trip claimed by another step, here or
+   in another copy, is left alone, so two copies do not search and reserve drivers for one
+   trip at once. The claim only saves work, so its commit does not wait for the disk;
 2. **decide and reserve**, outside any transaction: start dispatch, end a lapsed offer, ask
    location for the nearest drivers, and hold the chosen one for the trip with a
    compare-and-set in the location index (``ReserveDriver``: AVAILABLE -> OFFERED), so
    concurrent steps of different trips never pick the same driver;
 3. **commit** the offer (or NO_DRIVERS) with the trip's history and outbox events in one short
    transaction, version-checked (``UPDATE ... WHERE version=$2``) against the trip as read in
-   1. This, and the one-pending-offer-per-trip unique index, is what makes two offers of one
-   trip at once impossible, claim or no claim (a claim can lapse under a stalled step);
-4. **end the claim**.
+   1, which also ends the claim. The version check, and the one-pending-offer-per-trip unique
+   index, are what make two offers of one trip at once impossible, claim or no claim (a
+   claim can lapse under a stalled step). A step with nothing to commit ends its claim on
+   its own.
+
+Measured with ``scripts.bench.trip`` (docs/PERFORMANCE.md), this costs the request -> offer
+path nothing: the statements before the remote calls are one claim instead of one lock, and
+the commit after them is shorter than the transaction that used to span them.
 
 When the commit loses (the rider cancelled, the sweeper ended the trip, another step made an
 offer after this claim lapsed), the reserved driver is released (``ReleaseDriver``, which only
@@ -223,10 +228,11 @@ class Dispatcher:
         )
         if trip is None:
             return
+        committed = False
         try:
             for attempt in range(1, _ATTEMPTS + 1):
                 try:
-                    await self._step(trip)
+                    committed = await self._step(trip, claim)
                     return
                 except ConcurrencyError:
                     if attempt == _ATTEMPTS:
@@ -238,7 +244,8 @@ class Dispatcher:
                     return
                 trip = fresh
         finally:
-            await self._end_claim(trip_id, claim)
+            if not committed:  # a commit ends the claim in its own transaction
+                await self._end_claim(trip_id, claim)
 
     async def _end_claim(self, trip_id: str, claim: str) -> None:
         try:
@@ -248,8 +255,9 @@ class Dispatcher:
             # Not worth failing the step for (nor hiding its own error): the claim lapses.
             logger.warning("could not end the dispatch claim on trip %s: %r", trip_id, exc)
 
-    async def _step(self, trip: Trip) -> None:
-        """One step on ``trip`` as read; ConcurrencyError when it changed since."""
+    async def _step(self, trip: Trip, claim: str) -> bool:
+        """One step on ``trip`` as read, under ``claim``; ConcurrencyError when the trip
+        changed since. True when it committed a change (which ended the claim)."""
         now = self._clock()
         steps: list[_Change] = []
         current = trip
@@ -259,18 +267,19 @@ class Dispatcher:
         pending = current.offer
         if pending is not None:
             if now < pending.expires_at:
-                return  # not due: the driver still has time to answer
+                return False  # not due: the driver still has time to answer
             expired = domain.expire_offer(current, offer_id=pending.offer_id, now=now)
             ended = wire.offer_ended(current, pending, OfferEndReason.EXPIRED)
             steps.append((expired, [ended]))
             current = expired
-        await self._offer_next(trip, current, steps, now)
+        await self._offer_next(trip, current, steps, now=now, claim=claim)
         if pending is not None:
             # Only once the expiry committed: until then the driver's offer still stands.
             await self._location.release(pending.driver_id, trip_id=trip.id)
+        return True
 
     async def _offer_next(
-        self, read: Trip, trip: Trip, steps: list[_Change], now: datetime
+        self, read: Trip, trip: Trip, steps: list[_Change], *, now: datetime, claim: str
     ) -> None:
         """Offer ``trip`` to the nearest untried driver, widening the radius, or give up, and
         commit that after ``steps`` over the trip as ``read``."""
@@ -294,7 +303,7 @@ class Dispatcher:
             if isinstance(step, GiveUp):
                 ended = domain.exhaust(trip, now=now, reason=step.reason)
                 event = wire.no_drivers(ended, max_radius_m=plan.radius_steps_m[radius_index])
-                await self._commit(read, [*steps, (ended, [event])])
+                await self._commit(read, [*steps, (ended, [event])], claim=claim)
                 return
             assert isinstance(step, OfferTo)
             driver_id = step.driver_id
@@ -311,7 +320,7 @@ class Dispatcher:
             distance = next(c.distance_m for c in candidates if c.driver_id == driver_id)
             event = wire.offered(offered, distance_to_pickup_m=distance)
             try:
-                await self._commit(read, [*steps, (offered, [event])])
+                await self._commit(read, [*steps, (offered, [event])], claim=claim)
             except DriverUnavailableError:
                 # The index said available, the database says this driver holds another
                 # offer or trip: that one owns the OFFERED/ON_TRIP mark, leave it.
@@ -323,10 +332,11 @@ class Dispatcher:
                 raise
             return
 
-    async def _commit(self, read: Trip, steps: list[_Change]) -> None:
-        """Write ``steps`` (each trip after the one before, the first after ``read``) in one
-        transaction, version-checked against ``read``. A step without events is written
-        together with the next one (its history record goes in all the same)."""
+    async def _commit(self, read: Trip, steps: list[_Change], *, claim: str) -> None:
+        """Write ``steps`` (each trip after the one before, the first after ``read``) and end
+        ``claim``, in one transaction, version-checked against ``read``. A step without
+        events is written together with the next one (its history record goes in all the
+        same)."""
         async with self._store.transaction() as conn:
             before = read
             for i, (after, events) in enumerate(steps):
@@ -334,6 +344,7 @@ class Dispatcher:
                     continue
                 await self._store.save(conn, before, after, events=events)
                 before = after
+            await self._store.end_dispatch_claim(read.id, claim=claim, conn=conn)
 
     async def _search(self, trip: Trip, radius_index: int, skip: set[str]) -> list[Nearby]:
         return await self._location.nearest(

@@ -73,6 +73,14 @@ _TRIP_COLUMNS = """
 """
 _TRIP_FROM = "FROM trips t LEFT JOIN offers o ON o.trip_id = t.id"
 
+# A dispatch claim only saves work (the version check is what keeps two offers of a trip
+# apart), so one lost in a crash costs nothing: its transaction need not wait for the disk.
+_CLAIM_NEED_NOT_BE_DURABLE = "SET LOCAL synchronous_commit = off"
+_END_CLAIM = (
+    "UPDATE trips SET dispatch_claim = NULL, dispatch_claim_until = NULL "
+    "WHERE id = $1 AND dispatch_claim = $2"
+)
+
 
 class TripStore:
     """The trip service's Postgres schema. Methods taking ``conn`` run in the caller's
@@ -224,7 +232,8 @@ class TripStore:
         working on one trip at once; what keeps them from both committing an offer is the
         version check of :meth:`save`.
         """
-        async with self._pool.acquire() as conn:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(_CLAIM_NEED_NOT_BE_DURABLE)
             claimed = await conn.fetchval(
                 "UPDATE trips SET dispatch_claim = $2, dispatch_claim_until = $4 "
                 "WHERE id = $1 AND state = ANY($5::text[]) "
@@ -242,14 +251,17 @@ class TripStore:
             # come from the statement's older snapshot.
             return await self.get_trip(conn, trip_id, history=False)
 
-    async def end_dispatch_claim(self, trip_id: str, *, claim: str) -> None:
-        """Give up ``claim`` on the trip (nothing when another claim replaced it)."""
-        await self._pool.execute(
-            "UPDATE trips SET dispatch_claim = NULL, dispatch_claim_until = NULL "
-            "WHERE id = $1 AND dispatch_claim = $2",
-            trip_id,
-            claim,
-        )
+    async def end_dispatch_claim(
+        self, trip_id: str, *, claim: str, conn: asyncpg.Connection | None = None
+    ) -> None:
+        """Give up ``claim`` on the trip (nothing when another claim replaced it), in
+        ``conn``'s transaction or in one of its own."""
+        if conn is not None:
+            await conn.execute(_END_CLAIM, trip_id, claim)
+            return
+        async with self._pool.acquire() as own, own.transaction():
+            await own.execute(_CLAIM_NEED_NOT_BE_DURABLE)
+            await own.execute(_END_CLAIM, trip_id, claim)
 
     async def find_trip(self, trip_id: str) -> Trip | None:
         """The trip with its pending offer, without history, or None (no transaction)."""

@@ -1,4 +1,5 @@
-"""asyncpg adapter of the trip service: quotes, trips, their history, pending offers, surge.
+"""asyncpg adapter of the trip service: quotes, trips, their history, pending offers, surge,
+and dispatch's claims on trips.
 
 Every write of a trip is ``UPDATE trips ... WHERE id=$1 AND version=$2`` plus its history
 rows, its pending-offer row and its outbox events, in the caller's transaction. The unique
@@ -227,10 +228,10 @@ class TripStore:
         """The trip, claimed for dispatch by ``claim`` until ``until``, if it is still looking
         for a driver and no other claim on it runs past ``now``; None otherwise.
 
-        A claim is a lease in the trip's row, taken and committed in one statement: no lock
-        or transaction stays open while its holder works. It keeps two dispatchers from
-        working on one trip at once; what keeps them from both committing an offer is the
-        version check of :meth:`save`.
+        A claim is a lease in the trip's row, taken in a short transaction that has committed
+        when this returns: no lock or transaction stays open while its holder works. It keeps
+        two dispatchers from working on one trip at once; what keeps them from both
+        committing an offer is the version check of :meth:`save`.
         """
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(_CLAIM_NEED_NOT_BE_DURABLE)

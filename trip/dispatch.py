@@ -23,10 +23,11 @@ other command on the trip, nor holds a pooled connection. The step:
    concurrent steps of different trips never pick the same driver;
 3. **commit** the offer (or NO_DRIVERS) with the trip's history and outbox events in one short
    transaction, version-checked (``UPDATE ... WHERE version=$2``) against the trip as read in
-   1, which also ends the claim. The version check, and the one-pending-offer-per-trip unique
-   index, are what make two offers of one trip at once impossible, claim or no claim (a
-   claim can lapse under a stalled step). A step with nothing to commit ends its claim on
-   its own.
+   1. The new version ends the claim: a claim holds only while the trip stays at the version
+   it was taken on, so any write of the trip (a cancel too) ends it. The version check, and
+   the one-pending-offer-per-trip unique index, are what make two offers of one trip at once
+   impossible, claim or no claim (a claim can lapse under a stalled step). A step with
+   nothing to commit ends its claim with a statement of its own.
 
 Measured with ``scripts.bench.trip`` (docs/PERFORMANCE.md), this costs the request -> offer
 path nothing: the statements before the remote calls are one claim instead of one lock, and
@@ -232,7 +233,7 @@ class Dispatcher:
         try:
             for attempt in range(1, _ATTEMPTS + 1):
                 try:
-                    committed = await self._step(trip, claim)
+                    committed = await self._step(trip)
                     return
                 except ConcurrencyError:
                     if attempt == _ATTEMPTS:
@@ -244,7 +245,7 @@ class Dispatcher:
                     return
                 trip = fresh
         finally:
-            if not committed:  # a commit ends the claim in its own transaction
+            if not committed:  # a commit ends the claim: the trip's version moved on
                 await self._end_claim(trip_id, claim)
 
     async def _end_claim(self, trip_id: str, claim: str) -> None:
@@ -255,9 +256,9 @@ class Dispatcher:
             # Not worth failing the step for (nor hiding its own error): the claim lapses.
             logger.warning("could not end the dispatch claim on trip %s: %r", trip_id, exc)
 
-    async def _step(self, trip: Trip, claim: str) -> bool:
-        """One step on ``trip`` as read, under ``claim``; ConcurrencyError when the trip
-        changed since. True when it committed a change (which ended the claim)."""
+    async def _step(self, trip: Trip) -> bool:
+        """One step on ``trip`` as read; ConcurrencyError when the trip changed since. True
+        when it committed a change (which ended the step's claim)."""
         now = self._clock()
         steps: list[_Change] = []
         current = trip
@@ -272,14 +273,14 @@ class Dispatcher:
             ended = wire.offer_ended(current, pending, OfferEndReason.EXPIRED)
             steps.append((expired, [ended]))
             current = expired
-        await self._offer_next(trip, current, steps, now=now, claim=claim)
+        await self._offer_next(trip, current, steps, now=now)
         if pending is not None:
             # Only once the expiry committed: until then the driver's offer still stands.
             await self._location.release(pending.driver_id, trip_id=trip.id)
         return True
 
     async def _offer_next(
-        self, read: Trip, trip: Trip, steps: list[_Change], *, now: datetime, claim: str
+        self, read: Trip, trip: Trip, steps: list[_Change], *, now: datetime
     ) -> None:
         """Offer ``trip`` to the nearest untried driver, widening the radius, or give up, and
         commit that after ``steps`` over the trip as ``read``."""
@@ -303,7 +304,7 @@ class Dispatcher:
             if isinstance(step, GiveUp):
                 ended = domain.exhaust(trip, now=now, reason=step.reason)
                 event = wire.no_drivers(ended, max_radius_m=plan.radius_steps_m[radius_index])
-                await self._commit(read, [*steps, (ended, [event])], claim=claim)
+                await self._commit(read, [*steps, (ended, [event])])
                 return
             assert isinstance(step, OfferTo)
             driver_id = step.driver_id
@@ -320,7 +321,7 @@ class Dispatcher:
             distance = next(c.distance_m for c in candidates if c.driver_id == driver_id)
             event = wire.offered(offered, distance_to_pickup_m=distance)
             try:
-                await self._commit(read, [*steps, (offered, [event])], claim=claim)
+                await self._commit(read, [*steps, (offered, [event])])
             except DriverUnavailableError:
                 # The index said available, the database says this driver holds another
                 # offer or trip: that one owns the OFFERED/ON_TRIP mark, leave it.
@@ -332,11 +333,11 @@ class Dispatcher:
                 raise
             return
 
-    async def _commit(self, read: Trip, steps: list[_Change], *, claim: str) -> None:
-        """Write ``steps`` (each trip after the one before, the first after ``read``) and end
-        ``claim``, in one transaction, version-checked against ``read``. A step without
-        events is written together with the next one (its history record goes in all the
-        same)."""
+    async def _commit(self, read: Trip, steps: list[_Change]) -> None:
+        """Write ``steps`` (each trip after the one before, the first after ``read``) in one
+        transaction, version-checked against ``read``; the new version ends the step's claim.
+        A step without events is written together with the next one (its history record goes
+        in all the same)."""
         async with self._store.transaction() as conn:
             before = read
             for i, (after, events) in enumerate(steps):
@@ -344,7 +345,6 @@ class Dispatcher:
                     continue
                 await self._store.save(conn, before, after, events=events)
                 before = after
-            await self._store.end_dispatch_claim(read.id, claim=claim, conn=conn)
 
     async def _search(self, trip: Trip, radius_index: int, skip: set[str]) -> list[Nearby]:
         return await self._location.nearest(

@@ -77,6 +77,16 @@ _TRIP_FROM = "FROM trips t LEFT JOIN offers o ON o.trip_id = t.id"
 # A dispatch claim only saves work (the version check is what keeps two offers of a trip
 # apart), so one lost in a crash costs nothing: its transaction need not wait for the disk.
 _CLAIM_NEED_NOT_BE_DURABLE = "SET LOCAL synchronous_commit = off"
+
+
+def _unclaimed(now: str) -> str:
+    """SQL: no dispatch claim holds on the trip row at the time parameter ``now``."""
+    return (
+        f"(dispatch_claim_until IS NULL OR dispatch_claim_until <= {now} "
+        "OR dispatch_claim_version <> version)"
+    )
+
+
 _END_CLAIM = (
     "UPDATE trips SET dispatch_claim = NULL, dispatch_claim_until = NULL "
     "WHERE id = $1 AND dispatch_claim = $2"
@@ -226,7 +236,9 @@ class TripStore:
         self, trip_id: str, *, claim: str, now: datetime, until: datetime
     ) -> Trip | None:
         """The trip, claimed for dispatch by ``claim`` until ``until``, if it is still looking
-        for a driver and no other claim on it runs past ``now``; None otherwise.
+        for a driver and no other claim on it holds at ``now``; None otherwise. A claim holds
+        until its time is up or the trip is written (its version changes), whichever is first:
+        the commit of a dispatch step ends its claim without a statement of its own.
 
         A claim is a lease in the trip's row, taken in a short transaction that has committed
         when this returns: no lock or transaction stays open while its holder works. It keeps
@@ -236,9 +248,9 @@ class TripStore:
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(_CLAIM_NEED_NOT_BE_DURABLE)
             claimed = await conn.fetchval(
-                "UPDATE trips SET dispatch_claim = $2, dispatch_claim_until = $4 "
-                "WHERE id = $1 AND state = ANY($5::text[]) "
-                "AND (dispatch_claim_until IS NULL OR dispatch_claim_until <= $3) RETURNING id",
+                "UPDATE trips SET dispatch_claim = $2, dispatch_claim_until = $4, "
+                "dispatch_claim_version = version "
+                f"WHERE id = $1 AND state = ANY($5::text[]) AND {_unclaimed('$3')} RETURNING id",
                 trip_id,
                 claim,
                 now,
@@ -252,17 +264,11 @@ class TripStore:
             # come from the statement's older snapshot.
             return await self.get_trip(conn, trip_id, history=False)
 
-    async def end_dispatch_claim(
-        self, trip_id: str, *, claim: str, conn: asyncpg.Connection | None = None
-    ) -> None:
-        """Give up ``claim`` on the trip (nothing when another claim replaced it), in
-        ``conn``'s transaction or in one of its own."""
-        if conn is not None:
+    async def end_dispatch_claim(self, trip_id: str, *, claim: str) -> None:
+        """Give up ``claim`` on the trip (nothing when another claim replaced it)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(_CLAIM_NEED_NOT_BE_DURABLE)
             await conn.execute(_END_CLAIM, trip_id, claim)
-            return
-        async with self._pool.acquire() as own, own.transaction():
-            await own.execute(_CLAIM_NEED_NOT_BE_DURABLE)
-            await own.execute(_END_CLAIM, trip_id, claim)
 
     async def find_trip(self, trip_id: str) -> Trip | None:
         """The trip with its pending offer, without history, or None (no transaction)."""
@@ -275,7 +281,7 @@ class TripStore:
         rows = await self._pool.fetch(
             "SELECT t.id FROM trips t LEFT JOIN offers o ON o.trip_id = t.id "
             "WHERE t.state = ANY($1::text[]) AND (o.offer_id IS NULL OR o.expires_at <= $2) "
-            "AND (t.dispatch_claim_until IS NULL OR t.dispatch_claim_until <= $2) "
+            f"AND {_unclaimed('$2')} "
             "ORDER BY t.requested_at LIMIT $3",
             _LIVE,
             now,

@@ -29,9 +29,10 @@ other command on the trip, nor holds a pooled connection. The step:
    impossible, claim or no claim (a claim can lapse under a stalled step). A step with
    nothing to commit ends its claim with a statement of its own.
 
-Measured with ``scripts.bench.trip`` (docs/PERFORMANCE.md), this costs the request -> offer
-path nothing: the statements before the remote calls are one claim instead of one lock, and
-the commit after them is shorter than the transaction that used to span them.
+Before the location calls this runs a claim (update, read) where a lock (lock, read, write
+of DISPATCHING) used to be, and after them one short transaction where the tail of the long
+one used to be, so the request -> offer path runs no more statements than before
+(docs/PERFORMANCE.md has the measurements).
 
 When the commit loses (the rider cancelled, the sweeper ended the trip, another step made an
 offer after this claim lapsed), the reserved driver is released (``ReleaseDriver``, which only

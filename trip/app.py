@@ -55,9 +55,7 @@ async def running(
         dispatcher = Dispatcher(store, location, trip)
         commands = TripCommands(store, location, dispatcher, trip)
         server = rt.grpc_server(errors=ERRORS)
-        trip_pb2_grpc.add_TripServiceServicer_to_server(
-            TripServicer(commands, store=store), server.server
-        )
+        trip_pb2_grpc.add_TripServiceServicer_to_server(TripServicer(commands), server.server)
         server.add_service_name(SERVICE_NAME)
         rt.run_worker(dispatcher.run, name="dispatcher")
         rt.run_worker(Sweeper(store, commands, positions, trip).run, name="sweeper")

@@ -4,7 +4,8 @@ Each command loads the trip, runs the domain guard, and saves the new version wi
 and outbox events in one transaction (``UPDATE ... WHERE version=$2``). A concurrent change
 makes the save fail with ConcurrencyError; the command then starts over on the fresh trip, so
 the caller gets the error the new state calls for ("cannot accept when state=ACCEPTED")
-rather than a bare conflict. Location index updates run after the commit.
+rather than a bare conflict. Dispatch is kicked only after the commit; the location service
+learns about drivers held or freed from the events.
 """
 
 from __future__ import annotations
@@ -15,14 +16,26 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from protos.trip.v1 import events_pb2
+from rideshare import paging
 from rideshare.bus import claim_event, reraise_if_cancelling
 from trip import domain, liveness, pricing, wire
 from trip.dispatch import Dispatcher, LocationClient
-from trip.domain import Actor, LatLng, Quote, Trip, TripState, VehicleClass
-from trip.errors import ConcurrencyError, InvalidArgumentError, NotFoundError
+from trip.domain import (
+    Actor,
+    Assignment,
+    ConcurrencyError,
+    InvalidArgumentError,
+    LatLng,
+    NotFoundError,
+    OfferEndReason,
+    Quote,
+    Trip,
+    TripState,
+    VehicleClass,
+)
 from trip.settings import TripSettings
-from trip.store import Event, TripStore, decode_page_token, encode_page_token
+from trip.store import TripStore
+from trip.wire import Event
 
 __all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "Outcome", "TripCommands"]
 
@@ -30,6 +43,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
+DEFAULT_ASSIGNMENT_PAGE = 500
+MAX_ASSIGNMENT_PAGE = 5_000
+_ASSIGNMENTS_SCOPE = "trip.assignments"
 _ATTEMPTS = 5
 _SUPPLY_LIMIT = 50
 
@@ -176,13 +192,39 @@ class TripCommands:
         if page_size < 0:
             raise InvalidArgumentError(f"page_size {page_size} is negative")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        after = decode_page_token(page_token) if page_token else None
+        after = wire.decode_page_token(page_token) if page_token else None
         trips = await self._store.list_trips(
             states=states, rider_id=rider_id, driver_id=driver_id, limit=size + 1, after=after
         )
         if len(trips) > size:
-            return trips[:size], encode_page_token(trips[size - 1])
+            return trips[:size], wire.encode_page_token(trips[size - 1])
         return trips, ""
+
+    async def active_assignments(
+        self, *, page_size: int, page_token: str
+    ) -> tuple[list[Assignment], str]:
+        """One page of the drivers held by live trips, by (driver id, trip id), and the next
+        page's token ("" on the last)."""
+        try:
+            limit = paging.page_size(
+                page_size, default=DEFAULT_ASSIGNMENT_PAGE, maximum=MAX_ASSIGNMENT_PAGE
+            )
+            after = None
+            if page_token:
+                driver_id, trip_id = paging.decode_page_token(
+                    page_token, _ASSIGNMENTS_SCOPE, key_types=(str, str)
+                )
+                after = (str(driver_id), str(trip_id))
+        except paging.InvalidPageError as exc:
+            raise InvalidArgumentError(str(exc)) from None
+        rows = await self._store.active_assignments(after=after, limit=limit + 1)
+        page = rows[:limit]
+        token = ""
+        if len(rows) > limit:
+            token = paging.encode_page_token(
+                _ASSIGNMENTS_SCOPE, [page[-1].driver_id, page[-1].trip_id]
+            )
+        return page, token
 
     # --- commands ---------------------------------------------------------------------------
 
@@ -228,7 +270,7 @@ class TripCommands:
             assert trip.offer is not None
             return Outcome(
                 after,
-                [wire.offer_ended(trip, trip.offer, events_pb2.OFFER_END_REASON_DECLINED)],
+                [wire.offer_ended(trip, trip.offer, OfferEndReason.DECLINED)],
                 dispatch=True,
             )
 
@@ -296,9 +338,7 @@ class TripCommands:
                     after = domain.expire_offer(
                         trip, offer_id=pending.offer_id, now=now, reason="driver went offline"
                     )
-                    ended = wire.offer_ended(
-                        trip, pending, events_pb2.OFFER_END_REASON_DRIVER_OFFLINE
-                    )
+                    ended = wire.offer_ended(trip, pending, OfferEndReason.DRIVER_OFFLINE)
                     return Outcome(after, [ended], dispatch=True)
                 if trip.driver_id == driver_id and trip.state in (
                     TripState.ACCEPTED,
@@ -354,7 +394,7 @@ class TripCommands:
             radius = self._settings.radius_steps_m[-1]
             events = [wire.no_drivers(after, max_radius_m=radius, rule=rule)]
             if trip.offer is not None:
-                ended = events_pb2.OFFER_END_REASON_TRIP_ENDED
+                ended = OfferEndReason.TRIP_ENDED
                 events.insert(0, wire.offer_ended(trip, trip.offer, ended))
             outcome = Outcome(after, events)
         else:

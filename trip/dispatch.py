@@ -1,18 +1,50 @@
 """Dispatch: find a driver for each trip, one offer at a time, with its state in Postgres.
 
-Any copy of the service can advance any trip, and a restart loses nothing: a trip is advanced
-under ``SELECT ... FOR UPDATE SKIP LOCKED`` (one place at a time), and everything it needs to
-go on (state, pending offer and its expiry, drivers already tried) is in its row. Triggers:
+Any copy of the service can advance any trip, and a restart loses nothing: everything
+dispatch needs to go on (state, pending offer and its expiry, drivers already tried) is in
+the trip's row. Triggers:
 
 * ``kick(trip_id)`` right after RequestTrip commits, after a decline or a driver's cancel
   (in-process, for latency);
 * a poller every ``dispatch_poll_s`` that picks up trips whose offer expired and trips in
   REQUESTED/DISPATCHING without an offer (whatever a crashed or stopped copy left behind).
 
-Before offering, the driver is reserved for the trip in the location index with a
-compare-and-set (``ReserveDriver``: AVAILABLE -> OFFERED), so concurrent dispatches of different
-trips never pick the same driver; the ``offers`` table's unique indexes make it impossible even
-if the index is wrong. That hold, and its release (``ReleaseDriver``) when the offer lapses or
+One step of a trip (``advance``) holds no lock and no transaction while it talks to the
+location service; a slow or failing location service never blocks the rider's cancel or any
+other command on the trip, nor holds a pooled connection. The step:
+
+1. **claim**: one short transaction leases the trip to this step for ``dispatch_claim_s``
+   (``TripStore.claim_for_dispatch``) and reads it. A trip claimed by another step, here or
+   in another copy, is left alone, so two copies do not search and reserve drivers for one
+   trip at once. The claim only saves work, so its commit does not wait for the disk;
+2. **decide and reserve**, outside any transaction: start dispatch, end a lapsed offer, ask
+   location for the nearest drivers, and hold the chosen one for the trip with a
+   compare-and-set in the location index (``ReserveDriver``: AVAILABLE -> OFFERED), so
+   concurrent steps of different trips never pick the same driver;
+3. **commit** the offer (or NO_DRIVERS) with the trip's history and outbox events in one short
+   transaction, version-checked (``UPDATE ... WHERE version=$2``) against the trip as read in
+   1. The new version ends the claim: a claim holds only while the trip stays at the version
+   it was taken on, so any write of the trip (a cancel too) ends it. The version check, and
+   the one-pending-offer-per-trip unique index, are what make two offers of one trip at once
+   impossible, claim or no claim (a claim can lapse under a stalled step). A step with
+   nothing to commit ends its claim with a statement of its own.
+
+Before the location calls this runs a claim (update, read) where a lock (lock, read, write
+of DISPATCHING) used to be, and after them one short transaction where the tail of the long
+one used to be, so the request -> offer path runs no more statements than before
+(docs/PERFORMANCE.md has the measurements).
+
+When the commit loses (the rider cancelled, the sweeper ended the trip, another step made an
+offer after this claim lapsed), the reserved driver is released (``ReleaseDriver``, which only
+ends this trip's hold, so repeating it is harmless) and the step starts over on the trip as it
+is now, which mostly finds nothing left to do. When the database refuses the driver (the
+``offers`` unique indexes: they hold another offer or a live trip, whatever the index said)
+the next candidate is tried, and the hold is left to the offer or trip that owns the driver.
+
+A copy that dies between reserve and commit leaves a hold in the index that no offer backs;
+the location service's sweeper releases holds older than an offer can live
+(``RIDESHARE_OFFER_HOLD_MAX_S``), and the trip's claim lapses after ``dispatch_claim_s``, when
+another copy's poller takes the trip on. That hold, and its release when an offer lapses or
 does not commit, are the only availability changes trip makes: ON_TRIP and AVAILABLE are
 applied by the location service from the trip events, and rebuilt by it from
 ``ListActiveAssignments`` when its Redis comes back empty.
@@ -25,27 +57,32 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, TypeAlias
+from datetime import UTC, datetime, timedelta
+from typing import TypeAlias
 
 import grpc
 
 from protos.location.v1 import location_pb2, location_pb2_grpc
-from protos.trip.v1 import events_pb2
 from rideshare.bus import reraise_if_cancelling
 from rideshare.grpc_client import make_channel
 from rideshare.grpc_errors import log_round_failure
 from trip import domain, wire
-from trip.domain import GiveUp, OfferTo, Trip, TripState, Widen
-from trip.errors import DriverUnavailableError
+from trip.domain import (
+    ConcurrencyError,
+    DriverUnavailableError,
+    GiveUp,
+    Nearby,
+    OfferEndReason,
+    OfferTo,
+    Trip,
+    TripState,
+    Widen,
+)
 from trip.settings import TripSettings
-from trip.store import Event, TripStore
+from trip.store import TripStore
+from trip.wire import Event
 
-if TYPE_CHECKING:
-    import asyncpg
-
-__all__ = ["Dispatcher", "LocationClient", "Nearby"]
+__all__ = ["Dispatcher", "LocationClient"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,17 +91,15 @@ LocationStub: TypeAlias = "location_pb2_grpc.LocationServiceAsyncStub"
 _NEAREST = "rideshare.location.v1.LocationService/NearestDrivers"
 _RELEASE = "rideshare.location.v1.LocationService/ReleaseDriver"  # repeatable: names its trip
 
+_ATTEMPTS = 3
+_DISPATCHABLE = frozenset({TripState.REQUESTED, TripState.DISPATCHING})
+
+_Change = tuple[Trip, list[Event]]
+"""One step of a trip: the trip after it, and its outbox events."""
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class Nearby:
-    """One search hit: an available driver and their distance to the pickup."""
-
-    driver_id: str
-    distance_m: float
 
 
 class LocationClient:
@@ -89,17 +124,10 @@ class LocationClient:
         exclude: frozenset[str] = frozenset(),
     ) -> list[Nearby]:
         """Available drivers within ``radius_m`` of ``point``, nearest first."""
-        request = location_pb2.NearestDriversRequest(
-            lat=point.lat,
-            lng=point.lng,
-            radius_m=radius_m,
-            limit=limit,
-            exclude_driver_ids=sorted(exclude),
+        request = wire.nearest_drivers_request(
+            point, radius_m=radius_m, limit=limit, vehicle_class=vehicle_class, exclude=exclude
         )
-        if vehicle_class is not None:
-            request.vehicle_class = wire.vehicle_class_to_proto(vehicle_class)
-        reply = await self._stub.NearestDrivers(request)
-        return [Nearby(d.driver_id, d.distance_m) for d in reply.drivers]
+        return wire.nearby_from_proto(await self._stub.NearestDrivers(request))
 
     async def reserve(self, driver_id: str, *, trip_id: str) -> bool:
         """Hold an AVAILABLE driver for ``trip_id``'s offer (AVAILABLE -> OFFERED); False when
@@ -130,9 +158,6 @@ class LocationClient:
             reraise_if_cancelling()
             logger.warning("could not release driver %s from trip %s: %r", driver_id, trip_id, exc)
 
-    async def free(self, driver_id: str) -> None:
-        """Nothing: the trip's ending event frees the driver in the location service."""
-
 
 class Dispatcher:
     """Advances trips that look for a driver; see the module docstring."""
@@ -149,6 +174,7 @@ class Dispatcher:
         self._location = location
         self._settings = settings
         self._plan = settings.plan()
+        self._claim_for = timedelta(seconds=settings.dispatch_claim_s)
         self._clock = clock
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
@@ -196,41 +222,69 @@ class Dispatcher:
 
     async def advance(self, trip_id: str) -> None:
         """Take the trip one step: start dispatch, end a lapsed offer, make the next offer
-        or give up. Does nothing when the trip is not due or another worker holds it."""
-        released: list[str] = []
-        reserved: str | None = None
+        or give up. Does nothing when the trip is not due or another step holds it."""
+        claim = uuid.uuid4().hex
+        now = self._clock()
+        trip = await self._store.claim_for_dispatch(
+            trip_id, claim=claim, now=now, until=now + self._claim_for
+        )
+        if trip is None:
+            return
+        committed = False
         try:
-            async with self._store.transaction() as conn:
-                trip = await self._store.lock_for_dispatch(conn, trip_id)
-                if trip is None:
+            for attempt in range(1, _ATTEMPTS + 1):
+                try:
+                    committed = await self._step(trip)
                     return
-                now = self._clock()
-                if trip.state is TripState.REQUESTED:
-                    trip = await self._save(conn, trip, domain.dispatch(trip, now=now), [])
-                pending = trip.offer
-                if pending is not None:
-                    if now < pending.expires_at:
-                        return  # not due: the driver still has time to answer
-                    trip = await self._save(
-                        conn,
-                        trip,
-                        domain.expire_offer(trip, offer_id=pending.offer_id, now=now),
-                        [wire.offer_ended(trip, pending, events_pb2.OFFER_END_REASON_EXPIRED)],
-                    )
-                    released.append(pending.driver_id)
-                reserved = await self._offer_next(conn, trip, now)
-        except BaseException:
-            if reserved is not None:
-                # Reserved in the index but the offer did not commit: give the driver back.
-                await self._location.release(reserved, trip_id=trip_id)
-            raise
-        # Only once the expiry committed: until then the driver's offer still stands.
-        for driver_id in released:
-            await self._location.release(driver_id, trip_id=trip_id)
+                except ConcurrencyError:
+                    if attempt == _ATTEMPTS:
+                        raise
+                # The trip changed under the step: look at it again as it is now.
+                logger.info("trip %s changed during its dispatch step; looking again", trip_id)
+                fresh = await self._store.find_trip(trip_id)
+                if fresh is None or fresh.state not in _DISPATCHABLE:
+                    return
+                trip = fresh
+        finally:
+            if not committed:  # a commit ends the claim: the trip's version moved on
+                await self._end_claim(trip_id, claim)
 
-    async def _offer_next(self, conn: asyncpg.Connection, trip: Trip, now: datetime) -> str | None:
-        """Offer ``trip`` to the nearest untried driver, widening the radius, or give up.
-        Returns the driver reserved for the offer, if one was."""
+    async def _end_claim(self, trip_id: str, claim: str) -> None:
+        try:
+            await self._store.end_dispatch_claim(trip_id, claim=claim)
+        except Exception as exc:
+            reraise_if_cancelling()
+            # Not worth failing the step for (nor hiding its own error): the claim lapses.
+            logger.warning("could not end the dispatch claim on trip %s: %r", trip_id, exc)
+
+    async def _step(self, trip: Trip) -> bool:
+        """One step on ``trip`` as read; ConcurrencyError when the trip changed since. True
+        when it committed a change (which ended the step's claim)."""
+        now = self._clock()
+        steps: list[_Change] = []
+        current = trip
+        if current.state is TripState.REQUESTED:
+            current = domain.dispatch(current, now=now)
+            steps.append((current, []))
+        pending = current.offer
+        if pending is not None:
+            if now < pending.expires_at:
+                return False  # not due: the driver still has time to answer
+            expired = domain.expire_offer(current, offer_id=pending.offer_id, now=now)
+            ended = wire.offer_ended(current, pending, OfferEndReason.EXPIRED)
+            steps.append((expired, [ended]))
+            current = expired
+        await self._offer_next(trip, current, steps, now=now)
+        if pending is not None:
+            # Only once the expiry committed: until then the driver's offer still stands.
+            await self._location.release(pending.driver_id, trip_id=trip.id)
+        return True
+
+    async def _offer_next(
+        self, read: Trip, trip: Trip, steps: list[_Change], *, now: datetime
+    ) -> None:
+        """Offer ``trip`` to the nearest untried driver, widening the radius, or give up, and
+        commit that after ``steps`` over the trip as ``read``."""
         plan = self._plan
         radius_index = 0
         skip: set[str] = set()
@@ -250,13 +304,9 @@ class Dispatcher:
                 continue
             if isinstance(step, GiveUp):
                 ended = domain.exhaust(trip, now=now, reason=step.reason)
-                await self._save(
-                    conn,
-                    trip,
-                    ended,
-                    [wire.no_drivers(ended, max_radius_m=plan.radius_steps_m[radius_index])],
-                )
-                return None
+                event = wire.no_drivers(ended, max_radius_m=plan.radius_steps_m[radius_index])
+                await self._commit(read, [*steps, (ended, [event])])
+                return
             assert isinstance(step, OfferTo)
             driver_id = step.driver_id
             if not await self._location.reserve(driver_id, trip_id=trip.id):
@@ -270,23 +320,32 @@ class Dispatcher:
                 timeout=plan.offer_timeout,
             )
             distance = next(c.distance_m for c in candidates if c.driver_id == driver_id)
+            event = wire.offered(offered, distance_to_pickup_m=distance)
             try:
-                async with conn.transaction():  # a savepoint: a refused offer keeps the tx
-                    await self._store.save(
-                        conn,
-                        trip,
-                        offered,
-                        events=[wire.offered(offered, distance_to_pickup_m=distance)],
-                    )
+                await self._commit(read, [*steps, (offered, [event])])
             except DriverUnavailableError:
                 # The index said available, the database says this driver holds another
                 # offer or trip: that one owns the OFFERED/ON_TRIP mark, leave it.
                 skip.add(driver_id)
                 continue
             except BaseException:
+                # Reserved in the index but the offer did not commit: give the driver back.
                 await self._location.release(driver_id, trip_id=trip.id)
                 raise
-            return driver_id
+            return
+
+    async def _commit(self, read: Trip, steps: list[_Change]) -> None:
+        """Write ``steps`` (each trip after the one before, the first after ``read``) in one
+        transaction, version-checked against ``read``; the new version ends the step's claim.
+        A step without events is written together with the next one (its history record goes
+        in all the same)."""
+        async with self._store.transaction() as conn:
+            before = read
+            for i, (after, events) in enumerate(steps):
+                if not events and i + 1 < len(steps):
+                    continue
+                await self._store.save(conn, before, after, events=events)
+                before = after
 
     async def _search(self, trip: Trip, radius_index: int, skip: set[str]) -> list[Nearby]:
         return await self._location.nearest(
@@ -296,12 +355,6 @@ class Dispatcher:
             vehicle_class=trip.vehicle_class,
             exclude=trip.excluded_driver_ids | skip,
         )
-
-    async def _save(
-        self, conn: asyncpg.Connection, before: Trip, after: Trip, events: list[Event]
-    ) -> Trip:
-        await self._store.save(conn, before, after, events=events)
-        return after
 
 
 async def _next_or_stop(queue: asyncio.Queue[str], stop: asyncio.Event) -> str | None:

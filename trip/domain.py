@@ -23,6 +23,7 @@ from typing import Any
 from trip.errors import (
     AlreadyRatedError,
     ConcurrencyError,
+    DriverUnavailableError,
     InvalidArgumentError,
     InvalidTransition,
     NotFoundError,
@@ -44,19 +45,23 @@ __all__ = [
     "QUOTE_TTL",
     "Actor",
     "AlreadyRatedError",
+    "Assignment",
     "CancellationPolicy",
     "Command",
     "ConcurrencyError",
     "DispatchPlan",
     "DispatchStep",
+    "DriverUnavailableError",
     "FareBasis",
     "GiveUp",
     "InvalidArgumentError",
     "InvalidTransition",
     "LatLng",
     "Money",
+    "Nearby",
     "NotFoundError",
     "Offer",
+    "OfferEndReason",
     "OfferExpiredError",
     "OfferMismatchError",
     "OfferTo",
@@ -138,6 +143,33 @@ class Offer:
     attempt: int
     offered_at: datetime
     expires_at: datetime
+
+
+class OfferEndReason(StrEnum):
+    """Why a pending offer ended without being accepted (trip.offer_ended)."""
+
+    EXPIRED = "EXPIRED"
+    DECLINED = "DECLINED"
+    TRIP_CANCELLED = "TRIP_CANCELLED"
+    DRIVER_OFFLINE = "DRIVER_OFFLINE"
+    TRIP_ENDED = "TRIP_ENDED"
+
+
+@dataclass(frozen=True, slots=True)
+class Nearby:
+    """One search hit: an available driver and their distance to the pickup."""
+
+    driver_id: str
+    distance_m: float
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """A driver held by a live trip: assigned to it (``offered`` False) or offered it."""
+
+    driver_id: str
+    trip_id: str
+    offered: bool
 
 
 @dataclass(frozen=True, slots=True)

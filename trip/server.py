@@ -1,20 +1,23 @@
-"""gRPC servicer of rideshare.trip.v1.TripService: proto <-> domain, errors -> status codes."""
+"""gRPC servicer of rideshare.trip.v1.TripService: a thin layer over ``TripCommands``.
+
+Each handler reads its request through ``wire``, calls one command and answers with the
+result through ``wire``. Domain errors propagate: the server's interceptor
+(``rideshare.grpc_server``) answers each with the status ``ERRORS`` gives it and the error's
+message, an outage with UNAVAILABLE, anything else with INTERNAL and a logged id.
+"""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
 from protos.trip.v1 import trip_pb2, trip_pb2_grpc
 from rideshare.db import DATA_ERRORS
-from rideshare.grpc_errors import StatusTable, abort_with
-from rideshare.paging import InvalidPageError, decode_page_token, encode_page_token, page_size
+from rideshare.grpc_errors import StatusTable
 from trip import wire
 from trip.commands import TripCommands
-from trip.errors import (
+from trip.domain import (
     AlreadyRatedError,
     ConcurrencyError,
     DriverUnavailableError,
@@ -27,19 +30,10 @@ from trip.errors import (
     QuoteExpiredError,
     QuoteUsedError,
     RiderHasLiveTripError,
-    TripError,
 )
-from trip.store import TripStore
 
 __all__ = ["ERRORS", "TripServicer"]
 
-logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-DEFAULT_ASSIGNMENT_PAGE = 500
-MAX_ASSIGNMENT_PAGE = 5_000
-_ASSIGNMENTS_SCOPE = "trip.assignments"
 Context = grpc.aio.ServicerContext[Any, Any]
 
 ERRORS: StatusTable = {
@@ -60,13 +54,6 @@ ERRORS: StatusTable = {
 """Every domain error -> the status it is answered with (anything else is INTERNAL)."""
 
 
-async def _answer(context: Context, call: Awaitable[T]) -> T:
-    try:
-        return await call
-    except TripError as exc:
-        await abort_with(context, exc, ERRORS)
-
-
 def _required(value: str, name: str) -> str:
     if not value:
         raise InvalidArgumentError(f"{name} is required")
@@ -76,194 +63,128 @@ def _required(value: str, name: str) -> str:
 class TripServicer(trip_pb2_grpc.TripServiceServicer):
     """Translates each call into a ``TripCommands`` call and its result back."""
 
-    def __init__(self, commands: TripCommands, *, store: TripStore) -> None:
+    def __init__(self, commands: TripCommands) -> None:
         self._commands = commands
-        self._store = store
 
     async def EstimateFare(
         self, request: trip_pb2.EstimateFareRequest, context: Context
     ) -> trip_pb2.Quote:
-        async def call() -> trip_pb2.Quote:
-            quote = await self._commands.estimate_fare(
-                rider_id=_required(request.rider_id, "rider_id"),
-                pickup=wire.latlng_from_proto(request.pickup, "pickup"),
-                dropoff=wire.latlng_from_proto(request.dropoff, "dropoff"),
-                vehicle_class=wire.vehicle_class_from_proto(request.vehicle_class),
-            )
-            return wire.quote_to_proto(quote)
-
-        return await _answer(context, call())
+        quote = await self._commands.estimate_fare(
+            rider_id=_required(request.rider_id, "rider_id"),
+            pickup=wire.latlng_from_proto(request.pickup, "pickup"),
+            dropoff=wire.latlng_from_proto(request.dropoff, "dropoff"),
+            vehicle_class=wire.vehicle_class_from_proto(request.vehicle_class),
+        )
+        return wire.quote_to_proto(quote)
 
     async def RequestTrip(
         self, request: trip_pb2.RequestTripRequest, context: Context
     ) -> trip_pb2.Trip:
-        async def call() -> trip_pb2.Trip:
-            trip = await self._commands.request_trip(
-                rider_id=_required(request.rider_id, "rider_id"),
-                quote_id=_required(request.quote_id, "quote_id"),
-                pickup=wire.latlng_from_proto(request.pickup, "pickup"),
-                dropoff=wire.latlng_from_proto(request.dropoff, "dropoff"),
-                pickup_address=request.pickup_address,
-                dropoff_address=request.dropoff_address,
-            )
-            return wire.trip_to_proto(trip)
-
-        return await _answer(context, call())
+        trip = await self._commands.request_trip(
+            rider_id=_required(request.rider_id, "rider_id"),
+            quote_id=_required(request.quote_id, "quote_id"),
+            pickup=wire.latlng_from_proto(request.pickup, "pickup"),
+            dropoff=wire.latlng_from_proto(request.dropoff, "dropoff"),
+            pickup_address=request.pickup_address,
+            dropoff_address=request.dropoff_address,
+        )
+        return wire.trip_to_proto(trip)
 
     async def GetTrip(self, request: trip_pb2.GetTripRequest, context: Context) -> trip_pb2.Trip:
-        async def call() -> trip_pb2.Trip:
-            trip = await self._commands.get_trip(_required(request.trip_id, "trip_id"))
-            return wire.trip_to_proto(trip)
-
-        return await _answer(context, call())
+        trip = await self._commands.get_trip(_required(request.trip_id, "trip_id"))
+        return wire.trip_to_proto(trip)
 
     async def ListTrips(
         self, request: trip_pb2.ListTripsRequest, context: Context
     ) -> trip_pb2.ListTripsResponse:
-        async def call() -> trip_pb2.ListTripsResponse:
-            trips, token = await self._commands.list_trips(
-                states=[wire.state_from_proto(s) for s in request.states],
-                rider_id=request.rider_id if request.HasField("rider_id") else None,
-                driver_id=request.driver_id if request.HasField("driver_id") else None,
-                page_size=request.page_size,
-                page_token=request.page_token,
-            )
-            return trip_pb2.ListTripsResponse(
-                trips=[wire.trip_to_proto(t) for t in trips], next_page_token=token
-            )
-
-        return await _answer(context, call())
+        trips, token = await self._commands.list_trips(
+            states=[wire.state_from_proto(s) for s in request.states],
+            rider_id=request.rider_id if request.HasField("rider_id") else None,
+            driver_id=request.driver_id if request.HasField("driver_id") else None,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return trip_pb2.ListTripsResponse(
+            trips=[wire.trip_to_proto(t) for t in trips], next_page_token=token
+        )
 
     async def CancelTrip(
         self, request: trip_pb2.CancelTripRequest, context: Context
     ) -> trip_pb2.Trip:
-        async def call() -> trip_pb2.Trip:
-            trip = await self._commands.cancel(
-                _required(request.trip_id, "trip_id"),
-                actor=wire.actor_from_proto(request.actor),
-                actor_id=request.actor_id,
-                reason=request.reason,
-            )
-            return wire.trip_to_proto(trip)
-
-        return await _answer(context, call())
+        trip = await self._commands.cancel(
+            _required(request.trip_id, "trip_id"),
+            actor=wire.actor_from_proto(request.actor),
+            actor_id=request.actor_id,
+            reason=request.reason,
+        )
+        return wire.trip_to_proto(trip)
 
     async def AcceptTrip(
         self, request: trip_pb2.AcceptTripRequest, context: Context
     ) -> trip_pb2.Trip:
-        async def call() -> trip_pb2.Trip:
-            trip = await self._commands.accept(
-                _required(request.trip_id, "trip_id"),
-                driver_id=_required(request.driver_id, "driver_id"),
-                offer_id=_required(request.offer_id, "offer_id"),
-            )
-            return wire.trip_to_proto(trip)
-
-        return await _answer(context, call())
+        trip = await self._commands.accept(
+            _required(request.trip_id, "trip_id"),
+            driver_id=_required(request.driver_id, "driver_id"),
+            offer_id=_required(request.offer_id, "offer_id"),
+        )
+        return wire.trip_to_proto(trip)
 
     async def DeclineTrip(
         self, request: trip_pb2.DeclineTripRequest, context: Context
     ) -> trip_pb2.DeclineTripResponse:
-        async def call() -> trip_pb2.DeclineTripResponse:
-            await self._commands.decline(
-                _required(request.trip_id, "trip_id"),
-                driver_id=_required(request.driver_id, "driver_id"),
-                offer_id=_required(request.offer_id, "offer_id"),
-            )
-            return trip_pb2.DeclineTripResponse()
-
-        return await _answer(context, call())
+        await self._commands.decline(
+            _required(request.trip_id, "trip_id"),
+            driver_id=_required(request.driver_id, "driver_id"),
+            offer_id=_required(request.offer_id, "offer_id"),
+        )
+        return trip_pb2.DeclineTripResponse()
 
     async def ArriveAtPickup(
         self, request: trip_pb2.ArriveAtPickupRequest, context: Context
     ) -> trip_pb2.Trip:
-        async def call() -> trip_pb2.Trip:
-            trip = await self._commands.arrive(
-                _required(request.trip_id, "trip_id"),
-                driver_id=_required(request.driver_id, "driver_id"),
-            )
-            return wire.trip_to_proto(trip)
-
-        return await _answer(context, call())
+        trip = await self._commands.arrive(
+            _required(request.trip_id, "trip_id"),
+            driver_id=_required(request.driver_id, "driver_id"),
+        )
+        return wire.trip_to_proto(trip)
 
     async def StartTrip(
         self, request: trip_pb2.StartTripRequest, context: Context
     ) -> trip_pb2.Trip:
-        async def call() -> trip_pb2.Trip:
-            trip = await self._commands.start(
-                _required(request.trip_id, "trip_id"),
-                driver_id=_required(request.driver_id, "driver_id"),
-            )
-            return wire.trip_to_proto(trip)
-
-        return await _answer(context, call())
+        trip = await self._commands.start(
+            _required(request.trip_id, "trip_id"),
+            driver_id=_required(request.driver_id, "driver_id"),
+        )
+        return wire.trip_to_proto(trip)
 
     async def CompleteTrip(
         self, request: trip_pb2.CompleteTripRequest, context: Context
     ) -> trip_pb2.Trip:
-        async def call() -> trip_pb2.Trip:
-            trip = await self._commands.complete(
-                _required(request.trip_id, "trip_id"),
-                driver_id=_required(request.driver_id, "driver_id"),
-                distance_m=request.distance_m if request.HasField("distance_m") else None,
-                duration_s=request.duration_s if request.HasField("duration_s") else None,
-            )
-            return wire.trip_to_proto(trip)
-
-        return await _answer(context, call())
+        trip = await self._commands.complete(
+            _required(request.trip_id, "trip_id"),
+            driver_id=_required(request.driver_id, "driver_id"),
+            distance_m=request.distance_m if request.HasField("distance_m") else None,
+            duration_s=request.duration_s if request.HasField("duration_s") else None,
+        )
+        return wire.trip_to_proto(trip)
 
     async def RateTrip(self, request: trip_pb2.RateTripRequest, context: Context) -> trip_pb2.Trip:
-        async def call() -> trip_pb2.Trip:
-            trip = await self._commands.rate(
-                _required(request.trip_id, "trip_id"),
-                side=wire.actor_from_proto(request.actor),
-                actor_id=_required(request.actor_id, "actor_id"),
-                stars=request.stars,
-                comment=request.comment,
-            )
-            return wire.trip_to_proto(trip)
-
-        return await _answer(context, call())
+        trip = await self._commands.rate(
+            _required(request.trip_id, "trip_id"),
+            side=wire.actor_from_proto(request.actor),
+            actor_id=_required(request.actor_id, "actor_id"),
+            stars=request.stars,
+            comment=request.comment,
+        )
+        return wire.trip_to_proto(trip)
 
     async def ListActiveAssignments(
         self, request: trip_pb2.ListActiveAssignmentsRequest, context: Context
     ) -> trip_pb2.ListActiveAssignmentsResponse:
-        async def call() -> trip_pb2.ListActiveAssignmentsResponse:
-            try:
-                limit = page_size(
-                    request.page_size,
-                    default=DEFAULT_ASSIGNMENT_PAGE,
-                    maximum=MAX_ASSIGNMENT_PAGE,
-                )
-                after = None
-                if request.page_token:
-                    driver_id, trip_id = decode_page_token(
-                        request.page_token, _ASSIGNMENTS_SCOPE, key_types=(str, str)
-                    )
-                    after = (str(driver_id), str(trip_id))
-            except InvalidPageError as exc:
-                raise InvalidArgumentError(str(exc)) from None
-            rows = await self._store.active_assignments(after=after, limit=limit + 1)
-            page = rows[:limit]
-            token = (
-                encode_page_token(_ASSIGNMENTS_SCOPE, [page[-1].driver_id, page[-1].trip_id])
-                if len(rows) > limit
-                else ""
-            )
-            return trip_pb2.ListActiveAssignmentsResponse(
-                assignments=[
-                    trip_pb2.DriverAssignment(
-                        driver_id=a.driver_id,
-                        trip_id=a.trip_id,
-                        kind=(
-                            trip_pb2.ASSIGNMENT_KIND_OFFERED
-                            if a.offered
-                            else trip_pb2.ASSIGNMENT_KIND_ON_TRIP
-                        ),
-                    )
-                    for a in page
-                ],
-                next_page_token=token,
-            )
-
-        return await _answer(context, call())
+        assignments, token = await self._commands.active_assignments(
+            page_size=request.page_size, page_token=request.page_token
+        )
+        return trip_pb2.ListActiveAssignmentsResponse(
+            assignments=[wire.assignment_to_proto(a) for a in assignments],
+            next_page_token=token,
+        )

@@ -30,6 +30,9 @@ class TripSettings:
     """How often the poller looks for expired offers and trips left without one."""
     dispatch_concurrency: int = 16
     """Trips one copy advances at once."""
+    dispatch_claim_s: float = 10.0
+    """How long a dispatcher's claim on a trip lasts: a copy that dies while advancing a trip
+    holds it back from the other copies for at most this long."""
     quote_ttl_s: float = 120.0
     cancellation_grace_s: float = 120.0
     surge_window_s: float = 600.0
@@ -136,6 +139,7 @@ class TripSettings:
             dispatch_concurrency=env_int(
                 "RIDESHARE_DISPATCH_CONCURRENCY", 16, minimum=1, maximum=256, env=env
             ),
+            dispatch_claim_s=env_float("RIDESHARE_DISPATCH_CLAIM_S", 10.0, minimum=0.1, env=env),
             quote_ttl_s=env_float("RIDESHARE_QUOTE_TTL_S", 120.0, minimum=1.0, env=env),
             cancellation_grace_s=env_float(
                 "RIDESHARE_CANCELLATION_GRACE_S", 120.0, minimum=0.0, env=env

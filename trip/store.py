@@ -1,4 +1,5 @@
-"""asyncpg adapter of the trip service: quotes, trips, their history, pending offers, surge.
+"""asyncpg adapter of the trip service: quotes, trips, their history, pending offers, surge,
+and dispatch's claims on trips.
 
 Every write of a trip is ``UPDATE trips ... WHERE id=$1 AND version=$2`` plus its history
 rows, its pending-offer row and its outbox events, in the caller's transaction. The unique
@@ -8,58 +9,43 @@ back as the matching domain error, never as a bare database error.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import json
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from typing import Any
+from dataclasses import replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
-from google.protobuf.message import Message
 
 from rideshare.outbox import add_event
 from trip.domain import (
     Actor,
+    Assignment,
+    ConcurrencyError,
+    DriverUnavailableError,
     FareBasis,
     LatLng,
     Money,
     Offer,
+    OfferMismatchError,
     Quote,
+    QuoteUsedError,
+    RiderHasLiveTripError,
     Transition,
     Trip,
     TripState,
     VehicleClass,
 )
-from trip.errors import (
-    ConcurrencyError,
-    DriverUnavailableError,
-    InvalidArgumentError,
-    OfferMismatchError,
-    QuoteUsedError,
-    RiderHasLiveTripError,
-)
 from trip.liveness import Cutoffs
 from trip.machine import LIVE_STATES
 
-__all__ = ["Assignment", "Event", "TripStore", "decode_page_token", "encode_page_token"]
+if TYPE_CHECKING:
+    from trip.wire import Event
 
-Event = tuple[str, Message]
-"""An outbox event: (subject, payload)."""
+__all__ = ["TripStore"]
 
 _LIVE = [s.value for s in (TripState.REQUESTED, TripState.DISPATCHING)]
 _HOLDING = sorted(s.value for s in LIVE_STATES)
-
-
-@dataclass(frozen=True, slots=True)
-class Assignment:
-    """A driver held by a live trip: assigned to it (``offered`` False) or offered it."""
-
-    driver_id: str
-    trip_id: str
-    offered: bool
 
 
 # Unique constraints -> the domain error a violation means.
@@ -87,6 +73,24 @@ _TRIP_COLUMNS = """
     o.offered_at AS offer_offered_at, o.expires_at AS offer_expires_at
 """
 _TRIP_FROM = "FROM trips t LEFT JOIN offers o ON o.trip_id = t.id"
+
+# A dispatch claim only saves work (the version check is what keeps two offers of a trip
+# apart), so one lost in a crash costs nothing: its transaction need not wait for the disk.
+_CLAIM_NEED_NOT_BE_DURABLE = "SET LOCAL synchronous_commit = off"
+
+
+def _unclaimed(now: str) -> str:
+    """SQL: no dispatch claim holds on the trip row at the time parameter ``now``."""
+    return (
+        f"(dispatch_claim_until IS NULL OR dispatch_claim_until <= {now} "
+        "OR dispatch_claim_version <> version)"
+    )
+
+
+_END_CLAIM = (
+    "UPDATE trips SET dispatch_claim = NULL, dispatch_claim_until = NULL "
+    "WHERE id = $1 AND dispatch_claim = $2"
+)
 
 
 class TripStore:
@@ -228,30 +232,56 @@ class TripStore:
             return None
         return await self._with_history(conn, _trip(row), history)
 
-    async def lock_for_dispatch(self, conn: asyncpg.Connection, trip_id: str) -> Trip | None:
-        """The trip, row-locked, if it is still looking for a driver and no one else holds it.
+    async def claim_for_dispatch(
+        self, trip_id: str, *, claim: str, now: datetime, until: datetime
+    ) -> Trip | None:
+        """The trip, claimed for dispatch by ``claim`` until ``until``, if it is still looking
+        for a driver and no other claim on it holds at ``now``; None otherwise. A claim holds
+        until its time is up or the trip is written (its version changes), whichever is first:
+        the commit of a dispatch step ends its claim without a statement of its own.
 
-        ``FOR UPDATE SKIP LOCKED``: of all the copies and triggers that want to advance one
-        trip's dispatch, exactly one gets it; the others get None and move on.
+        A claim is a lease in the trip's row, taken in a short transaction that has committed
+        when this returns: no lock or transaction stays open while its holder works. It keeps
+        two dispatchers from working on one trip at once; what keeps them from both
+        committing an offer is the version check of :meth:`save`.
         """
-        locked = await conn.fetchval(
-            "SELECT id FROM trips WHERE id = $1 AND state = ANY($2::text[]) FOR UPDATE SKIP LOCKED",
-            trip_id,
-            _LIVE,
-        )
-        if locked is None:
-            return None
-        # Read again in a statement of its own: under READ COMMITTED, a lock taken right after
-        # another transaction committed sees that trip row's new version, but a row joined in
-        # the same statement (the offer) would still come from the statement's older snapshot.
-        return await self.get_trip(conn, trip_id, history=False)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(_CLAIM_NEED_NOT_BE_DURABLE)
+            claimed = await conn.fetchval(
+                "UPDATE trips SET dispatch_claim = $2, dispatch_claim_until = $4, "
+                "dispatch_claim_version = version "
+                f"WHERE id = $1 AND state = ANY($5::text[]) AND {_unclaimed('$3')} RETURNING id",
+                trip_id,
+                claim,
+                now,
+                until,
+                _LIVE,
+            )
+            if claimed is None:
+                return None
+            # Read in a statement of its own: the UPDATE may have waited for a concurrent
+            # change of the row, and a row joined in its statement (the offer) would still
+            # come from the statement's older snapshot.
+            return await self.get_trip(conn, trip_id, history=False)
+
+    async def end_dispatch_claim(self, trip_id: str, *, claim: str) -> None:
+        """Give up ``claim`` on the trip (nothing when another claim replaced it)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(_CLAIM_NEED_NOT_BE_DURABLE)
+            await conn.execute(_END_CLAIM, trip_id, claim)
+
+    async def find_trip(self, trip_id: str) -> Trip | None:
+        """The trip with its pending offer, without history, or None (no transaction)."""
+        async with self._pool.acquire() as conn:
+            return await self.get_trip(conn, trip_id, history=False)
 
     async def due_for_dispatch(self, *, now: datetime, limit: int) -> list[str]:
         """Trips dispatch must advance: REQUESTED or DISPATCHING without an offer, or whose
-        offer expired. Oldest first."""
+        offer expired, and not claimed by a dispatcher. Oldest first."""
         rows = await self._pool.fetch(
             "SELECT t.id FROM trips t LEFT JOIN offers o ON o.trip_id = t.id "
             "WHERE t.state = ANY($1::text[]) AND (o.offer_id IS NULL OR o.expires_at <= $2) "
+            f"AND {_unclaimed('$2')} "
             "ORDER BY t.requested_at LIMIT $3",
             _LIVE,
             now,
@@ -480,25 +510,6 @@ class TripStore:
                 aggregate_version=trip.version,
                 payload=payload,
             )
-
-
-def encode_page_token(trip: Trip) -> str:
-    """An opaque token for the page after ``trip``."""
-    raw = json.dumps([trip.requested_at.isoformat(), trip.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_page_token(token: str) -> tuple[datetime, str]:
-    """The (requested_at, id) a page token stands for; InvalidArgumentError if malformed."""
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        when, trip_id = json.loads(raw)
-        at = datetime.fromisoformat(when)
-        if not isinstance(trip_id, str) or at.tzinfo is None:
-            raise ValueError(token)
-    except (ValueError, TypeError, binascii.Error):
-        raise InvalidArgumentError(f"page token {token!r} is not valid") from None
-    return at.astimezone(UTC), trip_id
 
 
 def _unique_error(exc: asyncpg.UniqueViolationError, trip: Trip) -> Exception:

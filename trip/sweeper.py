@@ -39,7 +39,7 @@ from protos.location.v1 import location_pb2, location_pb2_grpc
 from rideshare.bus import reraise_if_cancelling
 from rideshare.grpc_client import make_channel
 from rideshare.grpc_errors import log_round_failure
-from trip import liveness
+from trip import liveness, wire
 from trip.commands import TripCommands
 from trip.liveness import Heard
 from trip.settings import TripSettings
@@ -81,9 +81,7 @@ class PositionClient:
             if exc.code() is grpc.StatusCode.NOT_FOUND:
                 return None
             raise
-        if reply.server_ts_ms <= 0:
-            return None
-        return datetime.fromtimestamp(reply.server_ts_ms / 1000, UTC)
+        return wire.position_time_from_proto(reply)
 
 
 class Sweeper:

@@ -1,49 +1,67 @@
-"""Domain values <-> protobuf messages: the API's Trip and Quote, and every event payload.
+"""Domain values <-> protobuf messages: the API's requests and answers, its page tokens, every
+event payload the trip service writes to its outbox, and its calls to the location service.
 
-No I/O; shared by ``server`` (responses) and the modules that write outbox events.
+Pure: no I/O, and nothing here imports the service's adapters. ``server`` reads requests and
+writes answers with it; ``commands`` and ``dispatch`` build their outbox events with it;
+the location clients in ``dispatch`` and ``sweeper`` build requests and read replies with it.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from protos import events as subjects
 from protos.common.v1 import common_pb2
+from protos.location.v1 import location_pb2
 from protos.trip.v1 import events_pb2, trip_pb2
 from trip.domain import (
     Actor,
+    Assignment,
     FareBasis,
     InvalidArgumentError,
     LatLng,
     Money,
+    Nearby,
     Offer,
+    OfferEndReason,
     Quote,
     Trip,
     TripState,
     VehicleClass,
 )
 from trip.liveness import LivenessRule
-from trip.store import Event
 
 __all__ = [
+    "Event",
     "accepted",
     "actor_from_proto",
     "actor_to_proto",
     "arrived",
+    "assignment_to_proto",
     "cancelled",
     "charge_basis_to_proto",
     "completed",
+    "decode_page_token",
     "driver_cancelled",
+    "encode_page_token",
     "flagged",
     "latlng_from_proto",
     "liveness_rule_to_proto",
+    "nearby_from_proto",
+    "nearest_drivers_request",
     "no_drivers",
+    "offer_end_reason_to_proto",
     "offer_ended",
     "offered",
+    "position_time_from_proto",
     "quote_to_proto",
     "rated",
     "requested",
@@ -54,6 +72,9 @@ __all__ = [
     "vehicle_class_from_proto",
     "vehicle_class_to_proto",
 ]
+
+Event = tuple[str, Message]
+"""An outbox event: (subject, payload)."""
 
 _VEHICLE_PREFIX = "VEHICLE_CLASS_"
 _STATE_PREFIX = "TRIP_STATE_"
@@ -110,6 +131,10 @@ def charge_basis_to_proto(value: FareBasis | None) -> trip_pb2.ChargeBasis.Value
     if value is None:
         return trip_pb2.CHARGE_BASIS_UNSPECIFIED
     return trip_pb2.ChargeBasis.Value("CHARGE_BASIS_" + value.value)
+
+
+def offer_end_reason_to_proto(value: OfferEndReason) -> events_pb2.OfferEndReason.ValueType:
+    return events_pb2.OfferEndReason.Value("OFFER_END_REASON_" + value.value)
 
 
 def liveness_rule_to_proto(value: LivenessRule | None) -> events_pb2.LivenessRule.ValueType:
@@ -231,6 +256,78 @@ def trip_to_proto(trip: Trip) -> trip_pb2.Trip:
     return message
 
 
+def assignment_to_proto(assignment: Assignment) -> trip_pb2.DriverAssignment:
+    """A driver held by a live trip, as ListActiveAssignments answers it."""
+    return trip_pb2.DriverAssignment(
+        driver_id=assignment.driver_id,
+        trip_id=assignment.trip_id,
+        kind=(
+            trip_pb2.ASSIGNMENT_KIND_OFFERED
+            if assignment.offered
+            else trip_pb2.ASSIGNMENT_KIND_ON_TRIP
+        ),
+    )
+
+
+# --- the location service ----------------------------------------------------------------
+
+
+def nearest_drivers_request(
+    point: LatLng,
+    *,
+    radius_m: float,
+    limit: int,
+    vehicle_class: VehicleClass | None,
+    exclude: frozenset[str],
+) -> location_pb2.NearestDriversRequest:
+    """NearestDrivers for available drivers of ``vehicle_class`` (any class when None)."""
+    request = location_pb2.NearestDriversRequest(
+        lat=point.lat,
+        lng=point.lng,
+        radius_m=radius_m,
+        limit=limit,
+        exclude_driver_ids=sorted(exclude),
+    )
+    if vehicle_class is not None:
+        request.vehicle_class = vehicle_class_to_proto(vehicle_class)
+    return request
+
+
+def nearby_from_proto(reply: location_pb2.NearestDriversResponse) -> list[Nearby]:
+    """NearestDrivers' hits, in its order (nearest first)."""
+    return [Nearby(d.driver_id, d.distance_m) for d in reply.drivers]
+
+
+def position_time_from_proto(position: location_pb2.DriverPosition) -> datetime | None:
+    """When the location service accepted the position (its clock); None when it has none."""
+    if position.server_ts_ms <= 0:
+        return None
+    return datetime.fromtimestamp(position.server_ts_ms / 1000, UTC)
+
+
+# --- page tokens ---------------------------------------------------------------------------
+
+
+def encode_page_token(trip: Trip) -> str:
+    """ListTrips' opaque token for the page after ``trip``."""
+    raw = json.dumps([trip.requested_at.isoformat(), trip.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> tuple[datetime, str]:
+    """The (requested_at, id) a ListTrips page token stands for; InvalidArgumentError if
+    malformed."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        when, trip_id = json.loads(raw)
+        at = datetime.fromisoformat(when)
+        if not isinstance(trip_id, str) or at.tzinfo is None:
+            raise ValueError(token)
+    except (ValueError, TypeError, binascii.Error):
+        raise InvalidArgumentError(f"page token {token!r} is not valid") from None
+    return at.astimezone(UTC), trip_id
+
+
 # --- event payloads ------------------------------------------------------------------------
 
 
@@ -284,14 +381,14 @@ def offered(trip: Trip, *, distance_to_pickup_m: float) -> Event:
     )
 
 
-def offer_ended(trip: Trip, offer: Offer, reason: events_pb2.OfferEndReason.ValueType) -> Event:
+def offer_ended(trip: Trip, offer: Offer, reason: OfferEndReason) -> Event:
     # ``trip`` is the trip before the offer ended: it is not attached (consumers read it).
     return subjects.TRIP_OFFER_ENDED, events_pb2.TripOfferEnded(
         trip_id=trip.id,
         offer_id=offer.offer_id,
         driver_id=offer.driver_id,
         rider_id=trip.rider_id,
-        reason=reason,
+        reason=offer_end_reason_to_proto(reason),
     )
 
 

@@ -30,10 +30,13 @@ from protos.trip.v1 import trip_pb2 as pb
 from protos.trip.v1 import trip_pb2_grpc
 from rideshare import bus
 from rideshare.bus import Envelope
+from rideshare.db import create_pool
 from rideshare.settings import InfraUrls, ServiceSettings
 from tests.helpers import eventually
 from trip.app import running as trip_running
+from trip.dispatch import Dispatcher, LocationClient
 from trip.settings import TripSettings
+from trip.store import TripStore
 
 LocationStub: TypeAlias = "location_pb2_grpc.LocationServiceAsyncStub"
 TripStub: TypeAlias = "trip_pb2_grpc.TripServiceAsyncStub"
@@ -983,3 +986,100 @@ async def test_active_assignments_list_drivers_on_live_trips_and_with_pending_of
         ]
     )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+class CancelWhileReserving(LocationClient):
+    """The real location client; right after it reserves a driver, the rider cancels the trip
+    through the trip service, as a rider may while dispatch talks to location."""
+
+    def __init__(self, target: str, stub: TripStub, rider_id: str) -> None:
+        super().__init__(target, timeout_s=5.0)
+        self._trips = stub
+        self._rider_id = rider_id
+        self.reserved: list[str] = []
+
+    async def reserve(self, driver_id: str, *, trip_id: str) -> bool:
+        reserved = await super().reserve(driver_id, trip_id=trip_id)
+        if reserved:
+            self.reserved.append(driver_id)
+            await self._trips.CancelTrip(
+                pb.CancelTripRequest(
+                    trip_id=trip_id, actor=pb.ACTOR_RIDER, actor_id=self._rider_id
+                ),
+                timeout=5,
+            )
+        return reserved
+
+
+async def test_a_cancel_while_dispatch_holds_a_driver_wins_and_the_driver_is_released(
+    harness: Harness,
+) -> None:
+    """Dispatch holds no lock on the trip while it calls location: the rider's cancel goes
+    through at once, dispatch's commit then loses on the version, and it gives the driver
+    it reserved back."""
+    driver, rider = new_id("d"), new_id("r")
+    await harness.go_online(driver, (PICKUP[0] + 0.001, PICKUP[1]))
+    # The service's own dispatcher cannot reach location and polls once an hour: the
+    # dispatcher under test, on the same schema, makes the step.
+    service = {**unreachable_location(), "dispatch_poll_s": 3600.0}
+    settings = harness.trip_settings()
+    async with harness.trip_service(**service) as stub:
+        trip = await book(stub, rider)
+        location = CancelWhileReserving(settings.location_addr, stub, rider)
+        pool = await create_pool(harness.infra.postgres_dsn, schema=harness.schema)
+        try:
+            dispatcher = Dispatcher(TripStore(pool), location, settings)
+
+            async def stepped() -> bool:
+                await dispatcher.advance(trip.id)  # nothing while the service's step runs
+                return bool(location.reserved)
+
+            await eventually(stepped)
+        finally:
+            await pool.close()
+            await location.close()
+        done = await stub.GetTrip(pb.GetTripRequest(trip_id=trip.id), timeout=5)
+
+    assert location.reserved == [driver]
+    assert done.state == pb.TRIP_STATE_CANCELLED
+    assert [h.command for h in done.history] == ["request", "cancel"]
+    assert not harness.tap.of(events.TRIP_OFFERED, trip.id)
+    assert await harness.availability(driver) == loc.AVAILABILITY_AVAILABLE
+
+
+@pytest.mark.parametrize("claim_s", [10.0, 1e-6], ids=["claimed", "claim-lapsed"])
+async def test_two_dispatchers_on_one_trip_make_one_offer(harness: Harness, claim_s: float) -> None:
+    """Two copies' dispatchers advance the same trips at once. With the claim, one of them
+    works and the other leaves; with claims that lapse at once, both search and reserve, the
+    version check lets one offer commit and the other copy gives its driver back."""
+    drivers = [new_id("d") for _ in range(6)]
+    for i, driver in enumerate(drivers):
+        await harness.go_online(driver, (PICKUP[0] + 0.0005 * (i + 1), PICKUP[1]))
+    service = {**unreachable_location(), "dispatch_poll_s": 3600.0}
+    settings = harness.trip_settings(dispatch_claim_s=claim_s)
+    async with harness.trip_service(**service) as stub:
+        trips = [await book(stub, new_id("r")) for _ in range(3)]
+        locations = [LocationClient(settings.location_addr, timeout_s=5.0) for _ in range(2)]
+        pool = await create_pool(harness.infra.postgres_dsn, schema=harness.schema)
+        try:
+            copies = [Dispatcher(TripStore(pool), location, settings) for location in locations]
+            for trip in trips:
+
+                async def offered(trip_id: str = trip.id) -> bool:
+                    await asyncio.gather(*(copy.advance(trip_id) for copy in copies))
+                    found = await stub.GetTrip(pb.GetTripRequest(trip_id=trip_id), timeout=5)
+                    return found.HasField("current_offer")
+
+                await eventually(offered)
+        finally:
+            await pool.close()
+            for location in locations:
+                await location.close()
+        done = [await stub.GetTrip(pb.GetTripRequest(trip_id=t.id), timeout=5) for t in trips]
+        held = [await harness.availability(d) == loc.AVAILABILITY_OFFERED for d in drivers]
+
+    assert all([h.command for h in t.history] == ["request", "dispatch", "offer"] for t in done)
+    assert sorted(t.current_offer.driver_id for t in done) == sorted(
+        d for d, h in zip(drivers, held, strict=True) if h
+    )
+    assert sum(held) == 3

@@ -14,7 +14,7 @@ from trip import domain, wire
 from trip.domain import Actor, InvalidArgumentError, LatLng, TripState, VehicleClass
 from trip.liveness import LivenessRule
 from trip.settings import TripSettings
-from trip.store import decode_page_token, encode_page_token
+from trip.wire import decode_page_token, encode_page_token
 
 NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -51,6 +51,16 @@ def test_every_state_round_trips(state: TripState) -> None:
 @pytest.mark.parametrize("actor", list(Actor))
 def test_every_actor_round_trips(actor: Actor) -> None:
     assert wire.actor_from_proto(wire.actor_to_proto(actor)) is actor
+
+
+def test_every_offer_end_reason_has_its_own_proto_value() -> None:
+    values = [wire.offer_end_reason_to_proto(reason) for reason in domain.OfferEndReason]
+
+    assert sorted(values) == sorted(
+        v
+        for v in events_pb2.OfferEndReason.values()
+        if v != events_pb2.OFFER_END_REASON_UNSPECIFIED
+    )
 
 
 def test_unspecified_enums_are_invalid_arguments() -> None:

@@ -46,16 +46,17 @@ async def driver_service(infra: InfraUrls, schema: str) -> AsyncIterator[Rig]:
     settings = ServiceSettings(name="driver", infra=infra, grpc_port=0, shutdown_grace_s=1.0)
     nc = await bus.connect(infra.nats_url, name=f"test-{schema}")
     try:
-        async with (
-            running(settings, schema=schema, durable=schema) as server,
-            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
-        ):
-            db = await create_pool(infra.postgres_dsn, schema=schema, max_size=2)
-            try:
+        db = await create_pool(infra.postgres_dsn, schema=schema, max_size=2)
+        try:
+            async with (
+                running(settings, schema=schema, durable=schema) as server,
+                grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+            ):
                 yield Rig(driver_pb2_grpc.DriverServiceStub(channel), db, nc.jetstream(timeout=5))
-            finally:
-                await db.execute(f"DROP SCHEMA {quote_schema(schema)} CASCADE")
-                await db.close()
+            # Dropped once the service stopped: its relay and consumer use these tables.
+            await db.execute(f"DROP SCHEMA {quote_schema(schema)} CASCADE")
+        finally:
+            await db.close()
         with contextlib.suppress(Exception):
             await nc.jetstream(timeout=5).delete_consumer(events.STREAM, schema)
     finally:

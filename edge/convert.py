@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, get_args
 
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -32,39 +32,44 @@ __all__ = [
     "vehicle_class_name",
 ]
 
-VEHICLE_CLASSES: dict[str, int] = {
+VEHICLE_CLASSES: dict[models.VehicleClassName, common_pb2.VehicleClass.ValueType] = {
     "standard": common_pb2.VEHICLE_CLASS_STANDARD,
     "xl": common_pb2.VEHICLE_CLASS_XL,
     "comfort": common_pb2.VEHICLE_CLASS_COMFORT,
 }
-_CLASS_NAMES = {v: k for k, v in VEHICLE_CLASSES.items()}
-TRIP_STATES: dict[str, int] = {
-    name.removeprefix("TRIP_STATE_").lower(): value
-    for name, value in trip_pb2.TripState.items()
-    if value != trip_pb2.TRIP_STATE_UNSPECIFIED
-}
-_STATE_NAMES = {v: k for k, v in TRIP_STATES.items()}
-_ACTOR_NAMES = {
-    value: name.removeprefix("ACTOR_").lower()
-    for name, value in trip_pb2.Actor.items()
-    if value != trip_pb2.ACTOR_UNSPECIFIED
-}
-_CHARGE_BASIS_NAMES = {
-    value: name.removeprefix("CHARGE_BASIS_").lower()
-    for name, value in trip_pb2.ChargeBasis.items()
-    if value != trip_pb2.CHARGE_BASIS_UNSPECIFIED
-}
-_AVAILABILITY_NAMES = {
-    value: name.removeprefix("AVAILABILITY_").lower()
-    for name, value in location_pb2.Availability.items()
-    if value != location_pb2.AVAILABILITY_UNSPECIFIED
-}
-_DRIVER_STATUS = {
-    value: name.removeprefix("DRIVER_STATUS_").lower()
-    for name, value in driver_pb2.DriverStatus.items()
-    if value != driver_pb2.DRIVER_STATUS_UNSPECIFIED
-}
-_REJECT_NAMES = {
+_CLASS_NAMES: dict[int, models.VehicleClassName] = {int(v): k for k, v in VEHICLE_CLASSES.items()}
+
+
+def _names(enum: Any, prefix: str, names: Any) -> dict[int, Any]:
+    """Proto enum value -> the API's lowercase name (the enum's name less ``prefix``), every
+    name one of the ``Literal`` ``names`` the API model declares (checked here, at import,
+    so an enum value added to a proto cannot reach a response the model would refuse)."""
+    table = {
+        value: name.removeprefix(prefix).lower()
+        for name, value in enum.items()
+        if not name.endswith("_UNSPECIFIED")
+    }
+    unknown = set(table.values()) - set(get_args(names))
+    if unknown:
+        raise RuntimeError(f"{enum.DESCRIPTOR.name} names {sorted(unknown)} are not in the API")
+    return table
+
+
+_STATE_NAMES: dict[int, models.TripStateName] = _names(
+    trip_pb2.TripState, "TRIP_STATE_", models.TripStateName
+)
+TRIP_STATES: dict[str, int] = {name: value for value, name in _STATE_NAMES.items()}
+_ACTOR_NAMES: dict[int, models.ActorName] = _names(trip_pb2.Actor, "ACTOR_", models.ActorName)
+_CHARGE_BASIS_NAMES: dict[int, models.ChargeBasisName] = _names(
+    trip_pb2.ChargeBasis, "CHARGE_BASIS_", models.ChargeBasisName
+)
+_AVAILABILITY_NAMES: dict[int, models.AvailabilityName] = _names(
+    location_pb2.Availability, "AVAILABILITY_", models.AvailabilityName
+)
+_DRIVER_STATUS: dict[int, models.DriverStatusName] = _names(
+    driver_pb2.DriverStatus, "DRIVER_STATUS_", models.DriverStatusName
+)
+_REJECT_NAMES: dict[int, str] = {
     value: name.removeprefix("REJECT_REASON_").lower()
     for name, value in location_pb2.RejectReason.items()
 }
@@ -125,7 +130,7 @@ def driver_out(d: driver_pb2.Driver) -> models.DriverOut:
         name=d.name,
         phone=d.phone,
         license_number=d.license_number,
-        status=_DRIVER_STATUS.get(d.status, "unknown"),  # type: ignore[arg-type]
+        status=_DRIVER_STATUS.get(d.status, "unknown"),
         active_vehicle_id=_opt(d.active_vehicle_id),
         current_trip_id=_opt(d.current_trip_id),
         vehicles=[
@@ -135,7 +140,7 @@ def driver_out(d: driver_pb2.Driver) -> models.DriverOut:
                 model=v.model,
                 plate=v.plate,
                 seats=v.seats,
-                vehicle_class=_CLASS_NAMES.get(v.vehicle_class),  # type: ignore[arg-type]
+                vehicle_class=_CLASS_NAMES.get(v.vehicle_class),
             )
             for v in d.vehicles
         ],
@@ -150,7 +155,7 @@ def quote_out(q: trip_pb2.Quote) -> models.QuoteOut:
         quote_id=q.quote_id,
         pickup=latlng(q.pickup),
         dropoff=latlng(q.dropoff),
-        vehicle_class=_CLASS_NAMES.get(q.vehicle_class),  # type: ignore[arg-type]
+        vehicle_class=_CLASS_NAMES.get(q.vehicle_class),
         price=models.Money(amount_minor=q.price.amount_minor, currency=q.price.currency),
         surge_multiplier=q.surge_multiplier,
         distance_m=q.distance_m,
@@ -176,7 +181,7 @@ def trip_out(t: trip_pb2.Trip, *, show_offer: bool = True) -> models.TripOut:
         id=t.id,
         rider_id=t.rider_id,
         driver_id=_opt(t.driver_id),
-        vehicle_class=_CLASS_NAMES.get(t.vehicle_class),  # type: ignore[arg-type]
+        vehicle_class=_CLASS_NAMES.get(t.vehicle_class),
         state=state_name(t.state),
         version=t.version,
         quote_id=t.quote_id,
@@ -190,7 +195,7 @@ def trip_out(t: trip_pb2.Trip, *, show_offer: bool = True) -> models.TripOut:
         cancellation_fee=_money(t, "cancellation_fee"),
         distance_m=t.distance_m,
         duration_s=t.duration_s,
-        cancelled_by=_ACTOR_NAMES.get(t.cancelled_by),  # type: ignore[arg-type]
+        cancelled_by=_ACTOR_NAMES.get(t.cancelled_by),
         cancel_reason=_opt(t.cancel_reason),
         current_offer=offer,
         rider_rating=t.rider_rating or None,
@@ -204,12 +209,12 @@ def trip_out(t: trip_pb2.Trip, *, show_offer: bool = True) -> models.TripOut:
         ended_at=_ts(t, "ended_at"),
         flagged_at=_ts(t, "flagged_at"),
         flag_reason=_opt(t.flag_reason),
-        charge_basis=_CHARGE_BASIS_NAMES.get(t.charge_basis),  # type: ignore[arg-type]
+        charge_basis=_CHARGE_BASIS_NAMES.get(t.charge_basis),
         history=[
             models.TransitionOut(
                 from_state=state_name(h.from_state),
                 to_state=state_name(h.to_state),
-                actor=_ACTOR_NAMES.get(h.actor),  # type: ignore[arg-type]
+                actor=_ACTOR_NAMES.get(h.actor),
                 actor_id=_opt(h.actor_id),
                 command=h.command,
                 reason=h.reason,
@@ -312,10 +317,10 @@ def position_out(p: location_pb2.DriverPosition) -> models.DriverPositionOut:
         speed_mps=p.speed_mps,
         client_ts_ms=p.client_ts_ms,
         server_ts_ms=p.server_ts_ms,
-        availability=_AVAILABILITY_NAMES.get(p.availability, "unknown"),  # type: ignore[arg-type]
-        vehicle_class=_CLASS_NAMES.get(p.vehicle_class),  # type: ignore[arg-type]
+        availability=_AVAILABILITY_NAMES.get(p.availability, "unknown"),
+        vehicle_class=_CLASS_NAMES.get(p.vehicle_class),
     )
 
 
 def reject_name(value: int) -> str | None:
-    return None if value == 0 else _REJECT_NAMES.get(value, "unknown")  # type: ignore[call-overload]
+    return None if value == 0 else _REJECT_NAMES.get(value, "unknown")

@@ -1,6 +1,7 @@
-"""Domain error -> gRPC status: each servicer keeps its own table, this does the aborting.
+"""Domain error -> gRPC status: each service declares its table (``ERRORS`` in its server.py),
+and the server interceptor (grpc_server.py) applies it with :func:`status_of`.
 
-Errors no table knows reach the server interceptor (grpc_server.py), which asks
+Errors no table knows reach the same interceptor, which asks
 :func:`outage_of` whether the error is a server being unreachable (PostgreSQL, Redis or NATS
 down, restarting, refusing connections, not answering in time): that is UNAVAILABLE, which
 clients retry; anything else is INTERNAL, a bug. This module is the one list of such errors.
@@ -11,7 +12,6 @@ from __future__ import annotations
 import errno
 import logging
 from collections.abc import Mapping
-from typing import Any, NoReturn
 
 import asyncpg
 import grpc
@@ -19,7 +19,7 @@ import nats.errors
 import nats.js.errors
 import redis.exceptions
 
-__all__ = ["StatusTable", "abort_with", "log_round_failure", "outage_of", "status_of"]
+__all__ = ["StatusTable", "log_round_failure", "outage_of", "status_of"]
 
 StatusTable = Mapping[type[Exception], grpc.StatusCode]
 
@@ -130,16 +130,3 @@ def status_of(exc: BaseException, table: StatusTable) -> grpc.StatusCode | None:
         if code is not None:
             return code
     return None
-
-
-async def abort_with(
-    context: grpc.aio.ServicerContext[Any, Any], exc: Exception, table: StatusTable
-) -> NoReturn:
-    """End the call with the status that ``table`` gives ``exc`` (:func:`status_of`) and the
-    error's message. An error the table does not know is re-raised, and the server's
-    interceptor turns it into UNAVAILABLE (an outage, see :func:`outage_of`) or INTERNAL with
-    a logged id (a bug)."""
-    code = status_of(exc, table)
-    if code is not None:
-        await context.abort(code, str(exc))
-    raise exc

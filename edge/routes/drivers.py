@@ -42,7 +42,7 @@ async def add_vehicle(body: AddVehicleIn, driver: Driver, ctx: Ctx) -> VehicleOu
             model=body.model,
             plate=body.plate,
             seats=body.seats,
-            vehicle_class=convert.VEHICLE_CLASSES[body.vehicle_class],  # type: ignore[arg-type]
+            vehicle_class=convert.VEHICLE_CLASSES[body.vehicle_class],
         ),
     )
     return VehicleOut(

@@ -52,7 +52,7 @@ async def fare_estimate(body: FareEstimateIn, rider: Rider, ctx: Ctx) -> QuoteOu
         trip_pb2.EstimateFareRequest(
             pickup=convert.to_latlng(body.pickup),
             dropoff=convert.to_latlng(body.dropoff),
-            vehicle_class=convert.VEHICLE_CLASSES[body.vehicle_class],  # type: ignore[arg-type]
+            vehicle_class=convert.VEHICLE_CLASSES[body.vehicle_class],
             rider_id=rider.sub,
         ),
     )

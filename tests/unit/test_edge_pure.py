@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from typing import Literal
 
 import grpc
 import pytest
@@ -274,3 +275,8 @@ def test_the_first_history_page_shows_the_trip_services_newer_state_and_new_trip
         ("old2", "cancelled"),
         ("old1", "completed"),
     ]
+
+
+def test_an_enum_value_whose_name_the_api_does_not_declare_is_refused_at_import() -> None:
+    with pytest.raises(RuntimeError, match=r"\['admin', 'driver', 'system'\] are not in the API"):
+        convert._names(trip_pb2.Actor, "ACTOR_", Literal["rider"])

@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
+
 from rideshare import paging
 from rideshare.bus import claim_event, reraise_if_cancelling
 from trip import domain, liveness, pricing, wire
@@ -29,6 +31,8 @@ from trip.domain import (
     NotFoundError,
     OfferEndReason,
     Quote,
+    QuoteUsedError,
+    RiderHasLiveTripError,
     Trip,
     TripState,
     VehicleClass,
@@ -144,10 +148,33 @@ class TripCommands:
         pickup_address: str = "",
         dropoff_address: str = "",
     ) -> Trip:
-        """Book a trip at a quote's price and start dispatching it."""
+        """Book a trip at a quote's price and start dispatching it. Booking the same quote
+        again (a retry, a double tap) answers the trip the first booking made."""
+        addresses = (pickup_address, dropoff_address)
         if not rider_id or not quote_id:
             raise InvalidArgumentError("rider_id and quote_id are required")
+        try:
+            return await self._book(rider_id, quote_id, pickup, dropoff, addresses)
+        except (QuoteUsedError, RiderHasLiveTripError):
+            # A double tap: the same booking sent twice at once, and the other one won.
+            async with self._store.transaction() as conn:
+                booked = await self._repeated_booking(conn, rider_id, quote_id, pickup, dropoff)
+            if booked is None:
+                raise
+            return booked
+
+    async def _book(
+        self,
+        rider_id: str,
+        quote_id: str,
+        pickup: LatLng,
+        dropoff: LatLng,
+        addresses: tuple[str, str],
+    ) -> Trip:
         async with self._store.transaction() as conn:
+            booked = await self._repeated_booking(conn, rider_id, quote_id, pickup, dropoff)
+            if booked is not None:
+                return booked
             quote = await self._store.get_quote(conn, quote_id)
             if quote is None:
                 raise NotFoundError(f"no quote {quote_id}")
@@ -158,8 +185,8 @@ class TripCommands:
                 pickup=pickup,
                 dropoff=dropoff,
                 now=self._clock(),
-                pickup_address=pickup_address,
-                dropoff_address=dropoff_address,
+                pickup_address=addresses[0],
+                dropoff_address=addresses[1],
             )
             await self._store.create_trip(
                 conn,
@@ -169,6 +196,21 @@ class TripCommands:
             )
         self._dispatcher.kick(trip.id)
         return trip
+
+    async def _repeated_booking(
+        self,
+        conn: asyncpg.Connection,
+        rider_id: str,
+        quote_id: str,
+        pickup: LatLng,
+        dropoff: LatLng,
+    ) -> Trip | None:
+        """The trip an identical earlier booking made (domain.repeated_booking), or None."""
+        quote = await self._store.get_quote(conn, quote_id)
+        if quote is None:
+            return None
+        repeated = domain.repeated_booking(quote, rider_id=rider_id, pickup=pickup, dropoff=dropoff)
+        return await self._store.get_trip(conn, repeated) if repeated else None
 
     # --- reads ------------------------------------------------------------------------------
 

@@ -92,6 +92,7 @@ __all__ = [
     "offer",
     "rate",
     "reassign",
+    "repeated_booking",
     "request_trip",
     "start",
 ]
@@ -292,6 +293,17 @@ def make_quote(
         created_at=now,
         expires_at=now + ttl,
     )
+
+
+def repeated_booking(quote: Quote, *, rider_id: str, pickup: LatLng, dropoff: LatLng) -> str | None:
+    """The trip that an identical earlier booking of ``quote`` made, or None.
+
+    A phone that lost the answer to its booking (a timeout, a dropped connection) books the
+    same quote again: that is the same request, and it gets the trip it made, never a
+    second trip and never "quote used". Anyone else, or another route, is not a repeat.
+    """
+    same = quote.rider_id == rider_id and (pickup, dropoff) == (quote.pickup, quote.dropoff)
+    return quote.trip_id if same else None
 
 
 def request_trip(

@@ -49,6 +49,7 @@ from trip.domain import (
     next_dispatch_step,
     offer,
     rate,
+    repeated_booking,
     request_trip,
     start,
 )
@@ -688,3 +689,15 @@ def test_every_domain_error_is_a_trip_error() -> None:
         RiderHasLiveTripError,
     ):
         assert issubclass(error, TripError)
+
+
+def test_booking_a_booked_quote_again_by_its_rider_repeats_the_first_booking() -> None:
+    used = replace(a_quote(), trip_id="t0")
+    assert repeated_booking(used, rider_id="r1", pickup=PICKUP, dropoff=DROPOFF) == "t0"
+
+
+def test_a_quote_not_booked_yet_or_booked_by_someone_else_repeats_nothing() -> None:
+    assert repeated_booking(a_quote(), rider_id="r1", pickup=PICKUP, dropoff=DROPOFF) is None
+    used = replace(a_quote(), trip_id="t0")
+    assert repeated_booking(used, rider_id="r2", pickup=PICKUP, dropoff=DROPOFF) is None
+    assert repeated_booking(used, rider_id="r1", pickup=DROPOFF, dropoff=PICKUP) is None

@@ -8,6 +8,7 @@ consumes into the read model's updates and ratings here.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any, TypedDict
 
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -175,19 +176,46 @@ def _point(point: common_pb2.LatLng, present: bool) -> tuple[float, float] | Non
     return (point.lat, point.lng) if present else None
 
 
+class _Head(TypedDict):
+    trip_id: str
+    rider_id: str
+    version: int
+    state: int
+    occurred_at: datetime
+
+
+class _Places(TypedDict, total=False):
+    pickup: tuple[float, float] | None
+    dropoff: tuple[float, float] | None
+
+
+def _head(message: Any, state: int, version: int, occurred_at: datetime) -> _Head:
+    """The fields every TripUpdate has: whose trip, which version, what state, when."""
+    return {
+        "trip_id": message.trip_id,
+        "rider_id": message.rider_id,
+        "version": version,
+        "state": state,
+        "occurred_at": occurred_at,
+    }
+
+
+def _places(message: Any, *, dropoff: bool = True) -> _Places:
+    """The payload's pickup (and dropoff), None where it has none."""
+    places: _Places = {"pickup": _point(message.pickup, message.HasField("pickup"))}
+    if dropoff:
+        places["dropoff"] = _point(message.dropoff, message.HasField("dropoff"))
+    return places
+
+
 def trip_update(message: Message, *, version: int, occurred_at: datetime) -> TripUpdate | None:
     """What a trip.* payload says about its trip, or None for a payload the history does not
     fold (see TRIP_UPDATE_SUBJECTS). ``version`` and ``occurred_at`` come from the envelope."""
     match message:
         case trip_events.TripRequested() as m:
             return TripUpdate(
-                trip_id=m.trip_id,
-                rider_id=m.rider_id,
-                version=version,
-                state=trip_pb2.TRIP_STATE_REQUESTED,
-                occurred_at=occurred_at,
-                pickup=_point(m.pickup, m.HasField("pickup")),
-                dropoff=_point(m.dropoff, m.HasField("dropoff")),
+                **_head(m, trip_pb2.TRIP_STATE_REQUESTED, version, occurred_at),
+                **_places(m),
                 fare_minor=m.fare.amount_minor if m.HasField("fare") else None,
                 fare_currency=m.fare.currency if m.HasField("fare") else None,
                 vehicle_class=m.vehicle_class,
@@ -195,65 +223,39 @@ def trip_update(message: Message, *, version: int, occurred_at: datetime) -> Tri
             )
         case trip_events.TripOffered() as m:
             return TripUpdate(
-                trip_id=m.trip_id,
-                rider_id=m.rider_id,
-                version=version,
-                state=trip_pb2.TRIP_STATE_DISPATCHING,
-                occurred_at=occurred_at,
-                pickup=_point(m.pickup, m.HasField("pickup")),
-                dropoff=_point(m.dropoff, m.HasField("dropoff")),
+                **_head(m, trip_pb2.TRIP_STATE_DISPATCHING, version, occurred_at),
+                **_places(m),
                 vehicle_class=m.vehicle_class,
             )
         case trip_events.TripAccepted() as m:
             return TripUpdate(
-                trip_id=m.trip_id,
-                rider_id=m.rider_id,
-                version=version,
-                state=trip_pb2.TRIP_STATE_ACCEPTED,
-                occurred_at=occurred_at,
+                **_head(m, trip_pb2.TRIP_STATE_ACCEPTED, version, occurred_at),
                 driver_id=m.driver_id,
-                pickup=_point(m.pickup, m.HasField("pickup")),
+                **_places(m, dropoff=False),
                 vehicle_class=m.vehicle_class,
             )
         case trip_events.TripDriverCancelled() as m:
             # The trip goes back to dispatching without this driver.
             return TripUpdate(
-                trip_id=m.trip_id,
-                rider_id=m.rider_id,
-                version=version,
-                state=trip_pb2.TRIP_STATE_DISPATCHING,
-                occurred_at=occurred_at,
+                **_head(m, trip_pb2.TRIP_STATE_DISPATCHING, version, occurred_at),
                 driver_id="",
             )
         case trip_events.TripArrived() as m:
             return TripUpdate(
-                trip_id=m.trip_id,
-                rider_id=m.rider_id,
-                version=version,
-                state=trip_pb2.TRIP_STATE_ARRIVED,
-                occurred_at=occurred_at,
+                **_head(m, trip_pb2.TRIP_STATE_ARRIVED, version, occurred_at),
                 driver_id=m.driver_id,
-                pickup=_point(m.pickup, m.HasField("pickup")),
+                **_places(m, dropoff=False),
             )
         case trip_events.TripStarted() as m:
             return TripUpdate(
-                trip_id=m.trip_id,
-                rider_id=m.rider_id,
-                version=version,
-                state=trip_pb2.TRIP_STATE_IN_PROGRESS,
-                occurred_at=occurred_at,
+                **_head(m, trip_pb2.TRIP_STATE_IN_PROGRESS, version, occurred_at),
                 driver_id=m.driver_id,
             )
         case trip_events.TripCompleted() as m:
             return TripUpdate(
-                trip_id=m.trip_id,
-                rider_id=m.rider_id,
-                version=version,
-                state=trip_pb2.TRIP_STATE_COMPLETED,
-                occurred_at=occurred_at,
+                **_head(m, trip_pb2.TRIP_STATE_COMPLETED, version, occurred_at),
                 driver_id=m.driver_id,
-                pickup=_point(m.pickup, m.HasField("pickup")),
-                dropoff=_point(m.dropoff, m.HasField("dropoff")),
+                **_places(m),
                 fare_minor=m.fare.amount_minor,
                 fare_currency=m.fare.currency or None,
                 vehicle_class=m.vehicle_class,
@@ -263,13 +265,8 @@ def trip_update(message: Message, *, version: int, occurred_at: datetime) -> Tri
         case trip_events.TripCancelled() as m:
             has_fee = m.HasField("fee")
             return TripUpdate(
-                trip_id=m.trip_id,
-                rider_id=m.rider_id,
-                version=version,
-                state=trip_pb2.TRIP_STATE_CANCELLED,
-                occurred_at=occurred_at,
-                pickup=_point(m.pickup, m.HasField("pickup")),
-                dropoff=_point(m.dropoff, m.HasField("dropoff")),
+                **_head(m, trip_pb2.TRIP_STATE_CANCELLED, version, occurred_at),
+                **_places(m),
                 # What a cancelled trip cost is its fee: nothing when none was charged.
                 fare_minor=m.fee.amount_minor if has_fee else 0,
                 fare_currency=(m.fee.currency or None) if has_fee else None,
@@ -278,13 +275,8 @@ def trip_update(message: Message, *, version: int, occurred_at: datetime) -> Tri
             )
         case trip_events.TripNoDrivers() as m:
             return TripUpdate(
-                trip_id=m.trip_id,
-                rider_id=m.rider_id,
-                version=version,
-                state=trip_pb2.TRIP_STATE_NO_DRIVERS,
-                occurred_at=occurred_at,
-                pickup=_point(m.pickup, m.HasField("pickup")),
-                dropoff=_point(m.dropoff, m.HasField("dropoff")),
+                **_head(m, trip_pb2.TRIP_STATE_NO_DRIVERS, version, occurred_at),
+                **_places(m),
                 requested_at=_when(m.requested_at, m.HasField("requested_at")),
                 ended_at=_when(m.ended_at, m.HasField("ended_at")) or occurred_at,
             )

@@ -192,7 +192,7 @@ def new_driver(*, name: str, phone: str, password: str, license_number: str) -> 
         return NewDriver(
             name=check_text(name, field="name", max_len=MAX_NAME_LEN),
             phone=check_phone(phone),
-            password=check_password(password),
+            password=check_password(password, phone=phone),
             license_number=check_text(
                 license_number, field="license_number", max_len=MAX_LICENSE_LEN
             ),

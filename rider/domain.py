@@ -105,7 +105,7 @@ def new_rider(*, name: str, phone: str, email: str | None, password: str) -> New
             name=check_text(name, field="name", max_len=MAX_NAME_LEN),
             phone=check_phone(phone),
             email=check_email(email) if email else "",
-            password=check_password(password),
+            password=check_password(password, phone=phone),
         )
     except InvalidCredentialError as exc:
         raise InvalidRiderError(str(exc)) from None

@@ -24,6 +24,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
+from rideshare.passwords import MAX_PASSWORD_LEN, MIN_PASSWORD_LEN, password_problem
+
 __all__ = [
     "DEFAULT_KDF",
     "MAX_PASSWORD_LEN",
@@ -41,8 +43,6 @@ __all__ = [
     "verify_password",
 ]
 
-MIN_PASSWORD_LEN = 8
-MAX_PASSWORD_LEN = 128  # bounds the KDF's input; a longer "password" is a denial of service
 MAX_EMAIL_LEN = 254
 
 # E.164: "+", a country code that does not start with 0, 8 to 15 digits in all.
@@ -67,12 +67,12 @@ def check_phone(phone: str) -> str:
     return phone
 
 
-def check_password(password: str) -> str:
-    """The password if its length is acceptable, else InvalidCredentialError (never echoes it)."""
-    if len(password) < MIN_PASSWORD_LEN:
-        raise InvalidCredentialError(f"password must have at least {MIN_PASSWORD_LEN} characters")
-    if len(password) > MAX_PASSWORD_LEN:
-        raise InvalidCredentialError(f"password must have at most {MAX_PASSWORD_LEN} characters")
+def check_password(password: str, *, phone: str) -> str:
+    """The password if the rules of :mod:`rideshare.passwords` accept it for the account with
+    ``phone``, else InvalidCredentialError naming the rule (never echoes the password)."""
+    problem = password_problem(password, phone=phone)
+    if problem is not None:
+        raise InvalidCredentialError(problem)
     return password
 
 

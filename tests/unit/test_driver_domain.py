@@ -117,10 +117,14 @@ def test_bad_vehicles_name_the_field(change: dict[str, object], field: str) -> N
 
 def test_signup_rules() -> None:
     signup = domain.new_driver(
-        name=" Bo ", phone="+447700900123", password="12345678", license_number=" L-1 "
+        name=" Bo ", phone="+447700900123", password="correct horse battery", license_number=" L-1 "
     )
     assert (signup.name, signup.license_number) == ("Bo", "L-1")
     with pytest.raises(InvalidDriverError, match="license_number"):
-        domain.new_driver(name="Bo", phone="+447700900123", password="12345678", license_number="")
+        domain.new_driver(
+            name="Bo", phone="+447700900123", password="correct horse battery", license_number=""
+        )
     with pytest.raises(InvalidDriverError, match=r"E\.164"):
-        domain.new_driver(name="Bo", phone="07700900123", password="12345678", license_number="L")
+        domain.new_driver(
+            name="Bo", phone="07700900123", password="correct horse battery", license_number="L"
+        )

@@ -55,7 +55,7 @@ def test_each_status_is_the_proto_value_of_the_same_name(value: DriverStatus) ->
 
 def test_a_sign_up_request_is_validated() -> None:
     request = driver_pb2.CreateDriverRequest(
-        name=" Bo ", phone="+447700900123", password="12345678", license_number="L-1"
+        name=" Bo ", phone="+447700900123", password="correct horse battery", license_number="L-1"
     )
     assert wire.new_driver_from_proto(request).name == "Bo"
     request.phone = "12"

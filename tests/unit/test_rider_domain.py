@@ -34,7 +34,12 @@ def test_a_malformed_hash_matches_nothing(encoded: str) -> None:
 
 @pytest.mark.parametrize("phone", ["+4915112345678", "+12025550123", "+86123456789012"])
 def test_e164_phones_are_accepted(phone: str) -> None:
-    assert domain.new_rider(name="Ada", phone=phone, email=None, password="12345678").phone == phone
+    assert (
+        domain.new_rider(
+            name="Ada", phone=phone, email=None, password="correct horse battery"
+        ).phone
+        == phone
+    )
 
 
 @pytest.mark.parametrize(
@@ -43,7 +48,7 @@ def test_e164_phones_are_accepted(phone: str) -> None:
 )
 def test_other_phone_spellings_are_invalid(phone: str) -> None:
     with pytest.raises(InvalidRiderError, match=r"E\.164"):
-        domain.new_rider(name="Ada", phone=phone, email=None, password="12345678")
+        domain.new_rider(name="Ada", phone=phone, email=None, password="correct horse battery")
 
 
 def test_signup_rules_name_the_bad_field_and_never_echo_the_password() -> None:
@@ -51,11 +56,18 @@ def test_signup_rules_name_the_bad_field_and_never_echo_the_password() -> None:
         domain.new_rider(name="Ada", phone="+4915112345678", email=None, password="hunter2")
     assert "hunter2" not in str(info.value)
     with pytest.raises(InvalidRiderError, match="name"):
-        domain.new_rider(name=" ", phone="+4915112345678", email=None, password="12345678")
+        domain.new_rider(
+            name=" ", phone="+4915112345678", email=None, password="correct horse battery"
+        )
     with pytest.raises(InvalidRiderError, match="email"):
-        domain.new_rider(name="Ada", phone="+4915112345678", email="a@b", password="12345678")
+        domain.new_rider(
+            name="Ada", phone="+4915112345678", email="a@b", password="correct horse battery"
+        )
     signup = domain.new_rider(
-        name="  Ada ", phone="+4915112345678", email=" ada@example.com ", password="12345678"
+        name="  Ada ",
+        phone="+4915112345678",
+        email=" ada@example.com ",
+        password="correct horse battery",
     )
     assert (signup.name, signup.email) == ("Ada", "ada@example.com")
 

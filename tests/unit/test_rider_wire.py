@@ -34,7 +34,9 @@ def test_a_rider_becomes_the_api_message_with_both_times() -> None:
 
 
 def test_a_sign_up_without_an_email_has_none_and_a_bad_one_is_invalid() -> None:
-    request = rider_pb2.CreateRiderRequest(name="Ada", phone="+447700900123", password="12345678")
+    request = rider_pb2.CreateRiderRequest(
+        name="Ada", phone="+447700900123", password="correct horse battery"
+    )
     assert wire.new_rider_from_proto(request).email == ""
 
     request.email = "not-an-email"

@@ -27,6 +27,7 @@ from edge.context import EdgeContext
 from edge.errors import install_error_handlers
 from edge.idempotency import IdempotencyStore
 from edge.live import LiveHub
+from edge.logins import LoginGuard
 from edge.middleware import EdgeMiddleware
 from edge.positions import PositionBatcher
 from edge.ratelimit import RateLimiter
@@ -182,12 +183,14 @@ async def running(settings: EdgeSettings) -> AsyncIterator[EdgeServer]:
             flush_s=settings.position_flush_s,
             max_buffer=settings.position_buffer,
         )
+        limiter = RateLimiter(redis)
         ctx = EdgeContext(
             settings=settings,
             upstreams=upstreams,
             redis=redis,
             nc=nc,
-            limiter=RateLimiter(redis),
+            limiter=limiter,
+            logins=LoginGuard(redis, limiter, settings.logins),
             idempotency=IdempotencyStore(redis, ttl_s=settings.idempotency_ttl_s),
             hub=hub,
             positions=batcher,

@@ -10,6 +10,7 @@ from nats.aio.client import Client as NATS
 
 from edge.idempotency import IdempotencyStore
 from edge.live import LiveHub
+from edge.logins import LoginGuard
 from edge.positions import PositionBatcher
 from edge.ratelimit import RateLimiter
 from edge.settings import EdgeSettings
@@ -35,6 +36,7 @@ class EdgeContext:
     redis: aioredis.Redis
     nc: NATS
     limiter: RateLimiter
+    logins: LoginGuard
     idempotency: IdempotencyStore
     hub: LiveHub
     positions: PositionBatcher

@@ -7,6 +7,8 @@ from prometheus_client import Counter, Gauge, Histogram
 __all__ = [
     "HTTP_REQUESTS",
     "HTTP_SECONDS",
+    "LOGIN_LOCKOUTS",
+    "LOGIN_REFUSED",
     "POSITIONS_DROPPED",
     "POSITIONS_FORWARDED",
     "RATE_LIMITED",
@@ -38,4 +40,12 @@ POSITIONS_FORWARDED = Counter(
 )
 POSITIONS_DROPPED = Counter(
     "edge_positions_dropped_total", "Driver positions dropped (buffer full or stream down)."
+)
+LOGIN_REFUSED = Counter(
+    "edge_login_refused_total",
+    "Logins and signups refused before any password was checked, by kind and limit.",
+    ["kind", "reason"],
+)
+LOGIN_LOCKOUTS = Counter(
+    "edge_login_lockouts_total", "Phone numbers locked out after failed logins in a row."
 )

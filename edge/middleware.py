@@ -23,10 +23,16 @@ from edge.metrics import HTTP_REQUESTS, HTTP_SECONDS, RATE_LIMITED
 from edge.ratelimit import Bucket, retry_after_header
 from rideshare.log import new_request_id, request_id_var
 
-__all__ = ["EdgeMiddleware"]
+__all__ = ["EdgeMiddleware", "client_ip"]
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _HEADER = b"x-request-id"
+
+
+def client_ip(scope: Scope) -> str:
+    """The client address every per-client limit is keyed by (here and edge/logins.py)."""
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
 
 
 class EdgeMiddleware:
@@ -79,9 +85,7 @@ class EdgeMiddleware:
         if ctx is None:
             return 0.0
         s = ctx.settings
-        client = scope.get("client")
-        ip = client[0] if client else "unknown"
-        buckets = [Bucket(f"ip:{ip}", s.rate_per_ip, s.burst_per_ip)]
+        buckets = [Bucket(f"ip:{client_ip(scope)}", s.rate_per_ip, s.burst_per_ip)]
         auth = headers.get(b"authorization", b"").decode("latin-1")
         if auth[:7].lower() == "bearer ":
             try:

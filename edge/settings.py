@@ -21,7 +21,13 @@ from rideshare.settings import (
     load_infra_urls,
 )
 
-__all__ = ["UPSTREAM_NAMES", "EdgeSettings", "default_upstreams", "load_jwt_secret"]
+__all__ = [
+    "UPSTREAM_NAMES",
+    "EdgeSettings",
+    "LoginLimits",
+    "default_upstreams",
+    "load_jwt_secret",
+]
 
 UPSTREAM_NAMES = ("rider", "driver", "trip", "location", "notification")
 JWT_SECRET_FILE = "jwt-secret"
@@ -31,6 +37,72 @@ MIN_SECRET_LEN = 32
 def default_upstreams() -> dict[str, str]:
     """Every upstream service at its default local address."""
     return {name: f"127.0.0.1:{SERVICE_PORTS[name][0]}" for name in UPSTREAM_NAMES}
+
+
+@dataclass(frozen=True)
+class LoginLimits:
+    """Logins and signups allowed per client address and per phone number, checked before any
+    password is hashed, and the lockout of a phone number after failed logins (edge/logins.py).
+
+    Rates are per minute. A phone number that fails ``lockout_failures`` logins in a row (no
+    more than ``failure_window_s`` apart) is locked for ``lockout_s``; each further failure
+    after a lock doubles it, up to ``lockout_max_s``; a successful login clears the count.
+    """
+
+    logins_per_min_per_ip: float = 6.0
+    login_burst_per_ip: int = 10
+    logins_per_min_per_phone: float = 2.0
+    login_burst_per_phone: int = 5
+    lockout_failures: int = 5
+    lockout_s: float = 60.0
+    lockout_max_s: float = 900.0
+    failure_window_s: float = 900.0
+    signups_per_min_per_ip: float = 0.5
+    signup_burst_per_ip: int = 5
+    signups_per_min_per_phone: float = 0.1
+    signup_burst_per_phone: int = 3
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> LoginLimits:
+        d = cls()
+
+        def rate(name: str, default: float) -> float:
+            return env_float(name, default, minimum=0.001, env=env)
+
+        def count(name: str, default: int) -> int:
+            return env_int(name, default, minimum=1, env=env)
+
+        def seconds(name: str, default: float) -> float:
+            return env_float(name, default, minimum=0.1, env=env)
+
+        limits = cls(
+            logins_per_min_per_ip=rate("RIDESHARE_LOGINS_PER_MIN_PER_IP", d.logins_per_min_per_ip),
+            login_burst_per_ip=count("RIDESHARE_LOGIN_BURST_PER_IP", d.login_burst_per_ip),
+            logins_per_min_per_phone=rate(
+                "RIDESHARE_LOGINS_PER_MIN_PER_PHONE", d.logins_per_min_per_phone
+            ),
+            login_burst_per_phone=count("RIDESHARE_LOGIN_BURST_PER_PHONE", d.login_burst_per_phone),
+            lockout_failures=count("RIDESHARE_LOGIN_LOCKOUT_FAILURES", d.lockout_failures),
+            lockout_s=seconds("RIDESHARE_LOGIN_LOCKOUT_S", d.lockout_s),
+            lockout_max_s=seconds("RIDESHARE_LOGIN_LOCKOUT_MAX_S", d.lockout_max_s),
+            failure_window_s=seconds("RIDESHARE_LOGIN_FAILURE_WINDOW_S", d.failure_window_s),
+            signups_per_min_per_ip=rate(
+                "RIDESHARE_SIGNUPS_PER_MIN_PER_IP", d.signups_per_min_per_ip
+            ),
+            signup_burst_per_ip=count("RIDESHARE_SIGNUP_BURST_PER_IP", d.signup_burst_per_ip),
+            signups_per_min_per_phone=rate(
+                "RIDESHARE_SIGNUPS_PER_MIN_PER_PHONE", d.signups_per_min_per_phone
+            ),
+            signup_burst_per_phone=count(
+                "RIDESHARE_SIGNUP_BURST_PER_PHONE", d.signup_burst_per_phone
+            ),
+        )
+        if limits.lockout_max_s < limits.lockout_s:
+            raise SettingsError(
+                f"RIDESHARE_LOGIN_LOCKOUT_MAX_S is {limits.lockout_max_s}; "
+                f"use at least RIDESHARE_LOGIN_LOCKOUT_S ({limits.lockout_s})"
+            )
+        return limits
 
 
 @dataclass(frozen=True)
@@ -63,6 +135,7 @@ class EdgeSettings:
     ws_ping_interval_s: float = 4.0
     position_flush_s: float = 0.005
     position_buffer: int = 100_000
+    logins: LoginLimits = field(default_factory=LoginLimits)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.upstreams) - set(UPSTREAM_NAMES))
@@ -110,6 +183,7 @@ class EdgeSettings:
             position_flush_s=env_float(
                 "RIDESHARE_POSITION_FLUSH_S", 0.005, minimum=0.001, maximum=1.0, env=env
             ),
+            logins=LoginLimits.from_env(env),
         )
 
 

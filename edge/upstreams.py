@@ -20,6 +20,11 @@ or busy (:func:`outcome_of` is the whole policy):
 After ``failures`` BROKEN outcomes in a row the breaker opens and calls fail at once with 503
 and Retry-After for ``reset_s``; then one probe call is let through (half-open) and its
 outcome closes or reopens the breaker.
+
+The expensive methods of a service have a breaker of their own, beside the one of its other
+calls: nothing a login flood does to logins (however slow, refused or failing they get) opens
+the breaker that ``GET /v1/me`` or a trip's reads go through, and a login can never be the
+half-open probe that every other call waits for.
 """
 
 from __future__ import annotations
@@ -199,16 +204,19 @@ class Upstream:
             method_timeouts={m: expensive_timeout_s for m in EXPENSIVE.get(name, ())},
         )
         self.breaker = CircuitBreaker(failures=failures, reset_s=reset_s)
+        # signups and logins (EXPENSIVE): their own, so they cannot open the one above
+        self.expensive_breaker = CircuitBreaker(failures=failures, reset_s=reset_s)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
-    def check(self) -> None:
-        """Raises 503 at once while the breaker is open."""
-        if not self.breaker.allow():
+    def check(self, *, expensive: bool = False) -> None:
+        """Raises 503 at once while the breaker of such calls is open."""
+        breaker = self.expensive_breaker if expensive else self.breaker
+        if not breaker.allow():
             raise ApiError(
                 503,
                 "unavailable",
                 f"{self.name} service unavailable",
-                headers={"Retry-After": str(max(1, round(self.breaker.reset_s)))},
+                headers={"Retry-After": str(max(1, round(breaker.reset_s)))},
             )
 
     async def call(
@@ -219,29 +227,31 @@ class Upstream:
         expensive: bool,
         timeout: float | None = None,  # noqa: ASYNC109 - a gRPC deadline, not a wait
     ) -> Resp:
-        """``method(request)`` through the breaker; a gRPC error becomes an ApiError."""
-        self.check()
+        """``method(request)`` through its breaker; a gRPC error becomes an ApiError."""
+        breaker = self.expensive_breaker if expensive else self.breaker
+        self.check(expensive=expensive)
         try:
             response = await method(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             outcome = outcome_of(exc.code(), expensive=expensive)
-            self._count(outcome)
+            self._count(breaker, outcome)
             if outcome is Outcome.BROKEN:
                 logger.warning("%s call failed: %s", self.name, exc.code().name)
             raise from_grpc(exc, self.name) from None
         except BaseException:
-            self.breaker.release()
+            breaker.release()
             raise
-        self.breaker.success()
+        breaker.success()
         return response
 
-    def _count(self, outcome: Outcome) -> None:
+    @staticmethod
+    def _count(breaker: CircuitBreaker, outcome: Outcome) -> None:
         if outcome is Outcome.BROKEN:
-            self.breaker.failure()
+            breaker.failure()
         elif outcome is Outcome.HEALTHY:
-            self.breaker.success()
+            breaker.success()
         else:
-            self.breaker.release()
+            breaker.release()
 
     async def healthy(self, *, timeout_s: float = 1.0) -> bool:
         try:
@@ -358,6 +368,7 @@ class Upstreams:
             n: {
                 "serving": ok,
                 "breaker": self.by_name[n].breaker.state,
+                "expensive_breaker": self.by_name[n].expensive_breaker.state,
                 "target": self.by_name[n].target,
             }
             for n, ok in zip(names, results, strict=True)

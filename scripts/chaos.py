@@ -46,7 +46,7 @@ from notification.wire import facts_of
 from protos.events import payload_type
 from rideshare.infra import free_port
 from rideshare.runtime import open_redis
-from rideshare.settings import SERVICE_PORTS, load_infra_urls
+from rideshare.settings import ONE_ADDRESS_LOGIN_LIMITS, SERVICE_PORTS, load_infra_urls
 from rideshare.supervisor import Health, probe_service, read_status
 
 SERVICES = ("rider", "driver", "location", "trip", "notification", "edge")
@@ -119,7 +119,8 @@ def system_env(data_dir: Path) -> dict[str, str]:
         env[f"RIDESHARE_{name.upper()}_PORT"] = str(free_port())
         env[f"RIDESHARE_{name.upper()}_METRICS_PORT"] = "0"
     env["RIDESHARE_DATA_DIR"] = str(data_dir)
-    return env
+    # the simulated apps all sign up and log in from this machine's address
+    return {**ONE_ADDRESS_LOGIN_LIMITS, **env}
 
 
 def _port(env: dict[str, str], name: str) -> int:

@@ -54,7 +54,7 @@ from edge.auth import issue_token
 from protos import events
 from protos.location.v1 import location_pb2
 from rideshare.infra import free_port
-from rideshare.settings import InfraUrls
+from rideshare.settings import ONE_ADDRESS_LOGIN_LIMITS, InfraUrls
 from rideshare.supervisor import SERVICE_ORDER, Supervisor, available_services
 from scripts.bench.common import infrastructure, percentile
 
@@ -89,6 +89,7 @@ async def system(urls: InfraUrls) -> AsyncIterator[tuple[str, Supervisor]]:
         "RIDESHARE_EDGE_PORT": str(ports["edge"]),
         "RIDESHARE_RATE_PER_IP": "1000000",
         "RIDESHARE_BURST_PER_IP": "1000000",
+        **ONE_ADDRESS_LOGIN_LIMITS,
         "RIDESHARE_WS_MSGS_PER_S": "1000",
     }
     for name in SERVICE_ORDER:

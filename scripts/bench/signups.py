@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 
 from rideshare.infra import free_port
-from rideshare.settings import InfraUrls
+from rideshare.settings import ONE_ADDRESS_LOGIN_LIMITS, InfraUrls
 from rideshare.supervisor import Supervisor
 from scripts.bench.common import infrastructure, percentile
 
@@ -49,6 +49,7 @@ async def system(urls: InfraUrls) -> AsyncIterator[str]:
         "RIDESHARE_EDGE_PORT": str(ports["edge"]),
         "RIDESHARE_RATE_PER_IP": "1000000",
         "RIDESHARE_BURST_PER_IP": "1000000",
+        **ONE_ADDRESS_LOGIN_LIMITS,
         "RIDESHARE_RATE_PER_TOKEN": "1000000",
         "RIDESHARE_BURST_PER_TOKEN": "1000000",
     }

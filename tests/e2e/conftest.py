@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from rideshare.infra import EmbeddedInfra, free_port
-from rideshare.settings import InfraUrls
+from rideshare.settings import ONE_ADDRESS_LOGIN_LIMITS, InfraUrls
 from rideshare.supervisor import SERVICE_ORDER, Supervisor
 
 E2E_JWT_SECRET = "e2e-test-secret-" + "s" * 32
@@ -66,6 +66,8 @@ async def stack(e2e_infra: InfraUrls, infra_dir: Path) -> AsyncIterator[Stack]:
         # the OpenAPI fuzz pass sends hundreds of requests a second with one rider's token
         "RIDESHARE_RATE_PER_TOKEN": "10000",
         "RIDESHARE_BURST_PER_TOKEN": "10000",
+        # every test's phones sign up and log in from 127.0.0.1
+        **ONE_ADDRESS_LOGIN_LIMITS,
     }
     for name in SERVICE_ORDER:
         if name != "edge":

@@ -65,7 +65,8 @@ class DriverCommands:
     async def authenticate(self, phone: str, password: str) -> str:
         """The id of the driver with this phone and password; BadCredentialsError otherwise,
         HasherBusyError when the KDF queue is full."""
-        # Login attempt limits (per phone, per client) go here, before any KDF work.
+        # Login attempts are limited per phone and per client at the edge (edge/logins.py),
+        # before they reach this KDF work.
         account_id = await self._hasher.authenticate(
             await self._store.password_hash(phone), password
         )

@@ -176,8 +176,9 @@ class PasswordHasher:
     Build it in the service's ``app.running()`` and :meth:`close` it once the server has
     drained, so no call is left waiting for a hash.
 
-    :meth:`authenticate` is the one door of every login; limits on login attempts (per phone,
-    per client) belong in front of it, in the servicer, before any KDF work is spent.
+    :meth:`authenticate` is the one door of every login; the limits on login attempts (per
+    phone, per client, a lockout after failures) are in front of it, at the edge
+    (edge/logins.py), so no KDF work is spent on an attempt they refuse.
     """
 
     def __init__(self, *, concurrency: int, queue: int, params: ScryptParams = DEFAULT_KDF) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from edge.settings import LoginLimits
 from rideshare.settings import (
     InfraUrls,
     SettingsError,
@@ -98,3 +99,28 @@ def test_password_hashing_limits_default_to_one_kdf_per_cpu_and_are_read_from_en
     assert (tuned.kdf_concurrency, tuned.kdf_queue) == (3, 0)
     with pytest.raises(SettingsError, match="RIDESHARE_KDF_CONCURRENCY=0 is below"):
         service_settings("rider", env={**URLS, "RIDESHARE_KDF_CONCURRENCY": "0"})
+
+
+def test_login_limits_are_read_from_env_and_a_lockout_cap_below_the_lock_is_refused() -> None:
+    assert LoginLimits.from_env({}) == LoginLimits()
+    limits = LoginLimits.from_env(
+        {
+            "RIDESHARE_LOGINS_PER_MIN_PER_IP": "3",
+            "RIDESHARE_LOGIN_BURST_PER_PHONE": "2",
+            "RIDESHARE_LOGIN_LOCKOUT_FAILURES": "4",
+            "RIDESHARE_LOGIN_LOCKOUT_S": "30",
+            "RIDESHARE_SIGNUPS_PER_MIN_PER_IP": "0.25",
+        }
+    )
+    assert (limits.logins_per_min_per_ip, limits.login_burst_per_phone) == (3.0, 2)
+    assert (limits.lockout_failures, limits.lockout_s, limits.signups_per_min_per_ip) == (
+        4,
+        30.0,
+        0.25,
+    )
+    with pytest.raises(SettingsError, match="RIDESHARE_LOGIN_BURST_PER_IP=0 is below"):
+        LoginLimits.from_env({"RIDESHARE_LOGIN_BURST_PER_IP": "0"})
+    with pytest.raises(SettingsError, match="RIDESHARE_LOGIN_LOCKOUT_MAX_S"):
+        LoginLimits.from_env(
+            {"RIDESHARE_LOGIN_LOCKOUT_S": "600", "RIDESHARE_LOGIN_LOCKOUT_MAX_S": "60"}
+        )

@@ -107,7 +107,7 @@ async def answers_ok(call: Callable[[], Awaitable[object]]) -> bool:
 
 async def create_rider(stub: rider_pb2_grpc.RiderServiceAsyncStub) -> rider_pb2.Rider:
     request = rider_pb2.CreateRiderRequest(
-        name="Ada", phone="+49151" + str(uuid.uuid4().int)[:8], password="x" * 12
+        name="Ada", phone="+49151" + str(uuid.uuid4().int)[:8], password="correct horse battery"
     )
     return await stub.CreateRider(request, timeout=20)
 

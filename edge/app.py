@@ -210,6 +210,10 @@ async def running(settings: EdgeSettings) -> AsyncIterator[EdgeServer]:
             log_config=None,
             access_log=False,
             lifespan="off",
+            # X-Forwarded-For is read by the edge's middleware, from trusted proxies only
+            # (RIDESHARE_TRUSTED_PROXIES); uvicorn's own handling would trust 127.0.0.1.
+            proxy_headers=False,
+            forwarded_allow_ips=[],
             ws_max_size=WS_TRANSPORT_MAX_BYTES,
             ws_ping_interval=None,  # the app sends its own JSON pings (FIELD-NOTES: 4 s)
             # websockets' sans-I/O protocol, named rather than left to "auto"; no

@@ -1,5 +1,9 @@
 """The JSON shapes of the HTTP API (and of the WebSocket ``trip`` frames): pydantic models,
-so /openapi.json describes exactly what the routes accept and return."""
+so /openapi.json describes exactly what the routes accept and return.
+
+Request bodies are strict: a number is a JSON number (``true`` and ``"5"`` are not), an
+integer is an integer (``2.0`` is not), a string is a string. Lax coercion read
+``{"lat": true}`` as 1.0; the schema always said ``number``, and now the validation agrees."""
 
 from __future__ import annotations
 
@@ -58,8 +62,10 @@ ChargeBasisName = Literal["metered", "quote"]
 AvailabilityName = Literal["available", "offered", "on_trip", "offline", "unknown"]
 DriverStatusName = Literal["offline", "available", "on_trip", "unknown"]
 
-Lat = Annotated[float, Field(ge=-90.0, le=90.0, allow_inf_nan=False)]
-Lng = Annotated[float, Field(ge=-180.0, le=180.0, allow_inf_nan=False)]
+# Strict here as well as in _In: LatLng is nested in request bodies, and a model's strictness
+# does not reach into the models it holds.
+Lat = Annotated[float, Field(ge=-90.0, le=90.0, allow_inf_nan=False, strict=True)]
+Lng = Annotated[float, Field(ge=-180.0, le=180.0, allow_inf_nan=False, strict=True)]
 # PostgreSQL text cannot hold NUL: every text input refuses it here (422), not in a service.
 NO_NUL = r"^[^\x00]*$"
 INT64_MAX = 2**63 - 1  # the proto field's range: a larger number cannot even be sent on
@@ -71,7 +77,7 @@ Id = Annotated[str, Field(min_length=1, max_length=100, pattern=NO_NUL)]
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class LatLng(BaseModel):

@@ -13,6 +13,9 @@ request id, rate limits, body size, metrics.
   answers the upgrade (edge/wire.py).
 - Request bodies: at most ``max_body_bytes``, checked before anything reads them: a larger
   Content-Length is refused at once, a chunked body as soon as it passes the limit; 413.
+  The connection stays open (uvicorn drops the rest of the body unread by the app, without
+  buffering it): closing it while the client still sends makes most clients report a reset
+  instead of the 413.
 """
 
 from __future__ import annotations
@@ -41,8 +44,6 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _HEADER = b"x-request-id"
 _FORWARDED_FOR = b"x-forwarded-for"
 _DENIAL = "websocket.http.response"
-# Tells uvicorn not to read the rest of a body that was refused.
-_CLOSE = {"Connection": "close"}
 
 
 def ip_bucket(settings: EdgeSettings, ip: str) -> Bucket:
@@ -104,7 +105,7 @@ class EdgeMiddleware:
                         send_with_id,
                         413,
                         error_body("payload_too_large", _too_large(limit)),
-                        [(b"connection", b"close")],
+                        [],
                     )
                     return
                 receive = _limit_body(receive, limit)
@@ -195,7 +196,7 @@ def _limit_body(receive: Receive, limit: int) -> Receive:
         if message["type"] == "http.request":
             received += len(message.get("body", b""))
             if received > limit:
-                raise HTTPException(413, _too_large(limit), headers=_CLOSE)
+                raise HTTPException(413, _too_large(limit))
         return message
 
     return limited

@@ -27,7 +27,7 @@ from edge.context import EdgeContext
 from edge.errors import install_error_handlers
 from edge.idempotency import IdempotencyStore
 from edge.live import LiveHub
-from edge.middleware import EdgeMiddleware
+from edge.middleware import EdgeMiddleware, quiet_denied_handshakes
 from edge.positions import PositionBatcher
 from edge.ratelimit import RateLimiter
 from edge.routes import admin, auth, drivers, riders, trips
@@ -225,6 +225,7 @@ async def running(settings: EdgeSettings) -> AsyncIterator[EdgeServer]:
         )
         server = uvicorn.Server(config)
         logging.getLogger("uvicorn.error").addFilter(redact_tokens)
+        logging.getLogger("uvicorn.error").addFilter(quiet_denied_handshakes)
         task = asyncio.create_task(server.serve(sockets=sockets), name="uvicorn")
         try:
             async with asyncio.timeout(10.0):

@@ -21,8 +21,10 @@ request id, rate limits, body size, metrics.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
+from contextvars import ContextVar
 from typing import Any
 
 from starlette.datastructures import QueryParams
@@ -38,12 +40,15 @@ from edge.ratelimit import Bucket, retry_after_header
 from edge.settings import EdgeSettings
 from rideshare.log import new_request_id, request_id_var
 
-__all__ = ["EdgeMiddleware", "ip_bucket", "user_bucket"]
+__all__ = ["EdgeMiddleware", "ip_bucket", "quiet_denied_handshakes", "user_bucket"]
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _HEADER = b"x-request-id"
 _FORWARDED_FOR = b"x-forwarded-for"
 _DENIAL = "websocket.http.response"
+# Set in the task that served a handshake this middleware refused (see quiet_denied_handshakes).
+_denied: ContextVar[bool] = ContextVar("handshake_denied", default=False)
+_INCOMPLETE_HANDSHAKE = "ASGI callable returned without completing handshake."
 
 
 def ip_bucket(settings: EdgeSettings, ip: str) -> Bucket:
@@ -145,6 +150,15 @@ class EdgeMiddleware:
             }
         )
         await send({"type": "websocket.http.response.body", "body": payload.encode()})
+        _denied.set(True)
+
+
+def quiet_denied_handshakes(record: logging.LogRecord) -> bool:
+    """A filter for uvicorn's logger: its websockets-sansio protocol does not count a denial
+    response as a finished handshake and logs an error for each one (uvicorn pull request
+    3138), a line per refusal in a flood. It runs in the task that served the handshake, so
+    the mark set there says whether this was a refusal; every other error still shows."""
+    return not (_denied.get() and record.getMessage() == _INCOMPLETE_HANDSHAKE)
 
 
 def _resolve_client(scope: Scope, settings: EdgeSettings) -> None:

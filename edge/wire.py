@@ -40,12 +40,13 @@ Malformed messages get an error frame and the socket stays open. Codes: bad_json
 or not UTF-8), too_deep (arrays/objects nested deeper than MAX_DEPTH = 32), bad_message (not
 an object with a string "type"), unknown_type, too_large (over 4096 bytes), invalid_position,
 rate_limited (over RIDESHARE_WS_MSGS_PER_S, burst RIDESHARE_WS_MSGS_BURST; the frame is
-dropped). Before authentication any message but a valid auth message closes with 4401.
+dropped). Before authentication, any message but a valid auth message gets an error frame
+"unauthenticated" and the close 4401.
 
 Limits and refusals:
-  HTTP 429 (JSON error body, Retry-After) instead of the upgrade: the handshake took from
-      the client address's or the ?token='s rate bucket (the HTTP API's buckets) and it was
-      empty. Retry after Retry-After seconds.
+  HTTP 429 (JSON error body, Retry-After) instead of the upgrade: the rate bucket of the
+      client address or of the ?token= was empty (a handshake takes from the HTTP API's
+      buckets like a request). Retry after Retry-After seconds.
   4429  the same, for a socket authenticated by its first message (the token is only known
       then): an error frame rate_limited, then the close. Retry with backoff.
   4409  replaced: the user opened more than RIDESHARE_WS_MAX_PER_USER (4) sockets on this
@@ -106,9 +107,11 @@ CLOSE_SLOW_CONSUMER = 1008
 
 # Nesting a client message may have; the protocol's own messages nest at most 2 levels.
 MAX_DEPTH = 32
-# What the depth scan looks at: escapes (so an escaped quote does not end a string), quotes
-# and brackets.
-_TOKEN = re.compile(r'\\.|["\[\]{}]', re.DOTALL)
+# The depth scan: escapes go first (so an escaped quote cannot end a string), then strings
+# (their brackets do not nest anything), then everything but brackets.
+_ESCAPE = re.compile(r"\\.", re.DOTALL)
+_STRING = re.compile(r'"[^"]*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 
 _OFFER_END_REASONS = {
     value: name.removeprefix("OFFER_END_REASON_").lower()
@@ -236,19 +239,15 @@ def parse_frame(text: str | bytes, *, max_bytes: int) -> dict[str, Any]:
 def _too_deep(text: str) -> bool:
     """True when arrays and objects nest deeper than MAX_DEPTH in ``text`` (read as JSON;
     brackets inside strings do not count). json.loads recurses once per level, so a frame
-    of 4,000 ``[`` raised RecursionError inside it: the depth is checked first, in one pass
-    without recursion."""
+    of 4,000 ``[`` raised RecursionError inside it: the depth is checked first, without
+    recursion, by regular expressions that each run once over the text (no backtracking)
+    and one pass over the brackets left."""
     if text.count("[") + text.count("{") <= MAX_DEPTH:
         return False  # the common case: no scan needed
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", _ESCAPE.sub("", text)))
     depth = 0
-    in_string = False
-    for match in _TOKEN.finditer(text):
-        token = match.group()
-        if token == '"':
-            in_string = not in_string
-        elif in_string or len(token) == 2:  # a bracket in a string, or an escape
-            continue
-        elif token in "[{":
+    for bracket in brackets:
+        if bracket in "[{":
             depth += 1
             if depth > MAX_DEPTH:
                 return True

@@ -93,6 +93,10 @@ def test_the_limits_have_small_defaults_and_environment_overrides() -> None:
         '{"a":' * 2000,
         # escaped quotes do not hide the brackets after them
         '{"type": "pong", "s": "\\"", "x": ' + "[" * 100 + "]" * 100 + "}",
+        # an escaped backslash does end the string before them
+        '{"type": "pong", "s": "\\\\", "x": ' + "[" * 100 + "]" * 100 + "}",
+        # an unterminated string does not hide the brackets before it
+        "[" * 100 + '"' * 3,
     ],
 )
 def test_frames_nested_too_deep_are_refused_before_parsing(text: str) -> None:
@@ -106,6 +110,7 @@ def test_frames_nested_too_deep_are_refused_before_parsing(text: str) -> None:
     [
         '{"type": "pong", "x": ' + "[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1) + "}",
         '{"type": "pong", "s": "' + "[" * 1000 + '"}',  # brackets inside a string
+        '{"type": "pong", "s": "\\"' + "[" * 1000 + '"}',  # ... after an escaped quote
         '{"type": "pong", "l": [' + "[], " * 500 + "[]]}",  # many, but shallow
     ],
 )

@@ -236,6 +236,11 @@ async def running(settings: EdgeSettings) -> AsyncIterator[EdgeServer]:
                     await asyncio.sleep(0.01)
             edge = EdgeServer(app, ctx, server, task)
             logger.info("edge serving on %s", edge.url)
+            if settings.trusted_proxies:
+                logger.info(
+                    "client addresses from X-Forwarded-For of %s",
+                    ", ".join(str(n) for n in settings.trusted_proxies),
+                )
             yield edge
         finally:
             stop.set()  # the hub closes every WebSocket with 1001

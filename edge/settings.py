@@ -67,7 +67,7 @@ class EdgeSettings:
     max_body_bytes: int = 64 * 1024
     # Sockets one user may hold open on this process; a newer one closes the oldest.
     ws_max_per_user: int = 4
-    # Frames over the message rate a socket may send (forgiven at WS_FLOOD_FORGIVE_PER_S)
+    # Frames over the message rate a socket may send (forgiven at one a second, edge/ws.py)
     # before it is closed with 1008.
     ws_flood_frames: int = 100
     position_flush_s: float = 0.005

@@ -432,7 +432,7 @@ class Trip(_message.Message):
     FLAGGED_AT_FIELD_NUMBER: _builtins.int
     FLAG_REASON_FIELD_NUMBER: _builtins.int
     CHARGE_BASIS_FIELD_NUMBER: _builtins.int
-    FARE_SETTLEMENT_FIELD_NUMBER: _builtins.int
+    SETTLEMENT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Trip id (UUID)."""
     rider_id: _builtins.str
@@ -534,7 +534,7 @@ class Trip(_message.Message):
         """
 
     @_builtins.property
-    def fare_settlement(self) -> Global___FareSettlement:
+    def settlement(self) -> Global___FareSettlement:
         """How final_fare was settled, with every figure it was settled from; unset before the ride
         ends (and on rides completed before it was recorded).
         """
@@ -575,11 +575,11 @@ class Trip(_message.Message):
         flagged_at: _timestamp_pb2.Timestamp | None = ...,
         flag_reason: _builtins.str = ...,
         charge_basis: Global___ChargeBasis.ValueType = ...,
-        fare_settlement: Global___FareSettlement | None = ...,
+        settlement: Global___FareSettlement | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "arrived_at", b"arrived_at", "cancellation_fee", b"cancellation_fee", "cancelled_at", b"cancelled_at", "completed_at", b"completed_at", "current_offer", b"current_offer", "dropoff", b"dropoff", "ended_at", b"ended_at", "fare_settlement", b"fare_settlement", "final_fare", b"final_fare", "flagged_at", b"flagged_at", "pickup", b"pickup", "quoted_fare", b"quoted_fare", "requested_at", b"requested_at", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "arrived_at", b"arrived_at", "cancellation_fee", b"cancellation_fee", "cancelled_at", b"cancelled_at", "completed_at", b"completed_at", "current_offer", b"current_offer", "dropoff", b"dropoff", "ended_at", b"ended_at", "final_fare", b"final_fare", "flagged_at", b"flagged_at", "pickup", b"pickup", "quoted_fare", b"quoted_fare", "requested_at", b"requested_at", "settlement", b"settlement", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "arrived_at", b"arrived_at", "cancel_reason", b"cancel_reason", "cancellation_fee", b"cancellation_fee", "cancelled_at", b"cancelled_at", "cancelled_by", b"cancelled_by", "charge_basis", b"charge_basis", "completed_at", b"completed_at", "current_offer", b"current_offer", "distance_m", b"distance_m", "driver_id", b"driver_id", "driver_rating", b"driver_rating", "dropoff", b"dropoff", "dropoff_address", b"dropoff_address", "duration_s", b"duration_s", "ended_at", b"ended_at", "fare_settlement", b"fare_settlement", "final_fare", b"final_fare", "flag_reason", b"flag_reason", "flagged_at", b"flagged_at", "history", b"history", "id", b"id", "pickup", b"pickup", "pickup_address", b"pickup_address", "quote_id", b"quote_id", "quoted_fare", b"quoted_fare", "requested_at", b"requested_at", "rider_id", b"rider_id", "rider_rating", b"rider_rating", "started_at", b"started_at", "state", b"state", "surge_multiplier", b"surge_multiplier", "vehicle_class", b"vehicle_class", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "arrived_at", b"arrived_at", "cancel_reason", b"cancel_reason", "cancellation_fee", b"cancellation_fee", "cancelled_at", b"cancelled_at", "cancelled_by", b"cancelled_by", "charge_basis", b"charge_basis", "completed_at", b"completed_at", "current_offer", b"current_offer", "distance_m", b"distance_m", "driver_id", b"driver_id", "driver_rating", b"driver_rating", "dropoff", b"dropoff", "dropoff_address", b"dropoff_address", "duration_s", b"duration_s", "ended_at", b"ended_at", "final_fare", b"final_fare", "flag_reason", b"flag_reason", "flagged_at", b"flagged_at", "history", b"history", "id", b"id", "pickup", b"pickup", "pickup_address", b"pickup_address", "quote_id", b"quote_id", "quoted_fare", b"quoted_fare", "requested_at", b"requested_at", "rider_id", b"rider_id", "rider_rating", b"rider_rating", "settlement", b"settlement", "started_at", b"started_at", "state", b"state", "surge_multiplier", b"surge_multiplier", "vehicle_class", b"vehicle_class", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -186,7 +186,7 @@ class TripServiceServicer:
         or the price of what the service measured itself (the distance of the track the location
         service recorded, the service's clock from StartTrip to now) when that lies within a band
         around the quote; a measured price above the band is flagged for review and the quote is
-        charged. Nothing the driver sends is priced: see Trip.fare_settlement. Publishes
+        charged. Nothing the driver sends is priced: see Trip.settlement. Publishes
         trip.completed. Errors as for ArriveAtPickup.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

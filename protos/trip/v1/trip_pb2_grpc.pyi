@@ -87,7 +87,7 @@ class TripServiceStub:
     or the price of what the service measured itself (the distance of the track the location
     service recorded, the service's clock from StartTrip to now) when that lies within a band
     around the quote; a measured price above the band is flagged for review and the quote is
-    charged. Nothing the driver sends is priced: see Trip.fare_settlement. Publishes
+    charged. Nothing the driver sends is priced: see Trip.settlement. Publishes
     trip.completed. Errors as for ArriveAtPickup.
     """
     RateTrip: _grpc.UnaryUnaryMultiCallable[_trip_pb2.RateTripRequest, _trip_pb2.Trip]
@@ -156,7 +156,7 @@ class TripServiceAsyncStub(TripServiceStub):
     or the price of what the service measured itself (the distance of the track the location
     service recorded, the service's clock from StartTrip to now) when that lies within a band
     around the quote; a measured price above the band is flagged for review and the quote is
-    charged. Nothing the driver sends is priced: see Trip.fare_settlement. Publishes
+    charged. Nothing the driver sends is priced: see Trip.settlement. Publishes
     trip.completed. Errors as for ArriveAtPickup.
     """
     RateTrip: _aio.UnaryUnaryMultiCallable[_trip_pb2.RateTripRequest, _trip_pb2.Trip]  # type: ignore[assignment]
@@ -282,7 +282,7 @@ class TripServiceServicer(metaclass=_abc_1.ABCMeta):
         or the price of what the service measured itself (the distance of the track the location
         service recorded, the service's clock from StartTrip to now) when that lies within a band
         around the quote; a measured price above the band is flagged for review and the quote is
-        charged. Nothing the driver sends is priced: see Trip.fare_settlement. Publishes
+        charged. Nothing the driver sends is priced: see Trip.settlement. Publishes
         trip.completed. Errors as for ArriveAtPickup.
         """
 

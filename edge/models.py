@@ -326,7 +326,8 @@ class TripOut(BaseModel):
     ended_at: datetime | None
     history: list[TransitionOut]
     flagged_at: datetime | None = None
-    """When the service flagged the ride for an operator (its driver's app fell silent)."""
+    """When the service flagged the ride for an operator (its driver's app fell silent, or its
+    fare was settled outside the band around the quote: see settlement)."""
     flag_reason: str | None = None
     charge_basis: ChargeBasisName | None = None
     """What final_fare was priced from: metered, or the quote."""

@@ -254,7 +254,8 @@ class Trip:
     fare_basis: FareBasis | None = None
     """What ``final_fare`` was priced from; None until the ride ends."""
     flagged_at: datetime | None = None
-    """When the system last flagged the ride for an operator (its driver went silent)."""
+    """When the system last flagged the ride for an operator (its driver went silent, or its
+    fare was settled outside the band around the quote)."""
     flag_reason: str = ""
     settlement: FareSettlement | None = None
     """How ``final_fare`` was settled and from what; None until the ride ends (and for rides

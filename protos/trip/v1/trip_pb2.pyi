@@ -529,8 +529,8 @@ class Trip(_message.Message):
 
     @_builtins.property
     def flagged_at(self) -> _timestamp_pb2.Timestamp:
-        """When the system last flagged the ride for an operator (its driver fell silent); unset
-        when never flagged.
+        """When the system last flagged the ride for an operator (its driver fell silent, or its
+        fare was settled outside the band around the quote); unset when never flagged.
         """
 
     @_builtins.property

@@ -17,6 +17,7 @@ from location.domain import (
     InvalidArgumentError,
     Reject,
     UnknownDriverError,
+    UnknownTrackError,
 )
 from location.feed import PositionFeed
 from location.settings import LocationSettings
@@ -32,6 +33,7 @@ MAX_LISTED_REJECTIONS = 100
 ERRORS: StatusTable = {
     InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
     UnknownDriverError: grpc.StatusCode.NOT_FOUND,
+    UnknownTrackError: grpc.StatusCode.NOT_FOUND,
     AvailabilityConflictError: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
@@ -209,6 +211,25 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
         domain.check_hold(request.driver_id, request.trip_id)
         released = await self._store.release(request.driver_id, request.trip_id)
         return location_pb2.ReleaseDriverResponse(released=released)
+
+    async def GetTripDistance(
+        self, request: location_pb2.GetTripDistanceRequest, context: Context
+    ) -> location_pb2.TripDistance:
+        if not request.trip_id:
+            raise InvalidArgumentError("trip_id is required")
+        until = request.until_ms or self._clock_ms()
+        if until < request.since_ms:
+            raise InvalidArgumentError(f"until_ms {until} is before since_ms {request.since_ms}")
+        fixes = await self._store.track(request.trip_id)
+        if fixes is None:
+            raise UnknownTrackError(f"no track recorded for trip {request.trip_id!r}")
+        measured = domain.track_distance(
+            fixes,
+            since_ms=request.since_ms,
+            until_ms=until,
+            max_speed_mps=self._settings.track_max_speed_mps,
+        )
+        return wire.trip_distance_to_proto(measured)
 
     async def DriversInArea(
         self, request: location_pb2.DriversInAreaRequest, context: Context

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Final
 
 from location import domain
-from location.domain import Availability, NearbyHit, Position, Reject
+from location.domain import Availability, NearbyHit, Position, Reject, TrackDistance
 from protos.common.v1 import common_pb2
 from protos.driver.v1 import driver_pb2
 from protos.location.v1 import location_pb2
@@ -30,6 +30,7 @@ __all__ = [
     "positions_from_updates",
     "reject_to_proto",
     "report_result",
+    "trip_distance_to_proto",
     "vehicle_class_filter",
     "vehicle_class_from_proto",
     "vehicle_class_to_proto",
@@ -181,6 +182,16 @@ def area_response(
 ) -> location_pb2.DriversInAreaResponse:
     return location_pb2.DriversInAreaResponse(
         drivers=[position_to_proto(p) for p in positions], truncated=truncated
+    )
+
+
+def trip_distance_to_proto(measured: TrackDistance) -> location_pb2.TripDistance:
+    return location_pb2.TripDistance(
+        distance_m=measured.distance_m,
+        points_used=measured.points_used,
+        points_ignored=measured.points_ignored,
+        first_ts_ms=measured.first_ts_ms,
+        last_ts_ms=measured.last_ts_ms,
     )
 
 

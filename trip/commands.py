@@ -340,17 +340,55 @@ class TripCommands:
         distance_m: int | None = None,
         duration_s: int | None = None,
     ) -> Trip:
+        """The driver ends the ride; the fare is settled from what this service measured
+        (``domain.complete``). ``distance_m`` and ``duration_s`` are what the driver's app
+        reported: recorded on the settlement, never priced."""
         for name, value in (("distance_m", distance_m), ("duration_s", duration_s)):
             if value is not None and value < 0:
                 raise InvalidArgumentError(f"{name} {value} is negative")
+        track = await self._measure(trip_id, driver_id)
+        band = self._settings.fare_band()
 
         def guard(trip: Trip, now: datetime) -> Outcome:
             after = domain.complete(
-                trip, driver_id=driver_id, now=now, distance_m=distance_m, duration_s=duration_s
+                trip,
+                driver_id=driver_id,
+                now=now,
+                track=track,
+                band=band,
+                reported_distance_m=distance_m,
+                reported_duration_s=duration_s,
             )
             return Outcome(after, [wire.completed(after)])
 
         return await self._run(trip_id, guard)
+
+    async def _measure(self, trip_id: str, driver_id: str) -> domain.TrackMeasurement | None:
+        """The ride's distance as the location service measured it from its track, asked
+        before the transaction (no lock is held across the call); None when there is none to
+        ask for (the guard then refuses the command) or no answer in time (the rider then
+        pays the quote, and the settlement says why)."""
+        trip = await self._store.find_trip(trip_id)
+        if (
+            trip is None
+            or trip.state is not TripState.IN_PROGRESS
+            or trip.driver_id != driver_id
+            or trip.started_at is None
+        ):
+            return None
+        try:
+            return await self._location.trip_distance(
+                trip_id,
+                since=trip.started_at,
+                until=self._clock(),
+                timeout_s=self._settings.fare_track_timeout_s,
+            )
+        except Exception as exc:
+            reraise_if_cancelling()
+            logger.warning(
+                "no measured distance for trip %s (%r): the quote is charged", trip_id, exc
+            )
+            return None
 
     async def rate(
         self, trip_id: str, *, side: Actor, actor_id: str, stars: int, comment: str

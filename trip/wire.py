@@ -26,6 +26,8 @@ from trip.domain import (
     Actor,
     Assignment,
     FareBasis,
+    FareRule,
+    FareSettlement,
     InvalidArgumentError,
     LatLng,
     Money,
@@ -33,11 +35,13 @@ from trip.domain import (
     Offer,
     OfferEndReason,
     Quote,
+    TrackMeasurement,
     Trip,
     TripState,
     VehicleClass,
 )
 from trip.liveness import LivenessRule
+from trip.pricing import MeasureSource
 
 __all__ = [
     "Event",
@@ -65,9 +69,12 @@ __all__ = [
     "quote_to_proto",
     "rated",
     "requested",
+    "settlement_to_proto",
     "started",
     "state_from_proto",
     "state_to_proto",
+    "track_from_proto",
+    "trip_distance_request",
     "trip_to_proto",
     "vehicle_class_from_proto",
     "vehicle_class_to_proto",
@@ -131,6 +138,14 @@ def charge_basis_to_proto(value: FareBasis | None) -> trip_pb2.ChargeBasis.Value
     if value is None:
         return trip_pb2.CHARGE_BASIS_UNSPECIFIED
     return trip_pb2.ChargeBasis.Value("CHARGE_BASIS_" + value.value)
+
+
+def fare_rule_to_proto(value: FareRule) -> trip_pb2.FareRule.ValueType:
+    return trip_pb2.FareRule.Value("FARE_RULE_" + value.value)
+
+
+def measure_source_to_proto(value: MeasureSource) -> trip_pb2.MeasureSource.ValueType:
+    return trip_pb2.MeasureSource.Value("MEASURE_SOURCE_" + value.value)
 
 
 def offer_end_reason_to_proto(value: OfferEndReason) -> events_pb2.OfferEndReason.ValueType:
@@ -226,6 +241,8 @@ def trip_to_proto(trip: Trip) -> trip_pb2.Trip:
         message.cancellation_fee.CopyFrom(_money(trip.cancellation_fee))
     if trip.offer is not None:
         message.current_offer.CopyFrom(_offer(trip.offer))
+    if trip.settlement is not None:
+        message.settlement.CopyFrom(settlement_to_proto(trip.settlement))
     for field in (
         "accepted_at",
         "arrived_at",
@@ -253,6 +270,33 @@ def trip_to_proto(trip: Trip) -> trip_pb2.Trip:
             version=record.version,
             at=_ts(record.at),
         )
+    return message
+
+
+def settlement_to_proto(settlement: FareSettlement) -> trip_pb2.FareSettlement:
+    """The basis of a final fare, as Trip.fare_settlement carries it."""
+    message = trip_pb2.FareSettlement(
+        rule=fare_rule_to_proto(settlement.rule),
+        flagged_for_review=settlement.flagged,
+        quoted_fare=_money(settlement.quoted),
+        quoted_distance_m=settlement.quoted_distance_m,
+        quoted_duration_s=settlement.quoted_duration_s,
+        distance_source=measure_source_to_proto(settlement.distance_source),
+        measured_duration_s=settlement.measured_duration_s,
+        duration_source=measure_source_to_proto(settlement.duration_source),
+        track_points=settlement.track_points,
+        track_points_ignored=settlement.track_points_ignored,
+        band_low=_money(settlement.band_low),
+        band_high=_money(settlement.band_high),
+    )
+    if settlement.measured_distance_m is not None:
+        message.measured_distance_m = settlement.measured_distance_m
+    if settlement.measured_fare is not None:
+        message.measured_fare.CopyFrom(_money(settlement.measured_fare))
+    if settlement.reported_distance_m is not None:
+        message.reported_distance_m = settlement.reported_distance_m
+    if settlement.reported_duration_s is not None:
+        message.reported_duration_s = settlement.reported_duration_s
     return message
 
 
@@ -296,6 +340,26 @@ def nearest_drivers_request(
 def nearby_from_proto(reply: location_pb2.NearestDriversResponse) -> list[Nearby]:
     """NearestDrivers' hits, in its order (nearest first)."""
     return [Nearby(d.driver_id, d.distance_m) for d in reply.drivers]
+
+
+def trip_distance_request(
+    trip_id: str, *, since: datetime, until: datetime
+) -> location_pb2.GetTripDistanceRequest:
+    """GetTripDistance over the ride from ``since`` to ``until`` (instants of the clock)."""
+    return location_pb2.GetTripDistanceRequest(
+        trip_id=trip_id,
+        since_ms=int(since.timestamp() * 1000),
+        until_ms=max(1, int(until.timestamp() * 1000)),
+    )
+
+
+def track_from_proto(reply: location_pb2.TripDistance) -> TrackMeasurement:
+    """The measurement GetTripDistance answered, to the whole metre (half up)."""
+    return TrackMeasurement(
+        distance_m=int(max(0.0, reply.distance_m) + 0.5),
+        points=max(0, reply.points_used),
+        points_ignored=max(0, reply.points_ignored),
+    )
 
 
 def position_time_from_proto(position: location_pb2.DriverPosition) -> datetime | None:

@@ -12,7 +12,6 @@ from edge import convert
 from edge.auth import issue_token
 from edge.deps import Ctx
 from edge.errors import ApiError
-from edge.middleware import client_ip
 from edge.models import DriverOut, DriverSignupIn, RiderOut, RiderSignupIn, TokenIn, TokenOut
 from edge.routes.common import ERRORS
 from protos.driver.v1 import driver_pb2
@@ -21,10 +20,16 @@ from protos.rider.v1 import rider_pb2
 router = APIRouter(prefix="/v1", tags=["auth"], responses=ERRORS)
 
 
+def _client(request: Request) -> str:
+    """The client's address, as the rate limiter keys it (the middleware has resolved it from
+    a trusted proxy's X-Forwarded-For already, edge/clientaddr.py)."""
+    return request.client.host if request.client else "unknown"
+
+
 @router.post("/riders", status_code=201, response_model=RiderOut)
 async def create_rider(body: RiderSignupIn, request: Request, ctx: Ctx) -> RiderOut:
     """Sign a rider up; then get a token with POST /v1/auth/token."""
-    await ctx.logins.admit_signup("rider", body.phone, client_ip(request.scope))
+    await ctx.logins.admit_signup("rider", body.phone, _client(request))
     signup = rider_pb2.CreateRiderRequest(name=body.name, phone=body.phone, password=body.password)
     if body.email is not None:
         signup.email = body.email
@@ -35,7 +40,7 @@ async def create_rider(body: RiderSignupIn, request: Request, ctx: Ctx) -> Rider
 @router.post("/drivers", status_code=201, response_model=DriverOut)
 async def create_driver(body: DriverSignupIn, request: Request, ctx: Ctx) -> DriverOut:
     """Sign a driver up (offline, no vehicle yet)."""
-    await ctx.logins.admit_signup("driver", body.phone, client_ip(request.scope))
+    await ctx.logins.admit_signup("driver", body.phone, _client(request))
     signup = driver_pb2.CreateDriverRequest(
         name=body.name,
         phone=body.phone,
@@ -49,7 +54,7 @@ async def create_driver(body: DriverSignupIn, request: Request, ctx: Ctx) -> Dri
 @router.post("/auth/token", response_model=TokenOut)
 async def token(body: TokenIn, request: Request, ctx: Ctx) -> TokenOut:
     """Exchange phone + password for a bearer token of the given role."""
-    client = client_ip(request.scope)
+    client = _client(request)
     await ctx.logins.admit_login(body.role, body.phone, client)
     try:
         user_id = await _authenticate(body, ctx)

@@ -170,7 +170,9 @@ async def start(trip_id: TripId, driver: Driver, ctx: Ctx) -> TripOut:
 async def complete(
     trip_id: TripId, driver: Driver, ctx: Ctx, body: Annotated[CompleteIn | None, Body()] = None
 ) -> TripOut:
-    """End the ride; the final fare is computed by the trip service."""
+    """End the ride. The trip service settles the fare from what it measured itself (the
+    recorded track, its clock): the quote, or within a band around it. A reported distance
+    or duration in the body is recorded on the settlement, never priced."""
     request = trip_pb2.CompleteTripRequest(trip_id=trip_id, driver_id=driver.sub)
     if body is not None and body.distance_m is not None:
         request.distance_m = body.distance_m

@@ -33,8 +33,10 @@ from rideshare.bus import Envelope
 from rideshare.db import create_pool
 from rideshare.settings import InfraUrls, ServiceSettings
 from tests.helpers import eventually
+from tests.integration.edge_system import dead_address
 from trip.app import running as trip_running
 from trip.dispatch import Dispatcher, LocationClient
+from trip.pricing import LatLng, estimate_route
 from trip.settings import TripSettings
 from trip.store import TripStore
 
@@ -287,7 +289,100 @@ async def auto_accepting(
             await task
 
 
+async def riding(harness: Harness, stub: TripStub, driver: str, rider: str) -> pb.Trip:
+    """A trip of ``rider`` booked, accepted by ``driver`` (online near the pickup) and
+    started, with the location service holding the driver ON_TRIP for it."""
+    await harness.go_online(driver, (PICKUP[0] + 0.001, PICKUP[1]))
+    trip = await book(stub, rider)
+    offer = await offer_of(harness.tap, trip.id)
+    await stub.AcceptTrip(
+        pb.AcceptTripRequest(trip_id=trip.id, driver_id=driver, offer_id=offer.offer_id),
+        timeout=5,
+    )
+    await harness.becomes(driver, loc.AVAILABILITY_ON_TRIP)
+    await stub.ArriveAtPickup(pb.ArriveAtPickupRequest(trip_id=trip.id, driver_id=driver))
+    return await stub.StartTrip(pb.StartTripRequest(trip_id=trip.id, driver_id=driver), timeout=5)
+
+
+def trip_quote_distance(trip: pb.Trip) -> int:
+    """The quote's route estimate for ``trip`` (the trip message does not carry it)."""
+    pickup, dropoff = trip.pickup, trip.dropoff
+    return estimate_route(LatLng(pickup.lat, pickup.lng), LatLng(dropoff.lat, dropoff.lng))[0]
+
+
 # --- the tests -----------------------------------------------------------------------------
+
+
+async def test_a_driver_reporting_ten_thousand_km_and_a_week_pays_what_the_rule_allows(
+    harness: Harness,
+) -> None:
+    """The finding: the driver's figures priced the fare (10.35 EUR became 13,522.50). Now
+    the driver drives ~40 m reporting positions as an app does, then claims 10,000 km and a
+    week: the fare comes from the recorded track and the service's clock, within the band
+    around the quote, and the trip shows what it was settled from."""
+    driver, rider = new_id("d"), new_id("r")
+    async with harness.trip_service() as stub:
+        trip = await riding(harness, stub, driver, rider)
+        for i in range(5):  # 10 m every 0.4 s: 25 m/s, a plausible car
+            await harness.report(driver, (PICKUP[0] + 0.001 + i * 0.00009, PICKUP[1]))
+            await asyncio.sleep(0.4)
+        done = await stub.CompleteTrip(
+            pb.CompleteTripRequest(
+                trip_id=trip.id, driver_id=driver, distance_m=10_000_000, duration_s=604_800
+            ),
+            timeout=10,
+        )
+        settled = done.settlement
+        quoted = trip.quoted_fare.amount_minor
+        assert done.state == pb.TRIP_STATE_COMPLETED
+        assert (settled.reported_distance_m, settled.reported_duration_s) == (
+            10_000_000,
+            604_800,
+        )
+        assert settled.distance_source == pb.MEASURE_SOURCE_LOCATION_TRACK
+        assert settled.track_points == 5
+        assert 30 <= settled.measured_distance_m <= 50
+        assert done.distance_m == settled.measured_distance_m
+        assert settled.duration_source == pb.MEASURE_SOURCE_SERVER_CLOCK
+        assert 0 <= settled.measured_duration_s == done.duration_s < 120
+        assert settled.quoted_fare == trip.quoted_fare
+        assert settled.band_high.amount_minor == (quoted * 11 + 5) // 10
+        assert settled.band_low.amount_minor == (quoted * 8 + 5) // 10
+        # A 40 m ride of seconds prices at the minimum fare: within the band, or below it.
+        assert settled.rule in (pb.FARE_RULE_WITHIN_BAND, pb.FARE_RULE_BELOW_BAND)
+        expected = (
+            settled.measured_fare if settled.rule == pb.FARE_RULE_WITHIN_BAND else settled.band_low
+        )
+        assert done.final_fare == expected
+        assert done.final_fare.amount_minor <= settled.band_high.amount_minor
+        assert settled.flagged_for_review == (settled.rule == pb.FARE_RULE_BELOW_BAND)
+
+        stored = await stub.GetTrip(pb.GetTripRequest(trip_id=trip.id), timeout=5)
+        assert stored.settlement == settled and stored.final_fare == done.final_fare
+        completed = (await harness.tap.wait_for(events.TRIP_COMPLETED, trip.id))[0]
+        assert completed.unpack(trip_events.TripCompleted).fare == done.final_fare
+
+
+async def test_a_ride_whose_distance_location_cannot_say_in_time_pays_the_quote(
+    harness: Harness,
+) -> None:
+    """The ride runs on one copy of the trip service; the driver ends it on another copy,
+    which cannot reach the location service at all."""
+    driver, rider = new_id("d"), new_id("r")
+    async with harness.trip_service() as stub:
+        trip = await riding(harness, stub, driver, rider)
+        await harness.report(driver, (PICKUP[0] + 0.002, PICKUP[1]))
+    async with harness.trip_service(location_addr=dead_address()) as cut_off:
+        done = await cut_off.CompleteTrip(
+            pb.CompleteTripRequest(trip_id=trip.id, driver_id=driver, distance_m=10_000_000),
+            timeout=15,
+        )
+    assert done.final_fare == trip.quoted_fare
+    assert done.charge_basis == pb.CHARGE_BASIS_QUOTE
+    assert done.settlement.rule == pb.FARE_RULE_NO_MEASUREMENT
+    assert done.settlement.distance_source == pb.MEASURE_SOURCE_NONE
+    assert not done.settlement.HasField("measured_distance_m")
+    assert not done.settlement.flagged_for_review
 
 
 async def test_full_trip_from_request_to_ratings_publishes_every_event(harness: Harness) -> None:
@@ -322,9 +417,15 @@ async def test_full_trip_from_request_to_ratings_publishes_every_event(harness: 
             timeout=5,
         )
         assert done.state == pb.TRIP_STATE_COMPLETED
-        assert (done.distance_m, done.duration_s) == (3_500, 600)
-        # STANDARD: 250 + 1.10 * 3.5 km + 0.25 * 10 min = 250 + 385 + 250 cents
-        assert done.final_fare.amount_minor == round(885 * trip.surge_multiplier)
+        # No position during the ride, so nothing measured its distance: the quote holds,
+        # and what the driver reported is recorded beside it.
+        assert done.final_fare == trip.quoted_fare
+        assert done.settlement.rule == pb.FARE_RULE_NO_MEASUREMENT
+        assert (done.settlement.reported_distance_m, done.settlement.reported_duration_s) == (
+            3_500,
+            600,
+        )
+        assert done.distance_m == trip_quote_distance(trip)
 
         async def free_again() -> bool:
             return await harness.availability(driver) == loc.AVAILABILITY_AVAILABLE
@@ -831,6 +932,7 @@ async def test_a_ride_whose_driver_falls_silent_is_flagged_then_ended_at_the_quo
         trip.id
     ).index(events.TRIP_COMPLETED)
     assert done.final_fare == trip.quoted_fare and done.charge_basis == pb.CHARGE_BASIS_QUOTE
+    assert done.settlement.rule == pb.FARE_RULE_DRIVER_SILENT
     assert done.HasField("flagged_at") and done.flag_reason.startswith("driver silent for ")
     assert history_of(done)[-2:] == [("flag", pb.ACTOR_SYSTEM), ("complete", pb.ACTOR_SYSTEM)]
 

@@ -18,6 +18,8 @@ from trip.domain import (
     AlreadyRatedError,
     CancellationPolicy,
     DispatchPlan,
+    FareBasis,
+    FareRule,
     GiveUp,
     InvalidArgumentError,
     InvalidTransition,
@@ -31,6 +33,7 @@ from trip.domain import (
     QuoteExpiredError,
     QuoteUsedError,
     RiderHasLiveTripError,
+    TrackMeasurement,
     Trip,
     TripError,
     TripState,
@@ -104,13 +107,18 @@ def in_progress() -> Trip:
     return start(arrived(), driver_id="d1", now=T0 + timedelta(minutes=6))
 
 
-def completed() -> Trip:
+def estimate() -> tuple[int, int]:
+    return estimate_route(PICKUP, DROPOFF)
+
+
+def completed(track: TrackMeasurement | None = None, *, after_s: int | None = None) -> Trip:
+    """The ride ended by its driver; by default measured exactly as quoted."""
+    distance_m, duration_s = estimate()
     return complete(
         in_progress(),
         driver_id="d1",
-        now=T0 + timedelta(minutes=20),
-        distance_m=5000,
-        duration_s=600,
+        now=T0 + timedelta(minutes=6, seconds=duration_s if after_s is None else after_s),
+        track=track or TrackMeasurement(distance_m, points=100),
     )
 
 
@@ -338,41 +346,85 @@ def test_no_driver_may_act_on_a_trip_still_dispatching(guard: GuardByDriver) -> 
         guard(offered(), driver_id="d1", now=T0 + timedelta(minutes=1))
 
 
-def test_completed_trip_is_charged_for_the_measured_distance_and_time() -> None:
+def test_a_ride_measured_as_quoted_is_charged_the_measured_price() -> None:
+    distance_m, duration_s = estimate()
     trip = completed()
     assert trip.state is TripState.COMPLETED
-    assert trip.final_fare == Money(1050, "EUR")  # 250 + 5 km x 110 + 10 min x 25
-    assert (trip.distance_m, trip.duration_s) == (5000, 600)
-    assert trip.completed_at == T0 + timedelta(minutes=20)
+    assert trip.final_fare == trip.quoted_fare  # the same route and time as the estimate
+    assert (trip.distance_m, trip.duration_s) == (distance_m, duration_s)
+    assert trip.fare_basis is FareBasis.METERED
+    assert trip.settlement is not None and trip.settlement.rule is FareRule.WITHIN_BAND
+    assert trip.flagged_at is None
+    assert trip.completed_at == T0 + timedelta(minutes=6, seconds=duration_s)
     assert trip.ended_at == trip.completed_at
 
 
+def test_the_duration_priced_is_the_service_clock_from_start_to_end() -> None:
+    distance_m, _ = estimate()
+    trip = completed(TrackMeasurement(distance_m, points=100), after_s=660)
+    assert trip.duration_s == 660
+    assert trip.settlement is not None and trip.settlement.measured_duration_s == 660
+    assert trip.final_fare == quote_price(
+        distance_m, 660, TARIFFS[VehicleClass.STANDARD], trip.surge_multiplier
+    )
+
+
 def test_completed_trip_keeps_the_quoted_surge() -> None:
+    distance_m, duration_s = estimate()
     trip = requested(surge=2.0)
     trip = dispatch(trip, now=T0)
     trip = offer(trip, offer_id="o1", driver_id="d1", now=T0)
     trip = accept(trip, driver_id="d1", offer_id="o1", now=T0)
     trip = arrive(trip, driver_id="d1", now=T0)
     trip = start(trip, driver_id="d1", now=T0)
-    trip = complete(trip, driver_id="d1", now=T0, distance_m=5000, duration_s=600)
-    assert trip.final_fare == Money(2100, "EUR")
+    trip = complete(
+        trip,
+        driver_id="d1",
+        now=T0 + timedelta(seconds=duration_s),
+        track=TrackMeasurement(distance_m, points=10),
+    )
+    assert trip.final_fare == quote_price(
+        distance_m, duration_s, TARIFFS[VehicleClass.STANDARD], 2.0
+    )
 
 
-def test_unmeasured_trip_is_charged_for_the_estimate_and_the_time_since_start() -> None:
+def test_an_unmeasured_ride_pays_the_quote_whatever_the_driver_reports() -> None:
     ride = in_progress()
-    trip = complete(ride, driver_id="d1", now=T0 + timedelta(minutes=18))
+    trip = complete(
+        ride,
+        driver_id="d1",
+        now=T0 + timedelta(minutes=18),
+        reported_distance_m=10_000_000,
+        reported_duration_s=604_800,
+    )
+    assert trip.final_fare == ride.quoted_fare
+    assert trip.fare_basis is FareBasis.QUOTE
     assert trip.distance_m == ride.estimated_distance_m
     assert trip.duration_s == 12 * 60
-    assert trip.final_fare == quote_price(
-        ride.estimated_distance_m, 720, TARIFFS[VehicleClass.STANDARD], 1.0
+    settlement = trip.settlement
+    assert settlement is not None and settlement.rule is FareRule.NO_MEASUREMENT
+    assert (settlement.reported_distance_m, settlement.reported_duration_s) == (
+        10_000_000,
+        604_800,
     )
 
 
-def test_a_very_short_trip_pays_the_minimum_fare() -> None:
-    trip = complete(
-        in_progress(), driver_id="d1", now=T0 + timedelta(minutes=7), distance_m=50, duration_s=30
-    )
-    assert trip.final_fare == Money(TARIFFS[VehicleClass.STANDARD].minimum_fare, "EUR")
+def test_a_ride_measured_far_longer_than_quoted_pays_the_quote_and_is_flagged() -> None:
+    trip = completed(TrackMeasurement(100_000, points=900))
+    assert trip.final_fare == trip.quoted_fare
+    assert trip.fare_basis is FareBasis.QUOTE
+    assert trip.settlement is not None and trip.settlement.rule is FareRule.ABOVE_BAND
+    assert trip.flagged_at == trip.completed_at
+    assert trip.flag_reason.startswith("fare review: ")
+    assert trip.distance_m == 100_000  # what was measured, beside what was charged
+
+
+def test_a_ride_measured_far_shorter_than_quoted_pays_the_band_floor_and_is_flagged() -> None:
+    trip = completed(TrackMeasurement(50, points=3), after_s=30)
+    assert trip.settlement is not None and trip.settlement.rule is FareRule.BELOW_BAND
+    assert trip.final_fare == trip.settlement.band_low
+    assert trip.final_fare.amount_minor < trip.quoted_fare.amount_minor
+    assert trip.flagged_at == trip.completed_at
 
 
 def test_every_transition_adds_one_version_and_one_history_record() -> None:

@@ -210,3 +210,35 @@ def test_a_driver_completed_ride_is_metered_and_names_the_driver() -> None:
     assert payload.completed_by == trip_pb2.ACTOR_DRIVER
     assert payload.charge_basis == trip_pb2.CHARGE_BASIS_METERED
     assert payload.liveness_rule == events_pb2.LIVENESS_RULE_UNSPECIFIED
+
+
+def test_a_completed_trip_shows_its_fare_settlement() -> None:
+    trip = completed()
+    message = wire.trip_to_proto(trip).settlement
+    assert message.rule == trip_pb2.FARE_RULE_WITHIN_BAND
+    assert message.quoted_fare.amount_minor == trip.quoted_fare.amount_minor
+    assert message.distance_source == trip_pb2.MEASURE_SOURCE_LOCATION_TRACK
+    assert message.duration_source == trip_pb2.MEASURE_SOURCE_SERVER_CLOCK
+    assert message.HasField("measured_distance_m") and message.HasField("measured_fare")
+    assert not message.HasField("reported_distance_m")
+    assert not wire.trip_to_proto(in_progress()).HasField("settlement")
+
+
+def test_an_unmeasured_settlement_leaves_the_measured_fields_unset() -> None:
+    trip = domain.complete(
+        in_progress(), driver_id="d1", now=T0 + timedelta(minutes=9), reported_distance_m=0
+    )
+    message = wire.trip_to_proto(trip).settlement
+    assert message.rule == trip_pb2.FARE_RULE_NO_MEASUREMENT
+    assert message.distance_source == trip_pb2.MEASURE_SOURCE_NONE
+    assert not message.HasField("measured_distance_m")
+    assert not message.HasField("measured_fare")
+    assert message.HasField("reported_distance_m") and message.reported_distance_m == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("RIDESHARE_FARE_BAND_UP", "1.5"), ("RIDESHARE_FARE_BAND_DOWN", "-0.1")]
+)
+def test_a_fare_band_outside_zero_to_one_names_its_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        TripSettings.from_env({name: value})

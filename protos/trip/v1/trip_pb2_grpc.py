@@ -182,8 +182,11 @@ class TripServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CompleteTrip(self, request, context):
-        """The assigned driver ends the ride (IN_PROGRESS -> COMPLETED); the final fare is computed
-        from the actual distance and duration (never below the minimum fare). Publishes
+        """The assigned driver ends the ride (IN_PROGRESS -> COMPLETED). The rider pays the quote,
+        or the price of what the service measured itself (the distance of the track the location
+        service recorded, the service's clock from StartTrip to now) when that lies within a band
+        around the quote; a measured price above the band is flagged for review and the quote is
+        charged. Nothing the driver sends is priced: see Trip.settlement. Publishes
         trip.completed. Errors as for ArriveAtPickup.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -83,8 +83,11 @@ class TripServiceStub:
     Errors as for ArriveAtPickup.
     """
     CompleteTrip: _grpc.UnaryUnaryMultiCallable[_trip_pb2.CompleteTripRequest, _trip_pb2.Trip]
-    """The assigned driver ends the ride (IN_PROGRESS -> COMPLETED); the final fare is computed
-    from the actual distance and duration (never below the minimum fare). Publishes
+    """The assigned driver ends the ride (IN_PROGRESS -> COMPLETED). The rider pays the quote,
+    or the price of what the service measured itself (the distance of the track the location
+    service recorded, the service's clock from StartTrip to now) when that lies within a band
+    around the quote; a measured price above the band is flagged for review and the quote is
+    charged. Nothing the driver sends is priced: see Trip.settlement. Publishes
     trip.completed. Errors as for ArriveAtPickup.
     """
     RateTrip: _grpc.UnaryUnaryMultiCallable[_trip_pb2.RateTripRequest, _trip_pb2.Trip]
@@ -149,8 +152,11 @@ class TripServiceAsyncStub(TripServiceStub):
     Errors as for ArriveAtPickup.
     """
     CompleteTrip: _aio.UnaryUnaryMultiCallable[_trip_pb2.CompleteTripRequest, _trip_pb2.Trip]  # type: ignore[assignment]
-    """The assigned driver ends the ride (IN_PROGRESS -> COMPLETED); the final fare is computed
-    from the actual distance and duration (never below the minimum fare). Publishes
+    """The assigned driver ends the ride (IN_PROGRESS -> COMPLETED). The rider pays the quote,
+    or the price of what the service measured itself (the distance of the track the location
+    service recorded, the service's clock from StartTrip to now) when that lies within a band
+    around the quote; a measured price above the band is flagged for review and the quote is
+    charged. Nothing the driver sends is priced: see Trip.settlement. Publishes
     trip.completed. Errors as for ArriveAtPickup.
     """
     RateTrip: _aio.UnaryUnaryMultiCallable[_trip_pb2.RateTripRequest, _trip_pb2.Trip]  # type: ignore[assignment]
@@ -272,8 +278,11 @@ class TripServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _trip_pb2.CompleteTripRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_trip_pb2.Trip, _abc.Awaitable[_trip_pb2.Trip]]:
-        """The assigned driver ends the ride (IN_PROGRESS -> COMPLETED); the final fare is computed
-        from the actual distance and duration (never below the minimum fare). Publishes
+        """The assigned driver ends the ride (IN_PROGRESS -> COMPLETED). The rider pays the quote,
+        or the price of what the service measured itself (the distance of the track the location
+        service recorded, the service's clock from StartTrip to now) when that lies within a band
+        around the quote; a measured price above the band is flagged for review and the quote is
+        charged. Nothing the driver sends is priced: see Trip.settlement. Publishes
         trip.completed. Errors as for ArriveAtPickup.
         """
 

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from edge.clientaddr import parse_networks
 from edge.settings import LoginLimits
 from rideshare.settings import InfraUrls
 from tests.helpers import eventually
@@ -277,3 +278,29 @@ async def test_logins_and_signups_have_a_breaker_of_their_own(system: System) ->
     assert refused.status_code == 503, refused.text
     assert reads.status_code == 200, reads.text
     assert (health["breaker"], health["expensive_breaker"]) == ("closed", "open")
+
+
+async def test_behind_a_trusted_proxy_the_login_limits_key_on_the_forwarded_client(
+    system: System,
+) -> None:
+    proxy = address()
+    limits = LoginLimits(login_burst_per_ip=2, logins_per_min_per_ip=0.5)
+    trusted = parse_networks(proxy)
+    async with (
+        system.another_edge(logins=limits, trusted_proxies=trusted) as edge,
+        client(edge.url, source=proxy) as http,
+    ):
+
+        async def attempt(forwarded_for: str) -> httpx.Response:
+            return await http.post(
+                "/v1/auth/token",
+                json=login(phone(), "wrong-guess-1"),
+                headers={"X-Forwarded-For": forwarded_for},
+            )
+
+        first = [(await attempt("203.0.113.7")).status_code for _ in "ab"]
+        refused = await attempt("203.0.113.7")
+        other = await attempt("198.51.100.9")
+    assert first == [401, 401]
+    assert_refused(refused, says="from this address")
+    assert other.status_code == 401, other.text

@@ -234,12 +234,13 @@ class TripCommands:
         if page_size < 0:
             raise InvalidArgumentError(f"page_size {page_size} is negative")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        after = wire.decode_page_token(page_token) if page_token else None
+        scope = wire.trips_scope(states, rider_id=rider_id, driver_id=driver_id)
+        after = wire.decode_page_token(page_token, scope=scope) if page_token else None
         trips = await self._store.list_trips(
             states=states, rider_id=rider_id, driver_id=driver_id, limit=size + 1, after=after
         )
         if len(trips) > size:
-            return trips[:size], wire.encode_page_token(trips[size - 1])
+            return trips[:size], wire.encode_page_token(trips[size - 1], scope=scope)
         return trips, ""
 
     async def active_assignments(

@@ -8,10 +8,7 @@ the location clients in ``dispatch`` and ``sweeper`` build requests and read rep
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -22,6 +19,7 @@ from protos import events as subjects
 from protos.common.v1 import common_pb2
 from protos.location.v1 import location_pb2
 from protos.trip.v1 import events_pb2, trip_pb2
+from rideshare import paging
 from trip.domain import (
     Actor,
     Assignment,
@@ -69,6 +67,7 @@ __all__ = [
     "state_from_proto",
     "state_to_proto",
     "trip_to_proto",
+    "trips_scope",
     "vehicle_class_from_proto",
     "vehicle_class_to_proto",
 ]
@@ -308,24 +307,27 @@ def position_time_from_proto(position: location_pb2.DriverPosition) -> datetime 
 # --- page tokens ---------------------------------------------------------------------------
 
 
-def encode_page_token(trip: Trip) -> str:
-    """ListTrips' opaque token for the page after ``trip``."""
-    raw = json.dumps([trip.requested_at.isoformat(), trip.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+def trips_scope(states: Sequence[TripState], *, rider_id: str | None, driver_id: str | None) -> str:
+    """The page-token scope of one ListTrips query: its filters, so that a token is good
+    only for the query that made it."""
+    names = ",".join(sorted({s.value for s in states}))
+    return f"trip.trips:r={rider_id or ''}:d={driver_id or ''}:s={names}"
 
 
-def decode_page_token(token: str) -> tuple[datetime, str]:
-    """The (requested_at, id) a ListTrips page token stands for; InvalidArgumentError if
-    malformed."""
+def encode_page_token(trip: Trip, *, scope: str) -> str:
+    """ListTrips' opaque token for the page after ``trip`` in the query ``scope``."""
+    return paging.encode_page_token(scope, [trip.requested_at, trip.id])
+
+
+def decode_page_token(token: str, *, scope: str) -> tuple[datetime, str]:
+    """The (requested_at, id) a ListTrips page token stands for; InvalidArgumentError if it
+    is malformed or was made for another query."""
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        when, trip_id = json.loads(raw)
-        at = datetime.fromisoformat(when)
-        if not isinstance(trip_id, str) or at.tzinfo is None:
-            raise ValueError(token)
-    except (ValueError, TypeError, binascii.Error):
-        raise InvalidArgumentError(f"page token {token!r} is not valid") from None
-    return at.astimezone(UTC), trip_id
+        at, trip_id = paging.decode_page_token(token, scope, key_types=(datetime, str))
+    except paging.InvalidPageError as exc:
+        raise InvalidArgumentError(str(exc)) from None
+    assert isinstance(at, datetime) and isinstance(trip_id, str)
+    return at, trip_id
 
 
 # --- event payloads ------------------------------------------------------------------------

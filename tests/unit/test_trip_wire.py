@@ -14,7 +14,7 @@ from trip import domain, wire
 from trip.domain import Actor, InvalidArgumentError, LatLng, TripState, VehicleClass
 from trip.liveness import LivenessRule
 from trip.settings import TripSettings
-from trip.wire import decode_page_token, encode_page_token
+from trip.wire import decode_page_token, encode_page_token, trips_scope
 
 NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -101,10 +101,26 @@ def test_the_offered_event_carries_what_the_driver_app_shows() -> None:
 
 def test_page_tokens_round_trip_and_garbage_is_rejected() -> None:
     trip = a_trip()
-    assert decode_page_token(encode_page_token(trip)) == (trip.requested_at, trip.id)
+    scope = trips_scope([TripState.REQUESTED], rider_id="r1", driver_id=None)
+    token = encode_page_token(trip, scope=scope)
+    assert decode_page_token(token, scope=scope) == (trip.requested_at, trip.id)
     for bad in ("garbage!", "W10", "bnVsbA"):
         with pytest.raises(InvalidArgumentError):
-            decode_page_token(bad)
+            decode_page_token(bad, scope=scope)
+
+
+def test_a_list_trips_token_is_good_only_for_the_query_that_made_it() -> None:
+    scope = trips_scope([TripState.REQUESTED], rider_id="r1", driver_id=None)
+    token = encode_page_token(a_trip(), scope=scope)
+    for other in (
+        trips_scope([TripState.REQUESTED], rider_id="r2", driver_id=None),
+        trips_scope([TripState.REQUESTED], rider_id="r1", driver_id="d1"),
+        trips_scope([], rider_id="r1", driver_id=None),
+    ):
+        with pytest.raises(InvalidArgumentError, match="another list"):
+            decode_page_token(token, scope=other)
+    same = trips_scope([TripState.REQUESTED, TripState.REQUESTED], rider_id="r1", driver_id=None)
+    assert decode_page_token(token, scope=same)[1] == a_trip().id
 
 
 def test_settings_from_env_read_every_dispatch_knob() -> None:

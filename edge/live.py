@@ -224,7 +224,18 @@ class LiveHub:
         if raw is None:
             return
         frame = json.loads(raw)
-        trip = await self._trip.GetTrip(trip_pb2.GetTripRequest(trip_id=frame["trip_id"]))
+        try:
+            trip = await self._trip.GetTrip(
+                trip_pb2.GetTripRequest(
+                    trip_id=frame["trip_id"],
+                    actor=trip_pb2.ACTOR_DRIVER,
+                    actor_id=conn.principal.sub,
+                )
+            )
+        except ApiError as exc:
+            if exc.status == 404:  # the offer ended: the driver no longer sees the trip
+                return
+            raise
         offer = trip.current_offer
         if (
             trip.state == trip_pb2.TRIP_STATE_DISPATCHING
@@ -293,7 +304,10 @@ class LiveHub:
             trip: trip_pb2.Trip = payload.trip
         else:
             trip_id = getattr(payload, "trip_id", "") or envelope.aggregate_id
-            trip = await self._trip.GetTrip(trip_pb2.GetTripRequest(trip_id=trip_id))
+            # Read once for every party connected here (each is checked below): as the system.
+            trip = await self._trip.GetTrip(
+                trip_pb2.GetTripRequest(trip_id=trip_id, actor=trip_pb2.ACTOR_SYSTEM)
+            )
         for conn in targets:
             # Only the trip's own parties: an offered-but-declined driver is not one.
             if conn.principal.sub in (trip.rider_id, trip.driver_id):

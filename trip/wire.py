@@ -19,7 +19,7 @@ from protos import events as subjects
 from protos.common.v1 import common_pb2
 from protos.location.v1 import location_pb2
 from protos.trip.v1 import events_pb2, trip_pb2
-from rideshare import paging
+from rideshare import ids, paging
 from trip.domain import (
     Actor,
     Assignment,
@@ -34,6 +34,7 @@ from trip.domain import (
     Trip,
     TripState,
     VehicleClass,
+    Viewer,
 )
 from trip.liveness import LivenessRule
 
@@ -51,6 +52,7 @@ __all__ = [
     "driver_cancelled",
     "encode_page_token",
     "flagged",
+    "id_of",
     "latlng_from_proto",
     "liveness_rule_to_proto",
     "nearby_from_proto",
@@ -59,6 +61,7 @@ __all__ = [
     "offer_end_reason_to_proto",
     "offer_ended",
     "offered",
+    "optional_id_of",
     "position_time_from_proto",
     "quote_to_proto",
     "rated",
@@ -70,6 +73,7 @@ __all__ = [
     "trips_scope",
     "vehicle_class_from_proto",
     "vehicle_class_to_proto",
+    "viewer_from_proto",
 ]
 
 Event = tuple[str, Message]
@@ -140,6 +144,33 @@ def liveness_rule_to_proto(value: LivenessRule | None) -> events_pb2.LivenessRul
     if value is None:
         return events_pb2.LIVENESS_RULE_UNSPECIFIED
     return events_pb2.LivenessRule.Value("LIVENESS_RULE_" + value.value)
+
+
+# --- ids and callers ----------------------------------------------------------------------
+
+
+def id_of(value: str, field: str, *, required: bool = True) -> str:
+    """A request's id field: well formed (rideshare.ids), or empty where not ``required``;
+    INVALID_ARGUMENT naming ``field`` otherwise."""
+    try:
+        return ids.check_id(value, field, required=required)
+    except ids.InvalidIdError as exc:
+        raise InvalidArgumentError(str(exc)) from None
+
+
+def optional_id_of(message: Message, field: str) -> str | None:
+    """An ``optional`` id field (a filter): None when absent, else as :func:`id_of`
+    (present but empty is malformed)."""
+    if not message.HasField(field):
+        return None
+    return id_of(getattr(message, field), field)
+
+
+def viewer_from_proto(actor: int, actor_id: str) -> Viewer:
+    """Who calls, from a request's actor and actor_id: actor must be specified, and the id is
+    required of all but SYSTEM (INVALID_ARGUMENT)."""
+    who = actor_from_proto(actor)
+    return Viewer(who, id_of(actor_id, "actor_id", required=who is not Actor.SYSTEM))
 
 
 # --- values --------------------------------------------------------------------------------

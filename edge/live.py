@@ -304,10 +304,7 @@ class LiveHub:
             trip: trip_pb2.Trip = payload.trip
         else:
             trip_id = getattr(payload, "trip_id", "") or envelope.aggregate_id
-            # Read once for every party connected here (each is checked below): as the system.
-            trip = await self._trip.GetTrip(
-                trip_pb2.GetTripRequest(trip_id=trip_id, actor=trip_pb2.ACTOR_SYSTEM)
-            )
+            trip = await self._trip.GetTrip(trip_pb2.GetTripRequest(trip_id=trip_id))
         for conn in targets:
             # Only the trip's own parties: an offered-but-declined driver is not one.
             if conn.principal.sub in (trip.rider_id, trip.driver_id):

@@ -167,8 +167,11 @@ def optional_id_of(message: Message, field: str) -> str | None:
 
 
 def viewer_from_proto(actor: int, actor_id: str) -> Viewer:
-    """Who calls, from a request's actor and actor_id: actor must be specified, and the id is
-    required of all but SYSTEM (INVALID_ARGUMENT)."""
+    """Who reads, from a GetTrip request's actor and actor_id: unspecified is a service
+    reading for itself (SYSTEM); a user's id is required (INVALID_ARGUMENT for an unknown
+    actor or a malformed id)."""
+    if actor == trip_pb2.ACTOR_UNSPECIFIED:
+        actor = trip_pb2.ACTOR_SYSTEM
     who = actor_from_proto(actor)
     return Viewer(who, id_of(actor_id, "actor_id", required=who is not Actor.SYSTEM))
 

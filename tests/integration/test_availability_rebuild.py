@@ -229,9 +229,7 @@ async def offer_of(stub: TripStub, trip_id: str) -> trip_pb2.Offer:
     found: list[trip_pb2.Offer] = []
 
     async def offered() -> bool:
-        trip = await stub.GetTrip(
-            trip_pb2.GetTripRequest(trip_id=trip_id, actor=trip_pb2.ACTOR_SYSTEM), timeout=5
-        )
+        trip = await stub.GetTrip(trip_pb2.GetTripRequest(trip_id=trip_id), timeout=5)
         found[:] = [trip.current_offer] if trip.HasField("current_offer") else []
         return bool(found)
 

@@ -11,7 +11,7 @@ from protos.trip.v1 import events_pb2, trip_pb2
 from rideshare.settings import SettingsError
 from tests.unit.test_trip_domain import T0, completed, in_progress
 from trip import domain, wire
-from trip.domain import Actor, InvalidArgumentError, LatLng, TripState, VehicleClass
+from trip.domain import Actor, InvalidArgumentError, LatLng, TripState, VehicleClass, Viewer
 from trip.liveness import LivenessRule
 from trip.settings import TripSettings
 from trip.wire import decode_page_token, encode_page_token, trips_scope
@@ -226,3 +226,34 @@ def test_a_driver_completed_ride_is_metered_and_names_the_driver() -> None:
     assert payload.completed_by == trip_pb2.ACTOR_DRIVER
     assert payload.charge_basis == trip_pb2.CHARGE_BASIS_METERED
     assert payload.liveness_rule == events_pb2.LIVENESS_RULE_UNSPECIFIED
+
+
+def test_a_reader_is_a_user_with_an_id_or_a_service_reading_for_itself() -> None:
+    assert wire.viewer_from_proto(trip_pb2.ACTOR_RIDER, "r1") == Viewer(Actor.RIDER, "r1")
+    assert wire.viewer_from_proto(trip_pb2.ACTOR_UNSPECIFIED, "") == Viewer(Actor.SYSTEM)
+    assert wire.viewer_from_proto(trip_pb2.ACTOR_SYSTEM, "") == Viewer(Actor.SYSTEM)
+
+
+@pytest.mark.parametrize(
+    ("actor", "actor_id", "message"),
+    [
+        (trip_pb2.ACTOR_RIDER, "", "actor_id is required"),
+        (trip_pb2.ACTOR_DRIVER, "d.1", "actor_id must be"),
+        (trip_pb2.ACTOR_ADMIN, "", "actor_id is required"),
+        (-5, "r1", "actor -5 must be specified and valid"),
+        (42, "r1", "actor 42 must be specified and valid"),
+    ],
+)
+def test_a_reader_with_an_unknown_actor_or_no_id_is_invalid_argument(
+    actor: int, actor_id: str, message: str
+) -> None:
+    with pytest.raises(InvalidArgumentError, match=rf"^{message}"):
+        wire.viewer_from_proto(actor, actor_id)
+
+
+def test_an_optional_id_filter_is_none_absent_and_checked_present() -> None:
+    assert wire.optional_id_of(trip_pb2.ListTripsRequest(), "rider_id") is None
+    assert wire.optional_id_of(trip_pb2.ListTripsRequest(rider_id="r1"), "rider_id") == "r1"
+    for bad in ("", "r*", "x" * 65):
+        with pytest.raises(InvalidArgumentError, match=r"^rider_id"):
+            wire.optional_id_of(trip_pb2.ListTripsRequest(rider_id=bad), "rider_id")

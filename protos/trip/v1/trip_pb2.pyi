@@ -617,11 +617,12 @@ class GetTripRequest(_message.Message):
     trip_id: _builtins.str
     """The trip."""
     actor: Global___Actor.ValueType
-    """Who reads: RIDER, DRIVER, ADMIN, or SYSTEM for another service; must be specified. A trip
-    this reader may not see is NOT_FOUND, exactly as one that does not exist.
+    """Who reads, when a user does: RIDER, DRIVER or ADMIN. A trip this reader may not see is
+    NOT_FOUND, exactly as one that does not exist. Unspecified (or SYSTEM): a service reading
+    for itself.
     """
     actor_id: _builtins.str
-    """The rider, driver or admin id of the reader; empty for SYSTEM."""
+    """The rider, driver or admin id of the reader; required with RIDER, DRIVER and ADMIN."""
     def __init__(
         self,
         *,

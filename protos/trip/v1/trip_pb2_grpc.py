@@ -122,7 +122,7 @@ class TripServiceServicer:
 
     def GetTrip(self, request, context):
         """Returns one trip with its full transition history. Errors: NOT_FOUND (no such trip, or
-        one the reader may not see), INVALID_ARGUMENT (malformed id, actor unspecified).
+        one the reader may not see), INVALID_ARGUMENT (malformed id, unknown actor).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

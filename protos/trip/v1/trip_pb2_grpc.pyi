@@ -57,7 +57,7 @@ class TripServiceStub:
     """
     GetTrip: _grpc.UnaryUnaryMultiCallable[_trip_pb2.GetTripRequest, _trip_pb2.Trip]
     """Returns one trip with its full transition history. Errors: NOT_FOUND (no such trip, or
-    one the reader may not see), INVALID_ARGUMENT (malformed id, actor unspecified).
+    one the reader may not see), INVALID_ARGUMENT (malformed id, unknown actor).
     """
     ListTrips: _grpc.UnaryUnaryMultiCallable[_trip_pb2.ListTripsRequest, _trip_pb2.ListTripsResponse]
     """Lists trips, newest first, filtered (admin view; also how a client finds its live trip).
@@ -125,7 +125,7 @@ class TripServiceAsyncStub(TripServiceStub):
     """
     GetTrip: _aio.UnaryUnaryMultiCallable[_trip_pb2.GetTripRequest, _trip_pb2.Trip]  # type: ignore[assignment]
     """Returns one trip with its full transition history. Errors: NOT_FOUND (no such trip, or
-    one the reader may not see), INVALID_ARGUMENT (malformed id, actor unspecified).
+    one the reader may not see), INVALID_ARGUMENT (malformed id, unknown actor).
     """
     ListTrips: _aio.UnaryUnaryMultiCallable[_trip_pb2.ListTripsRequest, _trip_pb2.ListTripsResponse]  # type: ignore[assignment]
     """Lists trips, newest first, filtered (admin view; also how a client finds its live trip).
@@ -208,7 +208,7 @@ class TripServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_trip_pb2.Trip, _abc.Awaitable[_trip_pb2.Trip]]:
         """Returns one trip with its full transition history. Errors: NOT_FOUND (no such trip, or
-        one the reader may not see), INVALID_ARGUMENT (malformed id, actor unspecified).
+        one the reader may not see), INVALID_ARGUMENT (malformed id, unknown actor).
         """
 
     @_abc_1.abstractmethod

@@ -12,6 +12,8 @@ from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from trip.domain import (
     DEFAULT_DISPATCH_PLAN,
@@ -761,3 +763,17 @@ def test_a_trip_hidden_from_a_caller_is_not_found_in_the_words_of_a_missing_one(
     with pytest.raises(NotFoundError) as hidden:
         check_visible(trip(), viewer)
     assert str(hidden.value) == str(trip_not_found()) == "trip not found"
+
+
+@given(
+    trip=st.sampled_from([requested, offered, accepted, completed, driver_cancelled, declined]),
+    actor=st.sampled_from([Actor.RIDER, Actor.DRIVER]),
+    actor_id=st.sampled_from(["r1", "d1", "d2", ""]) | st.text(max_size=8),
+)
+def test_a_user_sees_a_trip_exactly_when_they_are_one_of_its_parties(
+    trip: Callable[[], Trip], actor: Actor, actor_id: str
+) -> None:
+    t = trip()
+    offered_to = t.offer.driver_id if t.offer is not None else None
+    parties = {t.rider_id} if actor is Actor.RIDER else {t.driver_id, offered_to}
+    assert may_see(t, Viewer(actor, actor_id)) == (actor_id in parties - {None, ""})

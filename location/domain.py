@@ -7,7 +7,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from rideshare import geo
+from rideshare import geo, ids
 
 __all__ = [
     "MAX_AREA_LIMIT",
@@ -26,6 +26,7 @@ __all__ = [
     "UnknownTrackError",
     "check_area",
     "check_hold",
+    "check_id",
     "check_position",
     "clamp_limit",
     "is_stale",
@@ -38,7 +39,7 @@ MAX_SEARCH_LIMIT = 50
 DEFAULT_SEARCH_LIMIT = 10
 MAX_AREA_LIMIT = 5_000
 DEFAULT_AREA_LIMIT = 1_000
-MAX_DRIVER_ID_LEN = 64
+MAX_DRIVER_ID_LEN = ids.MAX_ID_LEN
 MAX_LAT = geo.MAX_LAT
 TRACK_CAP = 7_200
 """Fixes kept per trip: two hours at one report a second (eight at the usual four), 56 bytes
@@ -234,8 +235,10 @@ def check_position(
     applies too. Ordering against the stored position is not checked here: that needs the
     store.
     """
-    if not driver_id or len(driver_id) > MAX_DRIVER_ID_LEN:
-        return Reject.MISSING_DRIVER_ID, f"driver_id must be 1-{MAX_DRIVER_ID_LEN} characters"
+    try:
+        ids.check_id(driver_id, "driver_id")
+    except ids.InvalidIdError as exc:
+        return Reject.MISSING_DRIVER_ID, str(exc)
     problem = geo.check_position(
         lat,
         lng,
@@ -251,12 +254,19 @@ def check_position(
     return Reject[problem[0].name], problem[1]
 
 
+def check_id(value: str, field: str) -> str:
+    """``value`` when it is a well-formed id (rideshare.ids), else InvalidArgumentError naming
+    ``field``: a driver id names a NATS subject and Redis keys."""
+    try:
+        return ids.check_id(value, field)
+    except ids.InvalidIdError as exc:
+        raise InvalidArgumentError(str(exc)) from None
+
+
 def check_hold(driver_id: str, trip_id: str) -> None:
     """Raises unless a hold (ReserveDriver, ReleaseDriver) names both its driver and trip."""
-    if not driver_id:
-        raise InvalidArgumentError("driver_id is required")
-    if not trip_id:
-        raise InvalidArgumentError("trip_id is required")
+    check_id(driver_id, "driver_id")
+    check_id(trip_id, "trip_id")
 
 
 def is_stale(last_seen_ms: int, *, now_ms: int, stale_ms: int) -> bool:

@@ -167,7 +167,7 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
             radius_m=radius,
             limit=limit,
             vehicle_class=wire.vehicle_class_filter(request),
-            exclude=list(request.exclude_driver_ids),
+            exclude=wire.excluded_of(request),
             now_ms=now,
             stale_ms=self._settings.stale_ms,
         )
@@ -176,20 +176,20 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
     async def GetPosition(
         self, request: location_pb2.GetPositionRequest, context: Context
     ) -> location_pb2.DriverPosition:
-        position = await self._store.get(request.driver_id) if request.driver_id else None
+        driver_id = wire.driver_id_of(request)
+        position = await self._store.get(driver_id)
         if position is None:
-            raise UnknownDriverError(f"no position for driver {request.driver_id!r}")
+            raise UnknownDriverError(f"no position for driver {driver_id!r}")
         return wire.position_to_proto(position)
 
     async def WatchDriver(
         self, request: location_pb2.WatchDriverRequest, context: Context
     ) -> AsyncIterator[location_pb2.DriverPosition]:
-        if not request.driver_id:
-            raise InvalidArgumentError("driver_id is required")
+        driver_id = wire.driver_id_of(request)
         # Subscribe before reading the snapshot, so nothing falls between the two.
-        async with self._feed.watch(request.driver_id) as updates:
+        async with self._feed.watch(driver_id) as updates:
             last_ts = 0
-            snapshot = await self._store.get(request.driver_id)
+            snapshot = await self._store.get(driver_id)
             if snapshot is not None:
                 last_ts = snapshot.client_ts_ms
                 yield wire.position_to_proto(snapshot)

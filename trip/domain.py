@@ -5,10 +5,12 @@ Every guard checks its preconditions, asks ``machine.next_state`` for the target
 returns a *new* ``Trip`` with ``version + 1`` and one more history record; on any failure it
 raises a ``TripError`` and the trip passed in is untouched (it is frozen anyway).
 
-Check order in the guards: malformed input first (``InvalidArgumentError``); then who the caller
-is where that does not depend on the state (the trip's rider); then the state
-(``InvalidTransition``); then who the caller is where the state decides it (the offered or the
-assigned driver); then the data the state holds (offer id, expiry, ratings).
+Before any guard, ``check_visible``: a caller who may not see the trip (``may_see``) gets the
+NotFoundError a trip that does not exist gets, word for word, so no answer tells the two apart
+or shows the state. Check order in the guards: malformed input first (``InvalidArgumentError``);
+then who the caller is where that does not depend on the state (the trip's rider); then the
+state (``InvalidTransition``); then who the caller is where the state decides it (the offered
+or the assigned driver); then the data the state holds (offer id, expiry, ratings).
 """
 
 from __future__ import annotations
@@ -94,10 +96,12 @@ __all__ = [
     "TripError",
     "TripState",
     "VehicleClass",
+    "Viewer",
     "Widen",
     "accept",
     "arrive",
     "cancel",
+    "check_visible",
     "complete",
     "decline",
     "dispatch",
@@ -107,6 +111,7 @@ __all__ = [
     "expire_offer",
     "flag",
     "make_quote",
+    "may_see",
     "next_dispatch_step",
     "offer",
     "rate",
@@ -114,6 +119,7 @@ __all__ = [
     "repeated_booking",
     "request_trip",
     "start",
+    "trip_not_found",
 ]
 
 QUOTE_TTL = timedelta(minutes=2)
@@ -654,6 +660,45 @@ def end_ride(trip: Trip, *, now: datetime, reason: str, last_heard: datetime | N
         completed_at=now,
         ended_at=now,
     )
+
+
+# --- who may see a trip --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    """Who reads a trip or acts on it: a rider, a driver or an admin with their id, or SYSTEM
+    (another service; its id is empty)."""
+
+    actor: Actor
+    actor_id: str = ""
+
+
+def may_see(trip: Trip, viewer: Viewer) -> bool:
+    """Whether ``viewer`` may see ``trip`` at all: its rider, its assigned driver, the driver
+    its pending offer is for, any admin and the system. A driver whose offer ended, or who
+    was taken off the trip, no longer may."""
+    actor, actor_id = viewer.actor, viewer.actor_id
+    if actor in (Actor.ADMIN, Actor.SYSTEM):
+        return True
+    if not actor_id:
+        return False
+    if actor is Actor.RIDER:
+        return actor_id == trip.rider_id
+    offered = trip.offer.driver_id if trip.offer is not None else None
+    return actor_id in (trip.driver_id, offered)
+
+
+def trip_not_found() -> NotFoundError:
+    """The one answer for a trip that does not exist and for a trip the caller may not see:
+    the same words for both (and no id), so that neither can be told from the other."""
+    return NotFoundError("trip not found")
+
+
+def check_visible(trip: Trip, viewer: Viewer) -> None:
+    """:func:`trip_not_found` unless ``viewer`` may see ``trip`` (:func:`may_see`)."""
+    if not may_see(trip, viewer):
+        raise trip_not_found()
 
 
 # --- cancellation and rating ---------------------------------------------------------------

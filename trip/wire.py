@@ -8,10 +8,7 @@ the location clients in ``dispatch`` and ``sweeper`` build requests and read rep
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -22,6 +19,7 @@ from protos import events as subjects
 from protos.common.v1 import common_pb2
 from protos.location.v1 import location_pb2
 from protos.trip.v1 import events_pb2, trip_pb2
+from rideshare import ids, paging
 from trip.domain import (
     Actor,
     Assignment,
@@ -39,6 +37,7 @@ from trip.domain import (
     Trip,
     TripState,
     VehicleClass,
+    Viewer,
 )
 from trip.liveness import LivenessRule
 from trip.pricing import MeasureSource
@@ -57,6 +56,7 @@ __all__ = [
     "driver_cancelled",
     "encode_page_token",
     "flagged",
+    "id_of",
     "latlng_from_proto",
     "liveness_rule_to_proto",
     "nearby_from_proto",
@@ -65,6 +65,7 @@ __all__ = [
     "offer_end_reason_to_proto",
     "offer_ended",
     "offered",
+    "optional_id_of",
     "position_time_from_proto",
     "quote_to_proto",
     "rated",
@@ -76,8 +77,10 @@ __all__ = [
     "track_from_proto",
     "trip_distance_request",
     "trip_to_proto",
+    "trips_scope",
     "vehicle_class_from_proto",
     "vehicle_class_to_proto",
+    "viewer_from_proto",
 ]
 
 Event = tuple[str, Message]
@@ -156,6 +159,36 @@ def liveness_rule_to_proto(value: LivenessRule | None) -> events_pb2.LivenessRul
     if value is None:
         return events_pb2.LIVENESS_RULE_UNSPECIFIED
     return events_pb2.LivenessRule.Value("LIVENESS_RULE_" + value.value)
+
+
+# --- ids and callers ----------------------------------------------------------------------
+
+
+def id_of(value: str, field: str, *, required: bool = True) -> str:
+    """A request's id field: well formed (rideshare.ids), or empty where not ``required``;
+    INVALID_ARGUMENT naming ``field`` otherwise."""
+    try:
+        return ids.check_id(value, field, required=required)
+    except ids.InvalidIdError as exc:
+        raise InvalidArgumentError(str(exc)) from None
+
+
+def optional_id_of(message: Message, field: str) -> str | None:
+    """An ``optional`` id field (a filter): None when absent, else as :func:`id_of`
+    (present but empty is malformed)."""
+    if not message.HasField(field):
+        return None
+    return id_of(getattr(message, field), field)
+
+
+def viewer_from_proto(actor: int, actor_id: str) -> Viewer:
+    """Who reads, from a GetTrip request's actor and actor_id: unspecified is a service
+    reading for itself (SYSTEM); a user's id is required (INVALID_ARGUMENT for an unknown
+    actor or a malformed id)."""
+    if actor == trip_pb2.ACTOR_UNSPECIFIED:
+        actor = trip_pb2.ACTOR_SYSTEM
+    who = actor_from_proto(actor)
+    return Viewer(who, id_of(actor_id, "actor_id", required=who is not Actor.SYSTEM))
 
 
 # --- values --------------------------------------------------------------------------------
@@ -372,24 +405,27 @@ def position_time_from_proto(position: location_pb2.DriverPosition) -> datetime 
 # --- page tokens ---------------------------------------------------------------------------
 
 
-def encode_page_token(trip: Trip) -> str:
-    """ListTrips' opaque token for the page after ``trip``."""
-    raw = json.dumps([trip.requested_at.isoformat(), trip.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+def trips_scope(states: Sequence[TripState], *, rider_id: str | None, driver_id: str | None) -> str:
+    """The page-token scope of one ListTrips query: its filters, so that a token is good
+    only for the query that made it."""
+    names = ",".join(sorted({s.value for s in states}))
+    return f"trip.trips:r={rider_id or ''}:d={driver_id or ''}:s={names}"
 
 
-def decode_page_token(token: str) -> tuple[datetime, str]:
-    """The (requested_at, id) a ListTrips page token stands for; InvalidArgumentError if
-    malformed."""
+def encode_page_token(trip: Trip, *, scope: str) -> str:
+    """ListTrips' opaque token for the page after ``trip`` in the query ``scope``."""
+    return paging.encode_page_token(scope, [trip.requested_at, trip.id])
+
+
+def decode_page_token(token: str, *, scope: str) -> tuple[datetime, str]:
+    """The (requested_at, id) a ListTrips page token stands for; InvalidArgumentError if it
+    is malformed or was made for another query."""
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        when, trip_id = json.loads(raw)
-        at = datetime.fromisoformat(when)
-        if not isinstance(trip_id, str) or at.tzinfo is None:
-            raise ValueError(token)
-    except (ValueError, TypeError, binascii.Error):
-        raise InvalidArgumentError(f"page token {token!r} is not valid") from None
-    return at.astimezone(UTC), trip_id
+        at, trip_id = paging.decode_page_token(token, scope, key_types=(datetime, str))
+    except paging.InvalidPageError as exc:
+        raise InvalidArgumentError(str(exc)) from None
+    assert isinstance(at, datetime) and isinstance(trip_id, str)
+    return at, trip_id
 
 
 # --- event payloads ------------------------------------------------------------------------

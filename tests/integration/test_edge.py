@@ -19,6 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from rideshare.settings import InfraUrls
 from tests.helpers import eventually
 from tests.integration.edge_system import BERLIN, System, edge_system
+from tests.integration.hostile import forged_tokens
 
 
 @pytest.fixture(scope="module")
@@ -703,3 +704,82 @@ async def test_a_completed_trip_is_charged_by_the_rule_whatever_the_driver_repor
     assert settlement["band_high"]["amount_minor"] == high
     assert trip["final_fare"]["amount_minor"] <= high
     assert trip["final_fare"] in (settlement["measured_fare"], settlement["band_low"])
+
+
+# -- the boundary behind the edge: forged page tokens, malformed ids, hidden trips ------------
+
+
+async def test_a_forged_page_token_is_422_with_a_body_on_every_list(system: System) -> None:
+    rider_id, rider = await signup_rider(system)
+    driver_id, driver = await signup_driver(system)
+    lists = [
+        (rider, "/v1/me/trips", f"rider.trips:{rider_id}"),
+        (driver, "/v1/me/trips", f"trip.trips:r=:d={driver_id}:s="),
+        (system.admin_token(), "/v1/admin/trips", "trip.trips:r=:d=:s="),
+    ]
+    for token, path, scope in lists:
+        forged = forged_tokens(scope, ["2026-01-01T00:00:00+00:00", "t1"], by_time=True)
+        async with system.client(token) as http:
+            for page_token in forged:
+                if len(page_token) > 500:
+                    continue  # the edge's own limit answers those (422 as well)
+                r = await http.get(path, params={"page_token": page_token})
+                assert r.status_code == 422, (path, page_token, r.text)
+                assert r.json()["error"]["code"] == "invalid_argument"
+                assert r.json()["error"]["message"].startswith("page_token"), r.text
+
+
+@pytest.mark.parametrize("trip_id", ["a.b", "*", ">", "a b", "x" * 65, "a:b"])
+async def test_a_trip_id_that_is_no_id_is_422_never_an_upstream_error(
+    system: System, trip_id: str
+) -> None:
+    _, token = await signup_rider(system)
+    async with system.client(token) as http:
+        read = await http.get(f"/v1/trips/{trip_id}")
+        cancel = await http.post(f"/v1/trips/{trip_id}/cancel")
+    for r in (read, cancel):
+        assert r.status_code == 422, r.text
+        assert r.json()["error"] == {
+            "code": "invalid_argument",
+            "message": "trip_id must be 1-64 characters of A-Z, a-z, 0-9, '_' and '-'",
+        }
+
+
+async def test_a_trip_hidden_from_a_user_is_the_404_of_a_trip_that_does_not_exist(
+    system: System,
+) -> None:
+    _, owner = await signup_rider(system)
+    _, stranger = await signup_rider(system)
+    _, other_driver = await signup_driver(system)
+    async with system.client(owner) as http:
+        quote = await _quote(http)
+        booked = await http.post(
+            "/v1/trips",
+            json={k: quote[k] for k in ("quote_id", "pickup", "dropoff")},
+        )
+        assert booked.status_code == 201, booked.text
+    trip_id, missing = booked.json()["id"], uuid.uuid4().hex
+
+    async def answers(token: str, calls: list[tuple[str, str]]) -> list[tuple[int, Any]]:
+        seen = []
+        async with system.client(token) as http:
+            for method, path in calls:
+                for target in (trip_id, missing):
+                    r = await http.request(method, path.format(target))
+                    seen.append((r.status_code, r.json()))
+        return seen
+
+    rider_calls = [("GET", "/v1/trips/{}"), ("POST", "/v1/trips/{}/cancel")]
+    driver_calls = [
+        ("GET", "/v1/trips/{}"),
+        *(("POST", f"/v1/trips/{{}}/{c}") for c in ("accept", "decline", "arrive", "start")),
+        ("POST", "/v1/trips/{}/complete"),
+        ("POST", "/v1/trips/{}/cancel"),
+    ]
+    seen = [*await answers(stranger, rider_calls), *await answers(other_driver, driver_calls)]
+    not_found = (404, {"error": {"code": "not_found", "message": "trip not found"}})
+    assert seen == [not_found] * len(seen)
+    async with system.client(owner) as http:
+        own = await http.get(f"/v1/trips/{trip_id}")
+        await http.post(f"/v1/trips/{trip_id}/cancel", json={"reason": "test over"})
+    assert own.status_code == 200 and own.json()["id"] == trip_id

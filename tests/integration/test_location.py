@@ -25,6 +25,7 @@ from protos.location.v1 import location_pb2_grpc
 from rideshare import bus
 from rideshare.settings import InfraUrls, ServiceSettings
 from tests.helpers import eventually
+from tests.integration.hostile import BAD_IDS, invalid_argument
 
 BERLIN = (52.5200, 13.4050)
 STANDARD = common_pb2.VEHICLE_CLASS_STANDARD
@@ -263,6 +264,55 @@ async def test_bad_input_gets_a_clear_status(
         await call(stub)
     assert caught.value.code() == expected
     assert caught.value.details()
+
+
+async def test_ids_that_are_no_subject_token_or_key_part_are_invalid_argument(stub: Stub) -> None:
+    for bad in [*BAD_IDS, ""]:
+        calls: list[tuple[str, Awaitable[object]]] = [
+            ("driver_id", stub.ReportPosition(update(bad, 52.5, 13.4), timeout=5)),
+            ("driver_id", stub.GetPosition(pb.GetPositionRequest(driver_id=bad), timeout=5)),
+            (
+                "driver_id",
+                stub.ReserveDriver(pb.ReserveDriverRequest(driver_id=bad, trip_id="t1"), timeout=5),
+            ),
+            (
+                "trip_id",
+                stub.ReleaseDriver(pb.ReleaseDriverRequest(driver_id="d1", trip_id=bad), timeout=5),
+            ),
+            (
+                "exclude_driver_ids",
+                stub.NearestDrivers(
+                    pb.NearestDriversRequest(
+                        lat=52.5, lng=13.4, radius_m=1000, exclude_driver_ids=["d1", bad]
+                    ),
+                    timeout=5,
+                ),
+            ),
+        ]
+        for field_name, call in calls:
+            assert (await invalid_argument(call)).startswith(field_name), (bad, field_name)
+        watch = stub.WatchDriver(pb.WatchDriverRequest(driver_id=bad), timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await watch.read()
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    # On the stream a bad id rejects its update alone, as every other bad field does.
+    async def batches() -> AsyncIterator[pb.PositionBatch]:
+        yield pb.PositionBatch(updates=[update(bad, 52.5, 13.4) for bad in BAD_IDS])
+
+    summary = await stub.ReportPositions(batches(), timeout=10)
+    assert (summary.accepted, summary.rejected) == (0, len(BAD_IDS))
+    assert {r.reason for r in summary.rejections} == {pb.REJECT_REASON_MISSING_DRIVER_ID}
+
+
+@pytest.mark.parametrize("value", [0, -5, 42])
+async def test_a_search_for_an_unspecified_or_unknown_class_is_invalid_argument(
+    stub: Stub, value: int
+) -> None:
+    request = pb.NearestDriversRequest(
+        lat=52.5, lng=13.4, radius_m=1000, vehicle_class=common_pb2.VehicleClass.ValueType(value)
+    )
+    assert "vehicle_class" in await invalid_argument(stub.NearestDrivers(request, timeout=5))
 
 
 async def test_reserve_holds_a_driver_for_one_trip_once(stub: Stub, index: LocationStore) -> None:

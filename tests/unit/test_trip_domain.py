@@ -12,6 +12,8 @@ from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from trip.domain import (
     DEFAULT_DISPATCH_PLAN,
@@ -38,10 +40,12 @@ from trip.domain import (
     TripError,
     TripState,
     VehicleClass,
+    Viewer,
     Widen,
     accept,
     arrive,
     cancel,
+    check_visible,
     complete,
     decline,
     dispatch,
@@ -49,12 +53,14 @@ from trip.domain import (
     exhaust,
     expire_offer,
     make_quote,
+    may_see,
     next_dispatch_step,
     offer,
     rate,
     repeated_booking,
     request_trip,
     start,
+    trip_not_found,
 )
 from trip.errors import ConcurrencyError, NotFoundError
 from trip.machine import Actor
@@ -753,3 +759,73 @@ def test_a_quote_not_booked_yet_or_booked_by_someone_else_repeats_nothing() -> N
     used = replace(a_quote(), trip_id="t0")
     assert repeated_booking(used, rider_id="r2", pickup=PICKUP, dropoff=DROPOFF) is None
     assert repeated_booking(used, rider_id="r1", pickup=DROPOFF, dropoff=PICKUP) is None
+
+
+# --- who may see a trip --------------------------------------------------------------------
+
+
+def driver_cancelled() -> Trip:
+    return driver_cancel(accepted(), driver_id="d1", now=T0 + timedelta(minutes=1))
+
+
+def declined() -> Trip:
+    return decline(offered(), driver_id="d1", offer_id="o1", now=ACCEPTED_AT)
+
+
+# (trip, viewer) pairs a user may see: its rider, its assigned or offered driver, and anyone
+# acting as the service; and pairs they may not.
+VISIBLE = [
+    (requested, Viewer(Actor.RIDER, "r1")),
+    (offered, Viewer(Actor.DRIVER, "d1")),
+    (accepted, Viewer(Actor.DRIVER, "d1")),
+    (completed, Viewer(Actor.DRIVER, "d1")),
+    (completed, Viewer(Actor.RIDER, "r1")),
+    (requested, Viewer(Actor.ADMIN, "admin-1")),
+    (requested, Viewer(Actor.SYSTEM)),
+]
+HIDDEN = [
+    (requested, Viewer(Actor.RIDER, "r2")),
+    (requested, Viewer(Actor.RIDER, "")),
+    (requested, Viewer(Actor.DRIVER, "r1")),  # the rider's id, claimed as a driver
+    (offered, Viewer(Actor.DRIVER, "d2")),
+    (offered, Viewer(Actor.RIDER, "d1")),  # the offered driver's id, claimed as a rider
+    (accepted, Viewer(Actor.DRIVER, "d2")),
+    (dispatching, Viewer(Actor.DRIVER, "")),
+    (driver_cancelled, Viewer(Actor.DRIVER, "d1")),  # taken off the trip
+    (
+        lambda: decline(offered(), driver_id="d1", offer_id="o1", now=ACCEPTED_AT),
+        Viewer(Actor.DRIVER, "d1"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("trip", "viewer"), VISIBLE)
+def test_the_trips_parties_and_the_service_may_see_it(
+    trip: Callable[[], Trip], viewer: Viewer
+) -> None:
+    assert may_see(trip(), viewer)
+    check_visible(trip(), viewer)
+
+
+@pytest.mark.parametrize(("trip", "viewer"), HIDDEN)
+def test_a_trip_hidden_from_a_caller_is_not_found_in_the_words_of_a_missing_one(
+    trip: Callable[[], Trip], viewer: Viewer
+) -> None:
+    assert not may_see(trip(), viewer)
+    with pytest.raises(NotFoundError) as hidden:
+        check_visible(trip(), viewer)
+    assert str(hidden.value) == str(trip_not_found()) == "trip not found"
+
+
+@given(
+    trip=st.sampled_from([requested, offered, accepted, completed, driver_cancelled, declined]),
+    actor=st.sampled_from([Actor.RIDER, Actor.DRIVER]),
+    actor_id=st.sampled_from(["r1", "d1", "d2", ""]) | st.text(max_size=8),
+)
+def test_a_user_sees_a_trip_exactly_when_they_are_one_of_its_parties(
+    trip: Callable[[], Trip], actor: Actor, actor_id: str
+) -> None:
+    t = trip()
+    offered_to = t.offer.driver_id if t.offer is not None else None
+    parties = {t.rider_id} if actor is Actor.RIDER else {t.driver_id, offered_to}
+    assert may_see(t, Viewer(actor, actor_id)) == (actor_id in parties - {None, ""})

@@ -11,10 +11,10 @@ from protos.trip.v1 import events_pb2, trip_pb2
 from rideshare.settings import SettingsError
 from tests.unit.test_trip_domain import T0, completed, in_progress
 from trip import domain, wire
-from trip.domain import Actor, InvalidArgumentError, LatLng, TripState, VehicleClass
+from trip.domain import Actor, InvalidArgumentError, LatLng, TripState, VehicleClass, Viewer
 from trip.liveness import LivenessRule
 from trip.settings import TripSettings
-from trip.wire import decode_page_token, encode_page_token
+from trip.wire import decode_page_token, encode_page_token, trips_scope
 
 NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -101,10 +101,26 @@ def test_the_offered_event_carries_what_the_driver_app_shows() -> None:
 
 def test_page_tokens_round_trip_and_garbage_is_rejected() -> None:
     trip = a_trip()
-    assert decode_page_token(encode_page_token(trip)) == (trip.requested_at, trip.id)
+    scope = trips_scope([TripState.REQUESTED], rider_id="r1", driver_id=None)
+    token = encode_page_token(trip, scope=scope)
+    assert decode_page_token(token, scope=scope) == (trip.requested_at, trip.id)
     for bad in ("garbage!", "W10", "bnVsbA"):
         with pytest.raises(InvalidArgumentError):
-            decode_page_token(bad)
+            decode_page_token(bad, scope=scope)
+
+
+def test_a_list_trips_token_is_good_only_for_the_query_that_made_it() -> None:
+    scope = trips_scope([TripState.REQUESTED], rider_id="r1", driver_id=None)
+    token = encode_page_token(a_trip(), scope=scope)
+    for other in (
+        trips_scope([TripState.REQUESTED], rider_id="r2", driver_id=None),
+        trips_scope([TripState.REQUESTED], rider_id="r1", driver_id="d1"),
+        trips_scope([], rider_id="r1", driver_id=None),
+    ):
+        with pytest.raises(InvalidArgumentError, match="another list"):
+            decode_page_token(token, scope=other)
+    same = trips_scope([TripState.REQUESTED, TripState.REQUESTED], rider_id="r1", driver_id=None)
+    assert decode_page_token(token, scope=same)[1] == a_trip().id
 
 
 def test_settings_from_env_read_every_dispatch_knob() -> None:
@@ -242,3 +258,34 @@ def test_an_unmeasured_settlement_leaves_the_measured_fields_unset() -> None:
 def test_a_fare_band_outside_zero_to_one_names_its_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
         TripSettings.from_env({name: value})
+
+
+def test_a_reader_is_a_user_with_an_id_or_a_service_reading_for_itself() -> None:
+    assert wire.viewer_from_proto(trip_pb2.ACTOR_RIDER, "r1") == Viewer(Actor.RIDER, "r1")
+    assert wire.viewer_from_proto(trip_pb2.ACTOR_UNSPECIFIED, "") == Viewer(Actor.SYSTEM)
+    assert wire.viewer_from_proto(trip_pb2.ACTOR_SYSTEM, "") == Viewer(Actor.SYSTEM)
+
+
+@pytest.mark.parametrize(
+    ("actor", "actor_id", "message"),
+    [
+        (trip_pb2.ACTOR_RIDER, "", "actor_id is required"),
+        (trip_pb2.ACTOR_DRIVER, "d.1", "actor_id must be"),
+        (trip_pb2.ACTOR_ADMIN, "", "actor_id is required"),
+        (-5, "r1", "actor -5 must be specified and valid"),
+        (42, "r1", "actor 42 must be specified and valid"),
+    ],
+)
+def test_a_reader_with_an_unknown_actor_or_no_id_is_invalid_argument(
+    actor: int, actor_id: str, message: str
+) -> None:
+    with pytest.raises(InvalidArgumentError, match=rf"^{message}"):
+        wire.viewer_from_proto(actor, actor_id)
+
+
+def test_an_optional_id_filter_is_none_absent_and_checked_present() -> None:
+    assert wire.optional_id_of(trip_pb2.ListTripsRequest(), "rider_id") is None
+    assert wire.optional_id_of(trip_pb2.ListTripsRequest(rider_id="r1"), "rider_id") == "r1"
+    for bad in ("", "r*", "x" * 65):
+        with pytest.raises(InvalidArgumentError, match=r"^rider_id"):
+            wire.optional_id_of(trip_pb2.ListTripsRequest(rider_id=bad), "rider_id")

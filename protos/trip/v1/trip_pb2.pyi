@@ -5,8 +5,13 @@ The trip service: quotes, the trip state machine, dispatch and ratings.
 
 States: REQUESTED -> DISPATCHING -> ACCEPTED -> ARRIVED -> IN_PROGRESS -> COMPLETED, with
 the terminal CANCELLED and NO_DRIVERS. A command the current state (or the caller) does not
-allow fails with FAILED_PRECONDITION (or PERMISSION_DENIED for the wrong party) and changes
-nothing; the message names the state and the command.
+allow fails with FAILED_PRECONDITION and changes nothing; the message names the state and
+the command.
+
+Who may see a trip: its rider, its assigned driver, the driver its pending offer is for,
+ADMIN and SYSTEM. For anyone else every read and command on the trip fails with NOT_FOUND and
+the same message as for a trip that does not exist, before any state is looked at, so that
+neither the trip's existence nor its state leaks.
 """
 
 from collections import abc as _abc
@@ -786,16 +791,27 @@ class GetTripRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TRIP_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTOR_ID_FIELD_NUMBER: _builtins.int
     trip_id: _builtins.str
     """The trip."""
+    actor: Global___Actor.ValueType
+    """Who reads, when a user does: RIDER, DRIVER or ADMIN. A trip this reader may not see is
+    NOT_FOUND, exactly as one that does not exist. Unspecified (or SYSTEM): a service reading
+    for itself.
+    """
+    actor_id: _builtins.str
+    """The rider, driver or admin id of the reader; required with RIDER, DRIVER and ADMIN."""
     def __init__(
         self,
         *,
         trip_id: _builtins.str = ...,
+        actor: Global___Actor.ValueType = ...,
+        actor_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["trip_id", b"trip_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "actor_id", b"actor_id", "trip_id", b"trip_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -215,6 +215,14 @@ class ServiceSettings:
     # more may wait before a signup or login is refused with RESOURCE_EXHAUSTED.
     kdf_concurrency: int = field(default_factory=lambda: default_kdf_concurrency())
     kdf_queue: int = 32
+    # Signs and checks the service tokens of internal calls (rideshare/identity.py).
+    internal_secret: str = field(default_factory=lambda: _process_secret(), repr=False)
+
+
+def _process_secret() -> str:
+    from rideshare.identity import process_secret  # identity builds on this module
+
+    return process_secret()
 
 
 def service_port(name: str, env: Mapping[str, str] | None = None) -> int:
@@ -259,4 +267,11 @@ def service_settings(
             "RIDESHARE_KDF_CONCURRENCY", default_kdf_concurrency(), minimum=1, maximum=256, env=env
         ),
         kdf_queue=env_int("RIDESHARE_KDF_QUEUE", 32, minimum=0, maximum=10_000, env=env),
+        internal_secret=_internal_secret(env),
     )
+
+
+def _internal_secret(env: Mapping[str, str] | None) -> str:
+    from rideshare.identity import load_internal_secret
+
+    return load_internal_secret(env=env)

@@ -6,11 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rideshare.identity import load_internal_secret, process_secret
-from rideshare.secretfile import MIN_SECRET_LEN, load_secret_file
 from rideshare.settings import (
     BIND_RETRY_S,
     EDGE_PORT,
+    MIN_SECRET_LEN,
     SERVICE_PORTS,
     InfraUrls,
     SettingsError,
@@ -19,6 +18,9 @@ from rideshare.settings import (
     env_int,
     env_str,
     load_infra_urls,
+    load_internal_secret,
+    load_secret_file,
+    process_secret,
 )
 
 __all__ = [

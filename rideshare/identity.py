@@ -34,14 +34,17 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final, Literal, cast
 
 import jwt
 from google.protobuf.descriptor import ServiceDescriptor
 
-from rideshare.secretfile import MIN_SECRET_LEN, load_secret_file
-from rideshare.settings import SettingsError, data_dir_from_env, env_str
+from rideshare.settings import (
+    INTERNAL_SECRET_ENV,
+    INTERNAL_SECRET_FILE,
+    load_internal_secret,
+    process_secret,
+)
 
 __all__ = [
     "ACTING_SERVICES",
@@ -85,8 +88,6 @@ ACTING_SERVICES: Final = frozenset({"edge", OPERATOR})
 
 AUTH_METADATA_KEY: Final = "authorization"
 ACTING_USER_METADATA_KEY: Final = "x-acting-user"
-INTERNAL_SECRET_FILE: Final = "internal-secret"
-INTERNAL_SECRET_ENV: Final = "RIDESHARE_INTERNAL_SECRET"
 
 ALGORITHM: Final = "HS256"
 ISSUER: Final = "rideshare"
@@ -158,28 +159,6 @@ def acting_as(user: User | None) -> Iterator[None]:
 
 
 # --- the secret ----------------------------------------------------------------------------
-
-
-def load_internal_secret(
-    data_dir: Path | None = None, *, env: Mapping[str, str] | None = None
-) -> str:
-    """``RIDESHARE_INTERNAL_SECRET``, else ``<data_dir>/internal-secret`` (created 0600 with
-    a random secret on first use). SettingsError for a secret under 32 characters."""
-    given = env_str(INTERNAL_SECRET_ENV, "", env=env)
-    if given:
-        if len(given) < MIN_SECRET_LEN:
-            raise SettingsError(
-                f"{INTERNAL_SECRET_ENV} is {len(given)} characters; use at least {MIN_SECRET_LEN}"
-            )
-        return given
-    directory = data_dir if data_dir is not None else data_dir_from_env(env)
-    return load_secret_file(directory / INTERNAL_SECRET_FILE)
-
-
-@functools.cache
-def process_secret() -> str:
-    """This process's internal secret, from its environment (read once)."""
-    return load_internal_secret()
 
 
 @functools.cache
@@ -265,22 +244,27 @@ class TokenVerifier:
 
     def _verify(self, token: str) -> tuple[str, float]:
         try:
+            # Expiry is checked below against this verifier's clock, as the cache checks it.
             claims = jwt.decode(
                 token,
                 self.secret,
                 algorithms=[ALGORITHM],
                 issuer=ISSUER,
                 audience=AUDIENCE,
-                leeway=LEEWAY_S,
-                options={"require": ["iss", "aud", "sub", "exp"]},
+                options={
+                    "require": ["iss", "aud", "sub", "exp"],
+                    "verify_exp": False,
+                    "verify_iat": False,
+                    "verify_nbf": False,
+                },
             )
-        except jwt.ExpiredSignatureError:
-            raise IdentityError("service token expired") from None
         except jwt.PyJWTError:
             raise IdentityError("invalid service token") from None
         service, expires = claims.get("sub"), claims.get("exp")
         if service not in SERVICES or not isinstance(expires, int):
             raise IdentityError("invalid service token")
+        if self.clock() >= expires + LEEWAY_S:
+            raise IdentityError("service token expired")
         return cast(str, service), float(expires)
 
     def caller(self, authorization: str | None, acting_user: str | None) -> Caller:

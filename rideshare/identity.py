@@ -222,12 +222,16 @@ class TokenSigner:
 @dataclass
 class TokenVerifier:
     """Checks service tokens, each once: a valid one is kept (at most ``cache_size``) with
-    its expiry, and answered from the cache until then."""
+    its expiry, and answered from the cache until then. The callers built from a service and
+    an acting user are kept too (at most ``callers_size``), so a call with a known token and
+    a known user costs two dictionary lookups."""
 
     secret: str = field(repr=False)
     cache_size: int = 1024
+    callers_size: int = 16_384
     clock: Any = field(default=time.time, repr=False)
     _cache: dict[str, tuple[str, float]] = field(default_factory=dict, repr=False)
+    _callers: dict[tuple[str, str | None], Caller] = field(default_factory=dict, repr=False)
 
     def service_of(self, token: str) -> str:
         """The service a valid token names; IdentityError otherwise."""
@@ -277,11 +281,20 @@ class TokenVerifier:
         if scheme.lower() != "bearer" or not token:
             raise IdentityError("invalid service token")
         service = self.service_of(token.strip())
+        key = (service, acting_user)
+        caller = self._callers.get(key)
+        if caller is not None:
+            return caller
         if acting_user is None:
-            return Caller(service)
-        if service not in ACTING_SERVICES:
+            caller = Caller(service)
+        elif service not in ACTING_SERVICES:
             raise IdentityError(f"{service} may not act for a user")
-        return Caller(service, User.parse(acting_user))
+        else:
+            caller = Caller(service, User.parse(acting_user))
+        if len(self._callers) >= self.callers_size:
+            self._callers.clear()  # a rebuild costs a parse per user, never a signature check
+        self._callers[key] = caller
+        return caller
 
 
 # --- access rules ----------------------------------------------------------------------------

@@ -353,7 +353,7 @@ class _ServerInterceptor(_ServerInterceptorBase):
         return _Guard(self._verifier, method, self._access.get(method, _NOBODY))
 
 
-_NOBODY = Allow()  # a method no rule names: refused, even to the operator
+_NOBODY = Allow(operator=False)  # a method no rule names: refused, even to the operator
 
 
 class _Refused(Exception):
@@ -380,7 +380,9 @@ class _Guard:
             _log_refusal(self._method, "UNAUTHENTICATED", str(exc))
             raise _Refused(grpc.StatusCode.UNAUTHENTICATED, str(exc)) from None
         if self._rule is not None and not self._rule.permits(caller):
-            who = caller.service if caller.user is None else f"a {caller.user.role}"
+            who = caller.service
+            if caller.user is not None:
+                who += f" acting for the {caller.user.role} {caller.user.id}"
             _log_refusal(self._method, "PERMISSION_DENIED", who)
             raise _Refused(grpc.StatusCode.PERMISSION_DENIED, f"{who} may not call {self._method}")
         return caller

@@ -304,15 +304,16 @@ class TokenVerifier:
 class Allow:
     """Who may call one method: ``services`` calling as themselves, and the edge or an
     operator acting for a user whose role is in ``users``. An operator calling as itself may
-    call every method."""
+    call every method a table names (``operator``)."""
 
     services: frozenset[str] = frozenset()
     users: frozenset[Role] = frozenset()
+    operator: bool = True
 
     def permits(self, caller: Caller) -> bool:
         if caller.user is not None:
             return caller.user.role in self.users
-        return caller.service == OPERATOR or caller.service in self.services
+        return (self.operator and caller.service == OPERATOR) or caller.service in self.services
 
     def describe(self) -> str:
         parts = sorted(self.services) + [f"{role} (via edge)" for role in sorted(self.users)]

@@ -18,7 +18,12 @@ a cache until it expires, so a call costs a dictionary lookup, not a signature c
 ``rideshare.grpc_server`` refuses a call without a valid identity (UNAUTHENTICATED) or whose
 caller the method's :class:`Allow` rule does not name (PERMISSION_DENIED), and puts the
 :class:`Caller` in :data:`caller_var` for the handler, which checks request fields that name
-a user (``rider_id``, ``actor_id`` ...) against it with :func:`acting_as` / :func:`may_read`.
+a user (``rider_id``, ``actor_id`` ...) against it with :func:`require_acting_as` and
+:func:`may_read`.
+
+Tokens are bearer tokens and the channels are plaintext: whoever can read the traffic can
+replay a token until it expires (an hour). Between hosts, run the services on a private
+network (or behind TLS); on one host, only root can read loopback traffic.
 
 The trust boundary this draws: whoever can reach a port but does not hold the internal secret
 can call nothing but health and reflection. Every process of the install holds the one
@@ -101,7 +106,7 @@ _BEARER = "Bearer "
 
 class IdentityError(Exception):
     """A token or acting-user header that does not verify: the call is UNAUTHENTICATED. The
-    message never says which check failed beyond expiry."""
+    message never says which signature or claim check failed, beyond expiry."""
 
 
 class NotActingAsError(Exception):

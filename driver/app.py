@@ -8,7 +8,7 @@ from pathlib import Path
 
 from driver.commands import DriverCommands
 from driver.events import CONSUMED_SUBJECTS, DURABLE, TripStatusConsumer
-from driver.server import ERRORS, DriverServicer
+from driver.server import ACCESS, ERRORS, DriverServicer
 from driver.store import DriverStore
 from protos import events
 from protos.driver.v1 import driver_pb2, driver_pb2_grpc
@@ -35,7 +35,7 @@ async def running(
         assert rt.pool is not None
         store = DriverStore(rt.pool)
         hasher = PasswordHasher(concurrency=settings.kdf_concurrency, queue=settings.kdf_queue)
-        server = rt.grpc_server(errors=ERRORS)
+        server = rt.grpc_server(errors=ERRORS, access=ACCESS)
         commands = DriverCommands(store, hasher)
         driver_pb2_grpc.add_DriverServiceServicer_to_server(
             DriverServicer(commands, store), server.server

@@ -1,6 +1,8 @@
 """gRPC servicer of rideshare.driver.v1.DriverService: request -> domain -> response, via wire.
 
-Handlers raise domain errors; the server's interceptor gives each its status from ERRORS.
+Handlers raise domain errors; the server's interceptor gives each its status from ERRORS, and
+lets through only the callers ACCESS names. A call the edge makes for an app user reads or
+changes only that user's driver (another driver's is NOT_FOUND, as if it did not exist).
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from protos.driver.v1 import driver_pb2, driver_pb2_grpc
 from rideshare.credentials import HasherBusyError
 from rideshare.db import DATA_ERRORS
 from rideshare.grpc_errors import StatusTable
+from rideshare.identity import AccessTable, access_table, allow, may_read
 
-__all__ = ["ERRORS", "DriverServicer"]
+__all__ = ["ACCESS", "ERRORS", "DriverServicer"]
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -45,6 +48,30 @@ ERRORS: StatusTable = {
     VehicleNotOwnedError: grpc.StatusCode.FAILED_PRECONDITION,
     OnTripError: grpc.StatusCode.FAILED_PRECONDITION,
 }
+
+ACCESS: AccessTable = access_table(
+    driver_pb2.DESCRIPTOR.services_by_name["DriverService"],
+    {
+        # Sign-up and login come before there is a user: the edge calls as itself.
+        "CreateDriver": allow("edge"),
+        "Authenticate": allow("edge"),
+        "AddVehicle": allow(users=("driver",)),
+        "GetDriver": allow(users=("driver", "admin")),
+        "GoOnline": allow(users=("driver",)),
+        "GoOffline": allow(users=("driver",)),
+        # The location service rebuilds its availability index from it.
+        "ListOnlineDrivers": allow("location"),
+    },
+)
+"""Who may call each method (rideshare.identity); the operator may call every one."""
+
+
+def _own(driver_id: str) -> str:
+    """``driver_id`` if the call may read that driver (commands: ACCESS lets only drivers
+    call them); else NOT_FOUND, as for a missing one."""
+    if not may_read("driver", driver_id):
+        raise DriverNotFoundError(f"no driver {driver_id!r}")
+    return driver_id
 
 
 class DriverServicer(driver_pb2_grpc.DriverServiceServicer):
@@ -64,13 +91,13 @@ class DriverServicer(driver_pb2_grpc.DriverServiceServicer):
         self, request: driver_pb2.AddVehicleRequest, context: Context
     ) -> driver_pb2.Vehicle:
         new = wire.new_vehicle_from_proto(request)
-        driver_id = wire.driver_id_of(request)
+        driver_id = _own(wire.driver_id_of(request))
         return wire.vehicle_to_proto(await self._commands.add_vehicle(driver_id, new))
 
     async def GetDriver(
         self, request: driver_pb2.GetDriverRequest, context: Context
     ) -> driver_pb2.Driver:
-        return wire.driver_to_proto(await self._store.get(wire.driver_id_of(request)))
+        return wire.driver_to_proto(await self._store.get(_own(wire.driver_id_of(request))))
 
     async def Authenticate(
         self, request: driver_pb2.AuthenticateRequest, context: Context
@@ -81,14 +108,15 @@ class DriverServicer(driver_pb2_grpc.DriverServiceServicer):
     async def GoOnline(
         self, request: driver_pb2.GoOnlineRequest, context: Context
     ) -> driver_pb2.Driver:
-        driver_id, vehicle_id = wire.driver_id_of(request), wire.vehicle_id_of(request)
+        driver_id, vehicle_id = _own(wire.driver_id_of(request)), wire.vehicle_id_of(request)
         driver = await self._commands.go_online(driver_id, vehicle_id)
         return wire.driver_to_proto(driver)
 
     async def GoOffline(
         self, request: driver_pb2.GoOfflineRequest, context: Context
     ) -> driver_pb2.Driver:
-        return wire.driver_to_proto(await self._commands.go_offline(wire.driver_id_of(request)))
+        driver_id = _own(wire.driver_id_of(request))
+        return wire.driver_to_proto(await self._commands.go_offline(driver_id))
 
     async def ListOnlineDrivers(
         self, request: driver_pb2.ListOnlineDriversRequest, context: Context

@@ -36,6 +36,7 @@ from edge.settings import EdgeSettings
 from edge.upstreams import Upstreams
 from edge.ws import router as ws_router
 from rideshare import bus
+from rideshare.identity import TokenSigner
 from rideshare.ports import bind_port
 from rideshare.runtime import open_redis
 
@@ -169,6 +170,7 @@ async def running(settings: EdgeSettings) -> AsyncIterator[EdgeServer]:
             expensive_timeout_s=settings.expensive_call_timeout_s,
             failures=settings.breaker_failures,
             reset_s=settings.breaker_reset_s,
+            signer=TokenSigner(settings.internal_secret, "edge"),
         )
         stack.push_async_callback(upstreams.close)
         hub = LiveHub(

@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from edge.auth import AuthError, Principal, decode_token
 from edge.context import EdgeContext
 from edge.errors import ApiError
+from rideshare.identity import User, acting_user_var
 
 __all__ = ["Admin", "AnyUser", "Ctx", "Driver", "Rider", "RiderOrDriver", "get_ctx", "require"]
 
@@ -47,6 +48,9 @@ def require(*roles: str) -> Callable[..., Awaitable[Principal]]:
             ) from None
         if principal.role not in roles:
             raise ApiError(403, "permission_denied", f"this route is for {' or '.join(roles)}s")
+        # The route's calls to the services act for this user (rideshare/identity.py); the
+        # request's task ends with the request, and with it the value.
+        acting_user_var.set(User(principal.role, principal.sub))
         return principal
 
     return dependency

@@ -52,6 +52,7 @@ from protos.notification.v1 import notification_pb2
 from protos.trip.v1 import events_pb2 as trip_events
 from protos.trip.v1 import trip_pb2
 from rideshare import bus
+from rideshare.identity import User, acting_as
 
 __all__ = ["LiveHub"]
 
@@ -206,7 +207,8 @@ class LiveHub:
         else:
             request.driver_id = p.sub
         try:
-            trips = await self._trip.ListTrips(request)
+            with acting_as(User(p.role, p.sub)):
+                trips = await self._trip.ListTrips(request)
             for trip in trips.trips:
                 self._send_trip(conn, trip, "snapshot")
             if not rider:

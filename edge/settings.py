@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +10,7 @@ from edge.clientaddr import Network, parse_networks
 from rideshare.settings import (
     BIND_RETRY_S,
     EDGE_PORT,
+    MIN_SECRET_LEN,
     SERVICE_PORTS,
     InfraUrls,
     SettingsError,
@@ -20,9 +19,13 @@ from rideshare.settings import (
     env_int,
     env_str,
     load_infra_urls,
+    load_internal_secret,
+    load_secret_file,
+    process_secret,
 )
 
 __all__ = [
+    "MIN_SECRET_LEN",
     "UPSTREAM_NAMES",
     "EdgeSettings",
     "LoginLimits",
@@ -32,7 +35,6 @@ __all__ = [
 
 UPSTREAM_NAMES = ("rider", "driver", "trip", "location", "notification")
 JWT_SECRET_FILE = "jwt-secret"
-MIN_SECRET_LEN = 32
 
 
 def default_upstreams() -> dict[str, str]:
@@ -112,6 +114,8 @@ class EdgeSettings:
 
     infra: InfraUrls
     jwt_secret: str = field(repr=False)
+    # Signs the edge's calls to the services (rideshare/identity.py); never the apps' secret.
+    internal_secret: str = field(default_factory=process_secret, repr=False)
     # name -> host:port of every service in UPSTREAM_NAMES; one left out is at its default
     upstreams: Mapping[str, str] = field(default_factory=default_upstreams)
     host: str = "127.0.0.1"
@@ -172,6 +176,7 @@ class EdgeSettings:
         return cls(
             infra=load_infra_urls(data_dir, env=env),
             jwt_secret=secret or load_jwt_secret(data_dir),
+            internal_secret=load_internal_secret(data_dir, env=env),
             upstreams=upstreams,
             host=env_str("RIDESHARE_EDGE_HOST", "127.0.0.1", env=env),
             port=env_int("RIDESHARE_EDGE_PORT", EDGE_PORT, minimum=0, maximum=65535, env=env),
@@ -206,22 +211,4 @@ class EdgeSettings:
 
 def load_jwt_secret(data_dir: Path) -> str:
     """The secret in ``<data_dir>/jwt-secret``, created (mode 0600) with a random one once."""
-    path = data_dir / JWT_SECRET_FILE
-    data_dir.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        # Written whole under a private name, then linked into place: a concurrent starter
-        # either wins the link or reads the winner's complete file, never a half-written one.
-        tmp = data_dir / f".{JWT_SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(48) + "\n")
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
-    secret = path.read_text().strip()
-    if len(secret) < MIN_SECRET_LEN:
-        raise SettingsError(f"{path} holds a secret shorter than {MIN_SECRET_LEN} characters")
-    return secret
+    return load_secret_file(data_dir / JWT_SECRET_FILE, min_len=MIN_SECRET_LEN)

@@ -49,6 +49,7 @@ from protos.notification.v1 import notification_pb2_grpc
 from protos.rider.v1 import rider_pb2_grpc
 from protos.trip.v1 import trip_pb2_grpc
 from rideshare.grpc_client import make_channel
+from rideshare.identity import TokenSigner
 
 __all__ = [
     "EXPENSIVE",
@@ -194,6 +195,7 @@ class Upstream:
         expensive_timeout_s: float,
         failures: int,
         reset_s: float,
+        signer: TokenSigner | None = None,
     ) -> None:
         self.name = name
         self.target = target
@@ -202,6 +204,7 @@ class Upstream:
             idempotent_methods=_IDEMPOTENT.get(name, ()),
             default_timeout_s=timeout_s,
             method_timeouts={m: expensive_timeout_s for m in EXPENSIVE.get(name, ())},
+            signer=signer,
         )
         self.breaker = CircuitBreaker(failures=failures, reset_s=reset_s)
         # signups and logins (EXPENSIVE): their own, so they cannot open the one above
@@ -324,7 +327,11 @@ Stub = TypeVar("Stub")
 class Upstreams:
     """The edge's five clients, each a typed stub whose unary calls go through that service's
     breaker and deadlines: ``await ups.trip.GetTrip(request)``. Every service is always
-    there (a service that is down answers 503 through its breaker, like any outage)."""
+    there (a service that is down answers 503 through its breaker, like any outage).
+
+    Every call is signed as ``signer`` (the edge) and acts for the app user in
+    :data:`rideshare.identity.acting_user_var`, which the route's auth dependency sets
+    (edge/deps.py); a call outside any request (the live hub) acts for no user."""
 
     def __init__(
         self,
@@ -334,6 +341,7 @@ class Upstreams:
         expensive_timeout_s: float = 10.0,
         failures: int = 5,
         reset_s: float = 5.0,
+        signer: TokenSigner | None = None,
     ) -> None:
         missing = [n for n in UPSTREAM_NAMES if n not in targets]
         if missing:
@@ -348,6 +356,7 @@ class Upstreams:
                 expensive_timeout_s=expensive_timeout_s,
                 failures=failures,
                 reset_s=reset_s,
+                signer=signer,
             )
             # The stub only calls the channel's four method factories (see _GuardedChannel).
             return stub(cast(grpc.aio.Channel, _GuardedChannel(upstream)))

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from location.events import CONSUMED_SUBJECTS, AvailabilityUpdater
 from location.feed import PositionFeed
 from location.rebuild import RecordsClient, keep_index_built
-from location.server import ERRORS, LocationServicer, now_ms
+from location.server import ACCESS, ERRORS, LocationServicer, now_ms
 from location.settings import LocationSettings
 from location.store import LocationStore
 from protos import events
@@ -18,6 +18,7 @@ from protos.location.v1 import location_pb2_grpc
 from rideshare import bus
 from rideshare.grpc_errors import log_round_failure
 from rideshare.grpc_server import GrpcServer
+from rideshare.identity import TokenSigner
 from rideshare.runtime import service_runtime
 from rideshare.settings import ServiceSettings
 
@@ -66,13 +67,16 @@ async def running(
         if location.driver_addr and location.trip_addr:
             # Opened first, closed last: the rebuilder uses it until the runtime stopped it.
             records = RecordsClient(
-                location.driver_addr, location.trip_addr, timeout_s=location.rebuild_timeout_s
+                location.driver_addr,
+                location.trip_addr,
+                timeout_s=location.rebuild_timeout_s,
+                signer=TokenSigner(settings.internal_secret, settings.name),
             )
             stack.push_async_callback(records.close)
         rt = await stack.enter_async_context(service_runtime(settings, use_redis=True))
         assert rt.redis is not None
         store = LocationStore(rt.redis, track_cap=location.track_cap)
-        server = rt.grpc_server(errors=ERRORS)
+        server = rt.grpc_server(errors=ERRORS, access=ACCESS)
         location_pb2_grpc.add_LocationServiceServicer_to_server(
             LocationServicer(
                 store, PositionFeed(rt.nc, watch_queue=location.watch_queue), location

@@ -48,6 +48,7 @@ from protos.driver.v1 import driver_pb2, driver_pb2_grpc
 from protos.trip.v1 import trip_pb2, trip_pb2_grpc
 from rideshare.bus import reraise_if_cancelling
 from rideshare.grpc_client import make_channel
+from rideshare.identity import TokenSigner
 
 __all__ = ["SNAPSHOT_GRACE_MS", "RecordsClient", "keep_index_built", "rebuild_once"]
 
@@ -83,12 +84,25 @@ INDEX_BUILT = Gauge(
 class RecordsClient:
     """Reads of the systems of record a rebuild needs, each page under a deadline."""
 
-    def __init__(self, driver_addr: str, trip_addr: str, *, timeout_s: float) -> None:
+    def __init__(
+        self,
+        driver_addr: str,
+        trip_addr: str,
+        *,
+        timeout_s: float,
+        signer: TokenSigner | None = None,
+    ) -> None:
         self._driver_channel = make_channel(
-            driver_addr, idempotent_methods=[_LIST_ONLINE], default_timeout_s=timeout_s
+            driver_addr,
+            idempotent_methods=[_LIST_ONLINE],
+            default_timeout_s=timeout_s,
+            signer=signer,
         )
         self._trip_channel = make_channel(
-            trip_addr, idempotent_methods=[_LIST_ASSIGNMENTS], default_timeout_s=timeout_s
+            trip_addr,
+            idempotent_methods=[_LIST_ASSIGNMENTS],
+            default_timeout_s=timeout_s,
+            signer=signer,
         )
         self._drivers: DriverStub = driver_pb2_grpc.DriverServiceStub(self._driver_channel)
         self._trips: TripStub = trip_pb2_grpc.TripServiceStub(self._trip_channel)

@@ -1,6 +1,7 @@
 """gRPC servicer of rideshare.location.v1.LocationService: requests to the store and the live
 feed. Conversion is in ``wire``; a domain error raised here becomes its status through
-``ERRORS``, which the server's interceptor applies (``rideshare.grpc_server``)."""
+``ERRORS``, which the server's interceptor applies (``rideshare.grpc_server``), with the
+callers ``ACCESS`` names. A driver reports only their own position."""
 
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ from location.settings import LocationSettings
 from location.store import LocationStore
 from protos.location.v1 import location_pb2, location_pb2_grpc
 from rideshare.grpc_errors import StatusTable
+from rideshare.identity import AccessTable, access_table, allow, require_acting_as
 
-__all__ = ["ERRORS", "LocationServicer", "now_ms"]
+__all__ = ["ACCESS", "ERRORS", "LocationServicer", "now_ms"]
 
 # Rejections listed in one ReportPositions summary; `rejected` still counts all of them.
 MAX_LISTED_REJECTIONS = 100
@@ -36,6 +38,25 @@ ERRORS: StatusTable = {
     UnknownTrackError: grpc.StatusCode.NOT_FOUND,
     AvailabilityConflictError: grpc.StatusCode.FAILED_PRECONDITION,
 }
+
+ACCESS: AccessTable = access_table(
+    location_pb2.DESCRIPTOR.services_by_name["LocationService"],
+    {
+        "ReportPosition": allow(users=("driver",)),
+        # The edge's batches carry many drivers, each authenticated by the edge's socket.
+        "ReportPositions": allow("edge"),
+        "NearestDrivers": allow("trip"),
+        # The edge: the snapshot of a rider's driver; trip: when a driver was last heard of.
+        "GetPosition": allow("edge", "trip"),
+        "WatchDriver": allow("edge"),
+        "DriversInArea": allow(users=("admin",)),
+        "ReserveDriver": allow("trip"),
+        "ReleaseDriver": allow("trip"),
+        # The measured ride a fare is settled from.
+        "GetTripDistance": allow("trip"),
+    },
+)
+"""Who may call each method (rideshare.identity); the operator may call every one."""
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -76,6 +97,7 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
         problem = wire.check_update(request, now_ms=now, max_future_ms=self._settings.max_future_ms)
         if problem is not None:
             raise InvalidArgumentError(problem[1])
+        require_acting_as(request.driver_id, role="driver", field="driver_id")
         (availability,) = await self._apply([request], now)
         return wire.report_result(applied=availability != 0, server_ts_ms=now)
 

@@ -18,7 +18,7 @@ from notification.domain import Channel, Notification
 from notification.events import EventProcessor, NotificationConsumer
 from notification.feed import InAppFeed
 from notification.providers import LogPushProvider, LogSmsProvider, Provider
-from notification.server import ERRORS, NotificationServicer
+from notification.server import ACCESS, ERRORS, NotificationServicer
 from notification.settings import NotificationSettings
 from notification.store import NotificationStore
 from protos.notification.v1 import notification_pb2_grpc
@@ -82,7 +82,7 @@ async def running(
             fetch_timeout_s=notification.fetch_timeout_s,
             backoff_s=notification.backoff_s,
         )
-        server = rt.grpc_server(errors=ERRORS)
+        server = rt.grpc_server(errors=ERRORS, access=ACCESS)
         notification_pb2_grpc.add_NotificationServiceServicer_to_server(
             NotificationServicer(store, feed), server.server
         )

@@ -10,7 +10,7 @@ from protos import events
 from protos.rider.v1 import rider_pb2, rider_pb2_grpc
 from rider.commands import RiderCommands
 from rider.events import CONSUMED_SUBJECTS, DURABLE, TripHistoryConsumer
-from rider.server import ERRORS, RiderServicer
+from rider.server import ACCESS, ERRORS, RiderServicer
 from rider.store import RiderStore
 from rideshare import bus
 from rideshare.credentials import PasswordHasher
@@ -35,7 +35,7 @@ async def running(
         assert rt.pool is not None
         store = RiderStore(rt.pool)
         hasher = PasswordHasher(concurrency=settings.kdf_concurrency, queue=settings.kdf_queue)
-        server = rt.grpc_server(errors=ERRORS)
+        server = rt.grpc_server(errors=ERRORS, access=ACCESS)
         commands = RiderCommands(store, hasher)
         rider_pb2_grpc.add_RiderServiceServicer_to_server(
             RiderServicer(commands, store), server.server

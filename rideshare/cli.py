@@ -5,6 +5,7 @@
     rideshare simulate [--drivers N --riders M ...]   (rideshare.simulate; --help lists all)
     rideshare status|down [--data-dir DIR]
     rideshare token [--role admin|rider|driver] [--subject ID] [--data-dir DIR]
+    rideshare token --grpc [--data-dir DIR]            (an operator's token for grpcurl)
 
 ``up`` commands run in the foreground until SIGINT/SIGTERM and then stop every child.
 
@@ -32,6 +33,8 @@ from pathlib import Path
 from typing import IO, Literal
 
 from rideshare import ids
+from rideshare.identity import OPERATOR, load_internal_secret
+from rideshare.identity import mint_token as mint_service_token
 from rideshare.infra import EmbeddedInfra, probe_nats, probe_postgres, probe_redis
 from rideshare.settings import (
     INFRA_FILE,
@@ -136,6 +139,7 @@ async def _infrastructure(data_dir: Path) -> AsyncIterator[tuple[InfraUrls, Embe
 
 async def _infra_up(data_dir: Path) -> int:
     stop = _stop_event()
+    load_internal_secret(data_dir)  # created now, before any service reads it
     async with _infrastructure(data_dir) as (urls, _):
         print(
             "infrastructure is up:\n"
@@ -155,6 +159,7 @@ async def _up(data_dir: Path, *, demo: bool = False) -> int:
     the user stops it; only that stop stops everything."""
     stop = _stop_event()
     began = time.monotonic()
+    load_internal_secret(data_dir)  # created now, before any service reads it
     async with _infrastructure(data_dir) as (urls, servers):
         supervisor = Supervisor(
             urls,
@@ -263,6 +268,8 @@ def _print_banner(data_dir: Path, services: Sequence[str], *, token: str | None 
             "try:",
             f"  .venv/bin/grpcurl -plaintext 127.0.0.1:{grpc_ports[0]} list",
             f"  .venv/bin/grpcurl -plaintext 127.0.0.1:{grpc_ports[0]} grpc.health.v1.Health/Check",
+            '  .venv/bin/grpcurl -plaintext -H "authorization: Bearer $(./run token --grpc)" '
+            f"127.0.0.1:{grpc_ports[0]} <service>/<method>",
         ]
     lines += [f"infrastructure URLs: {data_dir / INFRA_FILE}", "Ctrl-C stops everything", ""]
     print("\n".join(lines), flush=True)
@@ -352,14 +359,26 @@ def _down(data_dir: Path, timeout_s: float = 30.0) -> int:
 
 
 def _token(args: argparse.Namespace, data_dir: Path) -> int:
+    if args.ttl < 60:
+        print("rideshare token: --ttl is at least 60 seconds", file=sys.stderr)
+        return 2
+    if args.grpc:
+        if args.role is not None or args.subject:
+            print(
+                "rideshare token: a --grpc token is the operator's own; to act for a user, "
+                "add the header x-acting-user: <role>:<id> to the call",
+                file=sys.stderr,
+            )
+            return 2
+        secret = load_internal_secret(data_dir)
+        print(mint_service_token(secret, service=OPERATOR, ttl_s=args.ttl))
+        return 0
+    args.role = args.role or "admin"
     if args.role != "admin" and not args.subject:
         print(
             f"rideshare token: a {args.role} token names its {args.role}: --subject <id>",
             file=sys.stderr,
         )
-        return 2
-    if args.ttl < 60:
-        print("rideshare token: --ttl is at least 60 seconds", file=sys.stderr)
         return 2
     print(mint_token(data_dir, role=args.role, subject=args.subject, ttl_s=args.ttl))
     return 0
@@ -398,10 +417,18 @@ def _parser() -> argparse.ArgumentParser:
             help="print a token the edge accepts, signed with the data dir's secret",
             description="Print a token signed with the edge's secret: RIDESHARE_JWT_SECRET, "
             "else <data dir>/jwt-secret. An admin token opens the live map "
-            "(http://127.0.0.1:8080/viewer#token=...) and the /v1/admin routes.",
+            "(http://127.0.0.1:8080/viewer#token=...) and the /v1/admin routes. With --grpc: "
+            "a service token for calling the gRPC services directly as the operator, signed "
+            "with RIDESHARE_INTERNAL_SECRET, else <data dir>/internal-secret "
+            "(grpcurl -H 'authorization: Bearer <token>').",
         )
     )
-    token.add_argument("--role", choices=ROLES, default="admin")
+    token.add_argument(
+        "--grpc",
+        action="store_true",
+        help="an operator's token for the gRPC services (grpcurl), not an app token",
+    )
+    token.add_argument("--role", choices=ROLES, default=None, help="default: admin")
     token.add_argument(
         "--subject",
         help="the user id (required for rider and driver: the id the edge returned "

@@ -11,6 +11,11 @@ Conventions every caller follows:
   request never reached a handler, or the server was going away): up to 3 attempts with
   exponential backoff, all within the call's one deadline. Commands that change state are not
   listed unless they carry their own idempotency key.
+- Every call carries the process's identity (rideshare/identity.py): ``authorization:
+  Bearer <service token>`` from the channel's signer (the process's own service; ``operator``
+  by default, for tools run by a person) and, when the current task acts for an app user
+  (:data:`rideshare.identity.acting_user_var`, which the edge sets per request), that user as
+  ``x-acting-user``. Metadata the caller passes itself is kept as it is.
 - The request id of the current task (:data:`rideshare.log.request_id_var`), if any, travels as
   ``x-request-id`` metadata, so one request can be followed through every service's logs.
 
@@ -27,6 +32,13 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 import grpc.aio
 
+from rideshare.identity import (
+    ACTING_USER_METADATA_KEY,
+    AUTH_METADATA_KEY,
+    TokenSigner,
+    acting_user_var,
+    default_signer,
+)
 from rideshare.log import REQUEST_ID_METADATA_KEY, request_id_var
 
 __all__ = ["make_channel", "retry_service_config"]
@@ -61,13 +73,16 @@ def make_channel(
     idempotent_methods: Sequence[str] = (),
     default_timeout_s: float = 5.0,
     method_timeouts: Mapping[str, float] | None = None,
+    signer: TokenSigner | None = None,
 ) -> grpc.aio.Channel:
     """An insecure ``grpc.aio`` channel to ``target`` (``host:port``) following the module's
     conventions.
 
     ``idempotent_methods`` and the keys of ``method_timeouts`` are fully qualified,
     ``package.Service/Method`` (e.g. ``"rideshare.location.v1.LocationService/NearestDrivers"``);
-    only the former are retried. Create it inside the running event loop.
+    only the former are retried. ``signer`` is who the calls come from (default:
+    :func:`rideshare.identity.default_signer`, the operator). Create it inside the running
+    event loop.
     """
     timeouts = {"default": default_timeout_s, **(method_timeouts or {})}
     for name, value in timeouts.items():
@@ -80,7 +95,9 @@ def make_channel(
     return grpc.aio.insecure_channel(
         target,
         options=options,
-        interceptors=_interceptors(_CallDefaults(default_timeout_s, by_path)),
+        interceptors=_interceptors(
+            _CallDefaults(default_timeout_s, by_path, signer or default_signer())
+        ),
     )
 
 
@@ -119,14 +136,17 @@ def retry_service_config(methods: Sequence[str]) -> str:
 
 
 class _CallDefaults:
-    """Adds the default deadline (the method's own, if it has one) and the request id to a
-    call's details."""
+    """Adds the default deadline (the method's own, if it has one), the caller's identity
+    and the request id to a call's details."""
 
-    __slots__ = ("_by_path", "_timeout")
+    __slots__ = ("_by_path", "_signer", "_timeout")
 
-    def __init__(self, default_timeout_s: float, by_path: Mapping[bytes, float]) -> None:
+    def __init__(
+        self, default_timeout_s: float, by_path: Mapping[bytes, float], signer: TokenSigner
+    ) -> None:
         self._timeout = default_timeout_s
         self._by_path = by_path
+        self._signer = signer
 
     def timeout_of(self, method: str | bytes) -> float:
         path = method.encode() if isinstance(method, str) else method
@@ -134,20 +154,20 @@ class _CallDefaults:
 
     def details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         timeout = details.timeout
-        metadata = details.metadata
-        request_id = request_id_var.get()
-        add_id = request_id is not None and (
-            metadata is None or REQUEST_ID_METADATA_KEY not in metadata
-        )
-        if timeout is not None and not add_id:
-            return details
         if timeout is None:
             timeout = self.timeout_of(details.method)
-        if add_id:
-            # A new object: the caller's metadata may be shared between calls.
-            metadata = grpc.aio.Metadata(
-                *(metadata or ()), (REQUEST_ID_METADATA_KEY, str(request_id))
-            )
+        given = details.metadata
+        added: list[tuple[str, str]] = []
+        if given is None or AUTH_METADATA_KEY not in given:
+            added.append((AUTH_METADATA_KEY, self._signer.bearer))
+        user = acting_user_var.get()
+        if user is not None and (given is None or ACTING_USER_METADATA_KEY not in given):
+            added.append((ACTING_USER_METADATA_KEY, user.header))
+        request_id = request_id_var.get()
+        if request_id is not None and (given is None or REQUEST_ID_METADATA_KEY not in given):
+            added.append((REQUEST_ID_METADATA_KEY, str(request_id)))
+        # A new object: the caller's metadata may be shared between calls.
+        metadata = grpc.aio.Metadata(*(given or ()), *added) if added else given
         return grpc.aio.ClientCallDetails(
             details.method, timeout, metadata, details.credentials, details.wait_for_ready
         )

@@ -16,6 +16,13 @@ What it adds to the plain ``grpc.aio`` server:
   from the moment shutdown starts.
 - Server reflection under both ``grpc.reflection.v1alpha`` and ``grpc.reflection.v1``, so
   ``grpcurl -plaintext host:port list`` works with old and new tools.
+- Identity (rideshare/identity.py): a call without a valid service token in its
+  ``authorization`` metadata is refused with UNAUTHENTICATED, a caller that the method's rule
+  in ``access`` does not name with PERMISSION_DENIED, before the handler runs; the handler
+  finds the :class:`~rideshare.identity.Caller` in :data:`rideshare.identity.caller_var`.
+  Health and reflection stay open to anyone who can connect (load balancers, supervisors and
+  ``grpcurl list`` / ``describe`` need no secret; they tell nothing but the service's shape
+  and whether it is up). A method that is in no rule of a table is refused to everyone.
 - One interceptor, for every RPC kind: the request id from the ``x-request-id`` metadata (or a
   new one) in :data:`rideshare.log.request_id_var`; Prometheus metrics per method and status
   code; an unexpected exception becomes INTERNAL ``internal error (id=<hex>)`` with the traceback
@@ -24,7 +31,7 @@ What it adds to the plain ``grpc.aio`` server:
   clients retry; ``context.abort(...)`` passes through untouched.
 
 Handlers must be ``async def`` functions or async generators (the grpc.aio norm); a synchronous
-handler is served as is, without the interceptor's request id, metrics or error mapping.
+handler is refused (UNIMPLEMENTED), as it could not be guarded.
 """
 
 from __future__ import annotations
@@ -48,6 +55,18 @@ from grpc_reflection.v1alpha import _async as reflection_aio
 from grpc_reflection.v1alpha import reflection_pb2 as reflection_v1alpha_pb2
 
 from rideshare.grpc_errors import StatusTable, outage_of, status_of
+from rideshare.identity import (
+    ACTING_USER_METADATA_KEY,
+    AUTH_METADATA_KEY,
+    AccessTable,
+    Allow,
+    Caller,
+    IdentityError,
+    NotActingAsError,
+    TokenVerifier,
+    caller_var,
+    process_secret,
+)
 from rideshare.log import REQUEST_ID_METADATA_KEY, new_request_id, request_id_var
 from rideshare.metrics import GRPC_SERVER_HANDLED, GRPC_SERVER_HANDLING_SECONDS
 from rideshare.ports import RETRY_EVERY_S, port_in_use_error, wait_for_port
@@ -60,6 +79,12 @@ logger = logging.getLogger(__name__)
 HEALTH_SERVICE_NAME = "grpc.health.v1.Health"
 REFLECTION_V1ALPHA_SERVICE_NAME = "grpc.reflection.v1alpha.ServerReflection"
 REFLECTION_V1_SERVICE_NAME = "grpc.reflection.v1.ServerReflection"
+# Open to any caller, with or without an identity (see the module doc).
+OPEN_SERVICES = frozenset(
+    {HEALTH_SERVICE_NAME, REFLECTION_V1ALPHA_SERVICE_NAME, REFLECTION_V1_SERVICE_NAME}
+)
+# Errors every service answers alike, whatever its own table says.
+_SHARED_ERRORS: StatusTable = {NotActingAsError: grpc.StatusCode.PERMISSION_DENIED}
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -93,7 +118,10 @@ class GrpcServer:
     ``health_interval_s`` (and at start) with that same timeout; it raises when a store the
     service needs is unreachable. Usable as ``async with GrpcServer(...) as srv``, which stops
     with a 5 s grace. A taken ``port`` is retried for ``bind_retry_s`` (rideshare/ports.py).
-    ``errors`` is the service's table of domain error -> status code (see the module doc).
+    ``errors`` is the service's table of domain error -> status code, ``access`` its table of
+    who may call each method (without one, any caller with a valid identity may call any
+    method), ``secret`` the internal secret tokens are checked with (default: the process's,
+    :func:`rideshare.identity.process_secret`).
     """
 
     def __init__(
@@ -107,6 +135,8 @@ class GrpcServer:
         max_concurrent_rpcs: int | None = None,
         bind_retry_s: float = BIND_RETRY_S,
         errors: StatusTable | None = None,
+        access: AccessTable | None = None,
+        secret: str | None = None,
     ) -> None:
         if health_interval_s <= 0:
             raise ValueError(f"health_interval_s must be positive, got {health_interval_s}")
@@ -114,7 +144,13 @@ class GrpcServer:
         self.host = host
         self.port = port
         self.server: grpc.aio.Server = grpc.aio.server(
-            interceptors=[_ServerInterceptor(errors or {})],
+            interceptors=[
+                _ServerInterceptor(
+                    {**_SHARED_ERRORS, **(errors or {})},
+                    access=access,
+                    verifier=TokenVerifier(secret if secret is not None else process_secret()),
+                )
+            ],
             options=_SERVER_OPTIONS,
             maximum_concurrent_rpcs=max_concurrent_rpcs,
         )
@@ -285,8 +321,12 @@ class _ServerInterceptor(_ServerInterceptorBase):
     """Wraps each method's handler once (cached per method), so a call costs one dict lookup
     here and the work inside the wrapped behaviour."""
 
-    def __init__(self, errors: StatusTable) -> None:
+    def __init__(
+        self, errors: StatusTable, *, access: AccessTable | None, verifier: TokenVerifier
+    ) -> None:
         self._errors = errors
+        self._access = access
+        self._verifier = verifier
         self._wrapped: dict[str, tuple[_Handler, _Handler]] = {}
 
     async def intercept_service(
@@ -301,9 +341,65 @@ class _ServerInterceptor(_ServerInterceptorBase):
         cached = self._wrapped.get(method)
         if cached is not None and cached[0] is handler:
             return cached[1]
-        wrapped = _wrap_handler(method, handler, self._errors)
+        wrapped = _wrap_handler(method, handler, self._errors, self._guard_of(method))
         self._wrapped[method] = (handler, wrapped)
         return wrapped
+
+    def _guard_of(self, method: str) -> _Guard | None:
+        if method.lstrip("/").rpartition("/")[0] in OPEN_SERVICES:
+            return None
+        if self._access is None:
+            return _Guard(self._verifier, method, None)
+        return _Guard(self._verifier, method, self._access.get(method, _NOBODY))
+
+
+_NOBODY = Allow(operator=False)  # a method no rule names: refused, even to the operator
+
+
+class _Refused(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class _Guard:
+    """Who may call one method: :meth:`admit` is the caller of a call, or raises _Refused."""
+
+    __slots__ = ("_method", "_rule", "_verifier")
+
+    def __init__(self, verifier: TokenVerifier, method: str, rule: Allow | None) -> None:
+        self._verifier = verifier
+        self._method = method
+        self._rule = rule
+
+    def admit(self, authorization: str | None, acting_user: str | None) -> Caller:
+        try:
+            caller = self._verifier.caller(authorization, acting_user)
+        except IdentityError as exc:
+            _log_refusal(self._method, "UNAUTHENTICATED", str(exc))
+            raise _Refused(grpc.StatusCode.UNAUTHENTICATED, str(exc)) from None
+        if self._rule is not None and not self._rule.permits(caller):
+            who = caller.service
+            if caller.user is not None:
+                who += f" acting for the {caller.user.role} {caller.user.id}"
+            _log_refusal(self._method, "PERMISSION_DENIED", who)
+            raise _Refused(grpc.StatusCode.PERMISSION_DENIED, f"{who} may not call {self._method}")
+        return caller
+
+
+# Refusals per method and kind at most this often: a scan would otherwise flood the log.
+_REFUSAL_LOG_INTERVAL_S = 5.0
+_refusal_logged_at: dict[tuple[str, str], float] = {}
+
+
+def _log_refusal(method: str, code: str, detail: str) -> None:
+    now = time.monotonic()
+    key = (method, code)
+    if now - _refusal_logged_at.get(key, -_REFUSAL_LOG_INTERVAL_S) < _REFUSAL_LOG_INTERVAL_S:
+        return
+    _refusal_logged_at[key] = now
+    logger.warning("refused a call of %s: %s (%s)", method, code, detail)
 
 
 class _Observer:
@@ -330,7 +426,9 @@ class _Observer:
             logger.debug("%s -> %s in %.2f ms", self.method, code.name, elapsed * 1000)
 
 
-def _wrap_handler(method: str, handler: _Handler, errors: StatusTable) -> _Handler:
+def _wrap_handler(
+    method: str, handler: _Handler, errors: StatusTable, guard: _Guard | None
+) -> _Handler:
     if handler.request_streaming and handler.response_streaming:
         behaviour, factory, rpc_type = (
             handler.stream_stream,
@@ -361,11 +459,13 @@ def _wrap_handler(method: str, handler: _Handler, errors: StatusTable) -> _Handl
     # grpc.aio picks how to drive a behaviour by its kind (coroutine function, async
     # generator function, or sync in a thread), so the wrapper must be of the same kind.
     if inspect.isasyncgenfunction(behaviour):
-        wrapped: Callable[..., Any] = _wrap_async_gen(behaviour, observer, errors)
+        wrapped: Callable[..., Any] = _wrap_async_gen(behaviour, observer, errors, guard)
     elif inspect.iscoroutinefunction(behaviour):
-        wrapped = _wrap_coroutine(behaviour, observer, errors)
-    else:
+        wrapped = _wrap_coroutine(behaviour, observer, errors, guard)
+    elif guard is None:
         return handler
+    else:
+        wrapped = _refuse_sync
     return factory(
         wrapped,
         request_deserializer=handler.request_deserializer,
@@ -373,16 +473,36 @@ def _wrap_handler(method: str, handler: _Handler, errors: StatusTable) -> _Handl
     )
 
 
+async def _refuse_sync(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, "synchronous handlers are not served")
+
+
+async def _admit(
+    guard: _Guard | None, incoming: _Incoming, context: grpc.aio.ServicerContext[Any, Any]
+) -> None:
+    """Put the caller in caller_var, or end the call (AbortError)."""
+    if guard is None:
+        return
+    try:
+        caller_var.set(guard.admit(incoming.authorization, incoming.acting_user))
+    except _Refused as exc:
+        await context.abort(exc.code, exc.message)
+
+
 def _wrap_coroutine(
     behaviour: Callable[..., Awaitable[Any]],
     observer: _Observer,
     errors: StatusTable,
+    guard: _Guard | None,
 ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
     async def intercepted(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        token = request_id_var.set(_incoming_request_id(context))
+        incoming = _Incoming(context)
+        token = request_id_var.set(incoming.request_id)
+        caller_token = caller_var.set(None)
         started = time.perf_counter()
         code = grpc.StatusCode.UNKNOWN
         try:
+            await _admit(guard, incoming, context)
             response = await behaviour(request, context)
             code = context.code() or grpc.StatusCode.OK
             return response
@@ -397,6 +517,7 @@ def _wrap_coroutine(
             await _abort_for(exc, context, observer.method, code, server)
         finally:
             observer.done(code, started)
+            caller_var.reset(caller_token)
             request_id_var.reset(token)
 
     return intercepted
@@ -406,15 +527,19 @@ def _wrap_async_gen(
     behaviour: Callable[..., AsyncIterator[Any]],
     observer: _Observer,
     errors: StatusTable,
+    guard: _Guard | None,
 ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
     async def intercepted(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
-        # No reset: each RPC runs in its own task, and the value must hold across yields.
-        request_id_var.set(_incoming_request_id(context))
+        # No reset: each RPC runs in its own task, and the values must hold across yields.
+        incoming = _Incoming(context)
+        request_id_var.set(incoming.request_id)
+        caller_var.set(None)
         started = time.perf_counter()
         code = grpc.StatusCode.UNKNOWN
         try:
+            await _admit(guard, incoming, context)
             async for response in behaviour(request, context):
                 yield response
             code = context.code() or grpc.StatusCode.OK
@@ -433,13 +558,29 @@ def _wrap_async_gen(
     return intercepted
 
 
-def _incoming_request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == REQUEST_ID_METADATA_KEY:
-            if isinstance(value, str) and 0 < len(value) <= _MAX_REQUEST_ID_LEN:
-                return value
-            break
-    return new_request_id()
+class _Incoming:
+    """What the interceptor reads from a call's metadata, in one pass: the request id (a
+    new one unless a usable one came), the service token and the acting user."""
+
+    __slots__ = ("acting_user", "authorization", "request_id")
+
+    def __init__(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        request_id: str | None = None
+        self.authorization: str | None = None
+        self.acting_user: str | None = None
+        for key, value in context.invocation_metadata() or ():
+            if not isinstance(value, str):
+                continue
+            # The first of each wins; a repeated key cannot override it.
+            if key == REQUEST_ID_METADATA_KEY:
+                if request_id is None:
+                    request_id = value if 0 < len(value) <= _MAX_REQUEST_ID_LEN else ""
+            elif key == AUTH_METADATA_KEY:
+                if self.authorization is None:
+                    self.authorization = value
+            elif key == ACTING_USER_METADATA_KEY and self.acting_user is None:
+                self.acting_user = value
+        self.request_id = request_id or new_request_id()
 
 
 def _status_for(exc: Exception, errors: StatusTable) -> tuple[grpc.StatusCode, str | None]:

@@ -41,6 +41,7 @@ from redis.backoff import ExponentialBackoff
 from rideshare import bus, db
 from rideshare.grpc_errors import StatusTable
 from rideshare.grpc_server import GrpcServer
+from rideshare.identity import AccessTable
 from rideshare.lifecycle import stop_on_signals
 from rideshare.log import configure_logging
 from rideshare.metrics import start_metrics_server
@@ -103,9 +104,12 @@ class Runtime:
         if self.redis is not None:
             await self.redis.ping()
 
-    def grpc_server(self, *, errors: StatusTable | None = None) -> GrpcServer:
+    def grpc_server(
+        self, *, errors: StatusTable | None = None, access: AccessTable | None = None
+    ) -> GrpcServer:
         """The service's gRPC server on its configured address, healthy when ready(), ending
-        calls whose handler raised a domain error with the code ``errors`` gives it."""
+        calls whose handler raised a domain error with the code ``errors`` gives it, and
+        calls that ``access`` does not allow."""
         return GrpcServer(
             self.settings.name,
             host=self.settings.host,
@@ -113,6 +117,8 @@ class Runtime:
             readiness=self.ready,
             bind_retry_s=self.settings.bind_retry_s,
             errors=errors,
+            access=access,
+            secret=self.settings.internal_secret,
         )
 
     @contextlib.asynccontextmanager

@@ -6,8 +6,10 @@ them directly. A bad value fails fast with a message naming the variable and the
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,9 @@ __all__ = [
     "BIND_RETRY_S",
     "DEFAULT_DATA_DIR",
     "INFRA_FILE",
+    "INTERNAL_SECRET_ENV",
+    "INTERNAL_SECRET_FILE",
+    "MIN_SECRET_LEN",
     "ONE_ADDRESS_LOGIN_LIMITS",
     "SERVICE_PORTS",
     "InfraUrls",
@@ -29,7 +34,10 @@ __all__ = [
     "env_int",
     "env_str",
     "load_infra_urls",
+    "load_internal_secret",
+    "load_secret_file",
     "mask_url",
+    "process_secret",
     "service_port",
     "service_settings",
 ]
@@ -208,6 +216,59 @@ def load_infra_urls(
     )
 
 
+# --- per-install secrets -------------------------------------------------------------------
+
+MIN_SECRET_LEN = 32
+INTERNAL_SECRET_ENV = "RIDESHARE_INTERNAL_SECRET"
+INTERNAL_SECRET_FILE = "internal-secret"
+
+
+def load_secret_file(path: Path, *, min_len: int = MIN_SECRET_LEN) -> str:
+    """The secret in ``path``, created (mode 0600, its directory too) with a random one the
+    first time. SettingsError when the file holds fewer than ``min_len`` characters."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        # Written whole under a private name, then linked into place: a concurrent starter
+        # either wins the link or reads the winner's complete file, never a half-written one.
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(48) + "\n")
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    secret = path.read_text().strip()
+    if len(secret) < min_len:
+        raise SettingsError(f"{path} holds a secret shorter than {min_len} characters")
+    return secret
+
+
+def load_internal_secret(
+    data_dir: Path | None = None, *, env: Mapping[str, str] | None = None
+) -> str:
+    """The secret of the install's service tokens (rideshare/identity.py):
+    ``RIDESHARE_INTERNAL_SECRET``, else ``<data_dir>/internal-secret``, created (0600) with a
+    random one on first use. SettingsError for a secret under 32 characters."""
+    given = env_str(INTERNAL_SECRET_ENV, "", env=env)
+    if given:
+        if len(given) < MIN_SECRET_LEN:
+            raise SettingsError(
+                f"{INTERNAL_SECRET_ENV} is {len(given)} characters; use at least {MIN_SECRET_LEN}"
+            )
+        return given
+    directory = data_dir if data_dir is not None else data_dir_from_env(env)
+    return load_secret_file(directory / INTERNAL_SECRET_FILE)
+
+
+@functools.cache
+def process_secret() -> str:
+    """This process's internal secret, from its environment (read once)."""
+    return load_internal_secret()
+
+
 @dataclass(frozen=True)
 class ServiceSettings:
     """What every gRPC service process needs; a service adds its own settings beside it."""
@@ -225,6 +286,8 @@ class ServiceSettings:
     # more may wait before a signup or login is refused with RESOURCE_EXHAUSTED.
     kdf_concurrency: int = field(default_factory=lambda: default_kdf_concurrency())
     kdf_queue: int = 32
+    # Signs and checks the service tokens of internal calls (rideshare/identity.py).
+    internal_secret: str = field(default_factory=lambda: process_secret(), repr=False)
 
 
 def service_port(name: str, env: Mapping[str, str] | None = None) -> int:
@@ -269,4 +332,5 @@ def service_settings(
             "RIDESHARE_KDF_CONCURRENCY", default_kdf_concurrency(), minimum=1, maximum=256, env=env
         ),
         kdf_queue=env_int("RIDESHARE_KDF_QUEUE", 32, minimum=0, maximum=10_000, env=env),
+        internal_secret=load_internal_secret(env=env),
     )

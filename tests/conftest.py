@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import secrets
 import shutil
 import tempfile
 import uuid
@@ -21,6 +22,10 @@ import redis.asyncio as aioredis
 
 from rideshare.infra import EmbeddedInfra
 from rideshare.settings import InfraUrls
+
+# One internal secret for the run (rideshare/identity.py): the services the tests start in this
+# process and as children, and the tests' own calls as the operator, all sign with it.
+os.environ.setdefault("RIDESHARE_INTERNAL_SECRET", secrets.token_urlsafe(48))
 
 _ENV_URLS = ("RIDESHARE_REDIS_URL", "RIDESHARE_POSTGRES_DSN", "RIDESHARE_NATS_URL")
 # Redis database 0 is left to whoever shares a given server; tests rotate through 1..15.

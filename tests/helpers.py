@@ -11,6 +11,7 @@ from nats.js import JetStreamContext
 
 from protos.events import MSG_ID_HEADER
 from rideshare.bus import Envelope, encode_envelope, make_envelope
+from rideshare.grpc_client import make_channel
 
 
 async def eventually(
@@ -70,3 +71,10 @@ async def grpc_status(call: Awaitable[object]) -> grpc.StatusCode:
     except grpc.aio.AioRpcError as exc:
         return exc.code()
     raise AssertionError("the call succeeded")
+
+
+def operator_channel(target: str) -> grpc.aio.Channel:
+    """A channel to a service whose calls carry the operator's identity (as grpcurl with
+    ``rideshare token --grpc`` does) and no deadline of their own beyond an hour: tests bound
+    their waits themselves."""
+    return make_channel(target, default_timeout_s=3600.0)

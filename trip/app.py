@@ -12,12 +12,13 @@ from protos import events
 from protos.trip.v1 import trip_pb2_grpc
 from rideshare import bus
 from rideshare.grpc_server import GrpcServer
+from rideshare.identity import TokenSigner
 from rideshare.runtime import service_runtime
 from rideshare.settings import ServiceSettings
 from trip.commands import TripCommands
 from trip.dispatch import Dispatcher, LocationClient
 from trip.events import CONSUMED_SUBJECTS, DriverOfflineHandler
-from trip.server import ERRORS, TripServicer
+from trip.server import ACCESS, ERRORS, TripServicer
 from trip.settings import TripSettings
 from trip.store import TripStore
 from trip.sweeper import PositionClient, Sweeper
@@ -43,9 +44,14 @@ async def running(
     async with contextlib.AsyncExitStack() as stack:
         # Opened first, closed last: the dispatcher workers use it until the runtime has
         # stopped them.
-        location = LocationClient(trip.location_addr, timeout_s=trip.location_timeout_s)
+        signer = TokenSigner(settings.internal_secret, settings.name)
+        location = LocationClient(
+            trip.location_addr, timeout_s=trip.location_timeout_s, signer=signer
+        )
         stack.push_async_callback(location.close)
-        positions = PositionClient(trip.location_addr, timeout_s=trip.location_timeout_s)
+        positions = PositionClient(
+            trip.location_addr, timeout_s=trip.location_timeout_s, signer=signer
+        )
         stack.push_async_callback(positions.close)
         rt = await stack.enter_async_context(
             service_runtime(settings, schema=schema, migrations=MIGRATIONS)
@@ -54,7 +60,7 @@ async def running(
         store = TripStore(rt.pool)
         dispatcher = Dispatcher(store, location, trip)
         commands = TripCommands(store, location, dispatcher, trip)
-        server = rt.grpc_server(errors=ERRORS)
+        server = rt.grpc_server(errors=ERRORS, access=ACCESS)
         trip_pb2_grpc.add_TripServiceServicer_to_server(TripServicer(commands), server.server)
         server.add_service_name(SERVICE_NAME)
         rt.run_worker(dispatcher.run, name="dispatcher")

@@ -66,6 +66,7 @@ from protos.location.v1 import location_pb2, location_pb2_grpc
 from rideshare.bus import reraise_if_cancelling
 from rideshare.grpc_client import make_channel
 from rideshare.grpc_errors import log_round_failure
+from rideshare.identity import TokenSigner
 from trip import domain, wire
 from trip.domain import (
     ConcurrencyError,
@@ -106,11 +107,14 @@ def utcnow() -> datetime:
 class LocationClient:
     """The trip service's calls to the location service, each with a deadline."""
 
-    def __init__(self, target: str, *, timeout_s: float = 1.0) -> None:
+    def __init__(
+        self, target: str, *, timeout_s: float = 1.0, signer: TokenSigner | None = None
+    ) -> None:
         self._channel = make_channel(
             target,
             idempotent_methods=[_NEAREST, _RELEASE, _TRIP_DISTANCE],
             default_timeout_s=timeout_s,
+            signer=signer,
         )
         self._stub: LocationStub = location_pb2_grpc.LocationServiceStub(self._channel)
 

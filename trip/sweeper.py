@@ -39,6 +39,7 @@ from protos.location.v1 import location_pb2, location_pb2_grpc
 from rideshare.bus import reraise_if_cancelling
 from rideshare.grpc_client import make_channel
 from rideshare.grpc_errors import log_round_failure
+from rideshare.identity import TokenSigner
 from trip import liveness, wire
 from trip.commands import TripCommands
 from trip.liveness import Heard
@@ -61,9 +62,11 @@ def utcnow() -> datetime:
 class PositionClient:
     """Asks the location service when it last heard from a driver; every call has a deadline."""
 
-    def __init__(self, target: str, *, timeout_s: float = 1.0) -> None:
+    def __init__(
+        self, target: str, *, timeout_s: float = 1.0, signer: TokenSigner | None = None
+    ) -> None:
         self._channel = make_channel(
-            target, idempotent_methods=[_GET_POSITION], default_timeout_s=timeout_s
+            target, idempotent_methods=[_GET_POSITION], default_timeout_s=timeout_s, signer=signer
         )
         self._stub: LocationStub = location_pb2_grpc.LocationServiceStub(self._channel)
 

@@ -64,7 +64,8 @@ def demo_banner(edge_url: str, token: str, city: BBox) -> str:
             f"      '{edge_url}/v1/admin/trips?state=live&page_size=5'",
             "  over gRPC:",
             f"    .venv/bin/grpcurl -plaintext 127.0.0.1:{trip} list",
-            f'    .venv/bin/grpcurl -plaintext -d \'{{"min_lat": {city.min_lat}, '
+            '    .venv/bin/grpcurl -plaintext -H "authorization: Bearer $(./run token --grpc)" \\',
+            f'      -d \'{{"min_lat": {city.min_lat}, '
             f'"min_lng": {city.min_lng}, "max_lat": {city.max_lat}, "max_lng": {city.max_lng}, '
             f'"limit": 5}}\' \\',
             f"      127.0.0.1:{location} rideshare.location.v1.LocationService/DriversInArea",

@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 
+from rideshare.identity import INTERNAL_SECRET_ENV, process_secret
 from rideshare.infra import EmbeddedInfra
 from rideshare.settings import InfraUrls
 from rideshare.supervisor import grpc_healthy
@@ -48,8 +49,9 @@ async def infrastructure() -> AsyncIterator[InfraUrls]:
 def service_process(
     name: str, urls: InfraUrls, *, port: int, env: Mapping[str, str] = {}
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """``python -m <name>`` on ``port`` with the given servers (metrics off, quiet logs),
-    stopped with SIGTERM (SIGKILL after 15 s) when the context exits."""
+    """``python -m <name>`` on ``port`` with the given servers (metrics off, quiet logs) and
+    this process's internal secret (its calls come as the operator), stopped with SIGTERM
+    (SIGKILL after 15 s) when the context exits."""
     upper = name.upper()
     process = subprocess.Popen(
         [sys.executable, "-m", name],
@@ -61,6 +63,7 @@ def service_process(
             f"RIDESHARE_{upper}_PORT": str(port),
             f"RIDESHARE_{upper}_METRICS_PORT": "0",
             "RIDESHARE_LOG_LEVEL": "WARNING",
+            INTERNAL_SECRET_ENV: process_secret(),
             **env,
         },
     )

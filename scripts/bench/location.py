@@ -33,6 +33,7 @@ from location.store import LocationStore
 from protos.common.v1 import common_pb2
 from protos.location.v1 import location_pb2 as pb
 from protos.location.v1 import location_pb2_grpc
+from rideshare.grpc_client import make_channel
 from rideshare.infra import free_port
 from rideshare.runtime import open_redis
 from rideshare.settings import InfraUrls
@@ -219,7 +220,7 @@ async def run(args: argparse.Namespace) -> None:
             await setup_index(LocationStore(client), drivers)
             print(f"setup: {len(drivers):,} available drivers indexed in "
                   f"{time.perf_counter() - started:.1f}s", flush=True)  # fmt: skip
-            async with grpc.aio.insecure_channel(target) as channel:
+            async with make_channel(target, default_timeout_s=60.0) as channel:
                 stub: Stub = location_pb2_grpc.LocationServiceStub(channel)
                 if "ingest" in args.only:
                     await report_ingest(stub, drivers, urls, args)

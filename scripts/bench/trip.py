@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable
 from typing import TypeAlias
 
-import grpc
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
@@ -39,6 +38,7 @@ from protos.trip.v1 import events_pb2 as trip_events
 from protos.trip.v1 import trip_pb2 as pb
 from protos.trip.v1 import trip_pb2_grpc
 from rideshare import bus
+from rideshare.grpc_client import make_channel
 from rideshare.infra import free_port
 from rideshare.runtime import open_redis
 from scripts.bench.common import infrastructure, percentile, service_process, wait_healthy
@@ -199,7 +199,7 @@ async def run(args: argparse.Namespace) -> None:
                     deliver_policy=DeliverPolicy.NEW,
                 )
                 try:
-                    async with grpc.aio.insecure_channel(target) as channel:
+                    async with make_channel(target, default_timeout_s=60.0) as channel:
                         stub: TripStub = trip_pb2_grpc.TripServiceStub(channel)
                         latencies, count = await bench_offer_latency(
                             stub, watcher, args.rate, args.seconds

@@ -103,6 +103,24 @@ def test_up_starts_everything_refuses_a_second_copy_and_stops_cleanly_on_sigint(
         assert "grpc.health.v1.Health" in listing
         assert "grpc.reflection.v1.ServerReflection" in listing
 
+        # any other method wants a service token, which `rideshare token --grpc` prints
+        call = [
+            str(BIN / "grpcurl"),
+            "-plaintext",
+            "-d",
+            '{"driver_id": "nobody"}',
+            f"127.0.0.1:{location_port}",
+            "rideshare.location.v1.LocationService/GetPosition",
+        ]
+        refused = subprocess.run(call, capture_output=True, text=True, timeout=20, check=False)
+        assert "Unauthenticated" in refused.stdout + refused.stderr
+        operator = rideshare("token", "--grpc", env=up_env).stdout.strip()
+        bearer = ["-H", f"authorization: Bearer {operator}"]
+        found = subprocess.run(
+            [*call[:2], *bearer, *call[2:]], capture_output=True, text=True, timeout=20, check=False
+        )
+        assert "NotFound" in found.stdout + found.stderr  # through: no position for "nobody"
+
         # `rideshare token` signs with the secret of the running edge, found by the data dir
         admin = rideshare("token", env=up_env).stdout.strip()
         edge = f"http://127.0.0.1:{up_env['RIDESHARE_EDGE_PORT']}"

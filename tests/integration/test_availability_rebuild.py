@@ -30,7 +30,7 @@ from protos.trip.v1 import trip_pb2, trip_pb2_grpc
 from rideshare.db import create_pool, quote_schema
 from rideshare.infra import free_port
 from rideshare.settings import InfraUrls, ServiceSettings
-from tests.helpers import eventually
+from tests.helpers import eventually, operator_channel
 from trip.app import running as trip_running
 from trip.settings import TripSettings
 
@@ -81,7 +81,7 @@ class City:
             trip_running(
                 service("trip", self.infra, self.trip_port), settings, schema=f"{self.schema}_trip"
             ),
-            grpc.aio.insecure_channel(f"127.0.0.1:{self.trip_port}") as channel,
+            operator_channel(f"127.0.0.1:{self.trip_port}") as channel,
         ):
             yield trip_pb2_grpc.TripServiceStub(channel)
 
@@ -177,8 +177,8 @@ async def city(infra: InfraUrls, redis_url: str, unique_name: str) -> AsyncItera
                 service("driver", infra, driver_port), schema=driver_schema, durable=driver_schema
             ),
             location_running(service("location", location_infra), location_settings) as loc_srv,
-            grpc.aio.insecure_channel(f"127.0.0.1:{driver_port}") as driver_channel,
-            grpc.aio.insecure_channel(f"127.0.0.1:{loc_srv.port}") as location_channel,
+            operator_channel(f"127.0.0.1:{driver_port}") as driver_channel,
+            operator_channel(f"127.0.0.1:{loc_srv.port}") as location_channel,
         ):
             city = City(
                 infra=infra,
@@ -348,7 +348,7 @@ async def test_rebuild_waits_for_the_driver_service_and_completes_when_it_return
     try:
         async with (
             location_running(service("location", location_infra), settings) as loc_srv,
-            grpc.aio.insecure_channel(f"127.0.0.1:{loc_srv.port}") as location_channel,
+            operator_channel(f"127.0.0.1:{loc_srv.port}") as location_channel,
         ):
             location = location_pb2_grpc.LocationServiceStub(location_channel)
             trip_settings = TripSettings(
@@ -366,7 +366,7 @@ async def test_rebuild_waits_for_the_driver_service_and_completes_when_it_return
                         schema=driver_schema,
                         durable=driver_schema,
                     ),
-                    grpc.aio.insecure_channel(f"127.0.0.1:{driver_port}") as driver_channel,
+                    operator_channel(f"127.0.0.1:{driver_port}") as driver_channel,
                 ):
                     city = City(
                         infra=infra,

@@ -27,7 +27,7 @@ from rideshare import bus
 from rideshare.db import create_pool, quote_schema
 from rideshare.migrations import apply_migrations
 from rideshare.settings import InfraUrls, ServiceSettings
-from tests.helpers import eventually, grpc_status, publish_event
+from tests.helpers import eventually, grpc_status, operator_channel, publish_event
 from tests.integration.hostile import BAD_IDS, forged_tokens, invalid_argument
 
 Stub: TypeAlias = "driver_pb2_grpc.DriverServiceAsyncStub"
@@ -51,7 +51,7 @@ async def driver_service(infra: InfraUrls, schema: str) -> AsyncIterator[Rig]:
         try:
             async with (
                 running(settings, schema=schema, durable=schema) as server,
-                grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+                operator_channel(f"127.0.0.1:{server.port}") as channel,
             ):
                 yield Rig(driver_pb2_grpc.DriverServiceStub(channel), db, nc.jetstream(timeout=5))
             # Dropped once the service stopped: its relay and consumer use these tables.

@@ -26,6 +26,16 @@ from prometheus_client import REGISTRY
 
 from rideshare.grpc_client import make_channel, retry_service_config
 from rideshare.grpc_server import GrpcServer
+from rideshare.identity import (
+    OPERATOR,
+    Caller,
+    TokenSigner,
+    User,
+    acting_as,
+    allow,
+    caller_var,
+    process_secret,
+)
 from rideshare.lifecycle import stop_on_signals
 from rideshare.log import JsonFormatter, current_request_id, request_id_var
 
@@ -585,3 +595,75 @@ async def test_sigterm_sets_the_stop_event() -> None:
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
         loop.remove_signal_handler(signal.SIGINT)
+
+
+# --- identity ----------------------------------------------------------------------------
+
+
+async def test_a_call_without_a_token_is_unauthenticated_and_health_stays_open(
+    server: GrpcServer, echo: Echo
+) -> None:
+    async with asyncio.timeout(5), grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as bare:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await unary(bare, "Echo")(b"hi")
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert echo.calls["Echo"] == 0  # refused before the handler
+        assert await check(bare) == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_the_handler_sees_its_caller_and_the_acting_user() -> None:
+    async def whois(request: bytes, context: Context) -> bytes:
+        caller = caller_var.get()
+        return repr(caller).encode()
+
+    srv = GrpcServer("test")
+    srv.server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                ECHO, {"WhoIs": grpc.unary_unary_rpc_method_handler(whois)}
+            )
+        ]
+    )
+    async with asyncio.timeout(5), srv, make_channel(f"127.0.0.1:{srv.port}") as ch:
+        assert await unary(ch, "WhoIs")(b"") == repr(Caller(OPERATOR)).encode()
+        with acting_as(User("rider", "r-1")):
+            got = await unary(ch, "WhoIs")(b"")
+        assert got == repr(Caller(OPERATOR, User("rider", "r-1"))).encode()
+
+
+async def test_a_method_no_rule_names_and_a_synchronous_handler_are_refused() -> None:
+    def sync(request: bytes, context: grpc.ServicerContext) -> bytes:
+        return request
+
+    async def listed(request: bytes, context: Context) -> bytes:
+        return request
+
+    path = f"/{ECHO}/Listed"
+    srv = GrpcServer("test", access={path: allow("edge"), f"/{ECHO}/Sync": allow("edge")})
+    srv.server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                ECHO,
+                {
+                    "Listed": grpc.unary_unary_rpc_method_handler(listed),
+                    "Unlisted": grpc.unary_unary_rpc_method_handler(listed),
+                    "Sync": grpc.unary_unary_rpc_method_handler(sync),
+                },
+            )
+        ]
+    )
+    async with asyncio.timeout(5), srv:
+        target = f"127.0.0.1:{srv.port}"
+        edge = make_channel(target, signer=TokenSigner(process_secret(), "edge"))
+        operator = make_channel(target)
+        assert await unary(edge, "Listed")(b"ok") == b"ok"
+        for channel, method, code in [
+            (edge, "Unlisted", grpc.StatusCode.PERMISSION_DENIED),
+            (operator, "Unlisted", grpc.StatusCode.PERMISSION_DENIED),  # even the operator
+            (edge, "Sync", grpc.StatusCode.UNIMPLEMENTED),
+        ]:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await unary(channel, method)(b"")
+            assert err.value.code() == code, method
+        await edge.close(None)
+        await operator.close(None)

@@ -24,7 +24,7 @@ from protos.location.v1 import location_pb2 as pb
 from protos.location.v1 import location_pb2_grpc
 from rideshare import bus
 from rideshare.settings import InfraUrls, ServiceSettings
-from tests.helpers import eventually
+from tests.helpers import eventually, operator_channel
 from tests.integration.hostile import BAD_IDS, invalid_argument
 
 BERLIN = (52.5200, 13.4050)
@@ -73,7 +73,7 @@ async def location_service(
         **overrides,  # type: ignore[arg-type]
     )
     async with running(settings, location) as server:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        async with operator_channel(f"127.0.0.1:{server.port}") as channel:
             yield location_pb2_grpc.LocationServiceStub(channel)
 
 
@@ -508,7 +508,7 @@ async def test_event_claims_are_kept_under_the_configured_consumer_name(
     nc = await bus.connect(infra.nats_url, name="test")
     try:
         async with running(settings, location) as server:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            async with operator_channel(f"127.0.0.1:{server.port}") as channel:
                 stub: Stub = location_pb2_grpc.LocationServiceStub(channel)
                 await stub.ReportPosition(update(driver, *BERLIN), timeout=5)
                 await bus.publish_envelope(nc.jetstream(), online)

@@ -44,7 +44,7 @@ from rideshare import bus
 from rideshare.db import create_pool
 from rideshare.migrations import apply_migrations
 from rideshare.settings import InfraUrls, ServiceSettings
-from tests.helpers import eventually
+from tests.helpers import eventually, operator_channel
 from tests.integration.hostile import BAD_IDS, forged_token, forged_tokens, invalid_argument
 
 Stub: TypeAlias = "notification_pb2_grpc.NotificationServiceAsyncStub"
@@ -84,7 +84,7 @@ async def notification_service(
         service_cm = running(service_settings, settings, providers=providers)
         service = await service_cm.__aenter__()
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+        async with operator_channel(f"127.0.0.1:{service.port}") as channel:
             yield service, notification_pb2_grpc.NotificationServiceStub(channel)
     finally:
         async with asyncio.timeout(30):

@@ -36,7 +36,7 @@ from rideshare.grpc_errors import outage_of
 from rideshare.infra import EmbeddedInfra
 from rideshare.settings import InfraUrls, ServiceSettings
 from rideshare.supervisor import grpc_healthy
-from tests.helpers import eventually, grpc_status, publish_event
+from tests.helpers import eventually, grpc_status, operator_channel, publish_event
 from tests.integration.edge_system import dead_address
 
 # Generous: the machine may be busy, and health is re-checked every 2 s.
@@ -127,7 +127,7 @@ async def test_rider_waits_out_a_postgres_outage_and_serves_again(
     settings = ServiceSettings(name="rider", infra=urls, grpc_port=0, shutdown_grace_s=1.0)
     async with (
         rider_running(settings, schema=unique_name, durable=unique_name) as server,
-        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        operator_channel(f"127.0.0.1:{server.port}") as channel,
     ):
         target = f"127.0.0.1:{server.port}"
         stub = rider_pb2_grpc.RiderServiceStub(channel)
@@ -173,7 +173,7 @@ async def test_rider_keeps_consuming_trip_events_after_nats_restarts(
         js = nc.jetstream(timeout=5)
         async with (
             rider_running(settings, schema=unique_name, durable=unique_name) as server,
-            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+            operator_channel(f"127.0.0.1:{server.port}") as channel,
         ):
             target = f"127.0.0.1:{server.port}"
             stub = rider_pb2_grpc.RiderServiceStub(channel)
@@ -228,7 +228,7 @@ async def test_location_answers_unavailable_without_redis_and_recovers(
     location = LocationSettings(consumer_name=f"location-{uuid.uuid4().hex[:8]}")
     async with (
         location_running(settings, location) as server,
-        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        operator_channel(f"127.0.0.1:{server.port}") as channel,
     ):
         target = f"127.0.0.1:{server.port}"
         stub = location_pb2_grpc.LocationServiceStub(channel)

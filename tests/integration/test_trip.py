@@ -32,7 +32,7 @@ from rideshare import bus
 from rideshare.bus import Envelope
 from rideshare.db import create_pool
 from rideshare.settings import InfraUrls, ServiceSettings
-from tests.helpers import eventually
+from tests.helpers import eventually, operator_channel
 from tests.integration.edge_system import dead_address
 from tests.integration.hostile import BAD_IDS, forged_tokens, invalid_argument
 from trip.app import running as trip_running
@@ -110,7 +110,7 @@ class Harness:
         settings = ServiceSettings(name="trip", infra=self.infra, grpc_port=0, shutdown_grace_s=1.0)
         async with (
             trip_running(settings, self.trip_settings(**overrides), schema=self.schema) as server,
-            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+            operator_channel(f"127.0.0.1:{server.port}") as channel,
         ):
             yield trip_pb2_grpc.TripServiceStub(channel)
 
@@ -184,7 +184,7 @@ async def harness(infra: InfraUrls, redis_url: str, unique_name: str) -> AsyncIt
             location_running(
                 location_settings, LocationSettings(driver_addr="", trip_addr="")
             ) as server,
-            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+            operator_channel(f"127.0.0.1:{server.port}") as channel,
         ):
             yield Harness(
                 infra=infra,

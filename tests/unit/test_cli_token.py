@@ -9,6 +9,8 @@ import pytest
 from edge.auth import decode_token
 from edge.settings import load_jwt_secret
 from rideshare.cli import main
+from rideshare.identity import OPERATOR, Caller, TokenVerifier
+from rideshare.settings import load_internal_secret
 
 
 @pytest.fixture(autouse=True)
@@ -63,3 +65,20 @@ def test_a_subject_the_services_would_refuse_as_an_id_is_refused(
     out = capsys.readouterr()
     assert out.out == ""
     assert "--subject 'ops.alice' is not an id" in out.err
+
+
+def test_a_grpc_token_is_the_operators_signed_with_the_internal_secret(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RIDESHARE_INTERNAL_SECRET", raising=False)
+    assert main(["token", "--grpc", "--data-dir", str(tmp_path)]) == 0
+    token = capsys.readouterr().out.strip()
+    verifier = TokenVerifier(load_internal_secret(tmp_path, env={}))
+    assert verifier.caller(f"Bearer {token}", None) == Caller(OPERATOR)
+    assert not (tmp_path / "jwt-secret").exists()  # not the apps' secret
+
+
+def test_a_grpc_token_names_no_user(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["token", "--grpc", "--role", "rider", "--subject", "r-1", "--data-dir", str(tmp_path)]
+    assert main(argv) == 2
+    assert "x-acting-user" in capsys.readouterr().err

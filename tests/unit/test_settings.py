@@ -24,7 +24,14 @@ URLS = {
     "RIDESHARE_REDIS_URL": "redis://127.0.0.1:1/0",
     "RIDESHARE_POSTGRES_DSN": "postgresql://u:secret@127.0.0.1:2/db",
     "RIDESHARE_NATS_URL": "nats://127.0.0.1:3",
+    "RIDESHARE_INTERNAL_SECRET": "internal-" + "i" * 32,  # else read from a data directory
 }
+
+
+def test_the_internal_secret_is_read_from_the_environment_and_never_shown() -> None:
+    settings = service_settings("trip", env=URLS)
+    assert settings.internal_secret == URLS["RIDESHARE_INTERNAL_SECRET"]
+    assert "internal-" not in repr(settings)
 
 
 def test_integer_variable_that_is_not_a_number_names_variable_and_value() -> None:

@@ -83,6 +83,9 @@ class City:
             ),
             operator_channel(f"127.0.0.1:{self.trip_port}") as channel,
         ):
+            # The location service dialled this port before the trip service was up: in one
+            # process, channels to one address share its connection, and its reconnect backoff.
+            await asyncio.wait_for(channel.channel_ready(), timeout=30)
             yield trip_pb2_grpc.TripServiceStub(channel)
 
     async def online_driver(self, point: tuple[float, float]) -> str:

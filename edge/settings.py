@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rideshare.secrets_dir import secret_file
 from rideshare.settings import (
     BIND_RETRY_S,
     EDGE_PORT,
@@ -115,22 +114,8 @@ class EdgeSettings:
 
 def load_jwt_secret(data_dir: Path) -> str:
     """The secret in ``<data_dir>/jwt-secret``, created (mode 0600) with a random one once."""
-    path = data_dir / JWT_SECRET_FILE
-    data_dir.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        # Written whole under a private name, then linked into place: a concurrent starter
-        # either wins the link or reads the winner's complete file, never a half-written one.
-        tmp = data_dir / f".{JWT_SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(48) + "\n")
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
-    secret = path.read_text().strip()
+    secret = secret_file(data_dir, JWT_SECRET_FILE, 48)
     if len(secret) < MIN_SECRET_LEN:
+        path = data_dir / JWT_SECRET_FILE
         raise SettingsError(f"{path} holds a secret shorter than {MIN_SECRET_LEN} characters")
     return secret

@@ -143,11 +143,18 @@ def mask_url(url: str) -> str:
 
 @dataclass(frozen=True)
 class InfraUrls:
-    """Where the three stores are. Passwords never show in repr()."""
+    """Where the three stores are, and the users each service has on them. Passwords never
+    show in repr().
+
+    ``logins`` maps a server ("redis", "nats") to the password of each service's own user
+    there (the user is named like the service; see rideshare/infra_users.py). It is filled
+    for the embedded servers only: a server given from outside keeps its operator's users.
+    """
 
     redis_url: str = field(repr=False)
     postgres_dsn: str = field(repr=False)
     nats_url: str = field(repr=False)
+    logins: Mapping[str, Mapping[str, str]] = field(default_factory=dict, repr=False, compare=False)
 
     def __repr__(self) -> str:
         return (
@@ -155,12 +162,35 @@ class InfraUrls:
             f"postgres_dsn={mask_url(self.postgres_dsn)!r}, nats_url={mask_url(self.nats_url)!r})"
         )
 
-    def to_json(self) -> dict[str, str]:
+    def for_service(self, name: str) -> InfraUrls:
+        """These URLs as the service ``name`` uses them: on each server with ``logins``, as
+        its own user, or as nobody when it has none there (it may not use that server). The
+        result has no logins left to hand out; without logins, the URLs as they are."""
+        if not self.logins:
+            return self
+        return InfraUrls(
+            redis_url=_as_user(self.redis_url, name, self.logins.get("redis")),
+            postgres_dsn=self.postgres_dsn,
+            nats_url=_as_user(self.nats_url, name, self.logins.get("nats")),
+        )
+
+    def to_json(self) -> dict[str, object]:
         return {
             "redis_url": self.redis_url,
             "postgres_dsn": self.postgres_dsn,
             "nats_url": self.nats_url,
+            "logins": {server: dict(users) for server, users in self.logins.items()},
         }
+
+
+def _as_user(url: str, name: str, passwords: Mapping[str, str] | None) -> str:
+    if passwords is None:
+        return url
+    password = passwords.get(name)
+    parts = urlsplit(url)
+    address = parts.netloc.rpartition("@")[2]
+    netloc = f"{name}:{password}@{address}" if password else address
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def data_dir_from_env(env: Mapping[str, str] | None = None) -> Path:
@@ -171,13 +201,15 @@ def load_infra_urls(
     data_dir: Path | None = None, *, env: Mapping[str, str] | None = None
 ) -> InfraUrls:
     """URLs from ``RIDESHARE_REDIS_URL`` / ``_POSTGRES_DSN`` / ``_NATS_URL``; any that is unset
-    comes from the infra file that ``rideshare infra up`` wrote into the data directory."""
+    comes from the infra file that ``rideshare infra up`` wrote into the data directory, with
+    the services' logins on that server (a URL given in the environment wins, as is)."""
     data_dir = data_dir if data_dir is not None else data_dir_from_env(env)
     given = {
         "redis_url": _raw(env, "RIDESHARE_REDIS_URL"),
         "postgres_dsn": _raw(env, "RIDESHARE_POSTGRES_DSN"),
         "nats_url": _raw(env, "RIDESHARE_NATS_URL"),
     }
+    logins: dict[str, Mapping[str, str]] = {}
     if None in given.values():
         infra_file = data_dir / INFRA_FILE
         try:
@@ -188,13 +220,18 @@ def load_infra_urls(
                 f"no {', '.join(missing)} given (RIDESHARE_REDIS_URL, RIDESHARE_POSTGRES_DSN, "
                 f"RIDESHARE_NATS_URL) and no {infra_file}: start `rideshare infra up` first"
             ) from None
+        recorded_logins = recorded.get("logins") or {}
         for key, value in given.items():
             if value is None:
                 given[key] = str(recorded[key])
+                server = key.removesuffix("_url")
+                if server in recorded_logins:
+                    logins[server] = {str(k): str(v) for k, v in recorded_logins[server].items()}
     return InfraUrls(
         redis_url=str(given["redis_url"]),
         postgres_dsn=str(given["postgres_dsn"]),
         nats_url=str(given["nats_url"]),
+        logins=logins,
     )
 
 
@@ -215,6 +252,11 @@ class ServiceSettings:
     # more may wait before a signup or login is refused with RESOURCE_EXHAUSTED.
     kdf_concurrency: int = field(default_factory=lambda: default_kdf_concurrency())
     kdf_queue: int = 32
+
+    def __post_init__(self) -> None:
+        # Whoever builds the settings hands over the infrastructure; the service connects
+        # as its own users on it (InfraUrls.for_service).
+        object.__setattr__(self, "infra", self.infra.for_service(self.name))
 
 
 def service_port(name: str, env: Mapping[str, str] | None = None) -> int:

@@ -64,12 +64,13 @@ class DriverServicer(driver_pb2_grpc.DriverServiceServicer):
         self, request: driver_pb2.AddVehicleRequest, context: Context
     ) -> driver_pb2.Vehicle:
         new = wire.new_vehicle_from_proto(request)
-        return wire.vehicle_to_proto(await self._commands.add_vehicle(request.driver_id, new))
+        driver_id = wire.driver_id_of(request)
+        return wire.vehicle_to_proto(await self._commands.add_vehicle(driver_id, new))
 
     async def GetDriver(
         self, request: driver_pb2.GetDriverRequest, context: Context
     ) -> driver_pb2.Driver:
-        return wire.driver_to_proto(await self._store.get(request.driver_id))
+        return wire.driver_to_proto(await self._store.get(wire.driver_id_of(request)))
 
     async def Authenticate(
         self, request: driver_pb2.AuthenticateRequest, context: Context
@@ -80,13 +81,14 @@ class DriverServicer(driver_pb2_grpc.DriverServiceServicer):
     async def GoOnline(
         self, request: driver_pb2.GoOnlineRequest, context: Context
     ) -> driver_pb2.Driver:
-        driver = await self._commands.go_online(request.driver_id, request.vehicle_id)
+        driver_id, vehicle_id = wire.driver_id_of(request), wire.vehicle_id_of(request)
+        driver = await self._commands.go_online(driver_id, vehicle_id)
         return wire.driver_to_proto(driver)
 
     async def GoOffline(
         self, request: driver_pb2.GoOfflineRequest, context: Context
     ) -> driver_pb2.Driver:
-        return wire.driver_to_proto(await self._commands.go_offline(request.driver_id))
+        return wire.driver_to_proto(await self._commands.go_offline(wire.driver_id_of(request)))
 
     async def ListOnlineDrivers(
         self, request: driver_pb2.ListOnlineDriversRequest, context: Context

@@ -17,6 +17,7 @@ from driver.domain import (
     Driver,
     DriverRating,
     DriverStatus,
+    InvalidDriverError,
     NewDriver,
     NewVehicle,
     OnlineDriver,
@@ -31,10 +32,12 @@ from protos.driver.v1 import driver_pb2
 from protos.driver.v1 import events_pb2 as driver_events
 from protos.trip.v1 import events_pb2 as trip_events
 from protos.trip.v1 import trip_pb2
+from rideshare import ids
 
 __all__ = [
     "TRIP_HOLD_SUBJECTS",
     "driver_created",
+    "driver_id_of",
     "driver_offline",
     "driver_online",
     "driver_rating",
@@ -48,6 +51,7 @@ __all__ = [
     "trip_hold",
     "vehicle_added",
     "vehicle_class_to_proto",
+    "vehicle_id_of",
     "vehicle_to_proto",
 ]
 
@@ -79,6 +83,29 @@ def status_to_proto(value: DriverStatus) -> driver_pb2.DriverStatus.ValueType:
 
 
 # -- the API -----------------------------------------------------------------------------------
+
+
+def _id(value: str, field: str) -> str:
+    try:
+        return ids.check_id(value, field)
+    except ids.InvalidIdError as exc:
+        raise InvalidDriverError(str(exc)) from None
+
+
+def driver_id_of(
+    request: driver_pb2.AddVehicleRequest
+    | driver_pb2.GetDriverRequest
+    | driver_pb2.GoOnlineRequest
+    | driver_pb2.GoOfflineRequest,
+) -> str:
+    """The request's driver id; InvalidDriverError when it is empty or not an id
+    (rideshare.ids): it names a NATS subject and Redis keys further on."""
+    return _id(request.driver_id, "driver_id")
+
+
+def vehicle_id_of(request: driver_pb2.GoOnlineRequest) -> str:
+    """The request's vehicle id; InvalidDriverError when it is empty or not an id."""
+    return _id(request.vehicle_id, "vehicle_id")
 
 
 def new_driver_from_proto(request: driver_pb2.CreateDriverRequest) -> NewDriver:

@@ -27,7 +27,7 @@ from edge.context import EdgeContext
 from edge.errors import install_error_handlers
 from edge.idempotency import IdempotencyStore
 from edge.live import LiveHub
-from edge.middleware import EdgeMiddleware
+from edge.middleware import EdgeMiddleware, quiet_denied_handshakes
 from edge.positions import PositionBatcher
 from edge.ratelimit import RateLimiter
 from edge.routes import admin, auth, drivers, riders, trips
@@ -210,6 +210,10 @@ async def running(settings: EdgeSettings) -> AsyncIterator[EdgeServer]:
             log_config=None,
             access_log=False,
             lifespan="off",
+            # X-Forwarded-For is read by the edge's middleware, from trusted proxies only
+            # (RIDESHARE_TRUSTED_PROXIES); uvicorn's own handling would trust 127.0.0.1.
+            proxy_headers=False,
+            forwarded_allow_ips=[],
             ws_max_size=WS_TRANSPORT_MAX_BYTES,
             ws_ping_interval=None,  # the app sends its own JSON pings (FIELD-NOTES: 4 s)
             # websockets' sans-I/O protocol, named rather than left to "auto"; no
@@ -221,6 +225,7 @@ async def running(settings: EdgeSettings) -> AsyncIterator[EdgeServer]:
         )
         server = uvicorn.Server(config)
         logging.getLogger("uvicorn.error").addFilter(redact_tokens)
+        logging.getLogger("uvicorn.error").addFilter(quiet_denied_handshakes)
         task = asyncio.create_task(server.serve(sockets=sockets), name="uvicorn")
         try:
             async with asyncio.timeout(10.0):
@@ -231,6 +236,11 @@ async def running(settings: EdgeSettings) -> AsyncIterator[EdgeServer]:
                     await asyncio.sleep(0.01)
             edge = EdgeServer(app, ctx, server, task)
             logger.info("edge serving on %s", edge.url)
+            if settings.trusted_proxies:
+                logger.info(
+                    "client addresses from X-Forwarded-For of %s",
+                    ", ".join(str(n) for n in settings.trusted_proxies),
+                )
             yield edge
         finally:
             stop.set()  # the hub closes every WebSocket with 1001

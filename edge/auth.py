@@ -50,7 +50,7 @@ def decode_token(secret: str, token: str) -> Principal:
         )
     except jwt.ExpiredSignatureError:
         raise AuthError("token expired") from None
-    except jwt.PyJWTError:
+    except (jwt.PyJWTError, UnicodeError):  # a lone surrogate cannot even be encoded
         raise AuthError("invalid token") from None
     sub, role = claims.get("sub"), claims.get("role")
     if not isinstance(sub, str) or not sub or role not in ROLES:

@@ -25,6 +25,7 @@ __all__ = [
     "position_out",
     "quote_out",
     "rider_out",
+    "settlement_out",
     "state_name",
     "trip_out",
     "trip_summary_of_trip",
@@ -62,6 +63,12 @@ TRIP_STATES: dict[str, int] = {name: value for value, name in _STATE_NAMES.items
 _ACTOR_NAMES: dict[int, models.ActorName] = _names(trip_pb2.Actor, "ACTOR_", models.ActorName)
 _CHARGE_BASIS_NAMES: dict[int, models.ChargeBasisName] = _names(
     trip_pb2.ChargeBasis, "CHARGE_BASIS_", models.ChargeBasisName
+)
+_FARE_RULE_NAMES: dict[int, models.FareRuleName] = _names(
+    trip_pb2.FareRule, "FARE_RULE_", models.FareRuleName
+)
+_MEASURE_SOURCE_NAMES: dict[int, models.MeasureSourceName] = _names(
+    trip_pb2.MeasureSource, "MEASURE_SOURCE_", models.MeasureSourceName
 )
 _AVAILABILITY_NAMES: dict[int, models.AvailabilityName] = _names(
     location_pb2.Availability, "AVAILABILITY_", models.AvailabilityName
@@ -165,6 +172,29 @@ def quote_out(q: trip_pb2.Quote) -> models.QuoteOut:
     )
 
 
+def settlement_out(f: trip_pb2.FareSettlement) -> models.FareSettlementOut:
+    """A trip's fare settlement as the API shows it."""
+
+    return models.FareSettlementOut(
+        rule=_FARE_RULE_NAMES.get(f.rule),
+        flagged_for_review=f.flagged_for_review,
+        quoted_fare=_money(f, "quoted_fare"),
+        quoted_distance_m=f.quoted_distance_m,
+        quoted_duration_s=f.quoted_duration_s,
+        measured_distance_m=(f.measured_distance_m if f.HasField("measured_distance_m") else None),
+        distance_source=_MEASURE_SOURCE_NAMES.get(f.distance_source),
+        measured_duration_s=f.measured_duration_s,
+        duration_source=_MEASURE_SOURCE_NAMES.get(f.duration_source),
+        track_points=f.track_points,
+        track_points_ignored=f.track_points_ignored,
+        measured_fare=_money(f, "measured_fare"),
+        band_low=_money(f, "band_low"),
+        band_high=_money(f, "band_high"),
+        reported_distance_m=(f.reported_distance_m if f.HasField("reported_distance_m") else None),
+        reported_duration_s=(f.reported_duration_s if f.HasField("reported_duration_s") else None),
+    )
+
+
 def trip_out(t: trip_pb2.Trip, *, show_offer: bool = True) -> models.TripOut:
     """The trip as the API shows it; ``show_offer=False`` hides the pending offer (riders)."""
     offer = None
@@ -210,6 +240,7 @@ def trip_out(t: trip_pb2.Trip, *, show_offer: bool = True) -> models.TripOut:
         flagged_at=_ts(t, "flagged_at"),
         flag_reason=_opt(t.flag_reason),
         charge_basis=_CHARGE_BASIS_NAMES.get(t.charge_basis),
+        settlement=settlement_out(t.settlement) if t.HasField("settlement") else None,
         history=[
             models.TransitionOut(
                 from_state=state_name(h.from_state),

@@ -224,7 +224,18 @@ class LiveHub:
         if raw is None:
             return
         frame = json.loads(raw)
-        trip = await self._trip.GetTrip(trip_pb2.GetTripRequest(trip_id=frame["trip_id"]))
+        try:
+            trip = await self._trip.GetTrip(
+                trip_pb2.GetTripRequest(
+                    trip_id=frame["trip_id"],
+                    actor=trip_pb2.ACTOR_DRIVER,
+                    actor_id=conn.principal.sub,
+                )
+            )
+        except ApiError as exc:
+            if exc.status == 404:  # the offer ended: the driver no longer sees the trip
+                return
+            raise
         offer = trip.current_offer
         if (
             trip.state == trip_pb2.TRIP_STATE_DISPATCHING

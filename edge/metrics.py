@@ -13,6 +13,7 @@ __all__ = [
     "RATE_LIMITER_FAILED_OPEN",
     "WS_CONNECTIONS",
     "WS_FRAMES_DROPPED",
+    "WS_POLICY_CLOSES",
 ]
 
 HTTP_REQUESTS = Counter(
@@ -32,6 +33,11 @@ RATE_LIMITER_FAILED_OPEN = Counter(
 WS_CONNECTIONS = Gauge("edge_ws_connections", "Open WebSockets by role.", ["role"])
 WS_FRAMES_DROPPED = Counter(
     "edge_ws_frames_dropped_total", "Position frames dropped because a socket fell behind."
+)
+WS_POLICY_CLOSES = Counter(
+    "edge_ws_policy_closes_total",
+    "WebSockets closed by a limit: flooding, replaced (per-user cap), rate_limited.",
+    ["reason"],
 )
 POSITIONS_FORWARDED = Counter(
     "edge_positions_forwarded_total", "Driver positions sent on to the location service."

@@ -1,5 +1,9 @@
 """The JSON shapes of the HTTP API (and of the WebSocket ``trip`` frames): pydantic models,
-so /openapi.json describes exactly what the routes accept and return."""
+so /openapi.json describes exactly what the routes accept and return.
+
+Request bodies are strict: a number is a JSON number (``true`` and ``"5"`` are not), an
+integer is an integer (``2.0`` is not), a string is a string. Lax coercion read
+``{"lat": true}`` as 1.0; the schema always said ``number``, and now the validation agrees."""
 
 from __future__ import annotations
 
@@ -55,11 +59,15 @@ TripStateName = Literal[
 ]
 ActorName = Literal["rider", "driver", "system", "admin"]
 ChargeBasisName = Literal["metered", "quote"]
+FareRuleName = Literal["within_band", "above_band", "below_band", "no_measurement", "driver_silent"]
+MeasureSourceName = Literal["location_track", "server_clock", "none"]
 AvailabilityName = Literal["available", "offered", "on_trip", "offline", "unknown"]
 DriverStatusName = Literal["offline", "available", "on_trip", "unknown"]
 
-Lat = Annotated[float, Field(ge=-90.0, le=90.0, allow_inf_nan=False)]
-Lng = Annotated[float, Field(ge=-180.0, le=180.0, allow_inf_nan=False)]
+# Strict here as well as in _In: LatLng is nested in request bodies, and a model's strictness
+# does not reach into the models it holds.
+Lat = Annotated[float, Field(ge=-90.0, le=90.0, allow_inf_nan=False, strict=True)]
+Lng = Annotated[float, Field(ge=-180.0, le=180.0, allow_inf_nan=False, strict=True)]
 # PostgreSQL text cannot hold NUL: every text input refuses it here (422), not in a service.
 NO_NUL = r"^[^\x00]*$"
 INT64_MAX = 2**63 - 1  # the proto field's range: a larger number cannot even be sent on
@@ -71,7 +79,7 @@ Id = Annotated[str, Field(min_length=1, max_length=100, pattern=NO_NUL)]
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class LatLng(BaseModel):
@@ -189,8 +197,17 @@ class OfferIn(_In):
 
 
 class CompleteIn(_In):
-    distance_m: Annotated[int | None, Field(ge=0, le=10_000_000)] = None
-    duration_s: Annotated[int | None, Field(ge=0, le=7 * 24 * 3600)] = None
+    """What the driver's app measured. Accepted for compatibility with existing apps and
+    recorded on the trip's settlement as reported; the fare is never priced from it."""
+
+    distance_m: Annotated[
+        int | None,
+        Field(ge=0, le=10_000_000, description="Reported distance: recorded, never priced."),
+    ] = None
+    duration_s: Annotated[
+        int | None,
+        Field(ge=0, le=7 * 24 * 3600, description="Reported duration: recorded, never priced."),
+    ] = None
 
 
 # -- rider -----------------------------------------------------------------------------------
@@ -251,6 +268,38 @@ class TransitionOut(BaseModel):
     at: datetime | None
 
 
+class FareSettlementOut(BaseModel):
+    """How a final fare was settled: the quote, what the service measured itself and from
+    where, the rule applied and whether the ride was flagged for review. The driver's
+    reported figures are shown as recorded; they are never priced."""
+
+    rule: FareRuleName | None = Field(
+        description=(
+            "within_band: the measured price was charged; above_band: the quote was charged "
+            "and the ride flagged; below_band: the band's floor was charged and the ride "
+            "flagged; no_measurement: the quote (no track); driver_silent: the quote (the "
+            "service ended the ride)."
+        )
+    )
+    flagged_for_review: bool
+    quoted_fare: Money | None
+    quoted_distance_m: int
+    quoted_duration_s: int
+    measured_distance_m: int | None
+    distance_source: MeasureSourceName | None
+    measured_duration_s: int
+    duration_source: MeasureSourceName | None
+    track_points: int
+    track_points_ignored: int
+    measured_fare: Money | None = Field(
+        description="The tariff's price of the measured distance and duration."
+    )
+    band_low: Money | None
+    band_high: Money | None
+    reported_distance_m: int | None
+    reported_duration_s: int | None
+
+
 class TripOut(BaseModel):
     id: str
     rider_id: str
@@ -283,10 +332,13 @@ class TripOut(BaseModel):
     ended_at: datetime | None
     history: list[TransitionOut]
     flagged_at: datetime | None = None
-    """When the service flagged the ride for an operator (its driver's app fell silent)."""
+    """When the service flagged the ride for an operator (its driver's app fell silent, or its
+    fare was settled outside the band around the quote: see settlement)."""
     flag_reason: str | None = None
     charge_basis: ChargeBasisName | None = None
-    """What final_fare was priced from: metered, or the quote (a ride the service ended)."""
+    """What final_fare was priced from: metered, or the quote."""
+    settlement: FareSettlementOut | None = None
+    """The basis of final_fare; null until the ride ends."""
 
 
 class TripsOut(BaseModel):

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge.clientaddr import Network, parse_networks
 from rideshare.secrets_dir import secret_file
 from rideshare.settings import (
     BIND_RETRY_S,
@@ -60,6 +61,14 @@ class EdgeSettings:
     ws_msgs_per_s: float = 20.0
     ws_msgs_burst: int = 40
     ws_ping_interval_s: float = 4.0
+    # Proxies whose X-Forwarded-For names the client (edge/clientaddr.py); none by default.
+    trusted_proxies: tuple[Network, ...] = ()
+    max_body_bytes: int = 64 * 1024
+    # Sockets one user may hold open on this process; a newer one closes the oldest.
+    ws_max_per_user: int = 4
+    # Frames over the message rate a socket may send (forgiven at one a second, edge/ws.py)
+    # before it is closed with 1008.
+    ws_flood_frames: int = 100
     position_flush_s: float = 0.005
     position_buffer: int = 100_000
 
@@ -80,6 +89,10 @@ class EdgeSettings:
             raise SettingsError(
                 f"RIDESHARE_JWT_SECRET is {len(secret)} characters; use at least {MIN_SECRET_LEN}"
             )
+        try:
+            trusted = parse_networks(env_str("RIDESHARE_TRUSTED_PROXIES", "", env=env))
+        except ValueError as exc:
+            raise SettingsError(f"RIDESHARE_TRUSTED_PROXIES: {exc}") from None
         upstreams = {
             name: env_str(f"RIDESHARE_{name.upper()}_ADDR", default, env=env)
             for name, default in default_upstreams().items()
@@ -108,6 +121,10 @@ class EdgeSettings:
             ws_msgs_per_s=env_float("RIDESHARE_WS_MSGS_PER_S", 20.0, minimum=0.1, env=env),
             ws_msgs_burst=env_int("RIDESHARE_WS_MSGS_BURST", 40, minimum=1, env=env),
             ws_ping_interval_s=env_float("RIDESHARE_WS_PING_S", 4.0, minimum=0.05, env=env),
+            trusted_proxies=trusted,
+            max_body_bytes=env_int("RIDESHARE_MAX_BODY_BYTES", 64 * 1024, minimum=1024, env=env),
+            ws_max_per_user=env_int("RIDESHARE_WS_MAX_PER_USER", 4, minimum=1, env=env),
+            ws_flood_frames=env_int("RIDESHARE_WS_FLOOD_FRAMES", 100, minimum=1, env=env),
             position_flush_s=env_float(
                 "RIDESHARE_POSITION_FLUSH_S", 0.005, minimum=0.001, maximum=1.0, env=env
             ),

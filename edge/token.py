@@ -12,6 +12,7 @@ import uuid
 
 from edge.auth import ROLES, Role, issue_token
 from edge.settings import MIN_SECRET_LEN, load_jwt_secret
+from rideshare import ids
 from rideshare.settings import SettingsError, data_dir_from_env, env_str
 
 
@@ -28,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         secret = secret or load_jwt_secret(data_dir_from_env())
     except SettingsError as exc:
         print(f"edge.token: {exc}", file=sys.stderr)
+        return 2
+    if args.sub is not None and not ids.is_id(args.sub):
+        # The edge would accept it, and every service would refuse the id it names.
+        print(f"edge.token: --sub {args.sub!r} is not an id (rideshare/ids.py)", file=sys.stderr)
         return 2
     role: Role = args.role
     sub = args.sub or f"{role}-{uuid.uuid4()}"

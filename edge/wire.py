@@ -34,16 +34,39 @@ Edge -> rider app (/v1/ws/rider)
 
 On (re)connect the edge sends a snapshot first (the live trip as a "trip" frame with event
 "snapshot", a pending offer for a driver, the driver's last known position for a rider), then
-deltas. Malformed messages get an error frame (codes: bad_json, bad_message, unknown_type,
-too_large, rate_limited, invalid_position) and the socket stays open. Close codes: 4401 bad or
-missing token, 4403 wrong role, 1008 slow consumer (its send queue overflowed with non-position
-frames), 1001 the edge is shutting down.
+deltas.
+
+Malformed messages get an error frame and the socket stays open. Codes: bad_json (not JSON,
+or not UTF-8), too_deep (arrays/objects nested deeper than MAX_DEPTH = 32), bad_message (not
+an object with a string "type"), unknown_type, too_large (over 4096 bytes), invalid_position,
+rate_limited (over RIDESHARE_WS_MSGS_PER_S, burst RIDESHARE_WS_MSGS_BURST; the frame is
+dropped). Before authentication, any message but a valid auth message gets an error frame
+"unauthenticated" and the close 4401.
+
+Limits and refusals:
+  HTTP 429 (JSON error body, Retry-After) instead of the upgrade: the rate bucket of the
+      client address or of the ?token= was empty (a handshake takes from the HTTP API's
+      buckets like a request). Retry after Retry-After seconds.
+  4429  the same, for a socket authenticated by its first message (the token is only known
+      then): an error frame rate_limited, then the close. Retry with backoff.
+  4409  replaced: the user opened more than RIDESHARE_WS_MAX_PER_USER (4) sockets on this
+      edge process; the oldest is closed (a phone that reconnects after a network change
+      must not be locked out by its own half-dead socket). Do not reconnect automatically.
+  1008  policy violation: the socket kept exceeding its message rate (more than
+      RIDESHARE_WS_FLOOD_FRAMES (100) frames over the rate, forgiven at one per second), or
+      it did not read its frames (its send queue overflowed with non-position frames).
+      The close reason says which.
+
+Close codes: 4401 bad or missing token, 4403 wrong role, 4409 replaced by a newer socket of
+the same user, 4429 rate limited, 1008 policy violation (flooding, slow consumer), 1001 the
+edge is shutting down.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +78,13 @@ from protos.trip.v1 import trip_pb2
 from rideshare import geo
 
 __all__ = [
+    "CLOSE_FLOODING",
+    "CLOSE_FORBIDDEN",
+    "CLOSE_RATE_LIMITED",
+    "CLOSE_REPLACED",
+    "CLOSE_SLOW_CONSUMER",
+    "CLOSE_UNAUTHENTICATED",
+    "MAX_DEPTH",
     "FrameError",
     "Position",
     "error_frame",
@@ -67,6 +97,21 @@ __all__ = [
     "position_frame",
     "trip_frame",
 ]
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_REPLACED = 4409
+CLOSE_RATE_LIMITED = 4429
+CLOSE_FLOODING = 1008
+CLOSE_SLOW_CONSUMER = 1008
+
+# Nesting a client message may have; the protocol's own messages nest at most 2 levels.
+MAX_DEPTH = 32
+# The depth scan: escapes go first (so an escaped quote cannot end a string), then strings
+# (their brackets do not nest anything), then everything but brackets.
+_ESCAPE = re.compile(r"\\.", re.DOTALL)
+_STRING = re.compile(r'"[^"]*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 
 _OFFER_END_REASONS = {
     value: name.removeprefix("OFFER_END_REASON_").lower()
@@ -175,22 +220,55 @@ def parse_frame(text: str | bytes, *, max_bytes: int) -> dict[str, Any]:
     """The JSON object of one client message, with a string ``type``."""
     if len(text) > max_bytes:
         raise FrameError("too_large", f"message larger than {max_bytes} bytes")
+    if isinstance(text, bytes):
+        try:
+            text = text.decode()
+        except UnicodeDecodeError:
+            raise FrameError("bad_json", "message is not valid UTF-8") from None
+    if _too_deep(text):
+        raise FrameError("too_deep", f"message nested deeper than {MAX_DEPTH} levels")
     try:
         frame = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
+    except ValueError:
         raise FrameError("bad_json", "message is not valid JSON") from None
     if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
         raise FrameError("bad_message", 'message must be a JSON object with a string "type"')
     return frame
 
 
+def _too_deep(text: str) -> bool:
+    """True when arrays and objects nest deeper than MAX_DEPTH in ``text`` (read as JSON;
+    brackets inside strings do not count). json.loads recurses once per level, so a frame
+    of 4,000 ``[`` raised RecursionError inside it: the depth is checked first, without
+    recursion, by regular expressions that each run once over the text (no backtracking)
+    and one pass over the brackets left."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return False  # the common case: no scan needed
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", _ESCAPE.sub("", text)))
+    depth = 0
+    for bracket in brackets:
+        if bracket in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
 def _number(frame: dict[str, Any], key: str, default: float | None) -> float:
     value = frame.get(key, default)
     if value is None:
         raise FrameError("invalid_position", f"{key} is required")
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise FrameError("invalid_position", f"{key} must be a finite number")
-    return float(value)
+    try:
+        number = float(value)  # an int beyond a double's range overflows
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise FrameError("invalid_position", f"{key} must be a finite number")
+    return number
 
 
 def parse_position(frame: dict[str, Any], *, now_ms: int) -> Position:

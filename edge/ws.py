@@ -1,6 +1,16 @@
 """The two WebSockets: ``/v1/ws/driver`` (positions in; offers, trips, notifications out) and
-``/v1/ws/rider`` (trips, the assigned driver's position, notifications out). Message formats:
-edge/wire.py."""
+``/v1/ws/rider`` (trips, the assigned driver's position, notifications out). Message formats
+and close codes: edge/wire.py.
+
+Limits (the handshake's rate limit is edge/middleware.py's):
+- a token given in the first message takes from its user's rate bucket then (4429 if empty);
+- a user holds at most ``ws_max_per_user`` sockets on this process: a newer one closes the
+  oldest (4409). The count is per process; edge copies behind a balancer each allow as many,
+  and a shared count would need Redis (a set per user with heartbeats), which a cap meant to
+  bound file descriptors per process does not need;
+- frames beyond the message rate are dropped with an error frame; a socket that keeps on
+  (``ws_flood_frames`` excess frames, forgiven at FLOOD_FORGIVE_PER_S) is closed with 1008.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +25,8 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from edge import wire
 from edge.auth import AuthError, Principal, decode_token
 from edge.context import EdgeContext
+from edge.metrics import RATE_LIMITED, WS_POLICY_CLOSES
+from edge.middleware import user_bucket
 from edge.ratelimit import TokenBucket
 from edge.wsconn import Connection
 from protos.location.v1 import location_pb2
@@ -26,8 +38,9 @@ logger = logging.getLogger(__name__)
 router = APIRouter()
 
 AUTH_TIMEOUT_S = 5.0
-CLOSE_UNAUTHENTICATED = 4401
-CLOSE_FORBIDDEN = 4403
+# Excess frames a socket is forgiven per second: a burst now and then is throttled, a socket
+# that stays over its rate runs out of forgiveness within seconds.
+FLOOD_FORGIVE_PER_S = 1.0
 
 
 def _now_ms() -> int:
@@ -37,6 +50,7 @@ def _now_ms() -> int:
 async def _authenticate(ws: WebSocket, ctx: EdgeContext, role: str) -> Principal | None:
     """The socket's principal from ?token= or a first auth message; None after closing it."""
     token = ws.query_params.get("token")
+    in_message = token is None
     if token is None:
         try:
             async with asyncio.timeout(AUTH_TIMEOUT_S):
@@ -51,10 +65,16 @@ async def _authenticate(ws: WebSocket, ctx: EdgeContext, role: str) -> Principal
             raise AuthError('send ?token= or a first {"type": "auth", "token"} message')
         principal = decode_token(ctx.settings.jwt_secret, token)
     except AuthError as exc:
-        await _refuse(ws, CLOSE_UNAUTHENTICATED, "unauthenticated", str(exc))
+        await _refuse(ws, wire.CLOSE_UNAUTHENTICATED, "unauthenticated", str(exc))
         return None
     if principal.role != role:
-        await _refuse(ws, CLOSE_FORBIDDEN, "permission_denied", f"this socket is for {role}s")
+        await _refuse(ws, wire.CLOSE_FORBIDDEN, "permission_denied", f"this socket is for {role}s")
+        return None
+    # A ?token= was counted with the handshake; one in a message only now.
+    if in_message and await ctx.limiter.take([user_bucket(ctx.settings, principal.sub)]):
+        RATE_LIMITED.inc()
+        WS_POLICY_CLOSES.labels("rate_limited").inc()
+        await _refuse(ws, wire.CLOSE_RATE_LIMITED, "rate_limited", "too many requests; retry later")
         return None
     return principal
 
@@ -65,6 +85,15 @@ async def _refuse(ws: WebSocket, code: int, error: str, message: str) -> None:
         await ws.close(code)
 
 
+def _make_room(ctx: EdgeContext, sub: str) -> None:
+    """Close the user's oldest sockets so that one more fits under the cap. Synchronous, so
+    no other handshake of the user runs between the count and the new socket's register."""
+    open_ = sorted((c for c in ctx.hub.connections(sub) if not c.closed), key=lambda c: c.opened_at)
+    for old in open_[: max(0, len(open_) - ctx.settings.ws_max_per_user + 1)]:
+        WS_POLICY_CLOSES.labels("replaced").inc()
+        old.close(wire.CLOSE_REPLACED, "replaced by a newer socket of the same user")
+
+
 async def _serve(ws: WebSocket, role: str) -> None:
     ctx: EdgeContext = ws.app.state.ctx
     await ws.accept()
@@ -72,8 +101,11 @@ async def _serve(ws: WebSocket, role: str) -> None:
     if principal is None:
         return
     settings = ctx.settings
+    _make_room(ctx, principal.sub)
     conn = Connection(ws, principal, max_queue=settings.ws_send_queue)
-    limit = TokenBucket(settings.ws_msgs_per_s, settings.ws_msgs_burst, time.monotonic())
+    now = time.monotonic()
+    limit = TokenBucket(settings.ws_msgs_per_s, settings.ws_msgs_burst, now)
+    excess = TokenBucket(FLOOD_FORGIVE_PER_S, settings.ws_flood_frames, now)
     writer = asyncio.create_task(conn.write_loop(), name=f"ws-writer-{principal.sub}")
     try:
         await ctx.hub.register(conn)
@@ -84,7 +116,13 @@ async def _serve(ws: WebSocket, role: str) -> None:
             data = message.get("text")
             if data is None:
                 data = message.get("bytes") or b""
-            if not limit.take(time.monotonic()):
+            now = time.monotonic()
+            if not limit.take(now):
+                if not excess.take(now):
+                    logger.warning("closing WebSocket of %s: message flood", principal.sub)
+                    WS_POLICY_CLOSES.labels("flooding").inc()
+                    conn.close(wire.CLOSE_FLOODING, "message rate exceeded")
+                    break
                 conn.send(
                     wire.error_frame("rate_limited", "too many messages; slow down"), droppable=True
                 )

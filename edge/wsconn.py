@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections import deque
 from typing import Any
 
@@ -19,13 +20,13 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from edge.auth import Principal
 from edge.metrics import WS_FRAMES_DROPPED
+from edge.wire import CLOSE_SLOW_CONSUMER
 
 __all__ = ["Connection"]
 
 logger = logging.getLogger(__name__)
 
 SEND_TIMEOUT_S = 10.0
-SLOW_CONSUMER = 1008
 
 
 class Connection:
@@ -34,10 +35,12 @@ class Connection:
     __slots__ = (
         "__weakref__",
         "_close_code",
+        "_close_reason",
         "_closed",
         "_max_queue",
         "_queue",
         "_wake",
+        "opened_at",
         "principal",
         "trip_versions",
         "ws",
@@ -51,6 +54,8 @@ class Connection:
         self._wake = asyncio.Event()
         self._closed = False
         self._close_code = 1000
+        self._close_reason = ""
+        self.opened_at = time.monotonic()
         # trip id -> highest trip version sent, so an older read never overwrites a newer one
         self.trip_versions: dict[str, int] = {}
 
@@ -69,7 +74,7 @@ class Connection:
                 WS_FRAMES_DROPPED.inc()
                 return
             logger.warning("closing slow WebSocket of %s: send queue full", self.principal.sub)
-            self.close(SLOW_CONSUMER)
+            self.close(CLOSE_SLOW_CONSUMER, "slow consumer: send queue full")
             return
         self._queue.append((droppable, text))
         self._wake.set()
@@ -89,10 +94,12 @@ class Connection:
         self.trip_versions[trip_id] = version
         return True
 
-    def close(self, code: int = 1000) -> None:
-        """Stop sending; the writer closes the socket with ``code`` (frames queued are lost)."""
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Stop sending; the writer closes the socket with ``code`` and ``reason`` (frames
+        queued are lost)."""
         if not self._closed:
             self._close_code = code
+            self._close_reason = reason
         self._closed = True
         self._wake.set()
 
@@ -113,4 +120,4 @@ class Connection:
             self._closed = True
             return
         with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
-            await ws.close(self._close_code)
+            await ws.close(self._close_code, self._close_reason)

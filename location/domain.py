@@ -7,7 +7,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from rideshare import geo
+from rideshare import geo, ids
 
 __all__ = [
     "MAX_AREA_LIMIT",
@@ -21,13 +21,17 @@ __all__ = [
     "Position",
     "Reject",
     "SnapshotEntry",
+    "TrackDistance",
     "UnknownDriverError",
+    "UnknownTrackError",
     "check_area",
     "check_hold",
+    "check_id",
     "check_position",
     "clamp_limit",
     "is_stale",
     "snapshot_entries",
+    "track_distance",
 ]
 
 MAX_RADIUS_M = 50_000.0
@@ -35,8 +39,16 @@ MAX_SEARCH_LIMIT = 50
 DEFAULT_SEARCH_LIMIT = 10
 MAX_AREA_LIMIT = 5_000
 DEFAULT_AREA_LIMIT = 1_000
-MAX_DRIVER_ID_LEN = 64
+MAX_DRIVER_ID_LEN = ids.MAX_ID_LEN
 MAX_LAT = geo.MAX_LAT
+TRACK_CAP = 7_200
+"""Fixes kept per trip: two hours at one report a second (eight at the usual four), 56 bytes
+each, so at most ~400 KB per trip; a longer ride keeps its newest fixes."""
+TRACK_MAX_SPEED_MPS = 55.0
+"""About 200 km/h: faster than any car in a city. A step from one fix to the next that
+implies more is a jump of the GPS (or a forged fix), not driving."""
+TRACK_MAX_ACCURACY_M = 50.0
+"""Fixes less accurate than this are ignored, as production ingest does (0 = unknown: kept)."""
 
 
 class LocationError(Exception):
@@ -49,6 +61,10 @@ class InvalidArgumentError(LocationError):
 
 class UnknownDriverError(LocationError):
     """No position is stored for the driver."""
+
+
+class UnknownTrackError(LocationError):
+    """No position is recorded for the trip."""
 
 
 class AvailabilityConflictError(LocationError):
@@ -142,6 +158,65 @@ def snapshot_entries(
     return entries
 
 
+@dataclass(frozen=True, slots=True)
+class TrackDistance:
+    """What a trip's recorded track measures between two instants (GetTripDistance)."""
+
+    distance_m: float
+    points_used: int
+    points_ignored: int
+    first_ts_ms: int = 0
+    last_ts_ms: int = 0
+
+
+def track_distance(
+    fixes: Iterable[Position],
+    *,
+    since_ms: int,
+    until_ms: int,
+    max_speed_mps: float = TRACK_MAX_SPEED_MPS,
+    max_accuracy_m: float = TRACK_MAX_ACCURACY_M,
+) -> TrackDistance:
+    """The distance along ``fixes`` (in the order they were applied) received within
+    ``[since_ms, until_ms]`` of this service's clock.
+
+    A fix less accurate than ``max_accuracy_m`` is ignored; so is one that the phone's clock
+    says was reached from the last kept fix faster than ``max_speed_mps`` (a jump: the next
+    fixes are measured from the last kept one, so a teleport adds nothing, and an honest
+    gap adds the straight line). The phone's clock paces the steps because delivery delays
+    bunch receive times; the service's clock bounds the whole, since a phone may lie about
+    time: the total is at most ``max_speed_mps`` times the span between the first and last
+    kept fix's receive times. Filtering only ever shortens a track.
+    """
+    total = 0.0
+    used = ignored = 0
+    first: Position | None = None
+    last: Position | None = None
+    for fix in fixes:
+        if not since_ms <= fix.server_ts_ms <= until_ms:
+            continue
+        if fix.accuracy_m > max_accuracy_m:
+            ignored += 1
+            continue
+        if last is None:
+            first = last = fix
+            used += 1
+            continue
+        step = geo.distance_m(last.lat, last.lng, fix.lat, fix.lng)
+        seconds = (fix.client_ts_ms - last.client_ts_ms) / 1000
+        if seconds <= 0 or step > max_speed_mps * seconds:
+            ignored += 1
+            continue
+        total += step
+        last = fix
+        used += 1
+    if first is None or last is None:
+        return TrackDistance(0.0, 0, ignored)
+    span_s = max(0, last.server_ts_ms - first.server_ts_ms) / 1000
+    total = min(total, max_speed_mps * span_s)
+    return TrackDistance(total, used, ignored, first.server_ts_ms, last.server_ts_ms)
+
+
 def check_position(
     driver_id: str,
     lat: float,
@@ -160,8 +235,10 @@ def check_position(
     applies too. Ordering against the stored position is not checked here: that needs the
     store.
     """
-    if not driver_id or len(driver_id) > MAX_DRIVER_ID_LEN:
-        return Reject.MISSING_DRIVER_ID, f"driver_id must be 1-{MAX_DRIVER_ID_LEN} characters"
+    try:
+        ids.check_id(driver_id, "driver_id")
+    except ids.InvalidIdError as exc:
+        return Reject.MISSING_DRIVER_ID, str(exc)
     problem = geo.check_position(
         lat,
         lng,
@@ -177,12 +254,19 @@ def check_position(
     return Reject[problem[0].name], problem[1]
 
 
+def check_id(value: str, field: str) -> str:
+    """``value`` when it is a well-formed id (rideshare.ids), else InvalidArgumentError naming
+    ``field``: a driver id names a NATS subject and Redis keys."""
+    try:
+        return ids.check_id(value, field)
+    except ids.InvalidIdError as exc:
+        raise InvalidArgumentError(str(exc)) from None
+
+
 def check_hold(driver_id: str, trip_id: str) -> None:
     """Raises unless a hold (ReserveDriver, ReleaseDriver) names both its driver and trip."""
-    if not driver_id:
-        raise InvalidArgumentError("driver_id is required")
-    if not trip_id:
-        raise InvalidArgumentError("trip_id is required")
+    check_id(driver_id, "driver_id")
+    check_id(trip_id, "trip_id")
 
 
 def is_stale(last_seen_ms: int, *, now_ms: int, stale_ms: int) -> bool:

@@ -17,6 +17,7 @@ from location.domain import (
     InvalidArgumentError,
     Reject,
     UnknownDriverError,
+    UnknownTrackError,
 )
 from location.feed import PositionFeed
 from location.settings import LocationSettings
@@ -32,6 +33,7 @@ MAX_LISTED_REJECTIONS = 100
 ERRORS: StatusTable = {
     InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
     UnknownDriverError: grpc.StatusCode.NOT_FOUND,
+    UnknownTrackError: grpc.StatusCode.NOT_FOUND,
     AvailabilityConflictError: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
@@ -165,7 +167,7 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
             radius_m=radius,
             limit=limit,
             vehicle_class=wire.vehicle_class_filter(request),
-            exclude=list(request.exclude_driver_ids),
+            exclude=wire.excluded_of(request),
             now_ms=now,
             stale_ms=self._settings.stale_ms,
         )
@@ -174,20 +176,20 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
     async def GetPosition(
         self, request: location_pb2.GetPositionRequest, context: Context
     ) -> location_pb2.DriverPosition:
-        position = await self._store.get(request.driver_id) if request.driver_id else None
+        driver_id = wire.driver_id_of(request)
+        position = await self._store.get(driver_id)
         if position is None:
-            raise UnknownDriverError(f"no position for driver {request.driver_id!r}")
+            raise UnknownDriverError(f"no position for driver {driver_id!r}")
         return wire.position_to_proto(position)
 
     async def WatchDriver(
         self, request: location_pb2.WatchDriverRequest, context: Context
     ) -> AsyncIterator[location_pb2.DriverPosition]:
-        if not request.driver_id:
-            raise InvalidArgumentError("driver_id is required")
+        driver_id = wire.driver_id_of(request)
         # Subscribe before reading the snapshot, so nothing falls between the two.
-        async with self._feed.watch(request.driver_id) as updates:
+        async with self._feed.watch(driver_id) as updates:
             last_ts = 0
-            snapshot = await self._store.get(request.driver_id)
+            snapshot = await self._store.get(driver_id)
             if snapshot is not None:
                 last_ts = snapshot.client_ts_ms
                 yield wire.position_to_proto(snapshot)
@@ -209,6 +211,25 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
         domain.check_hold(request.driver_id, request.trip_id)
         released = await self._store.release(request.driver_id, request.trip_id)
         return location_pb2.ReleaseDriverResponse(released=released)
+
+    async def GetTripDistance(
+        self, request: location_pb2.GetTripDistanceRequest, context: Context
+    ) -> location_pb2.TripDistance:
+        if not request.trip_id:
+            raise InvalidArgumentError("trip_id is required")
+        until = request.until_ms or self._clock_ms()
+        if until < request.since_ms:
+            raise InvalidArgumentError(f"until_ms {until} is before since_ms {request.since_ms}")
+        fixes = await self._store.track(request.trip_id)
+        if fixes is None:
+            raise UnknownTrackError(f"no track recorded for trip {request.trip_id!r}")
+        measured = domain.track_distance(
+            fixes,
+            since_ms=request.since_ms,
+            until_ms=until,
+            max_speed_mps=self._settings.track_max_speed_mps,
+        )
+        return wire.trip_distance_to_proto(measured)
 
     async def DriversInArea(
         self, request: location_pb2.DriversInAreaRequest, context: Context

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from location.domain import TRACK_CAP, TRACK_MAX_SPEED_MPS
 from rideshare.settings import env_float, env_int, env_str
 
 __all__ = ["LocationSettings"]
@@ -32,6 +33,10 @@ class LocationSettings:
     """How often each copy checks that Redis still holds the index (its marker)."""
     rebuild_timeout_s: float = 5.0
     """Deadline of each page read from the driver and trip services during a rebuild."""
+    track_cap: int = TRACK_CAP
+    """Fixes kept per trip for its measured distance (the newest ones)."""
+    track_max_speed_mps: float = TRACK_MAX_SPEED_MPS
+    """A step between two fixes of a track faster than this is a jump, and ignored."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> LocationSettings:
@@ -50,6 +55,10 @@ class LocationSettings:
             ),
             rebuild_timeout_s=env_float(
                 "RIDESHARE_INDEX_REBUILD_TIMEOUT_S", 5.0, minimum=0.1, env=env
+            ),
+            track_cap=env_int("RIDESHARE_TRACK_CAP", TRACK_CAP, minimum=10, env=env),
+            track_max_speed_mps=env_float(
+                "RIDESHARE_TRACK_MAX_SPEED_MPS", TRACK_MAX_SPEED_MPS, minimum=1.0, env=env
             ),
         )
 

@@ -18,6 +18,14 @@ Layout (``<p>`` is the key prefix, ``loc:`` by default):
 - ``<p>index:built``     marker written when availability was rebuilt from the systems of
   record; missing means Redis lost its data (see ``location/rebuild.py``).
 - ``<p>index:rebuilding`` lock of the rebuild in progress (one service copy at a time).
+- ``<p>trk:<trip_id>``   list: the packed fixes of the driver the trip holds ON_TRIP, in the
+  order they were applied, capped to the newest ``track_cap``; expires a day after its first
+  fix. The ride's measured distance (``GetTripDistance``) is read from it. It is written by
+  the ingest script itself, so a report costs no extra round trip: one RPUSH inside the
+  script, and only for drivers ON_TRIP (the rest pay one more field in the HMGET they do
+  anyway). It starts at the acceptance, not at the ride's start, because the start reaches
+  this service as an event that may lag behind the first metres of the ride; the reader
+  selects the ride by the fixes' receive times instead.
 
 Availability has one writer, this service: from driver and trip events (each change guarded
 by the event's time, ``t``, so a late or replayed event never undoes a newer one, and by the
@@ -39,6 +47,7 @@ from collections.abc import Sequence
 import redis.asyncio as aioredis
 
 from location.domain import (
+    TRACK_CAP,
     Availability,
     AvailabilityConflictError,
     NearbyHit,
@@ -60,13 +69,13 @@ _ONLINE = "123"  # AVAILABLE, OFFERED, ON_TRIP
 _HELD = "23"  # OFFERED, ON_TRIP
 
 _INGEST = """
-local p, now, ttl = ARGV[1], ARGV[2], ARGV[3]
+local p, now, ttl, cap = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local seen, all = p .. 'seen', p .. 'geo:all'
 local out = {}
-for i = 4, #ARGV, 5 do
+for i = 5, #ARGV, 5 do
   local id, ts, x, y = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3]
   local key = p .. 'd:' .. id
-  local cur = redis.call('HMGET', key, 'ts', 'a', 'c')
+  local cur = redis.call('HMGET', key, 'ts', 'a', 'c', 'h')
   if cur[1] and tonumber(cur[1]) >= ts then
     out[#out + 1] = 0
   else
@@ -76,6 +85,12 @@ for i = 4, #ARGV, 5 do
     local a = cur[2] or '4'
     if a ~= '4' then redis.call('GEOADD', all, x, y, id) end
     if a == '1' then redis.call('GEOADD', p .. 'geo:avail:' .. (cur[3] or '0'), x, y, id) end
+    if a == '3' and cur[4] then
+      local track = p .. 'trk:' .. cur[4]
+      local n = redis.call('RPUSH', track, ARGV[i + 4])
+      if n == 1 then redis.call('PEXPIRE', track, ttl)
+      elseif n > cap then redis.call('LTRIM', track, -cap, -1) end
+    end
     out[#out + 1] = tonumber(a)
   end
 end
@@ -292,9 +307,12 @@ def unpack(driver_id: str, packed: bytes, availability: int, vehicle_class: int)
 class LocationStore:
     """The Redis adapter of the location service; every method is one round trip."""
 
-    def __init__(self, client: aioredis.Redis, *, prefix: str = "loc:") -> None:
+    def __init__(
+        self, client: aioredis.Redis, *, prefix: str = "loc:", track_cap: int = TRACK_CAP
+    ) -> None:
         self._redis = client
         self._prefix = prefix
+        self._track_cap = track_cap
         self._ingest = client.register_script(_INGEST)
         self._change_script = client.register_script(_CHANGE)
         self._snapshot = client.register_script(_SNAPSHOT)
@@ -314,7 +332,12 @@ class LocationStore:
         applied, or 0 when it was older than (or as old as) the stored fix and dropped."""
         results: list[int] = []
         for start in range(0, len(positions), _BATCH):
-            args: list[str | bytes | int | float] = [self._prefix, now_ms, _DAY_MS]
+            args: list[str | bytes | int | float] = [
+                self._prefix,
+                now_ms,
+                _DAY_MS,
+                self._track_cap,
+            ]
             for pos in positions[start : start + _BATCH]:
                 args += (pos.driver_id, pos.client_ts_ms, pos.lng, pos.lat, pack(pos))
             results += await self._ingest(args=args)
@@ -461,6 +484,14 @@ class LocationStore:
     async def abandon_rebuild(self, token: str) -> None:
         """Drop the lock (if still ours) after a failed rebuild, so any copy may retry."""
         await self._abandon_rebuild(args=[self._prefix, _REBUILDING, token])
+
+    async def track(self, trip_id: str) -> list[Position] | None:
+        """The fixes recorded while ``trip_id`` held its driver ON_TRIP, oldest first; None
+        when none is (the trip never held a driver here, or Redis lost the track)."""
+        packed = await self._redis.lrange(f"{self._prefix}trk:{trip_id}", 0, -1)
+        if not packed:
+            return None
+        return [unpack("", p, Availability.ON_TRIP, 0) for p in packed if isinstance(p, bytes)]
 
     async def get(self, driver_id: str) -> Position | None:
         """The stored position of a driver, stale or not, or None."""

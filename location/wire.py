@@ -11,7 +11,14 @@ from collections.abc import Iterable, Mapping
 from typing import Final
 
 from location import domain
-from location.domain import Availability, NearbyHit, Position, Reject
+from location.domain import (
+    Availability,
+    InvalidArgumentError,
+    NearbyHit,
+    Position,
+    Reject,
+    TrackDistance,
+)
 from protos.common.v1 import common_pb2
 from protos.driver.v1 import driver_pb2
 from protos.location.v1 import location_pb2
@@ -21,6 +28,8 @@ __all__ = [
     "area_response",
     "availability_to_proto",
     "check_update",
+    "driver_id_of",
+    "excluded_of",
     "held_driver",
     "holds_of",
     "nearest_response",
@@ -30,6 +39,7 @@ __all__ = [
     "positions_from_updates",
     "reject_to_proto",
     "report_result",
+    "trip_distance_to_proto",
     "vehicle_class_filter",
     "vehicle_class_from_proto",
     "vehicle_class_to_proto",
@@ -52,6 +62,12 @@ _REJECT: Final[Mapping[Reject, location_pb2.RejectReason.ValueType]] = {
 }
 
 
+# The classes a search may name: every number the enum has, but UNSPECIFIED.
+_VEHICLE_CLASSES: Final = frozenset(common_pb2.VehicleClass.values()) - {
+    common_pb2.VEHICLE_CLASS_UNSPECIFIED
+}
+
+
 def availability_to_proto(value: Availability) -> location_pb2.Availability.ValueType:
     return _AVAILABILITY[value]
 
@@ -71,10 +87,29 @@ def vehicle_class_from_proto(value: common_pb2.VehicleClass.ValueType) -> int:
 
 
 def vehicle_class_filter(request: location_pb2.NearestDriversRequest) -> int | None:
-    """The one vehicle class a search asks for, or None for any."""
-    if request.HasField("vehicle_class"):
-        return vehicle_class_from_proto(request.vehicle_class)
-    return None
+    """The one vehicle class a search asks for, or None for any; InvalidArgumentError for
+    UNSPECIFIED or a number the enum does not name (an open enum carries any)."""
+    if not request.HasField("vehicle_class"):
+        return None
+    value = request.vehicle_class
+    if (
+        value == common_pb2.VEHICLE_CLASS_UNSPECIFIED
+        or value not in common_pb2.VehicleClass.values()
+    ):
+        raise InvalidArgumentError(f"vehicle_class {value} is not a vehicle class")
+    return vehicle_class_from_proto(value)
+
+
+def driver_id_of(
+    request: location_pb2.GetPositionRequest | location_pb2.WatchDriverRequest,
+) -> str:
+    """The request's driver id; InvalidArgumentError when it is empty or not an id."""
+    return domain.check_id(request.driver_id, "driver_id")
+
+
+def excluded_of(request: location_pb2.NearestDriversRequest) -> list[str]:
+    """The drivers a search leaves out; InvalidArgumentError for one that is not an id."""
+    return [domain.check_id(d, "exclude_driver_ids") for d in request.exclude_driver_ids]
 
 
 # -- positions --------------------------------------------------------------------------------
@@ -181,6 +216,16 @@ def area_response(
 ) -> location_pb2.DriversInAreaResponse:
     return location_pb2.DriversInAreaResponse(
         drivers=[position_to_proto(p) for p in positions], truncated=truncated
+    )
+
+
+def trip_distance_to_proto(measured: TrackDistance) -> location_pb2.TripDistance:
+    return location_pb2.TripDistance(
+        distance_m=measured.distance_m,
+        points_used=measured.points_used,
+        points_ignored=measured.points_ignored,
+        first_ts_ms=measured.first_ts_ms,
+        last_ts_ms=measured.last_ts_ms,
     )
 
 

@@ -9,15 +9,14 @@ facts into a :class:`Notification`.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
-import json
 import string
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+
+from rideshare import paging
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -315,32 +314,38 @@ def page_size(requested: int) -> int:
     return min(requested, MAX_PAGE_SIZE)
 
 
+def _list_scope(user_id: str, unread_only: bool) -> str:
+    return f"notification.list:{user_id}:{'unread' if unread_only else 'all'}"
+
+
 def encode_page_token(cursor: PageCursor) -> str:
     """An opaque token for ``cursor``."""
-    raw = json.dumps(
-        [cursor.user_id, cursor.unread_only, cursor.created_at_us, cursor.notification_id],
-        separators=(",", ":"),
-    ).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return paging.encode_page_token(
+        _list_scope(cursor.user_id, cursor.unread_only),
+        [from_us(cursor.created_at_us), cursor.notification_id],
+    )
 
 
 def decode_page_token(token: str, *, user_id: str, unread_only: bool) -> PageCursor:
     """The cursor in ``token``; InvalidArgumentError when it is malformed or was issued for
     another user or other filters."""
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        user, unread, created_at_us, notification_id = json.loads(raw)
-        cursor = PageCursor(
-            user_id=str(user),
-            unread_only=bool(unread),
-            created_at_us=int(created_at_us),
-            notification_id=str(uuid.UUID(str(notification_id))),
+        created_at, notification_id = paging.decode_page_token(
+            token, _list_scope(user_id, unread_only), key_types=(datetime, str)
         )
-    except (binascii.Error, ValueError, TypeError) as exc:
-        raise InvalidArgumentError("page_token is not a token this service issued") from exc
-    if cursor.user_id != user_id or cursor.unread_only != unread_only:
-        raise InvalidArgumentError("page_token was issued for a different user or filter")
-    return cursor
+        assert isinstance(created_at, datetime)
+        # The store compares it with a uuid column: anything else is not a position.
+        notification_id = str(uuid.UUID(str(notification_id)))
+    except paging.InvalidPageError as exc:
+        raise InvalidArgumentError(str(exc)) from None
+    except ValueError:
+        raise InvalidArgumentError("page_token is malformed") from None
+    return PageCursor(
+        user_id=user_id,
+        unread_only=unread_only,
+        created_at_us=to_us(created_at),
+        notification_id=notification_id,
+    )
 
 
 def parse_notification_ids(ids: Sequence[str]) -> list[str]:

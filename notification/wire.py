@@ -28,6 +28,7 @@ from protos.notification.v1 import notification_pb2
 from protos.rider.v1 import events_pb2 as rider_events
 from protos.trip.v1 import events_pb2 as trip_events
 from protos.trip.v1 import trip_pb2
+from rideshare import ids
 
 __all__ = [
     "Facts",
@@ -62,15 +63,12 @@ def vehicle_class_from_proto(value: common_pb2.VehicleClass.ValueType) -> int:
 
 
 def user_id_of(user_id: str) -> str:
-    """A request's user id; InvalidArgumentError when it is empty or cannot name the user's
-    live subject (``notify.user.<user_id>``)."""
-    if not user_id:
-        raise InvalidArgumentError("user_id is required")
+    """A request's user id; InvalidArgumentError when it is empty or not an id
+    (rideshare.ids): it names the user's live subject (``notify.user.<user_id>``)."""
     try:
-        events.notify_user_subject(user_id)
-    except ValueError as exc:
+        return ids.check_id(user_id, "user_id")
+    except ids.InvalidIdError as exc:
         raise InvalidArgumentError(str(exc)) from None
-    return user_id
 
 
 def notification_to_proto(notification: Notification) -> notification_pb2.Notification:

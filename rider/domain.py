@@ -196,7 +196,7 @@ class TripPage:
         if len(trips) <= self.limit:
             return ""
         last = trips[self.limit - 1]
-        return encode_page_token(_trips_scope(rider_id), [last.sort_at.isoformat(), last.trip_id])
+        return encode_page_token(_trips_scope(rider_id), [last.sort_at, last.trip_id])
 
 
 def _trips_scope(rider_id: str) -> str:
@@ -209,10 +209,10 @@ def trips_page(rider_id: str, *, size: int, token: str) -> TripPage:
         limit = page_size(size, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE)
         if not token:
             return TripPage(limit=limit, after=None)
-        sort_at, trip_id = decode_page_token(token, _trips_scope(rider_id), key_types=(str, str))
-        after = datetime.fromisoformat(str(sort_at))
-        if after.tzinfo is None:
-            raise InvalidPageError("page_token is malformed")
-        return TripPage(limit=limit, after=(after, str(trip_id)))
-    except (InvalidPageError, ValueError) as exc:
-        raise InvalidRiderError(str(exc) or "page_token is malformed") from None
+        sort_at, trip_id = decode_page_token(
+            token, _trips_scope(rider_id), key_types=(datetime, str)
+        )
+        assert isinstance(sort_at, datetime)
+        return TripPage(limit=limit, after=(sort_at, str(trip_id)))
+    except InvalidPageError as exc:
+        raise InvalidRiderError(str(exc)) from None

@@ -55,13 +55,13 @@ class RiderServicer(rider_pb2_grpc.RiderServiceServicer):
     async def GetRider(
         self, request: rider_pb2.GetRiderRequest, context: Context
     ) -> rider_pb2.Rider:
-        return wire.rider_to_proto(await self._store.get(request.rider_id))
+        return wire.rider_to_proto(await self._store.get(wire.rider_id_of(request)))
 
     async def UpdateRider(
         self, request: rider_pb2.UpdateRiderRequest, context: Context
     ) -> rider_pb2.Rider:
         changes = wire.rider_changes_from_proto(request)
-        return wire.rider_to_proto(await self._commands.update(request.rider_id, changes))
+        return wire.rider_to_proto(await self._commands.update(wire.rider_id_of(request), changes))
 
     async def Authenticate(
         self, request: rider_pb2.AuthenticateRequest, context: Context

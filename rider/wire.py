@@ -21,6 +21,7 @@ from protos.trip.v1 import events_pb2 as trip_events
 from protos.trip.v1 import trip_pb2
 from rider import domain
 from rider.domain import (
+    InvalidRiderError,
     NewRider,
     Rider,
     RiderChanges,
@@ -29,6 +30,7 @@ from rider.domain import (
     TripSummary,
     TripUpdate,
 )
+from rideshare import ids
 
 __all__ = [
     "TRIP_UPDATE_SUBJECTS",
@@ -36,6 +38,7 @@ __all__ = [
     "new_rider_from_proto",
     "rider_changes_from_proto",
     "rider_created",
+    "rider_id_of",
     "rider_rating",
     "rider_to_proto",
     "rider_updated",
@@ -65,6 +68,17 @@ def _timestamp(value: datetime) -> Timestamp:
 
 
 # -- the API -----------------------------------------------------------------------------------
+
+
+def rider_id_of(
+    request: rider_pb2.GetRiderRequest | rider_pb2.UpdateRiderRequest | rider_pb2.ListTripsRequest,
+) -> str:
+    """The request's rider id; InvalidRiderError when it is empty or not an id
+    (rideshare.ids)."""
+    try:
+        return ids.check_id(request.rider_id, "rider_id")
+    except ids.InvalidIdError as exc:
+        raise InvalidRiderError(str(exc)) from None
 
 
 def new_rider_from_proto(request: rider_pb2.CreateRiderRequest) -> NewRider:
@@ -127,8 +141,10 @@ def trip_to_proto(trip: TripSummary) -> rider_pb2.TripSummary:
 
 
 def trips_page_from_proto(request: rider_pb2.ListTripsRequest) -> TripPage:
-    """The validated paging of a ListTrips request; InvalidRiderError for a bad size or token."""
-    return domain.trips_page(request.rider_id, size=request.page_size, token=request.page_token)
+    """The validated rider id and paging of a ListTrips request; InvalidRiderError for a bad
+    id, size or token."""
+    rider_id = rider_id_of(request)
+    return domain.trips_page(rider_id, size=request.page_size, token=request.page_token)
 
 
 def list_trips_response(

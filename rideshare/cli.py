@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Literal
 
+from rideshare import ids
 from rideshare.infra import EmbeddedInfra, probe_nats, probe_postgres, probe_redis
 from rideshare.settings import (
     INFRA_FILE,
@@ -225,6 +226,11 @@ def mint_token(
     if secret and len(secret) < MIN_SECRET_LEN:
         raise SettingsError(
             f"RIDESHARE_JWT_SECRET is {len(secret)} characters; use at least {MIN_SECRET_LEN}"
+        )
+    if subject is not None and not ids.is_id(subject):
+        # The edge would accept it, and every service would refuse the id it names.
+        raise SettingsError(
+            f"--subject {subject!r} is not an id: use 1-{ids.MAX_ID_LEN} of A-Z a-z 0-9 _ -"
         )
     secret = secret or load_jwt_secret(data_dir)
     sub = subject or f"{role}-{uuid.uuid4()}"

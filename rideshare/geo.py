@@ -10,10 +10,19 @@ from __future__ import annotations
 import enum
 import math
 
-__all__ = ["MAX_FUTURE_MS", "MAX_LAT", "PositionProblem", "check_position"]
+__all__ = [
+    "EARTH_RADIUS_M",
+    "MAX_FUTURE_MS",
+    "MAX_LAT",
+    "PositionProblem",
+    "check_position",
+    "distance_m",
+]
 
 # Redis GEO stores Web Mercator cells: it refuses latitudes beyond this (no city lies there).
 MAX_LAT = 85.05112878
+# Mean earth radius (IUGG), the usual choice for great-circle distances.
+EARTH_RADIUS_M = 6_371_008.8
 # How far ahead of the receiver's clock a fix time may be (phones' clocks drift).
 MAX_FUTURE_MS = 30_000
 
@@ -60,3 +69,13 @@ def check_position(
         ahead = (ts_ms - now_ms) / 1000
         return PositionProblem.INVALID_TIMESTAMP, f"the fix time is {ahead:.1f}s in the future"
     return None
+
+
+def distance_m(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
+    """Great-circle (haversine) distance between two points in metres."""
+    phi1, phi2 = math.radians(lat1), math.radians(lat2)
+    dphi = phi2 - phi1
+    dlam = math.radians(lng2 - lng1)
+    h = math.sin(dphi / 2) ** 2 + math.cos(phi1) * math.cos(phi2) * math.sin(dlam / 2) ** 2
+    # min() guards asin against h creeping past 1.0 by rounding for antipodal points.
+    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))

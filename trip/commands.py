@@ -36,6 +36,7 @@ from trip.domain import (
     Trip,
     TripState,
     VehicleClass,
+    Viewer,
 )
 from trip.settings import TripSettings
 from trip.store import TripStore
@@ -214,11 +215,14 @@ class TripCommands:
 
     # --- reads ------------------------------------------------------------------------------
 
-    async def get_trip(self, trip_id: str) -> Trip:
+    async def get_trip(self, trip_id: str, *, viewer: Viewer) -> Trip:
+        """The trip with its history; NotFoundError alike when there is none and when
+        ``viewer`` may not see it (domain.check_visible)."""
         async with self._store.transaction() as conn:
             trip = await self._store.get_trip(conn, trip_id)
         if trip is None:
-            raise NotFoundError(f"no trip {trip_id}")
+            raise domain.trip_not_found()
+        domain.check_visible(trip, viewer)
         return trip
 
     async def list_trips(
@@ -234,12 +238,13 @@ class TripCommands:
         if page_size < 0:
             raise InvalidArgumentError(f"page_size {page_size} is negative")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        after = wire.decode_page_token(page_token) if page_token else None
+        scope = wire.trips_scope(states, rider_id=rider_id, driver_id=driver_id)
+        after = wire.decode_page_token(page_token, scope=scope) if page_token else None
         trips = await self._store.list_trips(
             states=states, rider_id=rider_id, driver_id=driver_id, limit=size + 1, after=after
         )
         if len(trips) > size:
-            return trips[:size], wire.encode_page_token(trips[size - 1])
+            return trips[:size], wire.encode_page_token(trips[size - 1], scope=scope)
         return trips, ""
 
     async def active_assignments(
@@ -272,10 +277,12 @@ class TripCommands:
 
     async def cancel(self, trip_id: str, *, actor: Actor, actor_id: str, reason: str) -> Trip:
         """Cancel (rider, system, admin), or a driver's cancel that re-dispatches the trip."""
+        viewer = Viewer(actor, actor_id)
         if actor is Actor.DRIVER:
-            return await self._run(trip_id, self._driver_cancel(actor_id, reason, Actor.DRIVER))
+            driver_cancel = self._driver_cancel(actor_id, reason, Actor.DRIVER)
+            return await self._run(trip_id, driver_cancel, viewer=viewer)
 
-        def guard(trip: Trip, now: datetime) -> Outcome:
+        def rider_or_service(trip: Trip, now: datetime) -> Outcome:
             after, _fee = domain.cancel(
                 trip,
                 actor=actor,
@@ -286,7 +293,7 @@ class TripCommands:
             )
             return Outcome(after, [wire.cancelled(trip, after, actor_id=actor_id)])
 
-        return await self._run(trip_id, guard)
+        return await self._run(trip_id, rider_or_service, viewer=viewer)
 
     def _driver_cancel(self, driver_id: str, reason: str, actor: Actor) -> Guard:
         def guard(trip: Trip, now: datetime) -> Outcome:
@@ -304,7 +311,7 @@ class TripCommands:
             after = domain.accept(trip, driver_id=driver_id, offer_id=offer_id, now=now)
             return Outcome(after, [wire.accepted(after, offer_id=offer_id)])
 
-        return await self._run(trip_id, guard)
+        return await self._run(trip_id, guard, viewer=Viewer(Actor.DRIVER, driver_id))
 
     async def decline(self, trip_id: str, *, driver_id: str, offer_id: str) -> Trip:
         def guard(trip: Trip, now: datetime) -> Outcome:
@@ -316,21 +323,21 @@ class TripCommands:
                 dispatch=True,
             )
 
-        return await self._run(trip_id, guard)
+        return await self._run(trip_id, guard, viewer=Viewer(Actor.DRIVER, driver_id))
 
     async def arrive(self, trip_id: str, *, driver_id: str) -> Trip:
         def guard(trip: Trip, now: datetime) -> Outcome:
             after = domain.arrive(trip, driver_id=driver_id, now=now)
             return Outcome(after, [wire.arrived(after)])
 
-        return await self._run(trip_id, guard)
+        return await self._run(trip_id, guard, viewer=Viewer(Actor.DRIVER, driver_id))
 
     async def start(self, trip_id: str, *, driver_id: str) -> Trip:
         def guard(trip: Trip, now: datetime) -> Outcome:
             after = domain.start(trip, driver_id=driver_id, now=now)
             return Outcome(after, [wire.started(after)])
 
-        return await self._run(trip_id, guard)
+        return await self._run(trip_id, guard, viewer=Viewer(Actor.DRIVER, driver_id))
 
     async def complete(
         self,
@@ -340,17 +347,55 @@ class TripCommands:
         distance_m: int | None = None,
         duration_s: int | None = None,
     ) -> Trip:
+        """The driver ends the ride; the fare is settled from what this service measured
+        (``domain.complete``). ``distance_m`` and ``duration_s`` are what the driver's app
+        reported: recorded on the settlement, never priced."""
         for name, value in (("distance_m", distance_m), ("duration_s", duration_s)):
             if value is not None and value < 0:
                 raise InvalidArgumentError(f"{name} {value} is negative")
+        track = await self._measure(trip_id, driver_id)
+        band = self._settings.fare_band()
 
         def guard(trip: Trip, now: datetime) -> Outcome:
             after = domain.complete(
-                trip, driver_id=driver_id, now=now, distance_m=distance_m, duration_s=duration_s
+                trip,
+                driver_id=driver_id,
+                now=now,
+                track=track,
+                band=band,
+                reported_distance_m=distance_m,
+                reported_duration_s=duration_s,
             )
             return Outcome(after, [wire.completed(after)])
 
-        return await self._run(trip_id, guard)
+        return await self._run(trip_id, guard, viewer=Viewer(Actor.DRIVER, driver_id))
+
+    async def _measure(self, trip_id: str, driver_id: str) -> domain.TrackMeasurement | None:
+        """The ride's distance as the location service measured it from its track, asked
+        before the transaction (no lock is held across the call); None when there is none to
+        ask for (the guard then refuses the command) or no answer in time (the rider then
+        pays the quote, and the settlement says why)."""
+        trip = await self._store.find_trip(trip_id)
+        if (
+            trip is None
+            or trip.state is not TripState.IN_PROGRESS
+            or trip.driver_id != driver_id
+            or trip.started_at is None
+        ):
+            return None
+        try:
+            return await self._location.trip_distance(
+                trip_id,
+                since=trip.started_at,
+                until=self._clock(),
+                timeout_s=self._settings.fare_track_timeout_s,
+            )
+        except Exception as exc:
+            reraise_if_cancelling()
+            logger.warning(
+                "no measured distance for trip %s (%r): the quote is charged", trip_id, exc
+            )
+            return None
 
     async def rate(
         self, trip_id: str, *, side: Actor, actor_id: str, stars: int, comment: str
@@ -365,7 +410,7 @@ class TripCommands:
                 [wire.rated(after, side=side, rater_id=actor_id, stars=stars, comment=comment)],
             )
 
-        return await self._run(trip_id, guard)
+        return await self._run(trip_id, guard, viewer=Viewer(side, actor_id))
 
     async def driver_offline(self, driver_id: str, *, consumer: str, event_id: str) -> None:
         """A driver went offline: end their pending offer, or hand their not-yet-started trip
@@ -449,19 +494,28 @@ class TripCommands:
     # --- the transaction --------------------------------------------------------------------
 
     async def _run(
-        self, trip_id: str, guard: Guard, *, claim: tuple[str, str] | None = None
+        self,
+        trip_id: str,
+        guard: Guard,
+        *,
+        viewer: Viewer | None = None,
+        claim: tuple[str, str] | None = None,
     ) -> Trip:
         """Load, decide, save (version-checked) in one transaction; start over on a conflict.
 
-        ``claim`` (consumer, key) makes it an event's idempotent effect: recorded in the same
-        transaction, and skipped when recorded already.
+        ``viewer`` is the caller, when not the service itself: a trip they may not see is
+        NotFoundError as a missing one is, before the guard looks at anything (the domain
+        module's check order). ``claim`` (consumer, key) makes it an event's idempotent
+        effect: recorded in the same transaction, and skipped when recorded already.
         """
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 async with self._store.transaction() as conn:
                     before = await self._store.get_trip(conn, trip_id)
                     if before is None:
-                        raise NotFoundError(f"no trip {trip_id}")
+                        raise domain.trip_not_found()
+                    if viewer is not None:
+                        domain.check_visible(before, viewer)
                     if claim is not None and not await claim_event(
                         conn, consumer=claim[0], event_id=claim[1]
                     ):

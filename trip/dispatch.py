@@ -90,6 +90,7 @@ LocationStub: TypeAlias = "location_pb2_grpc.LocationServiceAsyncStub"
 
 _NEAREST = "rideshare.location.v1.LocationService/NearestDrivers"
 _RELEASE = "rideshare.location.v1.LocationService/ReleaseDriver"  # repeatable: names its trip
+_TRIP_DISTANCE = "rideshare.location.v1.LocationService/GetTripDistance"
 
 _ATTEMPTS = 3
 _DISPATCHABLE = frozenset({TripState.REQUESTED, TripState.DISPATCHING})
@@ -107,7 +108,9 @@ class LocationClient:
 
     def __init__(self, target: str, *, timeout_s: float = 1.0) -> None:
         self._channel = make_channel(
-            target, idempotent_methods=[_NEAREST, _RELEASE], default_timeout_s=timeout_s
+            target,
+            idempotent_methods=[_NEAREST, _RELEASE, _TRIP_DISTANCE],
+            default_timeout_s=timeout_s,
         )
         self._stub: LocationStub = location_pb2_grpc.LocationServiceStub(self._channel)
 
@@ -141,6 +144,21 @@ class LocationClient:
                 return False
             raise
         return True
+
+    async def trip_distance(
+        self, trip_id: str, *, since: datetime, until: datetime, timeout_s: float
+    ) -> domain.TrackMeasurement | None:
+        """What the location service measured along the trip's recorded track between
+        ``since`` and ``until``; None when it recorded no track for the trip. Any other
+        failure (UNAVAILABLE, the deadline) raises: the caller decides what stands in."""
+        request = wire.trip_distance_request(trip_id, since=since, until=until)
+        try:
+            reply = await self._stub.GetTripDistance(request, timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+        return wire.track_from_proto(reply)
 
     async def release(self, driver_id: str, *, trip_id: str) -> None:
         """End ``trip_id``'s hold on the driver (OFFERED -> AVAILABLE), best effort.

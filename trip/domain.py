@@ -5,10 +5,12 @@ Every guard checks its preconditions, asks ``machine.next_state`` for the target
 returns a *new* ``Trip`` with ``version + 1`` and one more history record; on any failure it
 raises a ``TripError`` and the trip passed in is untouched (it is frozen anyway).
 
-Check order in the guards: malformed input first (``InvalidArgumentError``); then who the caller
-is where that does not depend on the state (the trip's rider); then the state
-(``InvalidTransition``); then who the caller is where the state decides it (the offered or the
-assigned driver); then the data the state holds (offer id, expiry, ratings).
+Before any guard, ``check_visible``: a caller who may not see the trip (``may_see``) gets the
+NotFoundError a trip that does not exist gets, word for word, so no answer tells the two apart
+or shows the state. Check order in the guards: malformed input first (``InvalidArgumentError``);
+then who the caller is where that does not depend on the state (the trip's rider); then the
+state (``InvalidTransition``); then who the caller is where the state decides it (the offered
+or the assigned driver); then the data the state holds (offer id, expiry, ratings).
 """
 
 from __future__ import annotations
@@ -36,7 +38,22 @@ from trip.errors import (
     TripError,
 )
 from trip.machine import LIVE_STATES, Actor, Command, TripState, next_state
-from trip.pricing import TARIFFS, LatLng, Money, Tariff, VehicleClass, estimate_route, quote_price
+from trip.pricing import (
+    DEFAULT_FARE_BAND,
+    TARIFFS,
+    FareBand,
+    FareRule,
+    FareSettlement,
+    LatLng,
+    Money,
+    Tariff,
+    TrackMeasurement,
+    VehicleClass,
+    estimate_route,
+    quote_price,
+    quote_settlement,
+    settle_fare,
+)
 
 __all__ = [
     "DEFAULT_CANCELLATION_POLICY",
@@ -52,7 +69,10 @@ __all__ = [
     "DispatchPlan",
     "DispatchStep",
     "DriverUnavailableError",
+    "FareBand",
     "FareBasis",
+    "FareRule",
+    "FareSettlement",
     "GiveUp",
     "InvalidArgumentError",
     "InvalidTransition",
@@ -70,15 +90,18 @@ __all__ = [
     "QuoteExpiredError",
     "QuoteUsedError",
     "RiderHasLiveTripError",
+    "TrackMeasurement",
     "Transition",
     "Trip",
     "TripError",
     "TripState",
     "VehicleClass",
+    "Viewer",
     "Widen",
     "accept",
     "arrive",
     "cancel",
+    "check_visible",
     "complete",
     "decline",
     "dispatch",
@@ -88,6 +111,7 @@ __all__ = [
     "expire_offer",
     "flag",
     "make_quote",
+    "may_see",
     "next_dispatch_step",
     "offer",
     "rate",
@@ -95,6 +119,7 @@ __all__ = [
     "repeated_booking",
     "request_trip",
     "start",
+    "trip_not_found",
 ]
 
 QUOTE_TTL = timedelta(minutes=2)
@@ -111,9 +136,11 @@ class FareBasis(StrEnum):
     """What a final fare was priced from; the value is what the store writes."""
 
     METERED = "METERED"
-    """The ride's distance and duration (measured, or estimated where not measured)."""
+    """The ride's measured distance and duration, within (or held to) the band around the
+    quote (``FareRule.WITHIN_BAND``, ``BELOW_BAND``)."""
     QUOTE = "QUOTE"
-    """The upfront quote: a ride the system ended because the driver's app fell silent."""
+    """The upfront quote: measured above the band, not measured, or a ride the system ended
+    because the driver's app fell silent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,8 +260,12 @@ class Trip:
     fare_basis: FareBasis | None = None
     """What ``final_fare`` was priced from; None until the ride ends."""
     flagged_at: datetime | None = None
-    """When the system last flagged the ride for an operator (its driver went silent)."""
+    """When the system last flagged the ride for an operator (its driver went silent, or its
+    fare was settled outside the band around the quote)."""
     flag_reason: str = ""
+    settlement: FareSettlement | None = None
+    """How ``final_fare`` was settled and from what; None until the ride ends (and for rides
+    completed before settlements were recorded)."""
     history: tuple[Transition, ...] = ()
     """Transitions oldest first; a store may load only a suffix, the last one is always the
     latest guard's."""
@@ -509,30 +540,39 @@ def complete(
     *,
     driver_id: str,
     now: datetime,
-    distance_m: int | None = None,
-    duration_s: int | None = None,
+    track: TrackMeasurement | None = None,
+    band: FareBand = DEFAULT_FARE_BAND,
+    reported_distance_m: int | None = None,
+    reported_duration_s: int | None = None,
     tariff: Tariff | None = None,
 ) -> Trip:
     """The assigned driver ends the ride: IN_PROGRESS -> COMPLETED, with the final fare.
 
-    The fare is priced from the measured distance and duration; without a measurement the
-    quote's distance estimate and the time since ``start`` stand in. It uses the quoted surge
-    and never goes below the minimum fare.
+    The fare is settled by ``pricing.settle_fare`` from what the service measured itself:
+    ``track`` (the location service's distance, None when it could not say) and this clock
+    from ``start`` to ``now``. The figures the driver's app reported are recorded beside
+    them and never priced. A settlement outside the band flags the ride for review.
     """
     _check_clock(now)
     target = next_state(trip.state, Command.COMPLETE, Actor.DRIVER)
     _check_assigned(trip, driver_id)
-    if distance_m is None:
-        distance_m = trip.estimated_distance_m
-    if duration_s is None:
-        duration_s = (
-            round((now - trip.started_at).total_seconds())
-            if trip.started_at is not None
-            else trip.estimated_duration_s
-        )
-    fare = quote_price(
-        distance_m, duration_s, tariff or TARIFFS[trip.vehicle_class], trip.surge_multiplier
+    started = trip.started_at or now
+    duration_s = max(0, round((now - started).total_seconds()))
+    settlement = settle_fare(
+        quoted=trip.quoted_fare,
+        quoted_distance_m=trip.estimated_distance_m,
+        quoted_duration_s=trip.estimated_duration_s,
+        duration_s=duration_s,
+        track=track,
+        tariff=tariff or TARIFFS[trip.vehicle_class],
+        surge=trip.surge_multiplier,
+        band=band,
+        reported_distance_m=reported_distance_m,
+        reported_duration_s=reported_duration_s,
     )
+    flagged: dict[str, Any] = {}
+    if settlement.flagged:
+        flagged = {"flagged_at": now, "flag_reason": _review_reason(settlement)}
     return _advance(
         trip,
         target,
@@ -540,12 +580,33 @@ def complete(
         Actor.DRIVER,
         now=now,
         actor_id=driver_id,
-        final_fare=fare,
-        fare_basis=FareBasis.METERED,
-        distance_m=distance_m,
+        final_fare=settlement.charged,
+        fare_basis=(
+            FareBasis.METERED
+            if settlement.rule in (FareRule.WITHIN_BAND, FareRule.BELOW_BAND)
+            else FareBasis.QUOTE
+        ),
+        settlement=settlement,
+        distance_m=(
+            settlement.measured_distance_m
+            if settlement.measured_distance_m is not None
+            else trip.estimated_distance_m
+        ),
         duration_s=duration_s,
         completed_at=now,
         ended_at=now,
+        **flagged,
+    )
+
+
+def _review_reason(settlement: FareSettlement) -> str:
+    measured = settlement.measured_fare
+    side = "above" if settlement.rule is FareRule.ABOVE_BAND else "below"
+    return (
+        f"fare review: measured price {measured.amount_minor if measured else '-'} is {side} "
+        f"the band [{settlement.band_low.amount_minor}, {settlement.band_high.amount_minor}] "
+        f"around the quote {settlement.quoted.amount_minor}; charged "
+        f"{settlement.charged.amount_minor} {settlement.charged.currency}"
     )
 
 
@@ -577,6 +638,7 @@ def end_ride(trip: Trip, *, now: datetime, reason: str, last_heard: datetime | N
     target = next_state(trip.state, Command.COMPLETE, Actor.SYSTEM)
     until = min(last_heard, now) if last_heard is not None else now
     started = trip.started_at or until
+    duration_s = max(0, round((until - started).total_seconds()))
     return _advance(
         trip,
         target,
@@ -586,11 +648,57 @@ def end_ride(trip: Trip, *, now: datetime, reason: str, last_heard: datetime | N
         reason=reason,
         final_fare=trip.quoted_fare,
         fare_basis=FareBasis.QUOTE,
+        settlement=quote_settlement(
+            quoted=trip.quoted_fare,
+            quoted_distance_m=trip.estimated_distance_m,
+            quoted_duration_s=trip.estimated_duration_s,
+            duration_s=duration_s,
+            rule=FareRule.DRIVER_SILENT,
+        ),
         distance_m=trip.estimated_distance_m,
-        duration_s=max(0, round((until - started).total_seconds())),
+        duration_s=duration_s,
         completed_at=now,
         ended_at=now,
     )
+
+
+# --- who may see a trip --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    """Who reads a trip or acts on it: a rider, a driver or an admin with their id, or SYSTEM
+    (another service; its id is empty)."""
+
+    actor: Actor
+    actor_id: str = ""
+
+
+def may_see(trip: Trip, viewer: Viewer) -> bool:
+    """Whether ``viewer`` may see ``trip`` at all: its rider, its assigned driver, the driver
+    its pending offer is for, any admin and the system. A driver whose offer ended, or who
+    was taken off the trip, no longer may."""
+    actor, actor_id = viewer.actor, viewer.actor_id
+    if actor in (Actor.ADMIN, Actor.SYSTEM):
+        return True
+    if not actor_id:
+        return False
+    if actor is Actor.RIDER:
+        return actor_id == trip.rider_id
+    offered = trip.offer.driver_id if trip.offer is not None else None
+    return actor_id in (trip.driver_id, offered)
+
+
+def trip_not_found() -> NotFoundError:
+    """The one answer for a trip that does not exist and for a trip the caller may not see:
+    the same words for both (and no id), so that neither can be told from the other."""
+    return NotFoundError("trip not found")
+
+
+def check_visible(trip: Trip, viewer: Viewer) -> None:
+    """:func:`trip_not_found` unless ``viewer`` may see ``trip`` (:func:`may_see`)."""
+    if not may_see(trip, viewer):
+        raise trip_not_found()
 
 
 # --- cancellation and rating ---------------------------------------------------------------

@@ -33,7 +33,7 @@ class InvalidArgumentError(TripError):
 
 
 class NotFoundError(TripError):
-    """No trip or quote with that id (NOT_FOUND)."""
+    """No trip or quote with that id, or a trip the caller may not see (NOT_FOUND)."""
 
 
 class PermissionDeniedError(TripError):

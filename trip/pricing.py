@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from fractions import Fraction
@@ -25,21 +25,28 @@ from trip.errors import InvalidArgumentError
 
 __all__ = [
     "CITY_SPEED_MPS",
+    "DEFAULT_FARE_BAND",
     "DETOUR_FACTOR",
     "EARTH_RADIUS_M",
     "H3_RESOLUTION",
     "SURGE_CAP",
     "TARIFFS",
+    "FareBand",
+    "FareRule",
+    "FareSettlement",
     "LatLng",
+    "MeasureSource",
     "Money",
     "Tariff",
+    "TrackMeasurement",
     "VehicleClass",
     "estimate_route",
-    "final_fare",
     "haversine_m",
     "pickup_cell",
     "quote_price",
+    "quote_settlement",
     "ring",
+    "settle_fare",
     "surge_multiplier",
 ]
 
@@ -166,12 +173,187 @@ def quote_price(distance_m: int, duration_s: int, tariff: Tariff, surge: float) 
     return Money(max(tariff.minimum_fare, _round_half_up(surged)), tariff.currency)
 
 
-def final_fare(distance_m: int, duration_s: int, tariff: Tariff, surge: float) -> Money:
-    """The fare charged at completion: the quote's formula on the actual distance and time.
+# --- the final fare: upfront prices that hold ----------------------------------------------
 
-    Never below the tariff's minimum fare; the surge is the one the trip was quoted with.
+
+class FareRule(StrEnum):
+    """The rule that settled a final fare; the value is what the store writes."""
+
+    WITHIN_BAND = "WITHIN_BAND"
+    """The measured price lay within the band around the quote: it is charged."""
+    ABOVE_BAND = "ABOVE_BAND"
+    """The measured price lay above the band: the quote is charged, the ride flagged."""
+    BELOW_BAND = "BELOW_BAND"
+    """The measured price lay below the band: the band's floor is charged, the ride flagged."""
+    NO_MEASUREMENT = "NO_MEASUREMENT"
+    """No measured distance (no track, or the location service did not answer): the quote."""
+    DRIVER_SILENT = "DRIVER_SILENT"
+    """The system ended a ride whose driver fell silent: the quote."""
+
+
+class MeasureSource(StrEnum):
+    """Where a measured figure of a settlement came from."""
+
+    LOCATION_TRACK = "LOCATION_TRACK"
+    """The positions the location service recorded for the trip, filtered there."""
+    SERVER_CLOCK = "SERVER_CLOCK"
+    """The trip service's clock, from the ride's start to its end."""
+    NONE = "NONE"
+
+
+@dataclass(frozen=True, slots=True)
+class FareBand:
+    """How far a final fare may move from the quote without an operator's review.
+
+    ``up`` is small: the rider was promised the quote, and an honest ride differs from the
+    estimate by traffic and route choice, which a tenth covers; a measured price beyond it is
+    a long detour or a track that lies, and goes to review while the rider pays the quote.
+    ``down`` is wider because a lower fare only ever favours the rider (a ride ended early),
+    yet bounded, so a track that lost fixes cannot take more than that from the driver
+    before someone looks.
     """
-    return quote_price(distance_m, duration_s, tariff, surge)
+
+    up: float = 0.10
+    down: float = 0.20
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.up) and 0.0 <= self.up <= 1.0):
+            raise InvalidArgumentError(f"fare band up {self.up!r} is not in [0, 1]")
+        if not (math.isfinite(self.down) and 0.0 <= self.down <= 1.0):
+            raise InvalidArgumentError(f"fare band down {self.down!r} is not in [0, 1]")
+
+    def edges(self, quoted: Money) -> tuple[Money, Money]:
+        """The lowest and the highest fare charged without a review, rounded half up."""
+        low = quoted.amount_minor * (1 - Fraction(Decimal(str(self.down))))
+        high = quoted.amount_minor * (1 + Fraction(Decimal(str(self.up))))
+        return Money(_round_half_up(low), quoted.currency), Money(
+            _round_half_up(high), quoted.currency
+        )
+
+
+DEFAULT_FARE_BAND = FareBand()
+
+
+@dataclass(frozen=True, slots=True)
+class TrackMeasurement:
+    """The distance the location service measured along a ride's recorded track."""
+
+    distance_m: int
+    points: int
+    points_ignored: int = 0
+
+    def __post_init__(self) -> None:
+        if self.distance_m < 0 or self.points < 0 or self.points_ignored < 0:
+            raise InvalidArgumentError(f"track measurement {self} has a negative figure")
+
+
+@dataclass(frozen=True, slots=True)
+class FareSettlement:
+    """The basis of a final fare: the quote, what was measured and from where, the rule
+    applied, and whether the ride needs a review. Recorded on the trip as it was settled."""
+
+    rule: FareRule
+    charged: Money
+    flagged: bool
+    quoted: Money
+    quoted_distance_m: int
+    quoted_duration_s: int
+    measured_duration_s: int
+    duration_source: MeasureSource
+    band_low: Money
+    band_high: Money
+    measured_distance_m: int | None = None
+    distance_source: MeasureSource = MeasureSource.NONE
+    track_points: int = 0
+    track_points_ignored: int = 0
+    measured_fare: Money | None = None
+    reported_distance_m: int | None = None
+    """What the driver's app said it drove: recorded, never priced."""
+    reported_duration_s: int | None = None
+    """What the driver's app said the ride took: recorded, never priced."""
+
+
+def settle_fare(
+    *,
+    quoted: Money,
+    quoted_distance_m: int,
+    quoted_duration_s: int,
+    duration_s: int,
+    track: TrackMeasurement | None,
+    tariff: Tariff,
+    surge: float,
+    band: FareBand = DEFAULT_FARE_BAND,
+    reported_distance_m: int | None = None,
+    reported_duration_s: int | None = None,
+) -> FareSettlement:
+    """The final fare of a ride the driver ended, from the service's own measurements.
+
+    ``duration_s`` is the service's clock from the start to now; ``track`` what the location
+    service measured (None when it could not say). The measured price is the quote's formula
+    on those (the quoted surge, never below the minimum fare). Within ``band`` around the
+    quote it is charged; above, the quote is charged and the ride flagged; below, the band's
+    floor is charged and the ride flagged. Without a track the quote is charged. The driver's
+    reported figures are only recorded: nothing here reads them.
+    """
+    base = quote_settlement(
+        quoted=quoted,
+        quoted_distance_m=quoted_distance_m,
+        quoted_duration_s=quoted_duration_s,
+        duration_s=duration_s,
+        rule=FareRule.NO_MEASUREMENT,
+        band=band,
+    )
+    base = replace(
+        base, reported_distance_m=reported_distance_m, reported_duration_s=reported_duration_s
+    )
+    if track is None:
+        return base
+    measured = quote_price(track.distance_m, duration_s, tariff, surge)
+    if measured.amount_minor > base.band_high.amount_minor:
+        rule, charged = FareRule.ABOVE_BAND, quoted
+    elif measured.amount_minor < base.band_low.amount_minor:
+        rule, charged = FareRule.BELOW_BAND, base.band_low
+    else:
+        rule, charged = FareRule.WITHIN_BAND, measured
+    return replace(
+        base,
+        rule=rule,
+        charged=charged,
+        flagged=rule is not FareRule.WITHIN_BAND,
+        measured_distance_m=track.distance_m,
+        distance_source=MeasureSource.LOCATION_TRACK,
+        track_points=track.points,
+        track_points_ignored=track.points_ignored,
+        measured_fare=measured,
+    )
+
+
+def quote_settlement(
+    *,
+    quoted: Money,
+    quoted_distance_m: int,
+    quoted_duration_s: int,
+    duration_s: int,
+    rule: FareRule,
+    band: FareBand = DEFAULT_FARE_BAND,
+) -> FareSettlement:
+    """A settlement that charges the quote with nothing measured but the clock (``rule``
+    says why, e.g. ``DRIVER_SILENT``)."""
+    if duration_s < 0:
+        raise InvalidArgumentError(f"duration {duration_s} s is negative")
+    low, high = band.edges(quoted)
+    return FareSettlement(
+        rule=rule,
+        charged=quoted,
+        flagged=False,
+        quoted=quoted,
+        quoted_distance_m=quoted_distance_m,
+        quoted_duration_s=quoted_duration_s,
+        measured_duration_s=duration_s,
+        duration_source=MeasureSource.SERVER_CLOCK,
+        band_low=low,
+        band_high=high,
+    )
 
 
 def surge_multiplier(

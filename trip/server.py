@@ -55,9 +55,7 @@ ERRORS: StatusTable = {
 
 
 def _required(value: str, name: str) -> str:
-    if not value:
-        raise InvalidArgumentError(f"{name} is required")
-    return value
+    return wire.id_of(value, name)
 
 
 class TripServicer(trip_pb2_grpc.TripServiceServicer):
@@ -91,7 +89,10 @@ class TripServicer(trip_pb2_grpc.TripServiceServicer):
         return wire.trip_to_proto(trip)
 
     async def GetTrip(self, request: trip_pb2.GetTripRequest, context: Context) -> trip_pb2.Trip:
-        trip = await self._commands.get_trip(_required(request.trip_id, "trip_id"))
+        trip = await self._commands.get_trip(
+            _required(request.trip_id, "trip_id"),
+            viewer=wire.viewer_from_proto(request.actor, request.actor_id),
+        )
         return wire.trip_to_proto(trip)
 
     async def ListTrips(
@@ -99,8 +100,8 @@ class TripServicer(trip_pb2_grpc.TripServiceServicer):
     ) -> trip_pb2.ListTripsResponse:
         trips, token = await self._commands.list_trips(
             states=[wire.state_from_proto(s) for s in request.states],
-            rider_id=request.rider_id if request.HasField("rider_id") else None,
-            driver_id=request.driver_id if request.HasField("driver_id") else None,
+            rider_id=wire.optional_id_of(request, "rider_id"),
+            driver_id=wire.optional_id_of(request, "driver_id"),
             page_size=request.page_size,
             page_token=request.page_token,
         )
@@ -114,7 +115,7 @@ class TripServicer(trip_pb2_grpc.TripServiceServicer):
         trip = await self._commands.cancel(
             _required(request.trip_id, "trip_id"),
             actor=wire.actor_from_proto(request.actor),
-            actor_id=request.actor_id,
+            actor_id=wire.id_of(request.actor_id, "actor_id", required=False),
             reason=request.reason,
         )
         return wire.trip_to_proto(trip)

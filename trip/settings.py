@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from rideshare.settings import SettingsError, env_float, env_int, env_str
-from trip.domain import CancellationPolicy, DispatchPlan, InvalidArgumentError
+from trip.domain import CancellationPolicy, DispatchPlan, FareBand, InvalidArgumentError
 from trip.liveness import LivenessPolicy
 
 __all__ = ["TripSettings"]
@@ -59,9 +59,19 @@ class TripSettings:
     """How often the sweeper looks for trips whose clock ran out."""
     sweep_concurrency: int = 8
     """Trips one sweeper checks at once (each may ask the location service once)."""
+    fare_band_up: float = 0.10
+    """A measured fare more than this share above the quote is charged as the quote and
+    flagged for review (``pricing.FareBand`` says why this default)."""
+    fare_band_down: float = 0.20
+    """A measured fare more than this share below the quote is charged at the band's floor
+    and flagged for review."""
+    fare_track_timeout_s: float = 2.0
+    """Deadline of the location call that measures a ride's distance at its end; without an
+    answer in time the rider pays the quote."""
 
     def __post_init__(self) -> None:
         self.plan()  # fail fast on a plan the domain rejects
+        self.fare_band()
         self.liveness()
         if self.dispatch_limit_s <= self.max_wait_s + self.offer_timeout_s:
             raise SettingsError(
@@ -85,6 +95,15 @@ class TripSettings:
             )
         except InvalidArgumentError as exc:
             raise SettingsError(f"trip liveness settings: {exc}") from None
+
+    def fare_band(self) -> FareBand:
+        """The band around the quote a final fare may move within without a review."""
+        try:
+            return FareBand(up=self.fare_band_up, down=self.fare_band_down)
+        except InvalidArgumentError as exc:
+            raise SettingsError(
+                f"RIDESHARE_FARE_BAND_UP / RIDESHARE_FARE_BAND_DOWN: {exc}"
+            ) from None
 
     def plan(self) -> DispatchPlan:
         """The dispatch plan these settings describe."""
@@ -165,5 +184,14 @@ class TripSettings:
             sweep_poll_s=env_float("RIDESHARE_SWEEP_POLL_S", 5.0, minimum=0.01, env=env),
             sweep_concurrency=env_int(
                 "RIDESHARE_SWEEP_CONCURRENCY", 8, minimum=1, maximum=256, env=env
+            ),
+            fare_band_up=env_float(
+                "RIDESHARE_FARE_BAND_UP", 0.10, minimum=0.0, maximum=1.0, env=env
+            ),
+            fare_band_down=env_float(
+                "RIDESHARE_FARE_BAND_DOWN", 0.20, minimum=0.0, maximum=1.0, env=env
+            ),
+            fare_track_timeout_s=env_float(
+                "RIDESHARE_FARE_TRACK_TIMEOUT_S", 2.0, minimum=0.05, env=env
             ),
         )

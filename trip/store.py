@@ -10,8 +10,9 @@ back as the matching domain error, never as a bare database error.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,8 @@ from trip.domain import (
     ConcurrencyError,
     DriverUnavailableError,
     FareBasis,
+    FareRule,
+    FareSettlement,
     LatLng,
     Money,
     Offer,
@@ -38,6 +41,7 @@ from trip.domain import (
 )
 from trip.liveness import Cutoffs
 from trip.machine import LIVE_STATES
+from trip.pricing import MeasureSource
 
 if TYPE_CHECKING:
     from trip.wire import Event
@@ -69,6 +73,7 @@ _TRIP_COLUMNS = """
     t.duration_s, t.cancellation_fee_minor, t.cancelled_by, t.cancel_reason, t.rider_rating,
     t.driver_rating, t.accepted_at, t.arrived_at, t.started_at, t.completed_at,
     t.cancelled_at, t.ended_at, t.fare_basis, t.flagged_at, t.flag_reason,
+    t.fare_settlement::text AS fare_settlement,
     o.offer_id, o.driver_id AS offer_driver_id, o.attempt AS offer_attempt,
     o.offered_at AS offer_offered_at, o.expires_at AS offer_expires_at
 """
@@ -368,7 +373,7 @@ class TripStore:
                 "cancelled_by = $13, cancel_reason = $14, rider_rating = $15, "
                 "driver_rating = $16, accepted_at = $17, arrived_at = $18, started_at = $19, "
                 "completed_at = $20, cancelled_at = $21, ended_at = $22, fare_basis = $23, "
-                "flagged_at = $24, flag_reason = $25 "
+                "flagged_at = $24, flag_reason = $25, fare_settlement = $26::jsonb "
                 "WHERE id = $1 AND version = $2",
                 after.id,
                 before.version,
@@ -395,6 +400,7 @@ class TripStore:
                 after.fare_basis.value if after.fare_basis is not None else None,
                 after.flagged_at,
                 after.flag_reason,
+                _settlement_json(after.settlement),
             )
             if status != "UPDATE 1":
                 raise ConcurrencyError(
@@ -578,4 +584,35 @@ def _trip(row: asyncpg.Record) -> Trip:
         fare_basis=FareBasis(row["fare_basis"]) if row["fare_basis"] else None,
         flagged_at=row["flagged_at"],
         flag_reason=row["flag_reason"],
+        settlement=_settlement(row["fare_settlement"]),
     )
+
+
+_MONEY_FIELDS = ("charged", "quoted", "band_low", "band_high", "measured_fare")
+
+
+def _settlement_json(settlement: FareSettlement | None) -> str | None:
+    """The settlement as the ``fare_settlement`` document: its fields by name, money as
+    ``{"amount_minor", "currency"}``, enums by value."""
+    if settlement is None:
+        return None
+    doc: dict[str, Any] = {}
+    for field in fields(settlement):
+        name, value = field.name, getattr(settlement, field.name)
+        if isinstance(value, Money):
+            value = {"amount_minor": value.amount_minor, "currency": value.currency}
+        doc[name] = value
+    return json.dumps(doc)
+
+
+def _settlement(text: str | None) -> FareSettlement | None:
+    if text is None:
+        return None
+    doc = json.loads(text)
+    for name in _MONEY_FIELDS:
+        if doc.get(name) is not None:
+            doc[name] = Money(doc[name]["amount_minor"], doc[name]["currency"])
+    doc["rule"] = FareRule(doc["rule"])
+    doc["distance_source"] = MeasureSource(doc["distance_source"])
+    doc["duration_source"] = MeasureSource(doc["duration_source"])
+    return FareSettlement(**doc)

@@ -8,10 +8,7 @@ the location clients in ``dispatch`` and ``sweeper`` build requests and read rep
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -22,10 +19,13 @@ from protos import events as subjects
 from protos.common.v1 import common_pb2
 from protos.location.v1 import location_pb2
 from protos.trip.v1 import events_pb2, trip_pb2
+from rideshare import ids, paging
 from trip.domain import (
     Actor,
     Assignment,
     FareBasis,
+    FareRule,
+    FareSettlement,
     InvalidArgumentError,
     LatLng,
     Money,
@@ -33,11 +33,14 @@ from trip.domain import (
     Offer,
     OfferEndReason,
     Quote,
+    TrackMeasurement,
     Trip,
     TripState,
     VehicleClass,
+    Viewer,
 )
 from trip.liveness import LivenessRule
+from trip.pricing import MeasureSource
 
 __all__ = [
     "Event",
@@ -53,6 +56,7 @@ __all__ = [
     "driver_cancelled",
     "encode_page_token",
     "flagged",
+    "id_of",
     "latlng_from_proto",
     "liveness_rule_to_proto",
     "nearby_from_proto",
@@ -61,16 +65,22 @@ __all__ = [
     "offer_end_reason_to_proto",
     "offer_ended",
     "offered",
+    "optional_id_of",
     "position_time_from_proto",
     "quote_to_proto",
     "rated",
     "requested",
+    "settlement_to_proto",
     "started",
     "state_from_proto",
     "state_to_proto",
+    "track_from_proto",
+    "trip_distance_request",
     "trip_to_proto",
+    "trips_scope",
     "vehicle_class_from_proto",
     "vehicle_class_to_proto",
+    "viewer_from_proto",
 ]
 
 Event = tuple[str, Message]
@@ -133,6 +143,14 @@ def charge_basis_to_proto(value: FareBasis | None) -> trip_pb2.ChargeBasis.Value
     return trip_pb2.ChargeBasis.Value("CHARGE_BASIS_" + value.value)
 
 
+def fare_rule_to_proto(value: FareRule) -> trip_pb2.FareRule.ValueType:
+    return trip_pb2.FareRule.Value("FARE_RULE_" + value.value)
+
+
+def measure_source_to_proto(value: MeasureSource) -> trip_pb2.MeasureSource.ValueType:
+    return trip_pb2.MeasureSource.Value("MEASURE_SOURCE_" + value.value)
+
+
 def offer_end_reason_to_proto(value: OfferEndReason) -> events_pb2.OfferEndReason.ValueType:
     return events_pb2.OfferEndReason.Value("OFFER_END_REASON_" + value.value)
 
@@ -141,6 +159,36 @@ def liveness_rule_to_proto(value: LivenessRule | None) -> events_pb2.LivenessRul
     if value is None:
         return events_pb2.LIVENESS_RULE_UNSPECIFIED
     return events_pb2.LivenessRule.Value("LIVENESS_RULE_" + value.value)
+
+
+# --- ids and callers ----------------------------------------------------------------------
+
+
+def id_of(value: str, field: str, *, required: bool = True) -> str:
+    """A request's id field: well formed (rideshare.ids), or empty where not ``required``;
+    INVALID_ARGUMENT naming ``field`` otherwise."""
+    try:
+        return ids.check_id(value, field, required=required)
+    except ids.InvalidIdError as exc:
+        raise InvalidArgumentError(str(exc)) from None
+
+
+def optional_id_of(message: Message, field: str) -> str | None:
+    """An ``optional`` id field (a filter): None when absent, else as :func:`id_of`
+    (present but empty is malformed)."""
+    if not message.HasField(field):
+        return None
+    return id_of(getattr(message, field), field)
+
+
+def viewer_from_proto(actor: int, actor_id: str) -> Viewer:
+    """Who reads, from a GetTrip request's actor and actor_id: unspecified is a service
+    reading for itself (SYSTEM); a user's id is required (INVALID_ARGUMENT for an unknown
+    actor or a malformed id)."""
+    if actor == trip_pb2.ACTOR_UNSPECIFIED:
+        actor = trip_pb2.ACTOR_SYSTEM
+    who = actor_from_proto(actor)
+    return Viewer(who, id_of(actor_id, "actor_id", required=who is not Actor.SYSTEM))
 
 
 # --- values --------------------------------------------------------------------------------
@@ -226,6 +274,8 @@ def trip_to_proto(trip: Trip) -> trip_pb2.Trip:
         message.cancellation_fee.CopyFrom(_money(trip.cancellation_fee))
     if trip.offer is not None:
         message.current_offer.CopyFrom(_offer(trip.offer))
+    if trip.settlement is not None:
+        message.settlement.CopyFrom(settlement_to_proto(trip.settlement))
     for field in (
         "accepted_at",
         "arrived_at",
@@ -253,6 +303,33 @@ def trip_to_proto(trip: Trip) -> trip_pb2.Trip:
             version=record.version,
             at=_ts(record.at),
         )
+    return message
+
+
+def settlement_to_proto(settlement: FareSettlement) -> trip_pb2.FareSettlement:
+    """The basis of a final fare, as Trip.fare_settlement carries it."""
+    message = trip_pb2.FareSettlement(
+        rule=fare_rule_to_proto(settlement.rule),
+        flagged_for_review=settlement.flagged,
+        quoted_fare=_money(settlement.quoted),
+        quoted_distance_m=settlement.quoted_distance_m,
+        quoted_duration_s=settlement.quoted_duration_s,
+        distance_source=measure_source_to_proto(settlement.distance_source),
+        measured_duration_s=settlement.measured_duration_s,
+        duration_source=measure_source_to_proto(settlement.duration_source),
+        track_points=settlement.track_points,
+        track_points_ignored=settlement.track_points_ignored,
+        band_low=_money(settlement.band_low),
+        band_high=_money(settlement.band_high),
+    )
+    if settlement.measured_distance_m is not None:
+        message.measured_distance_m = settlement.measured_distance_m
+    if settlement.measured_fare is not None:
+        message.measured_fare.CopyFrom(_money(settlement.measured_fare))
+    if settlement.reported_distance_m is not None:
+        message.reported_distance_m = settlement.reported_distance_m
+    if settlement.reported_duration_s is not None:
+        message.reported_duration_s = settlement.reported_duration_s
     return message
 
 
@@ -298,6 +375,26 @@ def nearby_from_proto(reply: location_pb2.NearestDriversResponse) -> list[Nearby
     return [Nearby(d.driver_id, d.distance_m) for d in reply.drivers]
 
 
+def trip_distance_request(
+    trip_id: str, *, since: datetime, until: datetime
+) -> location_pb2.GetTripDistanceRequest:
+    """GetTripDistance over the ride from ``since`` to ``until`` (instants of the clock)."""
+    return location_pb2.GetTripDistanceRequest(
+        trip_id=trip_id,
+        since_ms=int(since.timestamp() * 1000),
+        until_ms=max(1, int(until.timestamp() * 1000)),
+    )
+
+
+def track_from_proto(reply: location_pb2.TripDistance) -> TrackMeasurement:
+    """The measurement GetTripDistance answered, to the whole metre (half up)."""
+    return TrackMeasurement(
+        distance_m=int(max(0.0, reply.distance_m) + 0.5),
+        points=max(0, reply.points_used),
+        points_ignored=max(0, reply.points_ignored),
+    )
+
+
 def position_time_from_proto(position: location_pb2.DriverPosition) -> datetime | None:
     """When the location service accepted the position (its clock); None when it has none."""
     if position.server_ts_ms <= 0:
@@ -308,24 +405,27 @@ def position_time_from_proto(position: location_pb2.DriverPosition) -> datetime 
 # --- page tokens ---------------------------------------------------------------------------
 
 
-def encode_page_token(trip: Trip) -> str:
-    """ListTrips' opaque token for the page after ``trip``."""
-    raw = json.dumps([trip.requested_at.isoformat(), trip.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+def trips_scope(states: Sequence[TripState], *, rider_id: str | None, driver_id: str | None) -> str:
+    """The page-token scope of one ListTrips query: its filters, so that a token is good
+    only for the query that made it."""
+    names = ",".join(sorted({s.value for s in states}))
+    return f"trip.trips:r={rider_id or ''}:d={driver_id or ''}:s={names}"
 
 
-def decode_page_token(token: str) -> tuple[datetime, str]:
-    """The (requested_at, id) a ListTrips page token stands for; InvalidArgumentError if
-    malformed."""
+def encode_page_token(trip: Trip, *, scope: str) -> str:
+    """ListTrips' opaque token for the page after ``trip`` in the query ``scope``."""
+    return paging.encode_page_token(scope, [trip.requested_at, trip.id])
+
+
+def decode_page_token(token: str, *, scope: str) -> tuple[datetime, str]:
+    """The (requested_at, id) a ListTrips page token stands for; InvalidArgumentError if it
+    is malformed or was made for another query."""
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        when, trip_id = json.loads(raw)
-        at = datetime.fromisoformat(when)
-        if not isinstance(trip_id, str) or at.tzinfo is None:
-            raise ValueError(token)
-    except (ValueError, TypeError, binascii.Error):
-        raise InvalidArgumentError(f"page token {token!r} is not valid") from None
-    return at.astimezone(UTC), trip_id
+        at, trip_id = paging.decode_page_token(token, scope, key_types=(datetime, str))
+    except paging.InvalidPageError as exc:
+        raise InvalidArgumentError(str(exc)) from None
+    assert isinstance(at, datetime) and isinstance(trip_id, str)
+    return at, trip_id
 
 
 # --- event payloads ------------------------------------------------------------------------

@@ -15,6 +15,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (403, "The token's role may not do this"),
         (404, "Not found"),
         (409, "Conflicts with the current state"),
+        (413, "Request body too large"),
         (422, "Invalid request"),
         (429, "Rate limited; see Retry-After"),
         (503, "An upstream service is unavailable"),

@@ -31,13 +31,11 @@ def _out(trip: trip_pb2.Trip, user: Principal) -> TripOut:
 
 
 async def _get_visible(ctx: Ctx, trip_id: str, user: Principal) -> trip_pb2.Trip:
-    """The trip if ``user`` may see it; 404 otherwise (whether or not it exists)."""
-    trip = await ctx.trip.GetTrip(trip_pb2.GetTripRequest(trip_id=trip_id))
-    if user.role == "admin" or user.sub == trip.rider_id or user.sub == trip.driver_id:
-        return trip
-    if user.role == "driver" and trip.current_offer.driver_id == user.sub:
-        return trip
-    raise ApiError(404, "not_found", f"trip {trip_id} not found")
+    """The trip if ``user`` may see it. The trip service decides who may: to anyone else it
+    answers NOT_FOUND exactly as for a trip that does not exist, so the 404 is the same too."""
+    return await ctx.trip.GetTrip(
+        trip_pb2.GetTripRequest(trip_id=trip_id, actor=_ACTORS[user.role], actor_id=user.sub)
+    )
 
 
 @router.post("", status_code=201, response_model=TripOut)
@@ -170,7 +168,9 @@ async def start(trip_id: TripId, driver: Driver, ctx: Ctx) -> TripOut:
 async def complete(
     trip_id: TripId, driver: Driver, ctx: Ctx, body: Annotated[CompleteIn | None, Body()] = None
 ) -> TripOut:
-    """End the ride; the final fare is computed by the trip service."""
+    """End the ride. The trip service settles the fare from what it measured itself (the
+    recorded track, its clock): the quote, or within a band around it. A reported distance
+    or duration in the body is recorded on the settlement, never priced."""
     request = trip_pb2.CompleteTripRequest(trip_id=trip_id, driver_id=driver.sub)
     if body is not None and body.distance_m is not None:
         request.distance_m = body.distance_m

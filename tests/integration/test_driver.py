@@ -28,6 +28,7 @@ from rideshare.db import create_pool, quote_schema
 from rideshare.migrations import apply_migrations
 from rideshare.settings import InfraUrls, ServiceSettings
 from tests.helpers import eventually, grpc_status, publish_event
+from tests.integration.hostile import BAD_IDS, forged_tokens, invalid_argument
 
 Stub: TypeAlias = "driver_pb2_grpc.DriverServiceAsyncStub"
 PASSWORD = "correct horse battery"
@@ -218,11 +219,50 @@ async def test_bad_input_unknown_ids_and_credentials(rig: Rig) -> None:
         )
 
 
+async def test_malformed_ids_enums_and_forged_page_tokens_are_invalid_argument(
+    rig: Rig,
+) -> None:
+    s = rig.stub
+    driver = await create(rig.stub)
+
+    def vehicle(driver_id: str, klass: int = COMFORT) -> pb.AddVehicleRequest:
+        return pb.AddVehicleRequest(
+            driver_id=driver_id,
+            make="Kia",
+            model="Niro",
+            plate=plate(),
+            seats=4,
+            vehicle_class=common_pb2.VehicleClass.ValueType(klass),
+        )
+
+    for bad in [*BAD_IDS, ""]:
+        for call in (
+            s.GetDriver(pb.GetDriverRequest(driver_id=bad), timeout=5),
+            s.GoOnline(pb.GoOnlineRequest(driver_id=bad, vehicle_id="v1"), timeout=5),
+            s.GoOffline(pb.GoOfflineRequest(driver_id=bad), timeout=5),
+            s.AddVehicle(vehicle(bad), timeout=5),
+        ):
+            assert (await invalid_argument(call)).startswith("driver_id")
+        assert (
+            await invalid_argument(
+                s.GoOnline(pb.GoOnlineRequest(driver_id=driver.id, vehicle_id=bad), timeout=5)
+            )
+        ).startswith("vehicle_id")
+    for klass in (-5, 0, 42):  # the phantom's class, unspecified, unknown
+        await invalid_argument(s.AddVehicle(vehicle(driver.id, klass), timeout=5))
+    for token in forged_tokens("driver.online", ["d1"], by_time=False):
+        await invalid_argument(
+            s.ListOnlineDrivers(pb.ListOnlineDriversRequest(page_token=token), timeout=5)
+        )
+
+
 async def test_going_online_needs_an_own_vehicle(rig: Rig) -> None:
     driver, other = await create(rig.stub), await create(rig.stub)
     others_car = await add_vehicle(rig.stub, other.id)
 
-    without = rig.stub.GoOnline(pb.GoOnlineRequest(driver_id=driver.id, vehicle_id=""), timeout=5)
+    without = rig.stub.GoOnline(
+        pb.GoOnlineRequest(driver_id=driver.id, vehicle_id=str(uuid.uuid4())), timeout=5
+    )
     assert await grpc_status(without) == grpc.StatusCode.FAILED_PRECONDITION
     await add_vehicle(rig.stub, driver.id)
     borrowed = rig.stub.GoOnline(

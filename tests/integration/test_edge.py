@@ -19,6 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from rideshare.settings import InfraUrls
 from tests.helpers import eventually
 from tests.integration.edge_system import BERLIN, System, edge_system
+from tests.integration.hostile import forged_tokens
 
 
 @pytest.fixture(scope="module")
@@ -590,3 +591,195 @@ async def test_a_flooding_socket_is_rate_limited_with_error_frames(system: Syste
                 await ws.send(json.dumps({"type": "pong"}))
             frame = await recv_json(ws, skip=("ping", "trip"))
     assert frame["code"] == "rate_limited"
+
+
+# -- fares -------------------------------------------------------------------------------------
+
+
+async def test_a_completed_trip_is_charged_by_the_rule_whatever_the_driver_reports(
+    system: System,
+) -> None:
+    """The finding through the edge: a driver's complete with 10,000 km and a week. The fare
+    comes from the positions the driver's socket reported during the ride and the service's
+    clock, within the band around the quote; the trip JSON shows the settlement."""
+    # A pickup of this test's own, away from drivers other tests left in the index.
+    lat, lng = BERLIN[0] + 0.5, BERLIN[1] + 0.5
+    driver_id, driver_token = await signup_driver(system, online=True)
+    _, rider_token = await signup_rider(system)
+    step = 0
+
+    async def report(ws: ClientConnection) -> None:
+        nonlocal step
+        step += 1
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "position",
+                    "lat": lat + step * 0.00009,  # 10 m a step
+                    "lng": lng,
+                    "heading": 0,
+                    "speed_mps": 20,
+                    "accuracy_m": 5,
+                    "ts_ms": time.time_ns() // 1_000_000,
+                }
+            )
+        )
+
+    async def shown(http: httpx.AsyncClient, availability: str) -> bool:
+        """The location service shows the driver with ``availability`` at the last step."""
+        r = await http.get(
+            "/v1/admin/drivers",
+            params={"bbox": f"{lat - 0.01},{lng - 0.01},{lat + 0.01},{lng + 0.01}"},
+        )
+        return any(
+            d["driver_id"] == driver_id
+            and d["availability"] == availability
+            and abs(d["lat"] - (lat + step * 0.00009)) < 1e-7
+            for d in r.json()["drivers"]
+        )
+
+    async with (
+        connect(f"{system.ws_url}/v1/ws/driver?token={driver_token}") as ws,
+        system.client(system.admin_token()) as admin,
+        system.client(rider_token) as rider,
+        system.client(driver_token) as driver,
+    ):
+        await report(ws)
+        await eventually(lambda: shown(admin, "available"), timeout_s=10.0)
+        q = await rider.post(
+            "/v1/fare-estimates",
+            json={"pickup": {"lat": lat, "lng": lng}, "dropoff": {"lat": lat + 0.01, "lng": lng}},
+        )
+        assert q.status_code == 201, q.text
+        quote = q.json()
+        booked = await rider.post(
+            "/v1/trips",
+            json={
+                "quote_id": quote["quote_id"],
+                "pickup": quote["pickup"],
+                "dropoff": quote["dropoff"],
+            },
+        )
+        assert booked.status_code == 201, booked.text
+        trip_id = booked.json()["id"]
+        async with asyncio.timeout(20.0):
+            while (offer := await recv_json(ws))["type"] != "offer":
+                pass
+        assert offer["trip_id"] == trip_id
+        accepted = await driver.post(
+            f"/v1/trips/{trip_id}/accept", json={"offer_id": offer["offer_id"]}
+        )
+        assert accepted.status_code == 200, accepted.text
+        await eventually(lambda: shown(admin, "on_trip"), timeout_s=10.0)
+        for command in ("arrive", "start"):
+            r = await driver.post(f"/v1/trips/{trip_id}/{command}")
+            assert r.status_code == 200, r.text
+        for _ in range(5):
+            await asyncio.sleep(0.4)  # the pace of the drive: 25 m/s
+            await report(ws)
+        await eventually(lambda: shown(admin, "on_trip"), timeout_s=10.0)
+        done = await driver.post(
+            f"/v1/trips/{trip_id}/complete",
+            json={"distance_m": 10_000_000, "duration_s": 604_800},
+        )
+        assert done.status_code == 200, done.text
+        seen = await rider.get(f"/v1/trips/{trip_id}")
+    assert seen.status_code == 200, seen.text
+    trip = seen.json()
+    settlement = trip["settlement"]
+    assert trip["state"] == "completed"
+    assert trip["final_fare"] == done.json()["final_fare"]
+    assert settlement["quoted_fare"] == quote["price"] == trip["quoted_fare"]
+    assert (settlement["reported_distance_m"], settlement["reported_duration_s"]) == (
+        10_000_000,
+        604_800,
+    )
+    assert settlement["duration_source"] == "server_clock"
+    assert settlement["measured_duration_s"] < 600
+    assert settlement["distance_source"] == "location_track"
+    assert settlement["track_points"] == 5
+    assert 30 <= settlement["measured_distance_m"] <= 50
+    assert settlement["rule"] in ("within_band", "below_band")  # 40 m: the minimum fare
+    high = (quote["price"]["amount_minor"] * 11 + 5) // 10
+    assert settlement["band_high"]["amount_minor"] == high
+    assert trip["final_fare"]["amount_minor"] <= high
+    assert trip["final_fare"] in (settlement["measured_fare"], settlement["band_low"])
+
+
+# -- the boundary behind the edge: forged page tokens, malformed ids, hidden trips ------------
+
+
+async def test_a_forged_page_token_is_422_with_a_body_on_every_list(system: System) -> None:
+    rider_id, rider = await signup_rider(system)
+    driver_id, driver = await signup_driver(system)
+    lists = [
+        (rider, "/v1/me/trips", f"rider.trips:{rider_id}"),
+        (driver, "/v1/me/trips", f"trip.trips:r=:d={driver_id}:s="),
+        (system.admin_token(), "/v1/admin/trips", "trip.trips:r=:d=:s="),
+    ]
+    for token, path, scope in lists:
+        forged = forged_tokens(scope, ["2026-01-01T00:00:00+00:00", "t1"], by_time=True)
+        async with system.client(token) as http:
+            for page_token in forged:
+                if len(page_token) > 500:
+                    continue  # the edge's own limit answers those (422 as well)
+                r = await http.get(path, params={"page_token": page_token})
+                assert r.status_code == 422, (path, page_token, r.text)
+                assert r.json()["error"]["code"] == "invalid_argument"
+                assert r.json()["error"]["message"].startswith("page_token"), r.text
+
+
+@pytest.mark.parametrize("trip_id", ["a.b", "*", ">", "a b", "x" * 65, "a:b"])
+async def test_a_trip_id_that_is_no_id_is_422_never_an_upstream_error(
+    system: System, trip_id: str
+) -> None:
+    _, token = await signup_rider(system)
+    async with system.client(token) as http:
+        read = await http.get(f"/v1/trips/{trip_id}")
+        cancel = await http.post(f"/v1/trips/{trip_id}/cancel")
+    for r in (read, cancel):
+        assert r.status_code == 422, r.text
+        assert r.json()["error"] == {
+            "code": "invalid_argument",
+            "message": "trip_id must be 1-64 characters of A-Z, a-z, 0-9, '_' and '-'",
+        }
+
+
+async def test_a_trip_hidden_from_a_user_is_the_404_of_a_trip_that_does_not_exist(
+    system: System,
+) -> None:
+    _, owner = await signup_rider(system)
+    _, stranger = await signup_rider(system)
+    _, other_driver = await signup_driver(system)
+    async with system.client(owner) as http:
+        quote = await _quote(http)
+        booked = await http.post(
+            "/v1/trips",
+            json={k: quote[k] for k in ("quote_id", "pickup", "dropoff")},
+        )
+        assert booked.status_code == 201, booked.text
+    trip_id, missing = booked.json()["id"], uuid.uuid4().hex
+
+    async def answers(token: str, calls: list[tuple[str, str]]) -> list[tuple[int, Any]]:
+        seen = []
+        async with system.client(token) as http:
+            for method, path in calls:
+                for target in (trip_id, missing):
+                    r = await http.request(method, path.format(target))
+                    seen.append((r.status_code, r.json()))
+        return seen
+
+    rider_calls = [("GET", "/v1/trips/{}"), ("POST", "/v1/trips/{}/cancel")]
+    driver_calls = [
+        ("GET", "/v1/trips/{}"),
+        *(("POST", f"/v1/trips/{{}}/{c}") for c in ("accept", "decline", "arrive", "start")),
+        ("POST", "/v1/trips/{}/complete"),
+        ("POST", "/v1/trips/{}/cancel"),
+    ]
+    seen = [*await answers(stranger, rider_calls), *await answers(other_driver, driver_calls)]
+    not_found = (404, {"error": {"code": "not_found", "message": "trip not found"}})
+    assert seen == [not_found] * len(seen)
+    async with system.client(owner) as http:
+        own = await http.get(f"/v1/trips/{trip_id}")
+        await http.post(f"/v1/trips/{trip_id}/cancel", json={"reason": "test over"})
+    assert own.status_code == 200 and own.json()["id"] == trip_id

@@ -25,6 +25,7 @@ from protos.location.v1 import location_pb2_grpc
 from rideshare import bus
 from rideshare.settings import InfraUrls, ServiceSettings
 from tests.helpers import eventually
+from tests.integration.hostile import BAD_IDS, invalid_argument
 
 BERLIN = (52.5200, 13.4050)
 STANDARD = common_pb2.VEHICLE_CLASS_STANDARD
@@ -263,6 +264,55 @@ async def test_bad_input_gets_a_clear_status(
         await call(stub)
     assert caught.value.code() == expected
     assert caught.value.details()
+
+
+async def test_ids_that_are_no_subject_token_or_key_part_are_invalid_argument(stub: Stub) -> None:
+    for bad in [*BAD_IDS, ""]:
+        calls: list[tuple[str, Awaitable[object]]] = [
+            ("driver_id", stub.ReportPosition(update(bad, 52.5, 13.4), timeout=5)),
+            ("driver_id", stub.GetPosition(pb.GetPositionRequest(driver_id=bad), timeout=5)),
+            (
+                "driver_id",
+                stub.ReserveDriver(pb.ReserveDriverRequest(driver_id=bad, trip_id="t1"), timeout=5),
+            ),
+            (
+                "trip_id",
+                stub.ReleaseDriver(pb.ReleaseDriverRequest(driver_id="d1", trip_id=bad), timeout=5),
+            ),
+            (
+                "exclude_driver_ids",
+                stub.NearestDrivers(
+                    pb.NearestDriversRequest(
+                        lat=52.5, lng=13.4, radius_m=1000, exclude_driver_ids=["d1", bad]
+                    ),
+                    timeout=5,
+                ),
+            ),
+        ]
+        for field_name, call in calls:
+            assert (await invalid_argument(call)).startswith(field_name), (bad, field_name)
+        watch = stub.WatchDriver(pb.WatchDriverRequest(driver_id=bad), timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await watch.read()
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    # On the stream a bad id rejects its update alone, as every other bad field does.
+    async def batches() -> AsyncIterator[pb.PositionBatch]:
+        yield pb.PositionBatch(updates=[update(bad, 52.5, 13.4) for bad in BAD_IDS])
+
+    summary = await stub.ReportPositions(batches(), timeout=10)
+    assert (summary.accepted, summary.rejected) == (0, len(BAD_IDS))
+    assert {r.reason for r in summary.rejections} == {pb.REJECT_REASON_MISSING_DRIVER_ID}
+
+
+@pytest.mark.parametrize("value", [0, -5, 42])
+async def test_a_search_for_an_unspecified_or_unknown_class_is_invalid_argument(
+    stub: Stub, value: int
+) -> None:
+    request = pb.NearestDriversRequest(
+        lat=52.5, lng=13.4, radius_m=1000, vehicle_class=common_pb2.VehicleClass.ValueType(value)
+    )
+    assert "vehicle_class" in await invalid_argument(stub.NearestDrivers(request, timeout=5))
 
 
 async def test_reserve_holds_a_driver_for_one_trip_once(stub: Stub, index: LocationStore) -> None:
@@ -552,3 +602,49 @@ async def test_a_rebuild_snapshot_yields_to_newer_events_and_holds_taken_since(
     assert await index.apply_snapshot(entries, at_ms=now_ms(), token="again", lock_ms=1) is None
     assert not await index.finish_rebuild("again", info="{}")
     assert not await index.index_built()
+
+
+async def test_a_trip_s_track_records_its_driver_only_while_on_trip(
+    infra: InfraUrls, redis_url: str, index: LocationStore
+) -> None:
+    """Fixes are recorded for the trip holding the driver ON_TRIP, nothing before or after;
+    GetTripDistance measures them, a teleport left out. (The top speed is raised: the
+    reports here come milliseconds apart, and the service's clock bounds a track by the top
+    speed times the time it saw; the filtering itself is unit-tested.)"""
+    async with location_service(infra, redis_url, track_max_speed_mps=1e6) as stub:
+        driver, trip = new_id(), f"trip-{uuid.uuid4().hex[:8]}"
+        t = now_ms() - 600_000  # client times: ten minutes ago, 10 s apart
+        await index.driver_online(driver, STANDARD, at_ms=now_ms())
+        await stub.ReportPosition(update(driver, 52.5, 13.4, t), timeout=5)  # not on a trip
+        assert await index.assign(driver, trip, at_ms=now_ms())
+        since = now_ms()
+        for i in range(1, 6):
+            await stub.ReportPosition(update(driver, 52.5 + i * 0.001, 13.4, t + i * 10_000))
+        # A jump to the other side of the world and back: not driving.
+        await stub.ReportPosition(update(driver, -33.9, 151.2, t + 51_000), timeout=5)
+        await stub.ReportPosition(update(driver, 52.506, 13.4, t + 60_000), timeout=5)
+        until = now_ms()
+        assert await index.free(driver, trip, at_ms=now_ms())
+        await stub.ReportPosition(update(driver, 52.6, 13.4, t + 70_000), timeout=5)
+
+        measured = await stub.GetTripDistance(
+            pb.GetTripDistanceRequest(trip_id=trip, since_ms=since, until_ms=until), timeout=5
+        )
+        assert measured.distance_m == pytest.approx(5 * 111.195, rel=1e-3)  # 52.501 -> 52.506
+        assert (measured.points_used, measured.points_ignored) == (6, 1)
+        assert since <= measured.first_ts_ms <= measured.last_ts_ms <= until
+
+        everything = await stub.GetTripDistance(pb.GetTripDistanceRequest(trip_id=trip), timeout=5)
+        assert everything.points_used == 6  # nothing from before the hold or after it
+
+        for bad, code in (
+            (pb.GetTripDistanceRequest(trip_id=""), grpc.StatusCode.INVALID_ARGUMENT),
+            (
+                pb.GetTripDistanceRequest(trip_id=trip, since_ms=until, until_ms=since - 1),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
+            (pb.GetTripDistanceRequest(trip_id="no-such-trip"), grpc.StatusCode.NOT_FOUND),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await stub.GetTripDistance(bad, timeout=5)
+            assert failed.value.code() == code

@@ -45,6 +45,7 @@ from rideshare.db import create_pool
 from rideshare.migrations import apply_migrations
 from rideshare.settings import InfraUrls, ServiceSettings
 from tests.helpers import eventually
+from tests.integration.hostile import BAD_IDS, forged_token, forged_tokens, invalid_argument
 
 Stub: TypeAlias = "notification_pb2_grpc.NotificationServiceAsyncStub"
 
@@ -795,6 +796,43 @@ async def test_list_rejects_bad_arguments(stub: Stub, publisher: Publisher) -> N
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.ListNotifications(request, timeout=5)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, request
+
+
+async def test_every_forged_page_token_and_malformed_user_id_is_invalid_argument(
+    stub: Stub, publisher: Publisher
+) -> None:
+    rider = new_id("r")
+    for _ in range(2):
+        await publisher.publish(
+            events.TRIP_STARTED, trip_events.TripStarted(trip_id=new_id("t"), rider_id=rider)
+        )
+    await wait_for_kinds(stub, rider, 2)
+    real = await stub.ListNotifications(
+        pb.ListNotificationsRequest(user_id=rider, page_size=1), timeout=5
+    )
+    assert real.next_page_token  # the forged ones below are refused, not all tokens
+    key: list[object] = ["2026-01-01T00:00:00+00:00", str(uuid.uuid4())]
+    forged = [
+        *forged_tokens(f"notification.list:{rider}:all", key, by_time=True),
+        # well formed, but the position's id cannot be a notification's
+        forged_token({"v": 1, "s": f"notification.list:{rider}:all", "k": [key[0], "t1"]}),
+    ]
+    for token in forged:
+        await invalid_argument(
+            stub.ListNotifications(
+                pb.ListNotificationsRequest(user_id=rider, page_token=token), timeout=5
+            )
+        )
+    for bad in BAD_IDS:
+        for call in (
+            stub.ListNotifications(pb.ListNotificationsRequest(user_id=bad), timeout=5),
+            stub.MarkRead(pb.MarkReadRequest(user_id=bad, notification_ids=[]), timeout=5),
+        ):
+            assert (await invalid_argument(call)).startswith("user_id")
+        subscribed = stub.Subscribe(pb.SubscribeRequest(user_id=bad), timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await subscribed.read()
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_subscribe_streams_a_new_in_app_notification(

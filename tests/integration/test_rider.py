@@ -27,6 +27,7 @@ from rideshare.db import create_pool, quote_schema
 from rideshare.migrations import apply_migrations
 from rideshare.settings import InfraUrls, ServiceSettings
 from tests.helpers import eventually, grpc_status, publish_event
+from tests.integration.hostile import BAD_IDS, forged_tokens, invalid_argument
 
 Stub: TypeAlias = "rider_pb2_grpc.RiderServiceAsyncStub"
 PASSWORD = "correct horse battery"
@@ -189,6 +190,23 @@ async def test_unknown_ids_are_not_found_and_bad_pages_invalid(rig: Rig) -> None
         pb.ListTripsRequest(rider_id=rider.id, page_size=-1),
     ):
         assert await grpc_status(s.ListTrips(bad, timeout=5)) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_malformed_rider_ids_and_forged_page_tokens_are_invalid_argument(rig: Rig) -> None:
+    rider = await create(rig.stub)
+    s = rig.stub
+    for bad in [*BAD_IDS, ""]:
+        for call in (
+            s.GetRider(pb.GetRiderRequest(rider_id=bad), timeout=5),
+            s.UpdateRider(pb.UpdateRiderRequest(rider_id=bad, name="X"), timeout=5),
+            s.ListTrips(pb.ListTripsRequest(rider_id=bad), timeout=5),
+        ):
+            assert (await invalid_argument(call)).startswith("rider_id")
+    key: list[object] = ["2026-01-01T00:00:00+00:00", "t1"]
+    for token in forged_tokens(f"rider.trips:{rider.id}", key, by_time=True):
+        await invalid_argument(
+            s.ListTrips(pb.ListTripsRequest(rider_id=rider.id, page_token=token), timeout=5)
+        )
 
 
 async def test_authenticate_accepts_the_right_password_only(rig: Rig) -> None:

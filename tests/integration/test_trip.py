@@ -8,7 +8,7 @@ import contextlib
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
@@ -33,8 +33,11 @@ from rideshare.bus import Envelope
 from rideshare.db import create_pool
 from rideshare.settings import InfraUrls, ServiceSettings
 from tests.helpers import eventually
+from tests.integration.edge_system import dead_address
+from tests.integration.hostile import BAD_IDS, forged_tokens, invalid_argument
 from trip.app import running as trip_running
 from trip.dispatch import Dispatcher, LocationClient
+from trip.pricing import LatLng, estimate_route
 from trip.settings import TripSettings
 from trip.store import TripStore
 
@@ -287,7 +290,100 @@ async def auto_accepting(
             await task
 
 
+async def riding(harness: Harness, stub: TripStub, driver: str, rider: str) -> pb.Trip:
+    """A trip of ``rider`` booked, accepted by ``driver`` (online near the pickup) and
+    started, with the location service holding the driver ON_TRIP for it."""
+    await harness.go_online(driver, (PICKUP[0] + 0.001, PICKUP[1]))
+    trip = await book(stub, rider)
+    offer = await offer_of(harness.tap, trip.id)
+    await stub.AcceptTrip(
+        pb.AcceptTripRequest(trip_id=trip.id, driver_id=driver, offer_id=offer.offer_id),
+        timeout=5,
+    )
+    await harness.becomes(driver, loc.AVAILABILITY_ON_TRIP)
+    await stub.ArriveAtPickup(pb.ArriveAtPickupRequest(trip_id=trip.id, driver_id=driver))
+    return await stub.StartTrip(pb.StartTripRequest(trip_id=trip.id, driver_id=driver), timeout=5)
+
+
+def trip_quote_distance(trip: pb.Trip) -> int:
+    """The quote's route estimate for ``trip`` (the trip message does not carry it)."""
+    pickup, dropoff = trip.pickup, trip.dropoff
+    return estimate_route(LatLng(pickup.lat, pickup.lng), LatLng(dropoff.lat, dropoff.lng))[0]
+
+
 # --- the tests -----------------------------------------------------------------------------
+
+
+async def test_a_driver_reporting_ten_thousand_km_and_a_week_pays_what_the_rule_allows(
+    harness: Harness,
+) -> None:
+    """The finding: the driver's figures priced the fare (10.35 EUR became 13,522.50). Now
+    the driver drives ~40 m reporting positions as an app does, then claims 10,000 km and a
+    week: the fare comes from the recorded track and the service's clock, within the band
+    around the quote, and the trip shows what it was settled from."""
+    driver, rider = new_id("d"), new_id("r")
+    async with harness.trip_service() as stub:
+        trip = await riding(harness, stub, driver, rider)
+        for i in range(5):  # 10 m every 0.4 s: 25 m/s, a plausible car
+            await harness.report(driver, (PICKUP[0] + 0.001 + i * 0.00009, PICKUP[1]))
+            await asyncio.sleep(0.4)
+        done = await stub.CompleteTrip(
+            pb.CompleteTripRequest(
+                trip_id=trip.id, driver_id=driver, distance_m=10_000_000, duration_s=604_800
+            ),
+            timeout=10,
+        )
+        settled = done.settlement
+        quoted = trip.quoted_fare.amount_minor
+        assert done.state == pb.TRIP_STATE_COMPLETED
+        assert (settled.reported_distance_m, settled.reported_duration_s) == (
+            10_000_000,
+            604_800,
+        )
+        assert settled.distance_source == pb.MEASURE_SOURCE_LOCATION_TRACK
+        assert settled.track_points == 5
+        assert 30 <= settled.measured_distance_m <= 50
+        assert done.distance_m == settled.measured_distance_m
+        assert settled.duration_source == pb.MEASURE_SOURCE_SERVER_CLOCK
+        assert 0 <= settled.measured_duration_s == done.duration_s < 120
+        assert settled.quoted_fare == trip.quoted_fare
+        assert settled.band_high.amount_minor == (quoted * 11 + 5) // 10
+        assert settled.band_low.amount_minor == (quoted * 8 + 5) // 10
+        # A 40 m ride of seconds prices at the minimum fare: within the band, or below it.
+        assert settled.rule in (pb.FARE_RULE_WITHIN_BAND, pb.FARE_RULE_BELOW_BAND)
+        expected = (
+            settled.measured_fare if settled.rule == pb.FARE_RULE_WITHIN_BAND else settled.band_low
+        )
+        assert done.final_fare == expected
+        assert done.final_fare.amount_minor <= settled.band_high.amount_minor
+        assert settled.flagged_for_review == (settled.rule == pb.FARE_RULE_BELOW_BAND)
+
+        stored = await stub.GetTrip(pb.GetTripRequest(trip_id=trip.id), timeout=5)
+        assert stored.settlement == settled and stored.final_fare == done.final_fare
+        completed = (await harness.tap.wait_for(events.TRIP_COMPLETED, trip.id))[0]
+        assert completed.unpack(trip_events.TripCompleted).fare == done.final_fare
+
+
+async def test_a_ride_whose_distance_location_cannot_say_in_time_pays_the_quote(
+    harness: Harness,
+) -> None:
+    """The ride runs on one copy of the trip service; the driver ends it on another copy,
+    which cannot reach the location service at all."""
+    driver, rider = new_id("d"), new_id("r")
+    async with harness.trip_service() as stub:
+        trip = await riding(harness, stub, driver, rider)
+        await harness.report(driver, (PICKUP[0] + 0.002, PICKUP[1]))
+    async with harness.trip_service(location_addr=dead_address()) as cut_off:
+        done = await cut_off.CompleteTrip(
+            pb.CompleteTripRequest(trip_id=trip.id, driver_id=driver, distance_m=10_000_000),
+            timeout=15,
+        )
+    assert done.final_fare == trip.quoted_fare
+    assert done.charge_basis == pb.CHARGE_BASIS_QUOTE
+    assert done.settlement.rule == pb.FARE_RULE_NO_MEASUREMENT
+    assert done.settlement.distance_source == pb.MEASURE_SOURCE_NONE
+    assert not done.settlement.HasField("measured_distance_m")
+    assert not done.settlement.flagged_for_review
 
 
 async def test_full_trip_from_request_to_ratings_publishes_every_event(harness: Harness) -> None:
@@ -322,9 +418,15 @@ async def test_full_trip_from_request_to_ratings_publishes_every_event(harness: 
             timeout=5,
         )
         assert done.state == pb.TRIP_STATE_COMPLETED
-        assert (done.distance_m, done.duration_s) == (3_500, 600)
-        # STANDARD: 250 + 1.10 * 3.5 km + 0.25 * 10 min = 250 + 385 + 250 cents
-        assert done.final_fare.amount_minor == round(885 * trip.surge_multiplier)
+        # No position during the ride, so nothing measured its distance: the quote holds,
+        # and what the driver reported is recorded beside it.
+        assert done.final_fare == trip.quoted_fare
+        assert done.settlement.rule == pb.FARE_RULE_NO_MEASUREMENT
+        assert (done.settlement.reported_distance_m, done.settlement.reported_duration_s) == (
+            3_500,
+            600,
+        )
+        assert done.distance_m == trip_quote_distance(trip)
 
         async def free_again() -> bool:
             return await harness.availability(driver) == loc.AVAILABILITY_AVAILABLE
@@ -400,7 +502,8 @@ async def test_offer_timeout_moves_to_the_next_driver_and_frees_the_first(
                 pb.AcceptTripRequest(trip_id=trip.id, driver_id=near, offer_id=first.offer_id),
                 timeout=5,
             )
-        assert late.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        # Their offer over, the trip is no longer theirs to see: not found, not its state.
+        assert late.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_a_declined_offer_moves_to_the_next_driver(harness: Harness) -> None:
@@ -453,8 +556,10 @@ async def test_rider_cancel_during_dispatch_releases_the_offered_driver(
                 pb.AcceptTripRequest(trip_id=trip.id, driver_id=driver, offer_id=offer.offer_id),
                 timeout=5,
             )
-        assert late.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "state=CANCELLED" in (late.value.details() or "")
+        # The offer ended with the trip: to its driver the trip is as gone as one never made,
+        # so that the answer does not tell them the rider cancelled.
+        assert late.value.code() == grpc.StatusCode.NOT_FOUND
+        assert late.value.details() == "trip not found"
 
 
 async def test_fifty_riders_and_ten_drivers_never_double_book(harness: Harness) -> None:
@@ -589,14 +694,19 @@ async def test_expired_foreign_and_used_quotes_are_rejected(harness: Harness) ->
 
 
 async def test_failed_precondition_names_the_state_and_the_command(harness: Harness) -> None:
-    driver, rider = new_id("d"), new_id("r")
+    rider = new_id("r")
     async with harness.trip_service() as stub:
         trip = await book(stub, rider)
         await trip_in(stub, trip.id, (pb.TRIP_STATE_NO_DRIVERS,))
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.StartTrip(pb.StartTripRequest(trip_id=trip.id, driver_id=driver), timeout=5)
+            await stub.CancelTrip(
+                pb.CancelTripRequest(trip_id=trip.id, actor=pb.ACTOR_RIDER, actor_id=rider),
+                timeout=5,
+            )
         with pytest.raises(grpc.aio.AioRpcError) as unknown:
-            await stub.GetTrip(pb.GetTripRequest(trip_id="nope"), timeout=5)
+            await stub.GetTrip(
+                pb.GetTripRequest(trip_id="nope", actor=pb.ACTOR_RIDER, actor_id=rider), timeout=5
+            )
         with pytest.raises(grpc.aio.AioRpcError) as bad:
             await stub.EstimateFare(
                 pb.EstimateFareRequest(
@@ -609,7 +719,7 @@ async def test_failed_precondition_names_the_state_and_the_command(harness: Harn
             )
 
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert caught.value.details() == "cannot start when state=NO_DRIVERS"
+    assert caught.value.details() == "cannot cancel when state=NO_DRIVERS"
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
@@ -831,6 +941,7 @@ async def test_a_ride_whose_driver_falls_silent_is_flagged_then_ended_at_the_quo
         trip.id
     ).index(events.TRIP_COMPLETED)
     assert done.final_fare == trip.quoted_fare and done.charge_basis == pb.CHARGE_BASIS_QUOTE
+    assert done.settlement.rule == pb.FARE_RULE_DRIVER_SILENT
     assert done.HasField("flagged_at") and done.flag_reason.startswith("driver silent for ")
     assert history_of(done)[-2:] == [("flag", pb.ACTOR_SYSTEM), ("complete", pb.ACTOR_SYSTEM)]
 
@@ -1087,3 +1198,223 @@ async def test_two_dispatchers_on_one_trip_make_one_offer(harness: Harness, clai
         d for d, h in zip(drivers, held, strict=True) if h
     )
     assert sum(held) == 3
+
+
+# --- the boundary: malformed input, forged tokens, trips a caller may not see ---------------
+
+
+async def test_a_malformed_id_in_any_request_is_invalid_argument_naming_the_field(
+    harness: Harness,
+) -> None:
+    here, there = latlng(PICKUP), latlng(DROPOFF)
+    async with harness.trip_service() as stub:
+        for bad in [*BAD_IDS, ""]:
+            calls: list[tuple[str, Awaitable[object]]] = [
+                ("trip_id", stub.GetTrip(pb.GetTripRequest(trip_id=bad))),
+                (
+                    "actor_id",
+                    stub.GetTrip(
+                        pb.GetTripRequest(trip_id="t1", actor=pb.ACTOR_RIDER, actor_id=bad)
+                    ),
+                ),
+                (
+                    "rider_id",
+                    stub.EstimateFare(
+                        pb.EstimateFareRequest(
+                            pickup=here, dropoff=there, vehicle_class=STANDARD, rider_id=bad
+                        )
+                    ),
+                ),
+                (
+                    "quote_id",
+                    stub.RequestTrip(
+                        pb.RequestTripRequest(
+                            rider_id="r1", quote_id=bad, pickup=here, dropoff=there
+                        )
+                    ),
+                ),
+                ("rider_id", stub.ListTrips(pb.ListTripsRequest(rider_id=bad))),
+                ("driver_id", stub.ListTrips(pb.ListTripsRequest(driver_id=bad))),
+                (
+                    "trip_id",
+                    stub.CancelTrip(
+                        pb.CancelTripRequest(trip_id=bad, actor=pb.ACTOR_RIDER, actor_id="r1")
+                    ),
+                ),
+                (
+                    "driver_id",
+                    stub.AcceptTrip(
+                        pb.AcceptTripRequest(trip_id="t1", driver_id=bad, offer_id="o")
+                    ),
+                ),
+                (
+                    "offer_id",
+                    stub.DeclineTrip(
+                        pb.DeclineTripRequest(trip_id="t1", driver_id="d1", offer_id=bad)
+                    ),
+                ),
+                (
+                    "driver_id",
+                    stub.ArriveAtPickup(pb.ArriveAtPickupRequest(trip_id="t1", driver_id=bad)),
+                ),
+                ("trip_id", stub.StartTrip(pb.StartTripRequest(trip_id=bad, driver_id="d1"))),
+                (
+                    "driver_id",
+                    stub.CompleteTrip(pb.CompleteTripRequest(trip_id="t1", driver_id=bad)),
+                ),
+                (
+                    "actor_id",
+                    stub.RateTrip(
+                        pb.RateTripRequest(
+                            trip_id="t1", actor=pb.ACTOR_RIDER, actor_id=bad, stars=5
+                        )
+                    ),
+                ),
+            ]
+            if bad:  # an absent actor_id is SYSTEM's; an empty filter is malformed
+                calls.append(
+                    (
+                        "actor_id",
+                        stub.CancelTrip(
+                            pb.CancelTripRequest(trip_id="t1", actor=pb.ACTOR_SYSTEM, actor_id=bad)
+                        ),
+                    )
+                )
+            for field_name, call in calls:
+                assert (await invalid_argument(call)).startswith(field_name), (bad, field_name)
+
+
+@pytest.mark.parametrize("value", [0, -5, 42])
+async def test_an_unspecified_or_unknown_enum_is_invalid_argument(
+    harness: Harness, value: int
+) -> None:
+    here, there = latlng(PICKUP), latlng(DROPOFF)
+    # An open proto3 enum carries any number: a client can send these.
+    actor, state = pb.Actor.ValueType(value), pb.TripState.ValueType(value)
+    klass = common_pb2.VehicleClass.ValueType(value)
+    async with harness.trip_service() as stub:
+        calls: list[Awaitable[object]] = [
+            stub.CancelTrip(pb.CancelTripRequest(trip_id="t1", actor=actor, actor_id="r1")),
+            stub.RateTrip(pb.RateTripRequest(trip_id="t1", actor=actor, actor_id="r1", stars=5)),
+            stub.EstimateFare(
+                pb.EstimateFareRequest(
+                    pickup=here, dropoff=there, vehicle_class=klass, rider_id="r1"
+                )
+            ),
+            stub.ListTrips(pb.ListTripsRequest(states=[state])),
+        ]
+        if value:  # an unspecified reader is a service reading for itself
+            calls.append(stub.GetTrip(pb.GetTripRequest(trip_id="t1", actor=actor)))
+        for call in calls:
+            await invalid_argument(call)
+
+
+async def test_every_forged_page_token_is_invalid_argument(harness: Harness) -> None:
+    rider = new_id("r")
+    scope = f"trip.trips:r={rider}:d=:s="
+    async with harness.trip_service() as stub:
+        await book(stub, rider)
+        await book(stub, new_id("r"))
+        real = await stub.ListTrips(pb.ListTripsRequest(page_size=1), timeout=5)
+        assert real.next_page_token
+        # a real token is good only for the filters that made it
+        await invalid_argument(
+            stub.ListTrips(
+                pb.ListTripsRequest(rider_id=rider, page_token=real.next_page_token), timeout=5
+            )
+        )
+        for token in forged_tokens(scope, ["2026-01-01T00:00:00+00:00", "t1"], by_time=True):
+            await invalid_argument(
+                stub.ListTrips(pb.ListTripsRequest(rider_id=rider, page_token=token), timeout=5)
+            )
+        for token in forged_tokens("trip.assignments", ["d1", "t1"], by_time=False):
+            await invalid_argument(
+                stub.ListActiveAssignments(
+                    pb.ListActiveAssignmentsRequest(page_token=token), timeout=5
+                )
+            )
+
+
+async def test_a_trip_hidden_from_a_caller_answers_exactly_like_a_missing_one(
+    harness: Harness,
+) -> None:
+    driver, stranger, rider, other = new_id("d"), new_id("d"), new_id("r"), new_id("r")
+    await harness.go_online(driver, (PICKUP[0] + 0.002, PICKUP[1]))
+    async with harness.trip_service() as stub:
+        trip = await book(stub, rider)
+        offer = await offer_of(harness.tap, trip.id)
+        missing = uuid.uuid4().hex
+
+        async def answers(trip_id: str) -> dict[str, tuple[grpc.StatusCode, str | None]]:
+            """What every read and command on ``trip_id`` answers the rider ``other`` and
+            the driver ``stranger``, neither of whom is a party of the trip."""
+            rider_, driver_ = pb.ACTOR_RIDER, pb.ACTOR_DRIVER
+            calls: dict[str, Callable[[], Awaitable[object]]] = {
+                "get as rider": lambda: stub.GetTrip(
+                    pb.GetTripRequest(trip_id=trip_id, actor=rider_, actor_id=other)
+                ),
+                "get as driver": lambda: stub.GetTrip(
+                    pb.GetTripRequest(trip_id=trip_id, actor=driver_, actor_id=stranger)
+                ),
+                "cancel as rider": lambda: stub.CancelTrip(
+                    pb.CancelTripRequest(trip_id=trip_id, actor=rider_, actor_id=other)
+                ),
+                "cancel as driver": lambda: stub.CancelTrip(
+                    pb.CancelTripRequest(trip_id=trip_id, actor=driver_, actor_id=stranger)
+                ),
+                "rate as rider": lambda: stub.RateTrip(
+                    pb.RateTripRequest(trip_id=trip_id, actor=rider_, actor_id=other, stars=1)
+                ),
+                "accept": lambda: stub.AcceptTrip(
+                    pb.AcceptTripRequest(
+                        trip_id=trip_id, driver_id=stranger, offer_id=offer.offer_id
+                    )
+                ),
+                "decline": lambda: stub.DeclineTrip(
+                    pb.DeclineTripRequest(
+                        trip_id=trip_id, driver_id=stranger, offer_id=offer.offer_id
+                    )
+                ),
+                "arrive": lambda: stub.ArriveAtPickup(
+                    pb.ArriveAtPickupRequest(trip_id=trip_id, driver_id=stranger)
+                ),
+                "start": lambda: stub.StartTrip(
+                    pb.StartTripRequest(trip_id=trip_id, driver_id=stranger)
+                ),
+                "complete": lambda: stub.CompleteTrip(
+                    pb.CompleteTripRequest(trip_id=trip_id, driver_id=stranger)
+                ),
+            }
+            seen: dict[str, tuple[grpc.StatusCode, str | None]] = {}
+            for name, call in calls.items():
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await call()
+                seen[name] = (caught.value.code(), caught.value.details())
+            return seen
+
+        absent = await answers(missing)
+        assert set(absent.values()) == {(grpc.StatusCode.NOT_FOUND, "trip not found")}
+        assert await answers(trip.id) == absent  # with the offer pending
+
+        await stub.AcceptTrip(
+            pb.AcceptTripRequest(trip_id=trip.id, driver_id=driver, offer_id=offer.offer_id),
+            timeout=5,
+        )
+        assert await answers(trip.id) == absent  # with a driver on the way
+        # and a party sees it
+        for actor, actor_id in ((pb.ACTOR_RIDER, rider), (pb.ACTOR_DRIVER, driver)):
+            seen = await stub.GetTrip(
+                pb.GetTripRequest(trip_id=trip.id, actor=actor, actor_id=actor_id), timeout=5
+            )
+            assert seen.state == pb.TRIP_STATE_ACCEPTED
+        before = seen.version
+        # a party acting out of its state hears about the state
+        with pytest.raises(grpc.aio.AioRpcError) as early:
+            await stub.CompleteTrip(pb.CompleteTripRequest(trip_id=trip.id, driver_id=driver))
+        assert early.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        await stub.CancelTrip(
+            pb.CancelTripRequest(trip_id=trip.id, actor=pb.ACTOR_RIDER, actor_id=rider), timeout=5
+        )
+        after = await stub.GetTrip(pb.GetTripRequest(trip_id=trip.id), timeout=5)
+    # none of the strangers' calls changed the trip: the rider's cancel is the one change
+    assert (after.state, after.version) == (pb.TRIP_STATE_CANCELLED, before + 1)

@@ -53,3 +53,13 @@ def test_the_secret_in_the_environment_wins_as_it_does_for_the_edge(
     assert main(["token", "--data-dir", str(tmp_path)]) == 0
     assert decode_token(secret, capsys.readouterr().out.strip()).role == "admin"
     assert not (tmp_path / "jwt-secret").exists()
+
+
+def test_a_subject_the_services_would_refuse_as_an_id_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["token", "--role", "rider", "--subject", "ops.alice", "--data-dir", str(tmp_path)]
+    assert main(argv) == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert "--subject 'ops.alice' is not an id" in out.err

@@ -10,6 +10,7 @@ from location.domain import (
     MAX_RADIUS_M,
     Availability,
     InvalidArgumentError,
+    Position,
     Reject,
     SnapshotEntry,
     box_size_m,
@@ -19,6 +20,7 @@ from location.domain import (
     clamp_limit,
     is_stale,
     snapshot_entries,
+    track_distance,
 )
 
 NOW = 1_700_000_000_000
@@ -149,3 +151,64 @@ def test_rebuild_prefers_the_live_trip_over_an_offer_listed_for_the_same_driver(
     assert snapshot_entries([("d", 1)], held) == [
         SnapshotEntry("d", 1, Availability.ON_TRIP, "ride")
     ]
+
+
+# --- a trip's measured distance ----------------------------------------------------------
+
+# One degree of latitude is ~111.2 km: 0.001 degrees north is ~111 m.
+STEP_DEG = 0.001
+STEP_M = 111.195
+
+
+def fix(n: float, *, t_s: float, lat: float | None = None, accuracy: float = 5.0) -> Position:
+    """The ``n``-th fix of a drive north from 52.5 N, taken (and received) ``t_s`` s in."""
+    at = NOW + int(t_s * 1000)
+    return Position(
+        "", 52.5 + n * STEP_DEG if lat is None else lat, 13.4, 0.0, 10.0, accuracy, at, at
+    )
+
+
+def test_a_steady_drive_measures_the_sum_of_its_steps() -> None:
+    fixes = [fix(i, t_s=10 * i) for i in range(11)]
+    measured = track_distance(fixes, since_ms=NOW, until_ms=NOW + 100_000)
+    assert measured.distance_m == pytest.approx(10 * STEP_M, rel=1e-3)
+    assert (measured.points_used, measured.points_ignored) == (11, 0)
+    assert (measured.first_ts_ms, measured.last_ts_ms) == (NOW, NOW + 100_000)
+
+
+def test_only_fixes_received_within_the_window_count() -> None:
+    fixes = [fix(i, t_s=10 * i) for i in range(11)]
+    measured = track_distance(fixes, since_ms=NOW + 50_000, until_ms=NOW + 80_000)
+    assert measured.distance_m == pytest.approx(3 * STEP_M, rel=1e-3)
+    assert measured.points_used == 4
+
+
+def test_a_teleport_is_ignored_and_the_drive_goes_on_from_the_last_kept_fix() -> None:
+    fixes = [fix(0, t_s=0), fix(1, t_s=10), fix(0, t_s=11, lat=10.0), fix(2, t_s=20)]
+    measured = track_distance(fixes, since_ms=NOW, until_ms=NOW + 20_000)
+    assert measured.distance_m == pytest.approx(2 * STEP_M, rel=1e-3)
+    assert (measured.points_used, measured.points_ignored) == (3, 1)
+
+
+def test_inaccurate_fixes_are_ignored() -> None:
+    fixes = [fix(0, t_s=0), fix(5, t_s=10, accuracy=500.0), fix(1, t_s=20)]
+    measured = track_distance(fixes, since_ms=NOW, until_ms=NOW + 20_000)
+    assert measured.distance_m == pytest.approx(STEP_M, rel=1e-3)
+    assert measured.points_ignored == 1
+
+
+def test_a_phone_clock_that_lies_cannot_stretch_the_track_past_top_speed() -> None:
+    """Fixes a day apart by the phone's clock but received within 10 s: every step looks
+    plausible to the phone's clock, the service's clock caps the total."""
+    day_ms = 86_400_000
+    fixes = [
+        Position("", 52.5 + i * 0.1, 13.4, 0.0, 0.0, 5.0, NOW + i * day_ms, NOW + i * 1000)
+        for i in range(11)
+    ]
+    measured = track_distance(fixes, since_ms=NOW, until_ms=NOW + 10_000, max_speed_mps=55.0)
+    assert measured.distance_m == pytest.approx(55.0 * 10)
+
+
+def test_no_fix_in_the_window_measures_nothing() -> None:
+    measured = track_distance([fix(0, t_s=0)], since_ms=NOW + 1, until_ms=NOW + 2)
+    assert (measured.distance_m, measured.points_used, measured.points_ignored) == (0.0, 0, 0)

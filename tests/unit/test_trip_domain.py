@@ -12,12 +12,16 @@ from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from trip.domain import (
     DEFAULT_DISPATCH_PLAN,
     AlreadyRatedError,
     CancellationPolicy,
     DispatchPlan,
+    FareBasis,
+    FareRule,
     GiveUp,
     InvalidArgumentError,
     InvalidTransition,
@@ -31,14 +35,17 @@ from trip.domain import (
     QuoteExpiredError,
     QuoteUsedError,
     RiderHasLiveTripError,
+    TrackMeasurement,
     Trip,
     TripError,
     TripState,
     VehicleClass,
+    Viewer,
     Widen,
     accept,
     arrive,
     cancel,
+    check_visible,
     complete,
     decline,
     dispatch,
@@ -46,12 +53,14 @@ from trip.domain import (
     exhaust,
     expire_offer,
     make_quote,
+    may_see,
     next_dispatch_step,
     offer,
     rate,
     repeated_booking,
     request_trip,
     start,
+    trip_not_found,
 )
 from trip.errors import ConcurrencyError, NotFoundError
 from trip.machine import Actor
@@ -104,13 +113,18 @@ def in_progress() -> Trip:
     return start(arrived(), driver_id="d1", now=T0 + timedelta(minutes=6))
 
 
-def completed() -> Trip:
+def estimate() -> tuple[int, int]:
+    return estimate_route(PICKUP, DROPOFF)
+
+
+def completed(track: TrackMeasurement | None = None, *, after_s: int | None = None) -> Trip:
+    """The ride ended by its driver; by default measured exactly as quoted."""
+    distance_m, duration_s = estimate()
     return complete(
         in_progress(),
         driver_id="d1",
-        now=T0 + timedelta(minutes=20),
-        distance_m=5000,
-        duration_s=600,
+        now=T0 + timedelta(minutes=6, seconds=duration_s if after_s is None else after_s),
+        track=track or TrackMeasurement(distance_m, points=100),
     )
 
 
@@ -338,41 +352,85 @@ def test_no_driver_may_act_on_a_trip_still_dispatching(guard: GuardByDriver) -> 
         guard(offered(), driver_id="d1", now=T0 + timedelta(minutes=1))
 
 
-def test_completed_trip_is_charged_for_the_measured_distance_and_time() -> None:
+def test_a_ride_measured_as_quoted_is_charged_the_measured_price() -> None:
+    distance_m, duration_s = estimate()
     trip = completed()
     assert trip.state is TripState.COMPLETED
-    assert trip.final_fare == Money(1050, "EUR")  # 250 + 5 km x 110 + 10 min x 25
-    assert (trip.distance_m, trip.duration_s) == (5000, 600)
-    assert trip.completed_at == T0 + timedelta(minutes=20)
+    assert trip.final_fare == trip.quoted_fare  # the same route and time as the estimate
+    assert (trip.distance_m, trip.duration_s) == (distance_m, duration_s)
+    assert trip.fare_basis is FareBasis.METERED
+    assert trip.settlement is not None and trip.settlement.rule is FareRule.WITHIN_BAND
+    assert trip.flagged_at is None
+    assert trip.completed_at == T0 + timedelta(minutes=6, seconds=duration_s)
     assert trip.ended_at == trip.completed_at
 
 
+def test_the_duration_priced_is_the_service_clock_from_start_to_end() -> None:
+    distance_m, _ = estimate()
+    trip = completed(TrackMeasurement(distance_m, points=100), after_s=660)
+    assert trip.duration_s == 660
+    assert trip.settlement is not None and trip.settlement.measured_duration_s == 660
+    assert trip.final_fare == quote_price(
+        distance_m, 660, TARIFFS[VehicleClass.STANDARD], trip.surge_multiplier
+    )
+
+
 def test_completed_trip_keeps_the_quoted_surge() -> None:
+    distance_m, duration_s = estimate()
     trip = requested(surge=2.0)
     trip = dispatch(trip, now=T0)
     trip = offer(trip, offer_id="o1", driver_id="d1", now=T0)
     trip = accept(trip, driver_id="d1", offer_id="o1", now=T0)
     trip = arrive(trip, driver_id="d1", now=T0)
     trip = start(trip, driver_id="d1", now=T0)
-    trip = complete(trip, driver_id="d1", now=T0, distance_m=5000, duration_s=600)
-    assert trip.final_fare == Money(2100, "EUR")
+    trip = complete(
+        trip,
+        driver_id="d1",
+        now=T0 + timedelta(seconds=duration_s),
+        track=TrackMeasurement(distance_m, points=10),
+    )
+    assert trip.final_fare == quote_price(
+        distance_m, duration_s, TARIFFS[VehicleClass.STANDARD], 2.0
+    )
 
 
-def test_unmeasured_trip_is_charged_for_the_estimate_and_the_time_since_start() -> None:
+def test_an_unmeasured_ride_pays_the_quote_whatever_the_driver_reports() -> None:
     ride = in_progress()
-    trip = complete(ride, driver_id="d1", now=T0 + timedelta(minutes=18))
+    trip = complete(
+        ride,
+        driver_id="d1",
+        now=T0 + timedelta(minutes=18),
+        reported_distance_m=10_000_000,
+        reported_duration_s=604_800,
+    )
+    assert trip.final_fare == ride.quoted_fare
+    assert trip.fare_basis is FareBasis.QUOTE
     assert trip.distance_m == ride.estimated_distance_m
     assert trip.duration_s == 12 * 60
-    assert trip.final_fare == quote_price(
-        ride.estimated_distance_m, 720, TARIFFS[VehicleClass.STANDARD], 1.0
+    settlement = trip.settlement
+    assert settlement is not None and settlement.rule is FareRule.NO_MEASUREMENT
+    assert (settlement.reported_distance_m, settlement.reported_duration_s) == (
+        10_000_000,
+        604_800,
     )
 
 
-def test_a_very_short_trip_pays_the_minimum_fare() -> None:
-    trip = complete(
-        in_progress(), driver_id="d1", now=T0 + timedelta(minutes=7), distance_m=50, duration_s=30
-    )
-    assert trip.final_fare == Money(TARIFFS[VehicleClass.STANDARD].minimum_fare, "EUR")
+def test_a_ride_measured_far_longer_than_quoted_pays_the_quote_and_is_flagged() -> None:
+    trip = completed(TrackMeasurement(100_000, points=900))
+    assert trip.final_fare == trip.quoted_fare
+    assert trip.fare_basis is FareBasis.QUOTE
+    assert trip.settlement is not None and trip.settlement.rule is FareRule.ABOVE_BAND
+    assert trip.flagged_at == trip.completed_at
+    assert trip.flag_reason.startswith("fare review: ")
+    assert trip.distance_m == 100_000  # what was measured, beside what was charged
+
+
+def test_a_ride_measured_far_shorter_than_quoted_pays_the_band_floor_and_is_flagged() -> None:
+    trip = completed(TrackMeasurement(50, points=3), after_s=30)
+    assert trip.settlement is not None and trip.settlement.rule is FareRule.BELOW_BAND
+    assert trip.final_fare == trip.settlement.band_low
+    assert trip.final_fare.amount_minor < trip.quoted_fare.amount_minor
+    assert trip.flagged_at == trip.completed_at
 
 
 def test_every_transition_adds_one_version_and_one_history_record() -> None:
@@ -701,3 +759,73 @@ def test_a_quote_not_booked_yet_or_booked_by_someone_else_repeats_nothing() -> N
     used = replace(a_quote(), trip_id="t0")
     assert repeated_booking(used, rider_id="r2", pickup=PICKUP, dropoff=DROPOFF) is None
     assert repeated_booking(used, rider_id="r1", pickup=DROPOFF, dropoff=PICKUP) is None
+
+
+# --- who may see a trip --------------------------------------------------------------------
+
+
+def driver_cancelled() -> Trip:
+    return driver_cancel(accepted(), driver_id="d1", now=T0 + timedelta(minutes=1))
+
+
+def declined() -> Trip:
+    return decline(offered(), driver_id="d1", offer_id="o1", now=ACCEPTED_AT)
+
+
+# (trip, viewer) pairs a user may see: its rider, its assigned or offered driver, and anyone
+# acting as the service; and pairs they may not.
+VISIBLE = [
+    (requested, Viewer(Actor.RIDER, "r1")),
+    (offered, Viewer(Actor.DRIVER, "d1")),
+    (accepted, Viewer(Actor.DRIVER, "d1")),
+    (completed, Viewer(Actor.DRIVER, "d1")),
+    (completed, Viewer(Actor.RIDER, "r1")),
+    (requested, Viewer(Actor.ADMIN, "admin-1")),
+    (requested, Viewer(Actor.SYSTEM)),
+]
+HIDDEN = [
+    (requested, Viewer(Actor.RIDER, "r2")),
+    (requested, Viewer(Actor.RIDER, "")),
+    (requested, Viewer(Actor.DRIVER, "r1")),  # the rider's id, claimed as a driver
+    (offered, Viewer(Actor.DRIVER, "d2")),
+    (offered, Viewer(Actor.RIDER, "d1")),  # the offered driver's id, claimed as a rider
+    (accepted, Viewer(Actor.DRIVER, "d2")),
+    (dispatching, Viewer(Actor.DRIVER, "")),
+    (driver_cancelled, Viewer(Actor.DRIVER, "d1")),  # taken off the trip
+    (
+        lambda: decline(offered(), driver_id="d1", offer_id="o1", now=ACCEPTED_AT),
+        Viewer(Actor.DRIVER, "d1"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("trip", "viewer"), VISIBLE)
+def test_the_trips_parties_and_the_service_may_see_it(
+    trip: Callable[[], Trip], viewer: Viewer
+) -> None:
+    assert may_see(trip(), viewer)
+    check_visible(trip(), viewer)
+
+
+@pytest.mark.parametrize(("trip", "viewer"), HIDDEN)
+def test_a_trip_hidden_from_a_caller_is_not_found_in_the_words_of_a_missing_one(
+    trip: Callable[[], Trip], viewer: Viewer
+) -> None:
+    assert not may_see(trip(), viewer)
+    with pytest.raises(NotFoundError) as hidden:
+        check_visible(trip(), viewer)
+    assert str(hidden.value) == str(trip_not_found()) == "trip not found"
+
+
+@given(
+    trip=st.sampled_from([requested, offered, accepted, completed, driver_cancelled, declined]),
+    actor=st.sampled_from([Actor.RIDER, Actor.DRIVER]),
+    actor_id=st.sampled_from(["r1", "d1", "d2", ""]) | st.text(max_size=8),
+)
+def test_a_user_sees_a_trip_exactly_when_they_are_one_of_its_parties(
+    trip: Callable[[], Trip], actor: Actor, actor_id: str
+) -> None:
+    t = trip()
+    offered_to = t.offer.driver_id if t.offer is not None else None
+    parties = {t.rider_id} if actor is Actor.RIDER else {t.driver_id, offered_to}
+    assert may_see(t, Viewer(actor, actor_id)) == (actor_id in parties - {None, ""})

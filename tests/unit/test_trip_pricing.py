@@ -10,16 +10,22 @@ import pytest
 from trip.errors import InvalidArgumentError
 from trip.pricing import (
     TARIFFS,
+    FareBand,
+    FareRule,
+    FareSettlement,
     LatLng,
+    MeasureSource,
     Money,
     Tariff,
+    TrackMeasurement,
     VehicleClass,
     estimate_route,
-    final_fare,
     haversine_m,
     pickup_cell,
     quote_price,
+    quote_settlement,
     ring,
+    settle_fare,
     surge_multiplier,
 )
 
@@ -109,15 +115,126 @@ def test_fare_is_in_the_tariffs_currency() -> None:
     assert quote_price(10_000, 0, usd, 1.0) == Money(1100, "USD")
 
 
-def test_final_fare_is_priced_like_the_quote_from_actual_distance_and_time() -> None:
-    # 7.2 km and 19 min: (250 + 792 + 475) x 1.2 = 1820.4 -> 1820
-    assert final_fare(7200, 1140, STANDARD, 1.2) == Money(1820, "EUR")
-    assert final_fare(7200, 1140, STANDARD, 1.0) == quote_price(7200, 1140, STANDARD, 1.0)
+# --- the final fare: the quote holds ----------------------------------------------------------
+
+# 5 km and 10 min: 250 + 550 + 250 = 1050 cents; the default band is [840, 1155].
+QUOTED = quote_price(5000, 600, STANDARD, 1.0)
 
 
-def test_final_fare_is_never_below_the_minimum_fare() -> None:
-    assert final_fare(0, 0, STANDARD, 1.0) == Money(STANDARD.minimum_fare, "EUR")
-    assert final_fare(10, 5, STANDARD, 2.0) == Money(STANDARD.minimum_fare, "EUR")
+def settle(
+    track: TrackMeasurement | None,
+    duration_s: int = 600,
+    *,
+    reported_distance_m: int | None = None,
+    reported_duration_s: int | None = None,
+) -> FareSettlement:
+    return settle_fare(
+        quoted=QUOTED,
+        quoted_distance_m=5000,
+        quoted_duration_s=600,
+        duration_s=duration_s,
+        track=track,
+        tariff=STANDARD,
+        surge=1.0,
+        reported_distance_m=reported_distance_m,
+        reported_duration_s=reported_duration_s,
+    )
+
+
+def test_the_default_band_is_ten_percent_up_and_twenty_down() -> None:
+    assert QUOTED == Money(1050, "EUR")
+    assert FareBand().edges(QUOTED) == (Money(840, "EUR"), Money(1155, "EUR"))
+
+
+def test_band_edges_round_half_up() -> None:
+    # 1005 x 1.1 = 1105.5 -> 1106; 1005 x 0.8 = 804
+    band = FareBand(up=0.1, down=0.2)
+    assert band.edges(Money(1005, "EUR")) == (Money(804, "EUR"), Money(1106, "EUR"))
+
+
+def test_a_measured_price_within_the_band_is_charged() -> None:
+    # 5.5 km, 10 min: 250 + 605 + 250 = 1105
+    settled = settle(TrackMeasurement(5500, points=120, points_ignored=2))
+    assert settled.rule is FareRule.WITHIN_BAND
+    assert settled.charged == Money(1105, "EUR")
+    assert settled.measured_fare == Money(1105, "EUR")
+    assert not settled.flagged
+    assert settled.measured_distance_m == 5500
+    assert settled.distance_source is MeasureSource.LOCATION_TRACK
+    assert settled.duration_source is MeasureSource.SERVER_CLOCK
+    assert (settled.track_points, settled.track_points_ignored) == (120, 2)
+
+
+def test_a_measured_price_above_the_band_charges_the_quote_and_flags_the_ride() -> None:
+    # 10 km, 10 min: 250 + 1100 + 250 = 1600 > 1155
+    settled = settle(TrackMeasurement(10_000, points=300))
+    assert settled.rule is FareRule.ABOVE_BAND
+    assert settled.charged == QUOTED
+    assert settled.flagged
+    assert settled.measured_fare == Money(1600, "EUR")
+
+
+def test_a_measured_price_below_the_band_charges_its_floor_and_flags_the_ride() -> None:
+    # 2 km, 5 min: 250 + 220 + 125 = 595, the minimum fare 600 < 840
+    settled = settle(TrackMeasurement(2000, points=50), duration_s=300)
+    assert settled.rule is FareRule.BELOW_BAND
+    assert settled.charged == Money(840, "EUR")
+    assert settled.flagged
+    assert settled.measured_fare == Money(600, "EUR")
+
+
+def test_without_a_measured_distance_the_quote_is_charged_and_the_basis_says_so() -> None:
+    settled = settle(None, duration_s=4000)
+    assert settled.rule is FareRule.NO_MEASUREMENT
+    assert settled.charged == QUOTED
+    assert not settled.flagged
+    assert settled.measured_distance_m is None
+    assert settled.distance_source is MeasureSource.NONE
+    assert settled.measured_fare is None
+    assert settled.measured_duration_s == 4000
+
+
+def test_what_the_driver_reports_is_recorded_and_never_priced() -> None:
+    """The finding: 10,000 km and a week reported turned a 10.35 EUR quote into 13,522.50."""
+    track = TrackMeasurement(5500, points=120)
+    honest = settle(track)
+    absurd = settle(track, reported_distance_m=10_000_000, reported_duration_s=604_800)
+    assert absurd.charged == honest.charged == Money(1105, "EUR")
+    assert absurd.rule is FareRule.WITHIN_BAND
+    assert (absurd.reported_distance_m, absurd.reported_duration_s) == (
+        10_000_000,
+        604_800,
+    )
+    assert settle(None, reported_distance_m=10_000_000).charged == QUOTED
+
+
+@pytest.mark.parametrize("distance_m", [0, 1, 4000, 5600, 6000, 100_000, 10_000_000])
+@pytest.mark.parametrize("duration_s", [0, 600, 900, 604_800])
+def test_no_track_moves_the_charge_outside_the_band(distance_m: int, duration_s: int) -> None:
+    settled = settle(TrackMeasurement(distance_m, points=2), duration_s=duration_s)
+    assert settled.charged.amount_minor <= 1155
+    assert settled.charged.amount_minor >= 840
+
+
+def test_a_ride_the_system_ended_charges_the_quote() -> None:
+    settled = quote_settlement(
+        quoted=QUOTED,
+        quoted_distance_m=5000,
+        quoted_duration_s=600,
+        duration_s=700,
+        rule=FareRule.DRIVER_SILENT,
+    )
+    assert (settled.charged, settled.rule, settled.flagged) == (
+        QUOTED,
+        FareRule.DRIVER_SILENT,
+        False,
+    )
+
+
+@pytest.mark.parametrize(("up", "down"), [(-0.1, 0.1), (0.1, 1.5), (math.nan, 0.1)])
+def test_a_band_outside_zero_to_one_is_refused(up: float, down: float) -> None:
+    with pytest.raises(InvalidArgumentError):
+        FareBand(up=up, down=down)
 
 
 @pytest.mark.parametrize(

@@ -11,10 +11,10 @@ from protos.trip.v1 import events_pb2, trip_pb2
 from rideshare.settings import SettingsError
 from tests.unit.test_trip_domain import T0, completed, in_progress
 from trip import domain, wire
-from trip.domain import Actor, InvalidArgumentError, LatLng, TripState, VehicleClass
+from trip.domain import Actor, InvalidArgumentError, LatLng, TripState, VehicleClass, Viewer
 from trip.liveness import LivenessRule
 from trip.settings import TripSettings
-from trip.wire import decode_page_token, encode_page_token
+from trip.wire import decode_page_token, encode_page_token, trips_scope
 
 NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -101,10 +101,26 @@ def test_the_offered_event_carries_what_the_driver_app_shows() -> None:
 
 def test_page_tokens_round_trip_and_garbage_is_rejected() -> None:
     trip = a_trip()
-    assert decode_page_token(encode_page_token(trip)) == (trip.requested_at, trip.id)
+    scope = trips_scope([TripState.REQUESTED], rider_id="r1", driver_id=None)
+    token = encode_page_token(trip, scope=scope)
+    assert decode_page_token(token, scope=scope) == (trip.requested_at, trip.id)
     for bad in ("garbage!", "W10", "bnVsbA"):
         with pytest.raises(InvalidArgumentError):
-            decode_page_token(bad)
+            decode_page_token(bad, scope=scope)
+
+
+def test_a_list_trips_token_is_good_only_for_the_query_that_made_it() -> None:
+    scope = trips_scope([TripState.REQUESTED], rider_id="r1", driver_id=None)
+    token = encode_page_token(a_trip(), scope=scope)
+    for other in (
+        trips_scope([TripState.REQUESTED], rider_id="r2", driver_id=None),
+        trips_scope([TripState.REQUESTED], rider_id="r1", driver_id="d1"),
+        trips_scope([], rider_id="r1", driver_id=None),
+    ):
+        with pytest.raises(InvalidArgumentError, match="another list"):
+            decode_page_token(token, scope=other)
+    same = trips_scope([TripState.REQUESTED, TripState.REQUESTED], rider_id="r1", driver_id=None)
+    assert decode_page_token(token, scope=same)[1] == a_trip().id
 
 
 def test_settings_from_env_read_every_dispatch_knob() -> None:
@@ -210,3 +226,66 @@ def test_a_driver_completed_ride_is_metered_and_names_the_driver() -> None:
     assert payload.completed_by == trip_pb2.ACTOR_DRIVER
     assert payload.charge_basis == trip_pb2.CHARGE_BASIS_METERED
     assert payload.liveness_rule == events_pb2.LIVENESS_RULE_UNSPECIFIED
+
+
+def test_a_completed_trip_shows_its_fare_settlement() -> None:
+    trip = completed()
+    message = wire.trip_to_proto(trip).settlement
+    assert message.rule == trip_pb2.FARE_RULE_WITHIN_BAND
+    assert message.quoted_fare.amount_minor == trip.quoted_fare.amount_minor
+    assert message.distance_source == trip_pb2.MEASURE_SOURCE_LOCATION_TRACK
+    assert message.duration_source == trip_pb2.MEASURE_SOURCE_SERVER_CLOCK
+    assert message.HasField("measured_distance_m") and message.HasField("measured_fare")
+    assert not message.HasField("reported_distance_m")
+    assert not wire.trip_to_proto(in_progress()).HasField("settlement")
+
+
+def test_an_unmeasured_settlement_leaves_the_measured_fields_unset() -> None:
+    trip = domain.complete(
+        in_progress(), driver_id="d1", now=T0 + timedelta(minutes=9), reported_distance_m=0
+    )
+    message = wire.trip_to_proto(trip).settlement
+    assert message.rule == trip_pb2.FARE_RULE_NO_MEASUREMENT
+    assert message.distance_source == trip_pb2.MEASURE_SOURCE_NONE
+    assert not message.HasField("measured_distance_m")
+    assert not message.HasField("measured_fare")
+    assert message.HasField("reported_distance_m") and message.reported_distance_m == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("RIDESHARE_FARE_BAND_UP", "1.5"), ("RIDESHARE_FARE_BAND_DOWN", "-0.1")]
+)
+def test_a_fare_band_outside_zero_to_one_names_its_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        TripSettings.from_env({name: value})
+
+
+def test_a_reader_is_a_user_with_an_id_or_a_service_reading_for_itself() -> None:
+    assert wire.viewer_from_proto(trip_pb2.ACTOR_RIDER, "r1") == Viewer(Actor.RIDER, "r1")
+    assert wire.viewer_from_proto(trip_pb2.ACTOR_UNSPECIFIED, "") == Viewer(Actor.SYSTEM)
+    assert wire.viewer_from_proto(trip_pb2.ACTOR_SYSTEM, "") == Viewer(Actor.SYSTEM)
+
+
+@pytest.mark.parametrize(
+    ("actor", "actor_id", "message"),
+    [
+        (trip_pb2.ACTOR_RIDER, "", "actor_id is required"),
+        (trip_pb2.ACTOR_DRIVER, "d.1", "actor_id must be"),
+        (trip_pb2.ACTOR_ADMIN, "", "actor_id is required"),
+        (-5, "r1", "actor -5 must be specified and valid"),
+        (42, "r1", "actor 42 must be specified and valid"),
+    ],
+)
+def test_a_reader_with_an_unknown_actor_or_no_id_is_invalid_argument(
+    actor: int, actor_id: str, message: str
+) -> None:
+    with pytest.raises(InvalidArgumentError, match=rf"^{message}"):
+        wire.viewer_from_proto(actor, actor_id)
+
+
+def test_an_optional_id_filter_is_none_absent_and_checked_present() -> None:
+    assert wire.optional_id_of(trip_pb2.ListTripsRequest(), "rider_id") is None
+    assert wire.optional_id_of(trip_pb2.ListTripsRequest(rider_id="r1"), "rider_id") == "r1"
+    for bad in ("", "r*", "x" * 65):
+        with pytest.raises(InvalidArgumentError, match=r"^rider_id"):
+            wire.optional_id_of(trip_pb2.ListTripsRequest(rider_id=bad), "rider_id")

@@ -650,3 +650,73 @@ class ReleaseDriverResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReleaseDriverResponse: _TypeAlias = ReleaseDriverResponse  # noqa: Y015
+
+@_typing.final
+class GetTripDistanceRequest(_message.Message):
+    """Request for LocationService.GetTripDistance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRIP_ID_FIELD_NUMBER: _builtins.int
+    SINCE_MS_FIELD_NUMBER: _builtins.int
+    UNTIL_MS_FIELD_NUMBER: _builtins.int
+    trip_id: _builtins.str
+    """The trip whose driver's track is measured."""
+    since_ms: _builtins.int
+    """Only positions the service received at or after this instant (ms since the Unix epoch,
+    the service's clock): the ride's start.
+    """
+    until_ms: _builtins.int
+    """Only positions received at or before this instant; 0 = now."""
+    def __init__(
+        self,
+        *,
+        trip_id: _builtins.str = ...,
+        since_ms: _builtins.int = ...,
+        until_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["since_ms", b"since_ms", "trip_id", b"trip_id", "until_ms", b"until_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTripDistanceRequest: _TypeAlias = GetTripDistanceRequest  # noqa: Y015
+
+@_typing.final
+class TripDistance(_message.Message):
+    """Response of LocationService.GetTripDistance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISTANCE_M_FIELD_NUMBER: _builtins.int
+    POINTS_USED_FIELD_NUMBER: _builtins.int
+    POINTS_IGNORED_FIELD_NUMBER: _builtins.int
+    FIRST_TS_MS_FIELD_NUMBER: _builtins.int
+    LAST_TS_MS_FIELD_NUMBER: _builtins.int
+    distance_m: _builtins.float
+    """Metres covered along the accepted fixes."""
+    points_used: _builtins.int
+    """Fixes in the window that were accepted into the track."""
+    points_ignored: _builtins.int
+    """Fixes in the window that were ignored (poor accuracy, impossible speed)."""
+    first_ts_ms: _builtins.int
+    """Receive time of the first accepted fix (0 when none)."""
+    last_ts_ms: _builtins.int
+    """Receive time of the last accepted fix (0 when none)."""
+    def __init__(
+        self,
+        *,
+        distance_m: _builtins.float = ...,
+        points_used: _builtins.int = ...,
+        points_ignored: _builtins.int = ...,
+        first_ts_ms: _builtins.int = ...,
+        last_ts_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["distance_m", b"distance_m", "first_ts_ms", b"first_ts_ms", "last_ts_ms", b"last_ts_ms", "points_ignored", b"points_ignored", "points_used", b"points_used"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TripDistance: _TypeAlias = TripDistance  # noqa: Y015

@@ -75,6 +75,11 @@ class LocationServiceStub:
                 request_serializer=protos_dot_location_dot_v1_dot_location__pb2.ReleaseDriverRequest.SerializeToString,
                 response_deserializer=protos_dot_location_dot_v1_dot_location__pb2.ReleaseDriverResponse.FromString,
                 _registered_method=True)
+        self.GetTripDistance = channel.unary_unary(
+                '/rideshare.location.v1.LocationService/GetTripDistance',
+                request_serializer=protos_dot_location_dot_v1_dot_location__pb2.GetTripDistanceRequest.SerializeToString,
+                response_deserializer=protos_dot_location_dot_v1_dot_location__pb2.TripDistance.FromString,
+                _registered_method=True)
 
 
 class LocationServiceServicer:
@@ -157,6 +162,19 @@ class LocationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTripDistance(self, request, context):
+        """The distance a trip's driver covered between two instants of the service's clock,
+        measured from the positions the service recorded while the trip held the driver ON_TRIP
+        (the driver's own reports, but filtered here: a fix worse than 50 m, or one that implies
+        an impossible speed from the previous accepted fix, is ignored; the total is at most the
+        top speed times the time the service saw the track). What the trip service prices a
+        ride's end from. Errors: INVALID_ARGUMENT (empty trip_id, until_ms < since_ms),
+        NOT_FOUND (no position recorded for the trip: never ON_TRIP here, or Redis lost it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LocationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -199,6 +217,11 @@ def add_LocationServiceServicer_to_server(servicer, server):
                     servicer.ReleaseDriver,
                     request_deserializer=protos_dot_location_dot_v1_dot_location__pb2.ReleaseDriverRequest.FromString,
                     response_serializer=protos_dot_location_dot_v1_dot_location__pb2.ReleaseDriverResponse.SerializeToString,
+            ),
+            'GetTripDistance': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTripDistance,
+                    request_deserializer=protos_dot_location_dot_v1_dot_location__pb2.GetTripDistanceRequest.FromString,
+                    response_serializer=protos_dot_location_dot_v1_dot_location__pb2.TripDistance.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -418,6 +441,33 @@ class LocationService:
             '/rideshare.location.v1.LocationService/ReleaseDriver',
             protos_dot_location_dot_v1_dot_location__pb2.ReleaseDriverRequest.SerializeToString,
             protos_dot_location_dot_v1_dot_location__pb2.ReleaseDriverResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTripDistance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rideshare.location.v1.LocationService/GetTripDistance',
+            protos_dot_location_dot_v1_dot_location__pb2.GetTripDistanceRequest.SerializeToString,
+            protos_dot_location_dot_v1_dot_location__pb2.TripDistance.FromString,
             options,
             channel_credentials,
             insecure,

@@ -87,6 +87,15 @@ class LocationServiceStub:
     they are and `released` is false, so repeating it is harmless.
     Errors: INVALID_ARGUMENT (empty driver_id or trip_id).
     """
+    GetTripDistance: _grpc.UnaryUnaryMultiCallable[_location_pb2.GetTripDistanceRequest, _location_pb2.TripDistance]
+    """The distance a trip's driver covered between two instants of the service's clock,
+    measured from the positions the service recorded while the trip held the driver ON_TRIP
+    (the driver's own reports, but filtered here: a fix worse than 50 m, or one that implies
+    an impossible speed from the previous accepted fix, is ignored; the total is at most the
+    top speed times the time the service saw the track). What the trip service prices a
+    ride's end from. Errors: INVALID_ARGUMENT (empty trip_id, until_ms < since_ms),
+    NOT_FOUND (no position recorded for the trip: never ON_TRIP here, or Redis lost it).
+    """
 
 @_typing.type_check_only
 class LocationServiceAsyncStub(LocationServiceStub):
@@ -136,6 +145,15 @@ class LocationServiceAsyncStub(LocationServiceStub):
     for this trip (accepted, offline, held for another trip, or released already) is left as
     they are and `released` is false, so repeating it is harmless.
     Errors: INVALID_ARGUMENT (empty driver_id or trip_id).
+    """
+    GetTripDistance: _aio.UnaryUnaryMultiCallable[_location_pb2.GetTripDistanceRequest, _location_pb2.TripDistance]  # type: ignore[assignment]
+    """The distance a trip's driver covered between two instants of the service's clock,
+    measured from the positions the service recorded while the trip held the driver ON_TRIP
+    (the driver's own reports, but filtered here: a fix worse than 50 m, or one that implies
+    an impossible speed from the previous accepted fix, is ignored; the total is at most the
+    top speed times the time the service saw the track). What the trip service prices a
+    ride's end from. Errors: INVALID_ARGUMENT (empty trip_id, until_ms < since_ms),
+    NOT_FOUND (no position recorded for the trip: never ON_TRIP here, or Redis lost it).
     """
 
 class LocationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -231,6 +249,21 @@ class LocationServiceServicer(metaclass=_abc_1.ABCMeta):
         for this trip (accepted, offline, held for another trip, or released already) is left as
         they are and `released` is false, so repeating it is harmless.
         Errors: INVALID_ARGUMENT (empty driver_id or trip_id).
+        """
+
+    @_abc_1.abstractmethod
+    def GetTripDistance(
+        self,
+        request: _location_pb2.GetTripDistanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_location_pb2.TripDistance, _abc.Awaitable[_location_pb2.TripDistance]]:
+        """The distance a trip's driver covered between two instants of the service's clock,
+        measured from the positions the service recorded while the trip held the driver ON_TRIP
+        (the driver's own reports, but filtered here: a fix worse than 50 m, or one that implies
+        an impossible speed from the previous accepted fix, is ignored; the total is at most the
+        top speed times the time the service saw the track). What the trip service prices a
+        ride's end from. Errors: INVALID_ARGUMENT (empty trip_id, until_ms < since_ms),
+        NOT_FOUND (no position recorded for the trip: never ON_TRIP here, or Redis lost it).
         """
 
 def add_LocationServiceServicer_to_server(servicer: LocationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

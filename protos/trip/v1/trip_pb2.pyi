@@ -5,8 +5,13 @@ The trip service: quotes, the trip state machine, dispatch and ratings.
 
 States: REQUESTED -> DISPATCHING -> ACCEPTED -> ARRIVED -> IN_PROGRESS -> COMPLETED, with
 the terminal CANCELLED and NO_DRIVERS. A command the current state (or the caller) does not
-allow fails with FAILED_PRECONDITION (or PERMISSION_DENIED for the wrong party) and changes
-nothing; the message names the state and the command.
+allow fails with FAILED_PRECONDITION and changes nothing; the message names the state and
+the command.
+
+Who may see a trip: its rider, its assigned driver, the driver its pending offer is for,
+ADMIN and SYSTEM. For anyone else every read and command on the trip fails with NOT_FOUND and
+the same message as for a trip that does not exist, before any state is looked at, so that
+neither the trip's existence nor its state leaks.
 """
 
 from collections import abc as _abc
@@ -110,6 +115,74 @@ the clocks of the live states: a silent driver, a pickup or a ride that never en
 ACTOR_ADMIN: Actor.ValueType  # 4
 """An operator."""
 Global___Actor: _TypeAlias = Actor  # noqa: Y015
+
+class _FareRule:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FareRuleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FareRule.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FARE_RULE_UNSPECIFIED: _FareRule.ValueType  # 0
+    """Not set."""
+    FARE_RULE_WITHIN_BAND: _FareRule.ValueType  # 1
+    """The measured price lay within the band around the quote: it was charged."""
+    FARE_RULE_ABOVE_BAND: _FareRule.ValueType  # 2
+    """The measured price lay above the band: the quote was charged and the ride flagged."""
+    FARE_RULE_BELOW_BAND: _FareRule.ValueType  # 3
+    """The measured price lay below the band: the band's floor was charged and the ride flagged."""
+    FARE_RULE_NO_MEASUREMENT: _FareRule.ValueType  # 4
+    """The location service had no measured distance (no track, or no answer in time): the
+    quote was charged.
+    """
+    FARE_RULE_DRIVER_SILENT: _FareRule.ValueType  # 5
+    """The system ended a ride whose driver fell silent: the quote was charged."""
+
+class FareRule(_FareRule, metaclass=_FareRuleEnumTypeWrapper):
+    """The rule that settled a final fare (see FareSettlement)."""
+
+FARE_RULE_UNSPECIFIED: FareRule.ValueType  # 0
+"""Not set."""
+FARE_RULE_WITHIN_BAND: FareRule.ValueType  # 1
+"""The measured price lay within the band around the quote: it was charged."""
+FARE_RULE_ABOVE_BAND: FareRule.ValueType  # 2
+"""The measured price lay above the band: the quote was charged and the ride flagged."""
+FARE_RULE_BELOW_BAND: FareRule.ValueType  # 3
+"""The measured price lay below the band: the band's floor was charged and the ride flagged."""
+FARE_RULE_NO_MEASUREMENT: FareRule.ValueType  # 4
+"""The location service had no measured distance (no track, or no answer in time): the
+quote was charged.
+"""
+FARE_RULE_DRIVER_SILENT: FareRule.ValueType  # 5
+"""The system ended a ride whose driver fell silent: the quote was charged."""
+Global___FareRule: _TypeAlias = FareRule  # noqa: Y015
+
+class _MeasureSource:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MeasureSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MeasureSource.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MEASURE_SOURCE_UNSPECIFIED: _MeasureSource.ValueType  # 0
+    """Not set."""
+    MEASURE_SOURCE_LOCATION_TRACK: _MeasureSource.ValueType  # 1
+    """The positions the location service recorded for the trip (LocationService.GetTripDistance)."""
+    MEASURE_SOURCE_SERVER_CLOCK: _MeasureSource.ValueType  # 2
+    """The trip service's clock, from the ride's start to its end."""
+    MEASURE_SOURCE_NONE: _MeasureSource.ValueType  # 3
+    """Nothing measured it."""
+
+class MeasureSource(_MeasureSource, metaclass=_MeasureSourceEnumTypeWrapper):
+    """Where a measured figure came from."""
+
+MEASURE_SOURCE_UNSPECIFIED: MeasureSource.ValueType  # 0
+"""Not set."""
+MEASURE_SOURCE_LOCATION_TRACK: MeasureSource.ValueType  # 1
+"""The positions the location service recorded for the trip (LocationService.GetTripDistance)."""
+MEASURE_SOURCE_SERVER_CLOCK: MeasureSource.ValueType  # 2
+"""The trip service's clock, from the ride's start to its end."""
+MEASURE_SOURCE_NONE: MeasureSource.ValueType  # 3
+"""Nothing measured it."""
+Global___MeasureSource: _TypeAlias = MeasureSource  # noqa: Y015
 
 class _ChargeBasis:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -364,6 +437,7 @@ class Trip(_message.Message):
     FLAGGED_AT_FIELD_NUMBER: _builtins.int
     FLAG_REASON_FIELD_NUMBER: _builtins.int
     CHARGE_BASIS_FIELD_NUMBER: _builtins.int
+    SETTLEMENT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Trip id (UUID)."""
     rider_id: _builtins.str
@@ -385,9 +459,9 @@ class Trip(_message.Message):
     surge_multiplier: _builtins.float
     """Surge multiplier from the quote."""
     distance_m: _builtins.int
-    """Actual distance in metres, set on completion."""
+    """Distance in metres, set on completion: the measured one, else the quote's estimate."""
     duration_s: _builtins.int
-    """Actual duration in seconds, set on completion."""
+    """Duration in seconds, set on completion: the service's clock from start to end."""
     cancelled_by: Global___Actor.ValueType
     """Who cancelled; ACTOR_UNSPECIFIED unless state is CANCELLED."""
     cancel_reason: _builtins.str
@@ -460,8 +534,14 @@ class Trip(_message.Message):
 
     @_builtins.property
     def flagged_at(self) -> _timestamp_pb2.Timestamp:
-        """When the system last flagged the ride for an operator (its driver fell silent); unset
-        when never flagged.
+        """When the system last flagged the ride for an operator (its driver fell silent, or its
+        fare was settled outside the band around the quote); unset when never flagged.
+        """
+
+    @_builtins.property
+    def settlement(self) -> Global___FareSettlement:
+        """How final_fare was settled, with every figure it was settled from; unset before the ride
+        ends (and on rides completed before it was recorded).
         """
 
     def __init__(
@@ -500,14 +580,118 @@ class Trip(_message.Message):
         flagged_at: _timestamp_pb2.Timestamp | None = ...,
         flag_reason: _builtins.str = ...,
         charge_basis: Global___ChargeBasis.ValueType = ...,
+        settlement: Global___FareSettlement | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "arrived_at", b"arrived_at", "cancellation_fee", b"cancellation_fee", "cancelled_at", b"cancelled_at", "completed_at", b"completed_at", "current_offer", b"current_offer", "dropoff", b"dropoff", "ended_at", b"ended_at", "final_fare", b"final_fare", "flagged_at", b"flagged_at", "pickup", b"pickup", "quoted_fare", b"quoted_fare", "requested_at", b"requested_at", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "arrived_at", b"arrived_at", "cancellation_fee", b"cancellation_fee", "cancelled_at", b"cancelled_at", "completed_at", b"completed_at", "current_offer", b"current_offer", "dropoff", b"dropoff", "ended_at", b"ended_at", "final_fare", b"final_fare", "flagged_at", b"flagged_at", "pickup", b"pickup", "quoted_fare", b"quoted_fare", "requested_at", b"requested_at", "settlement", b"settlement", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "arrived_at", b"arrived_at", "cancel_reason", b"cancel_reason", "cancellation_fee", b"cancellation_fee", "cancelled_at", b"cancelled_at", "cancelled_by", b"cancelled_by", "charge_basis", b"charge_basis", "completed_at", b"completed_at", "current_offer", b"current_offer", "distance_m", b"distance_m", "driver_id", b"driver_id", "driver_rating", b"driver_rating", "dropoff", b"dropoff", "dropoff_address", b"dropoff_address", "duration_s", b"duration_s", "ended_at", b"ended_at", "final_fare", b"final_fare", "flag_reason", b"flag_reason", "flagged_at", b"flagged_at", "history", b"history", "id", b"id", "pickup", b"pickup", "pickup_address", b"pickup_address", "quote_id", b"quote_id", "quoted_fare", b"quoted_fare", "requested_at", b"requested_at", "rider_id", b"rider_id", "rider_rating", b"rider_rating", "started_at", b"started_at", "state", b"state", "surge_multiplier", b"surge_multiplier", "vehicle_class", b"vehicle_class", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "arrived_at", b"arrived_at", "cancel_reason", b"cancel_reason", "cancellation_fee", b"cancellation_fee", "cancelled_at", b"cancelled_at", "cancelled_by", b"cancelled_by", "charge_basis", b"charge_basis", "completed_at", b"completed_at", "current_offer", b"current_offer", "distance_m", b"distance_m", "driver_id", b"driver_id", "driver_rating", b"driver_rating", "dropoff", b"dropoff", "dropoff_address", b"dropoff_address", "duration_s", b"duration_s", "ended_at", b"ended_at", "final_fare", b"final_fare", "flag_reason", b"flag_reason", "flagged_at", b"flagged_at", "history", b"history", "id", b"id", "pickup", b"pickup", "pickup_address", b"pickup_address", "quote_id", b"quote_id", "quoted_fare", b"quoted_fare", "requested_at", b"requested_at", "rider_id", b"rider_id", "rider_rating", b"rider_rating", "settlement", b"settlement", "started_at", b"started_at", "state", b"state", "surge_multiplier", b"surge_multiplier", "vehicle_class", b"vehicle_class", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Trip: _TypeAlias = Trip  # noqa: Y015
+
+@_typing.final
+class FareSettlement(_message.Message):
+    """The basis of a final fare: the quote, what the service measured, the rule applied."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_FIELD_NUMBER: _builtins.int
+    FLAGGED_FOR_REVIEW_FIELD_NUMBER: _builtins.int
+    QUOTED_FARE_FIELD_NUMBER: _builtins.int
+    QUOTED_DISTANCE_M_FIELD_NUMBER: _builtins.int
+    QUOTED_DURATION_S_FIELD_NUMBER: _builtins.int
+    MEASURED_DISTANCE_M_FIELD_NUMBER: _builtins.int
+    DISTANCE_SOURCE_FIELD_NUMBER: _builtins.int
+    MEASURED_DURATION_S_FIELD_NUMBER: _builtins.int
+    DURATION_SOURCE_FIELD_NUMBER: _builtins.int
+    TRACK_POINTS_FIELD_NUMBER: _builtins.int
+    TRACK_POINTS_IGNORED_FIELD_NUMBER: _builtins.int
+    MEASURED_FARE_FIELD_NUMBER: _builtins.int
+    BAND_LOW_FIELD_NUMBER: _builtins.int
+    BAND_HIGH_FIELD_NUMBER: _builtins.int
+    REPORTED_DISTANCE_M_FIELD_NUMBER: _builtins.int
+    REPORTED_DURATION_S_FIELD_NUMBER: _builtins.int
+    rule: Global___FareRule.ValueType
+    """The rule that settled the fare."""
+    flagged_for_review: _builtins.bool
+    """True when the ride needs an operator's review of its fare (outside the band)."""
+    quoted_distance_m: _builtins.int
+    """The quote's route distance estimate in metres."""
+    quoted_duration_s: _builtins.int
+    """The quote's duration estimate in seconds."""
+    measured_distance_m: _builtins.int
+    """The distance measured in metres; unset when nothing measured it."""
+    distance_source: Global___MeasureSource.ValueType
+    """Where measured_distance_m came from."""
+    measured_duration_s: _builtins.int
+    """The ride's duration in seconds on the service's clock."""
+    duration_source: Global___MeasureSource.ValueType
+    """Where measured_duration_s came from."""
+    track_points: _builtins.int
+    """Track fixes used for measured_distance_m."""
+    track_points_ignored: _builtins.int
+    """Track fixes ignored (poor accuracy, impossible speed)."""
+    reported_distance_m: _builtins.int
+    """The distance the driver's app reported, recorded and never priced; unset when none."""
+    reported_duration_s: _builtins.int
+    """The duration the driver's app reported, recorded and never priced; unset when none."""
+    @_builtins.property
+    def quoted_fare(self) -> _common_pb2.Money:
+        """The upfront price."""
+
+    @_builtins.property
+    def measured_fare(self) -> _common_pb2.Money:
+        """The tariff's price of the measured distance and duration (quoted surge); unset when
+        nothing measured the distance.
+        """
+
+    @_builtins.property
+    def band_low(self) -> _common_pb2.Money:
+        """The lowest fare the rule charges without a review."""
+
+    @_builtins.property
+    def band_high(self) -> _common_pb2.Money:
+        """The highest fare the rule charges without a review."""
+
+    def __init__(
+        self,
+        *,
+        rule: Global___FareRule.ValueType = ...,
+        flagged_for_review: _builtins.bool = ...,
+        quoted_fare: _common_pb2.Money | None = ...,
+        quoted_distance_m: _builtins.int = ...,
+        quoted_duration_s: _builtins.int = ...,
+        measured_distance_m: _builtins.int | None = ...,
+        distance_source: Global___MeasureSource.ValueType = ...,
+        measured_duration_s: _builtins.int = ...,
+        duration_source: Global___MeasureSource.ValueType = ...,
+        track_points: _builtins.int = ...,
+        track_points_ignored: _builtins.int = ...,
+        measured_fare: _common_pb2.Money | None = ...,
+        band_low: _common_pb2.Money | None = ...,
+        band_high: _common_pb2.Money | None = ...,
+        reported_distance_m: _builtins.int | None = ...,
+        reported_duration_s: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_measured_distance_m", b"_measured_distance_m", "_reported_distance_m", b"_reported_distance_m", "_reported_duration_s", b"_reported_duration_s", "band_high", b"band_high", "band_low", b"band_low", "measured_distance_m", b"measured_distance_m", "measured_fare", b"measured_fare", "quoted_fare", b"quoted_fare", "reported_distance_m", b"reported_distance_m", "reported_duration_s", b"reported_duration_s"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_measured_distance_m", b"_measured_distance_m", "_reported_distance_m", b"_reported_distance_m", "_reported_duration_s", b"_reported_duration_s", "band_high", b"band_high", "band_low", b"band_low", "distance_source", b"distance_source", "duration_source", b"duration_source", "flagged_for_review", b"flagged_for_review", "measured_distance_m", b"measured_distance_m", "measured_duration_s", b"measured_duration_s", "measured_fare", b"measured_fare", "quoted_distance_m", b"quoted_distance_m", "quoted_duration_s", b"quoted_duration_s", "quoted_fare", b"quoted_fare", "reported_distance_m", b"reported_distance_m", "reported_duration_s", b"reported_duration_s", "rule", b"rule", "track_points", b"track_points", "track_points_ignored", b"track_points_ignored"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__measured_distance_m: _TypeAlias = _typing.Literal["measured_distance_m"]  # noqa: Y015
+    _WhichOneofArgType__measured_distance_m: _TypeAlias = _typing.Literal["_measured_distance_m", b"_measured_distance_m"]  # noqa: Y015
+    _WhichOneofReturnType__reported_distance_m: _TypeAlias = _typing.Literal["reported_distance_m"]  # noqa: Y015
+    _WhichOneofArgType__reported_distance_m: _TypeAlias = _typing.Literal["_reported_distance_m", b"_reported_distance_m"]  # noqa: Y015
+    _WhichOneofReturnType__reported_duration_s: _TypeAlias = _typing.Literal["reported_duration_s"]  # noqa: Y015
+    _WhichOneofArgType__reported_duration_s: _TypeAlias = _typing.Literal["_reported_duration_s", b"_reported_duration_s"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__measured_distance_m) -> _WhichOneofReturnType__measured_distance_m | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__reported_distance_m) -> _WhichOneofReturnType__reported_distance_m | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__reported_duration_s) -> _WhichOneofReturnType__reported_duration_s | None: ...
+
+Global___FareSettlement: _TypeAlias = FareSettlement  # noqa: Y015
 
 @_typing.final
 class EstimateFareRequest(_message.Message):
@@ -607,16 +791,27 @@ class GetTripRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TRIP_ID_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTOR_ID_FIELD_NUMBER: _builtins.int
     trip_id: _builtins.str
     """The trip."""
+    actor: Global___Actor.ValueType
+    """Who reads, when a user does: RIDER, DRIVER or ADMIN. A trip this reader may not see is
+    NOT_FOUND, exactly as one that does not exist. Unspecified (or SYSTEM): a service reading
+    for itself.
+    """
+    actor_id: _builtins.str
+    """The rider, driver or admin id of the reader; required with RIDER, DRIVER and ADMIN."""
     def __init__(
         self,
         *,
         trip_id: _builtins.str = ...,
+        actor: Global___Actor.ValueType = ...,
+        actor_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["trip_id", b"trip_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "actor_id", b"actor_id", "trip_id", b"trip_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -875,11 +1070,11 @@ class CompleteTripRequest(_message.Message):
     driver_id: _builtins.str
     """The assigned driver."""
     distance_m: _builtins.int
-    """Actual distance driven in metres, when the driver app measured it; else the estimate
-    is used.
+    """Distance driven in metres as the driver app measured it: recorded in the fare settlement
+    as reported, never priced.
     """
     duration_s: _builtins.int
-    """Actual ride duration in seconds, when measured; else the time since StartTrip is used."""
+    """Ride duration in seconds as the driver app measured it: recorded, never priced."""
     def __init__(
         self,
         *,

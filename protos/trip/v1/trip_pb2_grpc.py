@@ -121,7 +121,8 @@ class TripServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetTrip(self, request, context):
-        """Returns one trip with its full transition history. Errors: NOT_FOUND.
+        """Returns one trip with its full transition history. Errors: NOT_FOUND (no such trip, or
+        one the reader may not see), INVALID_ARGUMENT (malformed id, unknown actor).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -140,8 +141,8 @@ class TripServiceServicer:
         a grace period); a driver may cancel after ACCEPTED and before IN_PROGRESS, which sends
         the trip back to dispatch without that driver (publishes trip.driver_cancelled) instead
         of ending it; SYSTEM and ADMIN may cancel any live trip. Publishes trip.cancelled when
-        the trip ends. Errors: NOT_FOUND, FAILED_PRECONDITION, PERMISSION_DENIED (not this trip's
-        rider or driver).
+        the trip ends. Errors: NOT_FOUND (also for a caller who may not see the trip),
+        FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -149,9 +150,9 @@ class TripServiceServicer:
 
     def AcceptTrip(self, request, context):
         """The offered driver accepts the pending offer; the driver is then held by this trip
-        alone. Publishes trip.accepted. Errors: NOT_FOUND, FAILED_PRECONDITION (offer expired,
-        ended or not the current one; trip no longer DISPATCHING), PERMISSION_DENIED (the offer
-        is another driver's).
+        alone. Publishes trip.accepted. Errors: NOT_FOUND (also for a driver who may not see the
+        trip), FAILED_PRECONDITION (offer expired, ended or not the current one; trip no longer
+        DISPATCHING).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -167,7 +168,7 @@ class TripServiceServicer:
 
     def ArriveAtPickup(self, request, context):
         """The assigned driver is at the pickup point (ACCEPTED -> ARRIVED). Publishes trip.arrived.
-        Errors: NOT_FOUND, FAILED_PRECONDITION, PERMISSION_DENIED (not the assigned driver).
+        Errors: NOT_FOUND (also for a driver who may not see the trip), FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -182,8 +183,11 @@ class TripServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CompleteTrip(self, request, context):
-        """The assigned driver ends the ride (IN_PROGRESS -> COMPLETED); the final fare is computed
-        from the actual distance and duration (never below the minimum fare). Publishes
+        """The assigned driver ends the ride (IN_PROGRESS -> COMPLETED). The rider pays the quote,
+        or the price of what the service measured itself (the distance of the track the location
+        service recorded, the service's clock from StartTrip to now) when that lies within a band
+        around the quote; a measured price above the band is flagged for review and the quote is
+        charged. Nothing the driver sends is priced: see Trip.settlement. Publishes
         trip.completed. Errors as for ArriveAtPickup.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -192,9 +196,9 @@ class TripServiceServicer:
 
     def RateTrip(self, request, context):
         """Rates the other party of a COMPLETED trip, once per side. Publishes trip.rated.
-        Errors: NOT_FOUND, FAILED_PRECONDITION (not completed, or this side rated already),
-        PERMISSION_DENIED (not this trip's rider or driver), INVALID_ARGUMENT (stars not 1-5,
-        actor not RIDER or DRIVER).
+        Errors: NOT_FOUND (also for a caller who may not see the trip), FAILED_PRECONDITION (not
+        completed, or this side rated already), INVALID_ARGUMENT (stars not 1-5, actor not RIDER
+        or DRIVER).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -5,8 +5,13 @@ The trip service: quotes, the trip state machine, dispatch and ratings.
 
 States: REQUESTED -> DISPATCHING -> ACCEPTED -> ARRIVED -> IN_PROGRESS -> COMPLETED, with
 the terminal CANCELLED and NO_DRIVERS. A command the current state (or the caller) does not
-allow fails with FAILED_PRECONDITION (or PERMISSION_DENIED for the wrong party) and changes
-nothing; the message names the state and the command.
+allow fails with FAILED_PRECONDITION and changes nothing; the message names the state and
+the command.
+
+Who may see a trip: its rider, its assigned driver, the driver its pending offer is for,
+ADMIN and SYSTEM. For anyone else every read and command on the trip fails with NOT_FOUND and
+the same message as for a trip that does not exist, before any state is looked at, so that
+neither the trip's existence nor its state leaks.
 """
 
 from collections import abc as _abc
@@ -51,7 +56,9 @@ class TripServiceStub:
     INVALID_ARGUMENT (pickup/dropoff differ from the quote's).
     """
     GetTrip: _grpc.UnaryUnaryMultiCallable[_trip_pb2.GetTripRequest, _trip_pb2.Trip]
-    """Returns one trip with its full transition history. Errors: NOT_FOUND."""
+    """Returns one trip with its full transition history. Errors: NOT_FOUND (no such trip, or
+    one the reader may not see), INVALID_ARGUMENT (malformed id, unknown actor).
+    """
     ListTrips: _grpc.UnaryUnaryMultiCallable[_trip_pb2.ListTripsRequest, _trip_pb2.ListTripsResponse]
     """Lists trips, newest first, filtered (admin view; also how a client finds its live trip).
     History is not included. Errors: INVALID_ARGUMENT (bad page token).
@@ -61,14 +68,14 @@ class TripServiceStub:
     a grace period); a driver may cancel after ACCEPTED and before IN_PROGRESS, which sends
     the trip back to dispatch without that driver (publishes trip.driver_cancelled) instead
     of ending it; SYSTEM and ADMIN may cancel any live trip. Publishes trip.cancelled when
-    the trip ends. Errors: NOT_FOUND, FAILED_PRECONDITION, PERMISSION_DENIED (not this trip's
-    rider or driver).
+    the trip ends. Errors: NOT_FOUND (also for a caller who may not see the trip),
+    FAILED_PRECONDITION.
     """
     AcceptTrip: _grpc.UnaryUnaryMultiCallable[_trip_pb2.AcceptTripRequest, _trip_pb2.Trip]
     """The offered driver accepts the pending offer; the driver is then held by this trip
-    alone. Publishes trip.accepted. Errors: NOT_FOUND, FAILED_PRECONDITION (offer expired,
-    ended or not the current one; trip no longer DISPATCHING), PERMISSION_DENIED (the offer
-    is another driver's).
+    alone. Publishes trip.accepted. Errors: NOT_FOUND (also for a driver who may not see the
+    trip), FAILED_PRECONDITION (offer expired, ended or not the current one; trip no longer
+    DISPATCHING).
     """
     DeclineTrip: _grpc.UnaryUnaryMultiCallable[_trip_pb2.DeclineTripRequest, _trip_pb2.DeclineTripResponse]
     """The offered driver declines the pending offer; dispatch moves to the next candidate.
@@ -76,22 +83,25 @@ class TripServiceStub:
     """
     ArriveAtPickup: _grpc.UnaryUnaryMultiCallable[_trip_pb2.ArriveAtPickupRequest, _trip_pb2.Trip]
     """The assigned driver is at the pickup point (ACCEPTED -> ARRIVED). Publishes trip.arrived.
-    Errors: NOT_FOUND, FAILED_PRECONDITION, PERMISSION_DENIED (not the assigned driver).
+    Errors: NOT_FOUND (also for a driver who may not see the trip), FAILED_PRECONDITION.
     """
     StartTrip: _grpc.UnaryUnaryMultiCallable[_trip_pb2.StartTripRequest, _trip_pb2.Trip]
     """The assigned driver starts the ride (ARRIVED -> IN_PROGRESS). Publishes trip.started.
     Errors as for ArriveAtPickup.
     """
     CompleteTrip: _grpc.UnaryUnaryMultiCallable[_trip_pb2.CompleteTripRequest, _trip_pb2.Trip]
-    """The assigned driver ends the ride (IN_PROGRESS -> COMPLETED); the final fare is computed
-    from the actual distance and duration (never below the minimum fare). Publishes
+    """The assigned driver ends the ride (IN_PROGRESS -> COMPLETED). The rider pays the quote,
+    or the price of what the service measured itself (the distance of the track the location
+    service recorded, the service's clock from StartTrip to now) when that lies within a band
+    around the quote; a measured price above the band is flagged for review and the quote is
+    charged. Nothing the driver sends is priced: see Trip.settlement. Publishes
     trip.completed. Errors as for ArriveAtPickup.
     """
     RateTrip: _grpc.UnaryUnaryMultiCallable[_trip_pb2.RateTripRequest, _trip_pb2.Trip]
     """Rates the other party of a COMPLETED trip, once per side. Publishes trip.rated.
-    Errors: NOT_FOUND, FAILED_PRECONDITION (not completed, or this side rated already),
-    PERMISSION_DENIED (not this trip's rider or driver), INVALID_ARGUMENT (stars not 1-5,
-    actor not RIDER or DRIVER).
+    Errors: NOT_FOUND (also for a caller who may not see the trip), FAILED_PRECONDITION (not
+    completed, or this side rated already), INVALID_ARGUMENT (stars not 1-5, actor not RIDER
+    or DRIVER).
     """
     ListActiveAssignments: _grpc.UnaryUnaryMultiCallable[_trip_pb2.ListActiveAssignmentsRequest, _trip_pb2.ListActiveAssignmentsResponse]
     """Drivers that live trips hold: assigned to a live trip, or holding a pending offer,
@@ -117,7 +127,9 @@ class TripServiceAsyncStub(TripServiceStub):
     INVALID_ARGUMENT (pickup/dropoff differ from the quote's).
     """
     GetTrip: _aio.UnaryUnaryMultiCallable[_trip_pb2.GetTripRequest, _trip_pb2.Trip]  # type: ignore[assignment]
-    """Returns one trip with its full transition history. Errors: NOT_FOUND."""
+    """Returns one trip with its full transition history. Errors: NOT_FOUND (no such trip, or
+    one the reader may not see), INVALID_ARGUMENT (malformed id, unknown actor).
+    """
     ListTrips: _aio.UnaryUnaryMultiCallable[_trip_pb2.ListTripsRequest, _trip_pb2.ListTripsResponse]  # type: ignore[assignment]
     """Lists trips, newest first, filtered (admin view; also how a client finds its live trip).
     History is not included. Errors: INVALID_ARGUMENT (bad page token).
@@ -127,14 +139,14 @@ class TripServiceAsyncStub(TripServiceStub):
     a grace period); a driver may cancel after ACCEPTED and before IN_PROGRESS, which sends
     the trip back to dispatch without that driver (publishes trip.driver_cancelled) instead
     of ending it; SYSTEM and ADMIN may cancel any live trip. Publishes trip.cancelled when
-    the trip ends. Errors: NOT_FOUND, FAILED_PRECONDITION, PERMISSION_DENIED (not this trip's
-    rider or driver).
+    the trip ends. Errors: NOT_FOUND (also for a caller who may not see the trip),
+    FAILED_PRECONDITION.
     """
     AcceptTrip: _aio.UnaryUnaryMultiCallable[_trip_pb2.AcceptTripRequest, _trip_pb2.Trip]  # type: ignore[assignment]
     """The offered driver accepts the pending offer; the driver is then held by this trip
-    alone. Publishes trip.accepted. Errors: NOT_FOUND, FAILED_PRECONDITION (offer expired,
-    ended or not the current one; trip no longer DISPATCHING), PERMISSION_DENIED (the offer
-    is another driver's).
+    alone. Publishes trip.accepted. Errors: NOT_FOUND (also for a driver who may not see the
+    trip), FAILED_PRECONDITION (offer expired, ended or not the current one; trip no longer
+    DISPATCHING).
     """
     DeclineTrip: _aio.UnaryUnaryMultiCallable[_trip_pb2.DeclineTripRequest, _trip_pb2.DeclineTripResponse]  # type: ignore[assignment]
     """The offered driver declines the pending offer; dispatch moves to the next candidate.
@@ -142,22 +154,25 @@ class TripServiceAsyncStub(TripServiceStub):
     """
     ArriveAtPickup: _aio.UnaryUnaryMultiCallable[_trip_pb2.ArriveAtPickupRequest, _trip_pb2.Trip]  # type: ignore[assignment]
     """The assigned driver is at the pickup point (ACCEPTED -> ARRIVED). Publishes trip.arrived.
-    Errors: NOT_FOUND, FAILED_PRECONDITION, PERMISSION_DENIED (not the assigned driver).
+    Errors: NOT_FOUND (also for a driver who may not see the trip), FAILED_PRECONDITION.
     """
     StartTrip: _aio.UnaryUnaryMultiCallable[_trip_pb2.StartTripRequest, _trip_pb2.Trip]  # type: ignore[assignment]
     """The assigned driver starts the ride (ARRIVED -> IN_PROGRESS). Publishes trip.started.
     Errors as for ArriveAtPickup.
     """
     CompleteTrip: _aio.UnaryUnaryMultiCallable[_trip_pb2.CompleteTripRequest, _trip_pb2.Trip]  # type: ignore[assignment]
-    """The assigned driver ends the ride (IN_PROGRESS -> COMPLETED); the final fare is computed
-    from the actual distance and duration (never below the minimum fare). Publishes
+    """The assigned driver ends the ride (IN_PROGRESS -> COMPLETED). The rider pays the quote,
+    or the price of what the service measured itself (the distance of the track the location
+    service recorded, the service's clock from StartTrip to now) when that lies within a band
+    around the quote; a measured price above the band is flagged for review and the quote is
+    charged. Nothing the driver sends is priced: see Trip.settlement. Publishes
     trip.completed. Errors as for ArriveAtPickup.
     """
     RateTrip: _aio.UnaryUnaryMultiCallable[_trip_pb2.RateTripRequest, _trip_pb2.Trip]  # type: ignore[assignment]
     """Rates the other party of a COMPLETED trip, once per side. Publishes trip.rated.
-    Errors: NOT_FOUND, FAILED_PRECONDITION (not completed, or this side rated already),
-    PERMISSION_DENIED (not this trip's rider or driver), INVALID_ARGUMENT (stars not 1-5,
-    actor not RIDER or DRIVER).
+    Errors: NOT_FOUND (also for a caller who may not see the trip), FAILED_PRECONDITION (not
+    completed, or this side rated already), INVALID_ARGUMENT (stars not 1-5, actor not RIDER
+    or DRIVER).
     """
     ListActiveAssignments: _aio.UnaryUnaryMultiCallable[_trip_pb2.ListActiveAssignmentsRequest, _trip_pb2.ListActiveAssignmentsResponse]  # type: ignore[assignment]
     """Drivers that live trips hold: assigned to a live trip, or holding a pending offer,
@@ -198,7 +213,9 @@ class TripServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _trip_pb2.GetTripRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_trip_pb2.Trip, _abc.Awaitable[_trip_pb2.Trip]]:
-        """Returns one trip with its full transition history. Errors: NOT_FOUND."""
+        """Returns one trip with its full transition history. Errors: NOT_FOUND (no such trip, or
+        one the reader may not see), INVALID_ARGUMENT (malformed id, unknown actor).
+        """
 
     @_abc_1.abstractmethod
     def ListTrips(
@@ -220,8 +237,8 @@ class TripServiceServicer(metaclass=_abc_1.ABCMeta):
         a grace period); a driver may cancel after ACCEPTED and before IN_PROGRESS, which sends
         the trip back to dispatch without that driver (publishes trip.driver_cancelled) instead
         of ending it; SYSTEM and ADMIN may cancel any live trip. Publishes trip.cancelled when
-        the trip ends. Errors: NOT_FOUND, FAILED_PRECONDITION, PERMISSION_DENIED (not this trip's
-        rider or driver).
+        the trip ends. Errors: NOT_FOUND (also for a caller who may not see the trip),
+        FAILED_PRECONDITION.
         """
 
     @_abc_1.abstractmethod
@@ -231,9 +248,9 @@ class TripServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_trip_pb2.Trip, _abc.Awaitable[_trip_pb2.Trip]]:
         """The offered driver accepts the pending offer; the driver is then held by this trip
-        alone. Publishes trip.accepted. Errors: NOT_FOUND, FAILED_PRECONDITION (offer expired,
-        ended or not the current one; trip no longer DISPATCHING), PERMISSION_DENIED (the offer
-        is another driver's).
+        alone. Publishes trip.accepted. Errors: NOT_FOUND (also for a driver who may not see the
+        trip), FAILED_PRECONDITION (offer expired, ended or not the current one; trip no longer
+        DISPATCHING).
         """
 
     @_abc_1.abstractmethod
@@ -253,7 +270,7 @@ class TripServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_trip_pb2.Trip, _abc.Awaitable[_trip_pb2.Trip]]:
         """The assigned driver is at the pickup point (ACCEPTED -> ARRIVED). Publishes trip.arrived.
-        Errors: NOT_FOUND, FAILED_PRECONDITION, PERMISSION_DENIED (not the assigned driver).
+        Errors: NOT_FOUND (also for a driver who may not see the trip), FAILED_PRECONDITION.
         """
 
     @_abc_1.abstractmethod
@@ -272,8 +289,11 @@ class TripServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _trip_pb2.CompleteTripRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_trip_pb2.Trip, _abc.Awaitable[_trip_pb2.Trip]]:
-        """The assigned driver ends the ride (IN_PROGRESS -> COMPLETED); the final fare is computed
-        from the actual distance and duration (never below the minimum fare). Publishes
+        """The assigned driver ends the ride (IN_PROGRESS -> COMPLETED). The rider pays the quote,
+        or the price of what the service measured itself (the distance of the track the location
+        service recorded, the service's clock from StartTrip to now) when that lies within a band
+        around the quote; a measured price above the band is flagged for review and the quote is
+        charged. Nothing the driver sends is priced: see Trip.settlement. Publishes
         trip.completed. Errors as for ArriveAtPickup.
         """
 
@@ -284,9 +304,9 @@ class TripServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_trip_pb2.Trip, _abc.Awaitable[_trip_pb2.Trip]]:
         """Rates the other party of a COMPLETED trip, once per side. Publishes trip.rated.
-        Errors: NOT_FOUND, FAILED_PRECONDITION (not completed, or this side rated already),
-        PERMISSION_DENIED (not this trip's rider or driver), INVALID_ARGUMENT (stars not 1-5,
-        actor not RIDER or DRIVER).
+        Errors: NOT_FOUND (also for a caller who may not see the trip), FAILED_PRECONDITION (not
+        completed, or this side rated already), INVALID_ARGUMENT (stars not 1-5, actor not RIDER
+        or DRIVER).
         """
 
     @_abc_1.abstractmethod

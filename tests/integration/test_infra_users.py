@@ -170,6 +170,8 @@ async def watcher(infra: InfraUrls) -> AsyncIterator[tuple[NATS, list[Msg]]]:
         ("location", "notify.user.{id}"),
         ("notification", "location.driver.{id}"),
         ("trip", "driver.offline"),
+        ("notification", "$JS.API.STREAM.PURGE.RIDESHARE"),  # the JetStream API: one stream,
+        ("edge", "$JS.API.CONSUMER.CREATE.RIDESHARE.spy"),  # and only what the runtime does
     ],
 )
 async def test_a_service_cannot_publish_where_it_has_no_right(

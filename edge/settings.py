@@ -155,6 +155,8 @@ class EdgeSettings:
         if unknown:
             raise SettingsError(f"upstreams names unknown services {unknown}")
         object.__setattr__(self, "upstreams", {**default_upstreams(), **self.upstreams})
+        # The edge connects as its own users on the infrastructure (InfraUrls.for_service).
+        object.__setattr__(self, "infra", self.infra.for_service("edge"))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> EdgeSettings:

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import asyncpg
 import nats.errors
@@ -33,6 +34,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 
 from protos.common.v1 import common_pb2
 from protos.events import MSG_ID_HEADER, STREAM, STREAM_SUBJECTS
+from rideshare.infra_users import inbox_prefix
 
 __all__ = [
     "DEADLETTER_DELIVERIES_HEADER",
@@ -93,6 +95,9 @@ async def connect(
     that they fail (OutboundBufferLimitError, an outage: UNAVAILABLE to a gRPC caller), so a
     long outage costs bounded memory. Subscriptions, including the inboxes of pull
     consumers, are renewed on reconnect by the client.
+
+    Replies (requests, JetStream acks, fetched messages) come to the inbox of the URL's user,
+    ``_INBOX.<user>.>``: the one inbox its NATS permissions let it read (infra_users.py).
     """
 
     async def on_error(exc: Exception) -> None:
@@ -102,7 +107,9 @@ async def connect(
         logger.warning("nats %s: disconnected", name)
 
     async def on_reconnected() -> None:
-        logger.info("nats %s: reconnected to %s", name, nc.connected_url)
+        url = nc.connected_url
+        address = url.netloc.rpartition("@")[2] if url else None  # no password in logs
+        logger.info("nats %s: reconnected to %s", name, address)
 
     async def on_closed() -> None:
         logger.info("nats %s: closed", name)
@@ -124,6 +131,7 @@ async def connect(
                 disconnected_cb=on_disconnected,
                 reconnected_cb=on_reconnected,
                 closed_cb=on_closed,
+                inbox_prefix=inbox_prefix(urlsplit(url).username),
             )
     except BaseException:
         await nc.close()

@@ -143,10 +143,11 @@ async def _infra_up(data_dir: Path) -> int:
     async with _infrastructure(data_dir) as (urls, _):
         print(
             "infrastructure is up:\n"
-            f"  RIDESHARE_REDIS_URL={urls.redis_url}\n"
+            f"  RIDESHARE_REDIS_URL={mask_url(urls.redis_url)}\n"
             f"  RIDESHARE_POSTGRES_DSN={mask_url(urls.postgres_dsn)}\n"
-            f"  RIDESHARE_NATS_URL={urls.nats_url}\n"
-            f"  (full URLs in {data_dir / INFRA_FILE}); Ctrl-C stops it",
+            f"  RIDESHARE_NATS_URL={mask_url(urls.nats_url)}\n"
+            f"  (full URLs, and every service's own, in {data_dir / INFRA_FILE}); "
+            "Ctrl-C stops it",
             flush=True,
         )
         await stop.wait()

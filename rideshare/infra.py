@@ -35,6 +35,16 @@ import asyncpg
 import nats
 import redis.asyncio as aioredis
 
+from rideshare.infra_users import (
+    ADMIN,
+    NATS_USERS,
+    PASSWORD_BYTES,
+    SECRETS_DIR,
+    VALKEY_USERS,
+    nats_authorization,
+    valkey_acl,
+)
+from rideshare.secrets_dir import secret_file
 from rideshare.settings import INFRA_FILE, InfraUrls, configured_ports
 
 __all__ = [
@@ -414,6 +424,8 @@ class EmbeddedInfra:
     _specs: dict[str, _ServerSpec] = field(default_factory=dict, repr=False, init=False)
 
     async def start(self) -> InfraUrls:
+        """Start the three servers; the URLs returned are the admin's, with every service's
+        own login in ``logins`` (InfraUrls.for_service)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         try:
             # The three do not depend on each other: start them side by side.
@@ -431,7 +443,13 @@ class EmbeddedInfra:
             self.stop()
             raise failed[0]
         redis_url, nats_url, postgres_dsn = (str(result) for result in started)
-        self.urls = InfraUrls(redis_url=redis_url, postgres_dsn=postgres_dsn, nats_url=nats_url)
+        logins = {
+            "redis": {user: self._password("valkey", user) for user in VALKEY_USERS},
+            "nats": {user: self._password("nats", user) for user in NATS_USERS},
+        }
+        self.urls = InfraUrls(
+            redis_url=redis_url, postgres_dsn=postgres_dsn, nats_url=nats_url, logins=logins
+        )
         self._write_infra_file(self.urls)
         return self.urls
 
@@ -534,11 +552,12 @@ class EmbeddedInfra:
             "pids": {p.name: p.pid for p in self.processes},
             "launcher_pid": os.getpid(),
         }
-        path = self.data_dir / INFRA_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        tmp.chmod(0o600)  # holds the PostgreSQL password
-        tmp.replace(path)
+        # Holds every password: the admin's in the URLs, the services' in "logins".
+        _write_private(self.data_dir / INFRA_FILE, json.dumps(record, indent=2) + "\n")
+
+    def _password(self, server: str, user: str) -> str:
+        """The password of ``user`` on ``server``, made once per install (0600 file)."""
+        return secret_file(self.data_dir / SECRETS_DIR, f"{server}-{user}", PASSWORD_BYTES)
 
     async def _start_redis(self) -> str:
         """Valkey without persistence (no RDB snapshots, no AOF), on purpose: it holds only
@@ -550,6 +569,11 @@ class EmbeddedInfra:
         port = self._free_port()
         directory = self.data_dir / "redis"
         directory.mkdir(exist_ok=True)
+        # The users (rideshare/infra_users.py) in a file, not on the command line, which
+        # every local user can read in /proc.
+        passwords = {user: self._password("valkey", user) for user in (ADMIN, *VALKEY_USERS)}
+        acl_file = directory / "users.acl"
+        _write_private(acl_file, valkey_acl(passwords))
         argv = [
             str(valkey_server_binary()),
             "--port", str(port),
@@ -558,8 +582,9 @@ class EmbeddedInfra:
             "--appendonly", "no",
             "--dir", str(directory),
             "--protected-mode", "yes",
+            "--aclfile", str(acl_file),
         ]  # fmt: skip
-        url = f"redis://127.0.0.1:{port}/0"
+        url = f"redis://{ADMIN}:{passwords[ADMIN]}@127.0.0.1:{port}/0"
         await self._launch(
             _ServerSpec(
                 "redis", argv, self.data_dir / "logs" / "redis.log", lambda: probe_redis(url)
@@ -571,14 +596,19 @@ class EmbeddedInfra:
         port = self._free_port()
         store = self.data_dir / "nats"
         store.mkdir(exist_ok=True)
+        # The users (rideshare/infra_users.py) in a file, not on the command line.
+        passwords = {user: self._password("nats", user) for user in (ADMIN, *NATS_USERS)}
+        config = store / "nats.conf"
+        _write_private(config, json.dumps({"authorization": nats_authorization(passwords)}))
         argv = [
             str(nats_server_binary()),
+            "-c", str(config),
             "-js",
             "-a", "127.0.0.1",
             "-p", str(port),
             "-sd", str(store),
         ]  # fmt: skip
-        url = f"nats://127.0.0.1:{port}"
+        url = f"nats://{ADMIN}:{passwords[ADMIN]}@127.0.0.1:{port}"
         await self._launch(
             _ServerSpec("nats", argv, self.data_dir / "logs" / "nats.log", lambda: probe_nats(url))
         )
@@ -603,12 +633,8 @@ class EmbeddedInfra:
         bin_dir = await asyncio.to_thread(pg_bin_dir_for, run_as, pg_bin_dir())
         root = self.data_dir / "postgres"
         pgdata = root / "data"
-        password_file = root / "password"
         root.mkdir(exist_ok=True)
-        if not password_file.exists():
-            password_file.write_text(secrets.token_urlsafe(24))
-            password_file.chmod(0o600)
-        password = password_file.read_text().strip()
+        password = secret_file(root, "password", PASSWORD_BYTES)  # _give_to leaves it ours
         # initdb fills an empty directory; it must exist to be the child's working directory.
         pgdata.mkdir(mode=0o700, exist_ok=True)
         if run_as:
@@ -679,6 +705,19 @@ class EmbeddedInfra:
             raise InfraError(
                 f"initdb failed ({result.returncode}):\n{result.stderr.decode(errors='replace')}"
             )
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``path`` whole, readable by this user only from the first byte (mode 0600)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _give_to(user: str, root: Path) -> None:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import functools
 import json
 import os
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+from rideshare.secrets_dir import secret_file
 
 __all__ = [
     "BIND_RETRY_S",
@@ -161,11 +162,18 @@ def mask_url(url: str) -> str:
 
 @dataclass(frozen=True)
 class InfraUrls:
-    """Where the three stores are. Passwords never show in repr()."""
+    """Where the three stores are, and the users each service has on them. Passwords never
+    show in repr().
+
+    ``logins`` maps a server ("redis", "nats") to the password of each service's own user
+    there (the user is named like the service; see rideshare/infra_users.py). It is filled
+    for the embedded servers only: a server given from outside keeps its operator's users.
+    """
 
     redis_url: str = field(repr=False)
     postgres_dsn: str = field(repr=False)
     nats_url: str = field(repr=False)
+    logins: Mapping[str, Mapping[str, str]] = field(default_factory=dict, repr=False, compare=False)
 
     def __repr__(self) -> str:
         return (
@@ -173,12 +181,35 @@ class InfraUrls:
             f"postgres_dsn={mask_url(self.postgres_dsn)!r}, nats_url={mask_url(self.nats_url)!r})"
         )
 
-    def to_json(self) -> dict[str, str]:
+    def for_service(self, name: str) -> InfraUrls:
+        """These URLs as the service ``name`` uses them: on each server with ``logins``, as
+        its own user, or as nobody when it has none there (it may not use that server). The
+        result has no logins left to hand out; without logins, the URLs as they are."""
+        if not self.logins:
+            return self
+        return InfraUrls(
+            redis_url=_as_user(self.redis_url, name, self.logins.get("redis")),
+            postgres_dsn=self.postgres_dsn,
+            nats_url=_as_user(self.nats_url, name, self.logins.get("nats")),
+        )
+
+    def to_json(self) -> dict[str, object]:
         return {
             "redis_url": self.redis_url,
             "postgres_dsn": self.postgres_dsn,
             "nats_url": self.nats_url,
+            "logins": {server: dict(users) for server, users in self.logins.items()},
         }
+
+
+def _as_user(url: str, name: str, passwords: Mapping[str, str] | None) -> str:
+    if passwords is None:
+        return url
+    password = passwords.get(name)
+    parts = urlsplit(url)
+    address = parts.netloc.rpartition("@")[2]
+    netloc = f"{name}:{password}@{address}" if password else address
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def data_dir_from_env(env: Mapping[str, str] | None = None) -> Path:
@@ -189,13 +220,15 @@ def load_infra_urls(
     data_dir: Path | None = None, *, env: Mapping[str, str] | None = None
 ) -> InfraUrls:
     """URLs from ``RIDESHARE_REDIS_URL`` / ``_POSTGRES_DSN`` / ``_NATS_URL``; any that is unset
-    comes from the infra file that ``rideshare infra up`` wrote into the data directory."""
+    comes from the infra file that ``rideshare infra up`` wrote into the data directory, with
+    the services' logins on that server (a URL given in the environment wins, as is)."""
     data_dir = data_dir if data_dir is not None else data_dir_from_env(env)
     given = {
         "redis_url": _raw(env, "RIDESHARE_REDIS_URL"),
         "postgres_dsn": _raw(env, "RIDESHARE_POSTGRES_DSN"),
         "nats_url": _raw(env, "RIDESHARE_NATS_URL"),
     }
+    logins: dict[str, Mapping[str, str]] = {}
     if None in given.values():
         infra_file = data_dir / INFRA_FILE
         try:
@@ -206,13 +239,18 @@ def load_infra_urls(
                 f"no {', '.join(missing)} given (RIDESHARE_REDIS_URL, RIDESHARE_POSTGRES_DSN, "
                 f"RIDESHARE_NATS_URL) and no {infra_file}: start `rideshare infra up` first"
             ) from None
+        recorded_logins = recorded.get("logins") or {}
         for key, value in given.items():
             if value is None:
                 given[key] = str(recorded[key])
+                server = key.removesuffix("_url")
+                if server in recorded_logins:
+                    logins[server] = {str(k): str(v) for k, v in recorded_logins[server].items()}
     return InfraUrls(
         redis_url=str(given["redis_url"]),
         postgres_dsn=str(given["postgres_dsn"]),
         nats_url=str(given["nats_url"]),
+        logins=logins,
     )
 
 
@@ -224,23 +262,10 @@ INTERNAL_SECRET_FILE = "internal-secret"
 
 
 def load_secret_file(path: Path, *, min_len: int = MIN_SECRET_LEN) -> str:
-    """The secret in ``path``, created (mode 0600, its directory too) with a random one the
-    first time. SettingsError when the file holds fewer than ``min_len`` characters."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        # Written whole under a private name, then linked into place: a concurrent starter
-        # either wins the link or reads the winner's complete file, never a half-written one.
-        tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(48) + "\n")
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
-    secret = path.read_text().strip()
+    """The secret in ``path``, created (mode 0600, its directory 0700) with a random one the
+    first time (rideshare.secrets_dir). SettingsError when it holds fewer than ``min_len``
+    characters."""
+    secret = secret_file(path.parent, path.name, 48)
     if len(secret) < min_len:
         raise SettingsError(f"{path} holds a secret shorter than {min_len} characters")
     return secret
@@ -288,6 +313,11 @@ class ServiceSettings:
     kdf_queue: int = 32
     # Signs and checks the service tokens of internal calls (rideshare/identity.py).
     internal_secret: str = field(default_factory=lambda: process_secret(), repr=False)
+
+    def __post_init__(self) -> None:
+        # Whoever builds the settings hands over the infrastructure; the service connects
+        # as its own users on it (InfraUrls.for_service).
+        object.__setattr__(self, "infra", self.infra.for_service(self.name))
 
 
 def service_port(name: str, env: Mapping[str, str] | None = None) -> int:

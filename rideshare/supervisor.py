@@ -226,19 +226,21 @@ class Supervisor:
         self._ready_timeout_s = ready_timeout_s
         self._servers = servers
         self._status_file = status_file
-        self.policy = policy or RestartPolicy.from_env(self._env())
+        self.policy = policy or RestartPolicy.from_env({**os.environ, **self._extra_env})
         self.children: list[ServiceProcess] = []
         self.records: dict[str, ProcessRecord] = {}
         self._old_pumps: list[asyncio.Task[None]] = []
         # (name, kind, seconds from loss to healthy) for every recovery, in order.
         self.recoveries: list[tuple[str, str, float]] = []
 
-    def _env(self) -> dict[str, str]:
+    def _env(self, name: str) -> dict[str, str]:
+        """The environment of service ``name``, with URLs as its own users (for_service)."""
         env = dict(os.environ)
         env.update(self._extra_env)
-        env["RIDESHARE_REDIS_URL"] = self._infra.redis_url
-        env["RIDESHARE_POSTGRES_DSN"] = self._infra.postgres_dsn
-        env["RIDESHARE_NATS_URL"] = self._infra.nats_url
+        infra = self._infra.for_service(name)
+        env["RIDESHARE_REDIS_URL"] = infra.redis_url
+        env["RIDESHARE_POSTGRES_DSN"] = infra.postgres_dsn
+        env["RIDESHARE_NATS_URL"] = infra.nats_url
         env["PYTHONUNBUFFERED"] = "1"
         # Every service finds the others where this supervisor starts them.
         for name in SERVICE_PORTS:
@@ -248,7 +250,7 @@ class Supervisor:
     # -- starting and stopping -------------------------------------------------------------
 
     async def _spawn(self, name: str) -> ServiceProcess:
-        env = self._env()
+        env = self._env(name)
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

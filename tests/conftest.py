@@ -41,7 +41,11 @@ def infra_dir() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 async def infra(infra_dir: Path) -> AsyncIterator[InfraUrls]:
-    """URLs of real, running Redis / PostgreSQL / NATS servers for this test session."""
+    """URLs of real, running Redis / PostgreSQL / NATS servers for this test session.
+
+    The admin's URLs, with every service's own Valkey and NATS login: a service's settings
+    built from them (ServiceSettings, EdgeSettings, the Supervisor's children) connect as
+    that service's user, so every test runs with the permissions of rideshare/infra_users.py."""
     if all(os.environ.get(name) for name in _ENV_URLS):
         yield InfraUrls(
             redis_url=os.environ["RIDESHARE_REDIS_URL"],

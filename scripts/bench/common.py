@@ -33,7 +33,8 @@ def percentile(values: list[float], q: float) -> float:
 async def infrastructure() -> AsyncIterator[InfraUrls]:
     """The RIDESHARE_* servers when all are given, else embedded ones in a temporary dir."""
     if all(os.environ.get(n) for n in _ENV_URLS):
-        yield InfraUrls(*(os.environ[n] for n in _ENV_URLS))
+        redis_url, postgres_dsn, nats_url = (os.environ[n] for n in _ENV_URLS)
+        yield InfraUrls(redis_url=redis_url, postgres_dsn=postgres_dsn, nats_url=nats_url)
         return
     directory = Path(tempfile.mkdtemp(prefix="rideshare-bench-"))
     os.chmod(directory, 0o755)  # PostgreSQL runs as another user and must reach it
@@ -53,13 +54,14 @@ def service_process(
     this process's internal secret (its calls come as the operator), stopped with SIGTERM
     (SIGKILL after 15 s) when the context exits."""
     upper = name.upper()
+    own = urls.for_service(name)  # the service's own users, as `rideshare up` runs it
     process = subprocess.Popen(
         [sys.executable, "-m", name],
         env={
             **os.environ,
-            "RIDESHARE_REDIS_URL": urls.redis_url,
-            "RIDESHARE_POSTGRES_DSN": urls.postgres_dsn,
-            "RIDESHARE_NATS_URL": urls.nats_url,
+            "RIDESHARE_REDIS_URL": own.redis_url,
+            "RIDESHARE_POSTGRES_DSN": own.postgres_dsn,
+            "RIDESHARE_NATS_URL": own.nats_url,
             f"RIDESHARE_{upper}_PORT": str(port),
             f"RIDESHARE_{upper}_METRICS_PORT": "0",
             "RIDESHARE_LOG_LEVEL": "WARNING",

@@ -156,11 +156,18 @@ def test_up_starts_everything_refuses_a_second_copy_and_stops_cleanly_on_sigint(
 
         children = descendants(launcher.pid)
         assert len(children) >= 3 + len(SERVICE_ORDER)
+        # No password on any command line (every local user may read them in /proc).
+        passwords = [p.read_text().strip() for p in (data_dir / "secrets").iterdir()]
+        assert len(passwords) >= 2 + 2 + len(SERVICE_ORDER)  # admins, valkey users, nats users
+        for pid in children:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+            assert not [p for p in passwords if p in cmdline], cmdline
     finally:
         launcher.send_signal(signal.SIGINT)
         output, _ = launcher.communicate(timeout=60)
 
     assert launcher.returncode == 0, output
+    assert not [p for p in passwords if p in output], "a password was logged"
     assert f"http://127.0.0.1:{up_env['RIDESHARE_EDGE_PORT']}/viewer#token=" in output, output
     deadline = time.monotonic() + 10
     while any(alive(pid) for pid in children) and time.monotonic() < deadline:

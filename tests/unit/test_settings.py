@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 
 import pytest
 
 from edge.settings import LoginLimits
+from rideshare.secrets_dir import secret_file
 from rideshare.settings import (
     InfraUrls,
+    ServiceSettings,
     SettingsError,
     default_kdf_concurrency,
     env_bool,
@@ -131,3 +134,59 @@ def test_login_limits_are_read_from_env_and_a_lockout_cap_below_the_lock_is_refu
         LoginLimits.from_env(
             {"RIDESHARE_LOGIN_LOCKOUT_S": "600", "RIDESHARE_LOGIN_LOCKOUT_MAX_S": "60"}
         )
+
+
+LOGINS = {"redis": {"location": "loc-pw", "edge": "edge-pw"}, "nats": {"trip": "trip-pw"}}
+
+
+def test_each_service_gets_its_own_users_and_none_where_it_has_none() -> None:
+    admin = InfraUrls(
+        redis_url="redis://admin:root-pw@127.0.0.1:1/3",
+        postgres_dsn=URLS["RIDESHARE_POSTGRES_DSN"],
+        nats_url="nats://admin:root-pw@127.0.0.1:3",
+        logins=LOGINS,
+    )
+    location = ServiceSettings(name="location", infra=admin).infra
+    assert location.redis_url == "redis://location:loc-pw@127.0.0.1:1/3"
+    assert location.nats_url == "nats://127.0.0.1:3"  # no NATS user for it here: no password
+    assert location.postgres_dsn == URLS["RIDESHARE_POSTGRES_DSN"]
+    trip = ServiceSettings(name="trip", infra=admin).infra
+    assert trip.redis_url == "redis://127.0.0.1:1/3"
+    assert trip.nats_url == "nats://trip:trip-pw@127.0.0.1:3"
+    assert "root-pw" not in json.dumps([location.to_json(), trip.to_json()])
+    assert "pw" not in repr(location)
+
+
+def test_urls_without_logins_are_used_as_given() -> None:
+    given = InfraUrls(
+        redis_url="redis://op:theirs@h:1/0",
+        postgres_dsn=URLS["RIDESHARE_POSTGRES_DSN"],
+        nats_url="nats://op:theirs@h:3",
+    )
+    assert ServiceSettings(name="location", infra=given).infra == given
+
+
+def test_a_url_given_in_the_environment_wins_over_the_recorded_logins(tmp_path: Path) -> None:
+    recorded = {
+        "redis_url": "redis://admin:a@127.0.0.1:1/0",
+        "postgres_dsn": URLS["RIDESHARE_POSTGRES_DSN"],
+        "nats_url": "nats://admin:a@127.0.0.1:3",
+        "logins": {"redis": {"location": "loc-pw"}, "nats": {"location": "nats-pw"}},
+    }
+    (tmp_path / "infra.json").write_text(json.dumps(recorded))
+    env = {"RIDESHARE_NATS_URL": "nats://op:theirs@other:4"}
+    urls = service_settings("location", env={**env, "RIDESHARE_DATA_DIR": str(tmp_path)}).infra
+    assert urls.redis_url == "redis://location:loc-pw@127.0.0.1:1/0"
+    assert urls.nats_url == "nats://op:theirs@other:4"
+
+
+def test_a_secret_file_is_made_once_private_and_read_back(tmp_path: Path) -> None:
+    first = secret_file(tmp_path / "data", "some-secret", 24)
+    path = tmp_path / "data" / "some-secret"
+    assert len(first) == 32  # 24 bytes as URL-safe base64
+    assert first.replace("-", "").replace("_", "").isalnum()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert secret_file(tmp_path / "data", "some-secret", 24) == first
+    assert secret_file(tmp_path / "data", "another", 24) != first
+    assert sorted(p.name for p in path.parent.iterdir()) == ["another", "some-secret"]

@@ -38,6 +38,9 @@ __all__ = [
     "NOTIFY_USER_PREFIX",
     "NOTIFY_USER_WILDCARD",
     "RIDER_CREATED",
+    "RIDER_PAYMENT_FAILED",
+    "RIDER_PAYMENT_REFUNDED",
+    "RIDER_PAYMENT_SUCCEEDED",
     "RIDER_UPDATED",
     "STREAM",
     "STREAM_SUBJECTS",
@@ -69,6 +72,10 @@ MSG_ID_HEADER: Final = "Nats-Msg-Id"
 # rider.*
 RIDER_CREATED: Final = "rider.created"
 RIDER_UPDATED: Final = "rider.updated"
+# Payment outcomes: the envelope's aggregate_id is the payment id (not the rider's).
+RIDER_PAYMENT_SUCCEEDED: Final = "rider.payment_succeeded"
+RIDER_PAYMENT_FAILED: Final = "rider.payment_failed"
+RIDER_PAYMENT_REFUNDED: Final = "rider.payment_refunded"
 
 # driver.*
 DRIVER_CREATED: Final = "driver.created"
@@ -94,6 +101,9 @@ EVENT_TYPES: Final[Mapping[str, type[Message]]] = MappingProxyType(
     {
         RIDER_CREATED: rider_events_pb2.RiderCreated,
         RIDER_UPDATED: rider_events_pb2.RiderUpdated,
+        RIDER_PAYMENT_SUCCEEDED: rider_events_pb2.PaymentSucceeded,
+        RIDER_PAYMENT_FAILED: rider_events_pb2.PaymentFailed,
+        RIDER_PAYMENT_REFUNDED: rider_events_pb2.PaymentRefunded,
         DRIVER_CREATED: driver_events_pb2.DriverCreated,
         DRIVER_VEHICLE_ADDED: driver_events_pb2.VehicleAdded,
         DRIVER_ONLINE: driver_events_pb2.DriverWentOnline,

@@ -20,6 +20,7 @@ from protos.rider.v1 import rider_pb2
 from protos.trip.v1 import events_pb2 as trip_events
 from protos.trip.v1 import trip_pb2
 from rider import domain
+from rider.billing import Payment, PaymentMethod
 from rider.domain import (
     InvalidRiderError,
     NewRider,
@@ -36,6 +37,11 @@ __all__ = [
     "TRIP_UPDATE_SUBJECTS",
     "list_trips_response",
     "new_rider_from_proto",
+    "payment_failed",
+    "payment_method_to_proto",
+    "payment_refunded",
+    "payment_succeeded",
+    "payment_to_proto",
     "rider_changes_from_proto",
     "rider_created",
     "rider_id_of",
@@ -70,9 +76,7 @@ def _timestamp(value: datetime) -> Timestamp:
 # -- the API -----------------------------------------------------------------------------------
 
 
-def rider_id_of(
-    request: rider_pb2.GetRiderRequest | rider_pb2.UpdateRiderRequest | rider_pb2.ListTripsRequest,
-) -> str:
+def rider_id_of(request: Any) -> str:
     """The request's rider id; InvalidRiderError when it is empty or not an id
     (rideshare.ids)."""
     try:
@@ -307,4 +311,90 @@ def rider_rating(rated: trip_events.TripRated, *, rated_at: datetime) -> RiderRa
         return None
     return RiderRating(
         trip_id=rated.trip_id, rider_id=rated.ratee_id, stars=rated.stars, rated_at=rated_at
+    )
+
+
+# -- payments ----------------------------------------------------------------------------------
+
+
+def _money(amount_minor: int, currency: str) -> common_pb2.Money:
+    return common_pb2.Money(amount_minor=amount_minor, currency=currency)
+
+
+def payment_method_to_proto(method: PaymentMethod) -> rider_pb2.PaymentMethod:
+    return rider_pb2.PaymentMethod(
+        id=method.card.method_id,
+        brand=method.card.brand,
+        last4=method.card.last4,
+        exp_month=method.card.exp_month,
+        exp_year=method.card.exp_year,
+        is_default=method.is_default,
+        created_at=_timestamp(method.created_at),
+    )
+
+
+def payment_to_proto(payment: Payment) -> rider_pb2.Payment:
+    return rider_pb2.Payment(
+        id=payment.id,
+        trip_id=payment.trip_id,
+        rider_id=payment.rider_id,
+        kind=int(payment.kind),  # type: ignore[arg-type]
+        status=int(payment.status),  # type: ignore[arg-type]
+        amount=_money(payment.amount_minor, payment.currency),
+        card_last4=payment.card_last4,
+        attempts=payment.attempts,
+        failure=payment.failure,
+        refunded=_money(payment.refunded_minor, payment.currency),
+        refunds=[
+            rider_pb2.Refund(
+                id=r.id,
+                amount=_money(r.amount_minor, payment.currency),
+                reason=r.reason,
+                created_at=_timestamp(r.created_at),
+            )
+            for r in payment.refunds
+        ],
+        created_at=_timestamp(payment.created_at),
+        updated_at=_timestamp(payment.updated_at),
+    )
+
+
+def payment_succeeded(payment: Payment) -> rider_events.PaymentSucceeded:
+    return rider_events.PaymentSucceeded(
+        payment_id=payment.id,
+        rider_id=payment.rider_id,
+        trip_id=payment.trip_id,
+        kind=int(payment.kind),  # type: ignore[arg-type]
+        amount=_money(payment.amount_minor, payment.currency),
+        card_last4=payment.card_last4,
+        attempts=payment.attempts,
+        charged_at=_timestamp(payment.updated_at),
+    )
+
+
+def payment_failed(payment: Payment) -> rider_events.PaymentFailed:
+    return rider_events.PaymentFailed(
+        payment_id=payment.id,
+        rider_id=payment.rider_id,
+        trip_id=payment.trip_id,
+        kind=int(payment.kind),  # type: ignore[arg-type]
+        amount=_money(payment.amount_minor, payment.currency),
+        card_last4=payment.card_last4,
+        attempts=payment.attempts,
+        reason=payment.failure,
+        failed_at=_timestamp(payment.updated_at),
+    )
+
+
+def payment_refunded(
+    payment: Payment, *, refund_id: str, amount_minor: int
+) -> rider_events.PaymentRefunded:
+    return rider_events.PaymentRefunded(
+        payment_id=payment.id,
+        rider_id=payment.rider_id,
+        trip_id=payment.trip_id,
+        refund_id=refund_id,
+        amount=_money(amount_minor, payment.currency),
+        refunded_total=_money(payment.refunded_minor, payment.currency),
+        refunded_at=_timestamp(payment.updated_at),
     )

@@ -35,7 +35,13 @@ from typing import IO, Literal
 from rideshare import ids
 from rideshare.identity import OPERATOR, load_internal_secret
 from rideshare.identity import mint_token as mint_service_token
-from rideshare.infra import EmbeddedInfra, probe_nats, probe_postgres, probe_redis
+from rideshare.infra import (
+    EmbeddedInfra,
+    probe_nats,
+    probe_postgres,
+    probe_redis,
+    probe_stripe,
+)
 from rideshare.settings import (
     INFRA_FILE,
     ONE_ADDRESS_LOGIN_LIMITS,
@@ -146,6 +152,7 @@ async def _infra_up(data_dir: Path) -> int:
             f"  RIDESHARE_REDIS_URL={mask_url(urls.redis_url)}\n"
             f"  RIDESHARE_POSTGRES_DSN={mask_url(urls.postgres_dsn)}\n"
             f"  RIDESHARE_NATS_URL={mask_url(urls.nats_url)}\n"
+            f"  RIDESHARE_STRIPE_API_BASE={urls.stripe_api_base}\n"
             f"  (full URLs, and every service's own, in {data_dir / INFRA_FILE}); "
             "Ctrl-C stops it",
             flush=True,
@@ -287,6 +294,7 @@ async def _status(data_dir: Path, *, services: bool) -> int:
         ("redis", urls.redis_url, probe_redis),
         ("postgres", urls.postgres_dsn, probe_postgres),
         ("nats", urls.nats_url, probe_nats),
+        *((("stripe", urls.stripe_api_base, probe_stripe),) if urls.stripe_api_base else ()),
     )
     pids = _recorded_pids(data_dir)
     records = read_status(data_dir)
@@ -398,7 +406,9 @@ def _parser() -> argparse.ArgumentParser:
         )
         return p
 
-    infra = sub.add_parser("infra", help="only the infrastructure: Redis, PostgreSQL, NATS")
+    infra = sub.add_parser(
+        "infra", help="only the infrastructure: Redis, PostgreSQL, NATS, localstripe"
+    )
     infra_sub = infra.add_subparsers(dest="infra_command", required=True)
     with_data_dir(infra_sub.add_parser("up", help="start it in the foreground"))
     with_data_dir(infra_sub.add_parser("down", help="stop the one started by `infra up`"))

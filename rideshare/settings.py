@@ -173,12 +173,16 @@ class InfraUrls:
     redis_url: str = field(repr=False)
     postgres_dsn: str = field(repr=False)
     nats_url: str = field(repr=False)
+    # The payment provider's API (RIDESHARE_STRIPE_API_BASE): the embedded localstripe, or
+    # empty when none was started or given (the rider service then refuses to start).
+    stripe_api_base: str = ""
     logins: Mapping[str, Mapping[str, str]] = field(default_factory=dict, repr=False, compare=False)
 
     def __repr__(self) -> str:
         return (
             f"InfraUrls(redis_url={mask_url(self.redis_url)!r}, "
-            f"postgres_dsn={mask_url(self.postgres_dsn)!r}, nats_url={mask_url(self.nats_url)!r})"
+            f"postgres_dsn={mask_url(self.postgres_dsn)!r}, nats_url={mask_url(self.nats_url)!r}, "
+            f"stripe_api_base={self.stripe_api_base!r})"
         )
 
     def for_service(self, name: str) -> InfraUrls:
@@ -191,6 +195,7 @@ class InfraUrls:
             redis_url=_as_user(self.redis_url, name, self.logins.get("redis")),
             postgres_dsn=self.postgres_dsn,
             nats_url=_as_user(self.nats_url, name, self.logins.get("nats")),
+            stripe_api_base=self.stripe_api_base,
         )
 
     def to_json(self) -> dict[str, object]:
@@ -198,6 +203,7 @@ class InfraUrls:
             "redis_url": self.redis_url,
             "postgres_dsn": self.postgres_dsn,
             "nats_url": self.nats_url,
+            "stripe_api_base": self.stripe_api_base,
             "logins": {server: dict(users) for server, users in self.logins.items()},
         }
 
@@ -221,7 +227,8 @@ def load_infra_urls(
 ) -> InfraUrls:
     """URLs from ``RIDESHARE_REDIS_URL`` / ``_POSTGRES_DSN`` / ``_NATS_URL``; any that is unset
     comes from the infra file that ``rideshare infra up`` wrote into the data directory, with
-    the services' logins on that server (a URL given in the environment wins, as is)."""
+    the services' logins on that server (a URL given in the environment wins, as is). The
+    payment provider's ``RIDESHARE_STRIPE_API_BASE`` likewise, or the file's, or empty."""
     data_dir = data_dir if data_dir is not None else data_dir_from_env(env)
     given = {
         "redis_url": _raw(env, "RIDESHARE_REDIS_URL"),
@@ -246,10 +253,19 @@ def load_infra_urls(
                 server = key.removesuffix("_url")
                 if server in recorded_logins:
                     logins[server] = {str(k): str(v) for k, v in recorded_logins[server].items()}
+    stripe_api_base = _raw(env, "RIDESHARE_STRIPE_API_BASE")
+    if stripe_api_base is None:
+        try:
+            stripe_api_base = str(
+                json.loads((data_dir / INFRA_FILE).read_text())["stripe_api_base"]
+            )
+        except (OSError, ValueError, KeyError):
+            stripe_api_base = ""
     return InfraUrls(
         redis_url=str(given["redis_url"]),
         postgres_dsn=str(given["postgres_dsn"]),
         nats_url=str(given["nats_url"]),
+        stripe_api_base=stripe_api_base,
         logins=logins,
     )
 

@@ -241,6 +241,8 @@ class Supervisor:
         env["RIDESHARE_REDIS_URL"] = infra.redis_url
         env["RIDESHARE_POSTGRES_DSN"] = infra.postgres_dsn
         env["RIDESHARE_NATS_URL"] = infra.nats_url
+        if infra.stripe_api_base:
+            env["RIDESHARE_STRIPE_API_BASE"] = infra.stripe_api_base
         env["PYTHONUNBUFFERED"] = "1"
         # Every service finds the others where this supervisor starts them.
         for name in SERVICE_PORTS:

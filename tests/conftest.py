@@ -51,6 +51,7 @@ async def infra(infra_dir: Path) -> AsyncIterator[InfraUrls]:
             redis_url=os.environ["RIDESHARE_REDIS_URL"],
             postgres_dsn=os.environ["RIDESHARE_POSTGRES_DSN"],
             nats_url=os.environ["RIDESHARE_NATS_URL"],
+            stripe_api_base=os.environ.get("RIDESHARE_STRIPE_API_BASE", ""),
         )
         return
     embedded = EmbeddedInfra(infra_dir / "infra", durable=False)

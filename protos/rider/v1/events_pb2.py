@@ -23,17 +23,25 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from protos.common.v1 import common_pb2 as protos_dot_common_dot_v1_dot_common__pb2
+from protos.rider.v1 import rider_pb2 as protos_dot_rider_dot_v1_dot_rider__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cprotos/rider/v1/events.proto\x12\x12rideshare.rider.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"|\n\x0cRiderCreated\x12\x10\n\x08rider_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05phone\x18\x03 \x01(\t\x12\r\n\x05\x65mail\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"m\n\x0cRiderUpdated\x12\x10\n\x08rider_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\x12.\n\nupdated_at\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cprotos/rider/v1/events.proto\x12\x12rideshare.rider.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dprotos/common/v1/common.proto\x1a\x1bprotos/rider/v1/rider.proto\"|\n\x0cRiderCreated\x12\x10\n\x08rider_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05phone\x18\x03 \x01(\t\x12\r\n\x05\x65mail\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"m\n\x0cRiderUpdated\x12\x10\n\x08rider_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\x12.\n\nupdated_at\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xfa\x01\n\x10PaymentSucceeded\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x10\n\x08rider_id\x18\x02 \x01(\t\x12\x0f\n\x07trip_id\x18\x03 \x01(\t\x12-\n\x04kind\x18\x04 \x01(\x0e\x32\x1f.rideshare.rider.v1.PaymentKind\x12*\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x1a.rideshare.common.v1.Money\x12\x12\n\ncard_last4\x18\x06 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\x05\x12.\n\ncharged_at\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x86\x02\n\rPaymentFailed\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x10\n\x08rider_id\x18\x02 \x01(\t\x12\x0f\n\x07trip_id\x18\x03 \x01(\t\x12-\n\x04kind\x18\x04 \x01(\x0e\x32\x1f.rideshare.rider.v1.PaymentKind\x12*\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x1a.rideshare.common.v1.Money\x12\x12\n\ncard_last4\x18\x06 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\x05\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12-\n\tfailed_at\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xec\x01\n\x0fPaymentRefunded\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x10\n\x08rider_id\x18\x02 \x01(\t\x12\x0f\n\x07trip_id\x18\x03 \x01(\t\x12\x11\n\trefund_id\x18\x04 \x01(\t\x12*\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x1a.rideshare.common.v1.Money\x12\x32\n\x0erefunded_total\x18\x06 \x01(\x0b\x32\x1a.rideshare.common.v1.Money\x12/\n\x0brefunded_at\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.rider.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RIDERCREATED']._serialized_start=85
-  _globals['_RIDERCREATED']._serialized_end=209
-  _globals['_RIDERUPDATED']._serialized_start=211
-  _globals['_RIDERUPDATED']._serialized_end=320
+  _globals['_RIDERCREATED']._serialized_start=145
+  _globals['_RIDERCREATED']._serialized_end=269
+  _globals['_RIDERUPDATED']._serialized_start=271
+  _globals['_RIDERUPDATED']._serialized_end=380
+  _globals['_PAYMENTSUCCEEDED']._serialized_start=383
+  _globals['_PAYMENTSUCCEEDED']._serialized_end=633
+  _globals['_PAYMENTFAILED']._serialized_start=636
+  _globals['_PAYMENTFAILED']._serialized_end=898
+  _globals['_PAYMENTREFUNDED']._serialized_start=901
+  _globals['_PAYMENTREFUNDED']._serialized_end=1137
 # @@protoc_insertion_point(module_scope)

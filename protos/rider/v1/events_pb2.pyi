@@ -9,6 +9,8 @@ in protos/events.py.
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from protos.common.v1 import common_pb2 as _common_pb2
+from protos.rider.v1 import rider_pb2 as _rider_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -97,3 +99,144 @@ class RiderUpdated(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RiderUpdated: _TypeAlias = RiderUpdated  # noqa: Y015
+
+@_typing.final
+class PaymentSucceeded(_message.Message):
+    """Subject rider.payment_succeeded: a trip's fare or cancellation fee was charged. The
+    notification service sends the receipt from it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    RIDER_ID_FIELD_NUMBER: _builtins.int
+    TRIP_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    CARD_LAST4_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    CHARGED_AT_FIELD_NUMBER: _builtins.int
+    payment_id: _builtins.str
+    rider_id: _builtins.str
+    trip_id: _builtins.str
+    kind: _rider_pb2.PaymentKind.ValueType
+    card_last4: _builtins.str
+    """Last four digits of the card charged."""
+    attempts: _builtins.int
+    @_builtins.property
+    def amount(self) -> _common_pb2.Money: ...
+    @_builtins.property
+    def charged_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        payment_id: _builtins.str = ...,
+        rider_id: _builtins.str = ...,
+        trip_id: _builtins.str = ...,
+        kind: _rider_pb2.PaymentKind.ValueType = ...,
+        amount: _common_pb2.Money | None = ...,
+        card_last4: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        charged_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "charged_at", b"charged_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "attempts", b"attempts", "card_last4", b"card_last4", "charged_at", b"charged_at", "kind", b"kind", "payment_id", b"payment_id", "rider_id", b"rider_id", "trip_id", b"trip_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PaymentSucceeded: _TypeAlias = PaymentSucceeded  # noqa: Y015
+
+@_typing.final
+class PaymentFailed(_message.Message):
+    """Subject rider.payment_failed: a charge failed every attempt and is outstanding until the
+    rider adds a payment method.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    RIDER_ID_FIELD_NUMBER: _builtins.int
+    TRIP_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    CARD_LAST4_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    FAILED_AT_FIELD_NUMBER: _builtins.int
+    payment_id: _builtins.str
+    rider_id: _builtins.str
+    trip_id: _builtins.str
+    kind: _rider_pb2.PaymentKind.ValueType
+    card_last4: _builtins.str
+    attempts: _builtins.int
+    reason: _builtins.str
+    """The provider's reason, e.g. "card_declined"."""
+    @_builtins.property
+    def amount(self) -> _common_pb2.Money: ...
+    @_builtins.property
+    def failed_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        payment_id: _builtins.str = ...,
+        rider_id: _builtins.str = ...,
+        trip_id: _builtins.str = ...,
+        kind: _rider_pb2.PaymentKind.ValueType = ...,
+        amount: _common_pb2.Money | None = ...,
+        card_last4: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        failed_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "failed_at", b"failed_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "attempts", b"attempts", "card_last4", b"card_last4", "failed_at", b"failed_at", "kind", b"kind", "payment_id", b"payment_id", "reason", b"reason", "rider_id", b"rider_id", "trip_id", b"trip_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PaymentFailed: _TypeAlias = PaymentFailed  # noqa: Y015
+
+@_typing.final
+class PaymentRefunded(_message.Message):
+    """Subject rider.payment_refunded: part or all of a charge was refunded."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    RIDER_ID_FIELD_NUMBER: _builtins.int
+    TRIP_ID_FIELD_NUMBER: _builtins.int
+    REFUND_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    REFUNDED_TOTAL_FIELD_NUMBER: _builtins.int
+    REFUNDED_AT_FIELD_NUMBER: _builtins.int
+    payment_id: _builtins.str
+    rider_id: _builtins.str
+    trip_id: _builtins.str
+    refund_id: _builtins.str
+    @_builtins.property
+    def amount(self) -> _common_pb2.Money: ...
+    @_builtins.property
+    def refunded_total(self) -> _common_pb2.Money:
+        """All refunded so far, this refund included."""
+
+    @_builtins.property
+    def refunded_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        payment_id: _builtins.str = ...,
+        rider_id: _builtins.str = ...,
+        trip_id: _builtins.str = ...,
+        refund_id: _builtins.str = ...,
+        amount: _common_pb2.Money | None = ...,
+        refunded_total: _common_pb2.Money | None = ...,
+        refunded_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "refunded_at", b"refunded_at", "refunded_total", b"refunded_total"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "payment_id", b"payment_id", "refund_id", b"refund_id", "refunded_at", b"refunded_at", "refunded_total", b"refunded_total", "rider_id", b"rider_id", "trip_id", b"trip_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PaymentRefunded: _TypeAlias = PaymentRefunded  # noqa: Y015

@@ -10,6 +10,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from protos.common.v1 import common_pb2 as _common_pb2
 from protos.trip.v1 import trip_pb2 as _trip_pb2
 import builtins as _builtins
@@ -22,6 +23,78 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _PaymentBlock:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PaymentBlockEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PaymentBlock.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PAYMENT_BLOCK_UNSPECIFIED: _PaymentBlock.ValueType  # 0
+    PAYMENT_BLOCK_NONE: _PaymentBlock.ValueType  # 1
+    """Nothing stands in the way."""
+    PAYMENT_BLOCK_METHOD_REQUIRED: _PaymentBlock.ValueType  # 2
+    """No payment method to charge."""
+    PAYMENT_BLOCK_OUTSTANDING: _PaymentBlock.ValueType  # 3
+    """A charge failed after its retries and is not settled."""
+
+class PaymentBlock(_PaymentBlock, metaclass=_PaymentBlockEnumTypeWrapper):
+    """Why a rider may not book."""
+
+PAYMENT_BLOCK_UNSPECIFIED: PaymentBlock.ValueType  # 0
+PAYMENT_BLOCK_NONE: PaymentBlock.ValueType  # 1
+"""Nothing stands in the way."""
+PAYMENT_BLOCK_METHOD_REQUIRED: PaymentBlock.ValueType  # 2
+"""No payment method to charge."""
+PAYMENT_BLOCK_OUTSTANDING: PaymentBlock.ValueType  # 3
+"""A charge failed after its retries and is not settled."""
+Global___PaymentBlock: _TypeAlias = PaymentBlock  # noqa: Y015
+
+class _PaymentKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PaymentKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PaymentKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PAYMENT_KIND_UNSPECIFIED: _PaymentKind.ValueType  # 0
+    PAYMENT_KIND_FARE: _PaymentKind.ValueType  # 1
+    PAYMENT_KIND_CANCELLATION_FEE: _PaymentKind.ValueType  # 2
+
+class PaymentKind(_PaymentKind, metaclass=_PaymentKindEnumTypeWrapper):
+    """What a payment is for."""
+
+PAYMENT_KIND_UNSPECIFIED: PaymentKind.ValueType  # 0
+PAYMENT_KIND_FARE: PaymentKind.ValueType  # 1
+PAYMENT_KIND_CANCELLATION_FEE: PaymentKind.ValueType  # 2
+Global___PaymentKind: _TypeAlias = PaymentKind  # noqa: Y015
+
+class _PaymentStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PaymentStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PaymentStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PAYMENT_STATUS_UNSPECIFIED: _PaymentStatus.ValueType  # 0
+    PAYMENT_STATUS_PENDING: _PaymentStatus.ValueType  # 1
+    """Recorded, waiting for (another) attempt."""
+    PAYMENT_STATUS_CHARGING: _PaymentStatus.ValueType  # 2
+    """An attempt is with the provider."""
+    PAYMENT_STATUS_SUCCEEDED: _PaymentStatus.ValueType  # 3
+    PAYMENT_STATUS_OUTSTANDING: _PaymentStatus.ValueType  # 4
+    """Every attempt failed; settled by adding a payment method."""
+
+class PaymentStatus(_PaymentStatus, metaclass=_PaymentStatusEnumTypeWrapper):
+    """Where a charge is."""
+
+PAYMENT_STATUS_UNSPECIFIED: PaymentStatus.ValueType  # 0
+PAYMENT_STATUS_PENDING: PaymentStatus.ValueType  # 1
+"""Recorded, waiting for (another) attempt."""
+PAYMENT_STATUS_CHARGING: PaymentStatus.ValueType  # 2
+"""An attempt is with the provider."""
+PAYMENT_STATUS_SUCCEEDED: PaymentStatus.ValueType  # 3
+PAYMENT_STATUS_OUTSTANDING: PaymentStatus.ValueType  # 4
+"""Every attempt failed; settled by adding a payment method."""
+Global___PaymentStatus: _TypeAlias = PaymentStatus  # noqa: Y015
 
 @_typing.final
 class Rider(_message.Message):
@@ -351,3 +424,410 @@ class TripSummary(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TripSummary: _TypeAlias = TripSummary  # noqa: Y015
+
+@_typing.final
+class PaymentMethod(_message.Message):
+    """A card as the rider service keeps it: the provider's ids and what the app shows, never the
+    card number.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    BRAND_FIELD_NUMBER: _builtins.int
+    LAST4_FIELD_NUMBER: _builtins.int
+    EXP_MONTH_FIELD_NUMBER: _builtins.int
+    EXP_YEAR_FIELD_NUMBER: _builtins.int
+    IS_DEFAULT_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The provider's payment-method id ("pm_...")."""
+    brand: _builtins.str
+    """Card brand as the provider names it ("visa", "mastercard", ...)."""
+    last4: _builtins.str
+    """Last four digits of the card number."""
+    exp_month: _builtins.int
+    """Expiry month (1-12) and year."""
+    exp_year: _builtins.int
+    is_default: _builtins.bool
+    """Whether this is the method charged."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """When the rider added it."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        brand: _builtins.str = ...,
+        last4: _builtins.str = ...,
+        exp_month: _builtins.int = ...,
+        exp_year: _builtins.int = ...,
+        is_default: _builtins.bool = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["brand", b"brand", "created_at", b"created_at", "exp_month", b"exp_month", "exp_year", b"exp_year", "id", b"id", "is_default", b"is_default", "last4", b"last4"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PaymentMethod: _TypeAlias = PaymentMethod  # noqa: Y015
+
+@_typing.final
+class AddPaymentMethodRequest(_message.Message):
+    """Request for RiderService.AddPaymentMethod."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RIDER_ID_FIELD_NUMBER: _builtins.int
+    PAYMENT_METHOD_ID_FIELD_NUMBER: _builtins.int
+    MAKE_DEFAULT_FIELD_NUMBER: _builtins.int
+    rider_id: _builtins.str
+    payment_method_id: _builtins.str
+    """The provider's payment-method id the app got when it tokenized the card."""
+    make_default: _builtins.bool
+    """Make it the default even when the rider has one."""
+    def __init__(
+        self,
+        *,
+        rider_id: _builtins.str = ...,
+        payment_method_id: _builtins.str = ...,
+        make_default: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["make_default", b"make_default", "payment_method_id", b"payment_method_id", "rider_id", b"rider_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddPaymentMethodRequest: _TypeAlias = AddPaymentMethodRequest  # noqa: Y015
+
+@_typing.final
+class ListPaymentMethodsRequest(_message.Message):
+    """Request for RiderService.ListPaymentMethods."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RIDER_ID_FIELD_NUMBER: _builtins.int
+    rider_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        rider_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rider_id", b"rider_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPaymentMethodsRequest: _TypeAlias = ListPaymentMethodsRequest  # noqa: Y015
+
+@_typing.final
+class ListPaymentMethodsResponse(_message.Message):
+    """Response of RiderService.ListPaymentMethods."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_METHODS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def payment_methods(self) -> _containers.RepeatedCompositeFieldContainer[Global___PaymentMethod]: ...
+    def __init__(
+        self,
+        *,
+        payment_methods: _abc.Iterable[Global___PaymentMethod] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payment_methods", b"payment_methods"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPaymentMethodsResponse: _TypeAlias = ListPaymentMethodsResponse  # noqa: Y015
+
+@_typing.final
+class RemovePaymentMethodRequest(_message.Message):
+    """Request for RiderService.RemovePaymentMethod."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RIDER_ID_FIELD_NUMBER: _builtins.int
+    PAYMENT_METHOD_ID_FIELD_NUMBER: _builtins.int
+    rider_id: _builtins.str
+    payment_method_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        rider_id: _builtins.str = ...,
+        payment_method_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payment_method_id", b"payment_method_id", "rider_id", b"rider_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemovePaymentMethodRequest: _TypeAlias = RemovePaymentMethodRequest  # noqa: Y015
+
+@_typing.final
+class RemovePaymentMethodResponse(_message.Message):
+    """Response of RiderService.RemovePaymentMethod."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemovePaymentMethodResponse: _TypeAlias = RemovePaymentMethodResponse  # noqa: Y015
+
+@_typing.final
+class SetDefaultPaymentMethodRequest(_message.Message):
+    """Request for RiderService.SetDefaultPaymentMethod."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RIDER_ID_FIELD_NUMBER: _builtins.int
+    PAYMENT_METHOD_ID_FIELD_NUMBER: _builtins.int
+    rider_id: _builtins.str
+    payment_method_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        rider_id: _builtins.str = ...,
+        payment_method_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payment_method_id", b"payment_method_id", "rider_id", b"rider_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDefaultPaymentMethodRequest: _TypeAlias = SetDefaultPaymentMethodRequest  # noqa: Y015
+
+@_typing.final
+class GetPaymentStandingRequest(_message.Message):
+    """Request for RiderService.GetPaymentStanding."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RIDER_ID_FIELD_NUMBER: _builtins.int
+    rider_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        rider_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rider_id", b"rider_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPaymentStandingRequest: _TypeAlias = GetPaymentStandingRequest  # noqa: Y015
+
+@_typing.final
+class PaymentStanding(_message.Message):
+    """Response of RiderService.GetPaymentStanding."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOCK_FIELD_NUMBER: _builtins.int
+    OUTSTANDING_FIELD_NUMBER: _builtins.int
+    block: Global___PaymentBlock.ValueType
+    @_builtins.property
+    def outstanding(self) -> _common_pb2.Money:
+        """The outstanding amount when block is PAYMENT_BLOCK_OUTSTANDING."""
+
+    def __init__(
+        self,
+        *,
+        block: Global___PaymentBlock.ValueType = ...,
+        outstanding: _common_pb2.Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["outstanding", b"outstanding"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["block", b"block", "outstanding", b"outstanding"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PaymentStanding: _TypeAlias = PaymentStanding  # noqa: Y015
+
+@_typing.final
+class Refund(_message.Message):
+    """One refund of a charge."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    reason: _builtins.str
+    @_builtins.property
+    def amount(self) -> _common_pb2.Money: ...
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        amount: _common_pb2.Money | None = ...,
+        reason: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "id", b"id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Refund: _TypeAlias = Refund  # noqa: Y015
+
+@_typing.final
+class Payment(_message.Message):
+    """One charge: a trip's fare or cancellation fee."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TRIP_ID_FIELD_NUMBER: _builtins.int
+    RIDER_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    CARD_LAST4_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    REFUNDED_FIELD_NUMBER: _builtins.int
+    REFUNDS_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    trip_id: _builtins.str
+    rider_id: _builtins.str
+    kind: Global___PaymentKind.ValueType
+    status: Global___PaymentStatus.ValueType
+    card_last4: _builtins.str
+    """Last four digits of the card last charged; empty before any attempt."""
+    attempts: _builtins.int
+    """Attempts made so far."""
+    failure: _builtins.str
+    """Why the last attempt failed; empty when none did."""
+    @_builtins.property
+    def amount(self) -> _common_pb2.Money: ...
+    @_builtins.property
+    def refunded(self) -> _common_pb2.Money:
+        """Sum of the refunds."""
+
+    @_builtins.property
+    def refunds(self) -> _containers.RepeatedCompositeFieldContainer[Global___Refund]: ...
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        trip_id: _builtins.str = ...,
+        rider_id: _builtins.str = ...,
+        kind: Global___PaymentKind.ValueType = ...,
+        status: Global___PaymentStatus.ValueType = ...,
+        amount: _common_pb2.Money | None = ...,
+        card_last4: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        failure: _builtins.str = ...,
+        refunded: _common_pb2.Money | None = ...,
+        refunds: _abc.Iterable[Global___Refund] | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "refunded", b"refunded", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "attempts", b"attempts", "card_last4", b"card_last4", "created_at", b"created_at", "failure", b"failure", "id", b"id", "kind", b"kind", "refunded", b"refunded", "refunds", b"refunds", "rider_id", b"rider_id", "status", b"status", "trip_id", b"trip_id", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Payment: _TypeAlias = Payment  # noqa: Y015
+
+@_typing.final
+class ListTripPaymentsRequest(_message.Message):
+    """Request for RiderService.ListTripPayments."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RIDER_ID_FIELD_NUMBER: _builtins.int
+    TRIP_ID_FIELD_NUMBER: _builtins.int
+    rider_id: _builtins.str
+    trip_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        rider_id: _builtins.str = ...,
+        trip_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rider_id", b"rider_id", "trip_id", b"trip_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTripPaymentsRequest: _TypeAlias = ListTripPaymentsRequest  # noqa: Y015
+
+@_typing.final
+class ListTripPaymentsResponse(_message.Message):
+    """Response of RiderService.ListTripPayments."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def payments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Payment]: ...
+    def __init__(
+        self,
+        *,
+        payments: _abc.Iterable[Global___Payment] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payments", b"payments"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTripPaymentsResponse: _TypeAlias = ListTripPaymentsResponse  # noqa: Y015
+
+@_typing.final
+class RefundPaymentRequest(_message.Message):
+    """Request for RiderService.RefundPayment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_MINOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    payment_id: _builtins.str
+    amount_minor: _builtins.int
+    """Minor units; 0 refunds all that is left."""
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        payment_id: _builtins.str = ...,
+        amount_minor: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_minor", b"amount_minor", "payment_id", b"payment_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefundPaymentRequest: _TypeAlias = RefundPaymentRequest  # noqa: Y015

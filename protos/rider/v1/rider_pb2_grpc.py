@@ -60,6 +60,41 @@ class RiderServiceStub:
                 request_serializer=protos_dot_rider_dot_v1_dot_rider__pb2.ListTripsRequest.SerializeToString,
                 response_deserializer=protos_dot_rider_dot_v1_dot_rider__pb2.ListTripsResponse.FromString,
                 _registered_method=True)
+        self.AddPaymentMethod = channel.unary_unary(
+                '/rideshare.rider.v1.RiderService/AddPaymentMethod',
+                request_serializer=protos_dot_rider_dot_v1_dot_rider__pb2.AddPaymentMethodRequest.SerializeToString,
+                response_deserializer=protos_dot_rider_dot_v1_dot_rider__pb2.PaymentMethod.FromString,
+                _registered_method=True)
+        self.ListPaymentMethods = channel.unary_unary(
+                '/rideshare.rider.v1.RiderService/ListPaymentMethods',
+                request_serializer=protos_dot_rider_dot_v1_dot_rider__pb2.ListPaymentMethodsRequest.SerializeToString,
+                response_deserializer=protos_dot_rider_dot_v1_dot_rider__pb2.ListPaymentMethodsResponse.FromString,
+                _registered_method=True)
+        self.RemovePaymentMethod = channel.unary_unary(
+                '/rideshare.rider.v1.RiderService/RemovePaymentMethod',
+                request_serializer=protos_dot_rider_dot_v1_dot_rider__pb2.RemovePaymentMethodRequest.SerializeToString,
+                response_deserializer=protos_dot_rider_dot_v1_dot_rider__pb2.RemovePaymentMethodResponse.FromString,
+                _registered_method=True)
+        self.SetDefaultPaymentMethod = channel.unary_unary(
+                '/rideshare.rider.v1.RiderService/SetDefaultPaymentMethod',
+                request_serializer=protos_dot_rider_dot_v1_dot_rider__pb2.SetDefaultPaymentMethodRequest.SerializeToString,
+                response_deserializer=protos_dot_rider_dot_v1_dot_rider__pb2.PaymentMethod.FromString,
+                _registered_method=True)
+        self.GetPaymentStanding = channel.unary_unary(
+                '/rideshare.rider.v1.RiderService/GetPaymentStanding',
+                request_serializer=protos_dot_rider_dot_v1_dot_rider__pb2.GetPaymentStandingRequest.SerializeToString,
+                response_deserializer=protos_dot_rider_dot_v1_dot_rider__pb2.PaymentStanding.FromString,
+                _registered_method=True)
+        self.ListTripPayments = channel.unary_unary(
+                '/rideshare.rider.v1.RiderService/ListTripPayments',
+                request_serializer=protos_dot_rider_dot_v1_dot_rider__pb2.ListTripPaymentsRequest.SerializeToString,
+                response_deserializer=protos_dot_rider_dot_v1_dot_rider__pb2.ListTripPaymentsResponse.FromString,
+                _registered_method=True)
+        self.RefundPayment = channel.unary_unary(
+                '/rideshare.rider.v1.RiderService/RefundPayment',
+                request_serializer=protos_dot_rider_dot_v1_dot_rider__pb2.RefundPaymentRequest.SerializeToString,
+                response_deserializer=protos_dot_rider_dot_v1_dot_rider__pb2.Payment.FromString,
+                _registered_method=True)
 
 
 class RiderServiceServicer:
@@ -109,6 +144,63 @@ class RiderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddPaymentMethod(self, request, context):
+        """Adds a card the app tokenized with the payment provider (its payment-method id, never a
+        card number) to the rider's provider customer; the first one becomes the default. An
+        outstanding charge is retried on it. Errors: INVALID_ARGUMENT (malformed id),
+        FAILED_PRECONDITION (the provider declined the card or does not know the id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPaymentMethods(self, request, context):
+        """The rider's payment methods, the default first. Errors: NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemovePaymentMethod(self, request, context):
+        """Removes a payment method; when it was the default, the newest other one becomes the
+        default. Errors: NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDefaultPaymentMethod(self, request, context):
+        """Makes a payment method the default, the one charged. Errors: NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPaymentStanding(self, request, context):
+        """Whether the rider may book a trip as far as payment goes: a default method and no
+        outstanding charge. Errors: NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTripPayments(self, request, context):
+        """The charges of one trip (the fare, a cancellation fee) with their refunds.
+        Errors: NOT_FOUND (unknown rider), INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RefundPayment(self, request, context):
+        """Refunds part or all of a succeeded charge (operator and admin). Publishes
+        rider.payment_refunded. Errors: NOT_FOUND, FAILED_PRECONDITION (the charge did not
+        succeed, or the amount exceeds what is left to refund), INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RiderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -136,6 +228,41 @@ def add_RiderServiceServicer_to_server(servicer, server):
                     servicer.ListTrips,
                     request_deserializer=protos_dot_rider_dot_v1_dot_rider__pb2.ListTripsRequest.FromString,
                     response_serializer=protos_dot_rider_dot_v1_dot_rider__pb2.ListTripsResponse.SerializeToString,
+            ),
+            'AddPaymentMethod': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddPaymentMethod,
+                    request_deserializer=protos_dot_rider_dot_v1_dot_rider__pb2.AddPaymentMethodRequest.FromString,
+                    response_serializer=protos_dot_rider_dot_v1_dot_rider__pb2.PaymentMethod.SerializeToString,
+            ),
+            'ListPaymentMethods': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPaymentMethods,
+                    request_deserializer=protos_dot_rider_dot_v1_dot_rider__pb2.ListPaymentMethodsRequest.FromString,
+                    response_serializer=protos_dot_rider_dot_v1_dot_rider__pb2.ListPaymentMethodsResponse.SerializeToString,
+            ),
+            'RemovePaymentMethod': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemovePaymentMethod,
+                    request_deserializer=protos_dot_rider_dot_v1_dot_rider__pb2.RemovePaymentMethodRequest.FromString,
+                    response_serializer=protos_dot_rider_dot_v1_dot_rider__pb2.RemovePaymentMethodResponse.SerializeToString,
+            ),
+            'SetDefaultPaymentMethod': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDefaultPaymentMethod,
+                    request_deserializer=protos_dot_rider_dot_v1_dot_rider__pb2.SetDefaultPaymentMethodRequest.FromString,
+                    response_serializer=protos_dot_rider_dot_v1_dot_rider__pb2.PaymentMethod.SerializeToString,
+            ),
+            'GetPaymentStanding': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPaymentStanding,
+                    request_deserializer=protos_dot_rider_dot_v1_dot_rider__pb2.GetPaymentStandingRequest.FromString,
+                    response_serializer=protos_dot_rider_dot_v1_dot_rider__pb2.PaymentStanding.SerializeToString,
+            ),
+            'ListTripPayments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTripPayments,
+                    request_deserializer=protos_dot_rider_dot_v1_dot_rider__pb2.ListTripPaymentsRequest.FromString,
+                    response_serializer=protos_dot_rider_dot_v1_dot_rider__pb2.ListTripPaymentsResponse.SerializeToString,
+            ),
+            'RefundPayment': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefundPayment,
+                    request_deserializer=protos_dot_rider_dot_v1_dot_rider__pb2.RefundPaymentRequest.FromString,
+                    response_serializer=protos_dot_rider_dot_v1_dot_rider__pb2.Payment.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -274,6 +401,195 @@ class RiderService:
             '/rideshare.rider.v1.RiderService/ListTrips',
             protos_dot_rider_dot_v1_dot_rider__pb2.ListTripsRequest.SerializeToString,
             protos_dot_rider_dot_v1_dot_rider__pb2.ListTripsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddPaymentMethod(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rideshare.rider.v1.RiderService/AddPaymentMethod',
+            protos_dot_rider_dot_v1_dot_rider__pb2.AddPaymentMethodRequest.SerializeToString,
+            protos_dot_rider_dot_v1_dot_rider__pb2.PaymentMethod.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPaymentMethods(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rideshare.rider.v1.RiderService/ListPaymentMethods',
+            protos_dot_rider_dot_v1_dot_rider__pb2.ListPaymentMethodsRequest.SerializeToString,
+            protos_dot_rider_dot_v1_dot_rider__pb2.ListPaymentMethodsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemovePaymentMethod(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rideshare.rider.v1.RiderService/RemovePaymentMethod',
+            protos_dot_rider_dot_v1_dot_rider__pb2.RemovePaymentMethodRequest.SerializeToString,
+            protos_dot_rider_dot_v1_dot_rider__pb2.RemovePaymentMethodResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDefaultPaymentMethod(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rideshare.rider.v1.RiderService/SetDefaultPaymentMethod',
+            protos_dot_rider_dot_v1_dot_rider__pb2.SetDefaultPaymentMethodRequest.SerializeToString,
+            protos_dot_rider_dot_v1_dot_rider__pb2.PaymentMethod.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPaymentStanding(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rideshare.rider.v1.RiderService/GetPaymentStanding',
+            protos_dot_rider_dot_v1_dot_rider__pb2.GetPaymentStandingRequest.SerializeToString,
+            protos_dot_rider_dot_v1_dot_rider__pb2.PaymentStanding.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTripPayments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rideshare.rider.v1.RiderService/ListTripPayments',
+            protos_dot_rider_dot_v1_dot_rider__pb2.ListTripPaymentsRequest.SerializeToString,
+            protos_dot_rider_dot_v1_dot_rider__pb2.ListTripPaymentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RefundPayment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rideshare.rider.v1.RiderService/RefundPayment',
+            protos_dot_rider_dot_v1_dot_rider__pb2.RefundPaymentRequest.SerializeToString,
+            protos_dot_rider_dot_v1_dot_rider__pb2.Payment.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,6 +57,33 @@ class RiderServiceStub:
     consistent with the trip service). Errors: NOT_FOUND (unknown rider), INVALID_ARGUMENT
     (bad page token).
     """
+    AddPaymentMethod: _grpc.UnaryUnaryMultiCallable[_rider_pb2.AddPaymentMethodRequest, _rider_pb2.PaymentMethod]
+    """Adds a card the app tokenized with the payment provider (its payment-method id, never a
+    card number) to the rider's provider customer; the first one becomes the default. An
+    outstanding charge is retried on it. Errors: INVALID_ARGUMENT (malformed id),
+    FAILED_PRECONDITION (the provider declined the card or does not know the id).
+    """
+    ListPaymentMethods: _grpc.UnaryUnaryMultiCallable[_rider_pb2.ListPaymentMethodsRequest, _rider_pb2.ListPaymentMethodsResponse]
+    """The rider's payment methods, the default first. Errors: NOT_FOUND."""
+    RemovePaymentMethod: _grpc.UnaryUnaryMultiCallable[_rider_pb2.RemovePaymentMethodRequest, _rider_pb2.RemovePaymentMethodResponse]
+    """Removes a payment method; when it was the default, the newest other one becomes the
+    default. Errors: NOT_FOUND.
+    """
+    SetDefaultPaymentMethod: _grpc.UnaryUnaryMultiCallable[_rider_pb2.SetDefaultPaymentMethodRequest, _rider_pb2.PaymentMethod]
+    """Makes a payment method the default, the one charged. Errors: NOT_FOUND."""
+    GetPaymentStanding: _grpc.UnaryUnaryMultiCallable[_rider_pb2.GetPaymentStandingRequest, _rider_pb2.PaymentStanding]
+    """Whether the rider may book a trip as far as payment goes: a default method and no
+    outstanding charge. Errors: NOT_FOUND.
+    """
+    ListTripPayments: _grpc.UnaryUnaryMultiCallable[_rider_pb2.ListTripPaymentsRequest, _rider_pb2.ListTripPaymentsResponse]
+    """The charges of one trip (the fare, a cancellation fee) with their refunds.
+    Errors: NOT_FOUND (unknown rider), INVALID_ARGUMENT.
+    """
+    RefundPayment: _grpc.UnaryUnaryMultiCallable[_rider_pb2.RefundPaymentRequest, _rider_pb2.Payment]
+    """Refunds part or all of a succeeded charge (operator and admin). Publishes
+    rider.payment_refunded. Errors: NOT_FOUND, FAILED_PRECONDITION (the charge did not
+    succeed, or the amount exceeds what is left to refund), INVALID_ARGUMENT.
+    """
 
 @_typing.type_check_only
 class RiderServiceAsyncStub(RiderServiceStub):
@@ -84,6 +111,33 @@ class RiderServiceAsyncStub(RiderServiceStub):
     """The rider's trips, newest first, from the service's own read model (eventually
     consistent with the trip service). Errors: NOT_FOUND (unknown rider), INVALID_ARGUMENT
     (bad page token).
+    """
+    AddPaymentMethod: _aio.UnaryUnaryMultiCallable[_rider_pb2.AddPaymentMethodRequest, _rider_pb2.PaymentMethod]  # type: ignore[assignment]
+    """Adds a card the app tokenized with the payment provider (its payment-method id, never a
+    card number) to the rider's provider customer; the first one becomes the default. An
+    outstanding charge is retried on it. Errors: INVALID_ARGUMENT (malformed id),
+    FAILED_PRECONDITION (the provider declined the card or does not know the id).
+    """
+    ListPaymentMethods: _aio.UnaryUnaryMultiCallable[_rider_pb2.ListPaymentMethodsRequest, _rider_pb2.ListPaymentMethodsResponse]  # type: ignore[assignment]
+    """The rider's payment methods, the default first. Errors: NOT_FOUND."""
+    RemovePaymentMethod: _aio.UnaryUnaryMultiCallable[_rider_pb2.RemovePaymentMethodRequest, _rider_pb2.RemovePaymentMethodResponse]  # type: ignore[assignment]
+    """Removes a payment method; when it was the default, the newest other one becomes the
+    default. Errors: NOT_FOUND.
+    """
+    SetDefaultPaymentMethod: _aio.UnaryUnaryMultiCallable[_rider_pb2.SetDefaultPaymentMethodRequest, _rider_pb2.PaymentMethod]  # type: ignore[assignment]
+    """Makes a payment method the default, the one charged. Errors: NOT_FOUND."""
+    GetPaymentStanding: _aio.UnaryUnaryMultiCallable[_rider_pb2.GetPaymentStandingRequest, _rider_pb2.PaymentStanding]  # type: ignore[assignment]
+    """Whether the rider may book a trip as far as payment goes: a default method and no
+    outstanding charge. Errors: NOT_FOUND.
+    """
+    ListTripPayments: _aio.UnaryUnaryMultiCallable[_rider_pb2.ListTripPaymentsRequest, _rider_pb2.ListTripPaymentsResponse]  # type: ignore[assignment]
+    """The charges of one trip (the fare, a cancellation fee) with their refunds.
+    Errors: NOT_FOUND (unknown rider), INVALID_ARGUMENT.
+    """
+    RefundPayment: _aio.UnaryUnaryMultiCallable[_rider_pb2.RefundPaymentRequest, _rider_pb2.Payment]  # type: ignore[assignment]
+    """Refunds part or all of a succeeded charge (operator and admin). Publishes
+    rider.payment_refunded. Errors: NOT_FOUND, FAILED_PRECONDITION (the charge did not
+    succeed, or the amount exceeds what is left to refund), INVALID_ARGUMENT.
     """
 
 class RiderServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -139,6 +193,75 @@ class RiderServiceServicer(metaclass=_abc_1.ABCMeta):
         """The rider's trips, newest first, from the service's own read model (eventually
         consistent with the trip service). Errors: NOT_FOUND (unknown rider), INVALID_ARGUMENT
         (bad page token).
+        """
+
+    @_abc_1.abstractmethod
+    def AddPaymentMethod(
+        self,
+        request: _rider_pb2.AddPaymentMethodRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rider_pb2.PaymentMethod, _abc.Awaitable[_rider_pb2.PaymentMethod]]:
+        """Adds a card the app tokenized with the payment provider (its payment-method id, never a
+        card number) to the rider's provider customer; the first one becomes the default. An
+        outstanding charge is retried on it. Errors: INVALID_ARGUMENT (malformed id),
+        FAILED_PRECONDITION (the provider declined the card or does not know the id).
+        """
+
+    @_abc_1.abstractmethod
+    def ListPaymentMethods(
+        self,
+        request: _rider_pb2.ListPaymentMethodsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rider_pb2.ListPaymentMethodsResponse, _abc.Awaitable[_rider_pb2.ListPaymentMethodsResponse]]:
+        """The rider's payment methods, the default first. Errors: NOT_FOUND."""
+
+    @_abc_1.abstractmethod
+    def RemovePaymentMethod(
+        self,
+        request: _rider_pb2.RemovePaymentMethodRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rider_pb2.RemovePaymentMethodResponse, _abc.Awaitable[_rider_pb2.RemovePaymentMethodResponse]]:
+        """Removes a payment method; when it was the default, the newest other one becomes the
+        default. Errors: NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def SetDefaultPaymentMethod(
+        self,
+        request: _rider_pb2.SetDefaultPaymentMethodRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rider_pb2.PaymentMethod, _abc.Awaitable[_rider_pb2.PaymentMethod]]:
+        """Makes a payment method the default, the one charged. Errors: NOT_FOUND."""
+
+    @_abc_1.abstractmethod
+    def GetPaymentStanding(
+        self,
+        request: _rider_pb2.GetPaymentStandingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rider_pb2.PaymentStanding, _abc.Awaitable[_rider_pb2.PaymentStanding]]:
+        """Whether the rider may book a trip as far as payment goes: a default method and no
+        outstanding charge. Errors: NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def ListTripPayments(
+        self,
+        request: _rider_pb2.ListTripPaymentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rider_pb2.ListTripPaymentsResponse, _abc.Awaitable[_rider_pb2.ListTripPaymentsResponse]]:
+        """The charges of one trip (the fare, a cancellation fee) with their refunds.
+        Errors: NOT_FOUND (unknown rider), INVALID_ARGUMENT.
+        """
+
+    @_abc_1.abstractmethod
+    def RefundPayment(
+        self,
+        request: _rider_pb2.RefundPaymentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rider_pb2.Payment, _abc.Awaitable[_rider_pb2.Payment]]:
+        """Refunds part or all of a succeeded charge (operator and admin). Publishes
+        rider.payment_refunded. Errors: NOT_FOUND, FAILED_PRECONDITION (the charge did not
+        succeed, or the amount exceeds what is left to refund), INVALID_ARGUMENT.
         """
 
 def add_RiderServiceServicer_to_server(servicer: RiderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

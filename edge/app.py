@@ -31,7 +31,7 @@ from edge.logins import LoginGuard
 from edge.middleware import EdgeMiddleware, quiet_denied_handshakes
 from edge.positions import PositionBatcher
 from edge.ratelimit import RateLimiter
-from edge.routes import admin, auth, drivers, riders, trips
+from edge.routes import admin, auth, drivers, payments, riders, trips
 from edge.settings import EdgeSettings
 from edge.upstreams import Upstreams
 from edge.ws import router as ws_router
@@ -87,7 +87,7 @@ def create_app(ctx: EdgeContext) -> FastAPI:
     app.state.ctx = ctx
     install_error_handlers(app)
     app.add_middleware(EdgeMiddleware)
-    for module in (auth, riders, drivers, trips, admin):
+    for module in (auth, riders, drivers, trips, payments, admin):
         app.include_router(module.router)
     app.include_router(ws_router)
 

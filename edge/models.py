@@ -392,6 +392,80 @@ class NotificationsOut(BaseModel):
     next_page_token: str | None
 
 
+# -- payments --------------------------------------------------------------------------------
+
+
+class PaymentMethodIn(_In):
+    payment_method_id: Annotated[
+        str,
+        Field(
+            min_length=4,
+            max_length=120,
+            pattern=r"^pm_[A-Za-z0-9]+$",
+            description=(
+                "The provider's payment-method id the app got when it tokenized the card with "
+                "the provider's SDK (Stripe: pm_...). Never a card number."
+            ),
+        ),
+    ]
+    default: bool = Field(False, description="Make it the default even when there is one.")
+
+
+class PaymentMethodOut(BaseModel):
+    id: str
+    brand: str
+    last4: str
+    exp_month: int
+    exp_year: int
+    default: bool = Field(description="The method charged for trips.")
+    created_at: datetime | None
+
+
+class PaymentMethodsOut(BaseModel):
+    payment_methods: list[PaymentMethodOut] = Field(description="The default first.")
+
+
+PaymentKindName = Literal["fare", "cancellation_fee"]
+PaymentStatusName = Literal["pending", "charging", "succeeded", "outstanding"]
+
+
+class RefundOut(BaseModel):
+    id: str
+    amount: Money
+    reason: str
+    created_at: datetime | None
+
+
+class PaymentOut(BaseModel):
+    id: str
+    trip_id: str
+    kind: PaymentKindName | None
+    status: PaymentStatusName | None = Field(
+        description=(
+            "pending and charging: on its way; succeeded: paid; outstanding: every attempt "
+            "failed, and the rider cannot book until a new payment method settles it."
+        )
+    )
+    amount: Money
+    card_last4: str | None
+    attempts: int
+    failure: str | None = Field(description="Why the last attempt failed (card_declined, ...).")
+    refunded: Money
+    refunds: list[RefundOut]
+    created_at: datetime | None
+
+
+class PaymentsOut(BaseModel):
+    payments: list[PaymentOut]
+
+
+class RefundIn(_In):
+    amount_minor: int = Field(
+        0, ge=0, le=10**12, description="Minor units; 0 refunds all that is left."
+    )
+    reason: Annotated[str, Field(max_length=500, pattern=NO_NUL)] = ""
+
+
 # -- admin -----------------------------------------------------------------------------------
 
 

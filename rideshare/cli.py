@@ -187,7 +187,11 @@ async def _up(data_dir: Path, *, demo: bool = False) -> int:
                 token = mint_token(data_dir, role="admin") if "edge" in names else None
                 _print_banner(data_dir, names, token=None if demo else token)
                 print(f"healthy {time.monotonic() - began:.1f} s after start", flush=True)
-                async with _demo(token) if demo and token else contextlib.nullcontext():
+                async with (
+                    _demo(token, urls.stripe_api_base)
+                    if demo and token
+                    else contextlib.nullcontext()
+                ):
                     await stop.wait()
         except RuntimeError as exc:
             print(f"rideshare: {exc}", file=sys.stderr, flush=True)
@@ -221,12 +225,12 @@ def _demo_env() -> dict[str, str]:
     return {k: v for k, v in ONE_ADDRESS_LOGIN_LIMITS.items() if k not in os.environ}
 
 
-def _demo(token: str) -> contextlib.AbstractAsyncContextManager[None]:
+def _demo(token: str, stripe_api_base: str) -> contextlib.AbstractAsyncContextManager[None]:
     # Imported when used: the simulator brings httpx and websockets, which no other
     # command needs.
     from rideshare.simulate.demo import running_demo
 
-    return running_demo(token=token)
+    return running_demo(token=token, stripe_api_base=stripe_api_base)
 
 
 def mint_token(

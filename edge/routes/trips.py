@@ -14,6 +14,7 @@ from edge.errors import ApiError
 from edge.idempotency import StoredResponse
 from edge.models import NO_NUL, CancelIn, CompleteIn, OfferIn, RatingIn, TripIn, TripOut
 from edge.routes.common import ERRORS
+from edge.routes.payments import check_may_book
 from protos.trip.v1 import trip_pb2
 
 router = APIRouter(prefix="/v1/trips", tags=["trips"], responses=ERRORS)
@@ -51,9 +52,12 @@ async def request_trip(
         ),
     ] = None,
 ) -> JSONResponse:
-    """Book a trip at a quote's price; dispatch starts at once."""
+    """Book a trip at a quote's price; dispatch starts at once. 409
+    ``payment_method_required`` without a payment method, ``payment_outstanding`` while a
+    charge is outstanding."""
 
     async def create() -> StoredResponse:
+        await check_may_book(ctx, rider.sub)
         request = trip_pb2.RequestTripRequest(
             rider_id=rider.sub,
             quote_id=body.quote_id,

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rideshare.settings import EDGE_PORT, env_int
+from rideshare.simulate.cards import default_stripe_api_base
 from rideshare.simulate.city import BERLIN, BBox
 from rideshare.simulate.config import SimConfig, View
 from rideshare.simulate.runner import SimulationError, run
@@ -100,6 +101,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     view: View = "none" if args.quiet else args.view or ("live" if sys.stdout.isatty() else "lines")
     return SimConfig(
         edge_url=(args.edge_url or default_edge_url()).rstrip("/"),
+        stripe_api_base=default_stripe_api_base(),
         drivers=args.drivers,
         riders=args.riders,
         rate=args.rate,

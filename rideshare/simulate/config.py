@@ -41,6 +41,9 @@ class SimConfig:
     signup_concurrency: int = 8
     poll_s: float = 10.0
     """A rider re-reads its trip when its socket was silent about it this long (wall s)."""
+    stripe_api_base: str = ""
+    """The payment provider the rider apps tokenize their test card with after signing up;
+    "" adds no card (and the edge refuses their bookings: payment_method_required)."""
     json_out: Path | None = None
     view: View = "live"
     view_every_s: float = 1.0

@@ -33,10 +33,12 @@ def viewer_url(edge_url: str, token: str, *, bbox: BBox | None = None) -> str:
     return f"{edge_url}/viewer{query}#token={token}"
 
 
-def demo_config(edge_url: str) -> SimConfig:
-    """50 drivers and 20 riders in central Berlin; a ride takes about 20-40 s."""
+def demo_config(edge_url: str, *, stripe_api_base: str = "") -> SimConfig:
+    """50 drivers and 20 riders in central Berlin, each rider with a test card; a ride takes
+    about 20-40 s."""
     return SimConfig(
         edge_url=edge_url,
+        stripe_api_base=stripe_api_base,
         drivers=50,
         riders=20,
         rate=0.5,
@@ -76,13 +78,13 @@ def demo_banner(edge_url: str, token: str, city: BBox) -> str:
 
 
 @contextlib.asynccontextmanager
-async def running_demo(*, token: str) -> AsyncIterator[None]:
+async def running_demo(*, token: str, stripe_api_base: str = "") -> AsyncIterator[None]:
     """The demo simulator runs while the block does; it stops (and is awaited) on exit.
 
     ``token``: an admin token for the banner's viewer URL and curl line."""
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request
     edge_url = f"http://127.0.0.1:{service_port('edge')}"
-    cfg = demo_config(edge_url)
+    cfg = demo_config(edge_url, stripe_api_base=stripe_api_base)
     stop = asyncio.Event()
 
     def started() -> None:

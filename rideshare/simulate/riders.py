@@ -11,6 +11,7 @@ import time
 import uuid
 from typing import Any
 
+from rideshare.simulate.cards import tokenize_card
 from rideshare.simulate.city import Clock, poisson_gaps, random_trip
 from rideshare.simulate.client import Api, ApiError, LiveSocket, now_ms
 from rideshare.simulate.config import SimConfig
@@ -61,6 +62,15 @@ class SimRider:
             body={"phone": phone, "password": PASSWORD, "role": "rider"},
         )
         self.rider_id, self.token = tok["user_id"], tok["access_token"]
+        if self.cfg.stripe_api_base:
+            method_id = await tokenize_card(self.cfg.stripe_api_base)
+            await self.api.call(
+                "POST",
+                "/v1/me/payment-methods",
+                op="add_card",
+                token=self.token,
+                body={"payment_method_id": method_id},
+            )
         self.socket = LiveSocket(
             f"{self.ws_base}/v1/ws/rider",
             token=self.token,

@@ -25,6 +25,7 @@ class Stack:
     edge_url: str
     jwt_secret: str
     supervisor: Supervisor
+    stripe_api_base: str
 
     @property
     def ws_url(self) -> str:
@@ -78,6 +79,8 @@ async def stack(e2e_infra: InfraUrls, infra_dir: Path) -> AsyncIterator[Stack]:
     try:
         for name in names:
             await supervisor.start(name)
-        yield Stack(f"http://127.0.0.1:{ports['edge']}", E2E_JWT_SECRET, supervisor)
+        yield Stack(
+            f"http://127.0.0.1:{ports['edge']}", E2E_JWT_SECRET, supervisor, infra.stripe_api_base
+        )
     finally:
         await supervisor.stop_all(grace_s=10.0)

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
+from rideshare.simulate.cards import tokenize_card
 from tests.e2e.conftest import Stack
 from tests.helpers import eventually
 
@@ -26,7 +27,10 @@ def phone() -> str:
     return "+49152" + str(uuid.uuid4().int)[:8]
 
 
-async def signup(http: httpx.AsyncClient, role: str) -> tuple[str, str]:
+async def signup(
+    http: httpx.AsyncClient, role: str, *, stripe_api_base: str = ""
+) -> tuple[str, str]:
+    """A new user's (id, token); a rider with a test card when ``stripe_api_base`` is given."""
     number = phone()
     body: dict[str, Any] = {"name": role.title(), "phone": number, "password": PASSWORD}
     if role == "driver":
@@ -37,7 +41,15 @@ async def signup(http: httpx.AsyncClient, role: str) -> tuple[str, str]:
         "/v1/auth/token", json={"phone": number, "password": PASSWORD, "role": role}
     )
     assert t.status_code == 200, t.text
-    return str(t.json()["user_id"]), str(t.json()["access_token"])
+    token = str(t.json()["access_token"])
+    if stripe_api_base:
+        card = await http.post(
+            "/v1/me/payment-methods",
+            headers=auth(token),
+            json={"payment_method_id": await tokenize_card(stripe_api_base)},
+        )
+        assert card.status_code == 201, card.text
+    return str(t.json()["user_id"]), token
 
 
 def auth(token: str) -> dict[str, str]:
@@ -112,7 +124,7 @@ async def test_a_trip_from_signup_to_rating_through_the_edge(stack: Stack) -> No
     # A pickup point of this test's own, far from drivers other tests left in the index.
     lat, lng = 10.0 + random.random() * 30, -60.0 + random.random() * 20
     async with httpx.AsyncClient(base_url=stack.edge_url, timeout=10.0) as http:
-        rider_id, rider_token = await signup(http, "rider")
+        rider_id, rider_token = await signup(http, "rider", stripe_api_base=stack.stripe_api_base)
         other_rider_id, other_rider_token = await signup(http, "rider")
         driver_id, driver_token = await signup(http, "driver")
         _, other_driver_token = await signup(http, "driver")

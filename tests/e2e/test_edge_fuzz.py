@@ -70,7 +70,7 @@ class Outcome:
 
 async def test_no_operation_of_the_openapi_spec_answers_a_server_error(stack: Stack) -> None:
     async with httpx.AsyncClient(base_url=stack.edge_url, timeout=REQUEST_TIMEOUT_S) as http:
-        _, rider_token = await signup(http, "rider")
+        _, rider_token = await signup(http, "rider", stripe_api_base=stack.stripe_api_base)
         _, driver_token = await signup(http, "driver")
         # a real trip of the rider's, so trip routes reach the trip service's rules, not only 404
         lat, lng = -40.0 + random.random() * 20, 100.0 + random.random() * 20

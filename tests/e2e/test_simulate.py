@@ -32,6 +32,7 @@ async def test_a_short_simulation_completes_trips_and_keeps_every_invariant(
 ) -> None:
     cfg = SimConfig(
         edge_url=stack.edge_url,
+        stripe_api_base=stack.stripe_api_base,
         drivers=6,
         riders=3,
         rate=1.0,

@@ -17,6 +17,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from rideshare.settings import InfraUrls
+from rideshare.simulate.cards import TEST_CARD, tokenize_card
 from tests.helpers import eventually
 from tests.integration.edge_system import BERLIN, System, edge_system
 from tests.integration.hostile import forged_tokens
@@ -32,8 +33,8 @@ def phone() -> str:
     return "+49151" + str(uuid.uuid4().int)[:8]
 
 
-async def signup_rider(system: System) -> tuple[str, str]:
-    """A new rider's (id, token)."""
+async def signup_rider(system: System, *, card: bool = True) -> tuple[str, str]:
+    """A new rider's (id, token), with a test card unless ``card`` is False."""
     async with system.client() as http:
         number = phone()
         r = await http.post(
@@ -47,7 +48,25 @@ async def signup_rider(system: System) -> tuple[str, str]:
         assert t.status_code == 200, t.text
         body = t.json()
         assert body["token_type"] == "bearer" and body["role"] == "rider"
-        return str(body["user_id"]), str(body["access_token"])
+        token = str(body["access_token"])
+        if card:
+            await add_card(http, token, system.infra.stripe_api_base)
+        return str(body["user_id"]), token
+
+
+async def add_card(
+    http: httpx.AsyncClient, token: str, stripe_api_base: str, number: str = TEST_CARD
+) -> dict[str, Any]:
+    """Tokenize ``number`` with the provider as an app does, and add it through the edge."""
+    method_id = await tokenize_card(stripe_api_base, number)
+    r = await http.post(
+        "/v1/me/payment-methods",
+        json={"payment_method_id": method_id},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert r.status_code == 201, r.text
+    body: dict[str, Any] = r.json()
+    return body
 
 
 async def signup_driver(system: System, *, online: bool = False) -> tuple[str, str]:
@@ -783,3 +802,42 @@ async def test_a_trip_hidden_from_a_user_is_the_404_of_a_trip_that_does_not_exis
         own = await http.get(f"/v1/trips/{trip_id}")
         await http.post(f"/v1/trips/{trip_id}/cancel", json={"reason": "test over"})
     assert own.status_code == 200 and own.json()["id"] == trip_id
+
+
+async def test_a_rider_books_only_with_a_card_and_manages_cards_through_the_edge(
+    system: System,
+) -> None:
+    _, token = await signup_rider(system, card=False)
+    async with system.client(token) as http:
+        quote = await _quote(http)
+        trip = {
+            "quote_id": quote["quote_id"],
+            "pickup": quote["pickup"],
+            "dropoff": quote["dropoff"],
+        }
+        refused = await http.post("/v1/trips", json=trip)
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"]["code"] == "payment_method_required"
+
+        card = await add_card(http, token, system.infra.stripe_api_base)
+        assert (card["brand"], card["last4"], card["default"]) == ("visa", "4242", True)
+        other = await add_card(http, token, system.infra.stripe_api_base, "5555555555554444")
+        assert not other["default"]
+        made = await http.post(f"/v1/me/payment-methods/{other['id']}/default")
+        assert made.status_code == 200 and made.json()["default"], made.text
+        listed = (await http.get("/v1/me/payment-methods")).json()["payment_methods"]
+        assert [(m["last4"], m["default"]) for m in listed] == [("4444", True), ("4242", False)]
+        assert TEST_CARD not in json.dumps(listed)
+
+        booked = await http.post("/v1/trips", json=trip)
+        assert booked.status_code == 201, booked.text
+
+        for method in listed:
+            gone = await http.delete(f"/v1/me/payment-methods/{method['id']}")
+            assert gone.status_code == 204, gone.text
+        assert (await http.get("/v1/me/payment-methods")).json()["payment_methods"] == []
+        missing = await http.delete(f"/v1/me/payment-methods/{listed[0]['id']}")
+        assert missing.status_code == 404
+        number = await http.post("/v1/me/payment-methods", json={"payment_method_id": TEST_CARD})
+        assert number.status_code == 422
+        assert TEST_CARD not in number.text

@@ -154,12 +154,12 @@ async def settled(rig: Rig, rider_id: str, trip_id: str, status: int) -> pb.Paym
     return found[0]
 
 
-async def intents_for(rig: Rig, payment_id: str) -> list[Any]:
+async def intents_for(provider: stripe.StripeClient, payment_id: str) -> list[Any]:
     """Every PaymentIntent the provider holds for the payment (localstripe has no search)."""
-    page = await rig.stripe.v1.payment_intents.list_async(params={"limit": 100})
+    page = await provider.v1.payment_intents.list_async(params={"limit": 100})
     intents = list(page.data)
     while page.has_more:
-        page = await rig.stripe.v1.payment_intents.list_async(
+        page = await provider.v1.payment_intents.list_async(
             params={"limit": 100, "starting_after": intents[-1].id}
         )
         intents += page.data
@@ -239,7 +239,7 @@ async def test_a_completed_trip_delivered_twice_is_charged_once_and_receipted_on
     assert (payment.amount.amount_minor, payment.card_last4) == (1725, "4242")
     await asyncio.sleep(1.0)  # let any wrong second charge happen before counting
     assert len(await trip_payments(rig, rider.id, trip_id)) == 1
-    intents = await intents_for(rig, payment.id)
+    intents = await intents_for(rig.stripe, payment.id)
     assert [(i.status, i.amount) for i in intents] == [("succeeded", 1725)]
     assert (await outbox_subjects(rig)).count(events.RIDER_PAYMENT_SUCCEEDED) == 1
 

@@ -192,6 +192,39 @@ TEMPLATES: Final[Mapping[str, tuple[Template, ...]]] = MappingProxyType(
                 channels=IN_APP,
             ),
         ),
+        events.RIDER_PAYMENT_SUCCEEDED: (
+            Template(
+                recipient="rider_id",
+                kind="payment.receipt",
+                title="Receipt",
+                body="{amount} for your {what} charged to the card ending {card_last4}.",
+                channels=IN_APP,
+                data=("payment_id", "amount", "amount_minor", "currency", "card_last4", "kind"),
+            ),
+        ),
+        events.RIDER_PAYMENT_FAILED: (
+            Template(
+                recipient="rider_id",
+                kind="payment.failed",
+                title="Payment failed",
+                body=(
+                    "We could not charge {amount} for your {what} to the card ending "
+                    "{card_last4}. Add a payment method to settle it and book again."
+                ),
+                channels=IN_APP_PUSH,
+                data=("payment_id", "amount", "amount_minor", "currency", "reason", "kind"),
+            ),
+        ),
+        events.RIDER_PAYMENT_REFUNDED: (
+            Template(
+                recipient="rider_id",
+                kind="payment.refunded",
+                title="Refund",
+                body="We refunded {amount} of your trip's payment.",
+                channels=IN_APP,
+                data=("payment_id", "amount", "amount_minor", "currency"),
+            ),
+        ),
         events.DRIVER_CREATED: (
             Template(
                 recipient="driver_id",

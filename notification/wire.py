@@ -26,6 +26,7 @@ from protos.common.v1 import common_pb2
 from protos.driver.v1 import events_pb2 as driver_events
 from protos.notification.v1 import notification_pb2
 from protos.rider.v1 import events_pb2 as rider_events
+from protos.rider.v1 import rider_pb2
 from protos.trip.v1 import events_pb2 as trip_events
 from protos.trip.v1 import trip_pb2
 from rideshare import ids
@@ -238,6 +239,42 @@ def _rider_created(e: rider_events.RiderCreated) -> Facts:
     return {"rider_id": e.rider_id, "name": e.name}
 
 
+_PAID_FOR: Final[Mapping[int, tuple[str, str]]] = {
+    rider_pb2.PAYMENT_KIND_FARE: ("fare", "trip"),
+    rider_pb2.PAYMENT_KIND_CANCELLATION_FEE: ("cancellation_fee", "cancelled trip's fee"),
+}
+
+
+def _payment(e: rider_events.PaymentSucceeded | rider_events.PaymentFailed) -> Facts:
+    kind, what = _PAID_FOR.get(e.kind, ("", "trip"))
+    return {
+        "payment_id": e.payment_id,
+        "trip_id": e.trip_id,
+        "rider_id": e.rider_id,
+        "kind": kind,
+        "what": what,
+        "amount": _money(e.amount),
+        "amount_minor": str(e.amount.amount_minor),
+        "currency": e.amount.currency,
+        "card_last4": e.card_last4 or "----",
+    }
+
+
+def _payment_failed(e: rider_events.PaymentFailed) -> Facts:
+    return {**_payment(e), "reason": e.reason}
+
+
+def _refunded(e: rider_events.PaymentRefunded) -> Facts:
+    return {
+        "payment_id": e.payment_id,
+        "trip_id": e.trip_id,
+        "rider_id": e.rider_id,
+        "amount": _money(e.amount),
+        "amount_minor": str(e.amount.amount_minor),
+        "currency": e.amount.currency,
+    }
+
+
 def _driver_created(e: driver_events.DriverCreated) -> Facts:
     return {"driver_id": e.driver_id, "name": e.name}
 
@@ -253,6 +290,9 @@ _FACTS: Final[Mapping[str, Callable[[Any], Facts]]] = {
     events.TRIP_CANCELLED: _cancelled,
     events.TRIP_RATED: _rated,
     events.RIDER_CREATED: _rider_created,
+    events.RIDER_PAYMENT_SUCCEEDED: _payment,
+    events.RIDER_PAYMENT_FAILED: _payment_failed,
+    events.RIDER_PAYMENT_REFUNDED: _refunded,
     events.DRIVER_CREATED: _driver_created,
 }
 

@@ -225,6 +225,26 @@ async def test_a_trip_from_signup_to_rating_through_the_edge(stack: Stack) -> No
         assert mine.json()["state"] == "completed"
         assert other_rider_id != rider_id
 
+        # The fare is charged to the rider's card, and a receipt says so.
+        receipts: list[dict[str, Any]] = []
+
+        async def receipted() -> bool:
+            r = await http.get("/v1/me/notifications", headers=auth(rider_token))
+            receipts[:] = [n for n in r.json()["notifications"] if n["kind"] == "payment.receipt"]
+            return bool(receipts)
+
+        await eventually(receipted, timeout_s=60.0, every_s=0.5)
+        fare = mine.json()["final_fare"]
+        assert receipts[0]["trip_id"] == trip_id
+        assert receipts[0]["data"]["amount_minor"] == str(fare["amount_minor"])
+        assert receipts[0]["data"]["card_last4"] == "4242"
+        assert "4242" in receipts[0]["body"]
+        paid = await http.get(f"/v1/me/trips/{trip_id}/payments", headers=auth(rider_token))
+        assert paid.status_code == 200, paid.text
+        [payment] = paid.json()["payments"]
+        assert (payment["kind"], payment["status"]) == ("fare", "succeeded")
+        assert payment["amount"] == fare
+
 
 def trip_in(state: str) -> Callable[[dict[str, Any]], bool]:
     return lambda f: f["type"] == "trip" and f["trip"]["state"] == state

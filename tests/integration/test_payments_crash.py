@@ -73,7 +73,7 @@ async def rider_process(
                 await process.wait()
 
 
-async def answers(stub: rider_pb2_grpc.RiderServiceStub) -> bool:
+async def answers(stub: rider_pb2_grpc.RiderServiceAsyncStub) -> bool:
     try:
         await stub.GetRider(pb.GetRiderRequest(rider_id="nobody"), timeout=2)
     except grpc.aio.AioRpcError as exc:

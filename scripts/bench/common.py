@@ -34,7 +34,12 @@ async def infrastructure() -> AsyncIterator[InfraUrls]:
     """The RIDESHARE_* servers when all are given, else embedded ones in a temporary dir."""
     if all(os.environ.get(n) for n in _ENV_URLS):
         redis_url, postgres_dsn, nats_url = (os.environ[n] for n in _ENV_URLS)
-        yield InfraUrls(redis_url=redis_url, postgres_dsn=postgres_dsn, nats_url=nats_url)
+        yield InfraUrls(
+            redis_url=redis_url,
+            postgres_dsn=postgres_dsn,
+            nats_url=nats_url,
+            stripe_api_base=os.environ.get("RIDESHARE_STRIPE_API_BASE", ""),
+        )
         return
     directory = Path(tempfile.mkdtemp(prefix="rideshare-bench-"))
     os.chmod(directory, 0o755)  # PostgreSQL runs as another user and must reach it
@@ -62,6 +67,7 @@ def service_process(
             "RIDESHARE_REDIS_URL": own.redis_url,
             "RIDESHARE_POSTGRES_DSN": own.postgres_dsn,
             "RIDESHARE_NATS_URL": own.nats_url,
+            "RIDESHARE_STRIPE_API_BASE": own.stripe_api_base,
             f"RIDESHARE_{upper}_PORT": str(port),
             f"RIDESHARE_{upper}_METRICS_PORT": "0",
             "RIDESHARE_LOG_LEVEL": "WARNING",

@@ -9,10 +9,11 @@ import signal
 import socket
 
 import asyncpg
+import httpx
 import nats
 import pytest
 
-from rideshare.infra import EmbeddedInfra, free_port, port_is_free
+from rideshare.infra import LOCALSTRIPE_API_KEY, EmbeddedInfra, free_port, port_is_free
 from rideshare.runtime import open_redis
 from rideshare.settings import INFRA_FILE, configured_ports
 from tests.helpers import eventually
@@ -91,6 +92,28 @@ async def test_a_killed_nats_comes_back_with_its_jetstream_store(
     assert info.state.messages == 1
     record = json.loads((outage_infra.data_dir / INFRA_FILE).read_text())
     assert record["pids"]["nats"] == outage_infra.pid("nats")
+
+
+async def test_a_killed_localstripe_comes_back_on_its_port_with_its_customers(
+    outage_infra: EmbeddedInfra,
+) -> None:
+    assert outage_infra.urls is not None
+    api = outage_infra.urls.stripe_api_base
+    assert api.startswith("http://127.0.0.1:")
+    # On 127.0.0.1 only: localstripe's own command line binds "::", which ::1 would reach.
+    with socket.socket(socket.AF_INET6) as v6:
+        assert v6.connect_ex(("::1", int(api.rsplit(":", 1)[1]))) != 0
+    async with httpx.AsyncClient(base_url=api, auth=(LOCALSTRIPE_API_KEY, ""), timeout=10) as http:
+        created = await http.post("/v1/customers", data={"email": "kept@example.com"})
+        customer = created.json()["id"]
+        # localstripe keeps its state in its own file, written once a second
+        await asyncio.sleep(1.5)
+        await kill(outage_infra, "stripe")
+        await outage_infra.restart("stripe")
+        assert outage_infra.dead() == []
+        again = await http.get(f"/v1/customers/{customer}")
+    assert again.status_code == 200, again.text
+    assert again.json()["email"] == "kept@example.com"
 
 
 async def test_a_killed_redis_comes_back_empty_on_its_port(outage_infra: EmbeddedInfra) -> None:

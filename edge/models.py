@@ -459,6 +459,20 @@ class PaymentsOut(BaseModel):
     payments: list[PaymentOut]
 
 
+class CurrencyTakingsOut(BaseModel):
+    currency: str
+    charges: int = Field(description="Succeeded charges.")
+    charged_minor: int
+    refunded_minor: int
+    net_minor: int = Field(description="Charged minus refunded.")
+    outstanding_charges: int = Field(description="Charges that failed every attempt.")
+    outstanding_minor: int
+
+
+class TakingsOut(BaseModel):
+    currencies: list[CurrencyTakingsOut]
+
+
 class RefundIn(_In):
     amount_minor: int = Field(
         0, ge=0, le=10**12, description="Minor units; 0 refunds all that is left."

@@ -255,6 +255,22 @@ class PaymentStore:
         )
         return int(row["total"]), str(row["currency"] or "")
 
+    async def takings(self) -> list[dict[str, Any]]:
+        """Per currency: succeeded charges, their sum and refunds, outstanding ones."""
+        rows = await self._pool.fetch(
+            "SELECT currency,"
+            " count(*) FILTER (WHERE status = $1) AS charges,"
+            " coalesce(sum(amount_minor) FILTER (WHERE status = $1), 0) AS charged,"
+            " coalesce(sum(refunded_minor) FILTER (WHERE status = $1), 0) AS refunded,"
+            " count(*) FILTER (WHERE status = $2) AS outstanding_charges,"
+            " coalesce(sum(amount_minor) FILTER (WHERE status = $2), 0) AS outstanding"
+            " FROM payments GROUP BY currency ORDER BY currency",
+            int(PaymentStatus.SUCCEEDED),
+            int(PaymentStatus.OUTSTANDING),
+        )
+        # sum() of bigint is numeric in PostgreSQL: back to int (minor units are whole).
+        return [{k: (v if k == "currency" else int(v)) for k, v in row.items()} for row in rows]
+
     async def get(self, payment_id: str, conn: asyncpg.Connection | None = None) -> Payment:
         row = await (conn or self._pool).fetchrow(
             f"SELECT {_PAYMENT} FROM payments WHERE id = $1"

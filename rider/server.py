@@ -75,6 +75,7 @@ ACCESS: AccessTable = access_table(
         "GetPaymentStanding": allow(users=("rider",)),
         "ListTripPayments": allow(users=("rider", "admin")),
         "RefundPayment": allow(users=("admin",)),
+        "GetTakings": allow(users=("admin",)),
     },
 )
 """Who may call each method (rideshare.identity); the operator may call every one."""
@@ -213,6 +214,24 @@ class RiderServicer(rider_pb2_grpc.RiderServiceServicer):
                 for p in await self._payment_store.of_trip(payment.rider_id, payment.trip_id)
                 if p.id == payment.id
             )
+        )
+
+    async def GetTakings(
+        self, request: rider_pb2.GetTakingsRequest, context: Context
+    ) -> rider_pb2.Takings:
+        return rider_pb2.Takings(
+            currencies=[
+                rider_pb2.CurrencyTakings(
+                    currency=row["currency"],
+                    charges=row["charges"],
+                    charged_minor=row["charged"],
+                    refunded_minor=row["refunded"],
+                    net_minor=row["charged"] - row["refunded"],
+                    outstanding_charges=row["outstanding_charges"],
+                    outstanding_minor=row["outstanding"],
+                )
+                for row in await self._payment_store.takings()
+            ]
         )
 
 

@@ -20,6 +20,7 @@ from edge.deps import Admin, Ctx, Rider
 from edge.errors import ApiError
 from edge.models import (
     NO_NUL,
+    CurrencyTakingsOut,
     Money,
     PaymentKindName,
     PaymentMethodIn,
@@ -30,6 +31,7 @@ from edge.models import (
     PaymentStatusName,
     RefundIn,
     RefundOut,
+    TakingsOut,
 )
 from edge.routes.common import ERRORS
 from protos.common.v1 import common_pb2
@@ -183,3 +185,23 @@ async def refund(payment_id: AnyId, body: RefundIn, _: Admin, ctx: Ctx) -> Payme
         )
     )
     return _payment_out(payment)
+
+
+@router.get("/admin/takings", response_model=TakingsOut, tags=["admin"])
+async def takings(_: Admin, ctx: Ctx) -> TakingsOut:
+    """What riders paid, per currency: charged, refunded, net, and what is outstanding."""
+    reply = await ctx.rider.GetTakings(rider_pb2.GetTakingsRequest())
+    return TakingsOut(
+        currencies=[
+            CurrencyTakingsOut(
+                currency=c.currency,
+                charges=c.charges,
+                charged_minor=c.charged_minor,
+                refunded_minor=c.refunded_minor,
+                net_minor=c.net_minor,
+                outstanding_charges=c.outstanding_charges,
+                outstanding_minor=c.outstanding_minor,
+            )
+            for c in reply.currencies
+        ]
+    )

@@ -838,6 +838,12 @@ async def test_a_rider_books_only_with_a_card_and_manages_cards_through_the_edge
         assert (await http.get("/v1/me/payment-methods")).json()["payment_methods"] == []
         missing = await http.delete(f"/v1/me/payment-methods/{listed[0]['id']}")
         assert missing.status_code == 404
+        admin = system.admin_token()
+        takings = await http.get("/v1/admin/takings", headers={"Authorization": f"Bearer {admin}"})
+        assert takings.status_code == 200, takings.text
+        assert "currencies" in takings.json()
+        refused = await http.get("/v1/admin/takings")
+        assert refused.status_code == 403
         number = await http.post("/v1/me/payment-methods", json={"payment_method_id": TEST_CARD})
         assert number.status_code == 422
         assert TEST_CARD not in number.text

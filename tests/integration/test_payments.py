@@ -304,6 +304,16 @@ async def test_refunds_never_exceed_the_charge(rig: Rig) -> None:
     again = pb.RefundPaymentRequest(payment_id=payment.id, amount_minor=1)
     assert await grpc_status(rig.stub.RefundPayment(again)) == grpc.StatusCode.FAILED_PRECONDITION
     assert (await outbox_subjects(rig)).count(events.RIDER_PAYMENT_REFUNDED) == 2
+    # The schema is this test's own: its takings are this charge and its refunds.
+    takings = await rig.stub.GetTakings(pb.GetTakingsRequest())
+    [eur] = takings.currencies
+    assert (eur.currency, eur.charges, eur.charged_minor, eur.refunded_minor, eur.net_minor) == (
+        "EUR",
+        1,
+        1725,
+        1725,
+        0,
+    )
 
 
 async def test_a_card_number_never_reaches_the_database(rig: Rig) -> None:

@@ -831,3 +831,85 @@ class RefundPaymentRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RefundPaymentRequest: _TypeAlias = RefundPaymentRequest  # noqa: Y015
+
+@_typing.final
+class GetTakingsRequest(_message.Message):
+    """Request for RiderService.GetTakings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTakingsRequest: _TypeAlias = GetTakingsRequest  # noqa: Y015
+
+@_typing.final
+class CurrencyTakings(_message.Message):
+    """Takings in one currency."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    CHARGES_FIELD_NUMBER: _builtins.int
+    CHARGED_MINOR_FIELD_NUMBER: _builtins.int
+    REFUNDED_MINOR_FIELD_NUMBER: _builtins.int
+    NET_MINOR_FIELD_NUMBER: _builtins.int
+    OUTSTANDING_CHARGES_FIELD_NUMBER: _builtins.int
+    OUTSTANDING_MINOR_FIELD_NUMBER: _builtins.int
+    currency: _builtins.str
+    charges: _builtins.int
+    """Succeeded charges and their sum, in minor units."""
+    charged_minor: _builtins.int
+    refunded_minor: _builtins.int
+    """Refunded of those."""
+    net_minor: _builtins.int
+    """Charged minus refunded."""
+    outstanding_charges: _builtins.int
+    """Charges that failed every attempt and are not settled."""
+    outstanding_minor: _builtins.int
+    def __init__(
+        self,
+        *,
+        currency: _builtins.str = ...,
+        charges: _builtins.int = ...,
+        charged_minor: _builtins.int = ...,
+        refunded_minor: _builtins.int = ...,
+        net_minor: _builtins.int = ...,
+        outstanding_charges: _builtins.int = ...,
+        outstanding_minor: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["charged_minor", b"charged_minor", "charges", b"charges", "currency", b"currency", "net_minor", b"net_minor", "outstanding_charges", b"outstanding_charges", "outstanding_minor", b"outstanding_minor", "refunded_minor", b"refunded_minor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CurrencyTakings: _TypeAlias = CurrencyTakings  # noqa: Y015
+
+@_typing.final
+class Takings(_message.Message):
+    """Response of RiderService.GetTakings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURRENCIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def currencies(self) -> _containers.RepeatedCompositeFieldContainer[Global___CurrencyTakings]: ...
+    def __init__(
+        self,
+        *,
+        currencies: _abc.Iterable[Global___CurrencyTakings] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currencies", b"currencies"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Takings: _TypeAlias = Takings  # noqa: Y015

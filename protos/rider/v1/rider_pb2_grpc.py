@@ -95,6 +95,11 @@ class RiderServiceStub:
                 request_serializer=protos_dot_rider_dot_v1_dot_rider__pb2.RefundPaymentRequest.SerializeToString,
                 response_deserializer=protos_dot_rider_dot_v1_dot_rider__pb2.Payment.FromString,
                 _registered_method=True)
+        self.GetTakings = channel.unary_unary(
+                '/rideshare.rider.v1.RiderService/GetTakings',
+                request_serializer=protos_dot_rider_dot_v1_dot_rider__pb2.GetTakingsRequest.SerializeToString,
+                response_deserializer=protos_dot_rider_dot_v1_dot_rider__pb2.Takings.FromString,
+                _registered_method=True)
 
 
 class RiderServiceServicer:
@@ -201,6 +206,13 @@ class RiderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTakings(self, request, context):
+        """What riders paid, per currency: charged, refunded, outstanding (operator and admin).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RiderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -263,6 +275,11 @@ def add_RiderServiceServicer_to_server(servicer, server):
                     servicer.RefundPayment,
                     request_deserializer=protos_dot_rider_dot_v1_dot_rider__pb2.RefundPaymentRequest.FromString,
                     response_serializer=protos_dot_rider_dot_v1_dot_rider__pb2.Payment.SerializeToString,
+            ),
+            'GetTakings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTakings,
+                    request_deserializer=protos_dot_rider_dot_v1_dot_rider__pb2.GetTakingsRequest.FromString,
+                    response_serializer=protos_dot_rider_dot_v1_dot_rider__pb2.Takings.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -590,6 +607,33 @@ class RiderService:
             '/rideshare.rider.v1.RiderService/RefundPayment',
             protos_dot_rider_dot_v1_dot_rider__pb2.RefundPaymentRequest.SerializeToString,
             protos_dot_rider_dot_v1_dot_rider__pb2.Payment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTakings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rideshare.rider.v1.RiderService/GetTakings',
+            protos_dot_rider_dot_v1_dot_rider__pb2.GetTakingsRequest.SerializeToString,
+            protos_dot_rider_dot_v1_dot_rider__pb2.Takings.FromString,
             options,
             channel_credentials,
             insecure,

@@ -84,6 +84,8 @@ class RiderServiceStub:
     rider.payment_refunded. Errors: NOT_FOUND, FAILED_PRECONDITION (the charge did not
     succeed, or the amount exceeds what is left to refund), INVALID_ARGUMENT.
     """
+    GetTakings: _grpc.UnaryUnaryMultiCallable[_rider_pb2.GetTakingsRequest, _rider_pb2.Takings]
+    """What riders paid, per currency: charged, refunded, outstanding (operator and admin)."""
 
 @_typing.type_check_only
 class RiderServiceAsyncStub(RiderServiceStub):
@@ -139,6 +141,8 @@ class RiderServiceAsyncStub(RiderServiceStub):
     rider.payment_refunded. Errors: NOT_FOUND, FAILED_PRECONDITION (the charge did not
     succeed, or the amount exceeds what is left to refund), INVALID_ARGUMENT.
     """
+    GetTakings: _aio.UnaryUnaryMultiCallable[_rider_pb2.GetTakingsRequest, _rider_pb2.Takings]  # type: ignore[assignment]
+    """What riders paid, per currency: charged, refunded, outstanding (operator and admin)."""
 
 class RiderServiceServicer(metaclass=_abc_1.ABCMeta):
     """Rider accounts and trip history."""
@@ -263,5 +267,13 @@ class RiderServiceServicer(metaclass=_abc_1.ABCMeta):
         rider.payment_refunded. Errors: NOT_FOUND, FAILED_PRECONDITION (the charge did not
         succeed, or the amount exceeds what is left to refund), INVALID_ARGUMENT.
         """
+
+    @_abc_1.abstractmethod
+    def GetTakings(
+        self,
+        request: _rider_pb2.GetTakingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rider_pb2.Takings, _abc.Awaitable[_rider_pb2.Takings]]:
+        """What riders paid, per currency: charged, refunded, outstanding (operator and admin)."""
 
 def add_RiderServiceServicer_to_server(servicer: RiderServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

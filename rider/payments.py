@@ -89,8 +89,12 @@ class PaymentCommands:
             card = await self._provider.attach_method(customer_id=customer, method_id=method_id)
         except MethodRejectedError as exc:
             raise PaymentMethodRejectedError(f"the card was refused: {exc}") from None
+        # A card added while a charge is outstanding settles it: it becomes the one charged.
+        outstanding, _ = await self._store.outstanding_minor(rider_id)
         async with self._store.pool.acquire() as conn, conn.transaction():
-            method = await self._store.add_method(conn, rider_id, card, make_default=make_default)
+            method = await self._store.add_method(
+                conn, rider_id, card, make_default=make_default or outstanding > 0
+            )
             settled = await self._store.settle_outstanding(conn, rider_id)
         if settled:
             logger.info(

@@ -151,8 +151,8 @@ class RiderServiceServicer:
 
     def AddPaymentMethod(self, request, context):
         """Adds a card the app tokenized with the payment provider (its payment-method id, never a
-        card number) to the rider's provider customer; the first one becomes the default. An
-        outstanding charge is retried on it. Errors: INVALID_ARGUMENT (malformed id),
+        card number) to the rider's provider customer; the first one becomes the default, and so
+        does one added while a charge is outstanding, which is then retried on it. Errors: INVALID_ARGUMENT (malformed id),
         FAILED_PRECONDITION (the provider declined the card or does not know the id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

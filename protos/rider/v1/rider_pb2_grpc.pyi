@@ -59,8 +59,8 @@ class RiderServiceStub:
     """
     AddPaymentMethod: _grpc.UnaryUnaryMultiCallable[_rider_pb2.AddPaymentMethodRequest, _rider_pb2.PaymentMethod]
     """Adds a card the app tokenized with the payment provider (its payment-method id, never a
-    card number) to the rider's provider customer; the first one becomes the default. An
-    outstanding charge is retried on it. Errors: INVALID_ARGUMENT (malformed id),
+    card number) to the rider's provider customer; the first one becomes the default, and so
+    does one added while a charge is outstanding, which is then retried on it. Errors: INVALID_ARGUMENT (malformed id),
     FAILED_PRECONDITION (the provider declined the card or does not know the id).
     """
     ListPaymentMethods: _grpc.UnaryUnaryMultiCallable[_rider_pb2.ListPaymentMethodsRequest, _rider_pb2.ListPaymentMethodsResponse]
@@ -116,8 +116,8 @@ class RiderServiceAsyncStub(RiderServiceStub):
     """
     AddPaymentMethod: _aio.UnaryUnaryMultiCallable[_rider_pb2.AddPaymentMethodRequest, _rider_pb2.PaymentMethod]  # type: ignore[assignment]
     """Adds a card the app tokenized with the payment provider (its payment-method id, never a
-    card number) to the rider's provider customer; the first one becomes the default. An
-    outstanding charge is retried on it. Errors: INVALID_ARGUMENT (malformed id),
+    card number) to the rider's provider customer; the first one becomes the default, and so
+    does one added while a charge is outstanding, which is then retried on it. Errors: INVALID_ARGUMENT (malformed id),
     FAILED_PRECONDITION (the provider declined the card or does not know the id).
     """
     ListPaymentMethods: _aio.UnaryUnaryMultiCallable[_rider_pb2.ListPaymentMethodsRequest, _rider_pb2.ListPaymentMethodsResponse]  # type: ignore[assignment]
@@ -206,8 +206,8 @@ class RiderServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_rider_pb2.PaymentMethod, _abc.Awaitable[_rider_pb2.PaymentMethod]]:
         """Adds a card the app tokenized with the payment provider (its payment-method id, never a
-        card number) to the rider's provider customer; the first one becomes the default. An
-        outstanding charge is retried on it. Errors: INVALID_ARGUMENT (malformed id),
+        card number) to the rider's provider customer; the first one becomes the default, and so
+        does one added while a charge is outstanding, which is then retried on it. Errors: INVALID_ARGUMENT (malformed id),
         FAILED_PRECONDITION (the provider declined the card or does not know the id).
         """
 

@@ -6,12 +6,15 @@ from datetime import UTC, datetime
 
 import pytest
 
-from notification.domain import DRIVER_FIELDS, UNKNOWN_DRIVER_FACTS, Channel, Notification
+from notification.domain import DRIVER_FIELDS, UNKNOWN_DRIVER_FACTS, Channel, Notification, plan
 from notification.events import CONSUMED_SUBJECTS
 from notification.templates import TEMPLATES
 from notification.wire import facts_of, notification_to_proto
 from protos import events
+from protos.common.v1 import common_pb2
 from protos.notification.v1 import notification_pb2 as pb
+from protos.rider.v1 import events_pb2 as rider_events
+from protos.rider.v1 import rider_pb2
 
 WHEN = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -83,3 +86,22 @@ def test_a_notification_goes_on_the_wire_with_its_channels_data_and_times() -> N
     assert wire.created_at.ToDatetime(tzinfo=UTC) == WHEN
     assert not wire.HasField("read_at")
     assert pb.Notification.FromString(wire.SerializeToString()) == wire
+
+
+def test_a_receipt_names_the_amount_the_trip_and_the_cards_last_four() -> None:
+    paid = rider_events.PaymentSucceeded(
+        payment_id="p-1",
+        rider_id="r-1",
+        trip_id="t-1",
+        kind=rider_pb2.PAYMENT_KIND_FARE,
+        amount=common_pb2.Money(amount_minor=1725, currency="EUR"),
+        card_last4="4242",
+    )
+    facts = facts_of(events.RIDER_PAYMENT_SUCCEEDED, paid)
+    [receipt] = plan(
+        TEMPLATES[events.RIDER_PAYMENT_SUCCEEDED], facts, event_id="e-1", created_at=WHEN
+    )
+    assert (receipt.user_id, receipt.kind, receipt.trip_id) == ("r-1", "payment.receipt", "t-1")
+    assert "4242" in receipt.body and "17.25" in receipt.body
+    assert receipt.data["card_last4"] == "4242"
+    assert receipt.data["amount_minor"] == "1725"

@@ -433,6 +433,7 @@ class RefundOut(BaseModel):
     id: str
     amount: Money
     reason: str
+    pending: bool = Field(description="Recorded; the provider's answer is not in yet.")
     created_at: datetime | None
 
 

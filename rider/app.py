@@ -60,7 +60,9 @@ async def running(
             RiderServicer(
                 commands,
                 store,
-                payments=PaymentCommands(payment_store, provider, wake),
+                payments=PaymentCommands(
+                    payment_store, provider, wake, lease_s=payment.worker.lease_s
+                ),
                 payment_store=payment_store,
             ),
             server.server,

@@ -177,6 +177,7 @@ class Refund:
     amount_minor: int
     reason: str
     created_at: datetime
+    pending: bool = False  # recorded, the provider's answer not yet
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,7 @@ class Payment:
     card_last4: str
     failure: str
     provider_ref: str
-    refunded_minor: int
+    refunded_minor: int  # refunds done and pending: what is no longer refundable
     version: int
     created_at: datetime
     updated_at: datetime

@@ -288,18 +288,18 @@ class PaymentStore:
             trip_id,
         )
         refunds = await self._pool.fetch(
-            "SELECT id, payment_id, amount_minor, reason, created_at FROM payment_refunds "
+            "SELECT id, payment_id, amount_minor, reason, pending, created_at FROM payment_refunds "
             "WHERE payment_id = ANY($1::text[]) ORDER BY created_at",
             [row["id"] for row in rows],
         )
         by_payment: dict[str, list[Refund]] = {}
         for r in refunds:
             by_payment.setdefault(r["payment_id"], []).append(
-                Refund(r["id"], r["amount_minor"], r["reason"], r["created_at"])
+                Refund(r["id"], r["amount_minor"], r["reason"], r["created_at"], r["pending"])
             )
         return [_payment(row, tuple(by_payment.get(row["id"], ()))) for row in rows]
 
-    async def add_refund(
+    async def reserve_refund(
         self,
         conn: asyncpg.Connection,
         payment_id: str,
@@ -307,16 +307,18 @@ class PaymentStore:
         refund_id: str,
         amount_minor: int,
         reason: str,
-        provider_ref: str,
+        lease: timedelta,
     ) -> Payment:
+        """Record a pending refund and count it in the payment's refunded amount (the
+        caller holds the payment's row lock and checked the amount)."""
         await conn.execute(
-            "INSERT INTO payment_refunds (id, payment_id, amount_minor, reason, provider_ref) "
-            "VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO payment_refunds (id, payment_id, amount_minor, reason, due_at) "
+            "VALUES ($1, $2, $3, $4, now() + $5)",
             refund_id,
             payment_id,
             amount_minor,
             reason,
-            provider_ref,
+            lease,
         )
         row = await conn.fetchrow(
             "UPDATE payments SET refunded_minor = refunded_minor + $2, version = version + 1, "
@@ -325,6 +327,57 @@ class PaymentStore:
             amount_minor,
         )
         return _payment(row)
+
+    async def complete_refund(
+        self, conn: asyncpg.Connection, refund_id: str, *, provider_ref: str
+    ) -> Payment | None:
+        """Mark a pending refund done; the payment after it, or None when it was not pending
+        (another worker completed it)."""
+        payment_id = await conn.fetchval(
+            "UPDATE payment_refunds SET pending = false, provider_ref = $2 "
+            "WHERE id = $1 AND pending RETURNING payment_id",
+            refund_id,
+            provider_ref,
+        )
+        if payment_id is None:
+            return None
+        row = await conn.fetchrow(
+            "UPDATE payments SET version = version + 1, updated_at = now() "
+            f"WHERE id = $1 RETURNING {_PAYMENT}",
+            payment_id,
+        )
+        return _payment(row)
+
+    async def cancel_refund(self, refund_id: str) -> None:
+        """Take back a pending refund the provider refused, and its amount."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "DELETE FROM payment_refunds WHERE id = $1 AND pending "
+                "RETURNING payment_id, amount_minor",
+                refund_id,
+            )
+            if row is not None:
+                await conn.execute(
+                    "UPDATE payments SET refunded_minor = refunded_minor - $2, "
+                    "version = version + 1, updated_at = now() WHERE id = $1",
+                    row["payment_id"],
+                    row["amount_minor"],
+                )
+
+    async def claim_stale_refunds(self, *, limit: int, lease: timedelta) -> list[Any]:
+        """Pending refunds whose asker died (past ``due_at``), leased anew: (refund id,
+        amount, the payment's provider charge)."""
+        return list(
+            await self._pool.fetch(
+                "WITH due AS (SELECT id FROM payment_refunds WHERE pending AND due_at <= now()"
+                " ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED)"
+                " UPDATE payment_refunds r SET due_at = now() + $2 FROM due, payments p"
+                " WHERE r.id = due.id AND p.id = r.payment_id"
+                " RETURNING r.id, r.amount_minor, p.provider_ref",
+                limit,
+                lease,
+            )
+        )
 
 
 def _method(row: Any) -> PaymentMethod:

@@ -38,6 +38,7 @@ from rider.billing import (
     PaymentMethod,
     PaymentMethodRejectedError,
     PaymentStatus,
+    RefundNotAllowedError,
     RetryPolicy,
     Standing,
     after_decline,
@@ -47,7 +48,12 @@ from rider.billing import (
     standing,
 )
 from rider.payment_store import PaymentStore
-from rider.provider import MethodRejectedError, PaymentProvider, ProviderUnavailableError
+from rider.provider import (
+    MethodRejectedError,
+    PaymentProvider,
+    ProviderUnavailableError,
+    RefundRejectedError,
+)
 from rideshare.outbox import add_event
 
 __all__ = ["CRASH_AFTER_CHARGE_ENV", "PaymentCommands", "PaymentWorker", "WorkerPolicy"]
@@ -71,10 +77,18 @@ class WorkerPolicy:
 class PaymentCommands:
     """Cards and refunds, called by the gRPC servicer."""
 
-    def __init__(self, store: PaymentStore, provider: PaymentProvider, wake: asyncio.Event) -> None:
+    def __init__(
+        self,
+        store: PaymentStore,
+        provider: PaymentProvider,
+        wake: asyncio.Event,
+        *,
+        lease_s: float,
+    ) -> None:
         self._store = store
         self._provider = provider
         self._wake = wake
+        self._lease_s = lease_s
 
     async def add_method(
         self, rider_id: str, method_id: str, *, make_default: bool
@@ -121,31 +135,52 @@ class PaymentCommands:
         return verdict, outstanding, currency
 
     async def refund(self, payment_id: str, *, amount_minor: int, reason: str) -> Payment:
-        """Refund part or all of a succeeded charge. The row stays locked through the provider
-        call, so two refunds of one charge never add up to more than it."""
+        """Refund part or all of a succeeded charge, crash-safe like a charge: the refund is
+        recorded (its amount no longer refundable) and committed before the provider is
+        asked with its id as key and metadata; a refund whose asker died is looked up and
+        finished by the worker (:meth:`PaymentWorker.recover_refunds`)."""
+        refund_id = str(uuid.uuid4())
         async with self._store.pool.acquire() as conn, conn.transaction():
-            payment = await self._store.get(payment_id, conn)
+            payment = await self._store.get(payment_id, conn)  # row lock: one refund at a time
             amount = refund_amount(payment, amount_minor)
-            refund_id = str(uuid.uuid4())
-            provider_ref = await self._provider.refund(
-                provider_ref=payment.provider_ref, amount_minor=amount, refund_id=refund_id
-            )
-            payment = await self._store.add_refund(
+            await self._store.reserve_refund(
                 conn,
                 payment_id,
                 refund_id=refund_id,
                 amount_minor=amount,
                 reason=reason,
-                provider_ref=provider_ref,
+                lease=timedelta(seconds=self._lease_s),
             )
-            await add_event(
-                conn,
-                subject=events.RIDER_PAYMENT_REFUNDED,
-                aggregate_id=payment.id,
-                aggregate_version=payment.version,
-                payload=wire.payment_refunded(payment, refund_id=refund_id, amount_minor=amount),
+        try:
+            provider_ref = await self._provider.refund(
+                provider_ref=payment.provider_ref, amount_minor=amount, refund_id=refund_id
             )
-        return payment
+        except RefundRejectedError as exc:
+            await self._store.cancel_refund(refund_id)
+            raise RefundNotAllowedError(f"the provider refused the refund: {exc}") from None
+        done = await finish_refund(self._store, refund_id, provider_ref=provider_ref)
+        return done or await self._store.get(payment_id)
+
+
+async def finish_refund(
+    store: PaymentStore, refund_id: str, *, provider_ref: str
+) -> Payment | None:
+    """Commit a refund the provider made, with its event; None if already committed."""
+    async with store.pool.acquire() as conn, conn.transaction():
+        payment = await store.complete_refund(conn, refund_id, provider_ref=provider_ref)
+        if payment is None:
+            return None
+        amount = await conn.fetchval(
+            "SELECT amount_minor FROM payment_refunds WHERE id = $1", refund_id
+        )
+        await add_event(
+            conn,
+            subject=events.RIDER_PAYMENT_REFUNDED,
+            aggregate_id=payment.id,
+            aggregate_version=payment.version,
+            payload=wire.payment_refunded(payment, refund_id=refund_id, amount_minor=amount),
+        )
+    return payment
 
 
 class PaymentWorker:
@@ -175,6 +210,7 @@ class PaymentWorker:
                 )
             except Exception:
                 logger.exception("claiming due payments failed; trying again")
+            await self.recover_refunds()
             if claimed:
                 # Per item: one charge failing never stops the others.
                 await asyncio.gather(*(self._settle(p) for p in claimed))
@@ -185,6 +221,36 @@ class PaymentWorker:
                     await self._wake.wait()
             except TimeoutError:
                 pass
+
+    async def recover_refunds(self) -> None:
+        """Finish refunds whose asker died: made at the provider (found by their id) or not
+        (asked again, same key)."""
+        try:
+            stale = await self._store.claim_stale_refunds(
+                limit=self._policy.batch, lease=timedelta(seconds=self._policy.lease_s)
+            )
+        except Exception:
+            logger.exception("claiming stale refunds failed; trying again")
+            return
+        for row in stale:
+            try:
+                found = await self._provider.find_refund(
+                    provider_ref=row["provider_ref"], refund_id=row["id"]
+                )
+                if found is None:
+                    found = await self._provider.refund(
+                        provider_ref=row["provider_ref"],
+                        amount_minor=row["amount_minor"],
+                        refund_id=row["id"],
+                    )
+                else:
+                    logger.info("refund %s: recovered from the provider", row["id"])
+                await finish_refund(self._store, row["id"], provider_ref=found)
+            except RefundRejectedError as exc:
+                logger.warning("refund %s refused by the provider: %s", row["id"], exc)
+                await self._store.cancel_refund(row["id"])
+            except Exception:
+                logger.exception("refund %s not finished; its lease will bring it back", row["id"])
 
     async def _settle(self, payment: Payment) -> None:
         try:

@@ -28,6 +28,7 @@ __all__ = [
     "MethodRejectedError",
     "PaymentProvider",
     "ProviderUnavailableError",
+    "RefundRejectedError",
     "StripeProvider",
 ]
 
@@ -43,6 +44,10 @@ class ProviderUnavailableError(Exception):
 
 class MethodRejectedError(Exception):
     """The provider refused a payment method (unknown id, declined when attached)."""
+
+
+class RefundRejectedError(Exception):
+    """The provider refused a refund (the charge is not refundable there)."""
 
 
 class PaymentProvider(Protocol):
@@ -71,6 +76,10 @@ class PaymentProvider(Protocol):
 
     async def refund(self, *, provider_ref: str, amount_minor: int, refund_id: str) -> str:
         """Refund ``amount_minor`` of the charge ``provider_ref``; the refund's id."""
+        ...
+
+    async def find_refund(self, *, provider_ref: str, refund_id: str) -> str | None:
+        """The provider's id of refund ``refund_id`` of charge ``provider_ref``, if made."""
         ...
 
 
@@ -215,18 +224,33 @@ class StripeProvider:
             after = page.data[-1].id
 
     async def refund(self, *, provider_ref: str, amount_minor: int, refund_id: str) -> str:
-        refund = await self._call(
-            "refund",
-            self._client.v1.refunds.create_async(
-                params={
-                    "payment_intent": provider_ref,
-                    "amount": amount_minor,
-                    "metadata": {"refund_id": refund_id},
-                },
-                options={"idempotency_key": refund_id},
+        try:
+            refund = await self._call(
+                "refund",
+                self._client.v1.refunds.create_async(
+                    params={
+                        "payment_intent": provider_ref,
+                        "amount": amount_minor,
+                        "metadata": {"refund_id": refund_id},
+                    },
+                    options={"idempotency_key": refund_id},
+                ),
+            )
+        except stripe.InvalidRequestError as exc:
+            raise RefundRejectedError(exc.user_message or str(exc)) from exc
+        return str(refund.id)
+
+    async def find_refund(self, *, provider_ref: str, refund_id: str) -> str | None:
+        page = await self._call(
+            "list refunds",
+            self._client.v1.refunds.list_async(
+                params={"payment_intent": provider_ref, "limit": 100}
             ),
         )
-        return str(refund.id)
+        for refund in page.data:
+            if _metadata(refund).get("refund_id") == refund_id:
+                return str(refund.id)
+        return None
 
 
 def _outcome(intent: Any) -> ChargeOutcome:

@@ -55,6 +55,7 @@ ERRORS: StatusTable = {
     PaymentNotFoundError: grpc.StatusCode.NOT_FOUND,
     PaymentMethodRejectedError: grpc.StatusCode.FAILED_PRECONDITION,
     RefundNotAllowedError: grpc.StatusCode.FAILED_PRECONDITION,
+    # A refund asked while the provider was away stays recorded and is finished by the worker.
     ProviderUnavailableError: grpc.StatusCode.UNAVAILABLE,
 }
 

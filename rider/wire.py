@@ -350,6 +350,7 @@ def payment_to_proto(payment: Payment) -> rider_pb2.Payment:
                 id=r.id,
                 amount=_money(r.amount_minor, payment.currency),
                 reason=r.reason,
+                pending=r.pending,
                 created_at=_timestamp(r.created_at),
             )
             for r in payment.refunds

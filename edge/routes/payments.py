@@ -113,6 +113,7 @@ def _payment_out(p: rider_pb2.Payment) -> PaymentOut:
                 id=r.id,
                 amount=_money(r.amount),
                 reason=r.reason,
+                pending=r.pending,
                 created_at=_when(r.created_at, r.HasField("created_at")),
             )
             for r in p.refunds

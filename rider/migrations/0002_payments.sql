@@ -44,12 +44,18 @@ CREATE TABLE payments (
 CREATE INDEX payments_due_idx ON payments (due_at) WHERE status IN (1, 2);
 CREATE INDEX payments_by_rider_idx ON payments (rider_id, status);
 
+-- A refund is written (and its amount counted in payments.refunded_minor, so two refunds
+-- never add up to more than the charge) BEFORE the provider is asked; pending until the
+-- provider's answer is committed, and looked up there by its id after a crash.
 CREATE TABLE payment_refunds (
     id           text        PRIMARY KEY,
     payment_id   text        NOT NULL REFERENCES payments (id),
     amount_minor bigint      NOT NULL CHECK (amount_minor > 0),
     reason       text        NOT NULL DEFAULT '',
-    provider_ref text        NOT NULL,
+    pending      boolean     NOT NULL DEFAULT true,
+    provider_ref text        NOT NULL DEFAULT '', -- the provider's refund ("re_...")
+    due_at       timestamptz NOT NULL,            -- pending: when a worker may take it over
     created_at   timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX payment_refunds_by_payment_idx ON payment_refunds (payment_id, created_at);
+CREATE INDEX payment_refunds_pending_idx ON payment_refunds (due_at) WHERE pending;

@@ -9,6 +9,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -24,6 +25,7 @@ from protos.rider.v1 import rider_pb2_grpc
 from protos.trip.v1 import events_pb2 as trip_events
 from rider.app import running
 from rider.billing import RetryPolicy
+from rider.payment_store import PaymentStore
 from rider.payments import WorkerPolicy
 from rider.settings import LOCAL_API_KEY, PaymentSettings
 from rideshare import bus
@@ -343,3 +345,47 @@ async def test_a_card_number_never_reaches_the_database_or_the_log(
         assert "4242 4242" not in dump, table
     assert caplog.records  # the service did log (its payments among them)
     assert GOOD_CARD not in caplog.text
+
+
+async def test_refunds_left_pending_by_a_dead_asker_are_finished_once(rig: Rig) -> None:
+    """A refund recorded before its provider call, its asker gone: one whose call never left
+    is made by the worker; one the provider made is found there, never made twice."""
+    rider = await new_rider(rig)
+    await add_card(rig, rider.id)
+    trip_id = f"trip-{uuid.uuid4().hex[:8]}"
+    await publish_event(
+        rig.js, events.TRIP_COMPLETED, completed(trip_id, rider.id), aggregate_id=trip_id, version=6
+    )
+    payment = await settled(rig, rider.id, trip_id, pb.PAYMENT_STATUS_SUCCEEDED)
+    store = PaymentStore(rig.db)
+    intent = (await intents_for(rig.stripe, payment.id))[0]
+    never_sent, sent = str(uuid.uuid4()), str(uuid.uuid4())
+    async with rig.db.acquire() as conn, conn.transaction():
+        for refund_id, amount in ((never_sent, 300), (sent, 200)):
+            # What RiderService.RefundPayment commits before it calls the provider; the lease
+            # already over, as if its process died a while ago.
+            await store.reserve_refund(
+                conn,
+                payment.id,
+                refund_id=refund_id,
+                amount_minor=amount,
+                reason="dead asker",
+                lease=timedelta(0),
+            )
+    await rig.stripe.v1.refunds.create_async(
+        params={"payment_intent": intent.id, "amount": 200, "metadata": {"refund_id": sent}}
+    )
+
+    async def finished() -> bool:
+        [p] = await trip_payments(rig, rider.id, trip_id)
+        return len(p.refunds) == 2 and not any(r.pending for r in p.refunds)
+
+    await eventually(finished, timeout_s=60, every_s=0.3)
+    made = await rig.stripe.v1.refunds.list_async(params={"payment_intent": intent.id})
+    by_id = sorted(
+        (r.to_dict()["metadata"]["refund_id"], r.amount) for r in made.data if r.metadata
+    )
+    assert by_id == sorted([(never_sent, 300), (sent, 200)])
+    [p] = await trip_payments(rig, rider.id, trip_id)
+    assert p.refunded.amount_minor == 500
+    assert (await outbox_subjects(rig)).count(events.RIDER_PAYMENT_REFUNDED) == 2

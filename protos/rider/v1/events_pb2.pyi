@@ -218,7 +218,7 @@ class PaymentRefunded(_message.Message):
     def amount(self) -> _common_pb2.Money: ...
     @_builtins.property
     def refunded_total(self) -> _common_pb2.Money:
-        """All refunded so far, this refund included."""
+        """All refunded so far, this refund included (and any still pending)."""
 
     @_builtins.property
     def refunded_at(self) -> _timestamp_pb2.Timestamp: ...

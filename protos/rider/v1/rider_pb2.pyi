@@ -668,9 +668,12 @@ class Refund(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    PENDING_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     reason: _builtins.str
+    pending: _builtins.bool
+    """Recorded, the provider's answer not committed yet (the rider service finishes it)."""
     @_builtins.property
     def amount(self) -> _common_pb2.Money: ...
     @_builtins.property
@@ -681,11 +684,12 @@ class Refund(_message.Message):
         id: _builtins.str = ...,
         amount: _common_pb2.Money | None = ...,
         reason: _builtins.str = ...,
+        pending: _builtins.bool = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "id", b"id", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "created_at", b"created_at", "id", b"id", "pending", b"pending", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -725,7 +729,7 @@ class Payment(_message.Message):
     def amount(self) -> _common_pb2.Money: ...
     @_builtins.property
     def refunded(self) -> _common_pb2.Money:
-        """Sum of the refunds."""
+        """Sum of the refunds, pending ones included: what can no longer be refunded."""
 
     @_builtins.property
     def refunds(self) -> _containers.RepeatedCompositeFieldContainer[Global___Refund]: ...

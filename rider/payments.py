@@ -14,6 +14,10 @@ The saga, once per charge (rider/billing.py has the states):
 A crash after 2 leaves the record CHARGING; once its lease runs out a worker reclaims it and
 asks the provider first (``find_charge``): a charge that went through is recorded as it was,
 one that never arrived is made then. So a ``kill -9`` anywhere charges once and forgets none.
+
+Refunds follow the same rule: recorded (their amount no longer refundable) and committed
+before the provider call, which carries the refund's id; one left pending by a dead process
+is looked up at the provider by that id and finished, or made then, by the worker.
 """
 
 from __future__ import annotations

@@ -282,11 +282,22 @@ class PaymentStore:
         return _payment(row)
 
     async def of_trip(self, rider_id: str, trip_id: str) -> list[Payment]:
+        """The trip's charges (fare, fee) with their refunds."""
         rows = await self._pool.fetch(
             f"SELECT {_PAYMENT} FROM payments WHERE rider_id = $1 AND trip_id = $2 ORDER BY kind",
             rider_id,
             trip_id,
         )
+        return await self._with_refunds(rows)
+
+    async def with_refunds(self, payment_id: str) -> Payment:
+        """The charge with its refunds; PaymentNotFoundError if there is none."""
+        rows = await self._pool.fetch(f"SELECT {_PAYMENT} FROM payments WHERE id = $1", payment_id)
+        if not rows:
+            raise PaymentNotFoundError(f"no payment {payment_id!r}")
+        return (await self._with_refunds(rows))[0]
+
+    async def _with_refunds(self, rows: list[Any]) -> list[Payment]:
         refunds = await self._pool.fetch(
             "SELECT id, payment_id, amount_minor, reason, pending, created_at FROM payment_refunds "
             "WHERE payment_id = ANY($1::text[]) ORDER BY created_at",

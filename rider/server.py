@@ -209,13 +209,7 @@ class RiderServicer(rider_pb2_grpc.RiderServiceServicer):
         payment = await self._payments.refund(
             payment_id, amount_minor=request.amount_minor, reason=request.reason
         )
-        return wire.payment_to_proto(
-            next(
-                p
-                for p in await self._payment_store.of_trip(payment.rider_id, payment.trip_id)
-                if p.id == payment.id
-            )
-        )
+        return wire.payment_to_proto(await self._payment_store.with_refunds(payment.id))
 
     async def GetTakings(
         self, request: rider_pb2.GetTakingsRequest, context: Context

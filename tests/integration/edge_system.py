@@ -109,14 +109,24 @@ async def edge_system(infra: InfraUrls, prefix: str) -> AsyncIterator[System]:
     from driver.app import running as driver_running
     from location.app import running as location_running
     from rider.app import running as rider_running
+    from rider.billing import RetryPolicy
+    from rider.payments import WorkerPolicy
+    from rider.settings import PaymentSettings
     from trip.app import running as trip_running
     from trip.settings import TripSettings
 
     async with contextlib.AsyncExitStack() as stack:
         location = await stack.enter_async_context(location_running(svc("location", infra)))
         location_addr = f"127.0.0.1:{location.port}"
+        # Declined charges retried fast, so a test sees one end outstanding within seconds.
+        payment = PaymentSettings(
+            api_base=infra.stripe_api_base,
+            worker=WorkerPolicy(retry=RetryPolicy(max_attempts=2, first_delay_s=0.2), poll_s=0.2),
+        )
         rider = await stack.enter_async_context(
-            rider_running(svc("rider", infra), schema=f"{prefix}_rider", durable=f"{prefix}_rider")
+            rider_running(
+                svc("rider", infra), payment, schema=f"{prefix}_rider", durable=f"{prefix}_rider"
+            )
         )
         driver = await stack.enter_async_context(
             driver_running(

@@ -16,9 +16,13 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from protos import events
+from protos.common.v1 import common_pb2
+from protos.trip.v1 import events_pb2 as trip_events
+from rideshare import bus
 from rideshare.settings import InfraUrls
 from rideshare.simulate.cards import TEST_CARD, tokenize_card
-from tests.helpers import eventually
+from tests.helpers import eventually, publish_event
 from tests.integration.edge_system import BERLIN, System, edge_system
 from tests.integration.hostile import forged_tokens
 
@@ -31,6 +35,10 @@ async def system(infra: InfraUrls) -> AsyncIterator[System]:
 
 def phone() -> str:
     return "+49151" + str(uuid.uuid4().int)[:8]
+
+
+# Attaches, then every charge is declined (localstripe, like Stripe's test cards).
+DECLINING_CARD = "4000000000000341"
 
 
 async def signup_rider(system: System, *, card: bool = True) -> tuple[str, str]:
@@ -847,3 +855,56 @@ async def test_a_rider_books_only_with_a_card_and_manages_cards_through_the_edge
         number = await http.post("/v1/me/payment-methods", json={"payment_method_id": TEST_CARD})
         assert number.status_code == 422
         assert TEST_CARD not in number.text
+
+
+async def test_a_charge_declined_on_every_retry_blocks_booking_until_a_new_card(
+    system: System,
+) -> None:
+    rider_id, token = await signup_rider(system, card=False)
+    async with system.client(token) as http:
+        await add_card(http, token, system.infra.stripe_api_base, DECLINING_CARD)
+        trip_id = f"trip-{uuid.uuid4().hex[:8]}"
+        nc = await bus.connect(system.infra.nats_url, name="test-edge-declined")
+        try:
+            await publish_event(
+                nc.jetstream(timeout=5),
+                events.TRIP_COMPLETED,
+                trip_events.TripCompleted(
+                    trip_id=trip_id,
+                    rider_id=rider_id,
+                    driver_id="driver-1",
+                    fare=common_pb2.Money(amount_minor=990, currency="EUR"),
+                ),
+                aggregate_id=trip_id,
+                version=6,
+            )
+        finally:
+            await nc.close()
+        quote = await _quote(http)
+        trip = {
+            "quote_id": quote["quote_id"],
+            "pickup": quote["pickup"],
+            "dropoff": quote["dropoff"],
+        }
+
+        async def outstanding() -> bool:
+            r = await http.get(f"/v1/me/trips/{trip_id}/payments")
+            paid = r.json()["payments"]
+            return bool(paid) and paid[0]["status"] == "outstanding"
+
+        await eventually(outstanding, timeout_s=60, every_s=0.5)
+        paid = (await http.get(f"/v1/me/trips/{trip_id}/payments")).json()["payments"]
+        assert [(p["failure"], p["attempts"]) for p in paid] == [("card_declined", 2)]
+        refused = await http.post("/v1/trips", json=trip)
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"]["code"] == "payment_outstanding"
+
+        await add_card(http, token, system.infra.stripe_api_base)
+
+        async def settled() -> bool:
+            r = await http.get(f"/v1/me/trips/{trip_id}/payments")
+            return bool(r.json()["payments"][0]["status"] == "succeeded")
+
+        await eventually(settled, timeout_s=60, every_s=0.5)
+        booked = await http.post("/v1/trips", json=trip)
+        assert booked.status_code == 201, booked.text

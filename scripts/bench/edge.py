@@ -55,6 +55,7 @@ from protos import events
 from protos.location.v1 import location_pb2
 from rideshare.infra import free_port
 from rideshare.settings import ONE_ADDRESS_LOGIN_LIMITS, InfraUrls
+from rideshare.simulate.cards import tokenize_card
 from rideshare.supervisor import SERVICE_ORDER, Supervisor, available_services
 from scripts.bench.common import infrastructure, percentile
 
@@ -177,10 +178,19 @@ async def next_frame(ws: ClientConnection, kind: str, timeout_s: float = 30.0) -
                 return frame
 
 
-async def make_pair(http: httpx.AsyncClient, ws_url: str, pair: Pair) -> None:
-    """A real trip in ACCEPTED: its driver's socket and its rider's socket."""
+async def make_pair(
+    http: httpx.AsyncClient, ws_url: str, pair: Pair, *, stripe_api_base: str
+) -> None:
+    """A real trip in ACCEPTED: its driver's socket and its rider's socket (a rider books
+    only with a card)."""
     pair.driver_id, dtoken = await signup(http, "driver")
     _, rtoken = await signup(http, "rider")
+    card = await http.post(
+        "/v1/me/payment-methods",
+        headers={"Authorization": f"Bearer {rtoken}"},
+        json={"payment_method_id": await tokenize_card(stripe_api_base)},
+    )
+    card.raise_for_status()
     h = {"Authorization": f"Bearer {dtoken}"}
     vehicle = {
         "make": "VW",
@@ -470,6 +480,7 @@ async def run(args: argparse.Namespace) -> None:
         redis = aioredis.Redis.from_url(urls.redis_url, socket_timeout=10)
         with load_clients(args.procs, ws_url) as clients:
             async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+                args.stripe_api_base = urls.stripe_api_base
                 await phases(args, http, redis, urls.nats_url, ws_url, supervisor, clients)
         await redis.aclose()
 
@@ -489,7 +500,7 @@ async def phases(
 
     async def one(pair: Pair) -> None:
         async with sem:
-            await make_pair(http, ws_url, pair)
+            await make_pair(http, ws_url, pair, stripe_api_base=args.stripe_api_base)
 
     started = time.monotonic()
     await asyncio.gather(*(one(p) for p in pairs))

@@ -216,8 +216,9 @@ async def _simulate(run: Run, args: argparse.Namespace, summary_path: Path, log:
         "--quiet",
         "--json-out", str(summary_path),
     ]  # fmt: skip
+    # run.env names the data directory, whose infra.json gives the riders' card provider
     process = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=run.env
     )
     return await process.wait()
 

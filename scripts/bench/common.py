@@ -225,10 +225,12 @@ def print_saturation(name: str, result: SaturationResult, unit: str = "/s") -> N
           f"({len(result.steps)} steps){beyond}", flush=True)  # fmt: skip
 
 
-def print_reference(name: str, ours: float, raw: float, unit: str, *, raw_name: str) -> None:
+def print_reference(
+    name: str, ours: float, raw: float, unit: str, *, raw_name: str, raw_unit: str | None = None
+) -> None:
     """Our figure, the raw loop's on the same host in the same run, and their ratio."""
-    ratio = ours / raw if raw else float("nan")
-    print(f"reference: {name} {ours:,.1f} {unit}; {raw_name} {raw:,.1f} {unit}; "
+    ratio = ours / raw if raw else math.nan
+    print(f"reference: {name} {ours:,.1f} {unit}; {raw_name} {raw:,.1f} {raw_unit or unit}; "
           f"ratio {ratio:.3g}", flush=True)  # fmt: skip
 
 

@@ -121,8 +121,8 @@ async def references_and_saturation(
     print_saturation("honest logins answered 200", result)
     if result.best is not None:
         print_reference(
-            "saturation logins", result.best.offered, scrypt, "/s",
-            raw_name="scrypt on one thread",
+            "saturation logins", result.best.offered, scrypt, "logins/s",
+            raw_name="scrypt on one thread", raw_unit="hashes/s",
         )  # fmt: skip
 
 

@@ -307,8 +307,8 @@ async def main(args: argparse.Namespace) -> None:
             print_saturation("events published -> in-app push", result, " events/s")
             raw = await core_nats_per_s(urls.nats_url, seconds=args.reference_s)
             print_reference(
-                "live events end to end", live_rate, raw, "/s",
-                raw_name="core NATS publish -> subscribe",
+                "live events end to end", live_rate, raw, "events/s",
+                raw_name="core NATS publish -> subscribe", raw_unit="messages/s",
             )  # fmt: skip
         finally:
             await service.stop_all()

@@ -311,8 +311,9 @@ async def run(args: argparse.Namespace) -> None:
                             urls.postgres_dsn, connections=args.riders, seconds=args.reference_s
                         )
                         print_reference(
-                            "trips request -> accepted", trips / elapsed, commits, "/s",
+                            "request -> accepted", trips / elapsed, commits, "trips/s",
                             raw_name=f"asyncpg INSERT + commit, {args.riders} connections",
+                            raw_unit="commits/s",
                         )  # fmt: skip
                 finally:
                     await nc.drain()

@@ -205,7 +205,7 @@ async def run(args: argparse.Namespace) -> None:
         f"{signups[429]} refused (429), others {others}"
     )
     print_reference(
-        "  flood sign-ups", signups[201] / args.seconds, scrypt, "sign-ups/s",
+        "flood sign-ups", signups[201] / args.seconds, scrypt, "sign-ups/s",
         raw_name="scrypt on one thread", raw_unit="hashes/s",
     )  # fmt: skip
     print(

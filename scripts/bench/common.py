@@ -32,6 +32,7 @@ __all__ = [
     "infrastructure",
     "open_loop",
     "percentile",
+    "print_login_references",
     "print_reference",
     "print_saturation",
     "saturation",
@@ -279,6 +280,17 @@ def scrypt_per_s(seconds: float = 2.0) -> float:
         hash_password("bench-reference-1")
         done += 1
     return done / (time.perf_counter() - started)
+
+
+async def print_login_references(edge_url: str, *, seconds: float) -> float:
+    """The raw references of the sign-up and login benches, printed: scrypt on one thread
+    (each sign-up or login costs one) and a bare HTTP loop against the edge. Returns the
+    scrypt rate, which their figures are a ratio to."""
+    scrypt = scrypt_per_s(seconds)
+    bare = await http_per_s(edge_url, seconds=seconds)
+    print(f"reference: scrypt {scrypt:,.1f} hashes/s on one thread; bare HTTP to the edge "
+          f"{bare:,.0f} answers/s (8 clients)", flush=True)  # fmt: skip
+    return scrypt
 
 
 async def http_per_s(base_url: str, *, seconds: float = 2.0, clients: int = 8) -> float:

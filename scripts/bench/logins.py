@@ -41,14 +41,13 @@ from rideshare.settings import ONE_ADDRESS_LOGIN_LIMITS, InfraUrls
 from rideshare.supervisor import SERVICE_ORDER, Supervisor
 from scripts.bench.common import (
     Step,
-    http_per_s,
     infrastructure,
     open_loop,
     percentile,
+    print_login_references,
     print_reference,
     print_saturation,
     saturation,
-    scrypt_per_s,
 )
 
 SECRET = "bench-logins-secret-" + "k" * 32
@@ -99,10 +98,7 @@ def phone() -> str:
 async def references_and_saturation(
     edge_url: str, numbers: list[str], args: argparse.Namespace
 ) -> None:
-    scrypt = scrypt_per_s(args.reference_s)
-    bare = await http_per_s(edge_url, seconds=args.reference_s)
-    print(f"reference: scrypt {scrypt:,.1f} hashes/s on one thread; bare HTTP to the edge "
-          f"{bare:,.0f} answers/s (8 clients)", flush=True)  # fmt: skip
+    scrypt = await print_login_references(edge_url, seconds=args.reference_s)
     turn = itertools.count()
 
     async def login() -> bool:

@@ -43,14 +43,13 @@ from rideshare.settings import ONE_ADDRESS_LOGIN_LIMITS, InfraUrls
 from rideshare.supervisor import SERVICE_ORDER, Supervisor
 from scripts.bench.common import (
     Step,
-    http_per_s,
     infrastructure,
     open_loop,
     percentile,
+    print_login_references,
     print_reference,
     print_saturation,
     saturation,
-    scrypt_per_s,
 )
 
 SECRET = "bench-signups-secret-" + "k" * 32
@@ -129,10 +128,7 @@ async def references_and_saturation(
     http: httpx.AsyncClient, edge_url: str, args: argparse.Namespace
 ) -> float:
     """Prints the raw references and the saturation point; returns scrypt hashes/s."""
-    scrypt = scrypt_per_s(args.reference_s)
-    bare = await http_per_s(edge_url, seconds=args.reference_s)
-    print(f"reference: scrypt {scrypt:,.1f} hashes/s on one thread; bare HTTP to the edge "
-          f"{bare:,.0f} answers/s (8 clients)", flush=True)  # fmt: skip
+    scrypt = await print_login_references(edge_url, seconds=args.reference_s)
 
     async def signup() -> bool:
         r = await http.post("/v1/drivers", json=new_driver(), timeout=30)

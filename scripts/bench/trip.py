@@ -135,10 +135,12 @@ async def bench_offer_latency(
     return latencies, count - len(warmup)
 
 
-async def offer_step(stub: TripStub, watcher: Watcher, rate: float, seconds: float) -> Step:
-    """RequestTrip at ``rate`` for ``seconds`` with fresh riders and quotes made beforehand;
-    each call ends when its first trip.offered arrives (5 s at most, else it failed)."""
-    tag = next(_steps)
+async def offer_step(
+    stub: TripStub, watcher: Watcher, *, rate: float, seconds: float, tag: int
+) -> Step:
+    """RequestTrip at ``rate`` for ``seconds`` with fresh riders (named after ``tag``) and
+    quotes made beforehand; each call ends when its first trip.offered arrives (5 s at most,
+    else it failed)."""
     rng = random.Random(tag)
     riders = [f"sat{tag}-rider-{i}" for i in range(max(1, int(rate * seconds)))]
     requests: list[pb.RequestTripRequest] = []
@@ -164,9 +166,6 @@ async def offer_step(stub: TripStub, watcher: Watcher, rate: float, seconds: flo
 
     step, _ = await open_loop(one, rate=rate, seconds=seconds)
     return step
-
-
-_steps = itertools.count()
 
 
 async def bench_throughput(
@@ -290,8 +289,11 @@ async def run(args: argparse.Namespace) -> None:
                             f"max={max(latencies):.1f} ms",
                             flush=True,
                         )
+                        tags = itertools.count()
                         result = await saturation(
-                            lambda rate: offer_step(stub, watcher, rate, args.step_s),
+                            lambda rate: offer_step(
+                                stub, watcher, rate=rate, seconds=args.step_s, tag=next(tags)
+                            ),
                             start=args.sat_start,
                             target_p99_s=args.target_ms / 1000,
                             max_rate=5_000,

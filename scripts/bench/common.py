@@ -1,4 +1,5 @@
-"""What every benchmark needs: real servers, one service as a child process, percentiles."""
+"""What every benchmark needs: real servers, one service as a child process, percentiles, a
+raw reference to print its figure against, and the search for its saturation point."""
 
 from __future__ import annotations
 

@@ -16,17 +16,30 @@ worker sends to the log at the same time.
 2. live: the service is idle, then the events are published as fast as this process can;
    events/s from the first publish to the last push, and the delay from an event's time to
    its push reaching this process (p50/p99).
+3. saturation: the highest rate of events published live (short steps, doubling then
+   bisecting; trips started on schedule, each trip's events in order) whose event -> push
+   p99 stays within ``--target-ms``, 1 s by default. No document states a latency target for
+   notifications (their target is throughput, >= 2,000 events/s); a second is what a rider
+   reading "your driver has arrived" notices, and ten times the edge's 100 ms target for a
+   position, which a map shows as it moves. Beyond the step's rate the publisher in this
+   process may be the limit: then the achieved rate falls short and the step fails too.
+4. reference: bare core NATS publish -> subscribe on the same server in the same run
+   (messages/s, one publisher connection, one subscriber), and the live events/s as a ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import itertools
+import math
 import time
 import uuid
 from datetime import UTC, datetime
 
 from google.protobuf.message import Message
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
@@ -39,12 +52,21 @@ from rideshare import bus
 from rideshare.infra import free_port
 from rideshare.settings import InfraUrls
 from rideshare.supervisor import Supervisor
-from scripts.bench.common import infrastructure, percentile
+from scripts.bench.common import (
+    Step,
+    infrastructure,
+    percentile,
+    print_reference,
+    print_saturation,
+    saturation,
+)
 
+EVENTS_PER_TRIP = 7
 CONSUMED_PER_TRIP = 6  # driver.online, offered, accepted, arrived, started, completed
 PUSHES_PER_TRIP = 5  # offer (driver), assigned, arrived, started, completed (rider)
 FARE = common_pb2.Money(amount_minor=1890, currency="EUR")
 PICKUP = common_pb2.LatLng(lat=52.52, lng=13.405)
+REFERENCE_SUBJECT = "bench.reference"
 
 
 def trip_events_of(n: int, run: str) -> list[tuple[str, str, Message]]:
@@ -108,18 +130,87 @@ def trip_events_of(n: int, run: str) -> list[tuple[str, str, Message]]:
     ]
 
 
+async def publish_trip(js: JetStreamContext, n: int, run: str) -> None:
+    for version, (subject, aggregate, payload) in enumerate(trip_events_of(n, run), 1):
+        envelope = bus.make_envelope(
+            payload, type=subject, aggregate_id=aggregate, aggregate_version=version
+        )
+        await bus.publish_envelope(js, envelope, timeout_s=30)
+
+
 async def publish_trips(js: JetStreamContext, trips: int, run: str) -> None:
     """Publish every trip's events, trip by trip in order, many trips at a time."""
-
-    async def one_trip(n: int) -> None:
-        for version, (subject, aggregate, payload) in enumerate(trip_events_of(n, run), 1):
-            envelope = bus.make_envelope(
-                payload, type=subject, aggregate_id=aggregate, aggregate_version=version
-            )
-            await bus.publish_envelope(js, envelope, timeout_s=30)
-
     for start in range(0, trips, 200):
-        await asyncio.gather(*(one_trip(n) for n in range(start, min(trips, start + 200))))
+        batch = range(start, min(trips, start + 200))
+        await asyncio.gather(*(publish_trip(js, n, run) for n in batch))
+
+
+async def live_step(
+    nc: NATS, js: JetStreamContext, run: str, *, rate: float, seconds: float, target_s: float
+) -> Step:
+    """Trips started at ``rate`` / 7 per second (``rate`` events/s published) for
+    ``seconds``; the step waits for their pushes up to 5 target p99s after the last publish.
+    A push that never came counts as infinitely late."""
+    trips = max(1, int(rate * seconds / EVENTS_PER_TRIP))
+    counter = PushCounter(run, trips * PUSHES_PER_TRIP)
+    sub = await nc.subscribe(events.NOTIFY_USER_WILDCARD, cb=counter.on_msg)
+    await nc.flush()
+    tasks = []
+    start = time.perf_counter()
+    for n in range(trips):
+        delay = start + n * EVENTS_PER_TRIP / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(publish_trip(js, n, run)))
+    await asyncio.gather(*tasks)
+    published = time.perf_counter()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(5 * target_s):
+            await counter.done.wait()
+    await sub.unsubscribe()
+    spent = max(counter.last, published) - start
+    delivered = counter.count / counter.expected
+    samples = [*counter.delays_ms, *[math.inf] * max(0, counter.expected - counter.count)]
+    return Step(
+        offered=rate,
+        achieved=delivered * trips * EVENTS_PER_TRIP / spent,
+        p99_s=percentile(samples, 0.99) / 1000,
+    )
+
+
+async def core_nats_per_s(nats_url: str, *, seconds: float) -> float:
+    """Messages per second from one connection's publishes to another's subscription on the
+    same server: the server and client path without JetStream or the service."""
+    pub = await bus.connect(nats_url, name="bench-reference-pub")
+    sub_conn = await bus.connect(nats_url, name="bench-reference-sub")
+    received = 0
+
+    async def on_msg(_: Msg) -> None:
+        nonlocal received
+        received += 1
+
+    payload = b"x" * 200  # about an envelope's size
+    sent = 0
+    try:
+        sub = await sub_conn.subscribe(REFERENCE_SUBJECT, cb=on_msg)
+        await sub_conn.flush(timeout=10)
+        started = time.perf_counter()
+        end = started + seconds
+        while time.perf_counter() < end:
+            for _ in range(1_000):
+                await pub.publish(REFERENCE_SUBJECT, payload)
+            sent += 1_000
+            await pub.flush(timeout=10)  # no more than one round of messages in flight
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                while received < sent:  # noqa: ASYNC110 - another connection's callbacks
+                    await asyncio.sleep(0.01)
+        elapsed = time.perf_counter() - started
+        await sub.unsubscribe()
+        return received / elapsed
+    finally:
+        await pub.close()
+        await sub_conn.close()
 
 
 class PushCounter:
@@ -204,6 +295,21 @@ async def main(args: argparse.Namespace) -> None:
                 f"event -> push p50 {percentile(live.delays_ms, 0.5):.0f} ms, "
                 f"p99 {percentile(live.delays_ms, 0.99):.0f} ms"
             )
+            live_rate = consumed / spent
+            steps = itertools.count()
+            result = await saturation(
+                lambda rate: live_step(
+                    nc, js, f"{name}s{next(steps)}", rate=rate, seconds=args.step_s,
+                    target_s=args.target_ms / 1000,
+                ),
+                start=args.sat_start, target_p99_s=args.target_ms / 1000, max_rate=20_000,
+            )  # fmt: skip
+            print_saturation("events published -> in-app push", result, " events/s")
+            raw = await core_nats_per_s(urls.nats_url, seconds=args.reference_s)
+            print_reference(
+                "live events end to end", live_rate, raw, "events/s",
+                raw_name="core NATS publish -> subscribe", raw_unit="messages/s",
+            )  # fmt: skip
         finally:
             await service.stop_all()
         await nc.close()
@@ -213,6 +319,10 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trips", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=100, help="consumer fetch batch")
+    parser.add_argument("--target-ms", type=float, default=1_000.0, help="push p99 target")
+    parser.add_argument("--sat-start", type=float, default=250.0, help="first step, events/s")
+    parser.add_argument("--step-s", type=float, default=3.0, help="seconds per step")
+    parser.add_argument("--reference-s", type=float, default=3.0, help="raw loop's seconds")
     return parser.parse_args()
 
 

@@ -13,8 +13,16 @@ here asserts a target.
    RequestTrip to receiving its first ``trip.offered`` on JetStream (so it includes the
    commit, the dispatcher's search and reservation, the outbox relay and JetStream).
    Drivers do not answer (offers last 60 s).
-2. throughput: ``--riders`` concurrent riders book trips back to back for ``--seconds``;
+2. saturation: the highest RequestTrip rate (short open-loop steps, doubling then
+   bisecting) whose request -> first offer p99 stays within ``--target-ms``, 50 ms by
+   default: the target docs/PERFORMANCE.md gives for this path, which is what a rider waits
+   on before seeing a driver.
+3. throughput: ``--riders`` concurrent riders book trips back to back for ``--seconds``;
    drivers accept every offer as it arrives; trips/s from request to ``trip.accepted``.
+4. reference: an asyncpg INSERT + commit loop (``--riders`` connections) on the same
+   PostgreSQL, in the same run; trips/s as a ratio to its commits/s (a trip to acceptance
+   commits several times in the trip service, so the ratio is what to compare across hosts,
+   not a share to approach 1).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import time
 from collections.abc import Callable
 from typing import TypeAlias
 
+import asyncpg
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
@@ -41,7 +50,17 @@ from rideshare import bus
 from rideshare.grpc_client import make_channel
 from rideshare.infra import free_port
 from rideshare.runtime import open_redis
-from scripts.bench.common import infrastructure, percentile, service_process, wait_healthy
+from scripts.bench.common import (
+    Step,
+    infrastructure,
+    open_loop,
+    percentile,
+    print_reference,
+    print_saturation,
+    saturation,
+    service_process,
+    wait_healthy,
+)
 from scripts.bench.location import city_point, setup_index
 
 TripStub: TypeAlias = "trip_pb2_grpc.TripServiceAsyncStub"
@@ -116,6 +135,39 @@ async def bench_offer_latency(
     return latencies, count - len(warmup)
 
 
+async def offer_step(
+    stub: TripStub, watcher: Watcher, *, rate: float, seconds: float, tag: int
+) -> Step:
+    """RequestTrip at ``rate`` for ``seconds`` with fresh riders (named after ``tag``) and
+    quotes made beforehand; each call ends when its first trip.offered arrives (5 s at most,
+    else it failed)."""
+    rng = random.Random(tag)
+    riders = [f"sat{tag}-rider-{i}" for i in range(max(1, int(rate * seconds)))]
+    requests: list[pb.RequestTripRequest] = []
+    for start in range(0, len(riders), 50):
+        requests += await asyncio.gather(*(quote(stub, r, rng) for r in riders[start : start + 50]))
+    pending = iter(requests)
+    offers: dict[str, asyncio.Future[None]] = {}
+
+    def offered(event: trip_events.TripOffered) -> None:
+        future = offers.get(event.rider_id)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    watcher.on_offered = offered
+
+    async def one() -> bool:
+        request = next(pending)
+        offers[request.rider_id] = asyncio.get_running_loop().create_future()
+        await stub.RequestTrip(request, timeout=5)
+        async with asyncio.timeout(5):
+            await offers[request.rider_id]
+        return True
+
+    step, _ = await open_loop(one, rate=rate, seconds=seconds)
+    return step
+
+
 async def bench_throughput(
     stub: TripStub, watcher: Watcher, riders: int, seconds: float
 ) -> tuple[int, float]:
@@ -161,6 +213,30 @@ async def bench_throughput(
     started = time.perf_counter()
     await asyncio.gather(*(rider_loop(i) for i in range(riders)))
     return done, time.perf_counter() - started
+
+
+async def commits_per_s(dsn: str, *, connections: int, seconds: float) -> float:
+    """Single-row INSERTs per second, each its own commit, from ``connections`` asyncpg
+    connections back to back (temporary tables: nothing is left behind)."""
+    conns = [await asyncpg.connect(dsn, timeout=10) for _ in range(connections)]
+    done = 0
+    try:
+        for conn in conns:
+            await conn.execute("CREATE TEMP TABLE bench_ref (id bigint, at timestamptz)")
+        end = time.perf_counter() + seconds
+
+        async def loop(conn: asyncpg.Connection) -> None:
+            nonlocal done
+            while time.perf_counter() < end:
+                await conn.execute("INSERT INTO bench_ref VALUES ($1, now())", done, timeout=10)
+                done += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(loop(conn) for conn in conns))
+        return done / (time.perf_counter() - started)
+    finally:
+        for conn in conns:
+            await conn.close(timeout=10)
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -213,6 +289,16 @@ async def run(args: argparse.Namespace) -> None:
                             f"max={max(latencies):.1f} ms",
                             flush=True,
                         )
+                        tags = itertools.count()
+                        result = await saturation(
+                            lambda rate: offer_step(
+                                stub, watcher, rate=rate, seconds=args.step_s, tag=next(tags)
+                            ),
+                            start=args.sat_start,
+                            target_p99_s=args.target_ms / 1000,
+                            max_rate=5_000,
+                        )
+                        print_saturation("RequestTrip -> first trip.offered", result)
                         trips, elapsed = await bench_throughput(
                             stub, watcher, args.riders, args.seconds
                         )
@@ -223,6 +309,14 @@ async def run(args: argparse.Namespace) -> None:
                             "process)",
                             flush=True,
                         )
+                        commits = await commits_per_s(
+                            urls.postgres_dsn, connections=args.riders, seconds=args.reference_s
+                        )
+                        print_reference(
+                            "request -> accepted", trips / elapsed, commits, "trips/s",
+                            raw_name=f"asyncpg INSERT + commit, {args.riders} connections",
+                            raw_unit="commits/s",
+                        )  # fmt: skip
                 finally:
                     await nc.drain()
 
@@ -233,6 +327,10 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--riders", type=int, default=32)
+    parser.add_argument("--target-ms", type=float, default=50.0, help="offer p99 target")
+    parser.add_argument("--sat-start", type=float, default=25.0, help="first step, req/s")
+    parser.add_argument("--step-s", type=float, default=2.0, help="seconds per step")
+    parser.add_argument("--reference-s", type=float, default=3.0, help="raw loop's seconds")
     asyncio.run(run(parser.parse_args()))
 
 

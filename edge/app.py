@@ -21,13 +21,14 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from edge.context import EdgeContext
 from edge.errors import install_error_handlers
 from edge.idempotency import IdempotencyStore
 from edge.live import LiveHub
 from edge.logins import LoginGuard
+from edge.metrics import exposition
 from edge.middleware import EdgeMiddleware, quiet_denied_handshakes
 from edge.positions import PositionBatcher
 from edge.ratelimit import RateLimiter
@@ -113,8 +114,8 @@ def create_app(ctx: EdgeContext) -> FastAPI:
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
     async def metrics() -> Response:
-        """Prometheus metrics of this process."""
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        """Prometheus metrics of the edge (every worker's, summed: edge/metrics.py)."""
+        return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
 
     viewer = resources.files("edge") / "viewer"
 
@@ -201,7 +202,12 @@ async def running(settings: EdgeSettings) -> AsyncIterator[EdgeServer]:
         # Bound here, so a taken port is waited out (and reported) as the gRPC services do,
         # and uvicorn serves on these very sockets: nothing can take the port in between.
         # Before the workers' TaskGroup, which would wrap a PortInUseError in a group.
-        sockets = await bind_port(settings.host, settings.port, retry_s=settings.bind_retry_s)
+        sockets = await bind_port(
+            settings.host,
+            settings.port,
+            retry_s=settings.bind_retry_s,
+            reuse_port=settings.reuse_port,
+        )
         for sock in sockets:
             stack.callback(sock.close)  # uvicorn closes them too; a second close is a no-op
         workers = await stack.enter_async_context(asyncio.TaskGroup())

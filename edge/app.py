@@ -35,6 +35,8 @@ from edge.ratelimit import RateLimiter
 from edge.routes import admin, auth, drivers, riders, trips
 from edge.settings import EdgeSettings
 from edge.upstreams import Upstreams
+from edge.viewer_feed import ViewerFeed
+from edge.viewer_feed import router as viewer_router
 from edge.ws import router as ws_router
 from rideshare import bus
 from rideshare.identity import TokenSigner
@@ -73,7 +75,8 @@ def create_app(ctx: EdgeContext) -> FastAPI:
         description=(
             "HTTP API for the rider and driver apps. Errors are "
             '{"error": {"code", "message"}}; 503 and 429 carry Retry-After.\n\n'
-            "WebSockets: /v1/ws/driver and /v1/ws/rider, authenticated by ?token=<jwt> or a "
+            "WebSockets: /v1/ws/driver, /v1/ws/rider and /v1/ws/viewer (the live map of a "
+            "bbox, admin), authenticated by ?token=<jwt> or a "
             'first message {"type": "auth", "token": "<jwt>"}; one JSON object per text frame, '
             "message formats in edge/wire.py.\n\n"
             "Query formats: coordinates are decimal degrees; a bounding box is "
@@ -91,6 +94,7 @@ def create_app(ctx: EdgeContext) -> FastAPI:
     for module in (auth, riders, drivers, trips, admin):
         app.include_router(module.router)
     app.include_router(ws_router)
+    app.include_router(viewer_router)
 
     @app.get("/healthz", tags=["ops"], response_model=dict[str, Any])
     async def healthz() -> JSONResponse:
@@ -199,6 +203,7 @@ async def running(settings: EdgeSettings) -> AsyncIterator[EdgeServer]:
             positions=batcher,
         )
         app = create_app(ctx)
+        app.state.viewers = ViewerFeed(nc, upstreams.location)
         # Bound here, so a taken port is waited out (and reported) as the gRPC services do,
         # and uvicorn serves on these very sockets: nothing can take the port in between.
         # Before the workers' TaskGroup, which would wrap a PortInUseError in a group.

@@ -35,6 +35,7 @@ from edge.ratelimit import RateLimiter
 from edge.routes import admin, auth, drivers, riders, trips
 from edge.settings import EdgeSettings
 from edge.upstreams import Upstreams
+from edge.usercap import UserSockets
 from edge.viewer_feed import ViewerFeed
 from edge.viewer_feed import router as viewer_router
 from edge.ws import router as ws_router
@@ -201,6 +202,7 @@ async def running(settings: EdgeSettings) -> AsyncIterator[EdgeServer]:
             idempotency=IdempotencyStore(redis, ttl_s=settings.idempotency_ttl_s),
             hub=hub,
             positions=batcher,
+            user_sockets=UserSockets(redis, max_per_user=settings.ws_max_per_user),
         )
         app = create_app(ctx)
         app.state.viewers = ViewerFeed(nc, upstreams.location)
@@ -219,6 +221,7 @@ async def running(settings: EdgeSettings) -> AsyncIterator[EdgeServer]:
         stack.callback(stop.set)  # runs before the group joins: the workers see stop
         workers.create_task(hub.run(stop), name="live-hub")
         workers.create_task(batcher.run(stop), name="position-batcher")
+        workers.create_task(ctx.user_sockets.run(stop), name="user-sockets")
         config = uvicorn.Config(
             app,
             host=settings.host,

@@ -74,8 +74,8 @@ Limits and refusals:
       buckets like a request). Retry after Retry-After seconds.
   4429  the same, for a socket authenticated by its first message (the token is only known
       then): an error frame rate_limited, then the close. Retry with backoff.
-  4409  replaced: the user opened more than RIDESHARE_WS_MAX_PER_USER (4) sockets on this
-      edge process; the oldest is closed (a phone that reconnects after a network change
+  4409  replaced: the user opened more than RIDESHARE_WS_MAX_PER_USER (4) sockets (on every
+      edge process together); the oldest is closed (a phone that reconnects after a network change
       must not be locked out by its own half-dead socket). Do not reconnect automatically.
   1008  policy violation: the socket kept exceeding its message rate (more than
       RIDESHARE_WS_FLOOD_FRAMES (100) frames over the rate, forgiven at one per second), or

@@ -227,3 +227,35 @@ async def test_metrics_are_the_sum_over_the_workers(edge2: TwoWorkers) -> None:
             assert (await http.get("/healthz", headers={"Connection": "close"})).status_code == 200
         assert time.monotonic() - began < 60
         assert await requests_counted() >= start + 20
+
+
+async def test_kill_9_of_the_parent_takes_its_workers_and_the_supervisor_starts_a_new_edge(
+    edge2: TwoWorkers,
+) -> None:
+    parent, workers = edge2.parent, edge2.workers()
+    async with edge2.supervisor.supervising():
+        os.kill(parent, signal.SIGKILL)
+
+        def alive(pid: int) -> bool:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                return False
+            return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+        # Each worker dies with its parent (it gets SIGTERM and drains).
+        await eventually(lambda: not any(alive(w) for w in workers), timeout_s=60.0, every_s=0.2)
+
+        def restarted() -> bool:
+            return edge2.parent != parent and len(edge2.workers()) == 2
+
+        await eventually(restarted, timeout_s=90.0, every_s=0.2)
+
+        async def serving() -> bool:
+            async with httpx.AsyncClient(base_url=edge2.url, timeout=5.0) as http:
+                try:
+                    return (await http.get("/healthz")).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+        await eventually(serving, timeout_s=60.0, every_s=0.5)

@@ -205,7 +205,7 @@ async def running(settings: EdgeSettings) -> AsyncIterator[EdgeServer]:
             user_sockets=UserSockets(redis, max_per_user=settings.ws_max_per_user),
         )
         app = create_app(ctx)
-        app.state.viewers = ViewerFeed(nc, upstreams.location)
+        app.state.viewers = viewers = ViewerFeed(nc, upstreams.location)
         # Bound here, so a taken port is waited out (and reported) as the gRPC services do,
         # and uvicorn serves on these very sockets: nothing can take the port in between.
         # Before the workers' TaskGroup, which would wrap a PortInUseError in a group.
@@ -222,6 +222,7 @@ async def running(settings: EdgeSettings) -> AsyncIterator[EdgeServer]:
         workers.create_task(hub.run(stop), name="live-hub")
         workers.create_task(batcher.run(stop), name="position-batcher")
         workers.create_task(ctx.user_sockets.run(stop), name="user-sockets")
+        workers.create_task(viewers.run(stop), name="viewer-feed")
         config = uvicorn.Config(
             app,
             host=settings.host,
@@ -262,7 +263,7 @@ async def running(settings: EdgeSettings) -> AsyncIterator[EdgeServer]:
                 )
             yield edge
         finally:
-            stop.set()  # the hub closes every WebSocket with 1001
+            stop.set()  # the hub and the viewer feed close every WebSocket with 1001
             server.should_exit = True
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(settings.shutdown_grace_s + 2.0):

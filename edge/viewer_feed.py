@@ -150,6 +150,12 @@ class ViewerFeed:
         self._sub: Subscription | None = None
         self._lock = asyncio.Lock()
 
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until ``stop``; then close every viewer socket with 1001 (the edge is stopping)."""
+        await stop.wait()
+        for viewer in list(self._viewers):
+            viewer.conn.close(1001)
+
     async def _attach(self, viewer: _Viewer) -> None:
         async with self._lock:
             self._viewers.add(viewer)
@@ -192,9 +198,9 @@ class ViewerFeed:
         viewer = _Viewer(conn, ViewerView(box, settings.viewer_max_drivers))
         viewer.resnap.set()
         writer = asyncio.create_task(conn.write_loop(), name=f"viewer-writer-{principal.sub}")
-        await self._attach(viewer)
         feeder = asyncio.create_task(self._feed(viewer, principal, ctx))
         try:
+            await self._attach(viewer)
             await self._receive(ws, viewer, ctx)
         except WebSocketDisconnect:
             pass

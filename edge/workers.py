@@ -70,8 +70,12 @@ async def heartbeat(fd: int) -> None:
     loop that stalls stops the heartbeat, and the parent restarts the worker."""
     os.set_blocking(fd, False)
     while True:
-        with contextlib.suppress(BlockingIOError):  # the parent reads late: skip a beat
+        try:
             os.write(fd, b".")
+        except BlockingIOError:  # the parent reads late: skip a beat
+            pass
+        except BrokenPipeError:  # the parent is gone; its SIGTERM stops this worker
+            return
         await asyncio.sleep(HEARTBEAT_S)
 
 
@@ -158,7 +162,7 @@ async def _run_worker(
             "-m",
             "edge",
             stdin=asyncio.subprocess.DEVNULL,
-            env={**env, HEARTBEAT_FD_ENV: str(write_fd), "RIDESHARE_EDGE_WORKER_INDEX": str(index)},
+            env={**env, HEARTBEAT_FD_ENV: str(write_fd)},
             pass_fds=(write_fd,),
             preexec_fn=_die_with_parent,
         )

@@ -19,6 +19,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from edge.workers import HUNG_AFTER_S
 from rideshare.infra import free_port
 from rideshare.supervisor import Supervisor
 from tests.e2e.conftest import Stack
@@ -56,11 +57,11 @@ class TwoWorkers:
 async def edge2(stack: Stack) -> AsyncIterator[TwoWorkers]:
     port = free_port()
     env = {**stack.env, "RIDESHARE_EDGE_PORT": str(port), "RIDESHARE_EDGE_WORKERS": "2"}
-    supervisor = Supervisor(stack.infra, extra_env=env, ready_timeout_s=60.0)
+    supervisor = Supervisor(stack.infra, extra_env=env, ready_timeout_s=120.0)
     try:
         await supervisor.start("edge")
         edge = TwoWorkers(f"http://127.0.0.1:{port}", port, supervisor)
-        await eventually(lambda: len(edge.workers()) == 2, timeout_s=60.0, every_s=0.2)
+        await eventually(lambda: len(edge.workers()) == 2, timeout_s=120.0, every_s=0.2)
         yield edge
     finally:
         await supervisor.stop_all(grace_s=10.0)
@@ -207,6 +208,22 @@ async def test_a_worker_killed_with_sigkill_is_replaced_and_the_port_stays_serve
             return edge2.workers() <= holders
 
         await eventually(both_serve, timeout_s=60.0, every_s=0.5)
+
+
+async def test_a_frozen_worker_is_killed_and_replaced(edge2: TwoWorkers) -> None:
+    """SIGSTOP stops a worker's heartbeat: its parent kills it after HUNG_AFTER_S."""
+    victim = min(edge2.workers())
+    os.kill(victim, signal.SIGSTOP)
+    try:
+
+        def replaced() -> bool:
+            now = edge2.workers()
+            return len(now) == 2 and victim not in now
+
+        await eventually(replaced, timeout_s=HUNG_AFTER_S + 60.0, every_s=0.5)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGCONT)
 
 
 async def test_metrics_are_the_sum_over_the_workers(edge2: TwoWorkers) -> None:

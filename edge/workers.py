@@ -146,7 +146,10 @@ class _Exit:
         if self.hung:
             return f"stopped its heartbeat for {HUNG_AFTER_S:.0f} s and was killed"
         if self.returncode < 0:
-            return f"was killed by {signal.Signals(-self.returncode).name}"
+            try:
+                return f"was killed by {signal.Signals(-self.returncode).name}"
+            except ValueError:
+                return f"was killed by signal {-self.returncode}"
         return f"exited with code {self.returncode}"
 
 

@@ -21,19 +21,23 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from edge.context import EdgeContext
 from edge.errors import install_error_handlers
 from edge.idempotency import IdempotencyStore
 from edge.live import LiveHub
 from edge.logins import LoginGuard
+from edge.metrics import exposition
 from edge.middleware import EdgeMiddleware, quiet_denied_handshakes
 from edge.positions import PositionBatcher
 from edge.ratelimit import RateLimiter
 from edge.routes import admin, auth, drivers, payments, riders, trips
 from edge.settings import EdgeSettings
 from edge.upstreams import Upstreams
+from edge.usercap import UserSockets
+from edge.viewer_feed import ViewerFeed
+from edge.viewer_feed import router as viewer_router
 from edge.ws import router as ws_router
 from rideshare import bus
 from rideshare.identity import TokenSigner
@@ -72,7 +76,8 @@ def create_app(ctx: EdgeContext) -> FastAPI:
         description=(
             "HTTP API for the rider and driver apps. Errors are "
             '{"error": {"code", "message"}}; 503 and 429 carry Retry-After.\n\n'
-            "WebSockets: /v1/ws/driver and /v1/ws/rider, authenticated by ?token=<jwt> or a "
+            "WebSockets: /v1/ws/driver, /v1/ws/rider and /v1/ws/viewer (the live map of a "
+            "bbox, admin), authenticated by ?token=<jwt> or a "
             'first message {"type": "auth", "token": "<jwt>"}; one JSON object per text frame, '
             "message formats in edge/wire.py.\n\n"
             "Query formats: coordinates are decimal degrees; a bounding box is "
@@ -90,6 +95,7 @@ def create_app(ctx: EdgeContext) -> FastAPI:
     for module in (auth, riders, drivers, trips, payments, admin):
         app.include_router(module.router)
     app.include_router(ws_router)
+    app.include_router(viewer_router)
 
     @app.get("/healthz", tags=["ops"], response_model=dict[str, Any])
     async def healthz() -> JSONResponse:
@@ -113,8 +119,8 @@ def create_app(ctx: EdgeContext) -> FastAPI:
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
     async def metrics() -> Response:
-        """Prometheus metrics of this process."""
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        """Prometheus metrics of the edge (every worker's, summed: edge/metrics.py)."""
+        return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
 
     viewer = resources.files("edge") / "viewer"
 
@@ -196,18 +202,27 @@ async def running(settings: EdgeSettings) -> AsyncIterator[EdgeServer]:
             idempotency=IdempotencyStore(redis, ttl_s=settings.idempotency_ttl_s),
             hub=hub,
             positions=batcher,
+            user_sockets=UserSockets(redis, max_per_user=settings.ws_max_per_user),
         )
         app = create_app(ctx)
+        app.state.viewers = viewers = ViewerFeed(nc, upstreams.location)
         # Bound here, so a taken port is waited out (and reported) as the gRPC services do,
         # and uvicorn serves on these very sockets: nothing can take the port in between.
         # Before the workers' TaskGroup, which would wrap a PortInUseError in a group.
-        sockets = await bind_port(settings.host, settings.port, retry_s=settings.bind_retry_s)
+        sockets = await bind_port(
+            settings.host,
+            settings.port,
+            retry_s=settings.bind_retry_s,
+            reuse_port=settings.reuse_port,
+        )
         for sock in sockets:
             stack.callback(sock.close)  # uvicorn closes them too; a second close is a no-op
         workers = await stack.enter_async_context(asyncio.TaskGroup())
         stack.callback(stop.set)  # runs before the group joins: the workers see stop
         workers.create_task(hub.run(stop), name="live-hub")
         workers.create_task(batcher.run(stop), name="position-batcher")
+        workers.create_task(ctx.user_sockets.run(stop), name="user-sockets")
+        workers.create_task(viewers.run(stop), name="viewer-feed")
         config = uvicorn.Config(
             app,
             host=settings.host,
@@ -248,7 +263,7 @@ async def running(settings: EdgeSettings) -> AsyncIterator[EdgeServer]:
                 )
             yield edge
         finally:
-            stop.set()  # the hub closes every WebSocket with 1001
+            stop.set()  # the hub and the viewer feed close every WebSocket with 1001
             server.should_exit = True
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(settings.shutdown_grace_s + 2.0):

@@ -22,6 +22,7 @@ from edge.upstreams import (
     TripStub,
     Upstreams,
 )
+from edge.usercap import UserSockets
 
 __all__ = ["EdgeContext"]
 
@@ -40,6 +41,7 @@ class EdgeContext:
     idempotency: IdempotencyStore
     hub: LiveHub
     positions: PositionBatcher
+    user_sockets: UserSockets
 
     @property
     def rider(self) -> RiderStub:

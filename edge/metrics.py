@@ -1,8 +1,25 @@
-"""The edge's Prometheus metrics (served at /metrics with everything else in the registry)."""
+"""The edge's Prometheus metrics (served at /metrics with everything else in the registry).
+
+With several workers (edge/workers.py) every worker writes its values into the files of
+prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, set by the parent), and
+/metrics on any worker serves the sum over all of them, so one scrape of the port sees the
+whole edge: counters add up (a restarted worker's counts stay), the sockets gauge sums the
+live workers. That mode has no process_* or python_gc_* metrics (they would be one
+worker's); a single-process edge serves the default registry with them.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 __all__ = [
     "HTTP_REQUESTS",
@@ -16,6 +33,7 @@ __all__ = [
     "WS_CONNECTIONS",
     "WS_FRAMES_DROPPED",
     "WS_POLICY_CLOSES",
+    "exposition",
 ]
 
 HTTP_REQUESTS = Counter(
@@ -32,7 +50,9 @@ RATE_LIMITER_FAILED_OPEN = Counter(
     "edge_rate_limiter_failed_open_total",
     "Requests let through unchecked because Redis, which holds the buckets, did not answer.",
 )
-WS_CONNECTIONS = Gauge("edge_ws_connections", "Open WebSockets by role.", ["role"])
+WS_CONNECTIONS = Gauge(
+    "edge_ws_connections", "Open WebSockets by role.", ["role"], multiprocess_mode="livesum"
+)
 WS_FRAMES_DROPPED = Counter(
     "edge_ws_frames_dropped_total", "Position frames dropped because a socket fell behind."
 )
@@ -55,3 +75,12 @@ LOGIN_REFUSED = Counter(
 LOGIN_LOCKOUTS = Counter(
     "edge_login_lockouts_total", "Phone numbers locked out after failed logins in a row."
 )
+
+
+def exposition() -> bytes:
+    """The text /metrics serves: this process's registry, or every worker's sum."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return generate_latest()
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from rideshare.settings import (
     InfraUrls,
     SettingsError,
     data_dir_from_env,
+    env_bool,
     env_float,
     env_int,
     env_str,
@@ -35,6 +37,15 @@ __all__ = [
 
 UPSTREAM_NAMES = ("rider", "driver", "trip", "location", "notification")
 JWT_SECRET_FILE = "jwt-secret"
+
+
+def available_cores() -> int:
+    """The CPUs this process may run on (its affinity mask, which a container's cpuset
+    narrows), the edge's default number of workers."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
 
 
 def default_upstreams() -> dict[str, str]:
@@ -120,6 +131,10 @@ class EdgeSettings:
     upstreams: Mapping[str, str] = field(default_factory=default_upstreams)
     host: str = "127.0.0.1"
     port: int = EDGE_PORT
+    # Processes serving the port (edge/workers.py); 1 is a single process, no parent.
+    workers: int = field(default_factory=available_cores)
+    # SO_REUSEPORT on the listening socket: set for each worker by the workers' parent.
+    reuse_port: bool = False
     log_level: str = "INFO"
     shutdown_grace_s: float = 5.0
     bind_retry_s: float = BIND_RETRY_S
@@ -148,6 +163,10 @@ class EdgeSettings:
     ws_flood_frames: int = 100
     position_flush_s: float = 0.005
     position_buffer: int = 100_000
+    # The map viewers' feed (edge/viewer_feed.py): frames a socket gets per second at most,
+    # and drivers one snapshot or frame may carry.
+    viewer_frames_per_s: float = 2.0
+    viewer_max_drivers: int = 5000
     logins: LoginLimits = field(default_factory=LoginLimits)
 
     def __post_init__(self) -> None:
@@ -182,6 +201,10 @@ class EdgeSettings:
             upstreams=upstreams,
             host=env_str("RIDESHARE_EDGE_HOST", "127.0.0.1", env=env),
             port=env_int("RIDESHARE_EDGE_PORT", EDGE_PORT, minimum=0, maximum=65535, env=env),
+            workers=env_int(
+                "RIDESHARE_EDGE_WORKERS", available_cores(), minimum=1, maximum=256, env=env
+            ),
+            reuse_port=env_bool("RIDESHARE_EDGE_REUSE_PORT", False, env=env),
             log_level=env_str("RIDESHARE_LOG_LEVEL", "INFO", env=env).upper(),
             shutdown_grace_s=env_float("RIDESHARE_SHUTDOWN_GRACE_S", 5.0, minimum=0.0, env=env),
             bind_retry_s=env_float("RIDESHARE_BIND_RETRY_S", BIND_RETRY_S, minimum=0.0, env=env),
@@ -206,6 +229,12 @@ class EdgeSettings:
             ws_flood_frames=env_int("RIDESHARE_WS_FLOOD_FRAMES", 100, minimum=1, env=env),
             position_flush_s=env_float(
                 "RIDESHARE_POSITION_FLUSH_S", 0.005, minimum=0.001, maximum=1.0, env=env
+            ),
+            viewer_frames_per_s=env_float(
+                "RIDESHARE_VIEWER_FRAMES_PER_S", 2.0, minimum=0.1, maximum=50.0, env=env
+            ),
+            viewer_max_drivers=env_int(
+                "RIDESHARE_VIEWER_MAX_DRIVERS", 5000, minimum=1, maximum=10_000, env=env
             ),
             logins=LoginLimits.from_env(env),
         )

@@ -32,6 +32,31 @@ Edge -> rider app (/v1/ws/rider)
       only the rider's own assigned driver, from ACCEPTED until the trip ends
   {"type": "notification", ...}, {"type": "error", ...}, {"type": "ping", ...}
 
+Edge <-> map viewer (/v1/ws/viewer?bbox=minLat,minLng,maxLat,maxLng; admin tokens only)
+  The live map of drivers inside a box, for operators (edge/viewer_feed.py). The box is in
+  the REST API's order (south-west corner, then north-east): latitudes within +-85.05112878,
+  longitudes within +-180, min <= max (no antimeridian crossing); without ?bbox the world.
+  {"type": "viewer_snapshot", "bbox": [minLat, minLng, maxLat, maxLng], "truncated": false,
+   "drivers": [<driver>, ...]}
+      first, and again after every bbox message: every driver in the box (at most
+      RIDESHARE_VIEWER_MAX_DRIVERS, 5000; truncated says more were there). It replaces what
+      the viewer shows.
+  {"type": "viewer_delta", "appeared": [<driver>, ...], "moved": [<driver>, ...],
+   "left": ["<driver id>", ...]}
+      what changed since the previous frame, at most RIDESHARE_VIEWER_FRAMES_PER_S (2) frames
+      a second: the newest position of each driver only (a driver who moved ten times in
+      between is sent once). "left": moved out of the box, or silent for 30 s (gone offline
+      or lost: the location service's own staleness).
+  <driver> = {"driver_id", "lat", "lng", "heading", "speed_mps", "client_ts_ms",
+              "server_ts_ms", "availability": "available|offered|on_trip|unknown",
+              "vehicle_class"}  (as GET /v1/admin/drivers shows it)
+  Viewer -> edge: {"type": "bbox", "bbox": "minLat,minLng,maxLat,maxLng"} follows the map
+  when it moves (a new snapshot follows); a bad box gets an error frame invalid_bbox and the
+  socket keeps its old box. {"type": "pong"} and {"type": "auth", ...} as on the other
+  sockets. Pings as on the other sockets when nothing else was sent. A bad ?bbox closes the
+  socket with 4400 after an error frame invalid_bbox. The snapshot's read failing (location
+  down) sends an error frame "unavailable" and is retried every 2 s.
+
 On (re)connect the edge sends a snapshot first (the live trip as a "trip" frame with event
 "snapshot", a pending offer for a driver, the driver's last known position for a rider), then
 deltas.
@@ -49,17 +74,17 @@ Limits and refusals:
       buckets like a request). Retry after Retry-After seconds.
   4429  the same, for a socket authenticated by its first message (the token is only known
       then): an error frame rate_limited, then the close. Retry with backoff.
-  4409  replaced: the user opened more than RIDESHARE_WS_MAX_PER_USER (4) sockets on this
-      edge process; the oldest is closed (a phone that reconnects after a network change
+  4409  replaced: the user opened more than RIDESHARE_WS_MAX_PER_USER (4) sockets (on every
+      edge process together); the oldest is closed (a phone that reconnects after a network change
       must not be locked out by its own half-dead socket). Do not reconnect automatically.
   1008  policy violation: the socket kept exceeding its message rate (more than
       RIDESHARE_WS_FLOOD_FRAMES (100) frames over the rate, forgiven at one per second), or
       it did not read its frames (its send queue overflowed with non-position frames).
       The close reason says which.
 
-Close codes: 4401 bad or missing token, 4403 wrong role, 4409 replaced by a newer socket of
-the same user, 4429 rate limited, 1008 policy violation (flooding, slow consumer), 1001 the
-edge is shutting down.
+Close codes: 4400 bad query (the viewer's ?bbox), 4401 bad or missing token, 4403 wrong role,
+4409 replaced by a newer socket of the same user, 4429 rate limited, 1008 policy violation
+(flooding, slow consumer), 1001 the edge is shutting down.
 """
 
 from __future__ import annotations
@@ -78,6 +103,7 @@ from protos.trip.v1 import trip_pb2
 from rideshare import geo
 
 __all__ = [
+    "CLOSE_BAD_QUERY",
     "CLOSE_FLOODING",
     "CLOSE_FORBIDDEN",
     "CLOSE_RATE_LIMITED",
@@ -85,19 +111,25 @@ __all__ = [
     "CLOSE_SLOW_CONSUMER",
     "CLOSE_UNAUTHENTICATED",
     "MAX_DEPTH",
+    "WORLD_BBOX",
+    "Bbox",
     "FrameError",
     "Position",
     "error_frame",
     "notification_frame",
     "offer_ended_frame",
     "offer_frame",
+    "parse_bbox",
     "parse_frame",
     "parse_position",
     "ping_frame",
     "position_frame",
     "trip_frame",
+    "viewer_delta_frame",
+    "viewer_snapshot_frame",
 ]
 
+CLOSE_BAD_QUERY = 4400
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_REPLACED = 4409
@@ -213,7 +245,71 @@ def position_frame(p: location_pb2.DriverPosition) -> str:
     )
 
 
+def viewer_snapshot_frame(
+    box: Bbox, drivers: list[location_pb2.DriverPosition], *, truncated: bool
+) -> dict[str, Any]:
+    return {
+        "type": "viewer_snapshot",
+        "bbox": [box.min_lat, box.min_lng, box.max_lat, box.max_lng],
+        "truncated": truncated,
+        "drivers": [_viewer_driver(p) for p in drivers],
+    }
+
+
+def viewer_delta_frame(
+    appeared: list[location_pb2.DriverPosition],
+    moved: list[location_pb2.DriverPosition],
+    left: list[str],
+) -> dict[str, Any]:
+    return {
+        "type": "viewer_delta",
+        "appeared": [_viewer_driver(p) for p in appeared],
+        "moved": [_viewer_driver(p) for p in moved],
+        "left": left,
+    }
+
+
+def _viewer_driver(p: location_pb2.DriverPosition) -> dict[str, Any]:
+    return convert.position_out(p).model_dump(mode="json")
+
+
 # -- app -> edge ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Bbox:
+    """A map viewer's box, south-west corner to north-east corner."""
+
+    min_lat: float
+    min_lng: float
+    max_lat: float
+    max_lng: float
+
+    def __contains__(self, p: location_pb2.DriverPosition) -> bool:
+        return self.min_lat <= p.lat <= self.max_lat and self.min_lng <= p.lng <= self.max_lng
+
+
+WORLD_BBOX = f"{-geo.MAX_LAT},-180,{geo.MAX_LAT},180"
+
+
+def parse_bbox(text: object) -> Bbox:
+    """``minLat,minLng,maxLat,maxLng``, checked; FrameError ``invalid_bbox`` otherwise."""
+    if not isinstance(text, str) or len(text) > 200:
+        raise FrameError("invalid_bbox", "bbox must be a string minLat,minLng,maxLat,maxLng")
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise FrameError("invalid_bbox", "bbox must be four numbers minLat,minLng,maxLat,maxLng")
+    box = Bbox(*values)
+    if not (-geo.MAX_LAT <= box.min_lat <= box.max_lat <= geo.MAX_LAT):
+        raise FrameError(
+            "invalid_bbox", f"bbox latitudes must lie within +-{geo.MAX_LAT}, min <= max"
+        )
+    if not (-180.0 <= box.min_lng <= box.max_lng <= 180.0):
+        raise FrameError("invalid_bbox", "bbox longitudes must lie within +-180, min <= max")
+    return box
 
 
 def parse_frame(text: str | bytes, *, max_bytes: int) -> dict[str, Any]:

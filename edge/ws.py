@@ -4,10 +4,9 @@ and close codes: edge/wire.py.
 
 Limits (the handshake's rate limit is edge/middleware.py's):
 - a token given in the first message takes from its user's rate bucket then (4429 if empty);
-- a user holds at most ``ws_max_per_user`` sockets on this process: a newer one closes the
-  oldest (4409). The count is per process; edge copies behind a balancer each allow as many,
-  and a shared count would need Redis (a set per user with heartbeats), which a cap meant to
-  bound file descriptors per process does not need;
+- a user holds at most ``ws_max_per_user`` sockets: a newer one closes the oldest (4409), at
+  once on this process, and within about half a second on another worker or edge copy
+  (counted in Valkey: edge/usercap.py; per process while Valkey is away);
 - frames beyond the message rate are dropped with an error frame; a socket that keeps on
   (``ws_flood_frames`` excess frames, forgiven at FLOOD_FORGIVE_PER_S) is closed with 1008.
 """
@@ -109,6 +108,7 @@ async def _serve(ws: WebSocket, role: str) -> None:
     writer = asyncio.create_task(conn.write_loop(), name=f"ws-writer-{principal.sub}")
     try:
         await ctx.hub.register(conn)
+        await ctx.user_sockets.admit(conn)
         while not conn.closed:
             message = await ws.receive()
             if message["type"] == "websocket.disconnect":
@@ -137,6 +137,7 @@ async def _serve(ws: WebSocket, role: str) -> None:
     finally:
         conn.close(1001 if ws.application_state == WebSocketState.CONNECTED else 1000)
         await ctx.hub.unregister(conn)
+        await ctx.user_sockets.release(conn)
         # The writer closes the socket (or notices it is gone) promptly; bound it anyway.
         with contextlib.suppress(TimeoutError, asyncio.CancelledError):
             async with asyncio.timeout(2.0):

@@ -41,20 +41,25 @@ class PortInUseError(OSError):
     """A port stayed taken for the whole retry period; the message is one line for the user."""
 
 
-async def bind_port(host: str, port: int, *, retry_s: float) -> list[socket.socket]:
+async def bind_port(
+    host: str, port: int, *, retry_s: float, reuse_port: bool = False
+) -> list[socket.socket]:
     """TCP sockets bound (not yet listening) to every address ``host`` resolves to, on ``port``.
 
     While the port is taken, tries again every :data:`RETRY_EVERY_S` for ``retry_s`` seconds,
     then raises :class:`PortInUseError` naming the port and its holder. Port 0 binds at once
     (a free port). The options are those servers use (``SO_REUSEADDR``, so connections of
     an earlier run still in TIME_WAIT do not count as holders; IPv6 sockets IPv6-only).
+    ``reuse_port`` adds ``SO_REUSEPORT``: processes of the same user that all set it share
+    the port, and the kernel spreads new connections over their listening sockets (the
+    edge's workers, edge/workers.py); a holder without it still makes the port taken.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + retry_s
     logged = False
     while True:
         try:
-            return await _bind_all(host, port)
+            return await _bind_all(host, port, reuse_port=reuse_port)
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise
@@ -103,7 +108,7 @@ def describe_port_holder(port: int) -> str:
     return "held by another process"
 
 
-async def _bind_all(host: str, port: int) -> list[socket.socket]:
+async def _bind_all(host: str, port: int, *, reuse_port: bool = False) -> list[socket.socket]:
     infos = await asyncio.get_running_loop().getaddrinfo(
         host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )
@@ -113,6 +118,8 @@ async def _bind_all(host: str, port: int) -> list[socket.socket]:
             sock = socket.socket(family, type_, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)

@@ -1,8 +1,10 @@
-// Rideshare live map: a canvas with no tiles and no CDN. An admin token polls the admin API
-// for every online driver (coloured by availability) and the live trips; a rider token opens
-// the rider WebSocket and shows its own trip and its driver. Markers glide to new positions
-// and fade when their position gets stale. State for tests is mirrored into the DOM:
-// body[data-state|data-drivers|data-trips] and #driver-list li[data-driver-id].
+// Rideshare live map: a canvas with no tiles and no CDN. An admin token opens the viewer
+// WebSocket (/v1/ws/viewer: a snapshot of the drivers in the box, then deltas; frames in
+// edge/wire.py) and polls the live trips; a rider token opens the rider WebSocket and shows its
+// own trip and its driver. Markers glide to new positions and fade when their position gets
+// stale. Dragging pans and the wheel zooms; the feed then follows the box on screen. State for
+// tests is mirrored into the DOM: body[data-state|data-drivers|data-trips|data-snapshots] and
+// #driver-list li[data-driver-id|data-lat|data-lng|data-x|data-y] (x, y: where it is drawn).
 "use strict";
 
 const COLOURS = { available: "#3fb950", offered: "#f0b429", on_trip: "#58a6ff", unknown: "#8b949e" };
@@ -18,6 +20,9 @@ const statusEl = document.getElementById("status");
 const drivers = new Map();   // id -> {lat, lng, x, y (drawn), availability, ts}
 let trips = [];              // [{id, state, pickup, dropoff, driver_id}]
 let view = null;             // {minLat, maxLat, minLng, maxLng}
+let manual = false;          // the user moved the map: stop fitting it to the drivers
+let viewerWs = null;
+let snapshots = 0;
 
 function claims(jwt) {
   try {
@@ -40,11 +45,13 @@ function upsertDriver(id, lat, lng, availability, ts) {
 function mirrorDom() {
   document.body.dataset.drivers = String(drivers.size);
   document.body.dataset.trips = String(trips.length);
+  document.body.dataset.snapshots = String(snapshots);
   const list = document.getElementById("driver-list");
   list.replaceChildren(...[...drivers.entries()].map(([id, d]) => {
     const li = document.createElement("li");
     li.dataset.driverId = id; li.dataset.availability = d.availability;
     li.dataset.lat = String(d.lat); li.dataset.lng = String(d.lng);
+    if (view) { const [x, y] = project(d.lat, d.lng); li.dataset.x = x.toFixed(1); li.dataset.y = y.toFixed(1); }
     li.textContent = id;
     return li;
   }));
@@ -57,6 +64,7 @@ function mirrorDom() {
 }
 
 function fitView() {
+  if (manual) return;
   const pts = [];
   for (const d of drivers.values()) pts.push([d.lat, d.lng]);
   for (const t of trips) { pts.push([t.pickup.lat, t.pickup.lng], [t.dropoff.lat, t.dropoff.lng]); }
@@ -137,25 +145,93 @@ async function api(path) {
   return r.json();
 }
 
-async function pollAdmin() {
+// The drivers come from the viewer WebSocket; the live trips are still read over REST.
+async function pollTrips() {
   try {
-    const [area, live] = await Promise.all([
-      api("/v1/admin/drivers?limit=5000&bbox=" + encodeURIComponent(bbox)),
-      api("/v1/admin/trips?state=live&page_size=100"),
-    ]);
-    const seen = new Set();
-    for (const p of area.drivers) {
-      seen.add(p.driver_id);
-      upsertDriver(p.driver_id, p.lat, p.lng, p.availability, p.server_ts_ms || Date.now());
-    }
-    for (const id of [...drivers.keys()]) if (!seen.has(id)) drivers.delete(id);
+    const live = await api("/v1/admin/trips?state=live&page_size=100");
     trips = live.trips.map(t => ({ id: t.id, state: t.state, pickup: t.pickup, dropoff: t.dropoff, driver_id: t.driver_id }));
     mirrorDom();
-    setStatus(`${drivers.size} drivers, ${trips.length} live trips`, "ready");
   } catch (e) {
     setStatus("error: " + e.message, "error");
   }
-  setTimeout(pollAdmin, POLL_MS);
+  setTimeout(pollTrips, POLL_MS);
+}
+
+function shownBox() {
+  const [x0, y0] = [0, canvas.height], [x1, y1] = [canvas.width, 0];
+  const sw = unproject(x0, y0), ne = unproject(x1, y1);
+  const clampLat = v => Math.max(-85.05, Math.min(85.05, v)), clampLng = v => Math.max(-180, Math.min(180, v));
+  return [clampLat(sw[0]), clampLng(sw[1]), clampLat(ne[0]), clampLng(ne[1])].map(v => v.toFixed(6)).join(",");
+}
+
+function connectViewer() {
+  const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  const ws = viewerWs = new WebSocket(`${proto}//${location.host}/v1/ws/viewer?bbox=${encodeURIComponent(manual ? shownBox() : bbox)}&token=${encodeURIComponent(token)}`);
+  let lastHeard = Date.now();
+  const watchdog = setInterval(() => { if (Date.now() - lastHeard > 7000) ws.close(); }, 1000);
+  const put = p => upsertDriver(p.driver_id, p.lat, p.lng, p.availability, p.server_ts_ms || Date.now());
+  ws.onmessage = (ev) => {
+    lastHeard = Date.now();
+    const m = JSON.parse(ev.data);
+    if (m.type === "viewer_snapshot") {
+      drivers.clear();
+      m.drivers.forEach(put);
+      snapshots += 1;
+    } else if (m.type === "viewer_delta") {
+      m.appeared.forEach(put); m.moved.forEach(put);
+      for (const id of m.left) drivers.delete(id);
+    } else if (m.type === "error") {
+      setStatus("error: " + m.message, "error");
+      return;
+    } else return;
+    mirrorDom();
+    setStatus(`${drivers.size} drivers, ${trips.length} live trips`, "ready");
+  };
+  ws.onclose = (ev) => {
+    clearInterval(watchdog);
+    if (ev.code === 4401 || ev.code === 4403 || ev.code === 4400) { setStatus("viewer refused: " + ev.code, "error"); return; }
+    setStatus("reconnecting…", "reconnecting"); setTimeout(connectViewer, 1000);
+  };
+}
+
+let boxTimer = null;
+function followBox() {  // debounced: one bbox message when the map stops moving
+  clearTimeout(boxTimer);
+  boxTimer = setTimeout(() => {
+    if (viewerWs && viewerWs.readyState === WebSocket.OPEN) viewerWs.send(JSON.stringify({ type: "bbox", bbox: shownBox() }));
+  }, 300);
+}
+
+function unproject(x, y) {
+  const w = canvas.width, h = canvas.height;
+  const midLat = (view.minLat + view.maxLat) / 2;
+  const kx = Math.cos(midLat * Math.PI / 180);
+  const spanX = (view.maxLng - view.minLng) * kx, spanY = view.maxLat - view.minLat;
+  const scale = Math.min(w / spanX, h / spanY);
+  const cx = (view.minLng + view.maxLng) / 2;
+  return [midLat - (y - h / 2) / scale, cx + (x - w / 2) / (kx * scale)];
+}
+
+function enablePanZoom() {
+  let drag = null;
+  canvas.addEventListener("mousedown", e => { if (view) drag = [e.clientX, e.clientY]; });
+  addEventListener("mouseup", () => { drag = null; });
+  addEventListener("mousemove", e => {
+    if (!drag || !view) return;
+    const [a, b] = [unproject(drag[0], drag[1]), unproject(e.clientX, e.clientY)];
+    const dLat = a[0] - b[0], dLng = a[1] - b[1];
+    view.minLat += dLat; view.maxLat += dLat; view.minLng += dLng; view.maxLng += dLng;
+    drag = [e.clientX, e.clientY]; manual = true; followBox();
+  });
+  canvas.addEventListener("wheel", e => {
+    if (!view) return;
+    e.preventDefault();
+    const k = e.deltaY > 0 ? 1.2 : 1 / 1.2;
+    const [la, ln] = unproject(e.clientX, e.clientY);
+    view.minLat = la + (view.minLat - la) * k; view.maxLat = la + (view.maxLat - la) * k;
+    view.minLng = ln + (view.minLng - ln) * k; view.maxLng = ln + (view.maxLng - ln) * k;
+    manual = true; followBox();
+  }, { passive: false });
 }
 
 function connectRider() {
@@ -194,7 +270,7 @@ function start() {
   }
   sessionStorage.setItem("rideshare-token", token);
   document.body.dataset.role = c.role;
-  if (c.role === "admin") pollAdmin();
+  if (c.role === "admin") { connectViewer(); pollTrips(); enablePanZoom(); }
   else if (c.role === "rider") connectRider();
   else setStatus("the viewer is for admin and rider tokens", "error");
   requestAnimationFrame(frame);

@@ -2,10 +2,12 @@
 
     .venv/bin/python -m scripts.bench.edge [--drivers 2000] [--rate 5] [--seconds 15]
                                            [--pairs 20] [--idle 10000] [--procs 3]
+                                           [--edge-workers 1]
 
 Starts its own embedded Redis / PostgreSQL / NATS (or uses RIDESHARE_* URLs) and the whole
-system as child processes (rideshare.supervisor; ONE edge process), and drives it over HTTP
-and WebSocket only. Prints the figures; asserts no target.
+system as child processes (rideshare.supervisor; ONE edge process, or ``--edge-workers``
+worker processes under the edge's parent: RSS and CPU are then summed over them), and drives
+it over HTTP and WebSocket only. Prints the figures; asserts no target.
 
 The load comes from ``--procs`` client processes, each owning a slice of the driver sockets
 (opened before the timed phase), so that the load generator is not one saturated event loop
@@ -78,7 +80,7 @@ def raise_fd_limit() -> int:
 
 
 @contextlib.asynccontextmanager
-async def system(urls: InfraUrls) -> AsyncIterator[tuple[str, Supervisor]]:
+async def system(urls: InfraUrls, workers: int) -> AsyncIterator[tuple[str, Supervisor]]:
     ports = {name: free_port() for name in SERVICE_ORDER}
     names = available_services()
     env = {
@@ -92,6 +94,7 @@ async def system(urls: InfraUrls) -> AsyncIterator[tuple[str, Supervisor]]:
         "RIDESHARE_BURST_PER_IP": "1000000",
         **ONE_ADDRESS_LOGIN_LIMITS,
         "RIDESHARE_WS_MSGS_PER_S": "1000",
+        "RIDESHARE_EDGE_WORKERS": str(workers),
     }
     for name in SERVICE_ORDER:
         if name != "edge":
@@ -111,11 +114,24 @@ def edge_pid(supervisor: Supervisor) -> int:
 
 
 def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+    """The RSS of ``pid`` and its children (the edge's workers)."""
+    total = 0
+    for each in (pid, *children_of(pid)):
+        with contextlib.suppress(OSError), open(f"/proc/{each}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry))
+    return found
 
 
 async def forwarded(http: httpx.AsyncClient) -> float:
@@ -475,7 +491,7 @@ def print_delays(label: str, values: list[float]) -> None:
 async def run(args: argparse.Namespace) -> None:
     limit = raise_fd_limit()
     print(f"open file limit: {limit}; {args.procs} load client processes")
-    async with infrastructure() as urls, system(urls) as (url, supervisor):
+    async with infrastructure() as urls, system(urls, args.edge_workers) as (url, supervisor):
         ws_url = url.replace("http://", "ws://")
         redis = aioredis.Redis.from_url(urls.redis_url, socket_timeout=10)
         with load_clients(args.procs, ws_url) as clients:
@@ -609,7 +625,8 @@ async def phases(
     await asyncio.sleep(2.0)
     rss1 = rss_kib(pid)
     print(
-        f"idle: {args.idle} sockets held by one edge process; RSS {rss0 / 1024:.0f} -> "
+        f"idle: {args.idle} sockets held by {args.edge_workers} edge worker(s); "
+        f"RSS {rss0 / 1024:.0f} -> "
         f"{rss1 / 1024:.0f} MiB = {(rss1 - rss0) / max(1, args.idle):.1f} KiB per socket"
     )
     await on_all(clients, *([("close",)] * len(clients)))
@@ -627,6 +644,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=20)
     parser.add_argument("--idle", type=int, default=10_000)
     parser.add_argument("--procs", type=int, default=3, help="load client processes")
+    parser.add_argument(
+        "--edge-workers", type=int, default=1, help="edge worker processes (RIDESHARE_EDGE_WORKERS)"
+    )
     asyncio.run(run(parser.parse_args()))
 
 

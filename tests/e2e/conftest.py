@@ -7,7 +7,7 @@ metrics endpoints are off, and the edge signs tokens with a fixed test secret.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,8 @@ class Stack:
     edge_url: str
     jwt_secret: str
     supervisor: Supervisor
+    infra: InfraUrls
+    env: Mapping[str, str]  # what the services were started with (ports, secrets)
     stripe_api_base: str
 
     @property
@@ -80,7 +82,12 @@ async def stack(e2e_infra: InfraUrls, infra_dir: Path) -> AsyncIterator[Stack]:
         for name in names:
             await supervisor.start(name)
         yield Stack(
-            f"http://127.0.0.1:{ports['edge']}", E2E_JWT_SECRET, supervisor, infra.stripe_api_base
+            f"http://127.0.0.1:{ports['edge']}",
+            E2E_JWT_SECRET,
+            supervisor,
+            infra,
+            env,
+            infra.stripe_api_base,
         )
     finally:
         await supervisor.stop_all(grace_s=10.0)

@@ -176,6 +176,33 @@ async def test_a_users_oldest_sockets_are_closed_beyond_the_cap(system: System) 
     assert codes == [4409, 4409]
 
 
+async def test_the_cap_counts_a_users_sockets_on_every_edge_process(system: System) -> None:
+    """Two edges on one Valkey (as the workers of one edge are): the newest sockets stay,
+    whichever process holds them, and the oldest, on the other process, is replaced."""
+    _, token = await signup_driver(system)
+    async with (
+        system.another_edge(ws_max_per_user=2) as one,
+        system.another_edge(ws_max_per_user=2) as two,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        oldest = await stack.enter_async_context(
+            connect(ws_url(one, f"/v1/ws/driver?token={token}"))
+        )
+        await still_open(oldest)
+        middle = await stack.enter_async_context(
+            connect(ws_url(one, f"/v1/ws/driver?token={token}"))
+        )
+        await still_open(middle)
+        newest = await stack.enter_async_context(
+            connect(ws_url(two, f"/v1/ws/driver?token={token}"))
+        )
+        code = await closed_with(oldest)
+        await still_open(middle)
+        await still_open(newest)
+    assert code == 4409
+    assert oldest.close_reason == "replaced by a newer socket of the same user"
+
+
 async def test_a_socket_that_keeps_flooding_is_closed_with_1008(system: System) -> None:
     _, token = await signup_driver(system)
     async with system.another_edge(ws_msgs_per_s=1.0, ws_msgs_burst=2, ws_flood_frames=5) as edge:

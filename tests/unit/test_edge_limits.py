@@ -3,6 +3,7 @@ nest, what counts as a number, and the settings that name them."""
 
 from __future__ import annotations
 
+import os
 from ipaddress import ip_network
 from typing import Any
 
@@ -169,3 +170,20 @@ def test_integers_are_numbers_where_a_number_is_expected() -> None:
     p = PositionIn.model_validate({"lat": 52, "lng": 13, "heading": 90})
     assert (p.lat, p.lng, p.heading) == (52.0, 13.0, 90.0)
     assert FareEstimateIn.model_validate({"pickup": LATLNG, "dropoff": {"lat": 1, "lng": 2}})
+
+
+def test_the_edge_runs_one_worker_per_usable_core_unless_told() -> None:
+    assert EdgeSettings.from_env(ENV).workers == len(os.sched_getaffinity(0))
+    assert EdgeSettings.from_env({**ENV, "RIDESHARE_EDGE_WORKERS": "1"}).workers == 1
+    for bad in ("0", "-2", "two", "257"):
+        with pytest.raises(SettingsError, match="RIDESHARE_EDGE_WORKERS"):
+            EdgeSettings.from_env({**ENV, "RIDESHARE_EDGE_WORKERS": bad})
+
+
+def test_the_viewer_feed_settings_are_checked() -> None:
+    tuned = EdgeSettings.from_env(
+        {**ENV, "RIDESHARE_VIEWER_FRAMES_PER_S": "5", "RIDESHARE_VIEWER_MAX_DRIVERS": "100"}
+    )
+    assert (tuned.viewer_frames_per_s, tuned.viewer_max_drivers) == (5.0, 100)
+    with pytest.raises(SettingsError, match="RIDESHARE_VIEWER_FRAMES_PER_S"):
+        EdgeSettings.from_env({**ENV, "RIDESHARE_VIEWER_FRAMES_PER_S": "0"})

@@ -119,12 +119,16 @@ class PositionBatcher:
                         async with asyncio.timeout(1.0):
                             await self._wake.wait()
                     continue
+                taken_at = loop.time()
                 batch = self._take()
                 await call.write(location_pb2.PositionBatch(updates=batch))
                 POSITIONS_FORWARDED.inc(len(batch))
-                if len(self._buffer) < MAX_BATCH:
-                    # Let updates gather for a few ms: one message per flush, not per update.
-                    await asyncio.sleep(self._flush_s)
+                # Let updates gather for what is left of ``flush_s``: one message per flush,
+                # not per update. A write that took longer gathered enough; sleeping anyway
+                # would cost one more turn of a loop that is slow exactly then.
+                gather_s = self._flush_s - (loop.time() - taken_at)
+                if len(self._buffer) < MAX_BATCH and gather_s > 0:
+                    await asyncio.sleep(gather_s)
             while stop.is_set() and self._buffer:  # flush what is left before stopping
                 batch = self._take()
                 await call.write(location_pb2.PositionBatch(updates=batch))

@@ -365,7 +365,8 @@ def load_process(pipe: Connection, ws_url: str) -> None:
 
 
 async def _load_commands(pipe: Connection, ws_url: str) -> None:
-    """Commands: ("open", prefix, count[, ws_url]) -> ("opened", n); ("drive", start, seconds, rate)
+    """Commands: ("open", prefix, count[, ws_url]) -> ("opened", n); ("touch",) -> one
+    position on every socket, ("touched", n); ("drive", start, seconds, rate)
     -> ("driven", sent, worst lateness s); ("close",) -> ("closed",); ("exit",)."""
     raise_fd_limit()
     rng = random.Random()
@@ -395,6 +396,10 @@ async def _load_commands(pipe: Connection, ws_url: str) -> None:
                 )
             )
             pipe.send(("driven", sum(s for s, _ in results), max(lt for _, lt in results)))
+        elif command[0] == "touch":
+            for ws in sockets:
+                await ws.send(position(52.5, 13.4))
+            pipe.send(("touched", len(sockets)))
         elif command[0] == "close":
             await asyncio.gather(*(ws.close() for ws in sockets))
             for task in drains:
@@ -565,7 +570,18 @@ async def phases(
     await on_all(clients, *(("open", f"load-{run_id}-{i}", n) for i, n in enumerate(counts)))
     drains = [asyncio.create_task(drain(p.driver_ws)) for p in pairs if p.driver_ws]
     pid = edge_pid(supervisor)
-    print(f"ingest: {args.drivers} driver sockets open, edge RSS {rss_kib(pid) / 1024:.0f} MiB")
+    # A socket is read only once the edge has sent its snapshot (a trip read per driver);
+    # the clock starts when every socket's position got through, not while they queue.
+    started = time.monotonic()
+    before = (await counters(http))["received"]
+    await on_all(clients, *([("touch",)] * len(clients)))
+    async with asyncio.timeout(300):
+        while (await counters(http))["received"] - before < args.drivers:
+            await asyncio.sleep(0.5)  # noqa: ASYNC110 - the count is another process's
+    print(
+        f"ingest: {args.drivers} driver sockets open and read after "
+        f"{time.monotonic() - started:.1f} s, edge RSS {rss_kib(pid) / 1024:.0f} MiB"
+    )
     nc = await nats.connect(nats_url, name="bench-edge")
     steps = []
     for rate in args.rates:

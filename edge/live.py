@@ -17,6 +17,8 @@ Where updates come from (one choice, documented here):
   NATS subscription on ``location.driver.<id>`` per watched driver in this process (where the
   location service publishes every position it applied), shared by every socket of that
   trip's rider; it starts with the last known position from ``GetPosition`` (the snapshot).
+  A socket that falls behind gets the newest position, not a queue of stale ones
+  (``Connection.send_latest``).
   The edge does not hold a ``WatchDriver`` stream: that would take the positions out to the
   location service and back over gRPC, for what NATS already brings to this process
   (docs/PERFORMANCE.md, edge).
@@ -83,6 +85,11 @@ class _Watch:
     last: str | None = None
     last_ts_ms: int = 0
     task: asyncio.Task[None] | None = None
+
+    @property
+    def key(self) -> str:
+        """The socket's latest-wins slot for this driver's position (edge/wsconn.py)."""
+        return "position:" + self.driver_id
 
 
 class LiveHub:
@@ -158,7 +165,7 @@ class LiveHub:
             await asyncio.sleep(step)
             text = wire.ping_frame(time.time_ns() // 1_000_000)
             for conn in self._ping_slots[i]:
-                conn.send_text(text, droppable=True)
+                conn.send_latest("ping", text)
             i = (i + 1) % slots
 
     # -- sockets ------------------------------------------------------------------------------
@@ -337,7 +344,7 @@ class LiveHub:
         watch.conns.add(conn)
         self._watch_of[conn] = driver_id
         if watch.last is not None:
-            conn.send_text(watch.last, droppable=True)
+            conn.send_latest(watch.key, watch.last, watch.last_ts_ms)
 
     def _unwatch(self, conn: Connection) -> None:
         driver_id = self._watch_of.pop(conn, None)
@@ -390,5 +397,6 @@ class LiveHub:
             return
         watch.last_ts_ms = position.client_ts_ms
         watch.last = text = wire.position_frame(position)
+        key = watch.key
         for conn in tuple(watch.conns):
-            conn.send_text(text, droppable=True)
+            conn.send_latest(key, text, position.client_ts_ms)

@@ -26,11 +26,14 @@ __all__ = [
     "HTTP_SECONDS",
     "LOGIN_LOCKOUTS",
     "LOGIN_REFUSED",
+    "POSITIONS_CONFLATED",
     "POSITIONS_DROPPED",
     "POSITIONS_FORWARDED",
+    "POSITIONS_RECEIVED",
     "RATE_LIMITED",
     "RATE_LIMITER_FAILED_OPEN",
     "WS_CONNECTIONS",
+    "WS_FRAMES_CONFLATED",
     "WS_FRAMES_DROPPED",
     "WS_POLICY_CLOSES",
     "exposition",
@@ -61,11 +64,23 @@ WS_POLICY_CLOSES = Counter(
     "WebSockets closed by a limit: flooding, replaced (per-user cap), rate_limited.",
     ["reason"],
 )
+WS_FRAMES_CONFLATED = Counter(
+    "edge_ws_frames_conflated_total",
+    "Frames (positions, pings) replaced by a newer one of their kind before a socket sent them.",
+)
+POSITIONS_RECEIVED = Counter(
+    "edge_positions_received_total", "Driver positions received from driver sockets."
+)
+POSITIONS_CONFLATED = Counter(
+    "edge_positions_conflated_total",
+    "Driver positions replaced by a newer one of the same driver before they were forwarded.",
+)
 POSITIONS_FORWARDED = Counter(
     "edge_positions_forwarded_total", "Driver positions sent on to the location service."
 )
 POSITIONS_DROPPED = Counter(
-    "edge_positions_dropped_total", "Driver positions dropped (buffer full or stream down)."
+    "edge_positions_dropped_total",
+    "Driver positions dropped: more drivers waiting than the buffer holds.",
 )
 LOGIN_REFUSED = Counter(
     "edge_login_refused_total",

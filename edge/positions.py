@@ -3,16 +3,22 @@
 
 Sockets call :meth:`PositionBatcher.add` (no await, no I/O). The run loop writes whatever has
 gathered as one ``PositionBatch`` every ``flush_s`` (a few ms), so the per-message cost of gRPC
-is paid per batch, not per update. A batch holds at most ``MAX_BATCH`` updates and a backlog
-is written at once, batch after batch: one huge message must cross HTTP/2 flow control in
-many window-sized steps, each waiting on both event loops, so after a stall big batches were
-slower per update than small ones and the backlog fed itself (measured under load: 5,000-update
-writes took 0.2-4.5 s each, 500-update writes 5-40 ms).
+is paid per batch, not per update. A batch holds at most ``MAX_BATCH`` updates; a backlog is
+written at once, batch after batch. The protobuf message of a position is built when its
+batch is taken, so a position superseded while it waited costs no message.
+
+Positions wait latest-wins (rideshare/latest.py): one per driver, the newest, in the order
+the drivers first reported. When location is slow or the stream is down, a driver's newer
+position replaces the waiting one (counted in ``edge_positions_conflated_total``) instead of
+queueing behind it, so the backlog is at most one position per driver and the first batch
+after a stall carries the newest positions, not the oldest. The bound is on drivers
+(``max_buffer``); beyond it the driver that waited longest is dropped.
 
 The stream is rotated every ``rotate_s`` so it never runs into its deadline: the next stream
 opens at once and the old one's summary is awaited (and logged) aside. When a stream breaks,
-it is reopened with a backoff and the updates gathered meanwhile are kept up to the buffer
-bound (then the oldest are dropped: a newer position supersedes them).
+it is reopened with a backoff and the positions gathered meanwhile wait as above.
+
+The buffer is per edge process: each process batches the drivers whose sockets it holds.
 """
 
 from __future__ import annotations
@@ -20,22 +26,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from typing import TypeAlias
 
 import grpc
 import grpc.aio
 
-from edge.metrics import POSITIONS_DROPPED, POSITIONS_FORWARDED
+from edge.metrics import (
+    POSITIONS_CONFLATED,
+    POSITIONS_DROPPED,
+    POSITIONS_FORWARDED,
+    POSITIONS_RECEIVED,
+)
 from edge.upstreams import LocationStub
+from edge.wire import Position
 from protos.location.v1 import location_pb2
+from rideshare.latest import Latest
 
 __all__ = ["PositionBatcher"]
 
 logger = logging.getLogger(__name__)
 
-# ~35 KB on the wire: under HTTP/2's initial 64 KiB window, so one write is one round trip.
-MAX_BATCH = 500
+# ~175 KB on the wire. When the edge is short of CPU a write takes as long as the event loop
+# takes to come round (measured 0.2-1.9 s per write, for 200 updates as for 2,000), so a
+# write carries every waiting driver: with 500 a process holding 2,000 drivers refreshed each
+# one every fourth write. Latest-wins bounds a batch by the drivers, not by a backlog.
+MAX_BATCH = 2_500
 SUMMARY_TIMEOUT_S = 5.0
 
 ReportCall: TypeAlias = (
@@ -57,13 +72,14 @@ class PositionBatcher:
         self._flush_s = flush_s
         self._rotate_s = rotate_s
         self._backoff_s = backoff_s
-        self._buffer: deque[location_pb2.PositionUpdate] = deque(maxlen=max_buffer)
+        self._buffer: Latest[str, tuple[str, Position]] = Latest(max_keys=max_buffer)
+        self._received = 0
         self._wake = asyncio.Event()
 
-    def add(self, update: location_pb2.PositionUpdate) -> None:
-        if len(self._buffer) == self._buffer.maxlen:
-            POSITIONS_DROPPED.inc()
-        self._buffer.append(update)
+    def add(self, driver_id: str, position: Position) -> None:
+        """Hold ``position`` until the next batch, in place of the driver's waiting one."""
+        self._received += 1
+        self._buffer.put(driver_id, (driver_id, position), position.ts_ms)
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -103,12 +119,16 @@ class PositionBatcher:
                         async with asyncio.timeout(1.0):
                             await self._wake.wait()
                     continue
+                taken_at = loop.time()
                 batch = self._take()
                 await call.write(location_pb2.PositionBatch(updates=batch))
                 POSITIONS_FORWARDED.inc(len(batch))
-                if len(self._buffer) < MAX_BATCH:
-                    # Let updates gather for a few ms: one message per flush, not per update.
-                    await asyncio.sleep(self._flush_s)
+                # Let updates gather for what is left of ``flush_s``: one message per flush,
+                # not per update. A write that took longer gathered enough; sleeping anyway
+                # would cost one more turn of a loop that is slow exactly then.
+                gather_s = self._flush_s - (loop.time() - taken_at)
+                if len(self._buffer) < MAX_BATCH and gather_s > 0:
+                    await asyncio.sleep(gather_s)
             while stop.is_set() and self._buffer:  # flush what is left before stopping
                 batch = self._take()
                 await call.write(location_pb2.PositionBatch(updates=batch))
@@ -136,6 +156,24 @@ class PositionBatcher:
             )
 
     def _take(self) -> list[location_pb2.PositionUpdate]:
-        buf = self._buffer
-        n = min(len(buf), MAX_BATCH)
-        return [buf.popleft() for _ in range(n)]
+        # Counted per batch, not per position: a metrics call costs more than the dict put.
+        superseded, dropped = self._buffer.counts()
+        if superseded:
+            POSITIONS_CONFLATED.inc(superseded)
+        if dropped:
+            POSITIONS_DROPPED.inc(dropped)
+        POSITIONS_RECEIVED.inc(self._received)
+        self._received = 0
+        Update = location_pb2.PositionUpdate
+        return [
+            Update(
+                driver_id=driver_id,
+                lat=p.lat,
+                lng=p.lng,
+                heading=p.heading,
+                speed_mps=p.speed_mps,
+                accuracy_m=p.accuracy_m,
+                client_ts_ms=p.ts_ms,
+            )
+            for driver_id, p in self._buffer.take(MAX_BATCH)
+        ]

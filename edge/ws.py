@@ -28,7 +28,6 @@ from edge.metrics import RATE_LIMITED, WS_POLICY_CLOSES
 from edge.middleware import user_bucket
 from edge.ratelimit import TokenBucket
 from edge.wsconn import Connection
-from protos.location.v1 import location_pb2
 
 __all__ = ["router"]
 
@@ -150,18 +149,7 @@ def _handle(ctx: EdgeContext, principal: Principal, frame: dict[str, object]) ->
     if kind in ("pong", "auth"):
         return
     if kind == "position" and principal.role == "driver":
-        p = wire.parse_position(frame, now_ms=_now_ms())
-        ctx.positions.add(
-            location_pb2.PositionUpdate(
-                driver_id=principal.sub,
-                lat=p.lat,
-                lng=p.lng,
-                heading=p.heading,
-                speed_mps=p.speed_mps,
-                accuracy_m=p.accuracy_m,
-                client_ts_ms=p.ts_ms,
-            )
-        )
+        ctx.positions.add(principal.sub, wire.parse_position(frame, now_ms=_now_ms()))
         return
     raise wire.FrameError("unknown_type", f"unknown message type {kind!r}")
 

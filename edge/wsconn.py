@@ -1,9 +1,16 @@
 """The outgoing side of one WebSocket: a bounded queue that never blocks the edge.
 
 Producers (trip events, position streams, heartbeats) call :meth:`Connection.send`, which only
-appends to a deque. When the queue is full the oldest droppable frame (a driver position,
-superseded by newer ones anyway) is dropped; if nothing is droppable the client is too slow to
-serve and the socket is closed (1008). One writer task per socket drains the queue.
+appends to a deque. When the queue is full the oldest droppable frame is dropped; if nothing
+is droppable the client is too slow to serve and the socket is closed (1008). One writer task
+per socket drains the queue.
+
+Frames that a newer one of the same kind supersedes (a driver's position, the heartbeat) are
+sent with a key (:meth:`Connection.send_latest`) and wait latest-wins, one per key
+(rideshare/latest.py): a socket that falls behind gets the newest position when it catches
+up, never a queue of stale ones, and such frames never fill the queue. The writer sends the
+queued frames first, then the keyed ones. The queue lives in the process that holds the
+socket.
 """
 
 from __future__ import annotations
@@ -19,8 +26,9 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from edge.auth import Principal
-from edge.metrics import WS_FRAMES_DROPPED
+from edge.metrics import WS_FRAMES_CONFLATED, WS_FRAMES_DROPPED
 from edge.wire import CLOSE_SLOW_CONSUMER
+from rideshare.latest import Latest
 
 __all__ = ["Connection"]
 
@@ -37,6 +45,7 @@ class Connection:
         "_close_code",
         "_close_reason",
         "_closed",
+        "_latest",
         "_max_queue",
         "_queue",
         "_wake",
@@ -51,6 +60,8 @@ class Connection:
         self.principal = principal
         self._max_queue = max_queue
         self._queue: deque[tuple[bool, str]] = deque()
+        # A handful of keys per socket (its driver's position, the ping): never near the bound.
+        self._latest: Latest[str, str] = Latest(max_keys=max(8, max_queue))
         self._wake = asyncio.Event()
         self._closed = False
         self._close_code = 1000
@@ -77,6 +88,14 @@ class Connection:
             self.close(CLOSE_SLOW_CONSUMER, "slow consumer: send queue full")
             return
         self._queue.append((droppable, text))
+        self._wake.set()
+
+    def send_latest(self, key: str, text: str, rank: int = 0) -> None:
+        """Send ``text`` unless a newer frame of the same ``key`` replaces it before the
+        writer gets to it; of two waiting, the higher ``rank`` (a fix's time) wins."""
+        if self._closed:
+            return
+        self._latest.put(key, text, rank)
         self._wake.set()
 
     def _drop_one(self) -> bool:
@@ -108,10 +127,16 @@ class Connection:
         ws = self.ws
         try:
             while True:
-                while self._queue and not self._closed:
-                    _, text = self._queue.popleft()
+                while (self._queue or self._latest) and not self._closed:
+                    if self._queue:
+                        _, text = self._queue.popleft()
+                    else:
+                        text = self._latest.take(1)[0]
                     async with asyncio.timeout(SEND_TIMEOUT_S):
                         await ws.send_text(text)
+                superseded, _ = self._latest.counts()
+                if superseded:
+                    WS_FRAMES_CONFLATED.inc(superseded)
                 if self._closed:
                     break
                 self._wake.clear()

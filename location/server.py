@@ -21,6 +21,7 @@ from location.domain import (
     UnknownTrackError,
 )
 from location.feed import PositionFeed
+from location.metrics import POSITIONS_SUPERSEDED
 from location.settings import LocationSettings
 from location.store import LocationStore
 from protos.location.v1 import location_pb2, location_pb2_grpc
@@ -31,6 +32,7 @@ __all__ = ["ACCESS", "ERRORS", "LocationServicer", "now_ms"]
 
 # Rejections listed in one ReportPositions summary; `rejected` still counts all of them.
 MAX_LISTED_REJECTIONS = 100
+_OLDER = "older than the stored position"
 
 ERRORS: StatusTable = {
     InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
@@ -107,8 +109,11 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
         context: Context,
     ) -> location_pb2.ReportPositionsSummary:
         summary = location_pb2.ReportPositionsSummary()
-        # (index in the stream of the batch's first update, batch)
-        pending: list[tuple[int, location_pb2.PositionBatch]] = []
+        # Latest-wins (rideshare/latest.py explains why): driver -> (index in the stream, the
+        # newest well-formed update) waiting for the next write. Whatever arrives while a
+        # write is in Redis forms the next write, so writes grow with load and a lone batch
+        # is written at once; under a backlog a driver's older updates never reach Redis.
+        waiting: dict[str, tuple[int, location_pb2.PositionUpdate]] = {}
         wake = asyncio.Event()
         reading = True
 
@@ -124,51 +129,47 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
 
         async def read() -> None:
             nonlocal reading
+            max_future_ms = self._settings.max_future_ms
             try:
                 index = 0
                 async for batch in request_iterator:
-                    pending.append((index, batch))
-                    index += len(batch.updates)
+                    now = self._clock_ms()
+                    superseded = 0
+                    for update in batch.updates:
+                        problem = wire.check_update(update, now_ms=now, max_future_ms=max_future_ms)
+                        if problem is not None:
+                            reject(index, update.driver_id, problem[0], problem[1])
+                        elif (held := waiting.get(update.driver_id)) is None:
+                            waiting[update.driver_id] = (index, update)
+                        elif held[1].client_ts_ms > update.client_ts_ms:
+                            reject(index, update.driver_id, Reject.OUT_OF_ORDER, _OLDER)
+                        else:
+                            superseded += 1
+                            waiting[update.driver_id] = (index, update)
+                        index += 1
+                    if superseded:
+                        summary.superseded += superseded
+                        POSITIONS_SUPERSEDED.inc(superseded)
                     wake.set()
             finally:
                 reading = False
                 wake.set()
 
-        # Whatever arrives while a write is in Redis forms the next write: writes grow with
-        # load and a lone batch is written at once.
         async def write() -> None:
-            nonlocal pending
-            while reading or pending:
+            nonlocal waiting
+            while reading or waiting:
                 await wake.wait()
                 wake.clear()
-                if not pending:
+                if not waiting:
                     continue
-                batches, pending = pending, []
-                now = self._clock_ms()
-                good: list[location_pb2.PositionUpdate] = []
-                good_index: list[int] = []
-                max_future_ms = self._settings.max_future_ms
-                for first, batch in batches:
-                    for offset, update in enumerate(batch.updates):
-                        problem = wire.check_update(update, now_ms=now, max_future_ms=max_future_ms)
-                        if problem is None:
-                            good.append(update)
-                            good_index.append(first + offset)
-                        else:
-                            reject(first + offset, update.driver_id, problem[0], problem[1])
-                if not good:
-                    continue
-                results = await self._apply(good, now)
-                for index, update, availability in zip(good_index, good, results, strict=True):
+                taken, waiting = waiting, {}
+                good = [update for _, update in taken.values()]
+                results = await self._apply(good, self._clock_ms())
+                for (index, update), availability in zip(taken.values(), results, strict=True):
                     if availability:
                         summary.accepted += 1
                     else:
-                        reject(
-                            index,
-                            update.driver_id,
-                            Reject.OUT_OF_ORDER,
-                            "older than the stored position",
-                        )
+                        reject(index, update.driver_id, Reject.OUT_OF_ORDER, _OLDER)
 
         async with asyncio.TaskGroup() as group:
             group.create_task(read())

@@ -39,18 +39,14 @@ from rideshare.identity import (
     acting_user_var,
     default_signer,
 )
+from rideshare.keepalive import DEFAULT_KEEPALIVE, Keepalive
 from rideshare.log import REQUEST_ID_METADATA_KEY, request_id_var
 
 __all__ = ["make_channel", "retry_service_config"]
 
-# Pings every 20 s keep idle connections through NATs and proxies and find dead peers;
-# grpc_server allows pings down to every 10 s. Reconnects back off to at most 5 s, so a
-# restarted service is found again quickly.
+# Keepalive pings as rideshare/keepalive.py agrees them with the servers. Reconnects back off
+# to at most 5 s, so a restarted service is found again quickly.
 _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.keepalive_time_ms", 20_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_reconnect_backoff_ms", 5_000),
     ("grpc.enable_retries", 1),
 ]
@@ -74,6 +70,7 @@ def make_channel(
     default_timeout_s: float = 5.0,
     method_timeouts: Mapping[str, float] | None = None,
     signer: TokenSigner | None = None,
+    keepalive: Keepalive = DEFAULT_KEEPALIVE,
 ) -> grpc.aio.Channel:
     """An insecure ``grpc.aio`` channel to ``target`` (``host:port``) following the module's
     conventions.
@@ -81,7 +78,8 @@ def make_channel(
     ``idempotent_methods`` and the keys of ``method_timeouts`` are fully qualified,
     ``package.Service/Method`` (e.g. ``"rideshare.location.v1.LocationService/NearestDrivers"``);
     only the former are retried. ``signer`` is who the calls come from (default:
-    :func:`rideshare.identity.default_signer`, the operator). Create it inside the running
+    :func:`rideshare.identity.default_signer`, the operator). ``keepalive`` must be the
+    servers' policy (the default everywhere; tests shorten both). Create it inside the running
     event loop.
     """
     timeouts = {"default": default_timeout_s, **(method_timeouts or {})}
@@ -89,7 +87,7 @@ def make_channel(
         if value <= 0:
             raise ValueError(f"the deadline of {name} must be positive, got {value}")
     by_path = {_path(full): t for full, t in (method_timeouts or {}).items()}
-    options = list(_CHANNEL_OPTIONS)
+    options = [*_CHANNEL_OPTIONS, *keepalive.client_options()]
     if idempotent_methods:
         options.append(("grpc.service_config", retry_service_config(idempotent_methods)))
     return grpc.aio.insecure_channel(

@@ -67,6 +67,7 @@ from rideshare.identity import (
     caller_var,
     process_secret,
 )
+from rideshare.keepalive import DEFAULT_KEEPALIVE, Keepalive
 from rideshare.log import REQUEST_ID_METADATA_KEY, new_request_id, request_id_var
 from rideshare.metrics import GRPC_SERVER_HANDLED, GRPC_SERVER_HANDLING_SECONDS
 from rideshare.ports import RETRY_EVERY_S, port_in_use_error, wait_for_port
@@ -89,16 +90,9 @@ _SHARED_ERRORS: StatusTable = {NotActingAsError: grpc.StatusCode.PERMISSION_DENI
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
-# Lets clients keep idle connections alive with pings every >= 10 s (grpc_client does 20 s),
-# and never lets a second process silently share our port (gRPC's Linux default is to allow it).
-_SERVER_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.so_reuseport", 0),
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
-    ("grpc.http2.max_ping_strikes", 2),
-]
+# Never lets a second process silently share our port (gRPC's Linux default is to allow it).
+# The ping policy comes from rideshare/keepalive.py, with the clients' keepalive.
+_SERVER_OPTIONS: list[tuple[str, Any]] = [("grpc.so_reuseport", 0)]
 
 _MAX_REQUEST_ID_LEN = 128
 
@@ -121,7 +115,8 @@ class GrpcServer:
     ``errors`` is the service's table of domain error -> status code, ``access`` its table of
     who may call each method (without one, any caller with a valid identity may call any
     method), ``secret`` the internal secret tokens are checked with (default: the process's,
-    :func:`rideshare.identity.process_secret`).
+    :func:`rideshare.identity.process_secret`), ``keepalive`` the ping policy its clients
+    share (rideshare/keepalive.py).
     """
 
     def __init__(
@@ -137,6 +132,7 @@ class GrpcServer:
         errors: StatusTable | None = None,
         access: AccessTable | None = None,
         secret: str | None = None,
+        keepalive: Keepalive = DEFAULT_KEEPALIVE,
     ) -> None:
         if health_interval_s <= 0:
             raise ValueError(f"health_interval_s must be positive, got {health_interval_s}")
@@ -151,7 +147,7 @@ class GrpcServer:
                     verifier=TokenVerifier(secret if secret is not None else process_secret()),
                 )
             ],
-            options=_SERVER_OPTIONS,
+            options=[*_SERVER_OPTIONS, *keepalive.server_options()],
             maximum_concurrent_rpcs=max_concurrent_rpcs,
         )
         self._readiness = readiness

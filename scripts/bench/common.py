@@ -26,9 +26,11 @@ from rideshare.settings import InfraUrls
 from rideshare.supervisor import grpc_healthy
 
 __all__ = [
+    "HOG",
     "SaturationResult",
     "SaturationSearch",
     "Step",
+    "cpu_hogs",
     "http_per_s",
     "infrastructure",
     "open_loop",
@@ -42,7 +44,21 @@ __all__ = [
     "wait_healthy",
 ]
 
+HOG = "while True: pass"
 _ENV_URLS = ("RIDESHARE_REDIS_URL", "RIDESHARE_POSTGRES_DSN", "RIDESHARE_NATS_URL")
+
+
+@contextlib.contextmanager
+def cpu_hogs(count: int) -> Iterator[None]:
+    """``count`` processes burning a CPU each (other work on the machine), killed on exit."""
+    hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+        for hog in hogs:
+            hog.wait()
 
 
 def percentile(values: list[float], q: float) -> float:

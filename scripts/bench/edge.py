@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import multiprocessing
 import os
 import random
@@ -49,8 +50,10 @@ import httpx
 import nats
 import redis.asyncio as aioredis
 import uvloop
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import ServerConnection, serve
 
 from edge.auth import issue_token
 from protos import events
@@ -59,12 +62,15 @@ from rideshare.infra import free_port
 from rideshare.settings import ONE_ADDRESS_LOGIN_LIMITS, InfraUrls
 from rideshare.simulate.cards import tokenize_card
 from rideshare.supervisor import SERVICE_ORDER, Supervisor, available_services
-from scripts.bench.common import infrastructure, percentile
+from scripts.bench.common import HOG, cpu_hogs, infrastructure, percentile
 
 SECRET = "bench-secret-" + "b" * 40
 PASSWORD = "bench-password-1"
 OUTSIDE = "not this benchmark (other work)"
 SLOW_MS = 50
+POSITION_COUNTERS = ("received", "conflated", "forwarded", "dropped")
+FRESH_MS = 1_000  # the target: the p99 age of what a rider sees
+AGE_SAMPLE_S = 0.1
 
 
 def now_ms() -> int:
@@ -134,12 +140,43 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
-async def forwarded(http: httpx.AsyncClient) -> float:
+async def counters(http: httpx.AsyncClient) -> dict[str, float]:
+    """The edge's position counters (received, conflated, forwarded, dropped)."""
     text = (await http.get("/metrics")).text
+    found = dict.fromkeys(POSITION_COUNTERS, 0.0)
     for line in text.splitlines():
-        if line.startswith("edge_positions_forwarded_total "):
-            return float(line.split()[1])
-    return 0.0
+        name, _, value = line.partition(" ")
+        key = name.removeprefix("edge_positions_").removesuffix("_total")
+        if key in found and name.startswith("edge_positions_"):
+            found[key] += float(value)
+    return found
+
+
+def tree_cpu_s(root: int) -> float:
+    """CPU seconds used so far by ``root`` and every process below it (edge workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    used: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parent[int(entry)] = int(fields[1])
+            used[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    total = 0.0
+    for pid, seconds in used.items():
+        p = pid
+        for _ in range(16):
+            if p == root:
+                total += seconds
+                break
+            p = parent.get(p, 0)
+            if p <= 1:
+                break
+    return total
 
 
 def position(lat: float, lng: float) -> str:
@@ -171,6 +208,14 @@ class Pair:
     seen_on_socket: dict[int, int] = field(default_factory=dict)  # when the socket was first
     after_nats: list[float] = field(default_factory=list)
     sent_at: list[float] = field(default_factory=list)  # wall clock of each latency sample
+    last_ts_ms: int = 0  # the newest position the rider's socket showed
+    ages: list[float] = field(default_factory=list)  # its age, sampled every AGE_SAMPLE_S
+
+    def reset(self) -> None:
+        for samples in (self.latencies, self.published, self.after_nats, self.sent_at, self.ages):
+            samples.clear()
+        self.seen_on_nats.clear()
+        self.seen_on_socket.clear()
 
 
 async def signup(http: httpx.AsyncClient, role: str) -> tuple[str, str]:
@@ -285,6 +330,7 @@ async def listen(pair: Pair, until: float, since_ms: int) -> None:
                     and frame["ts_ms"] >= since_ms
                 ):
                     received = now_ms()
+                    pair.last_ts_ms = max(pair.last_ts_ms, frame["ts_ms"])
                     pair.latencies.append(received - frame["ts_ms"])
                     pair.sent_at.append(frame["ts_ms"] / 1000)
                     seen = pair.seen_on_nats.pop(frame["ts_ms"], None)
@@ -292,6 +338,21 @@ async def listen(pair: Pair, until: float, since_ms: int) -> None:
                         pair.after_nats.append(received - seen)
                     else:  # this loop read the socket before its own NATS message
                         pair.seen_on_socket[frame["ts_ms"]] = received
+
+
+async def sample_ages(pairs: list[Pair], start: float, end: float) -> None:
+    """The age of the position each rider's map shows, every AGE_SAMPLE_S of the phase after
+    its first second: a marker that stops moving ages here even when no late frame arrives
+    to be timed. It includes the report interval (a 5/s driver's marker is up to 200 ms old
+    on a perfect path). Positions from before the phase count as sent at its start, so the
+    pause between phases is not counted."""
+    await asyncio.sleep(max(0.0, start + 1.0 - time.time()))
+    start_ms = int(start * 1000)
+    while time.time() < end:
+        now = now_ms()
+        for pair in pairs:
+            pair.ages.append(now - max(pair.last_ts_ms, start_ms))
+        await asyncio.sleep(AGE_SAMPLE_S)
 
 
 async def drain(ws: ClientConnection) -> None:
@@ -330,7 +391,8 @@ def load_process(pipe: Connection, ws_url: str) -> None:
 
 
 async def _load_commands(pipe: Connection, ws_url: str) -> None:
-    """Commands: ("open", prefix, count) -> ("opened", n); ("drive", start, seconds, rate)
+    """Commands: ("open", prefix, count[, ws_url]) -> ("opened", n); ("touch",) -> one
+    position on every socket, ("touched", n); ("drive", start, seconds, rate)
     -> ("driven", sent, worst lateness s); ("close",) -> ("closed",); ("exit",)."""
     raise_fd_limit()
     rng = random.Random()
@@ -339,8 +401,8 @@ async def _load_commands(pipe: Connection, ws_url: str) -> None:
     while True:
         command = await asyncio.to_thread(pipe.recv)
         if command[0] == "open":
-            _, prefix, count = command
-            opened = await open_driver_sockets(ws_url, count, prefix)
+            _, prefix, count, *url = command
+            opened = await open_driver_sockets(url[0] if url else ws_url, count, prefix)
             drains += [asyncio.create_task(drain(ws)) for ws in opened]
             sockets += opened
             pipe.send(("opened", len(opened)))
@@ -360,6 +422,10 @@ async def _load_commands(pipe: Connection, ws_url: str) -> None:
                 )
             )
             pipe.send(("driven", sum(s for s, _ in results), max(lt for _, lt in results)))
+        elif command[0] == "touch":
+            for ws in sockets:
+                await ws.send(position(52.5, 13.4))
+            pipe.send(("touched", len(sockets)))
         elif command[0] == "close":
             await asyncio.gather(*(ws.close() for ws in sockets))
             for task in drains:
@@ -451,6 +517,8 @@ def _role(pid: int, argv: list[bytes]) -> str:
     words = [a.decode(errors="replace") for a in argv if a]
     if "-m" in words[:-1]:
         return "service " + words[words.index("-m") + 1]
+    if HOG in words:
+        return "CPU hogs (--hogs)"
     if any("multiprocessing" in w for w in words):
         return "bench load clients"
     name = os.path.basename(words[0]) if words else ""
@@ -497,6 +565,7 @@ async def run(args: argparse.Namespace) -> None:
         with load_clients(args.procs, ws_url) as clients:
             async with httpx.AsyncClient(base_url=url, timeout=30) as http:
                 args.stripe_api_base = urls.stripe_api_base
+                args.clients = clients
                 await phases(args, http, redis, urls.nats_url, ws_url, supervisor, clients)
         await redis.aclose()
 
@@ -523,97 +592,30 @@ async def phases(
     print(f"setup: {len(pairs)} accepted trips in {time.monotonic() - started:.1f}s")
 
     run_id = uuid.uuid4().hex[:6]
+    reference = await raw_reference(args, clients, run_id)
     counts = split(args.drivers, len(clients))
     await on_all(clients, *(("open", f"load-{run_id}-{i}", n) for i, n in enumerate(counts)))
     drains = [asyncio.create_task(drain(p.driver_ws)) for p in pairs if p.driver_ws]
     pid = edge_pid(supervisor)
-    print(f"ingest: {args.drivers} driver sockets open, edge RSS {rss_kib(pid) / 1024:.0f} MiB")
-
-    start = time.time() + 1.0
-    end = start + args.seconds
+    # A socket is read only once the edge has sent its snapshot (a trip read per driver);
+    # the clock starts when every socket's position got through, not while they queue.
+    started = time.monotonic()
+    before = (await counters(http))["received"]
+    await on_all(clients, *([("touch",)] * len(clients)))
+    async with asyncio.timeout(300):
+        # The count lives in another process: nothing to wait on but its /metrics.
+        while (await counters(http))["received"] - before < args.drivers:  # noqa: ASYNC110
+            await asyncio.sleep(0.5)
+    print(
+        f"ingest: {args.drivers} driver sockets open and read after "
+        f"{time.monotonic() - started:.1f} s, edge RSS {rss_kib(pid) / 1024:.0f} MiB"
+    )
     nc = await nats.connect(nats_url, name="bench-edge")
-    watched = {p.driver_id: p for p in pairs}
-
-    async def on_position(msg: Msg) -> None:
-        update = location_pb2.DriverPosition.FromString(msg.data)
-        pair = watched.get(update.driver_id)
-        if pair is not None and update.client_ts_ms >= start * 1000:
-            seen = now_ms()
-            pair.published.append(seen - update.client_ts_ms)
-            on_socket = pair.seen_on_socket.pop(update.client_ts_ms, None)
-            if on_socket is None:
-                pair.seen_on_nats[update.client_ts_ms] = seen
-            else:
-                pair.after_nats.append(max(0, on_socket - seen))
-
-    for p in pairs:
-        await nc.subscribe(events.location_driver_subject(p.driver_id), cb=on_position)
-    driven = asyncio.gather(
-        *(c.ask("drive", start, args.seconds, args.rate) for c in clients),
-        *(
-            drive(p.driver_ws, p.lat, p.lng, rate=args.rate, start=start, seconds=args.seconds)
-            for p in pairs
-            if p.driver_ws
-        ),
-        *(listen(p, end, int(start * 1000)) for p in pairs),
-    )
-    await asyncio.sleep(start - time.time())
-    fwd0, applied0, cpu0 = await forwarded(http), await applied_by_location(redis), cpu_by_process()
-    await asyncio.sleep(end - time.time())
-    fwd1, applied1, cpu1 = await forwarded(http), await applied_by_location(redis), cpu_by_process()
-    results = await driven
-    await asyncio.sleep(1.0)
-    fwd2, applied2 = await forwarded(http), await applied_by_location(redis)
-    seconds = args.seconds
-    sent = sum(r[1] if r[0] == "driven" else r[0] for r in results if r is not None)
-    late = max(r[2] if r[0] == "driven" else r[1] for r in results if r is not None)
-    sockets = args.drivers + len(pairs)
-    print(
-        f"ingest: clients sent {sent / seconds:,.0f} positions/s ({sockets} sockets x "
-        f"{args.rate:g}/s = {sockets * args.rate:,.0f}/s scheduled; worst client lateness "
-        f"{late * 1000:.0f} ms)"
-    )
-    print(
-        f"ingest: edge forwarded {(fwd1 - fwd0) / seconds:,.0f}/s to location, location "
-        f"applied {(applied1 - applied0) / seconds:,.0f}/s (during the phase); 1 s later: "
-        f"forwarded {fwd2 - fwd0:,.0f} and applied {applied2 - applied0:,.0f} of {sent:,} sent"
-    )
-    print_delays(
-        f"latency driver WS -> rider WS ({len(pairs)} riders)",
-        [v for p in pairs for v in p.latencies],
-    )
-    slow = sorted(
-        {
-            round(t - start, 1)
-            for p in pairs
-            for t, v in zip(p.sent_at, p.latencies, strict=True)
-            if v > SLOW_MS
-        }
-    )
-    if slow:
-        shown = ", ".join(f"{t:.1f}" for t in slow[:20])
-        print(f"  samples over {SLOW_MS} ms were sent at (s into the phase): {shown}")
-    print_delays(
-        "  of which driver WS -> location's publish on NATS",
-        [v for p in pairs for v in p.published],
-    )
-    print_delays(
-        "  and location's publish on NATS -> rider WS (the live path to the rider)",
-        [v for p in pairs for v in p.after_nats],
-    )
+    steps = []
+    for rate in args.rates:
+        steps.append(await ingest(args, rate, pairs, http, redis, nc, pid, reference))
     await nc.close()
-    split_ = cpu_split(cpu0, cpu1, end - start)
-    cores = os.cpu_count() or 1
-    print(
-        f"CPU during the phase, % of one core ({cores} cores = {100 * cores} %; "
-        f"all processes: {sum(pct for _, pct in split_):.0f} %):"
-    )
-    for role, pct in split_:
-        if pct >= 0.5:
-            print(f"  {role:34s} {pct:5.1f} %")
-    other = dict(split_).get(OUTSIDE, 0.0)
-    if other > 10:
-        print(f"WARNING: other work took {other:.0f} % of a core: these figures are disturbed")
+    summarise(steps, reference)
     await on_all(clients, *([("close",)] * len(clients)))
     for task in drains:
         task.cancel()
@@ -636,10 +638,262 @@ async def phases(
                 await conn.close()
 
 
+@dataclass
+class Step:
+    """One ingest phase at one offered rate."""
+
+    offered: float  # positions/s scheduled
+    sent: float  # positions/s the clients sent
+    received: float  # positions/s the edge received
+    forwarded: float
+    applied: float
+    edge_us: float  # edge CPU per received position
+    edge_pct: float  # edge CPU, % of one core
+    age_p50: float  # age of the position riders' maps showed, sampled
+    age_p99: float
+    latency_p99: float  # driver WS -> rider WS per delivered position
+
+
+async def ingest(
+    args: argparse.Namespace,
+    rate: float,
+    pairs: list[Pair],
+    http: httpx.AsyncClient,
+    redis: aioredis.Redis,
+    nc: NATS,
+    pid: int,
+    reference: Reference,
+) -> Step:
+    """Every driver socket sends ``rate`` positions/s for ``--seconds``; what came out."""
+    clients: list[LoadClient] = args.clients
+    for p in pairs:
+        p.reset()
+    start = time.time() + 1.0
+    end = start + args.seconds
+    watched = {p.driver_id: p for p in pairs}
+
+    async def on_position(msg: Msg) -> None:
+        update = location_pb2.DriverPosition.FromString(msg.data)
+        pair = watched.get(update.driver_id)
+        if pair is not None and update.client_ts_ms >= start * 1000:
+            seen = now_ms()
+            pair.published.append(seen - update.client_ts_ms)
+            on_socket = pair.seen_on_socket.pop(update.client_ts_ms, None)
+            if on_socket is None:
+                pair.seen_on_nats[update.client_ts_ms] = seen
+            else:
+                pair.after_nats.append(max(0, on_socket - seen))
+
+    subs = [
+        await nc.subscribe(events.location_driver_subject(p.driver_id), cb=on_position)
+        for p in pairs
+    ]
+    driven = asyncio.gather(
+        *(c.ask("drive", start, args.seconds, rate) for c in clients),
+        *(
+            drive(p.driver_ws, p.lat, p.lng, rate=rate, start=start, seconds=args.seconds)
+            for p in pairs
+            if p.driver_ws
+        ),
+        *(listen(p, end, int(start * 1000)) for p in pairs),
+        sample_ages(pairs, start, end),
+    )
+    await asyncio.sleep(start - time.time())
+    c0, applied0, cpu0 = await counters(http), await applied_by_location(redis), cpu_by_process()
+    edge0 = tree_cpu_s(pid)
+    await asyncio.sleep(end - time.time())
+    c1, applied1, cpu1 = await counters(http), await applied_by_location(redis), cpu_by_process()
+    edge1 = tree_cpu_s(pid)
+    results = await driven
+    await asyncio.sleep(1.0)
+    c2, applied2 = await counters(http), await applied_by_location(redis)
+    for sub in subs:
+        await sub.unsubscribe()
+    seconds = args.seconds
+    sent = sum(r[1] if r[0] == "driven" else r[0] for r in results if r is not None)
+    late = max(r[2] if r[0] == "driven" else r[1] for r in results if r is not None)
+    sockets = args.drivers + len(pairs)
+    received = c1["received"] - c0["received"]
+    print(f"-- ingest at {rate:g} positions/s per socket --")
+    print(
+        f"ingest: clients sent {sent / seconds:,.0f} positions/s ({sockets} sockets x "
+        f"{rate:g}/s = {sockets * rate:,.0f}/s scheduled; worst client lateness "
+        f"{late * 1000:.0f} ms)"
+    )
+    print(
+        f"ingest: edge received {received / seconds:,.0f}/s, forwarded "
+        f"{(c1['forwarded'] - c0['forwarded']) / seconds:,.0f}/s to location (conflated "
+        f"{(c1['conflated'] - c0['conflated']) / seconds:,.0f}/s), location applied "
+        f"{(applied1 - applied0) / seconds:,.0f}/s (during the phase); 1 s later: received "
+        f"{c2['received'] - c0['received']:,.0f}, forwarded "
+        f"{c2['forwarded'] - c0['forwarded']:,.0f} and applied {applied2 - applied0:,.0f} "
+        f"of {sent:,} sent"
+    )
+    ages = [v for p in pairs for v in p.ages]
+    print_delays(
+        f"age of the position riders' maps showed (sampled every {AGE_SAMPLE_S:g} s)", ages
+    )
+    latencies = [v for p in pairs for v in p.latencies]
+    print_delays(f"latency driver WS -> rider WS ({len(pairs)} riders)", latencies)
+    slow = sorted(
+        {
+            round(t - start, 1)
+            for p in pairs
+            for t, v in zip(p.sent_at, p.latencies, strict=True)
+            if v > SLOW_MS
+        }
+    )
+    if slow:
+        shown = ", ".join(f"{t:.1f}" for t in slow[:20])
+        print(f"  samples over {SLOW_MS} ms were sent at (s into the phase): {shown}")
+    print_delays(
+        "  of which driver WS -> location's publish on NATS",
+        [v for p in pairs for v in p.published],
+    )
+    print_delays(
+        "  and location's publish on NATS -> rider WS (the live path to the rider)",
+        [v for p in pairs for v in p.after_nats],
+    )
+    edge_s = edge1 - edge0
+    edge_us = 1e6 * edge_s / max(1.0, received)
+    print(
+        f"edge CPU per received position: {edge_us:.1f} us = {edge_us / reference.us:.2f} x the "
+        f"bare websockets loop ({reference.us:.1f} us at {reference.rate:,.0f}/s)"
+    )
+    split_ = cpu_split(cpu0, cpu1, end - start)
+    cores = os.cpu_count() or 1
+    print(
+        f"CPU during the phase, % of one core ({cores} cores = {100 * cores} %; "
+        f"all processes: {sum(pct for _, pct in split_):.0f} %; load average "
+        f"{os.getloadavg()[0]:.1f}):"
+    )
+    for role, pct in split_:
+        if pct >= 0.5:
+            print(f"  {role:34s} {pct:5.1f} %")
+    other = dict(split_).get(OUTSIDE, 0.0)
+    if other > 10:
+        print(f"WARNING: other work took {other:.0f} % of a core: these figures are disturbed")
+    return Step(
+        offered=sockets * rate,
+        sent=sent / seconds,
+        received=received / seconds,
+        forwarded=(c1["forwarded"] - c0["forwarded"]) / seconds,
+        applied=(applied1 - applied0) / seconds,
+        edge_us=edge_us,
+        edge_pct=100 * edge_s / (end - start),
+        age_p50=percentile(ages, 0.5) if ages else math.inf,
+        age_p99=percentile(ages, 0.99) if ages else math.inf,
+        latency_p99=percentile(latencies, 0.99) if latencies else math.inf,
+    )
+
+
+def summarise(steps: list[Step], reference: Reference) -> None:
+    print(
+        f"reference: a bare websockets server (uvloop, JSON parsed per message) took "
+        f"{reference.us:.1f} us of CPU per message at {reference.rate:,.0f} messages/s"
+    )
+    print(
+        "offered/s   sent/s  received/s  forwarded/s  applied/s  edge CPU  us/pos  x ref"
+        "  age p50  age p99  latency p99"
+    )
+    for st in steps:
+        print(
+            f"{st.offered:9,.0f} {st.sent:8,.0f} {st.received:11,.0f} {st.forwarded:12,.0f} "
+            f"{st.applied:10,.0f} {st.edge_pct:7.1f}% {st.edge_us:7.1f} "
+            f"{st.edge_us / reference.us:6.2f} {st.age_p50:6.0f}ms {st.age_p99:6.0f}ms "
+            f"{st.latency_p99:9.0f}ms"
+        )
+    fresh = [st.offered for st in steps if st.age_p99 <= FRESH_MS]
+    if fresh:
+        print(f"saturation point: {max(fresh):,.0f} positions/s offered with p99 age <= 1 s")
+    else:
+        print("saturation point: below every rate tried (p99 age > 1 s at each)")
+
+
+# -- the library's own floor: a bare websockets server ---------------------------------------
+
+
+@dataclass
+class Reference:
+    us: float  # CPU per received message
+    rate: float  # messages/s it received
+
+
+def raw_server_process(pipe: Connection) -> None:
+    """A bare ``websockets`` server (spawned): each message parsed as JSON, nothing else.
+    Answers "count" with the messages received so far; any other command ends it."""
+    uvloop.run(_raw_serve(pipe))
+
+
+async def _raw_serve(pipe: Connection) -> None:
+    received = 0
+
+    async def handler(ws: ServerConnection) -> None:
+        nonlocal received
+        async for message in ws:
+            json.loads(message)
+            received += 1
+
+    async with serve(handler, "127.0.0.1", 0, compression=None, ping_interval=None) as server:
+        pipe.send(next(iter(server.sockets)).getsockname()[1])
+        while (await asyncio.to_thread(pipe.recv)) == "count":
+            pipe.send(received)
+
+
+async def raw_reference(
+    args: argparse.Namespace, clients: list[LoadClient], run_id: str
+) -> Reference:
+    """The CPU a bare websockets receive loop spends per message, fed by the same load
+    clients at the first rate: the floor the edge's own cost is compared with."""
+    rate = args.rates[0]
+    ctx = multiprocessing.get_context("spawn")
+    mine, theirs = ctx.Pipe()
+    process = ctx.Process(target=raw_server_process, args=(theirs,), daemon=True)
+    process.start()
+    try:
+        port = await asyncio.to_thread(mine.recv)
+        url = f"ws://127.0.0.1:{port}"
+        counts = split(args.drivers, len(clients))
+        await on_all(
+            clients, *(("open", f"raw-{run_id}-{i}", n, url) for i, n in enumerate(counts))
+        )
+        start = time.time() + 1.0
+        driven = asyncio.gather(*(c.ask("drive", start, args.seconds, rate) for c in clients))
+        await asyncio.sleep(start - time.time())
+        assert process.pid is not None
+        mine.send("count")
+        n0, cpu0 = await asyncio.to_thread(mine.recv), tree_cpu_s(process.pid)
+        await asyncio.sleep(start + args.seconds - time.time())
+        mine.send("count")
+        n1, cpu1 = await asyncio.to_thread(mine.recv), tree_cpu_s(process.pid)
+        await driven
+        await on_all(clients, *([("close",)] * len(clients)))
+    finally:
+        mine.send("stop")
+        process.join(5.0)
+        if process.is_alive():
+            process.terminate()
+    received = max(1, n1 - n0)
+    reference = Reference(us=1e6 * (cpu1 - cpu0) / received, rate=received / args.seconds)
+    print(
+        f"reference: bare websockets server, {args.drivers} sockets x {rate:g}/s: received "
+        f"{reference.rate:,.0f}/s, {reference.us:.1f} us of CPU per message "
+        f"({100 * (cpu1 - cpu0) / args.seconds:.1f} % of a core)"
+    )
+    return reference
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--drivers", type=int, default=2000)
-    parser.add_argument("--rate", type=float, default=5.0, help="positions/s per driver socket")
+    parser.add_argument(
+        "--rates",
+        type=lambda text: [float(r) for r in text.split(",")],
+        default=[5.0],
+        help="positions/s per driver socket, one ingest phase each (e.g. 2,4,6,8: the steps to "
+        "the saturation point); the first also drives the bare websockets reference",
+    )
+    parser.add_argument("--hogs", type=int, default=0, help="CPU-burning processes beside it")
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--pairs", type=int, default=20)
     parser.add_argument("--idle", type=int, default=10_000)
@@ -647,7 +901,9 @@ def main() -> None:
     parser.add_argument(
         "--edge-workers", type=int, default=1, help="edge worker processes (RIDESHARE_EDGE_WORKERS)"
     )
-    asyncio.run(run(parser.parse_args()))
+    args = parser.parse_args()
+    with cpu_hogs(args.hogs):
+        asyncio.run(run(args))
 
 
 if __name__ == "__main__":

@@ -29,12 +29,10 @@ import argparse
 import asyncio
 import contextlib
 import random
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import httpx
 
@@ -43,6 +41,7 @@ from rideshare.settings import ONE_ADDRESS_LOGIN_LIMITS, InfraUrls
 from rideshare.supervisor import SERVICE_ORDER, Supervisor
 from scripts.bench.common import (
     Step,
+    cpu_hogs,
     infrastructure,
     open_loop,
     percentile,
@@ -83,18 +82,6 @@ async def system(urls: InfraUrls) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{ports['edge']}"
     finally:
         await supervisor.stop_all(grace_s=10)
-
-
-@contextlib.contextmanager
-def cpu_hogs(count: int) -> Iterator[None]:
-    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
-    try:
-        yield
-    finally:
-        for hog in hogs:
-            hog.kill()
-        for hog in hogs:
-            hog.wait()
 
 
 def new_driver() -> dict[str, str]:

@@ -204,6 +204,27 @@ async def test_stream_rejects_bad_items_one_by_one_and_applies_the_rest(stub: St
     }
 
 
+async def test_a_backlog_of_one_drivers_updates_stores_only_the_newest(stub: Stub) -> None:
+    """Latest-wins ingest: the updates of one driver that wait together for a write collapse
+    into the newest (counted as superseded); a late older one is out of order."""
+    driver, other = new_id(), new_id()
+    ts = now_ms() - 10_000
+    backlog = [update(driver, 52.5 + i * 0.001, 13.4, ts + i * 100) for i in range(10)]
+    batch = [*backlog[:5], update(other, 52.4, 13.3, ts), *backlog[5:], backlog[2]]
+
+    async def requests() -> AsyncIterator[pb.PositionBatch]:
+        yield pb.PositionBatch(updates=batch)
+
+    summary = await stub.ReportPositions(requests(), timeout=10)
+    stored = await stub.GetPosition(pb.GetPositionRequest(driver_id=driver), timeout=5)
+
+    assert (summary.accepted, summary.superseded, summary.rejected) == (2, 9, 1)
+    assert [(r.index, r.reason) for r in summary.rejections] == [
+        (len(batch) - 1, pb.REJECT_REASON_OUT_OF_ORDER)
+    ]
+    assert (stored.lat, stored.client_ts_ms) == (backlog[-1].lat, backlog[-1].client_ts_ms)
+
+
 @pytest.mark.parametrize(
     ("call", "expected"),
     [

@@ -215,10 +215,16 @@ class ReportPositionsSummary(_message.Message):
     ACCEPTED_FIELD_NUMBER: _builtins.int
     REJECTED_FIELD_NUMBER: _builtins.int
     REJECTIONS_FIELD_NUMBER: _builtins.int
+    SUPERSEDED_FIELD_NUMBER: _builtins.int
     accepted: _builtins.int
     """Updates stored and published."""
     rejected: _builtins.int
     """Updates not applied (malformed or out of order)."""
+    superseded: _builtins.int
+    """Well-formed updates replaced by a newer one of the same driver from this stream before
+    they were written (under load, only the newest waiting position of a driver is stored
+    and published). accepted + rejected + superseded = the updates sent.
+    """
     @_builtins.property
     def rejections(self) -> _containers.RepeatedCompositeFieldContainer[Global___Rejection]:
         """Details of the rejected updates, in stream order. May be truncated to a service bound;
@@ -231,10 +237,11 @@ class ReportPositionsSummary(_message.Message):
         accepted: _builtins.int = ...,
         rejected: _builtins.int = ...,
         rejections: _abc.Iterable[Global___Rejection] | None = ...,
+        superseded: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "rejected", b"rejected", "rejections", b"rejections"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "rejected", b"rejected", "rejections", b"rejections", "superseded", b"superseded"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

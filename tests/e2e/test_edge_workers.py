@@ -119,7 +119,7 @@ async def test_a_rider_sees_a_driver_whose_socket_another_worker_holds(
 ) -> None:
     lat, lng = -20.0 - random.random() * 20, 100.0 + random.random() * 20
     async with httpx.AsyncClient(base_url=edge2.url, timeout=10.0) as http:
-        rider_id, rider_token = await signup(http, "rider")
+        rider_id, rider_token = await signup(http, "rider", stripe_api_base=stack.stripe_api_base)
         driver_id, driver_token = await signup(http, "driver")
         v = await http.post(
             "/v1/drivers/me/vehicles",

@@ -1,4 +1,10 @@
-"""Dispatch: find a driver for each trip, one offer at a time, with its state in Postgres.
+"""Dispatch: find a driver for each trip, with its state in Postgres.
+
+A trip is offered to one driver at a time, or with parallel offers
+(``RIDESHARE_DISPATCH_PARALLEL_OFFERS`` = K > 1) to the K nearest untried drivers at once, each
+reserved in the location index and committed together in one transaction: the first accept
+wins (``commands.accept`` ends the others: trip.offer_ended, accepted elsewhere), a decline
+or an expiry ends only its own offer, and the next K go out when all of a batch have ended.
 
 Any copy of the service can advance any trip, and a restart loses nothing: everything
 dispatch needs to go on (state, pending offer and its expiry, drivers already tried) is in
@@ -25,8 +31,8 @@ other command on the trip, nor holds a pooled connection. The step:
    transaction, version-checked (``UPDATE ... WHERE version=$2``) against the trip as read in
    1. The new version ends the claim: a claim holds only while the trip stays at the version
    it was taken on, so any write of the trip (a cancel too) ends it. The version check, and
-   the one-pending-offer-per-trip unique index, are what make two offers of one trip at once
-   impossible, claim or no claim (a claim can lapse under a stalled step). A step with
+   the one-offer-per-(trip, slot) unique index, are what make more than K offers of one trip
+   at once impossible, claim or no claim (a claim can lapse under a stalled step). A step with
    nothing to commit ends its claim with a statement of its own.
 
 Before the location calls this runs a claim (update, read) where a lock (lock, read, write

@@ -18,9 +18,10 @@ with ``--parallel``. Nothing here asserts a target.
    p99; then every live trip of the phase is cancelled, freeing its drivers.
 2. reference: the think time is the least a request -> accepted can take; each phase's
    median is printed as a ratio to it, and K's to K = 1's in the same run.
-3. saturation: with K offers per trip, the highest RequestTrip rate whose request -> first
-   trip.offered p99 stays within ``--target-ms`` (50 ms: the trip bench's target), as
-   scripts/bench/trip.py measures it; K reservations and K offer rows per trip are its cost.
+3. saturation, per phase (``--no-saturation`` skips it): the highest RequestTrip rate whose
+   request -> first trip.offered p99 stays within ``--target-ms`` (50 ms: the trip bench's
+   target), as scripts/bench/trip.py measures it; K reservations and K offer rows per trip
+   are what K > 1 costs there.
 """
 
 from __future__ import annotations
@@ -157,8 +158,8 @@ async def with_trip_service(
     *,
     parallel: int,
 ) -> float:
-    """One phase on a trip process of its own with K = ``parallel``, and with K > 1 the
-    saturation search after it; the phase's request -> accepted median (ms)."""
+    """One phase on a trip process of its own with K = ``parallel``, and the saturation
+    search after it; the phase's request -> accepted median (ms)."""
     trip_port = free_port()
     env = {
         "RIDESHARE_LOCATION_ADDR": f"127.0.0.1:{location_port}",
@@ -172,7 +173,7 @@ async def with_trip_service(
         async with make_channel(target, default_timeout_s=60.0) as channel:
             stub: TripStub = trip_pb2_grpc.TripServiceStub(channel)
             _, in_time = await phase(stub, watcher, args, parallel=parallel)
-            if parallel > 1:
+            if args.saturation:
                 tags = itertools.count()
                 result = await saturation(
                     lambda rate: offer_step(
@@ -241,6 +242,7 @@ def main() -> None:
     parser.add_argument("--target-ms", type=float, default=50.0, help="offer p99 target")
     parser.add_argument("--sat-start", type=float, default=25.0, help="first step, req/s")
     parser.add_argument("--step-s", type=float, default=2.0, help="seconds per step")
+    parser.add_argument("--saturation", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
     if not 0 <= args.decline < 1 or args.parallel < 2:
         parser.error("--decline must be in [0, 1) and --parallel at least 2")

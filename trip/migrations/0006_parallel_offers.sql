@@ -1,4 +1,3 @@
--- (0005 is left to the dispatch rounds of batch matching, written at the same time.)
 -- Parallel offers (RIDESHARE_DISPATCH_PARALLEL_OFFERS): a trip may be offered to up to K
 -- drivers at once. A driver still holds at most one pending offer (offers_driver_id_key);
 -- the one-pending-offer-per-trip key becomes one offer per (trip, slot), the slots of a trip

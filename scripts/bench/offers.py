@@ -114,12 +114,10 @@ async def phase(
 
     watcher.on_offered = drivers.offered
     watcher.on_accepted = on_accepted
-    trip_ids: list[str] = []
 
     async def one(request: pb.RequestTripRequest) -> None:
         sent[request.rider_id] = time.perf_counter()
-        trip = await stub.RequestTrip(request, timeout=10)
-        trip_ids.append(trip.id)
+        await stub.RequestTrip(request, timeout=10)
 
     start = time.perf_counter()
     tasks = []
@@ -141,13 +139,27 @@ async def phase(
           f"{percentile(in_time, 0.9):,.0f} ms, p99 {percentile(in_time, 0.99):,.0f} ms; "
           f"answers {drivers.counts}", flush=True)  # fmt: skip
     watcher.on_offered = lambda _: None
-    for trip_id in trip_ids:  # free the drivers for the next phase
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            await stub.CancelTrip(
-                pb.CancelTripRequest(trip_id=trip_id, actor=pb.ACTOR_SYSTEM, reason="bench"),
-                timeout=10,
-            )
+    await cancel_live(stub)
     return share, in_time
+
+
+async def cancel_live(stub: TripStub) -> int:
+    """Cancel every live trip, so that the next step starts with every driver free."""
+    live = [pb.TRIP_STATE_REQUESTED, pb.TRIP_STATE_DISPATCHING, pb.TRIP_STATE_ACCEPTED]
+    cancelled = 0
+    for _ in range(100):  # bounded: a trip that cannot be cancelled must not hang the bench
+        request = pb.ListTripsRequest(states=live, page_size=200)
+        trips = (await stub.ListTrips(request, timeout=10)).trips
+        if not trips:
+            break
+        for trip in trips:
+            with contextlib.suppress(grpc.aio.AioRpcError):  # it ended meanwhile
+                await stub.CancelTrip(
+                    pb.CancelTripRequest(trip_id=trip.id, actor=pb.ACTOR_SYSTEM, reason="bench"),
+                    timeout=10,
+                )
+                cancelled += 1
+    return cancelled
 
 
 async def with_trip_service(
@@ -174,7 +186,7 @@ async def with_trip_service(
             stub: TripStub = trip_pb2_grpc.TripServiceStub(channel)
             _, in_time = await phase(stub, watcher, args, parallel=parallel)
             if args.saturation:
-                tags = itertools.count()
+                tags = itertools.count(1_000 * parallel)  # riders of their own
                 result = await saturation(
                     lambda rate: offer_step(
                         stub, watcher, rate=rate, seconds=args.step_s, tag=next(tags)
@@ -184,6 +196,7 @@ async def with_trip_service(
                     max_rate=5_000,
                 )
                 print_saturation(f"RequestTrip -> first trip.offered, K={parallel}", result)
+                await cancel_live(stub)
     return percentile(in_time, 0.5) if in_time else 0.0
 
 

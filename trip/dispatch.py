@@ -342,12 +342,8 @@ class Dispatcher:
                     await self._commit(read, [*steps, (ended, [event])])
                     return
                 if isinstance(step, OfferTo):
-                    if await self._location.reserve(step.driver_id, trip_id=trip.id):
-                        held[step.driver_id] = next(
-                            c.distance_m for c in candidates if c.driver_id == step.driver_id
-                        )
-                    else:
-                        skip.add(step.driver_id)  # taken by another trip since the search
+                    wanted = self._rest_of_batch(batch, step, candidates, radius_index, skip, now)
+                    await self._reserve(trip, wanted, candidates, held=held, skip=skip)
                     continue
                 # The batch is full, or nobody else is within this radius: offer to those held.
                 events = [
@@ -372,6 +368,65 @@ class Dispatcher:
             # Reserved in the index but no offer committed: give the drivers back.
             for driver_id in held:
                 await self._location.release(driver_id, trip_id=trip.id)
+
+    def _rest_of_batch(
+        self,
+        batch: Trip,
+        first: OfferTo,
+        candidates: list[Nearby],
+        radius_index: int,
+        skip: set[str],
+        now: datetime,
+    ) -> list[str]:
+        """``first`` and the next untried candidates of the same search, as many as the batch
+        has room for (and ``max_offers`` allows): reserved together, not one after another."""
+        room = min(
+            self._plan.parallel_offers - len(batch.offers),
+            self._plan.max_offers - batch.offer_attempts,
+        )
+        wanted = [first.driver_id]
+        ids = [c.driver_id for c in candidates]
+        while len(wanted) < room:
+            step = domain.next_dispatch_step(
+                batch,
+                ids,
+                radius_index=radius_index,
+                now=now,
+                plan=self._plan,
+                skip=skip | set(wanted),
+            )
+            if not isinstance(step, OfferTo) or step.radius_index != radius_index:
+                break
+            wanted.append(step.driver_id)
+        return wanted
+
+    async def _reserve(
+        self,
+        trip: Trip,
+        wanted: list[str],
+        candidates: list[Nearby],
+        *,
+        held: dict[str, float],
+        skip: set[str],
+    ) -> None:
+        """Hold each of ``wanted`` for ``trip`` in the location index at once: the held go in
+        ``held`` (with their distance), the taken (by another trip since the search) in
+        ``skip``. A failed call is raised after the others are recorded, so that the caller
+        gives back what was held."""
+        results = await asyncio.gather(
+            *(self._location.reserve(d, trip_id=trip.id) for d in wanted), return_exceptions=True
+        )
+        distance = {c.driver_id: c.distance_m for c in candidates}
+        failure: BaseException | None = None
+        for driver_id, result in zip(wanted, results, strict=True):
+            if isinstance(result, BaseException):
+                failure = failure or result
+            elif result:
+                held[driver_id] = distance[driver_id]
+            else:
+                skip.add(driver_id)
+        if failure is not None:
+            raise failure
 
     def _offers_to(self, trip: Trip, drivers: dict[str, float], *, now: datetime) -> Trip:
         """``trip`` offered to each of ``drivers``, in the order they were reserved."""

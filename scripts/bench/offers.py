@@ -177,6 +177,9 @@ async def with_trip_service(
         "RIDESHARE_LOCATION_ADDR": f"127.0.0.1:{location_port}",
         "RIDESHARE_OFFER_TIMEOUT_S": str(max(5.0, 3 * args.think_s)),
         "RIDESHARE_DISPATCH_PARALLEL_OFFERS": str(parallel),
+        # The indexed drivers report no positions: the sweeper must not take their trips
+        # back as silent while the bench runs.
+        "RIDESHARE_DRIVER_SILENT_S": "3600",
         "RIDESHARE_DB_POOL_MAX": "40",
     }
     with service_process("trip", urls, port=trip_port, env=env):

@@ -70,6 +70,7 @@ class Drivers:
         self._seed = seed
         self._tasks: set[asyncio.Task[None]] = set()
         self.counts = {"accepts": 0, "declines": 0, "lost": 0, "late": 0}
+        self.accepted: set[str] = set()  # trips; an accept of one twice would be a bug
 
     def offered(self, event: trip_events.TripOffered) -> None:
         task = asyncio.create_task(self._answer(event))
@@ -88,6 +89,9 @@ class Drivers:
             else:
                 await self._stub.AcceptTrip(pb.AcceptTripRequest(**ids), timeout=10)
                 self.counts["accepts"] += 1
+                if event.trip_id in self.accepted:
+                    print(f"trip {event.trip_id} accepted twice", flush=True)
+                self.accepted.add(event.trip_id)
         except grpc.aio.AioRpcError as exc:
             # Taken by another driver of the batch, or the trip moved on: a real app's race.
             lost = exc.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND)

@@ -1272,6 +1272,48 @@ async def test_two_dispatchers_on_one_trip_make_one_offer(harness: Harness, clai
     assert sum(held) == 3
 
 
+async def test_two_dispatchers_with_lapsing_claims_keep_a_trip_to_k_offers(
+    harness: Harness,
+) -> None:
+    """Parallel offers (K = 3) and two copies whose claims lapse at once: both search and
+    reserve a batch for the same trip; one batch commits, the other copy gives its drivers
+    back, and no driver is offered two trips."""
+    drivers = [new_id("d") for _ in range(9)]
+    for i, driver in enumerate(drivers):
+        await harness.go_online(driver, (PICKUP[0] + 0.0005 * (i + 1), PICKUP[1]))
+    service = {**unreachable_location(), "dispatch_poll_s": 3600.0}
+    settings = harness.trip_settings(dispatch_claim_s=1e-6, parallel_offers=3)
+    async with harness.trip_service(**service) as stub:
+        trips = [await book(stub, new_id("r")) for _ in range(2)]
+        locations = [LocationClient(settings.location_addr, timeout_s=5.0) for _ in range(2)]
+        pool = await create_pool(harness.infra.postgres_dsn, schema=harness.schema)
+        try:
+            copies = [Dispatcher(TripStore(pool), location, settings) for location in locations]
+            for trip in trips:
+
+                async def offered(trip_id: str = trip.id) -> bool:
+                    await asyncio.gather(*(copy.advance(trip_id) for copy in copies))
+                    found = await stub.GetTrip(pb.GetTripRequest(trip_id=trip_id), timeout=5)
+                    return bool(found.current_offers)
+
+                await eventually(offered)
+        finally:
+            await pool.close()
+            for location in locations:
+                await location.close()
+        done = [await stub.GetTrip(pb.GetTripRequest(trip_id=t.id), timeout=5) for t in trips]
+        held = [await harness.availability(d) == loc.AVAILABILITY_OFFERED for d in drivers]
+
+    offered_to = [o.driver_id for t in done for o in t.current_offers]
+    for t in done:
+        assert 1 <= len(t.current_offers) <= 3
+        assert [h.command for h in t.history] == ["request", "dispatch"] + ["offer"] * len(
+            t.current_offers
+        )
+    assert len(offered_to) == len(set(offered_to))
+    assert sorted(offered_to) == sorted(d for d, h in zip(drivers, held, strict=True) if h)
+
+
 # --- the boundary: malformed input, forged tokens, trips a caller may not see ---------------
 
 

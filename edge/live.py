@@ -79,6 +79,15 @@ PING_SLICE_S = 0.1
 # Positions of one watched driver waiting in this process; beyond it NATS drops the oldest
 # (a newer position supersedes them), as it did for the location service's own watchers.
 WATCH_PENDING = 256
+# Offers ended by a change of the trip whose own event follows in the same transaction and
+# carries the trip: reading the trip back for the rider's socket would send nothing new.
+_ENDED_WITH_THE_TRIPS_EVENT = frozenset(
+    {
+        trip_events.OFFER_END_REASON_ACCEPTED_ELSEWHERE,
+        trip_events.OFFER_END_REASON_TRIP_CANCELLED,
+        trip_events.OFFER_END_REASON_TRIP_ENDED,
+    }
+)
 # Offer frames recently sent, by (frame type, offer id): far more than an edge sends within
 # the relay's redelivery time (seconds), a few MB at most.
 SEEN_OFFERS = 20_000
@@ -313,6 +322,8 @@ class LiveHub:
             frame = wire.offer_ended_frame(payload)
             for conn in self.connections(payload.driver_id):
                 conn.send(frame)
+            if payload.reason in _ENDED_WITH_THE_TRIPS_EVENT:
+                return  # the trip's own event (accepted, cancelled, no_drivers) shows it
         users = {
             getattr(payload, name, "") for name in ("rider_id", "driver_id", "rater_id", "ratee_id")
         } - {""}

@@ -35,6 +35,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 from protos.common.v1 import common_pb2
 from protos.events import MSG_ID_HEADER, STREAM, STREAM_SUBJECTS
 from rideshare.infra_users import inbox_prefix
+from rideshare.nats_cluster import nats_servers
 
 __all__ = [
     "DEADLETTER_DELIVERIES_HEADER",
@@ -96,6 +97,9 @@ async def connect(
     long outage costs bounded memory. Subscriptions, including the inboxes of pull
     consumers, are renewed on reconnect by the client.
 
+    ``url`` may name several servers of a cluster (rideshare.nats_cluster.nats_servers): the
+    first connection goes to any that answers, and a lost server is replaced by another.
+
     Replies (requests, JetStream acks, fetched messages) come to the inbox of the URL's user,
     ``_INBOX.<user>.>``: the one inbox its NATS permissions let it read (infra_users.py).
     """
@@ -114,11 +118,12 @@ async def connect(
     async def on_closed() -> None:
         logger.info("nats %s: closed", name)
 
+    servers = nats_servers(url)
     nc = NATS()
     try:
         async with asyncio.timeout(initial_timeout_s):
             await nc.connect(
-                servers=[url],
+                servers=servers,
                 name=name,
                 connect_timeout=connect_timeout_s,  # type: ignore[arg-type]  # float is fine
                 reconnect_time_wait=reconnect_wait_s,  # type: ignore[arg-type]
@@ -131,7 +136,7 @@ async def connect(
                 disconnected_cb=on_disconnected,
                 reconnected_cb=on_reconnected,
                 closed_cb=on_closed,
-                inbox_prefix=inbox_prefix(urlsplit(url).username),
+                inbox_prefix=inbox_prefix(urlsplit(servers[0]).username),
             )
     except BaseException:
         await nc.close()
@@ -145,12 +150,20 @@ async def ensure_stream(
     name: str = STREAM,
     subjects: Sequence[str] = STREAM_SUBJECTS,
     duplicate_window_s: float = 120.0,
+    replicas: int = 1,
 ) -> None:
-    """Create the stream, or update it to these subjects and duplicate window; idempotent.
+    """Create the stream, or update it to these subjects, duplicate window and number of
+    ``replicas`` (nodes holding each message: 1 on a single server, 3 in a cluster; a
+    cluster moves an existing stream to a new count in place); idempotent.
 
     Safe when several processes call it at once: creating an identical stream succeeds.
     """
-    config = StreamConfig(name=name, subjects=list(subjects), duplicate_window=duplicate_window_s)
+    config = StreamConfig(
+        name=name,
+        subjects=list(subjects),
+        duplicate_window=duplicate_window_s,
+        num_replicas=replicas,
+    )
     try:
         await js.add_stream(config)
     except nats.js.errors.BadRequestError as exc:

@@ -6,6 +6,7 @@ them directly. A bad value fails fast with a message naming the variable and the
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -152,7 +153,10 @@ def _check_range(name: str, value: float, minimum: float | None, maximum: float 
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***``, for logs and reprs."""
+    """The URL with any password replaced by ``***``, for logs and reprs; each of several
+    whole URLs separated by commas (a server list) too."""
+    if "," in url and url.count("://") > 1:
+        return ",".join(mask_url(part) for part in url.split(","))
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -176,13 +180,17 @@ class InfraUrls:
     # The payment provider's API (RIDESHARE_STRIPE_API_BASE): the embedded localstripe, or
     # empty when none was started or given (the rider service then refuses to start).
     stripe_api_base: str = ""
+    # How many NATS nodes hold each message of the JetStream stream
+    # (RIDESHARE_JETSTREAM_REPLICAS): 1 on a single server, 3 on a cluster.
+    jetstream_replicas: int = 1
     logins: Mapping[str, Mapping[str, str]] = field(default_factory=dict, repr=False, compare=False)
 
     def __repr__(self) -> str:
         return (
             f"InfraUrls(redis_url={mask_url(self.redis_url)!r}, "
             f"postgres_dsn={mask_url(self.postgres_dsn)!r}, nats_url={mask_url(self.nats_url)!r}, "
-            f"stripe_api_base={self.stripe_api_base!r})"
+            f"stripe_api_base={self.stripe_api_base!r}, "
+            f"jetstream_replicas={self.jetstream_replicas})"
         )
 
     def for_service(self, name: str) -> InfraUrls:
@@ -196,6 +204,7 @@ class InfraUrls:
             postgres_dsn=self.postgres_dsn,
             nats_url=_as_user(self.nats_url, name, self.logins.get("nats")),
             stripe_api_base=self.stripe_api_base,
+            jetstream_replicas=self.jetstream_replicas,
         )
 
     def to_json(self) -> dict[str, object]:
@@ -204,6 +213,7 @@ class InfraUrls:
             "postgres_dsn": self.postgres_dsn,
             "nats_url": self.nats_url,
             "stripe_api_base": self.stripe_api_base,
+            "jetstream_replicas": self.jetstream_replicas,
             "logins": {server: dict(users) for server, users in self.logins.items()},
         }
 
@@ -228,7 +238,8 @@ def load_infra_urls(
     """URLs from ``RIDESHARE_REDIS_URL`` / ``_POSTGRES_DSN`` / ``_NATS_URL``; any that is unset
     comes from the infra file that ``rideshare infra up`` wrote into the data directory, with
     the services' logins on that server (a URL given in the environment wins, as is). The
-    payment provider's ``RIDESHARE_STRIPE_API_BASE`` likewise, or the file's, or empty."""
+    payment provider's ``RIDESHARE_STRIPE_API_BASE`` likewise, or the file's, or empty, and
+    ``RIDESHARE_JETSTREAM_REPLICAS``, or the file's, or 1."""
     data_dir = data_dir if data_dir is not None else data_dir_from_env(env)
     given = {
         "redis_url": _raw(env, "RIDESHARE_REDIS_URL"),
@@ -261,11 +272,19 @@ def load_infra_urls(
             )
         except (OSError, ValueError, KeyError):
             stripe_api_base = ""
+    recorded_replicas = 1
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        recorded_replicas = int(
+            json.loads((data_dir / INFRA_FILE).read_text())["jetstream_replicas"]
+        )
     return InfraUrls(
         redis_url=str(given["redis_url"]),
         postgres_dsn=str(given["postgres_dsn"]),
         nats_url=str(given["nats_url"]),
         stripe_api_base=stripe_api_base,
+        jetstream_replicas=env_int(
+            "RIDESHARE_JETSTREAM_REPLICAS", recorded_replicas, minimum=1, maximum=5, env=env
+        ),
         logins=logins,
     )
 

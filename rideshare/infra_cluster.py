@@ -110,6 +110,11 @@ class ClusterInfra(EmbeddedInfra):
             raise InfraError("the cluster is not started")
         return host_dsns(self.urls.postgres_dsn)
 
+    async def _start_redis(self) -> str:
+        # One Valkey for now. The Valkey Cluster (three masters, three replicas) takes its
+        # place here, returning the URL that the Redis client factory reads.
+        return await super()._start_redis()
+
     async def _start_nats(self) -> str:
         passwords = {user: self._password("nats", user) for user in (ADMIN, *NATS_USERS)}
         chosen: set[int] = set()

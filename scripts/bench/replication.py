@@ -29,6 +29,7 @@ from pathlib import Path
 
 import asyncpg
 
+from protos.events import MSG_ID_HEADER
 from rideshare import bus
 from rideshare.infra_cluster import ClusterInfra
 from rideshare.pg_standby import host_dsns, set_synchronous
@@ -100,7 +101,7 @@ async def publishes(cluster: ClusterInfra, count: int) -> None:
             await bus.ensure_stream(js, name=stream, subjects=[subject], replicas=replicas)
 
             async def publish(i: int, subject: str = subject) -> None:
-                await js.publish(subject, payload, headers={"Nats-Msg-Id": f"{subject}-{i}"})
+                await js.publish(subject, payload, headers={MSG_ID_HEADER: f"{subject}-{i}"})
 
             await asyncio.sleep(2)  # the stream's leader is elected after the create returns
             await timed(count // 10, lambda i, p=publish: p(count + i))  # type: ignore[misc]

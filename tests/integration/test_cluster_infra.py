@@ -26,6 +26,7 @@ from protos import events
 from protos.driver.v1 import driver_pb2 as pb
 from protos.driver.v1 import driver_pb2_grpc
 from rideshare import bus
+from rideshare.infra import InfraError
 from rideshare.infra_cluster import PRIMARY, ClusterInfra, node_states
 from rideshare.nats_cluster import stream_leader
 from rideshare.pg_standby import host_dsns, role
@@ -202,3 +203,7 @@ async def test_after_the_primary_dies_and_the_standby_is_promoted_the_service_wr
 
     assert [d.id for d in stored] == created
     assert await role(host_dsns(urls.postgres_dsn)[1]) == "primary"
+    # The old primary stays down: started again as it was, it would take writes too.
+    assert PRIMARY not in cluster.dead()
+    with pytest.raises(InfraError, match="new standby"):
+        await cluster.restart(PRIMARY)

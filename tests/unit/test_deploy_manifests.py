@@ -249,11 +249,23 @@ def test_no_container_runs_as_root(rendered: list[Obj]) -> None:
         pod = deployment["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True, name
         assert pod["securityContext"]["runAsUser"] == POD_UID, name
+        assert pod["automountServiceAccountToken"] is False, name
         spec = container(deployment)
         assert spec["securityContext"]["allowPrivilegeEscalation"] is False, name
         assert spec["securityContext"]["readOnlyRootFilesystem"] is True, name
         assert spec["securityContext"]["capabilities"]["drop"] == ["ALL"], name
         assert "runAsUser" not in spec["securityContext"], name
+
+
+def test_only_the_projects_pods_reach_the_grpc_ports(rendered: list[Obj]) -> None:
+    policy = of_kind(rendered, "NetworkPolicy")["rideshare-grpc"]["spec"]
+    assert policy["podSelector"]["matchExpressions"] == [
+        {"key": "app.kubernetes.io/name", "operator": "In", "values": list(SERVICE_PORTS)}
+    ]
+    (grpc_rule,) = (rule for rule in policy["ingress"] if rule["ports"] == [{"port": "grpc"}])
+    (callers,) = grpc_rule["from"]
+    assert set(callers["podSelector"]["matchExpressions"][0]["values"]) == set(SERVICES)
+    assert "namespaceSelector" not in callers
 
 
 def test_the_autoscaled_deployments_leave_their_count_to_the_autoscaler(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,13 +152,25 @@ def _check_range(name: str, value: float, minimum: float | None, maximum: float 
         raise SettingsError(f"{name}={value} is above the maximum {maximum}")
 
 
+# A password as a query parameter of a URL, or in a libpq keyword/value DSN (quoted or not).
+_QUERY_PASSWORD = re.compile(r"(^|&)(password=)[^&]*")
+_KEYWORD_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
+
+
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***``, for logs and reprs."""
+    """The URL with any password replaced by ``***``, for logs and reprs: in its user info,
+    as a ``password=`` query parameter, or in a libpq keyword/value DSN (``host=a,b
+    password=...``). Several hosts (``postgresql://u:p@a:5432,b:5432/db``) are fine."""
+    if "://" not in url:
+        return _KEYWORD_PASSWORD.sub(r"\1***", url)
     parts = urlsplit(url)
-    if parts.password is None:
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = _QUERY_PASSWORD.sub(r"\1\2***", parts.query)
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 @dataclass(frozen=True)

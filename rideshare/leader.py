@@ -160,7 +160,7 @@ def _closed(conn: asyncpg.Connection) -> bool:
     """Whether the connection is gone: a pooled one that closed is also detached from its
     proxy, which then refuses every call, this one included."""
     try:
-        return conn.is_closed()
+        return bool(conn.is_closed())
     except asyncpg.InterfaceError:
         return True
 

@@ -17,7 +17,7 @@ The leader checks its session every ``check_s`` (``SELECT 1`` with a deadline) a
 fails, stops the worker (sets the stop event it was given) and drops the connection before it
 tries again. A leader cut off from the server without its socket closing (a partition) keeps
 the lock on the server until TCP keepalives end the session (set per session below: about
-``check_s`` + 3 x 2 s), while it stops its own worker within ``check_s``: for a few seconds
+2 + 3 x 2 s), while it stops its own worker within ``check_s``: for a few seconds
 two copies may both run the worker. Hence only work that is already safe twice runs under a
 lease: the lease saves work, correctness never rests on it.
 """
@@ -41,7 +41,11 @@ logger = logging.getLogger(__name__)
 Worker = Callable[[asyncio.Event], Awaitable[object]]
 
 # The server notices a vanished leader (no FIN, no RST) after idle + interval x count seconds.
-_KEEPALIVES = (("tcp_keepalives_idle", 2), ("tcp_keepalives_interval", 2))
+_KEEPALIVES = (
+    ("tcp_keepalives_idle", 2),
+    ("tcp_keepalives_interval", 2),
+    ("tcp_keepalives_count", 3),
+)
 
 
 class LeaderLease:

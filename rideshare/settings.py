@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from rideshare.addresses import channel_target
 from rideshare.secrets_dir import secret_file
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "SettingsError",
     "configured_ports",
     "default_kdf_concurrency",
+    "env_addresses",
     "env_bool",
     "env_float",
     "env_int",
@@ -86,6 +88,18 @@ def env_str(name: str, default: str, *, env: Mapping[str, str] | None = None) ->
     """The variable's value, or ``default`` when it is unset or blank."""
     value = _raw(env, name)
     return default if value is None else value
+
+
+def env_addresses(name: str, default: str, *, env: Mapping[str, str] | None = None) -> str:
+    """Where one service's copies are: ``host:port``, ``ip:port,ip:port`` or
+    ``dns:///name:port`` (rideshare/addresses.py), checked now; empty stays empty."""
+    value = env_str(name, default, env=env)
+    if value.strip():
+        try:
+            channel_target(value)
+        except ValueError as exc:
+            raise SettingsError(f"{name}: {exc}") from None
+    return value
 
 
 def env_int(

@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from rideshare.grpc_client import channel_target, service_config
+from rideshare.addresses import channel_target
+from rideshare.grpc_client import service_config
+from rideshare.settings import SettingsError, env_addresses
 
 
 @pytest.mark.parametrize(
@@ -53,3 +55,12 @@ def test_every_channel_balances_round_robin_and_retries_only_the_idempotent_meth
     [method_config] = config["methodConfig"]
     assert method_config["name"] == [{"service": "a.b.Svc", "method": "Get"}]
     assert method_config["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+
+
+def test_an_address_setting_that_grpc_cannot_take_stops_the_process_naming_it() -> None:
+    env = {"RIDESHARE_LOCATION_ADDR": "127.0.0.1:1,location:2"}
+    with pytest.raises(SettingsError, match=r"RIDESHARE_LOCATION_ADDR: .*dns:///"):
+        env_addresses("RIDESHARE_LOCATION_ADDR", "127.0.0.1:50054", env=env)
+    env = {"RIDESHARE_LOCATION_ADDR": "127.0.0.1:1,127.0.0.1:2"}
+    assert env_addresses("RIDESHARE_LOCATION_ADDR", "x", env=env) == "127.0.0.1:1,127.0.0.1:2"
+    assert env_addresses("RIDESHARE_TRIP_ADDR", "", env={}) == ""

@@ -15,8 +15,11 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import grpc
 import httpx
 import pytest
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from protos.notification.v1 import notification_pb2 as pb
@@ -141,3 +144,18 @@ async def test_calls_spread_over_every_copy_survive_a_killed_one_and_reach_it_ag
         final = await _counts(copies, client)
         print(f"then 300 more over {COPIES} copies (copy 0 counted since its restart): {final}")
         assert final[0] >= 50, final
+
+
+async def test_a_dns_name_is_a_target_too() -> None:
+    """``dns:///name:port``, as a headless Service names its pods: here ``localhost``, which
+    may resolve to ::1 as well, where nothing listens; round_robin uses what answers."""
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health_aio.HealthServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with make_channel(f"dns:///localhost:{port}", default_timeout_s=30.0) as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await server.stop(None)

@@ -10,11 +10,13 @@ import contextlib
 import functools
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from rideshare.addresses import channel_target
 from rideshare.secrets_dir import secret_file
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "SettingsError",
     "configured_ports",
     "default_kdf_concurrency",
+    "env_addresses",
     "env_bool",
     "env_float",
     "env_int",
@@ -86,6 +89,18 @@ def env_str(name: str, default: str, *, env: Mapping[str, str] | None = None) ->
     """The variable's value, or ``default`` when it is unset or blank."""
     value = _raw(env, name)
     return default if value is None else value
+
+
+def env_addresses(name: str, default: str, *, env: Mapping[str, str] | None = None) -> str:
+    """Where one service's copies are: ``host:port``, ``ip:port,ip:port`` or
+    ``dns:///name:port`` (rideshare/addresses.py), checked now; empty stays empty."""
+    value = env_str(name, default, env=env)
+    if value.strip():
+        try:
+            channel_target(value)
+        except ValueError as exc:
+            raise SettingsError(f"{name}: {exc}") from None
+    return value
 
 
 def env_int(
@@ -152,16 +167,28 @@ def _check_range(name: str, value: float, minimum: float | None, maximum: float 
         raise SettingsError(f"{name}={value} is above the maximum {maximum}")
 
 
+# A password as a query parameter of a URL, or in a libpq keyword/value DSN (quoted or not).
+_QUERY_PASSWORD = re.compile(r"(^|&)(password=)[^&]*")
+_KEYWORD_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
+
+
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***``, for logs and reprs; each of several
-    whole URLs separated by commas (a server list) too."""
+    """The URL with any password replaced by ``***``, for logs and reprs: in its user info,
+    as a ``password=`` query parameter, or in a libpq keyword/value DSN (``host=a,b
+    password=...``). Several hosts (``postgresql://u:p@a:5432,b:5432/db``) are fine, and so
+    are several whole URLs separated by commas (a NATS server list)."""
+    if "://" not in url:
+        return _KEYWORD_PASSWORD.sub(r"\1***", url)
     if "," in url and url.count("://") > 1:
         return ",".join(mask_url(part) for part in url.split(","))
     parts = urlsplit(url)
-    if parts.password is None:
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = _QUERY_PASSWORD.sub(r"\1\2***", parts.query)
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,7 @@ async def test_the_cluster_names_every_node_with_its_role(urls: InfraUrls) -> No
     assert states[PRIMARY] == "primary" and states["postgres-standby"] == "standby"
 
 
-async def test_a_stream_moves_to_the_replica_count_it_is_given(
+async def test_a_stream_moves_to_the_replica_count_it_is_given_and_keeps_it_when_not_told(
     urls: InfraUrls, unique_name: str
 ) -> None:
     nc = await bus.connect(urls.nats_url, name=unique_name)
@@ -116,9 +116,14 @@ async def test_a_stream_moves_to_the_replica_count_it_is_given(
             )
 
         await eventually(three_current_nodes, WITHIN_S, every_s=0.2)
+        # A caller that does not say (a tool, a bench) leaves the count as it is.
+        await bus.ensure_stream(js, name=unique_name, subjects=[f"{unique_name}.>"])
+        kept = (await js.stream_info(unique_name)).config.num_replicas
         await js.delete_stream(unique_name)
     finally:
         await nc.close()
+
+    assert kept == 3
 
 
 async def test_killing_the_stream_leader_loses_no_event_the_outbox_had_acknowledged(

@@ -400,7 +400,7 @@ async def test_driver_not_heard_from_drops_out_of_search_and_index(
         try:
 
             async def swept() -> bool:
-                return await client.zscore("loc:geo:all", driver) is None
+                return await client.zscore("loc:{0}:geo:all", driver) is None
 
             await eventually(swept, timeout_s=5)
         finally:

@@ -1,0 +1,91 @@
+"""The one way the project opens Redis (Valkey): a plain client or a cluster client, chosen
+by the URL in ``RIDESHARE_REDIS_URL``.
+
+- ``redis://user:pass@host:port/db`` (or ``rediss://``, ``unix://``): one server, a
+  ``redis.asyncio.Redis`` over a blocking pool.
+- ``redis+cluster://user:pass@host:port,host:port,.../``: a Valkey (Redis) Cluster, a
+  ``redis.asyncio.cluster.RedisCluster``. The hosts are the nodes it first asks for the slot
+  map; one reachable node is enough, listing several survives the loss of one. A cluster
+  has only database 0, so a path other than ``/`` or ``/0`` is refused.
+
+Both give every call a deadline (``timeout_s``), retry a call once when it meets a dropped
+connection (a restarted server, or a failed-over master: the cluster client then reloads
+the slot map and follows the new master) and never retry a timeout. Code that uses the
+client sees one interface (``RedisClient``); what differs is which keys one command or
+script may touch on a cluster (one hash slot): see ``location/store.py`` for how the
+location keys are tagged.
+"""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+from urllib.parse import unquote, urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+
+__all__ = ["CLUSTER_SCHEME", "RedisClient", "is_cluster_url", "open_redis"]
+
+CLUSTER_SCHEME = "redis+cluster"
+
+RedisClient: TypeAlias = "aioredis.Redis | RedisCluster"
+
+
+def is_cluster_url(url: str) -> bool:
+    return urlsplit(url).scheme == CLUSTER_SCHEME
+
+
+def _retry() -> Retry:
+    return Retry(
+        ExponentialBackoff(cap=0.2, base=0.02),
+        retries=1,
+        supported_errors=(aioredis.ConnectionError,),
+    )
+
+
+def open_redis(url: str, *, max_connections: int = 64, timeout_s: float = 2.0) -> RedisClient:
+    """A Redis client whose calls all have a deadline. On one server the pool blocks (up to
+    ``timeout_s``) when every connection is busy, rather than failing a burst with "Too many
+    connections"; on a cluster ``max_connections`` bounds each node's pool.
+
+    A call that meets a dropped connection (Redis restarted: every pooled connection is
+    dead) is tried once more on a fresh one, so the first call after a restart succeeds;
+    timeouts are not retried, so an outage costs a caller at most one deadline."""
+    if is_cluster_url(url):
+        return _open_cluster(url, max_connections=max_connections, timeout_s=timeout_s)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout_s,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=_retry(),
+    )
+    return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
+
+
+def _open_cluster(url: str, *, max_connections: int, timeout_s: float) -> RedisCluster:
+    parts = urlsplit(url)
+    if parts.path not in ("", "/", "/0"):
+        raise ValueError(f"a {CLUSTER_SCHEME}:// URL has no database (only 0): {parts.path!r}")
+    addresses = parts.netloc.rpartition("@")[2]
+    nodes = []
+    for address in addresses.split(","):
+        host, sep, port = address.strip().rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"{CLUSTER_SCHEME}:// node {address!r} is not host:port")
+        nodes.append(ClusterNode(host.strip("[]"), int(port)))
+    return RedisCluster(
+        startup_nodes=nodes,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        max_connections=max_connections,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=_retry(),
+        # A failover: the dead master's node is dropped from the map and it is reloaded from
+        # a live node, so the next attempt reaches the replica that took over.
+        reinitialize_steps=1,
+    )

@@ -18,13 +18,14 @@ location keys are tagged.
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from typing import Any, TypeAlias
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.maint_notifications import MaintNotificationsConfig
 
 __all__ = ["CLUSTER_SCHEME", "RedisClient", "is_cluster_url", "open_redis"]
 
@@ -66,6 +67,17 @@ def open_redis(url: str, *, max_connections: int = 64, timeout_s: float = 2.0) -
     return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
 
 
+class _Cluster(RedisCluster):
+    """RedisCluster whose first calls wait for the slot map before any opens a connection:
+    redis-py 8.1 otherwise lets calls made side by side on a new client (or one reloading
+    its map) write to connections that the map's reload just closed."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if self._initialize:
+            await self.initialize()
+        return await super().execute_command(*args, **kwargs)
+
+
 def _open_cluster(url: str, *, max_connections: int, timeout_s: float) -> RedisCluster:
     parts = urlsplit(url)
     if parts.path not in ("", "/", "/0"):
@@ -77,7 +89,7 @@ def _open_cluster(url: str, *, max_connections: int, timeout_s: float) -> RedisC
         if not sep or not host or not port.isdigit():
             raise ValueError(f"{CLUSTER_SCHEME}:// node {address!r} is not host:port")
         nodes.append(ClusterNode(host.strip("[]"), int(port)))
-    return RedisCluster(
+    return _Cluster(
         startup_nodes=nodes,
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
@@ -88,4 +100,8 @@ def _open_cluster(url: str, *, max_connections: int, timeout_s: float) -> RedisC
         # A failover: the dead master's node is dropped from the map and it is reloaded from
         # a live node, so the next attempt reaches the replica that took over.
         reinitialize_steps=1,
+        # Off: a Valkey Cluster sends no maintenance notifications, and the handshake that
+        # asks for them races connections other tasks are opening (redis-py 8.1 then writes
+        # to a closed socket: "Connection lost").
+        maint_notifications_config=MaintNotificationsConfig(enabled=False),
     )

@@ -61,7 +61,8 @@ import asyncio
 import struct
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from location.domain import (
     TRACK_CAP,
@@ -74,6 +75,8 @@ from location.domain import (
 from rideshare.redis_client import RedisClient
 
 __all__ = ["LocationStore", "shard_of", "shard_prefix"]
+
+T = TypeVar("T")
 
 VEHICLE_CLASSES = (0, 1, 2, 3)  # unspecified, standard, xl, comfort: the wire enum values
 _PACK = struct.Struct("<dddddqq")  # lat lng heading speed accuracy client_ts server_ts
@@ -397,6 +400,13 @@ class LocationStore:
         self._sweep = client.register_script(_SWEEP)
         self._release_held = client.register_script(_RELEASE_HELD)
 
+    async def _every_shard(self, call: Callable[[int], Awaitable[T]]) -> list[T]:
+        """``call(shard)`` for every shard, side by side; one shard is awaited as it is, so
+        a single Valkey pays no task per call."""
+        if self._shards == 1:
+            return [await call(0)]
+        return list(await asyncio.gather(*(call(k) for k in range(self._shards))))
+
     def _shard(self, driver_id: str) -> int:
         return shard_of(driver_id, self._shards)
 
@@ -559,11 +569,8 @@ class LocationStore:
 
     async def extend_rebuild(self, token: str, *, lock_ms: int) -> bool:
         """Extend the lock while a rebuild reads; False when it is gone (Redis was emptied)."""
-        held = await asyncio.gather(
-            *(
-                self._extend_rebuild(keys=[self._lock_key(k)], args=[token, lock_ms])
-                for k in range(self._shards)
-            )
+        held = await self._every_shard(
+            lambda k: self._extend_rebuild(keys=[self._lock_key(k)], args=[token, lock_ms])
         )
         return all(bool(h) for h in held)
 
@@ -614,8 +621,8 @@ class LocationStore:
         """The fixes recorded while ``trip_id`` held its driver ON_TRIP, oldest first; None
         when none is (the trip never held a driver here, or Redis lost the track). The track
         lives in its driver's shard, which the trip id does not tell: every shard is asked."""
-        found = await asyncio.gather(
-            *(self._redis.lrange(f"{sp}trk:{trip_id}", 0, -1) for sp in self._sp)
+        found = await self._every_shard(
+            lambda k: self._redis.lrange(f"{self._sp[k]}trk:{trip_id}", 0, -1)
         )
         packed = max(found, key=len)
         if not packed:
@@ -650,15 +657,15 @@ class LocationStore:
         classes = VEHICLE_CLASSES if vehicle_class is None else (vehicle_class,)
         want = limit + len(exclude) + 16
         args = [now_ms, stale_ms, lng, lat, radius_m, limit, want, FIRST_SEARCH_RADIUS_M]
-        replies = await asyncio.gather(
-            *(
-                self._nearest(
-                    keys=[sp + "seen", *(f"{sp}geo:avail:{c}" for c in classes)],
-                    args=[sp, *args, *exclude],
-                )
-                for sp in self._sp
+
+        def search(shard: int) -> Awaitable[list[list[Any]]]:
+            sp = self._sp[shard]
+            return self._nearest(
+                keys=[sp + "seen", *(f"{sp}geo:avail:{c}" for c in classes)],
+                args=[sp, *args, *exclude],
             )
-        )
+
+        replies = await self._every_shard(search)
         hits = []
         for rows in replies:
             for driver_id, distance, class_index, packed in rows:
@@ -686,15 +693,15 @@ class LocationStore:
     ) -> tuple[list[Position], bool]:
         """Fresh online drivers in a box (centre lat/lng, width/height in metres); and whether
         more matched than ``limit`` (in any shard, or in all of them together)."""
-        replies = await asyncio.gather(
-            *(
-                self._in_area(
-                    keys=[sp + "seen", sp + "geo:all"],
-                    args=[sp, now_ms, stale_ms, centre[1], centre[0], *size_m, limit],
-                )
-                for sp in self._sp
+
+        def search(shard: int) -> Awaitable[list[Any]]:
+            sp = self._sp[shard]
+            return self._in_area(
+                keys=[sp + "seen", sp + "geo:all"],
+                args=[sp, now_ms, stale_ms, centre[1], centre[0], *size_m, limit],
             )
-        )
+
+        replies = await self._every_shard(search)
         positions = []
         truncated = False
         for more, rows in replies:

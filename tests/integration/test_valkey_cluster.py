@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from edge.errors import ApiError
+from edge.idempotency import IdempotencyStore, StoredResponse
 from edge.logins import LoginGuard
 from edge.ratelimit import Bucket, RateLimiter
 from edge.settings import LoginLimits
@@ -130,7 +131,7 @@ async def test_a_rebuild_marks_every_shard_and_a_lost_shard_is_noticed(
         assert await index.index_built()
 
 
-async def test_the_edge_limits_and_lockouts_work_on_a_cluster(
+async def test_the_edge_limits_lockouts_and_idempotency_work_on_a_cluster(
     valkey_cluster: ValkeyCluster,
 ) -> None:
     async with cluster_client(valkey_cluster, "edge") as client:
@@ -149,6 +150,22 @@ async def test_the_edge_limits_and_lockouts_work_on_a_cluster(
         with pytest.raises(ApiError) as refused:
             await guard.admit_login("rider", phone, "client-2")
         assert refused.value.status == 429
+        await guard.login_succeeded("rider", phone)  # DEL of both keys, one slot
+        await guard.admit_login("rider", phone, "client-3")
+
+        idempotency = IdempotencyStore(client)
+        created: list[int] = []
+
+        async def create() -> StoredResponse:
+            created.append(1)
+            return StoredResponse(201, {"id": len(created)})
+
+        key = uuid.uuid4().hex
+        first = await idempotency.run(scope="trips", key=key, body={"a": 1}, create=create)
+        again = await idempotency.run(scope="trips", key=key, body={"a": 1}, create=create)
+        assert first.body == again.body == {"id": 1}
+        assert again.replayed
+        assert len(created) == 1
 
 
 async def test_location_keeps_serving_after_a_master_dies(

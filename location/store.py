@@ -58,6 +58,7 @@ script stays bounded by the members inside the circle, as on one node. With one 
 from __future__ import annotations
 
 import asyncio
+import functools
 import struct
 import time
 import zlib
@@ -652,35 +653,40 @@ class LocationStore:
     ) -> list[NearbyHit]:
         """Fresh AVAILABLE drivers within ``radius_m``, nearest first, at most ``limit``.
 
-        Each shard answers its own nearest ``limit`` (exact, see ``_NEAREST``); the answer
-        is the nearest ``limit`` of their union, so it is exact too."""
+        With shards, every shard reads the same circle, and the circle doubles until their
+        union holds ``limit`` (or it reaches ``radius_m``); each shard answers its nearest
+        ``limit`` within it, so the nearest ``limit`` of the union is the exact answer."""
         classes = VEHICLE_CLASSES if vehicle_class is None else (vehicle_class,)
         want = limit + len(exclude) + 16
-        args = [now_ms, stale_ms, lng, lat, radius_m, limit, want, FIRST_SEARCH_RADIUS_M]
 
-        def search(shard: int) -> Awaitable[list[list[Any]]]:
+        async def search(shard: int, radius: float, first: float) -> list[NearbyHit]:
             sp = self._sp[shard]
-            return self._nearest(
+            rows = await self._nearest(
                 keys=[sp + "seen", *(f"{sp}geo:avail:{c}" for c in classes)],
-                args=[sp, *args, *exclude],
+                args=[sp, now_ms, stale_ms, lng, lat, radius, limit, want, first, *exclude],
             )
-
-        replies = await self._every_shard(search)
-        hits = []
-        for rows in replies:
+            hits = []
             for driver_id, distance, class_index, packed in rows:
                 if packed is None:  # expired between search and read
                     continue
                 position = unpack(
-                    driver_id.decode(),
-                    packed,
-                    Availability.AVAILABLE,
-                    classes[int(class_index)],
+                    driver_id.decode(), packed, Availability.AVAILABLE, classes[int(class_index)]
                 )
                 hits.append(NearbyHit(position, float(distance)))
-        if self._shards > 1:
-            hits.sort(key=lambda hit: hit.distance_m)
-        return hits[:limit]
+            return hits
+
+        if self._shards == 1:  # the script widens the circle itself: one round trip
+            return await search(0, radius_m, FIRST_SEARCH_RADIUS_M)
+        # Shards widen together: each shard holds 1/shards of the drivers, so a shard widening
+        # alone until it has `limit` would read a circle shards times larger than needed. All
+        # read one radius; once their union holds `limit`, nobody outside is nearer.
+        r = min(FIRST_SEARCH_RADIUS_M, radius_m)
+        while True:
+            found = await self._every_shard(functools.partial(search, radius=r, first=r))
+            hits = sorted((hit for shard in found for hit in shard), key=lambda h: h.distance_m)
+            if len(hits) >= limit or r >= radius_m:
+                return hits[:limit]
+            r = min(r * 2, radius_m)
 
     async def in_area(
         self,

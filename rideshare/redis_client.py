@@ -18,6 +18,7 @@ location keys are tagged.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, TypeAlias
 from urllib.parse import unquote, urlsplit
 
@@ -49,7 +50,8 @@ def _retry() -> Retry:
 def open_redis(url: str, *, max_connections: int = 64, timeout_s: float = 2.0) -> RedisClient:
     """A Redis client whose calls all have a deadline. On one server the pool blocks (up to
     ``timeout_s``) when every connection is busy, rather than failing a burst with "Too many
-    connections"; on a cluster ``max_connections`` bounds each node's pool.
+    connections"; on a cluster ``max_connections`` bounds the calls in flight, which wait
+    the same way.
 
     A call that meets a dropped connection (Redis restarted: every pooled connection is
     dead) is tried once more on a fresh one, so the first call after a restart succeeds;
@@ -68,14 +70,32 @@ def open_redis(url: str, *, max_connections: int = 64, timeout_s: float = 2.0) -
 
 
 class _Cluster(RedisCluster):
-    """RedisCluster whose first calls wait for the slot map before any opens a connection:
-    redis-py 8.1 otherwise lets calls made side by side on a new client (or one reloading
-    its map) write to connections that the map's reload just closed."""
+    """RedisCluster as the plain client behaves: calls beyond ``max_connections`` wait (up to
+    ``wait_s``) for one to finish instead of failing at once (redis-py's cluster pool does
+    not block), and the first calls wait for the slot map before any opens a connection
+    (redis-py 8.1 otherwise lets calls made side by side on a new client, or one reloading
+    its map, write to connections the reload just closed)."""
+
+    def __init__(self, *args: Any, wait_s: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # At most max_connections calls in flight in all, so none on any one node.
+        self._calls = asyncio.Semaphore(kwargs["max_connections"])
+        self._wait_s = wait_s
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        if self._initialize:
-            await self.initialize()
-        return await super().execute_command(*args, **kwargs)
+        try:
+            async with asyncio.timeout(self._wait_s):
+                await self._calls.acquire()
+        except TimeoutError:
+            raise aioredis.ConnectionError(
+                f"no Redis connection free within {self._wait_s}s"
+            ) from None
+        try:
+            if self._initialize:
+                await self.initialize()
+            return await super().execute_command(*args, **kwargs)
+        finally:
+            self._calls.release()
 
 
 def _open_cluster(url: str, *, max_connections: int, timeout_s: float) -> RedisCluster:
@@ -91,6 +111,7 @@ def _open_cluster(url: str, *, max_connections: int, timeout_s: float) -> RedisC
         nodes.append(ClusterNode(host.strip("[]"), int(port)))
     return _Cluster(
         startup_nodes=nodes,
+        wait_s=timeout_s,
         username=unquote(parts.username) if parts.username else None,
         password=unquote(parts.password) if parts.password else None,
         max_connections=max_connections,

@@ -3,6 +3,7 @@ the one client factory and as the services' own ACL users."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
@@ -83,6 +84,20 @@ async def test_every_node_knows_every_service_user(valkey_cluster: ValkeyCluster
                 socket_timeout=5,
             ) as node:
                 assert await node.ping()
+
+
+async def test_calls_beyond_the_pool_wait_for_a_connection_as_on_one_server(
+    valkey_cluster: ValkeyCluster,
+) -> None:
+    client = open_redis(valkey_cluster.url("location"), max_connections=4, timeout_s=10.0)
+    try:
+        prefix = f"loc:{uuid.uuid4().hex[:8]}:"
+        # A new client, 200 calls side by side over three masters: none is refused.
+        await asyncio.gather(*(client.set(f"{prefix}{n}", n) for n in range(200)))
+        values = await asyncio.gather(*(client.get(f"{prefix}{n}") for n in range(200)))
+        assert values == [str(n).encode() for n in range(200)]
+    finally:
+        await client.aclose()
 
 
 async def test_a_search_finds_drivers_of_every_shard_merged_by_distance(

@@ -26,6 +26,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ClusterDownError, SlotNotCoveredError
 from redis.maint_notifications import MaintNotificationsConfig
 
 __all__ = ["CLUSTER_SCHEME", "RedisClient", "is_cluster_url", "open_redis"]
@@ -75,6 +76,14 @@ class _Cluster(RedisCluster):
     not block), and the first calls wait for the slot map before any opens a connection
     (redis-py 8.1 otherwise lets calls made side by side on a new client, or one reloading
     its map, write to connections the reload just closed)."""
+
+    # A dropped connection or a slot map in flux (a failover) is retried, on the reloaded
+    # map; a timeout is not, so an outage costs a caller one deadline, as on one server.
+    ERRORS_ALLOW_RETRY = (  # type: ignore[assignment]
+        aioredis.ConnectionError,
+        ClusterDownError,
+        SlotNotCoveredError,
+    )
 
     def __init__(self, *args: Any, wait_s: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -16,6 +16,7 @@ from rideshare.settings import (
     InfraUrls,
     SettingsError,
     data_dir_from_env,
+    env_addresses,
     env_bool,
     env_float,
     env_int,
@@ -191,7 +192,7 @@ class EdgeSettings:
         except ValueError as exc:
             raise SettingsError(f"RIDESHARE_TRUSTED_PROXIES: {exc}") from None
         upstreams = {
-            name: env_str(f"RIDESHARE_{name.upper()}_ADDR", default, env=env)
+            name: env_addresses(f"RIDESHARE_{name.upper()}_ADDR", default, env=env)
             for name, default in default_upstreams().items()
         }
         return cls(

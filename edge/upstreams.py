@@ -239,7 +239,9 @@ class Upstream:
             outcome = outcome_of(exc.code(), expensive=expensive)
             self._count(breaker, outcome)
             if outcome is Outcome.BROKEN:
-                logger.warning("%s call failed: %s", self.name, exc.code().name)
+                logger.warning(
+                    "%s call failed: %s %s", self.name, exc.code().name, (exc.details() or "")[:200]
+                )
             raise from_grpc(exc, self.name) from None
         except BaseException:
             breaker.release()

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from location.domain import TRACK_CAP, TRACK_MAX_SPEED_MPS
-from rideshare.settings import env_float, env_int, env_str
+from rideshare.settings import env_addresses, env_float, env_int, env_str
 
 __all__ = ["LocationSettings"]
 
@@ -51,8 +51,8 @@ class LocationSettings:
             sweep_interval_s=env_float("RIDESHARE_STALE_SWEEP_S", 1.0, minimum=0.05, env=env),
             consumer_name=env_str("RIDESHARE_LOCATION_CONSUMER", "location", env=env),
             offer_hold_max_s=env_float("RIDESHARE_OFFER_HOLD_MAX_S", 120.0, minimum=1.0, env=env),
-            driver_addr=env_str("RIDESHARE_DRIVER_ADDR", "127.0.0.1:50052", env=env),
-            trip_addr=env_str("RIDESHARE_TRIP_ADDR", "127.0.0.1:50053", env=env),
+            driver_addr=env_addresses("RIDESHARE_DRIVER_ADDR", "127.0.0.1:50052", env=env),
+            trip_addr=env_addresses("RIDESHARE_TRIP_ADDR", "127.0.0.1:50053", env=env),
             rebuild_check_s=env_float(
                 "RIDESHARE_INDEX_CHECK_S", 1.0, minimum=0.05, maximum=60.0, env=env
             ),

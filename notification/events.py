@@ -147,7 +147,7 @@ class NotificationConsumer(DurableConsumer):
         *,
         durable: str,
         max_deliver: int = 5,
-        ack_wait_s: float = 30.0,
+        ack_wait_s: float = 10.0,
         batch: int = 100,
         fetch_timeout_s: float = 1.0,
         backoff_s: Sequence[float] = (1.0, 5.0, 15.0, 30.0),
@@ -184,7 +184,7 @@ class NotificationConsumer(DurableConsumer):
             else:
                 batch.append((envelope, msg))
         try:
-            async with asyncio.timeout(self.ack_wait_s):
+            async with asyncio.timeout(self.handler_timeout_s):
                 await self._processor.process([envelope for envelope, _ in batch])
         except Exception as exc:
             logger.info(

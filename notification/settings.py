@@ -38,7 +38,7 @@ class NotificationSettings:
     durable: str = "notification"
     """The durable JetStream consumer all copies share, and the owner of its event claims."""
     max_deliver: int = 5
-    ack_wait_s: float = 30.0
+    ack_wait_s: float = 10.0
     batch: int = 100
     fetch_timeout_s: float = 1.0
     backoff_s: tuple[float, ...] = (1.0, 5.0, 15.0, 30.0)
@@ -52,7 +52,7 @@ class NotificationSettings:
             schema=env_str("RIDESHARE_NOTIFICATION_SCHEMA", "notification", env=env),
             durable=env_str("RIDESHARE_NOTIFICATION_DURABLE", "notification", env=env),
             max_deliver=env_int("RIDESHARE_NOTIFICATION_MAX_DELIVER", 5, minimum=1, env=env),
-            ack_wait_s=env_float("RIDESHARE_NOTIFICATION_ACK_WAIT_S", 30.0, minimum=1.0, env=env),
+            ack_wait_s=env_float("RIDESHARE_NOTIFICATION_ACK_WAIT_S", 10.0, minimum=1.0, env=env),
             batch=env_int("RIDESHARE_NOTIFICATION_BATCH", 100, minimum=1, maximum=1000, env=env),
             watch_queue=env_int("RIDESHARE_NOTIFICATION_WATCH_QUEUE", 256, minimum=1, env=env),
             delivery=DeliverySettings(

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -58,15 +56,12 @@ from rider.provider import (
     ProviderUnavailableError,
     RefundRejectedError,
 )
+from rideshare.faults import AFTER_CHARGE, crash_point
 from rideshare.outbox import add_event
 
-__all__ = ["CRASH_AFTER_CHARGE_ENV", "PaymentCommands", "PaymentWorker", "WorkerPolicy"]
+__all__ = ["PaymentCommands", "PaymentWorker", "WorkerPolicy"]
 
 logger = logging.getLogger(__name__)
-
-# Test-only: the service SIGKILLs itself right after a provider charge answers, before the
-# outcome is committed (tests/integration/test_payments.py proves nothing is charged twice).
-CRASH_AFTER_CHARGE_ENV = "RIDESHARE_TEST_CRASH_AFTER_CHARGE"
 
 
 @dataclass(frozen=True)
@@ -203,7 +198,6 @@ class PaymentWorker:
         self._provider = provider
         self._policy = policy
         self._wake = wake
-        self._crash_after_charge = os.environ.get(CRASH_AFTER_CHARGE_ENV) == "1"
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -304,8 +298,7 @@ class PaymentWorker:
                         currency=payment.currency,
                     )
                 )
-                if self._crash_after_charge:
-                    os.kill(os.getpid(), signal.SIGKILL)
+                crash_point(AFTER_CHARGE)  # tests/integration/test_payments_crash.py
         await self._record(payment, outcome, last4=last4)
 
     async def _record(self, payment: Payment, outcome: ChargeOutcome, *, last4: str) -> None:

@@ -35,6 +35,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 from protos.common.v1 import common_pb2
 from protos.events import MSG_ID_HEADER, STREAM, STREAM_SUBJECTS
 from rideshare.infra_users import inbox_prefix
+from rideshare.nats_cluster import nats_servers
 
 __all__ = [
     "DEADLETTER_DELIVERIES_HEADER",
@@ -96,6 +97,9 @@ async def connect(
     long outage costs bounded memory. Subscriptions, including the inboxes of pull
     consumers, are renewed on reconnect by the client.
 
+    ``url`` may name several servers of a cluster (rideshare.nats_cluster.nats_servers): the
+    first connection goes to any that answers, and a lost server is replaced by another.
+
     Replies (requests, JetStream acks, fetched messages) come to the inbox of the URL's user,
     ``_INBOX.<user>.>``: the one inbox its NATS permissions let it read (infra_users.py).
     """
@@ -114,11 +118,12 @@ async def connect(
     async def on_closed() -> None:
         logger.info("nats %s: closed", name)
 
+    servers = nats_servers(url)
     nc = NATS()
     try:
         async with asyncio.timeout(initial_timeout_s):
             await nc.connect(
-                servers=[url],
+                servers=servers,
                 name=name,
                 connect_timeout=connect_timeout_s,  # type: ignore[arg-type]  # float is fine
                 reconnect_time_wait=reconnect_wait_s,  # type: ignore[arg-type]
@@ -131,7 +136,7 @@ async def connect(
                 disconnected_cb=on_disconnected,
                 reconnected_cb=on_reconnected,
                 closed_cb=on_closed,
-                inbox_prefix=inbox_prefix(urlsplit(url).username),
+                inbox_prefix=inbox_prefix(urlsplit(servers[0]).username),
             )
     except BaseException:
         await nc.close()
@@ -145,17 +150,30 @@ async def ensure_stream(
     name: str = STREAM,
     subjects: Sequence[str] = STREAM_SUBJECTS,
     duplicate_window_s: float = 120.0,
+    replicas: int | None = None,
 ) -> None:
     """Create the stream, or update it to these subjects and duplicate window; idempotent.
 
+    ``replicas`` is how many nodes hold each message (1 on a single server, 3 in a cluster);
+    a cluster moves an existing stream to a new count in place. None keeps an existing
+    stream's count (and makes a new stream R1): what a tool that does not know the
+    deployment passes, so that it never scales the services' stream down.
+
     Safe when several processes call it at once: creating an identical stream succeeds.
     """
-    config = StreamConfig(name=name, subjects=list(subjects), duplicate_window=duplicate_window_s)
+    config = StreamConfig(
+        name=name,
+        subjects=list(subjects),
+        duplicate_window=duplicate_window_s,
+        num_replicas=replicas or 1,
+    )
     try:
         await js.add_stream(config)
     except nats.js.errors.BadRequestError as exc:
         if exc.err_code != _STREAM_NAME_IN_USE:
             raise
+        if replicas is None:
+            config.num_replicas = (await js.stream_info(name)).config.num_replicas
         await js.update_stream(config)
 
 
@@ -317,7 +335,14 @@ class DurableConsumer:
     failed delivery a copy with the error goes to ``deadletter`` (default
     ``deadletter.<durable>``) and the original is terminated, so one poison message never
     blocks the ones behind it. Messages that are not envelopes go to the dead letter at once.
-    Several copies with the same ``durable`` share the work.
+
+    Several copies with the same ``durable`` share the work: each fetch hands a batch to one
+    copy. While a copy works through a batch it tells the server, every third of
+    ``ack_wait_s``, that the messages it has not settled yet are in progress, so a slow batch
+    is not redelivered to another copy behind its back; a copy that dies (``kill -9``, a
+    lost host) stops saying so, and the server hands what it held to another copy
+    ``ack_wait_s`` later. That is why ``ack_wait_s`` is short (10 s): it is the failover
+    time, while ``handler_timeout_s`` bounds one handler call.
     """
 
     def __init__(
@@ -329,7 +354,7 @@ class DurableConsumer:
         filter_subjects: Sequence[str],
         handler: Handler,
         max_deliver: int = 5,
-        ack_wait_s: float = 30.0,
+        ack_wait_s: float = 10.0,
         batch: int = 100,
         fetch_timeout_s: float = 1.0,
         backoff_s: Sequence[float] = (1.0, 5.0, 15.0, 30.0),
@@ -337,6 +362,7 @@ class DurableConsumer:
         publish_timeout_s: float = 5.0,
         only_new: bool = False,
         max_error_backoff_s: float = 5.0,
+        handler_timeout_s: float = 30.0,
     ) -> None:
         if not filter_subjects:
             raise ValueError("a consumer needs at least one filter subject")
@@ -349,6 +375,7 @@ class DurableConsumer:
         self._handler = handler
         self.max_deliver = max_deliver
         self.ack_wait_s = ack_wait_s
+        self.handler_timeout_s = handler_timeout_s
         self.batch = batch
         self.fetch_timeout_s = fetch_timeout_s
         self.backoff_s = list(backoff_s)
@@ -404,13 +431,33 @@ class DurableConsumer:
                 if failures:
                     logger.info("consumer %s: fetching again", self.durable)
                     failures = 0
-                await self._process_batch(msgs)
+                keeper = asyncio.create_task(self._keep_in_progress(msgs))
+                try:
+                    await self._process_batch(msgs)
+                finally:
+                    keeper.cancel()
+                    await asyncio.wait([keeper])
         finally:
             try:
                 await sub.unsubscribe()
             except Exception as exc:
                 reraise_if_cancelling()
                 logger.info("consumer %s: unsubscribe failed: %r", self.durable, exc)
+
+    async def _keep_in_progress(self, msgs: Sequence[Msg]) -> None:
+        """Until cancelled: every third of the ack wait, tell the server that this copy still
+        works on the batch's unsettled messages (they would go to another copy otherwise)."""
+        while True:
+            await asyncio.sleep(self.ack_wait_s / 3)
+            for msg in msgs:
+                if msg.is_acked:
+                    continue
+                try:
+                    await msg.in_progress()
+                except Exception as exc:
+                    reraise_if_cancelling()
+                    # Connection trouble: the message may be redelivered, and is deduped.
+                    logger.debug("consumer %s: in-progress failed: %r", self.durable, exc)
 
     async def _recover(self, exc: Exception, failures: int, stop: asyncio.Event) -> None:
         """After a failed fetch: log (once, then at the backoff cap), wait, and recreate the
@@ -475,9 +522,8 @@ class DurableConsumer:
                 )
                 return
             try:
-                # The handler has until the ack deadline; after that the server would hand
-                # the message to another copy anyway.
-                async with asyncio.timeout(self.ack_wait_s):
+                # Bounded, so one stuck call cannot hold the batch (kept in progress) forever.
+                async with asyncio.timeout(self.handler_timeout_s):
                     await self._handler(envelope, msg)
             except Exception as exc:
                 reraise_if_cancelling()
@@ -560,7 +606,7 @@ async def run_consumer(
     handler: Handler,
     stop: asyncio.Event,
     max_deliver: int = 5,
-    ack_wait_s: float = 30.0,
+    ack_wait_s: float = 10.0,
     batch: int = 100,
     fetch_timeout_s: float = 1.0,
     backoff_s: Sequence[float] = (1.0, 5.0, 15.0, 30.0),

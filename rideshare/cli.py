@@ -1,6 +1,7 @@
 """The ``rideshare`` command: start and inspect the infrastructure and the services.
 
-    rideshare infra up|down|status [--data-dir DIR]
+    rideshare infra up|down|status [--data-dir DIR] [--cluster]  (--cluster: with up)
+    rideshare failover postgres [--data-dir DIR]
     rideshare up [--data-dir DIR] [--demo]
     rideshare simulate [--drivers N --riders M ...]   (rideshare.simulate; --help lists all)
     rideshare status|down [--data-dir DIR]
@@ -42,6 +43,8 @@ from rideshare.infra import (
     probe_redis,
     probe_stripe,
 )
+from rideshare.infra_cluster import PRIMARY, ClusterInfra, node_states
+from rideshare.pg_standby import host_dsns, promote, role
 from rideshare.settings import (
     INFRA_FILE,
     ONE_ADDRESS_LOGIN_LIMITS,
@@ -128,14 +131,17 @@ def _stop_event() -> asyncio.Event:
 
 
 @contextlib.asynccontextmanager
-async def _infrastructure(data_dir: Path) -> AsyncIterator[tuple[InfraUrls, EmbeddedInfra | None]]:
-    """The servers' URLs, and the embedded servers when this process started them."""
+async def _infrastructure(
+    data_dir: Path, *, cluster: bool = False
+) -> AsyncIterator[tuple[InfraUrls, EmbeddedInfra | None]]:
+    """The servers' URLs, and the embedded servers when this process started them (with
+    ``cluster``, the local cluster profile: rideshare/infra_cluster.py)."""
     if _urls_given():
         urls = load_infra_urls(data_dir)
         print(f"using the given infrastructure: {urls!r}", flush=True)
         yield urls, None
         return
-    embedded = EmbeddedInfra(data_dir)
+    embedded = ClusterInfra(data_dir) if cluster else EmbeddedInfra(data_dir)
     try:
         urls = await embedded.start()
         yield urls, embedded
@@ -143,16 +149,17 @@ async def _infrastructure(data_dir: Path) -> AsyncIterator[tuple[InfraUrls, Embe
         embedded.stop()
 
 
-async def _infra_up(data_dir: Path) -> int:
+async def _infra_up(data_dir: Path, *, cluster: bool = False) -> int:
     stop = _stop_event()
     load_internal_secret(data_dir)  # created now, before any service reads it
-    async with _infrastructure(data_dir) as (urls, _):
+    async with _infrastructure(data_dir, cluster=cluster) as (urls, _):
         print(
             "infrastructure is up:\n"
             f"  RIDESHARE_REDIS_URL={mask_url(urls.redis_url)}\n"
             f"  RIDESHARE_POSTGRES_DSN={mask_url(urls.postgres_dsn)}\n"
             f"  RIDESHARE_NATS_URL={mask_url(urls.nats_url)}\n"
             f"  RIDESHARE_STRIPE_API_BASE={urls.stripe_api_base}\n"
+            f"  RIDESHARE_JETSTREAM_REPLICAS={urls.jetstream_replicas}\n"
             f"  (full URLs, and every service's own, in {data_dir / INFRA_FILE}); "
             "Ctrl-C stops it",
             flush=True,
@@ -311,6 +318,9 @@ async def _status(data_dir: Path, *, services: bool) -> int:
             state, ok = f"DOWN ({type(exc).__name__})", False
         supervised = _supervision(records.get(name)) or f"pid={pids.get(name, '-')}"
         print(f"{name:<13} {state:<6} {mask_url(url)}  {supervised}")
+    for node in await node_states(urls):
+        ok = ok and not node.role.startswith("DOWN")
+        print(f"  {node.name:<17} {node.address:<21} {node.role}  pid={pids.get(node.name, '-')}")
     if services:
         records = read_status(data_dir)
         for name in available_services():
@@ -338,6 +348,56 @@ def _supervision(record: dict[str, object] | None) -> str:
     if record.get("last_exit"):
         text += f" last_exit={record.get('last_exit')!r}"
     return text
+
+
+async def _failover_postgres(data_dir: Path, timeout_s: float = 30.0) -> int:
+    """Stop the primary started by ``infra up --cluster`` and promote its standby."""
+    urls = load_infra_urls(data_dir)
+    hosts = host_dsns(urls.postgres_dsn)
+    if len(hosts) < 2:
+        print("rideshare failover: the PostgreSQL DSN names one host: no standby", file=sys.stderr)
+        return 2
+    primary, standby = hosts[:2]
+    if await _answers_as(standby) == "primary":
+        print("rideshare failover: the standby was already promoted", file=sys.stderr)
+        return 1
+    pid = _recorded_pids(data_dir).get(PRIMARY)
+    # Never two primaries: the old one is stopped first (see rideshare/pg_standby.py).
+    if pid is not None and _alive(pid):
+        os.kill(pid, signal.SIGINT)  # PostgreSQL's fast shutdown
+        deadline = time.monotonic() + timeout_s
+        while _alive(pid) and time.monotonic() < deadline:  # noqa: ASYNC110 - another process
+            await asyncio.sleep(0.1)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    elif await _answers_as(primary) == "primary":
+        print(
+            f"rideshare failover: the primary at {mask_url(primary)} still answers and was not "
+            "started from this data dir: stop it first",
+            file=sys.stderr,
+        )
+        return 1
+    began = time.monotonic()
+    await promote(standby)
+    print(f"promoted the standby {mask_url(standby)} in {time.monotonic() - began:.2f} s")
+    return 0
+
+
+async def _answers_as(dsn: str) -> str | None:
+    try:
+        return await role(dsn)
+    except Exception:  # every way of not answering: down, refused, timed out
+        return None
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs: an exited child that its launcher has not reaped yet (a zombie)
+    counts as gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def _recorded_pids(data_dir: Path) -> dict[str, int]:
@@ -414,7 +474,12 @@ def _parser() -> argparse.ArgumentParser:
         "infra", help="only the infrastructure: Redis, PostgreSQL, NATS, localstripe"
     )
     infra_sub = infra.add_subparsers(dest="infra_command", required=True)
-    with_data_dir(infra_sub.add_parser("up", help="start it in the foreground"))
+    infra_up = with_data_dir(infra_sub.add_parser("up", help="start it in the foreground"))
+    infra_up.add_argument(
+        "--cluster",
+        action="store_true",
+        help="3 NATS nodes (JetStream R3) and PostgreSQL primary + synchronous standby",
+    )
     with_data_dir(infra_sub.add_parser("down", help="stop the one started by `infra up`"))
     with_data_dir(infra_sub.add_parser("status", help="print what runs where; exit 0 if all up"))
     up = with_data_dir(
@@ -425,6 +490,10 @@ def _parser() -> argparse.ArgumentParser:
         "simulate", help="simulated driver and rider apps against the edge", add_help=False
     )
     with_data_dir(sub.add_parser("status", help="infrastructure and services; exit 0 if all up"))
+    failover = with_data_dir(
+        sub.add_parser("failover", help="stop the PostgreSQL primary, promote its standby")
+    )
+    failover.add_argument("server", choices=("postgres",))
     with_data_dir(sub.add_parser("down", help="stop the `rideshare up` running from the data dir"))
     token = with_data_dir(
         sub.add_parser(
@@ -468,7 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "infra":
             if args.infra_command == "up":
                 with single_launcher(data_dir):
-                    return asyncio.run(_infra_up(data_dir))
+                    return asyncio.run(_infra_up(data_dir, cluster=args.cluster))
             if args.infra_command == "down":
                 return _down(data_dir)
             return asyncio.run(_status(data_dir, services=False))
@@ -477,6 +546,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return asyncio.run(_up(data_dir, demo=args.demo))
         if args.command == "down":
             return _down(data_dir)
+        if args.command == "failover":
+            return asyncio.run(_failover_postgres(data_dir))
         if args.command == "token":
             return _token(args, data_dir)
         return asyncio.run(_status(data_dir, services=True))

@@ -16,6 +16,13 @@ Conventions every caller follows:
   by default, for tools run by a person) and, when the current task acts for an app user
   (:data:`rideshare.identity.acting_user_var`, which the edge sets per request), that user as
   ``x-acting-user``. Metadata the caller passes itself is kept as it is.
+- Several copies of an upstream: ``target`` may list them, ``host:port,host:port`` (IP
+  literals, as gRPC's ``ipv4:``/``ipv6:`` targets take them), or name them by DNS,
+  ``dns:///name:port`` (every address the name resolves to; a Kubernetes headless Service).
+  Calls are spread over every ready copy (the ``round_robin`` policy, for one address too,
+  where a name may resolve to several); a copy that goes away is left out until it is back,
+  and a call that met it while it was going away is retried on another one when its method is
+  idempotent (above).
 - The request id of the current task (:data:`rideshare.log.request_id_var`), if any, travels as
   ``x-request-id`` metadata, so one request can be followed through every service's logs.
 
@@ -32,6 +39,7 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 import grpc.aio
 
+from rideshare.addresses import channel_target
 from rideshare.identity import (
     ACTING_USER_METADATA_KEY,
     AUTH_METADATA_KEY,
@@ -42,12 +50,15 @@ from rideshare.identity import (
 from rideshare.keepalive import DEFAULT_KEEPALIVE, Keepalive
 from rideshare.log import REQUEST_ID_METADATA_KEY, request_id_var
 
-__all__ = ["make_channel", "retry_service_config"]
+__all__ = ["channel_target", "make_channel", "retry_service_config", "service_config"]
 
-# Keepalive pings as rideshare/keepalive.py agrees them with the servers. Reconnects back off
-# to at most 5 s, so a restarted service is found again quickly.
+# Keepalive pings as rideshare/keepalive.py agrees them with the servers. Reconnects start
+# after 0.25 s and back off to at most 2 s, so a restarted copy is back in the rotation within
+# a couple of seconds of listening again; an idle attempt to a closed port costs nothing.
 _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.max_reconnect_backoff_ms", 5_000),
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
     ("grpc.enable_retries", 1),
 ]
 
@@ -72,8 +83,9 @@ def make_channel(
     signer: TokenSigner | None = None,
     keepalive: Keepalive = DEFAULT_KEEPALIVE,
 ) -> grpc.aio.Channel:
-    """An insecure ``grpc.aio`` channel to ``target`` (``host:port``) following the module's
-    conventions.
+    """An insecure ``grpc.aio`` channel to ``target`` following the module's conventions:
+    ``host:port``, a list ``host:port,host:port`` of one service's copies, or ``dns:///name:port``
+    (:func:`channel_target`), balanced round_robin.
 
     ``idempotent_methods`` and the keys of ``method_timeouts`` are fully qualified,
     ``package.Service/Method`` (e.g. ``"rideshare.location.v1.LocationService/NearestDrivers"``);
@@ -87,11 +99,13 @@ def make_channel(
         if value <= 0:
             raise ValueError(f"the deadline of {name} must be positive, got {value}")
     by_path = {_path(full): t for full, t in (method_timeouts or {}).items()}
-    options = [*_CHANNEL_OPTIONS, *keepalive.client_options()]
-    if idempotent_methods:
-        options.append(("grpc.service_config", retry_service_config(idempotent_methods)))
+    options = [
+        *_CHANNEL_OPTIONS,
+        *keepalive.client_options(),
+        ("grpc.service_config", service_config(idempotent_methods)),
+    ]
     return grpc.aio.insecure_channel(
-        target,
+        channel_target(target),
         options=options,
         interceptors=_interceptors(
             _CallDefaults(default_timeout_s, by_path, signer or default_signer())
@@ -105,6 +119,15 @@ def _path(full: str) -> bytes:
     if not sep or not service or not method or "/" in method:
         raise ValueError(f"not a fully qualified method (package.Service/Method): {full!r}")
     return f"/{service}/{method}".encode()
+
+
+def service_config(idempotent_methods: Sequence[str] = ()) -> str:
+    """The JSON service config of every channel: round_robin over the target's addresses,
+    and :func:`retry_service_config`'s retries of ``idempotent_methods``."""
+    config: dict[str, Any] = {"loadBalancingConfig": [{"round_robin": {}}]}
+    if idempotent_methods:
+        config.update(json.loads(retry_service_config(idempotent_methods)))
+    return json.dumps(config)
 
 
 def retry_service_config(methods: Sequence[str]) -> str:

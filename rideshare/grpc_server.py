@@ -13,7 +13,10 @@ What it adds to the plain ``grpc.aio`` server:
 
 - ``grpc.health.v1.Health`` (Check and Watch) for the whole server (``""``) and for every named
   service: SERVING while ``readiness()`` returns within the interval, NOT_SERVING otherwise and
-  from the moment shutdown starts.
+  from the moment shutdown starts. And ``rideshare.liveness``, SERVING from start to shutdown
+  whatever the stores do: a liveness probe (Kubernetes, deploy/k8s) asks that name, so a
+  service waiting out a lost server is taken out of rotation but not restarted, while one
+  that stops answering at all is.
 - Server reflection under both ``grpc.reflection.v1alpha`` and ``grpc.reflection.v1``, so
   ``grpcurl -plaintext host:port list`` works with old and new tools.
 - Identity (rideshare/identity.py): a call without a valid service token in its
@@ -73,11 +76,13 @@ from rideshare.metrics import GRPC_SERVER_HANDLED, GRPC_SERVER_HANDLING_SECONDS
 from rideshare.ports import RETRY_EVERY_S, port_in_use_error, wait_for_port
 from rideshare.settings import BIND_RETRY_S
 
-__all__ = ["GrpcServer"]
+__all__ = ["LIVENESS_SERVICE_NAME", "GrpcServer"]
 
 logger = logging.getLogger(__name__)
 
 HEALTH_SERVICE_NAME = "grpc.health.v1.Health"
+# Health name that answers SERVING while the process answers at all (the module doc says why).
+LIVENESS_SERVICE_NAME = "rideshare.liveness"
 REFLECTION_V1ALPHA_SERVICE_NAME = "grpc.reflection.v1alpha.ServerReflection"
 REFLECTION_V1_SERVICE_NAME = "grpc.reflection.v1.ServerReflection"
 # Open to any caller, with or without an identity (see the module doc).
@@ -189,6 +194,7 @@ class GrpcServer:
         await self._set_status(_NOT_SERVING)
         self.port = await self._bind()
         await self.server.start()
+        await self._health.set(LIVENESS_SERVICE_NAME, _SERVING)
         await self._check_readiness()
         self._health_task = asyncio.create_task(
             self._watch_readiness(), name=f"{self.name}-grpc-health"

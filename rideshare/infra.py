@@ -45,6 +45,7 @@ from rideshare.infra_users import (
     nats_authorization,
     valkey_acl,
 )
+from rideshare.nats_cluster import nats_servers
 from rideshare.redis_client import open_redis
 from rideshare.secrets_dir import secret_file
 from rideshare.settings import INFRA_FILE, InfraUrls, configured_ports
@@ -371,7 +372,7 @@ async def _ignore_error(_exc: Exception) -> None:
 async def probe_nats(url: str) -> None:
     """JetStream account info answers (so JetStream, not just core NATS, is up)."""
     nc = await nats.connect(
-        url,
+        nats_servers(url),
         connect_timeout=1,
         allow_reconnect=False,
         error_cb=_ignore_error,  # "not up yet" is expected here; the caller retries
@@ -436,6 +437,8 @@ class EmbeddedInfra:
     processes: list[ManagedProcess] = field(default_factory=list)
     urls: InfraUrls | None = None
     reserved_ports: frozenset[int] = field(default_factory=configured_ports)
+    # More ``-c name=value`` for PostgreSQL, after (so over) the ones above.
+    postgres_options: tuple[str, ...] = ()
     _specs: dict[str, _ServerSpec] = field(default_factory=dict, repr=False, init=False)
 
     async def start(self) -> InfraUrls:
@@ -681,17 +684,7 @@ class EmbeddedInfra:
         if not (pgdata / "PG_VERSION").exists():
             await self._initdb(bin_dir, root, pgdata, password, run_as)
         port = self._free_port()
-        argv = [
-            str(bin_dir / "postgres"),
-            "-D", _PG_DATA_ARG,
-            "-p", str(port),
-            "-c", "listen_addresses=127.0.0.1",
-            "-c", "unix_socket_directories=",
-            "-c", "max_connections=400",
-            "-c", f"fsync={'on' if self.durable else 'off'}",
-            "-c", f"synchronous_commit={'on' if self.durable else 'off'}",
-            "-c", f"full_page_writes={'on' if self.durable else 'off'}",
-        ]  # fmt: skip
+        argv = self._postgres_argv(bin_dir, port)
         admin_dsn = f"postgresql://{PG_USER}:{password}@127.0.0.1:{port}/postgres"
         await self._launch(
             _ServerSpec(
@@ -709,6 +702,21 @@ class EmbeddedInfra:
         )
         await _ensure_database(admin_dsn, DATABASE)
         return f"postgresql://{PG_USER}:{password}@127.0.0.1:{port}/{DATABASE}"
+
+    def _postgres_argv(self, bin_dir: Path, port: int) -> list[str]:
+        """The server's command line: on ``port``, its data in its working directory."""
+        return [
+            str(bin_dir / "postgres"),
+            "-D", _PG_DATA_ARG,
+            "-p", str(port),
+            "-c", "listen_addresses=127.0.0.1",
+            "-c", "unix_socket_directories=",
+            "-c", "max_connections=400",
+            "-c", f"fsync={'on' if self.durable else 'off'}",
+            "-c", f"synchronous_commit={'on' if self.durable else 'off'}",
+            "-c", f"full_page_writes={'on' if self.durable else 'off'}",
+            *(arg for option in self.postgres_options for arg in ("-c", option)),
+        ]  # fmt: skip
 
     async def _initdb(
         self, bin_dir: Path, root: Path, pgdata: Path, password: str, run_as: str | None

@@ -135,7 +135,7 @@ async def service_runtime(
         nc = await bus.connect(settings.infra.nats_url, name=settings.name)
         stack.push_async_callback(nc.drain)
         js = nc.jetstream()
-        await bus.ensure_stream(js)
+        await bus.ensure_stream(js, replicas=settings.infra.jetstream_replicas)
 
         workers = await stack.enter_async_context(asyncio.TaskGroup())
         # Registered after the TaskGroup, so it runs before the group joins: workers see stop.

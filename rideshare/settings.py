@@ -6,14 +6,17 @@ them directly. A bad value fails fast with a message naming the variable and the
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from rideshare.addresses import channel_target
 from rideshare.secrets_dir import secret_file
 
 __all__ = [
@@ -30,6 +33,7 @@ __all__ = [
     "SettingsError",
     "configured_ports",
     "default_kdf_concurrency",
+    "env_addresses",
     "env_bool",
     "env_float",
     "env_int",
@@ -85,6 +89,18 @@ def env_str(name: str, default: str, *, env: Mapping[str, str] | None = None) ->
     """The variable's value, or ``default`` when it is unset or blank."""
     value = _raw(env, name)
     return default if value is None else value
+
+
+def env_addresses(name: str, default: str, *, env: Mapping[str, str] | None = None) -> str:
+    """Where one service's copies are: ``host:port``, ``ip:port,ip:port`` or
+    ``dns:///name:port`` (rideshare/addresses.py), checked now; empty stays empty."""
+    value = env_str(name, default, env=env)
+    if value.strip():
+        try:
+            channel_target(value)
+        except ValueError as exc:
+            raise SettingsError(f"{name}: {exc}") from None
+    return value
 
 
 def env_int(
@@ -151,13 +167,28 @@ def _check_range(name: str, value: float, minimum: float | None, maximum: float 
         raise SettingsError(f"{name}={value} is above the maximum {maximum}")
 
 
+# A password as a query parameter of a URL, or in a libpq keyword/value DSN (quoted or not).
+_QUERY_PASSWORD = re.compile(r"(^|&)(password=)[^&]*")
+_KEYWORD_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)")
+
+
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***``, for logs and reprs."""
+    """The URL with any password replaced by ``***``, for logs and reprs: in its user info,
+    as a ``password=`` query parameter, or in a libpq keyword/value DSN (``host=a,b
+    password=...``). Several hosts (``postgresql://u:p@a:5432,b:5432/db``) are fine, and so
+    are several whole URLs separated by commas (a NATS server list)."""
+    if "://" not in url:
+        return _KEYWORD_PASSWORD.sub(r"\1***", url)
+    if "," in url and url.count("://") > 1:
+        return ",".join(mask_url(part) for part in url.split(","))
     parts = urlsplit(url)
-    if parts.password is None:
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = _QUERY_PASSWORD.sub(r"\1\2***", parts.query)
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 @dataclass(frozen=True)
@@ -176,13 +207,17 @@ class InfraUrls:
     # The payment provider's API (RIDESHARE_STRIPE_API_BASE): the embedded localstripe, or
     # empty when none was started or given (the rider service then refuses to start).
     stripe_api_base: str = ""
+    # How many NATS nodes hold each message of the JetStream stream
+    # (RIDESHARE_JETSTREAM_REPLICAS): 1 on a single server, 3 on a cluster.
+    jetstream_replicas: int = 1
     logins: Mapping[str, Mapping[str, str]] = field(default_factory=dict, repr=False, compare=False)
 
     def __repr__(self) -> str:
         return (
             f"InfraUrls(redis_url={mask_url(self.redis_url)!r}, "
             f"postgres_dsn={mask_url(self.postgres_dsn)!r}, nats_url={mask_url(self.nats_url)!r}, "
-            f"stripe_api_base={self.stripe_api_base!r})"
+            f"stripe_api_base={self.stripe_api_base!r}, "
+            f"jetstream_replicas={self.jetstream_replicas})"
         )
 
     def for_service(self, name: str) -> InfraUrls:
@@ -196,6 +231,7 @@ class InfraUrls:
             postgres_dsn=self.postgres_dsn,
             nats_url=_as_user(self.nats_url, name, self.logins.get("nats")),
             stripe_api_base=self.stripe_api_base,
+            jetstream_replicas=self.jetstream_replicas,
         )
 
     def to_json(self) -> dict[str, object]:
@@ -204,6 +240,7 @@ class InfraUrls:
             "postgres_dsn": self.postgres_dsn,
             "nats_url": self.nats_url,
             "stripe_api_base": self.stripe_api_base,
+            "jetstream_replicas": self.jetstream_replicas,
             "logins": {server: dict(users) for server, users in self.logins.items()},
         }
 
@@ -228,7 +265,8 @@ def load_infra_urls(
     """URLs from ``RIDESHARE_REDIS_URL`` / ``_POSTGRES_DSN`` / ``_NATS_URL``; any that is unset
     comes from the infra file that ``rideshare infra up`` wrote into the data directory, with
     the services' logins on that server (a URL given in the environment wins, as is). The
-    payment provider's ``RIDESHARE_STRIPE_API_BASE`` likewise, or the file's, or empty."""
+    payment provider's ``RIDESHARE_STRIPE_API_BASE`` likewise, or the file's, or empty, and
+    ``RIDESHARE_JETSTREAM_REPLICAS``, or the file's, or 1."""
     data_dir = data_dir if data_dir is not None else data_dir_from_env(env)
     given = {
         "redis_url": _raw(env, "RIDESHARE_REDIS_URL"),
@@ -261,11 +299,19 @@ def load_infra_urls(
             )
         except (OSError, ValueError, KeyError):
             stripe_api_base = ""
+    recorded_replicas = 1
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        recorded_replicas = int(
+            json.loads((data_dir / INFRA_FILE).read_text())["jetstream_replicas"]
+        )
     return InfraUrls(
         redis_url=str(given["redis_url"]),
         postgres_dsn=str(given["postgres_dsn"]),
         nats_url=str(given["nats_url"]),
         stripe_api_base=stripe_api_base,
+        jetstream_replicas=env_int(
+            "RIDESHARE_JETSTREAM_REPLICAS", recorded_replicas, minimum=1, maximum=5, env=env
+        ),
         logins=logins,
     )
 

@@ -98,16 +98,22 @@ async def grpc_healthy(target: str, *, timeout_s: float = 1.0) -> bool:
 
 async def http_health(host: str, port: int, *, timeout_s: float = 1.0) -> Health:
     """What ``GET /healthz`` says: 200 is SERVING, any other status NOT_SERVING."""
+    writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(timeout_s):
             reader, writer = await asyncio.open_connection(host, port)
             writer.write(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             await writer.drain()
             status_line = await reader.readline()
-            writer.close()
-            await writer.wait_closed()
     except (OSError, TimeoutError):
         return Health.NO_ANSWER
+    finally:
+        # closed on every path: a probe that timed out must not leave its socket to the GC
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError, TimeoutError):
+                async with asyncio.timeout(1.0):  # a frozen peer never reads the close
+                    await writer.wait_closed()
     if status_line.startswith(b"HTTP/1.1 200"):
         return Health.SERVING
     return Health.NOT_SERVING if status_line.startswith(b"HTTP/") else Health.NO_ANSWER

@@ -75,6 +75,7 @@ class ValkeyCluster:
             self.passwords.setdefault(user, secrets.token_urlsafe(24))
         self.ports: list[int] = []
         self.bus_ports: dict[int, int] = {}
+        self.argv: dict[int, list[str]] = {}
         self.processes: dict[int, ManagedProcess] = {}
 
     @property
@@ -144,8 +145,11 @@ class ValkeyCluster:
             await asyncio.sleep(0.1)
 
     def _launch(self, port: int, bus: int) -> None:
-        directory = self.data_dir / f"node-{port}"
+        number = len(self.processes) + 1
+        directory = self.data_dir / f"node-{number}"
         directory.mkdir(exist_ok=True)
+        # A new cluster: a node file left by an earlier one would make the node rejoin it.
+        (directory / "nodes.conf").unlink(missing_ok=True)
         acl = directory / "users.acl"
         _write_private(acl, valkey_acl(self.passwords))
         config = directory / "valkey.conf"
@@ -168,10 +172,11 @@ class ValkeyCluster:
             f'masterauth "{self.passwords[ADMIN]}"',
         ]
         _write_private(config, "\n".join(lines) + "\n")
+        # Started again with the same argv (same port, directory and node file), a node
+        # rejoins the cluster; a master that was failed over comes back as a replica.
+        self.argv[port] = [str(valkey_server_binary()), str(config)]
         self.processes[port] = _spawn(
-            f"valkey-{port}",
-            [str(valkey_server_binary()), str(config)],
-            self.data_dir / "logs" / f"valkey-{port}.log",
+            f"valkey-{number}", self.argv[port], self.data_dir / "logs" / f"valkey-{number}.log"
         )
 
     def _admin(self, port: int) -> aioredis.Redis:

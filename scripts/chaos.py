@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -399,7 +400,12 @@ async def chaos(args: argparse.Namespace, data_dir: Path, logs: Logs) -> dict[st
     return {
         "seed": args.seed,
         "faults": [
-            {"action": f.action, "target": f.target, "healthy_after_s": f.healthy_after_s}
+            {
+                "action": f.action,
+                "target": f.target,
+                "at": f.at,
+                "healthy_after_s": f.healthy_after_s,
+            }
             for f in run.faults
         ],
         "trips_requested": counters.get("trips_requested", 0),
@@ -416,6 +422,36 @@ async def chaos(args: argparse.Namespace, data_dir: Path, logs: Logs) -> dict[st
 class Logs:
     up: IO[bytes]
     simulate: IO[bytes]
+
+
+# "<process> | {json log record}" as the launcher writes up.log
+_LOG_LINE = re.compile(r"^(?P<process>[\w-]+)\s*\| (?P<record>\{.*\})$")
+_AT = re.compile(r" at (?P<at>\d+(?:\.\d+)?)$")
+
+
+def _print_logs_near(up_log: Path, bad: Sequence[str], *, around_s: float = 3.0) -> None:
+    """The warnings and errors every process logged around each unexplained 5xx, so that a
+    failed run (in CI, where the data directory is gone afterwards) tells what happened."""
+    times = [float(m["at"]) for m in (_AT.search(b) for b in bad) if m is not None]
+    if not times:
+        return
+    print(f"-- warnings and errors within {around_s:.0f} s of each unexplained 5xx:")
+    with up_log.open(errors="replace") as lines:
+        for line in lines:
+            match = _LOG_LINE.match(line.rstrip("\n"))
+            if match is None:
+                continue
+            try:
+                record = json.loads(match["record"])
+                at = datetime.fromisoformat(record["ts"].replace("Z", "+00:00")).timestamp()
+            except (ValueError, KeyError, TypeError):
+                continue
+            if record.get("level") in ("WARNING", "ERROR") and any(
+                abs(at - t) <= around_s for t in times
+            ):
+                exc = str(record.get("exc", "")).strip().splitlines()
+                tail = f" [{exc[-1][:300]}]" if exc else ""
+                print(f"{match['process']} {record['ts']} {record.get('msg', '')[:300]}{tail}")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -455,6 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"chaos: {exc}", file=sys.stderr)
             return 2
     print(json.dumps(result, indent=2))
+    _print_logs_near(data_dir / "up.log", result["checks"]["server_errors_outside_faults"])
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
     return 0 if result["ok"] else 1

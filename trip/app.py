@@ -13,6 +13,7 @@ from protos.trip.v1 import trip_pb2_grpc
 from rideshare import bus
 from rideshare.grpc_server import GrpcServer
 from rideshare.identity import TokenSigner
+from rideshare.leader import LeaderLease
 from rideshare.runtime import service_runtime
 from rideshare.settings import ServiceSettings
 from trip.commands import TripCommands
@@ -64,7 +65,11 @@ async def running(
         trip_pb2_grpc.add_TripServiceServicer_to_server(TripServicer(commands), server.server)
         server.add_service_name(SERVICE_NAME)
         rt.run_worker(dispatcher.run, name="dispatcher")
-        rt.run_worker(Sweeper(store, commands, positions, trip).run, name="sweeper")
+        # Safe in every copy, but each round asks location about every ride in progress: one
+        # copy at a time does it (the lease is per schema, so each test's service has its own).
+        sweeper = Sweeper(store, commands, positions, trip)
+        lease = LeaderLease(rt.pool, f"{schema}.sweeper")
+        rt.run_worker(lambda stop: lease.run(sweeper.run, stop), name="sweeper")
         handler = DriverOfflineHandler(commands, consumer=trip.consumer_name)
         rt.run_worker(
             lambda stop: bus.run_consumer(

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
-from rideshare.settings import SettingsError, env_float, env_int, env_str
+from rideshare.settings import SettingsError, env_addresses, env_float, env_int, env_str
 from trip.domain import CancellationPolicy, DispatchPlan, FareBand, InvalidArgumentError
 from trip.liveness import LivenessPolicy
 
@@ -143,7 +143,7 @@ class TripSettings:
         max_wait_s = env_float("RIDESHARE_DISPATCH_MAX_WAIT_S", 180.0, minimum=1.0, env=env)
         offer_timeout_s = env_float("RIDESHARE_OFFER_TIMEOUT_S", 15.0, minimum=0.05, env=env)
         return cls(
-            location_addr=env_str("RIDESHARE_LOCATION_ADDR", "127.0.0.1:50054", env=env),
+            location_addr=env_addresses("RIDESHARE_LOCATION_ADDR", "127.0.0.1:50054", env=env),
             location_timeout_s=env_float(
                 "RIDESHARE_LOCATION_TIMEOUT_S", 1.0, minimum=0.01, env=env
             ),

@@ -1,9 +1,11 @@
 """The sweeper: ends or re-dispatches live trips whose clock ran out (``trip/liveness.py``).
 
-It runs in every copy of the trip service, beside dispatch's poller, and keeps no state of its
-own: every clock starts at a timestamp in the trip's row, and the driver's last position is
-asked of the location service each round, so a restart or a second copy loses nothing and
-changes nothing. Each round:
+It runs in one copy of the trip service at a time (a leader lease, rideshare/leader.py: each
+round costs a ``GetPosition`` per ride in progress, which more copies would only repeat), and
+keeps no state of its own: every clock starts at a timestamp in the trip's row, and the
+driver's last position is asked of the location service each round, so a restart, a new
+leader or a second copy running it during a lease handover loses nothing and changes
+nothing. Each round:
 
 1. lists the live trips that may be due (``TripStore.due_for_sweep``, no locks held);
 2. for a trip with a driver, asks the location service when it last had a position from them

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
+import psutil
 
 from rideshare.credentials import hash_password
 from rideshare.identity import INTERNAL_SECRET_ENV, process_secret
@@ -333,3 +334,34 @@ async def http_per_s(base_url: str, *, seconds: float = 2.0, clients: int = 8) -
         end = started + seconds
         await asyncio.gather(*(loop(end) for _ in range(clients)))
         return done / (time.perf_counter() - started)
+
+
+# -- process trees (a service and its workers) -----------------------------------------------
+
+
+def process_tree(root: int) -> list[psutil.Process]:
+    """``root`` and every process below it that is still there."""
+    try:
+        top = psutil.Process(root)
+        return [top, *top.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def tree_cpu_s(root: int) -> float:
+    """CPU seconds used so far by ``root`` and every process below it (e.g. edge workers)."""
+    total = 0.0
+    for process in process_tree(root):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def tree_rss_kib(root: int) -> int:
+    """The resident memory of ``root`` and every process below it, in KiB."""
+    total = 0
+    for process in process_tree(root):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += process.memory_info().rss // 1024
+    return total

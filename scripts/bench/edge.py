@@ -48,6 +48,7 @@ from typing import Any
 
 import httpx
 import nats
+import psutil
 import uvloop
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -62,7 +63,15 @@ from rideshare.redis_client import RedisClient, open_redis
 from rideshare.settings import ONE_ADDRESS_LOGIN_LIMITS, InfraUrls
 from rideshare.simulate.cards import tokenize_card
 from rideshare.supervisor import SERVICE_ORDER, Supervisor, available_services
-from scripts.bench.common import HOG, cpu_hogs, infrastructure, percentile
+from scripts.bench.common import (
+    HOG,
+    cpu_hogs,
+    infrastructure,
+    percentile,
+    process_tree,
+    tree_cpu_s,
+    tree_rss_kib,
+)
 
 SECRET = "bench-secret-" + "b" * 40
 PASSWORD = "bench-password-1"
@@ -119,27 +128,6 @@ def edge_pid(supervisor: Supervisor) -> int:
     return next(c.process.pid for c in supervisor.children if c.name == "edge")
 
 
-def rss_kib(pid: int) -> int:
-    """The RSS of ``pid`` and its children (the edge's workers)."""
-    total = 0
-    for each in (pid, *children_of(pid)):
-        with contextlib.suppress(OSError), open(f"/proc/{each}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-    return total
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError), open(f"/proc/{entry}/stat") as f:
-                if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(entry))
-    return found
-
-
 async def counters(http: httpx.AsyncClient) -> dict[str, float]:
     """The edge's position counters (received, conflated, forwarded, dropped)."""
     text = (await http.get("/metrics")).text
@@ -150,33 +138,6 @@ async def counters(http: httpx.AsyncClient) -> dict[str, float]:
         if key in found and name.startswith("edge_positions_"):
             found[key] += float(value)
     return found
-
-
-def tree_cpu_s(root: int) -> float:
-    """CPU seconds used so far by ``root`` and every process below it (edge workers)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    parent: dict[int, int] = {}
-    used: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            parent[int(entry)] = int(fields[1])
-            used[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
-    total = 0.0
-    for pid, seconds in used.items():
-        p = pid
-        for _ in range(16):
-            if p == root:
-                total += seconds
-                break
-            p = parent.get(p, 0)
-            if p <= 1:
-                break
-    return total
 
 
 def position(lat: float, lng: float) -> str:
@@ -481,40 +442,21 @@ def split(total: int, parts: int) -> list[int]:
 def cpu_by_process() -> dict[int, tuple[str, float]]:
     """pid -> (role, CPU seconds so far) of every process on the machine; processes that are
     not descendants of this one (other work on a shared machine) are lumped together."""
-    tick = os.sysconf("SC_CLK_TCK")
-    stats: dict[int, tuple[int, float, list[bytes]]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
+    mine = {p.pid for p in process_tree(os.getpid())}
+    found = {}
+    for p in psutil.process_iter(["cmdline", "cpu_times"]):
+        times, argv = p.info["cpu_times"], p.info["cmdline"] or []
+        if times is None:  # gone, or not ours to read
             continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{entry}/cmdline", "rb") as raw:
-                argv = raw.read().split(b"\0")
-        except OSError:
-            continue
-        stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick, argv)
-    me = os.getpid()
-
-    def mine(pid: int) -> bool:
-        for _ in range(64):
-            if pid == me:
-                return True
-            if pid not in stats or pid <= 1:
-                return False
-            pid = stats[pid][0]
-        return False
-
-    return {
-        pid: (_role(pid, argv) if mine(pid) else OUTSIDE, seconds)
-        for pid, (_, seconds, argv) in stats.items()
-    }
+        role = _role(p.pid, argv) if p.pid in mine else OUTSIDE
+        found[p.pid] = (role, times.user + times.system)
+    return found
 
 
-def _role(pid: int, argv: list[bytes]) -> str:
+def _role(pid: int, argv: list[str]) -> str:
     if pid == os.getpid():
         return "bench main (pairs, latency)"
-    words = [a.decode(errors="replace") for a in argv if a]
+    words = [a for a in argv if a]
     if "-m" in words[:-1]:
         return "service " + words[words.index("-m") + 1]
     if HOG in words:
@@ -608,7 +550,7 @@ async def phases(
             await asyncio.sleep(0.5)
     print(
         f"ingest: {args.drivers} driver sockets open and read after "
-        f"{time.monotonic() - started:.1f} s, edge RSS {rss_kib(pid) / 1024:.0f} MiB"
+        f"{time.monotonic() - started:.1f} s, edge RSS {tree_rss_kib(pid) / 1024:.0f} MiB"
     )
     nc = await nats.connect(nats_url, name="bench-edge")
     steps = []
@@ -621,11 +563,11 @@ async def phases(
         task.cancel()
 
     await asyncio.sleep(1.0)
-    rss0 = rss_kib(pid)
+    rss0 = tree_rss_kib(pid)
     counts = split(args.idle, len(clients))
     await on_all(clients, *(("open", f"idle-{run_id}-{i}", n) for i, n in enumerate(counts)))
     await asyncio.sleep(2.0)
-    rss1 = rss_kib(pid)
+    rss1 = tree_rss_kib(pid)
     print(
         f"idle: {args.idle} sockets held by {args.edge_workers} edge worker(s); "
         f"RSS {rss0 / 1024:.0f} -> "

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -50,7 +51,7 @@ class TwoWorkers:
         return self.supervisor.child("edge").process.pid
 
     def workers(self) -> set[int]:
-        return children_of(self.parent)
+        return {child.pid for child in psutil.Process(self.parent).children()}
 
 
 @pytest.fixture(scope="module")
@@ -65,18 +66,6 @@ async def edge2(stack: Stack) -> AsyncIterator[TwoWorkers]:
         yield edge
     finally:
         await supervisor.stop_all(grace_s=10.0)
-
-
-def children_of(parent: int) -> set[int]:
-    found = set()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            stat = Path(entry.path, "stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
-                found.add(int(entry.name))
-    return found
 
 
 def holder(ws: ClientConnection, edge_port: int, pids: set[int]) -> int | None:

@@ -25,7 +25,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 from prometheus_client import REGISTRY
 
 from rideshare.grpc_client import make_channel, retry_service_config
-from rideshare.grpc_server import GrpcServer
+from rideshare.grpc_server import LIVENESS_SERVICE_NAME, GrpcServer
 from rideshare.identity import (
     OPERATOR,
     Caller,
@@ -238,6 +238,16 @@ async def test_health_is_not_serving_while_readiness_raises_and_recovers(
         readiness.ok = True
         await until_status(channel, "", health_pb2.HealthCheckResponse.SERVING)
         assert await check(channel) == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_liveness_stays_serving_while_readiness_fails(
+    channel: grpc.aio.Channel, readiness: Readiness
+) -> None:
+    async with asyncio.timeout(5):
+        assert await check(channel, LIVENESS_SERVICE_NAME) == health_pb2.HealthCheckResponse.SERVING
+        readiness.ok = False
+        await until_status(channel, "", health_pb2.HealthCheckResponse.NOT_SERVING)
+        assert await check(channel, LIVENESS_SERVICE_NAME) == health_pb2.HealthCheckResponse.SERVING
 
 
 async def test_a_server_that_is_not_ready_at_start_says_not_serving_at_once(echo: Echo) -> None:

@@ -19,9 +19,9 @@ from protos import events
 from protos.rider.v1 import rider_pb2 as pb
 from protos.rider.v1 import rider_pb2_grpc
 from rider.billing import PaymentStatus
-from rider.payments import CRASH_AFTER_CHARGE_ENV
 from rideshare import bus
 from rideshare.db import create_pool
+from rideshare.faults import AFTER_CHARGE, CRASH_AT_ENV
 from rideshare.infra import EmbeddedInfra, free_port
 from rideshare.simulate.cards import tokenize_card
 from tests.helpers import eventually, operator_channel, publish_event
@@ -54,7 +54,7 @@ async def rider_process(
         "RIDESHARE_STRIPE_TIMEOUT_S": "5",
         # A claim whose charger died comes back to the next one after this long.
         "RIDESHARE_PAYMENT_LEASE_S": "6",
-        CRASH_AFTER_CHARGE_ENV: "1" if crash else "0",
+        CRASH_AT_ENV: AFTER_CHARGE if crash else "",
     }
     with log.open("ab") as out:
         process = await asyncio.create_subprocess_exec(

@@ -1,0 +1,293 @@
+"""The local cluster profile: what ``rideshare infra up --cluster`` starts on 127.0.0.1.
+
+In place of the single servers of :class:`~rideshare.infra.EmbeddedInfra`:
+
+- NATS: ``nats_nodes`` nodes (``nats-1`` ...) forming one JetStream cluster
+  (rideshare/nats_cluster.py); the URL names them all, and the stream is kept on
+  ``min(3, nats_nodes)`` of them (``jetstream_replicas`` in the infra file).
+- PostgreSQL: the primary (``postgres``) and a hot standby streaming from it
+  (``postgres-standby``, rideshare/pg_standby.py), synchronous unless told otherwise; the DSN
+  names both with ``target_session_attrs=read-write``. :meth:`ClusterInfra.failover_postgres`
+  stops the primary and promotes the standby.
+- Valkey: a Valkey Cluster of three masters and three replicas (``valkey-1`` ...,
+  rideshare/valkey_cluster.py); the URL is ``redis+cluster://`` and names every node.
+
+Every process is started, restarted and stopped by PID like the single servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import json
+import logging
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
+
+import nats
+
+from rideshare.infra import (
+    _PG_DATA_ARG,
+    PG_USER,
+    EmbeddedInfra,
+    InfraError,
+    _give_to,
+    _pg_user,
+    _remove_stale_pidfile,
+    _ServerSpec,
+    _write_private,
+    free_port,
+    nats_server_binary,
+    pg_bin_dir,
+    pg_bin_dir_for,
+    probe_nats,
+    probe_postgres,
+    probe_redis,
+)
+from rideshare.infra_users import (
+    ADMIN,
+    NATS_USERS,
+    PASSWORD_BYTES,
+    VALKEY_USERS,
+    nats_authorization,
+)
+from rideshare.nats_cluster import nats_servers, node_config, servers_url, stream_leader
+from rideshare.pg_standby import (
+    STANDBY_NAME,
+    base_backup,
+    failover_dsn,
+    host_dsns,
+    promote,
+    role,
+    set_synchronous,
+    wait_streaming,
+)
+from rideshare.secrets_dir import secret_file
+from rideshare.settings import InfraUrls
+from rideshare.valkey_cluster import ValkeyCluster
+
+__all__ = ["PRIMARY", "STANDBY", "ClusterInfra", "NodeState", "node_states"]
+
+logger = logging.getLogger(__name__)
+
+PRIMARY = "postgres"
+STANDBY = "postgres-standby"
+
+
+@dataclass
+class ClusterInfra(EmbeddedInfra):
+    """:class:`EmbeddedInfra` with a NATS cluster and a PostgreSQL standby."""
+
+    nats_nodes: int = 3
+    synchronous_standby: bool = True
+    _failed_over: bool = field(default=False, init=False, repr=False)
+
+    async def start(self) -> InfraUrls:
+        urls = await super().start()
+        self.urls = dataclasses.replace(urls, jetstream_replicas=min(3, self.nats_nodes))
+        self._write_infra_file(self.urls)
+        return self.urls
+
+    def dead(self) -> list[str]:
+        # A primary stopped by failover stays stopped: it is no longer the database.
+        return [name for name in super().dead() if not (self._failed_over and name == PRIMARY)]
+
+    async def restart(self, name: str) -> None:
+        if name == PRIMARY and self._failed_over:
+            raise InfraError(
+                "the old primary was failed over: it may come back only as a new standby"
+            )
+        await super().restart(name)
+
+    async def failover_postgres(self) -> float:
+        """Stop the primary (if it still runs) and promote the standby; the seconds taken.
+
+        The primary is stopped first so that there is never a moment with two servers taking
+        writes (see rideshare/pg_standby.py)."""
+        began = time.monotonic()
+        self._process(PRIMARY).stop()
+        self._failed_over = True
+        await promote(self.postgres_hosts()[1])
+        return time.monotonic() - began
+
+    def postgres_hosts(self) -> list[str]:
+        """The primary's DSN, then the standby's, each reaching that one server."""
+        if self.urls is None:
+            raise InfraError("the cluster is not started")
+        return host_dsns(self.urls.postgres_dsn)
+
+    async def _start_redis(self) -> str:
+        """The Valkey Cluster with this install's passwords; each node is a server of its
+        own here, restarted on its port and directory, where it rejoins the cluster."""
+        passwords = {user: self._password("valkey", user) for user in (ADMIN, *VALKEY_USERS)}
+        cluster = ValkeyCluster(self.data_dir / "valkey-cluster", passwords=passwords)
+        url = await cluster.start()
+        for port, proc in cluster.processes.items():
+            node = f"redis://{ADMIN}:{passwords[ADMIN]}@127.0.0.1:{port}/0"
+            self._specs[proc.name] = _ServerSpec(
+                proc.name, cluster.argv[port], proc.log_path, functools.partial(probe_redis, node)
+            )
+            self._replace(proc)
+        return url
+
+    async def _start_nats(self) -> str:
+        passwords = {user: self._password("nats", user) for user in (ADMIN, *NATS_USERS)}
+        chosen: set[int] = set()
+
+        def port() -> int:
+            # Nothing binds the ports until the nodes start: keep them from repeating.
+            value = self._free_port_outside(chosen)
+            chosen.add(value)
+            return value
+
+        client_ports = [port() for _ in range(self.nats_nodes)]
+        route_ports = [port() for _ in range(self.nats_nodes)]
+        specs = []
+        for i, (client_port, route_port) in enumerate(zip(client_ports, route_ports, strict=True)):
+            name = f"nats-{i + 1}"
+            store = self.data_dir / name
+            store.mkdir(exist_ok=True)
+            config = store / "nats.conf"
+            node = node_config(
+                name=name,
+                authorization=nats_authorization(passwords),
+                store_dir=str(store),
+                route_port=route_port,
+                route_ports=route_ports,
+            )
+            _write_private(config, json.dumps(node))
+            argv = [
+                str(nats_server_binary()),
+                "-c", str(config),
+                "-a", "127.0.0.1",
+                "-p", str(client_port),
+            ]  # fmt: skip
+            url = servers_url(ADMIN, passwords[ADMIN], [client_port])
+            specs.append(
+                _ServerSpec(
+                    name,
+                    argv,
+                    self.data_dir / "logs" / f"{name}.log",
+                    lambda url=url: probe_nats(url),  # type: ignore[misc]
+                )
+            )
+        # Side by side: JetStream answers on a node only once a majority of nodes has met.
+        await asyncio.gather(*(self._launch(spec) for spec in specs))
+        return servers_url(ADMIN, passwords[ADMIN], client_ports)
+
+    def _free_port_outside(self, taken: set[int]) -> int:
+        return free_port(exclude=self.reserved_ports | taken)
+
+    async def _start_postgres(self) -> str:
+        primary_dsn = await super()._start_postgres()
+        standby_dsn = await self._start_standby(host_dsns(primary_dsn)[0])
+        admin_dsn = urlunsplit(urlsplit(primary_dsn)._replace(path="/postgres"))
+        await wait_streaming(admin_dsn)
+        await set_synchronous(admin_dsn, synchronous=self.synchronous_standby)
+        return failover_dsn([primary_dsn, standby_dsn])
+
+    async def _start_standby(self, primary_dsn: str) -> str:
+        """A fresh copy of the primary, started as its standby on a port of its own."""
+        run_as = _pg_user()
+        bin_dir = await asyncio.to_thread(pg_bin_dir_for, run_as, pg_bin_dir())
+        root = self.data_dir / STANDBY
+        pgdata = root / "data"
+        if (pgdata / "PG_VERSION").exists() and not (pgdata / "standby.signal").exists():
+            raise InfraError(
+                f"{pgdata} was promoted to primary by a failover and holds the newest data: "
+                f"move it to {self.data_dir / PRIMARY / 'data'} (after putting the old one "
+                "aside) before starting the cluster again"
+            )
+        # Made again at each start: a copy is seconds for a local database, and an old one
+        # may be too far behind for the primary's WAL to catch it up.
+        shutil.rmtree(pgdata, ignore_errors=True)
+        root.mkdir(exist_ok=True)
+        pgdata.mkdir(mode=0o700)
+        if run_as:
+            _give_to(run_as, root)
+        password = secret_file(self.data_dir / PRIMARY, "password", PASSWORD_BYTES)
+        primary = urlsplit(primary_dsn)
+        await base_backup(
+            bin_dir,
+            port=primary.port or 5432,
+            user=PG_USER,
+            password=password,
+            pgdata=pgdata,
+            data_arg=_PG_DATA_ARG,
+            run_as=run_as,
+        )
+        port = self._free_port()
+        argv = [*self._postgres_argv(bin_dir, port), "-c", f"cluster_name={STANDBY_NAME}"]
+        dsn = urlunsplit(primary._replace(netloc=f"{PG_USER}:{password}@127.0.0.1:{port}"))
+        admin_dsn = urlunsplit(
+            primary._replace(netloc=f"{PG_USER}:{password}@127.0.0.1:{port}", path="/postgres")
+        )
+        await self._launch(
+            _ServerSpec(
+                STANDBY,
+                argv,
+                root / "postgres.log",
+                lambda: probe_postgres(admin_dsn),
+                user=run_as,
+                cwd=pgdata,
+                stop_signal=signal.SIGINT,
+                prepare=lambda: _remove_stale_pidfile(pgdata),
+            )
+        )
+        return dsn
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """One node of a server that has several, as ``rideshare status`` shows it."""
+
+    name: str
+    address: str
+    role: str  # "primary", "standby", "stream leader", "replica", or "DOWN (<error>)"
+
+
+async def node_states(urls: InfraUrls, *, timeout_s: float = 3.0) -> list[NodeState]:
+    """Each NATS node and PostgreSQL host that ``urls`` names more than one of, with its role
+    now; nothing for a server named once."""
+    states: list[NodeState] = []
+    servers = nats_servers(urls.nats_url)
+    if len(servers) > 1:
+        leader = await _stream_leader(urls.nats_url, timeout_s=timeout_s)
+        for i, server in enumerate(servers):
+            name = f"nats-{i + 1}"
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await probe_nats(server)
+                state = "stream leader" if name == leader else "replica"
+            except Exception as exc:  # every client library has its own "down" errors
+                state = f"DOWN ({type(exc).__name__})"
+            states.append(NodeState(name, _address(server), state))
+    hosts = host_dsns(urls.postgres_dsn)
+    if len(hosts) > 1:
+        for name, dsn in zip((PRIMARY, STANDBY), hosts, strict=False):
+            try:
+                state = await role(dsn, timeout_s=timeout_s)
+            except Exception as exc:  # every client library has its own "down" errors
+                state = f"DOWN ({type(exc).__name__})"
+            states.append(NodeState(name, _address(dsn), state))
+    return states
+
+
+async def _stream_leader(url: str, *, timeout_s: float) -> str | None:
+    try:
+        async with asyncio.timeout(timeout_s):
+            nc = await nats.connect(nats_servers(url), allow_reconnect=False, connect_timeout=1)
+            try:
+                return await stream_leader(nc.jetstream(timeout=timeout_s))
+            finally:
+                await nc.close()
+    except Exception:  # no stream yet, or no quorum: no leader to show
+        return None
+
+
+def _address(url: str) -> str:
+    return urlsplit(url).netloc.rpartition("@")[2]

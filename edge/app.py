@@ -42,7 +42,7 @@ from edge.ws import router as ws_router
 from rideshare import bus
 from rideshare.identity import TokenSigner
 from rideshare.ports import bind_port
-from rideshare.runtime import open_redis
+from rideshare.redis_client import open_redis
 
 __all__ = ["EdgeServer", "create_app", "running"]
 

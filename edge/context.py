@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from nats.aio.client import Client as NATS
 
 from edge.idempotency import IdempotencyStore
@@ -23,6 +22,7 @@ from edge.upstreams import (
     Upstreams,
 )
 from edge.usercap import UserSockets
+from rideshare.redis_client import RedisClient
 
 __all__ = ["EdgeContext"]
 
@@ -34,7 +34,7 @@ class EdgeContext:
 
     settings: EdgeSettings
     upstreams: Upstreams
-    redis: aioredis.Redis
+    redis: RedisClient
     nc: NATS
     limiter: RateLimiter
     logins: LoginGuard

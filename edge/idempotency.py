@@ -22,10 +22,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from edge.errors import ApiError
+from rideshare.redis_client import RedisClient
 
 __all__ = ["IdempotencyStore", "StoredResponse", "fingerprint"]
 
@@ -51,7 +51,7 @@ def fingerprint(body: Any) -> str:
 class IdempotencyStore:
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         *,
         ttl_s: int = 24 * 3600,
         lease_s: float = 30.0,

@@ -42,7 +42,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -60,6 +59,7 @@ from protos.trip.v1 import events_pb2 as trip_events
 from protos.trip.v1 import trip_pb2
 from rideshare import bus
 from rideshare.identity import User, acting_as
+from rideshare.redis_client import RedisClient
 
 __all__ = ["LiveHub"]
 
@@ -118,7 +118,7 @@ class LiveHub:
         *,
         trip: TripStub,
         location: LocationStub,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         ping_interval_s: float = 4.0,
     ) -> None:
         self._nc = nc

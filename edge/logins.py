@@ -37,13 +37,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Literal, TypeVar
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from edge.errors import ApiError
 from edge.metrics import LOGIN_LOCKOUTS, LOGIN_REFUSED, RATE_LIMITER_FAILED_OPEN
 from edge.ratelimit import Bucket, RateLimiter, retry_after_header
 from edge.settings import LoginLimits
+from rideshare.redis_client import RedisClient
 
 __all__ = ["LoginGuard", "Role", "masked_phone"]
 
@@ -84,7 +84,7 @@ class LoginGuard:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         limiter: RateLimiter,
         limits: LoginLimits,
         *,
@@ -195,10 +195,11 @@ class LoginGuard:
     # -- helpers ------------------------------------------------------------------------------
 
     def _failures_key(self, role: Role, phone: str) -> str:
-        return f"{self._prefix}failures:{role}:{phone}"
+        # One hash tag per (role, phone): the failure script's two keys share a cluster slot.
+        return f"{self._prefix}failures:{{{role}:{phone}}}"
 
     def _lock_key(self, role: Role, phone: str) -> str:
-        return f"{self._prefix}lock:{role}:{phone}"
+        return f"{self._prefix}lock:{{{role}:{phone}}}"
 
     async def _take(
         self, kind: str, reason: str, bucket: Bucket, *, message: str, who: str

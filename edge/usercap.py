@@ -24,12 +24,12 @@ import logging
 import time
 import uuid
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from edge import wire
 from edge.metrics import WS_POLICY_CLOSES
 from edge.wsconn import Connection
+from rideshare.redis_client import RedisClient
 
 __all__ = ["UserSockets"]
 
@@ -57,7 +57,7 @@ return old
 class UserSockets:
     """This process's side of the shared cap."""
 
-    def __init__(self, redis: aioredis.Redis, *, max_per_user: int) -> None:
+    def __init__(self, redis: RedisClient, *, max_per_user: int) -> None:
         self._redis = redis
         self._max = max_per_user
         self.process_id = uuid.uuid4().hex[:12]

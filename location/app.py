@@ -75,7 +75,7 @@ async def running(
             stack.push_async_callback(records.close)
         rt = await stack.enter_async_context(service_runtime(settings, use_redis=True))
         assert rt.redis is not None
-        store = LocationStore(rt.redis, track_cap=location.track_cap)
+        store = LocationStore(rt.redis, shards=location.shards, track_cap=location.track_cap)
         server = rt.grpc_server(errors=ERRORS, access=ACCESS)
         location_pb2_grpc.add_LocationServiceServicer_to_server(
             LocationServicer(

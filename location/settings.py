@@ -37,6 +37,9 @@ class LocationSettings:
     """Fixes kept per trip for its measured distance (the newest ones)."""
     track_max_speed_mps: float = TRACK_MAX_SPEED_MPS
     """A step between two fixes of a track faster than this is a jump, and ignored."""
+    shards: int = 1
+    """Hash-tagged shards of the Redis keys (location/store.py): 1 on one Valkey; on a
+    Valkey Cluster several per master, so the drivers spread over the masters."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> LocationSettings:
@@ -60,6 +63,7 @@ class LocationSettings:
             track_max_speed_mps=env_float(
                 "RIDESHARE_TRACK_MAX_SPEED_MPS", TRACK_MAX_SPEED_MPS, minimum=1.0, env=env
             ),
+            shards=env_int("RIDESHARE_LOCATION_SHARDS", 1, minimum=1, maximum=1024, env=env),
         )
 
     @property

@@ -1,6 +1,7 @@
 """Live positions and the availability index in Redis.
 
-Layout (``<p>`` is the key prefix, ``loc:`` by default):
+Layout (``<p>`` is the shard's prefix: the key prefix, ``loc:`` by default, and the shard's
+hash tag, ``loc:{0}:``; see "Shards" below):
 
 - ``<p>d:<driver_id>``   hash: ``ts`` client time of the stored fix, ``p`` the packed fix,
   ``x``/``y`` lng/lat, ``a`` availability, ``c`` vehicle class, ``h`` the trip holding the
@@ -35,16 +36,34 @@ for one trip; those carry no event time and leave ``t`` alone).
 
 Each operation is one Lua script call: one round trip, and atomic, which makes the
 out-of-order check and the availability compare-and-set safe with many service copies.
-Keys are built inside the scripts, so this layout targets one Redis (or one Cluster slot).
+
+Shards (a Valkey Cluster): a script may only touch keys of one hash slot, so every key above
+carries its shard's hash tag, ``loc:{<k>}:...``, and every key a script is known to touch
+before it runs is passed in KEYS (the cluster client routes the call by them); the keys only
+data names (a driver a search found, the track of the trip a driver's hash holds) are built
+inside the script from the same shard prefix, so they share the slot. A driver's shard is
+``crc32(driver_id) % shards`` (``RIDESHARE_LOCATION_SHARDS``, 1 by default): chosen by the
+driver, not by where the driver is, so a driver's hash and its index entries always share a
+slot and never move, whichever way the driver drives. A geographic shard (a city or an H3
+region) would have to move a driver crossing its border from one slot to another, in two
+steps that no script can make atomic, and the availability compare-and-set (a driver on one
+trip at a time) would have a window. The price is paid by searches: every search asks every
+shard (one script per shard, side by side, each over 1/shards of the drivers) and keeps the
+nearest ``limit`` of their union; each shard's answer is its exact nearest, so the merged
+answer is exact, and a circle over any boundary of the map finds everyone inside it. Each
+script stays bounded by the members inside the circle, as on one node. With one shard
+(the default) everything is in one slot and one call, as before. See docs/SHARDING.md.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import struct
 import time
-from collections.abc import Sequence
-
-import redis.asyncio as aioredis
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from location.domain import (
     TRACK_CAP,
@@ -54,8 +73,11 @@ from location.domain import (
     Position,
     SnapshotEntry,
 )
+from rideshare.redis_client import RedisClient
 
-__all__ = ["LocationStore"]
+__all__ = ["LocationStore", "shard_of", "shard_prefix"]
+
+T = TypeVar("T")
 
 VEHICLE_CLASSES = (0, 1, 2, 3)  # unspecified, standard, xl, comfort: the wire enum values
 _PACK = struct.Struct("<dddddqq")  # lat lng heading speed accuracy client_ts server_ts
@@ -68,13 +90,24 @@ _OFFLINE = "4"
 _ONLINE = "123"  # AVAILABLE, OFFERED, ON_TRIP
 _HELD = "23"  # OFFERED, ON_TRIP
 
-_INGEST = """
+# Every script takes the shard's fixed keys first, in this order (``_fixed_keys``), then the
+# keys of the drivers it names. Keys that only data can name (a driver a search found, the
+# track of the trip a driver's hash holds) are built from ARGV's shard prefix ``p``: they carry
+# the same hash tag, so they are in the same slot, which Valkey checks when they are touched.
+_FIXED = """
+local seen, all, offered = KEYS[1], KEYS[2], KEYS[3]
+local avail = {[0] = KEYS[4], KEYS[5], KEYS[6], KEYS[7]}
+"""
+_NFIXED = 7
+
+_INGEST = (
+    _FIXED
+    + """
 local p, now, ttl, cap = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local seen, all = p .. 'seen', p .. 'geo:all'
 local out = {}
 for i = 5, #ARGV, 5 do
   local id, ts, x, y = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3]
-  local key = p .. 'd:' .. id
+  local key = KEYS[7 + (i - 5) / 5 + 1]
   local cur = redis.call('HMGET', key, 'ts', 'a', 'c', 'h')
   if cur[1] and tonumber(cur[1]) >= ts then
     out[#out + 1] = 0
@@ -84,7 +117,8 @@ for i = 5, #ARGV, 5 do
     redis.call('ZADD', seen, now, id)
     local a = cur[2] or '4'
     if a ~= '4' then redis.call('GEOADD', all, x, y, id) end
-    if a == '1' then redis.call('GEOADD', p .. 'geo:avail:' .. (cur[3] or '0'), x, y, id) end
+    local geo = avail[tonumber(cur[3] or '0')]
+    if a == '1' and geo then redis.call('GEOADD', geo, x, y, id) end
     if a == '3' and cur[4] then
       local track = p .. 'trk:' .. cur[4]
       local n = redis.call('RPUSH', track, ARGV[i + 4])
@@ -96,14 +130,16 @@ for i = 5, #ARGV, 5 do
 end
 return out
 """
+)
 
-# One availability change of one driver, under guards; shared by the scripts below.
-# states: the availabilities it applies from ('' any); hold: the trip that must hold the
-# driver ('' any); at: the change's time in ms, applied only if no newer change was ('' no
-# guard, and the stored time is kept); newhold: '' keep, '-' clear, else the holding trip.
-_CHANGE_FN = """
-local function change(p, id, new, class, states, hold, at, newhold, ttl, now)
-  local key = p .. 'd:' .. id
+# One availability change of one driver (its hash at ``key``), under guards; shared by the
+# scripts below. states: the availabilities it applies from ('' any); hold: the trip that must
+# hold the driver ('' any); at: the change's time in ms, applied only if no newer change was
+# ('' no guard, and the stored time is kept); newhold: '' keep, '-' clear, else the holding trip.
+_CHANGE_FN = (
+    _FIXED
+    + """
+local function change(key, id, new, class, states, hold, at, newhold, ttl, now)
   local cur = redis.call('HMGET', key, 'a', 'c', 'x', 'y', 'h', 't')
   local prev = cur[1] or '4'
   if at ~= '' and cur[6] and tonumber(cur[6]) > tonumber(at) then return {0, tonumber(prev)} end
@@ -116,24 +152,26 @@ local function change(p, id, new, class, states, hold, at, newhold, ttl, now)
   elseif newhold ~= '' then redis.call('HSET', key, 'h', newhold) end
   if at ~= '' then redis.call('HSET', key, 't', at) end
   redis.call('PEXPIRE', key, ttl)
-  if new ~= '2' then redis.call('ZREM', p .. 'offered', id)
-  elseif prev ~= '2' or newhold ~= '' then redis.call('ZADD', p .. 'offered', now, id) end
-  for c = 0, 3 do redis.call('ZREM', p .. 'geo:avail:' .. c, id) end
+  if new ~= '2' then redis.call('ZREM', offered, id)
+  elseif prev ~= '2' or newhold ~= '' then redis.call('ZADD', offered, now, id) end
+  for c = 0, 3 do redis.call('ZREM', avail[c], id) end
   if new == '4' then
-    redis.call('ZREM', p .. 'geo:all', id)
-  elseif cur[3] and redis.call('ZSCORE', p .. 'seen', id) then
-    redis.call('GEOADD', p .. 'geo:all', cur[3], cur[4], id)
-    if new == '1' then redis.call('GEOADD', p .. 'geo:avail:' .. class, cur[3], cur[4], id) end
+    redis.call('ZREM', all, id)
+  elseif cur[3] and redis.call('ZSCORE', seen, id) then
+    redis.call('GEOADD', all, cur[3], cur[4], id)
+    local geo = avail[tonumber(class)]
+    if new == '1' and geo then redis.call('GEOADD', geo, cur[3], cur[4], id) end
   end
   return {1, tonumber(prev)}
 end
 """
+)
 
 _CHANGE = (
     _CHANGE_FN
     + """
-return change(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9],
-  ARGV[10])
+return change(KEYS[8], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8],
+  ARGV[9])
 """
 )
 
@@ -141,44 +179,44 @@ return change(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARG
 # rebuild drops the lock, and the rebuild starts over). Every row carries the snapshot's time,
 # so a driver changed by an event newer than the snapshot keeps the event's state; and a
 # driver the snapshot calls AVAILABLE but who is OFFERED now was reserved after the snapshot
-# was read (a flush empties every hold), so the hold stays.
+# was read (a flush empties every hold), so the hold stays. KEYS[8] is the shard's lock.
 _SNAPSHOT = (
     _CHANGE_FN
     + """
-local p, lock, token, lock_ttl, at, ttl, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5],
-  ARGV[6], ARGV[7]
-if redis.call('GET', p .. lock) ~= token then return -1 end
-redis.call('PEXPIRE', p .. lock, lock_ttl)
+local lock, token, lock_ttl, at, ttl, now = KEYS[8], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+if redis.call('GET', lock) ~= token then return -1 end
+redis.call('PEXPIRE', lock, lock_ttl)
 local applied = 0
-for i = 8, #ARGV, 4 do
+for i = 6, #ARGV, 4 do
   local id, class, new, trip = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local a = redis.call('HGET', p .. 'd:' .. id, 'a')
+  local key = KEYS[8 + (i - 6) / 4 + 1]
+  local a = redis.call('HGET', key, 'a')
   if not (new == '1' and a == '2') then
     local hold = trip
     if trip == '' then hold = '-' end
-    applied = applied + change(p, id, new, class, '', '', at, hold, ttl, now)[1]
+    applied = applied + change(key, id, new, class, '', '', at, hold, ttl, now)[1]
   end
 end
 return applied
 """
 )
 
+# KEYS: the shard's lock, its marker.
 _FINISH_REBUILD = """
-local p, lock, token, marker, info = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-if redis.call('GET', p .. lock) ~= token then return 0 end
-redis.call('SET', p .. marker, info)
-redis.call('DEL', p .. lock)
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('DEL', KEYS[1])
 return 1
 """
 
 _EXTEND_REBUILD = """
-if redis.call('GET', ARGV[1] .. ARGV[2]) ~= ARGV[3] then return 0 end
-redis.call('PEXPIRE', ARGV[1] .. ARGV[2], ARGV[4])
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
 _ABANDON_REBUILD = """
-if redis.call('GET', ARGV[1] .. ARGV[2]) == ARGV[3] then redis.call('DEL', ARGV[1] .. ARGV[2]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 """
 
@@ -186,24 +224,25 @@ return 0
 # the circle). Once a circle holds `limit` usable drivers, nobody outside it can be nearer,
 # so the answer is exact. Intermediate circles are read whole (they are small by design);
 # only the last one is capped with COUNT, with headroom for stale or excluded members.
+# KEYS: the shard's seen, then one GEO set per class searched.
 _NEAREST = """
 local p, now, stale, x, y, radius, limit, want = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
   ARGV[4], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
-local first, nclasses = tonumber(ARGV[9]), tonumber(ARGV[10])
+local first = tonumber(ARGV[9])
 local excluded = {}
-for i = 11 + nclasses, #ARGV do excluded[ARGV[i]] = true end
-local seen = p .. 'seen'
+for i = 10, #ARGV do excluded[ARGV[i]] = true end
+local seen = KEYS[1]
 local r = math.min(first, radius)
 local hits
 while true do
   hits = {}
-  for i = 11, 10 + nclasses do
+  for i = 2, #KEYS do
     local found
     if r < radius then
-      found = redis.call('GEOSEARCH', p .. 'geo:avail:' .. ARGV[i], 'FROMLONLAT', x, y,
+      found = redis.call('GEOSEARCH', KEYS[i], 'FROMLONLAT', x, y,
         'BYRADIUS', r, 'm', 'ASC', 'WITHDIST')
     else
-      found = redis.call('GEOSEARCH', p .. 'geo:avail:' .. ARGV[i], 'FROMLONLAT', x, y,
+      found = redis.call('GEOSEARCH', KEYS[i], 'FROMLONLAT', x, y,
         'BYRADIUS', r, 'm', 'ASC', 'COUNT', want, 'WITHDIST')
     end
     for _, hit in ipairs(found) do
@@ -211,7 +250,7 @@ while true do
       if not excluded[id] then
         local at = redis.call('ZSCORE', seen, id)
         if at and now - tonumber(at) <= stale then
-          hits[#hits + 1] = {id, hit[2], ARGV[i]}
+          hits[#hits + 1] = {id, hit[2], i}
         end
       end
     end
@@ -223,19 +262,20 @@ table.sort(hits, function(a, b) return tonumber(a[2]) < tonumber(b[2]) end)
 local out = {}
 for i = 1, math.min(limit, #hits) do
   local h = hits[i]
-  out[#out + 1] = {h[1], h[2], h[3], redis.call('HGET', p .. 'd:' .. h[1], 'p')}
+  out[#out + 1] = {h[1], h[2], h[3] - 2, redis.call('HGET', p .. 'd:' .. h[1], 'p')}
 end
 return out
 """
 
+# KEYS: the shard's seen, geo:all.
 _IN_AREA = """
 local p, now, stale, x, y, w, h, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
   ARGV[4], ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
-local found = redis.call('GEOSEARCH', p .. 'geo:all', 'FROMLONLAT', x, y,
+local found = redis.call('GEOSEARCH', KEYS[2], 'FROMLONLAT', x, y,
   'BYBOX', w, h, 'm', 'COUNT', limit + 1)
 local out = {}
 for _, id in ipairs(found) do
-  local at = redis.call('ZSCORE', p .. 'seen', id)
+  local at = redis.call('ZSCORE', KEYS[1], id)
   if at and now - tonumber(at) <= stale then
     local d = redis.call('HMGET', p .. 'd:' .. id, 'p', 'a', 'c')
     if d[1] then out[#out + 1] = {id, d[1], d[2] or '4', d[3] or '0'} end
@@ -246,34 +286,41 @@ return {#found > limit and 1 or 0, out}
 
 # A hold (OFFERED) nobody ended: the process that reserved the driver died before it could
 # offer or release. Older than any offer can live, it is released to AVAILABLE.
-_RELEASE_HELD = """
+_RELEASE_HELD = (
+    _FIXED
+    + """
 local p, cutoff, batch = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local held = redis.call('ZRANGE', p .. 'offered', '-inf', cutoff, 'BYSCORE', 'LIMIT', 0, batch)
+local held = redis.call('ZRANGE', offered, '-inf', cutoff, 'BYSCORE', 'LIMIT', 0, batch)
 for _, id in ipairs(held) do
   local key = p .. 'd:' .. id
   local cur = redis.call('HMGET', key, 'a', 'c', 'x', 'y')
   if cur[1] == '2' then
     redis.call('HSET', key, 'a', '1')
     redis.call('HDEL', key, 'h')
-    if cur[3] and redis.call('ZSCORE', p .. 'seen', id) then
-      redis.call('GEOADD', p .. 'geo:avail:' .. (cur[2] or '0'), cur[3], cur[4], id)
+    local geo = avail[tonumber(cur[2] or '0')]
+    if cur[3] and geo and redis.call('ZSCORE', seen, id) then
+      redis.call('GEOADD', geo, cur[3], cur[4], id)
     end
   end
-  redis.call('ZREM', p .. 'offered', id)
+  redis.call('ZREM', offered, id)
 end
 return #held
 """
+)
 
-_SWEEP = """
-local p, cutoff, batch = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local stale = redis.call('ZRANGE', p .. 'seen', '-inf', cutoff, 'BYSCORE', 'LIMIT', 0, batch)
+_SWEEP = (
+    _FIXED
+    + """
+local cutoff, batch = ARGV[1], tonumber(ARGV[2])
+local stale = redis.call('ZRANGE', seen, '-inf', cutoff, 'BYSCORE', 'LIMIT', 0, batch)
 for _, id in ipairs(stale) do
-  redis.call('ZREM', p .. 'geo:all', id)
-  for c = 0, 3 do redis.call('ZREM', p .. 'geo:avail:' .. c, id) end
-  redis.call('ZREM', p .. 'seen', id)
+  redis.call('ZREM', all, id)
+  for c = 0, 3 do redis.call('ZREM', avail[c], id) end
+  redis.call('ZREM', seen, id)
 end
 return #stale
 """
+)
 
 
 def pack(position: Position) -> bytes:
@@ -304,15 +351,45 @@ def unpack(driver_id: str, packed: bytes, availability: int, vehicle_class: int)
     )
 
 
+def shard_of(driver_id: str, shards: int) -> int:
+    """The shard that holds ``driver_id``'s keys: stable for the driver's whole life, so its
+    state never moves between slots (CRC-32 of the id, spread evenly)."""
+    return zlib.crc32(driver_id.encode()) % shards if shards > 1 else 0
+
+
+def shard_prefix(prefix: str, shard: int) -> str:
+    """The start of every key of ``shard``: ``loc:{3}:``; the braces are the hash tag."""
+    return f"{prefix}{{{shard}}}:"
+
+
 class LocationStore:
-    """The Redis adapter of the location service; every method is one round trip."""
+    """The Redis adapter of the location service. A call about one driver is one round trip
+    to the driver's shard; a search is one round trip to every shard, side by side."""
 
     def __init__(
-        self, client: aioredis.Redis, *, prefix: str = "loc:", track_cap: int = TRACK_CAP
+        self,
+        client: RedisClient,
+        *,
+        prefix: str = "loc:",
+        shards: int = 1,
+        track_cap: int = TRACK_CAP,
     ) -> None:
+        if shards < 1:
+            raise ValueError(f"shards must be at least 1, not {shards}")
         self._redis = client
         self._prefix = prefix
+        self._shards = shards
         self._track_cap = track_cap
+        self._sp = [shard_prefix(prefix, k) for k in range(shards)]
+        self._fixed = [
+            [
+                sp + "seen",
+                sp + "geo:all",
+                sp + "offered",
+                *(sp + f"geo:avail:{c}" for c in VEHICLE_CLASSES),
+            ]
+            for sp in self._sp
+        ]
         self._ingest = client.register_script(_INGEST)
         self._change_script = client.register_script(_CHANGE)
         self._snapshot = client.register_script(_SNAPSHOT)
@@ -324,23 +401,55 @@ class LocationStore:
         self._sweep = client.register_script(_SWEEP)
         self._release_held = client.register_script(_RELEASE_HELD)
 
+    async def _every_shard(self, call: Callable[[int], Awaitable[T]]) -> list[T]:
+        """``call(shard)`` for every shard, side by side; one shard is awaited as it is, so
+        a single Valkey pays no task per call."""
+        if self._shards == 1:
+            return [await call(0)]
+        return list(await asyncio.gather(*(call(k) for k in range(self._shards))))
+
+    def _shard(self, driver_id: str) -> int:
+        return shard_of(driver_id, self._shards)
+
+    def _driver_key(self, driver_id: str) -> str:
+        return f"{self._sp[self._shard(driver_id)]}d:{driver_id}"
+
     async def ping(self) -> None:
         await self._redis.ping()
 
     async def apply(self, positions: Sequence[Position], *, now_ms: int) -> list[int]:
         """Store the newer of each update; per update, the driver's availability when it was
         applied, or 0 when it was older than (or as old as) the stored fix and dropped."""
+        if self._shards == 1:
+            return await self._apply_shard(0, positions, now_ms)
+        by_shard: dict[int, list[int]] = {}
+        for i, pos in enumerate(positions):
+            by_shard.setdefault(self._shard(pos.driver_id), []).append(i)
+        replies = await asyncio.gather(
+            *(
+                self._apply_shard(k, [positions[i] for i in idx], now_ms)
+                for k, idx in by_shard.items()
+            )
+        )
+        results = [0] * len(positions)
+        for idx, reply in zip(by_shard.values(), replies, strict=True):
+            for i, result in zip(idx, reply, strict=True):
+                results[i] = result
+        return results
+
+    async def _apply_shard(
+        self, shard: int, positions: Sequence[Position], now_ms: int
+    ) -> list[int]:
+        sp = self._sp[shard]
         results: list[int] = []
         for start in range(0, len(positions), _BATCH):
-            args: list[str | bytes | int | float] = [
-                self._prefix,
-                now_ms,
-                _DAY_MS,
-                self._track_cap,
-            ]
-            for pos in positions[start : start + _BATCH]:
+            batch = positions[start : start + _BATCH]
+            args: list[str | bytes | int | float] = [sp, now_ms, _DAY_MS, self._track_cap]
+            keys = list(self._fixed[shard])
+            for pos in batch:
+                keys.append(f"{sp}d:{pos.driver_id}")
                 args += (pos.driver_id, pos.client_ts_ms, pos.lng, pos.lat, pack(pos))
-            results += await self._ingest(args=args)
+            results += await self._ingest(keys=keys, args=args)
         return results
 
     async def _change(
@@ -355,9 +464,10 @@ class LocationStore:
         new_hold: str = "",
     ) -> tuple[bool, Availability]:
         """Run ``_CHANGE`` (see its comment for the guards); (applied, previous)."""
+        shard = self._shard(driver_id)
         ok, previous = await self._change_script(
+            keys=[*self._fixed[shard], f"{self._sp[shard]}d:{driver_id}"],
             args=[
-                self._prefix,
                 driver_id,
                 int(new) if new is not None else "",
                 vehicle_class or "",
@@ -367,7 +477,7 @@ class LocationStore:
                 new_hold,
                 _DAY_MS,
                 time.time_ns() // 1_000_000,
-            ]
+            ],
         )
         return bool(ok), Availability(previous)
 
@@ -438,57 +548,84 @@ class LocationStore:
         )
         return ok
 
+    def _lock_key(self, shard: int) -> str:
+        return self._sp[shard] + _REBUILDING
+
     async def index_built(self) -> bool:
-        """Whether the marker a finished rebuild writes is there: gone after a flush or a
-        restart of an unpersisted Redis, which is how the loss is noticed."""
-        return bool(await self._redis.exists(self._prefix + _BUILT))
+        """Whether every shard holds the marker a finished rebuild writes: gone after a flush
+        or a restart of an unpersisted Redis (or of one cluster node that had no replica to
+        take over), which is how the loss is noticed."""
+        markers = [sp + _BUILT for sp in self._sp]
+        return int(await self._redis.exists(*markers)) == len(markers)
 
     async def begin_rebuild(self, token: str, *, lock_ms: int) -> bool:
-        """Take the rebuild lock (one copy rebuilds at a time); False when another has it."""
-        return bool(await self._redis.set(self._prefix + _REBUILDING, token, nx=True, px=lock_ms))
+        """Take the rebuild lock (one copy rebuilds at a time); False when another has it.
+        The lock is taken on shard 0 and copied to the others, so each shard's script can
+        tell that the shard lost its data (and its copy of the lock) in the meantime."""
+        if not await self._redis.set(self._lock_key(0), token, nx=True, px=lock_ms):
+            return False
+        for shard in range(1, self._shards):
+            await self._redis.set(self._lock_key(shard), token, px=lock_ms)
+        return True
 
     async def extend_rebuild(self, token: str, *, lock_ms: int) -> bool:
         """Extend the lock while a rebuild reads; False when it is gone (Redis was emptied)."""
-        return bool(await self._extend_rebuild(args=[self._prefix, _REBUILDING, token, lock_ms]))
+        held = await self._every_shard(
+            lambda k: self._extend_rebuild(keys=[self._lock_key(k)], args=[token, lock_ms])
+        )
+        return all(bool(h) for h in held)
 
     async def apply_snapshot(
         self, entries: Sequence[SnapshotEntry], *, at_ms: int, token: str, lock_ms: int
     ) -> int | None:
         """Apply rebuild entries as of ``at_ms`` (see ``_SNAPSHOT``) and extend the lock;
         the number applied, or None when the lock was lost (a flush): start over."""
+        by_shard: dict[int, list[SnapshotEntry]] = {}
+        for e in entries:
+            by_shard.setdefault(self._shard(e.driver_id), []).append(e)
         applied = 0
-        for start in range(0, len(entries), _BATCH):
-            args: list[str | int] = [
-                self._prefix,
-                _REBUILDING,
-                token,
-                lock_ms,
-                at_ms,
-                _DAY_MS,
-                time.time_ns() // 1_000_000,
-            ]
-            for e in entries[start : start + _BATCH]:
-                args += (e.driver_id, e.vehicle_class or "", int(e.availability), e.trip_id)
-            count = int(await self._snapshot(args=args))
-            if count < 0:
-                return None
-            applied += count
+        for shard, rows in by_shard.items():
+            sp = self._sp[shard]
+            for start in range(0, len(rows), _BATCH):
+                args: list[str | int] = [
+                    token,
+                    lock_ms,
+                    at_ms,
+                    _DAY_MS,
+                    time.time_ns() // 1_000_000,
+                ]
+                keys = [*self._fixed[shard], self._lock_key(shard)]
+                for e in rows[start : start + _BATCH]:
+                    keys.append(f"{sp}d:{e.driver_id}")
+                    args += (e.driver_id, e.vehicle_class or "", int(e.availability), e.trip_id)
+                count = int(await self._snapshot(keys=keys, args=args))
+                if count < 0:
+                    return None
+                applied += count
         return applied
 
     async def finish_rebuild(self, token: str, *, info: str) -> bool:
-        """Write the marker and drop the lock, if this rebuild still holds it."""
-        return bool(
-            await self._finish_rebuild(args=[self._prefix, _REBUILDING, token, _BUILT, info])
-        )
+        """Write each shard's marker and drop its lock, if this rebuild still holds it; False
+        when a shard lost it (that shard stays unmarked, so the rebuild runs again)."""
+        done = True
+        for shard in range(self._shards):
+            keys = [self._lock_key(shard), self._sp[shard] + _BUILT]
+            done = bool(await self._finish_rebuild(keys=keys, args=[token, info])) and done
+        return done
 
     async def abandon_rebuild(self, token: str) -> None:
         """Drop the lock (if still ours) after a failed rebuild, so any copy may retry."""
-        await self._abandon_rebuild(args=[self._prefix, _REBUILDING, token])
+        for shard in range(self._shards):
+            await self._abandon_rebuild(keys=[self._lock_key(shard)], args=[token])
 
     async def track(self, trip_id: str) -> list[Position] | None:
         """The fixes recorded while ``trip_id`` held its driver ON_TRIP, oldest first; None
-        when none is (the trip never held a driver here, or Redis lost the track)."""
-        packed = await self._redis.lrange(f"{self._prefix}trk:{trip_id}", 0, -1)
+        when none is (the trip never held a driver here, or Redis lost the track). The track
+        lives in its driver's shard, which the trip id does not tell: every shard is asked."""
+        found = await self._every_shard(
+            lambda k: self._redis.lrange(f"{self._sp[k]}trk:{trip_id}", 0, -1)
+        )
+        packed = max(found, key=len)
         if not packed:
             return None
         return [unpack("", p, Availability.ON_TRIP, 0) for p in packed if isinstance(p, bytes)]
@@ -496,7 +633,7 @@ class LocationStore:
     async def get(self, driver_id: str) -> Position | None:
         """The stored position of a driver, stale or not, or None."""
         packed, availability, vehicle_class = await self._redis.hmget(
-            f"{self._prefix}d:{driver_id}", ["p", "a", "c"]
+            self._driver_key(driver_id), ["p", "a", "c"]
         )
         if not isinstance(packed, bytes):
             return None
@@ -514,34 +651,42 @@ class LocationStore:
         now_ms: int,
         stale_ms: int,
     ) -> list[NearbyHit]:
-        """Fresh AVAILABLE drivers within ``radius_m``, nearest first, at most ``limit``."""
+        """Fresh AVAILABLE drivers within ``radius_m``, nearest first, at most ``limit``.
+
+        With shards, every shard reads the same circle, and the circle doubles until their
+        union holds ``limit`` (or it reaches ``radius_m``); each shard answers its nearest
+        ``limit`` within it, so the nearest ``limit`` of the union is the exact answer."""
         classes = VEHICLE_CLASSES if vehicle_class is None else (vehicle_class,)
         want = limit + len(exclude) + 16
-        rows = await self._nearest(
-            args=[
-                self._prefix,
-                now_ms,
-                stale_ms,
-                lng,
-                lat,
-                radius_m,
-                limit,
-                want,
-                FIRST_SEARCH_RADIUS_M,
-                len(classes),
-                *classes,
-                *exclude,
-            ]
-        )
-        hits = []
-        for driver_id, distance, vehicle_class_code, packed in rows:
-            if packed is None:  # expired between search and read
-                continue
-            position = unpack(
-                driver_id.decode(), packed, Availability.AVAILABLE, int(vehicle_class_code)
+
+        async def search(shard: int, radius: float, first: float) -> list[NearbyHit]:
+            sp = self._sp[shard]
+            rows = await self._nearest(
+                keys=[sp + "seen", *(f"{sp}geo:avail:{c}" for c in classes)],
+                args=[sp, now_ms, stale_ms, lng, lat, radius, limit, want, first, *exclude],
             )
-            hits.append(NearbyHit(position, float(distance)))
-        return hits
+            hits = []
+            for driver_id, distance, class_index, packed in rows:
+                if packed is None:  # expired between search and read
+                    continue
+                position = unpack(
+                    driver_id.decode(), packed, Availability.AVAILABLE, classes[int(class_index)]
+                )
+                hits.append(NearbyHit(position, float(distance)))
+            return hits
+
+        if self._shards == 1:  # the script widens the circle itself: one round trip
+            return await search(0, radius_m, FIRST_SEARCH_RADIUS_M)
+        # Shards widen together: each shard holds 1/shards of the drivers, so a shard widening
+        # alone until it has `limit` would read a circle shards times larger than needed. All
+        # read one radius; once their union holds `limit`, nobody outside is nearer.
+        r = min(FIRST_SEARCH_RADIUS_M, radius_m)
+        while True:
+            found = await self._every_shard(functools.partial(search, radius=r, first=r))
+            hits = sorted((hit for shard in found for hit in shard), key=lambda h: h.distance_m)
+            if len(hits) >= limit or r >= radius_m:
+                return hits[:limit]
+            r = min(r * 2, radius_m)
 
     async def in_area(
         self,
@@ -553,27 +698,47 @@ class LocationStore:
         stale_ms: int,
     ) -> tuple[list[Position], bool]:
         """Fresh online drivers in a box (centre lat/lng, width/height in metres); and whether
-        more matched than ``limit``."""
-        truncated, rows = await self._in_area(
-            args=[self._prefix, now_ms, stale_ms, centre[1], centre[0], *size_m, limit]
-        )
-        positions = [
-            unpack(driver_id.decode(), packed, int(a), int(c)) for driver_id, packed, a, c in rows
-        ]
-        return positions[:limit], bool(truncated)
+        more matched than ``limit`` (in any shard, or in all of them together)."""
+
+        def search(shard: int) -> Awaitable[list[Any]]:
+            sp = self._sp[shard]
+            return self._in_area(
+                keys=[sp + "seen", sp + "geo:all"],
+                args=[sp, now_ms, stale_ms, centre[1], centre[0], *size_m, limit],
+            )
+
+        replies = await self._every_shard(search)
+        positions = []
+        truncated = False
+        for more, rows in replies:
+            truncated = truncated or bool(more)
+            positions += [
+                unpack(driver_id.decode(), packed, int(a), int(c))
+                for driver_id, packed, a, c in rows
+            ]
+        return positions[:limit], truncated or len(positions) > limit
 
     async def sweep_stale(self, *, cutoff_ms: int, batch: int = 1_000) -> int:
         """Remove drivers last seen at or before ``cutoff_ms`` from the GEO sets."""
         removed = 0
-        while True:
-            count = int(await self._sweep(args=[self._prefix, cutoff_ms, batch]))
-            removed += count
-            if count < batch:
-                return removed
+        for shard in range(self._shards):
+            while True:
+                count = int(await self._sweep(keys=self._fixed[shard], args=[cutoff_ms, batch]))
+                removed += count
+                if count < batch:
+                    break
+        return removed
 
     async def release_held(self, *, cutoff_ms: int, batch: int = 1_000) -> int:
         """Make drivers held OFFERED since ``cutoff_ms`` or earlier AVAILABLE again."""
-        return int(await self._release_held(args=[self._prefix, cutoff_ms, batch]))
+        released = 0
+        for shard in range(self._shards):
+            released += int(
+                await self._release_held(
+                    keys=self._fixed[shard], args=[self._sp[shard], cutoff_ms, batch]
+                )
+            )
+        return released
 
     async def claim_event(self, consumer: str, event_id: str, *, ttl_s: int = 7 * 86_400) -> bool:
         """Idempotency guard for consumed events: True the first time an id is seen."""

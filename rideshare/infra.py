@@ -35,7 +35,6 @@ from pathlib import Path
 import asyncpg
 import httpx
 import nats
-import redis.asyncio as aioredis
 
 from rideshare.infra_users import (
     ADMIN,
@@ -47,6 +46,7 @@ from rideshare.infra_users import (
     valkey_acl,
 )
 from rideshare.nats_cluster import nats_servers
+from rideshare.redis_client import open_redis
 from rideshare.secrets_dir import secret_file
 from rideshare.settings import INFRA_FILE, InfraUrls, configured_ports
 
@@ -357,8 +357,8 @@ async def _wait_ready(
 
 
 async def probe_redis(url: str) -> None:
-    """PING answers."""
-    client = aioredis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
+    """PING answers (one server, or a cluster through the nodes its URL lists)."""
+    client = open_redis(url, max_connections=2, timeout_s=1.0)
     try:
         await client.ping()
     finally:

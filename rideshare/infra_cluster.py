@@ -9,7 +9,8 @@ In place of the single servers of :class:`~rideshare.infra.EmbeddedInfra`:
   (``postgres-standby``, rideshare/pg_standby.py), synchronous unless told otherwise; the DSN
   names both with ``target_session_attrs=read-write``. :meth:`ClusterInfra.failover_postgres`
   stops the primary and promotes the standby.
-- Valkey: still one server here; the Valkey Cluster takes its place in :meth:`_start_redis`.
+- Valkey: a Valkey Cluster of three masters and three replicas (``valkey-1`` ...,
+  rideshare/valkey_cluster.py); the URL is ``redis+cluster://`` and names every node.
 
 Every process is started, restarted and stopped by PID like the single servers.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import shutil
@@ -44,8 +46,15 @@ from rideshare.infra import (
     pg_bin_dir_for,
     probe_nats,
     probe_postgres,
+    probe_redis,
 )
-from rideshare.infra_users import ADMIN, NATS_USERS, PASSWORD_BYTES, nats_authorization
+from rideshare.infra_users import (
+    ADMIN,
+    NATS_USERS,
+    PASSWORD_BYTES,
+    VALKEY_USERS,
+    nats_authorization,
+)
 from rideshare.nats_cluster import nats_servers, node_config, servers_url, stream_leader
 from rideshare.pg_standby import (
     STANDBY_NAME,
@@ -59,6 +68,7 @@ from rideshare.pg_standby import (
 )
 from rideshare.secrets_dir import secret_file
 from rideshare.settings import InfraUrls
+from rideshare.valkey_cluster import ValkeyCluster
 
 __all__ = ["PRIMARY", "STANDBY", "ClusterInfra", "NodeState", "node_states"]
 
@@ -111,9 +121,18 @@ class ClusterInfra(EmbeddedInfra):
         return host_dsns(self.urls.postgres_dsn)
 
     async def _start_redis(self) -> str:
-        # One Valkey for now. The Valkey Cluster (three masters, three replicas) takes its
-        # place here, returning the URL that the Redis client factory reads.
-        return await super()._start_redis()
+        """The Valkey Cluster with this install's passwords; each node is a server of its
+        own here, restarted on its port and directory, where it rejoins the cluster."""
+        passwords = {user: self._password("valkey", user) for user in (ADMIN, *VALKEY_USERS)}
+        cluster = ValkeyCluster(self.data_dir / "valkey-cluster", passwords=passwords)
+        url = await cluster.start()
+        for port, proc in cluster.processes.items():
+            node = f"redis://{ADMIN}:{passwords[ADMIN]}@127.0.0.1:{port}/0"
+            self._specs[proc.name] = _ServerSpec(
+                proc.name, cluster.argv[port], proc.log_path, functools.partial(probe_redis, node)
+            )
+            self._replace(proc)
+        return url
 
     async def _start_nats(self) -> str:
         passwords = {user: self._password("nats", user) for user in (ADMIN, *NATS_USERS)}

@@ -61,11 +61,12 @@ class ValkeyRights:
 
 # Data commands on the user's own keys, the Lua scripts they run (every redis.call inside
 # a script is checked against the same rules), TIME (the rate limiter's clock), SELECT for a
-# database of its own (tests); nothing that flushes, inspects or reconfigures the server,
-# and no pub/sub.
+# database of its own (tests), the slot map a cluster client routes by (CLUSTER SLOTS,
+# SHARDS); nothing that flushes, inspects or reconfigures the server, and no pub/sub.
 _DATA_COMMANDS: Final = (
     "-@all +@read +@write +@connection +@transaction +select "
-    "+eval +evalsha +script|load +script|exists +time -@dangerous"
+    "+eval +evalsha +script|load +script|exists +time -@dangerous "
+    "+cluster|slots +cluster|shards"
 )
 
 VALKEY_USERS: Final[Mapping[str, ValkeyRights]] = MappingProxyType(

@@ -31,12 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import redis.asyncio as aioredis
 import uvloop
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 
 from rideshare import bus, db
 from rideshare.grpc_errors import StatusTable
@@ -48,6 +45,7 @@ from rideshare.metrics import start_metrics_server
 from rideshare.migrations import apply_migrations
 from rideshare.outbox import OutboxRelay
 from rideshare.ports import PortInUseError
+from rideshare.redis_client import RedisClient, open_redis
 from rideshare.settings import ServiceSettings, SettingsError, service_settings
 
 __all__ = ["Runtime", "open_redis", "run_service", "service_runtime", "tune_gc_for_serving"]
@@ -55,28 +53,6 @@ __all__ = ["Runtime", "open_redis", "run_service", "service_runtime", "tune_gc_f
 logger = logging.getLogger(__name__)
 
 Worker = Callable[[asyncio.Event], Awaitable[object]]
-
-
-def open_redis(url: str, *, max_connections: int = 64, timeout_s: float = 2.0) -> aioredis.Redis:
-    """A Redis client whose calls all have a deadline. The pool blocks (up to ``timeout_s``)
-    when every connection is busy, rather than failing a burst with "Too many connections".
-
-    A call that meets a dropped connection (Redis restarted: every pooled connection is
-    dead) is tried once more on a fresh one, so the first call after a restart succeeds;
-    timeouts are not retried, so an outage costs a caller at most one deadline."""
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=timeout_s,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        retry=Retry(
-            ExponentialBackoff(cap=0.2, base=0.02),
-            retries=1,
-            supported_errors=(aioredis.ConnectionError,),
-        ),
-    )
-    return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
 
 
 @dataclass
@@ -87,7 +63,7 @@ class Runtime:
     nc: NATS
     js: JetStreamContext
     pool: asyncpg.Pool | None
-    redis: aioredis.Redis | None
+    redis: RedisClient | None
     stop: asyncio.Event
     _workers: asyncio.TaskGroup = field(repr=False)
 

@@ -39,14 +39,13 @@ from pathlib import Path
 from typing import IO, Any
 
 import asyncpg
-import redis.asyncio as aioredis
 
 from notification.domain import plan
 from notification.templates import TEMPLATES
 from notification.wire import facts_of
 from protos.events import payload_type
 from rideshare.infra import free_port
-from rideshare.runtime import open_redis
+from rideshare.redis_client import RedisClient, open_redis
 from rideshare.settings import ONE_ADDRESS_LOGIN_LIMITS, SERVICE_PORTS, load_infra_urls
 from rideshare.supervisor import Health, probe_service, read_status
 
@@ -68,7 +67,7 @@ FAULTS: tuple[tuple[str, str], ...] = (
 )
 LIVE_STATES = ("REQUESTED", "DISPATCHING", "ACCEPTED", "ARRIVED", "IN_PROGRESS")
 OUTBOX_SCHEMAS = ("rider", "driver", "trip")
-LOCATION_PREFIX = "loc:"  # the location service's default key prefix
+LOCATION_PREFIX = "loc:{0}:"  # the location service's default prefix, its one shard
 
 # Short limits so that a run of a few minutes exercises every rule: the supervisor's, and the
 # trip clocks (trip/liveness.py) that end or re-dispatch a trip whose apps went quiet.
@@ -343,7 +342,7 @@ async def _duplicated_notifications(conn: asyncpg.Connection) -> list[str]:
 _AVAILABLE, _ON_TRIP, _OFFLINE = "1", "3", "4"
 
 
-async def _index_disagreements(conn: asyncpg.Connection, redis: aioredis.Redis) -> list[str]:
+async def _index_disagreements(conn: asyncpg.Connection, redis: RedisClient) -> list[str]:
     """Drivers whose availability in the location index contradicts the driver service (online
     or not) or the trip service (on a live trip or not)."""
     drivers = await conn.fetch("SELECT id, online FROM driver.drivers")

@@ -49,7 +49,6 @@ from typing import Any
 import httpx
 import nats
 import psutil
-import redis.asyncio as aioredis
 import uvloop
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -60,6 +59,7 @@ from edge.auth import issue_token
 from protos import events
 from protos.location.v1 import location_pb2
 from rideshare.infra import free_port
+from rideshare.redis_client import RedisClient, open_redis
 from rideshare.settings import ONE_ADDRESS_LOGIN_LIMITS, InfraUrls
 from rideshare.simulate.cards import tokenize_card
 from rideshare.supervisor import SERVICE_ORDER, Supervisor, available_services
@@ -480,7 +480,7 @@ def cpu_split(
     return sorted(((r, 100 * s / wall_s) for r, s in used.items() if s > 0), key=lambda x: -x[1])
 
 
-async def applied_by_location(redis: aioredis.Redis) -> int:
+async def applied_by_location(redis: RedisClient) -> int:
     """PEXPIRE calls so far: location's ingest script makes one per applied update."""
     stats = await redis.info("commandstats")
     return int(stats.get("cmdstat_pexpire", {}).get("calls", 0))
@@ -503,7 +503,7 @@ async def run(args: argparse.Namespace) -> None:
     print(f"open file limit: {limit}; {args.procs} load client processes")
     async with infrastructure() as urls, system(urls, args.edge_workers) as (url, supervisor):
         ws_url = url.replace("http://", "ws://")
-        redis = aioredis.Redis.from_url(urls.redis_url, socket_timeout=10)
+        redis = open_redis(urls.redis_url, timeout_s=10)
         with load_clients(args.procs, ws_url) as clients:
             async with httpx.AsyncClient(base_url=url, timeout=30) as http:
                 args.stripe_api_base = urls.stripe_api_base
@@ -515,7 +515,7 @@ async def run(args: argparse.Namespace) -> None:
 async def phases(
     args: argparse.Namespace,
     http: httpx.AsyncClient,
-    redis: aioredis.Redis,
+    redis: RedisClient,
     nats_url: str,
     ws_url: str,
     supervisor: Supervisor,
@@ -601,7 +601,7 @@ async def ingest(
     rate: float,
     pairs: list[Pair],
     http: httpx.AsyncClient,
-    redis: aioredis.Redis,
+    redis: RedisClient,
     nc: NATS,
     pid: int,
     reference: Reference,

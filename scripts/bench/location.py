@@ -29,7 +29,6 @@ from collections.abc import AsyncIterator
 from typing import TypeAlias
 
 import grpc
-from redis.asyncio import Redis
 
 from location.domain import Position
 from location.store import LocationStore
@@ -38,7 +37,7 @@ from protos.location.v1 import location_pb2 as pb
 from protos.location.v1 import location_pb2_grpc
 from rideshare.grpc_client import make_channel
 from rideshare.infra import free_port
-from rideshare.runtime import open_redis
+from rideshare.redis_client import RedisClient, open_redis
 from scripts.bench.common import (
     Step,
     infrastructure,
@@ -132,7 +131,7 @@ async def bench_ingest(
     return sum(counts) / elapsed
 
 
-async def geoadd_per_s(client: Redis, seconds: float, *, pipelines: int = 4) -> float:
+async def geoadd_per_s(client: RedisClient, seconds: float, *, pipelines: int = 4) -> float:
     """GEOADDs per second from ``pipelines`` concurrent redis-py pipelines of 100 commands
     (no transaction) on a key of its own: what one Python client gets from this Valkey."""
     rng = random.Random(4)
@@ -273,7 +272,7 @@ async def run(args: argparse.Namespace) -> None:
                 if "ingest" in args.only:
                     await report_ingest(stub, drivers, client, args)
                 if "search" in args.only:
-                    count = await client.zcard("loc:geo:avail:1")
+                    count = await client.zcard("loc:{0}:geo:avail:1")
                     latencies, failed = await bench_search(stub, args.search_rate, args.seconds)
                     print(f"search: NearestDrivers 2 km, limit 10, {count:,} indexed drivers, "
                           f"{args.search_rate:.0f} req/s for {args.seconds:.0f}s: "
@@ -295,7 +294,7 @@ async def run(args: argparse.Namespace) -> None:
 
 
 async def report_ingest(
-    stub: Stub, drivers: list[str], client: Redis, args: argparse.Namespace
+    stub: Stub, drivers: list[str], client: RedisClient, args: argparse.Namespace
 ) -> None:
     ingest = await bench_ingest(stub, drivers, args.seconds, args.streams, args.batch)
     print(f"ingest: {ingest:,.0f} updates/s through ReportPositions "

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from rideshare.infra import EmbeddedInfra
+from rideshare.valkey_cluster import ValkeyCluster
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +21,16 @@ async def outage_infra(infra_dir: Path) -> AsyncIterator[EmbeddedInfra]:
         yield embedded
     finally:
         embedded.stop()
+
+
+@pytest.fixture(scope="session")
+async def valkey_cluster(infra_dir: Path) -> AsyncIterator[ValkeyCluster]:
+    """A real six-node Valkey Cluster (3 masters + 3 replicas), started once per session and
+    only for the tests that ask for it. A test that kills a master waits for its replica to
+    take over (``wait_healthy``) before it ends."""
+    cluster = ValkeyCluster(infra_dir / "valkey-cluster")
+    await cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -43,7 +43,7 @@ LocationStub: TypeAlias = "location_pb2_grpc.LocationServiceAsyncStub"
 PICKUP = (52.5200, 13.4050)
 DROPOFF = (52.5300, 13.4300)
 STANDARD = common_pb2.VEHICLE_CLASS_STANDARD
-BUILT_MARKER = "loc:index:built"
+BUILT_MARKER = "loc:{0}:index:built"  # shard 0 of one
 
 
 def now_ms() -> int:

@@ -20,6 +20,8 @@ from pathlib import Path
 import grpc
 import pytest
 from nats.aio.msg import Msg
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
 
 from driver.app import running
 from protos import events
@@ -30,6 +32,7 @@ from rideshare.infra import InfraError
 from rideshare.infra_cluster import PRIMARY, ClusterInfra, node_states
 from rideshare.nats_cluster import stream_leader
 from rideshare.pg_standby import host_dsns, role
+from rideshare.redis_client import open_redis
 from rideshare.settings import InfraUrls, ServiceSettings
 from tests.helpers import eventually, operator_channel
 
@@ -212,3 +215,34 @@ async def test_after_the_primary_dies_and_the_standby_is_promoted_the_service_wr
     assert PRIMARY not in cluster.dead()
     with pytest.raises(InfraError, match="new standby"):
         await cluster.restart(PRIMARY)
+
+
+async def test_valkey_is_a_cluster_whose_restarted_node_rejoins_it(cluster: ClusterInfra) -> None:
+    assert cluster.urls is not None
+    admin = open_redis(cluster.urls.redis_url, timeout_s=5.0)
+    location = open_redis(cluster.urls.for_service("location").redis_url, timeout_s=5.0)
+    try:
+        assert isinstance(location, RedisCluster)
+        assert isinstance(admin, RedisCluster)
+        key = f"loc:{{{uuid.uuid4().hex}}}:k"
+        assert await location.set(key, "1")
+
+        os.kill(cluster.pid("valkey-6"), signal.SIGKILL)
+        await eventually(lambda: "valkey-6" in cluster.dead(), timeout_s=WITHIN_S)
+        await cluster.restart("valkey-6")
+
+        async def rejoined() -> bool:
+            try:
+                nodes = await admin.cluster_nodes()
+                value = await location.get(key)
+            except RedisError:
+                return False
+            healthy = [
+                n for n in nodes.values() if n["connected"] and "fail" not in str(n["flags"])
+            ]
+            return len(healthy) == 6 and value == b"1"
+
+        await eventually(rejoined, timeout_s=WITHIN_S, every_s=0.2)
+    finally:
+        await location.aclose()
+        await admin.aclose()

@@ -1,4 +1,7 @@
-"""The location service against real Redis and NATS, through real gRPC channels."""
+"""The location service against real Redis and NATS, through real gRPC channels.
+
+Every test runs twice: on one Valkey (its own database) and on the session's six-node Valkey
+Cluster (emptied first), with the keys spread over ``CLUSTER_SHARDS`` shards."""
 
 from __future__ import annotations
 
@@ -11,23 +14,25 @@ from typing import TypeAlias
 
 import grpc
 import pytest
-import redis.asyncio as aioredis
 
 from location.app import running
 from location.domain import Availability, SnapshotEntry
 from location.settings import LocationSettings
-from location.store import LocationStore
+from location.store import LocationStore, shard_of, shard_prefix
 from protos import events
 from protos.common.v1 import common_pb2
 from protos.driver.v1 import events_pb2 as driver_events
 from protos.location.v1 import location_pb2 as pb
 from protos.location.v1 import location_pb2_grpc
 from rideshare import bus
+from rideshare.redis_client import is_cluster_url, open_redis
 from rideshare.settings import InfraUrls, ServiceSettings
+from rideshare.valkey_cluster import ValkeyCluster
 from tests.helpers import eventually, operator_channel
 from tests.integration.hostile import BAD_IDS, invalid_argument
 
 BERLIN = (52.5200, 13.4050)
+CLUSTER_SHARDS = 4
 STANDARD = common_pb2.VEHICLE_CLASS_STANDARD
 
 # The stub's async flavour exists only for type checkers (mypy-protobuf).
@@ -54,6 +59,34 @@ def update(driver_id: str, lat: float, lng: float, ts: int | None = None) -> pb.
     )
 
 
+def shards_for(redis_url: str) -> int:
+    return CLUSTER_SHARDS if is_cluster_url(redis_url) else 1
+
+
+@pytest.fixture(params=["one", "cluster"])
+def valkey(request: pytest.FixtureRequest) -> ValkeyCluster | None:
+    """None for the session's one Valkey; the Valkey Cluster, started on first use."""
+    if request.param == "one":
+        return None
+    cluster: ValkeyCluster = request.getfixturevalue("valkey_cluster")
+    return cluster
+
+
+@pytest.fixture
+async def redis_url(valkey: ValkeyCluster | None, redis_url: str) -> AsyncIterator[str]:
+    """The session's Valkey (a database of its own), or its Valkey Cluster, emptied."""
+    if valkey is None:
+        yield redis_url
+        return
+    cluster = valkey
+    client = open_redis(cluster.url(), timeout_s=10)
+    try:
+        await client.flushdb()  # on every master
+    finally:
+        await client.aclose()
+    yield cluster.url()
+
+
 @contextlib.asynccontextmanager
 async def location_service(
     infra: InfraUrls, redis_url: str, **overrides: float
@@ -70,7 +103,7 @@ async def location_service(
         consumer_name=f"location-{uuid.uuid4().hex[:8]}",
         driver_addr="",  # no driver or trip service here: no rebuild
         trip_addr="",
-        **overrides,  # type: ignore[arg-type]
+        **{"shards": shards_for(redis_url), **overrides},  # type: ignore[arg-type]
     )
     async with running(settings, location) as server:
         async with operator_channel(f"127.0.0.1:{server.port}") as channel:
@@ -86,9 +119,9 @@ async def stub(infra: InfraUrls, redis_url: str) -> AsyncIterator[Stub]:
 @contextlib.asynccontextmanager
 async def index_of(redis_url: str) -> AsyncIterator[LocationStore]:
     """The service's Redis adapter on the same database: writes what an event would."""
-    client = aioredis.Redis.from_url(redis_url)
+    client = open_redis(redis_url, timeout_s=10)
     try:
-        yield LocationStore(client)
+        yield LocationStore(client, shards=shards_for(redis_url))
     finally:
         await client.aclose()
 
@@ -396,11 +429,12 @@ async def test_driver_not_heard_from_drops_out_of_search_and_index(
 
         await eventually(gone_from_search, timeout_s=5)
 
-        client = aioredis.Redis.from_url(redis_url)
+        client = open_redis(redis_url, timeout_s=10)
+        all_key = shard_prefix("loc:", shard_of(driver, shards_for(redis_url))) + "geo:all"
         try:
 
             async def swept() -> bool:
-                return await client.zscore("loc:geo:all", driver) is None
+                return await client.zscore(all_key, driver) is None
 
             await eventually(swept, timeout_s=5)
         finally:
@@ -518,7 +552,9 @@ async def test_event_claims_are_kept_under_the_configured_consumer_name(
         shutdown_grace_s=1.0,
     )
     consumer = f"location-{uuid.uuid4().hex[:8]}"
-    location = LocationSettings(consumer_name=consumer, driver_addr="", trip_addr="")
+    location = LocationSettings(
+        consumer_name=consumer, driver_addr="", trip_addr="", shards=shards_for(redis_url)
+    )
     driver = new_id()
     online = bus.make_envelope(
         driver_events.DriverWentOnline(driver_id=driver, vehicle_class=STANDARD),
@@ -615,7 +651,7 @@ async def test_a_rebuild_snapshot_yields_to_newer_events_and_holds_taken_since(
 
     # Redis emptied during a rebuild: its lock goes with the data, and it is not marked done.
     assert await index.begin_rebuild("again", lock_ms=10_000)
-    client = aioredis.Redis.from_url(redis_url)
+    client = open_redis(redis_url, timeout_s=10)
     try:
         await client.flushdb()
     finally:

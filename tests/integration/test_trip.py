@@ -1103,7 +1103,7 @@ async def test_on_trip_and_free_again_in_the_index_come_from_the_trip_events(
             )
             accepted = (await harness.tap.wait_for(events.TRIP_ACCEPTED, trip.id))[0]
             await harness.becomes(driver, loc.AVAILABILITY_ON_TRIP)
-            stamp, holder = await client.hmget(f"loc:d:{driver}", ["t", "h"])
+            stamp, holder = await client.hmget(f"loc:{{0}}:d:{driver}", ["t", "h"])
             assert isinstance(stamp, bytes)
             assert int(stamp) == int(accepted.occurred_at.timestamp() * 1000)
             assert holder == trip.id.encode()
@@ -1115,7 +1115,7 @@ async def test_on_trip_and_free_again_in_the_index_come_from_the_trip_events(
             )
             completed = (await harness.tap.wait_for(events.TRIP_COMPLETED, trip.id))[0]
             await harness.becomes(driver, loc.AVAILABILITY_AVAILABLE)
-            stamp, holder = await client.hmget(f"loc:d:{driver}", ["t", "h"])
+            stamp, holder = await client.hmget(f"loc:{{0}}:d:{driver}", ["t", "h"])
             assert isinstance(stamp, bytes)
             assert int(stamp) == int(completed.occurred_at.timestamp() * 1000)
             assert holder is None

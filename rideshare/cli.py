@@ -2,7 +2,7 @@
 
     rideshare infra up|down|status [--data-dir DIR] [--cluster]  (--cluster: with up)
     rideshare failover postgres [--data-dir DIR]
-    rideshare up [--data-dir DIR] [--demo]
+    rideshare up [--data-dir DIR] [--demo] [--cluster]
     rideshare simulate [--drivers N --riders M ...]   (rideshare.simulate; --help lists all)
     rideshare status|down [--data-dir DIR]
     rideshare token [--role admin|rider|driver] [--subject ID] [--data-dir DIR]
@@ -43,7 +43,7 @@ from rideshare.infra import (
     probe_redis,
     probe_stripe,
 )
-from rideshare.infra_cluster import PRIMARY, ClusterInfra, node_states
+from rideshare.infra_cluster import FAILED_OVER_FILE, PRIMARY, ClusterInfra, node_states
 from rideshare.pg_standby import host_dsns, promote, role
 from rideshare.settings import (
     INFRA_FILE,
@@ -58,6 +58,7 @@ from rideshare.settings import (
 from rideshare.supervisor import (
     STATUS_FILE,
     Health,
+    ServiceProcess,
     Supervisor,
     available_services,
     probe_service,
@@ -72,6 +73,7 @@ logger = logging.getLogger("rideshare.cli")
 LOCK_FILE = "rideshare.lock"
 _ENV_URLS = ("RIDESHARE_REDIS_URL", "RIDESHARE_POSTGRES_DSN", "RIDESHARE_NATS_URL")
 UP_READY_TIMEOUT_S = 120.0
+CLUSTER_COPIES = 2  # of every service, edge included, in ``rideshare up --cluster
 TOKEN_TTL_S = 12 * 3600
 Role = Literal["admin", "rider", "driver"]
 ROLES: tuple[Role, ...] = ("admin", "rider", "driver")
@@ -169,19 +171,21 @@ async def _infra_up(data_dir: Path, *, cluster: bool = False) -> int:
     return 0
 
 
-async def _up(data_dir: Path, *, demo: bool = False) -> int:
+async def _up(data_dir: Path, *, demo: bool = False, cluster: bool = False) -> int:
     """Start the servers and every service, keep them running (restarting what dies) until
-    the user stops it; only that stop stops everything."""
+    the user stops it; only that stop stops everything. With ``cluster``: the cluster
+    profile's servers (rideshare/infra_cluster.py) and two copies of every service."""
     stop = _stop_event()
     began = time.monotonic()
     load_internal_secret(data_dir)  # created now, before any service reads it
-    async with _infrastructure(data_dir) as (urls, servers):
+    async with _infrastructure(data_dir, cluster=cluster) as (urls, servers):
         supervisor = Supervisor(
             urls,
             extra_env={"RIDESHARE_DATA_DIR": str(data_dir), **(_demo_env() if demo else {})},
             servers=servers,
             status_file=data_dir / STATUS_FILE,
             ready_timeout_s=UP_READY_TIMEOUT_S,
+            copies=CLUSTER_COPIES if cluster else 1,
         )
         try:
             await supervisor.spawn_all(available_services())
@@ -190,9 +194,10 @@ async def _up(data_dir: Path, *, demo: bool = False) -> int:
                     stop, supervisor.wait_all_up(timeout_s=UP_READY_TIMEOUT_S)
                 ):
                     return 0
-                names = [c.name for c in supervisor.children]
-                token = mint_token(data_dir, role="admin") if "edge" in names else None
-                _print_banner(data_dir, names, token=None if demo else token)
+                children = supervisor.children
+                edge = any(c.service == "edge" for c in children)
+                token = mint_token(data_dir, role="admin") if edge else None
+                _print_banner(data_dir, children, token=None if demo else token)
                 print(f"healthy {time.monotonic() - began:.1f} s after start", flush=True)
                 async with (
                     _demo(token, urls.stripe_api_base)
@@ -267,21 +272,27 @@ def mint_token(
     return issue_token(secret, sub=sub, role=role, ttl_s=ttl_s)
 
 
-def _print_banner(data_dir: Path, services: Sequence[str], *, token: str | None = None) -> None:
+def _print_banner(
+    data_dir: Path, children: Sequence[ServiceProcess], *, token: str | None = None
+) -> None:
     """What runs where; with ``token``, the live map's URL signed in as an admin."""
     lines = ["", "rideshare is up:"]
-    for name in services:
-        port = service_port(name)
-        if name == "edge":
-            lines.append(f"  edge          http://127.0.0.1:{port}  (viewer: /viewer)")
+    for child in children:
+        if child.service == "edge":
+            lines.append(f"  {child.name:<15} http://127.0.0.1:{child.port}  (viewer: /viewer)")
         else:
-            lines.append(f"  {name:<13} grpc 127.0.0.1:{port}")
-    if token is not None and "edge" in services:
+            lines.append(f"  {child.name:<15} grpc 127.0.0.1:{child.port}")
+    edges = [c for c in children if c.service == "edge"]
+    if len(edges) > 1:
+        lines.append(
+            "  (any edge copy serves any user; a real deployment puts a load balancer in front)"
+        )
+    if token is not None and edges:
         from rideshare.simulate.demo import viewer_url
 
-        url = viewer_url(f"http://127.0.0.1:{service_port('edge')}", token)
+        url = viewer_url(f"http://127.0.0.1:{edges[0].port}", token)
         lines += [f"live map (admin token, valid {TOKEN_TTL_S // 3600} h):", f"  {url}"]
-    grpc_ports = [service_port(n) for n in services if n != "edge"]
+    grpc_ports = [c.port for c in children if c.service != "edge"]
     if grpc_ports:
         lines += [
             "try:",
@@ -319,11 +330,26 @@ async def _status(data_dir: Path, *, services: bool) -> int:
         supervised = _supervision(records.get(name)) or f"pid={pids.get(name, '-')}"
         print(f"{name:<13} {state:<6} {mask_url(url)}  {supervised}")
     for node in await node_states(urls):
-        ok = ok and not node.role.startswith("DOWN")
-        print(f"  {node.name:<17} {node.address:<21} {node.role}  pid={pids.get(node.name, '-')}")
+        record = records.get(node.name)
+        retired = bool(record) and record.get("state") == "retired"  # type: ignore[union-attr]
+        ok = ok and (retired or not node.role.startswith("DOWN"))
+        supervised = _supervision(record) or f"pid={pids.get(node.name, '-')}"
+        print(f"  {node.name:<17} {node.address:<21} {node.role:<14} {supervised}")
     if services:
         records = read_status(data_dir)
-        for name in available_services():
+        copies = {n: r for n, r in records.items() if r.get("kind") == "service" and r.get("role")}
+        for name, record in copies.items():  # rideshare up --cluster
+            port, service = record.get("port"), record.get("service")
+            if not isinstance(port, int) or not isinstance(service, str):
+                continue
+            health = await probe_service(service, port)
+            ok = ok and health is Health.SERVING
+            state = "up" if health is Health.SERVING else f"DOWN ({health.value})"
+            print(
+                f"{name:<15} {state:<6} 127.0.0.1:{port:<5}  {record['role']:<20} "
+                f"{_supervision(record)}"
+            )
+        for name in () if copies else available_services():
             port = service_port(name)
             health = await probe_service(name, port)
             ok = ok and health is Health.SERVING
@@ -361,16 +387,14 @@ async def _failover_postgres(data_dir: Path, timeout_s: float = 30.0) -> int:
     if await _answers_as(standby) == "primary":
         print("rideshare failover: the standby was already promoted", file=sys.stderr)
         return 1
-    pid = _recorded_pids(data_dir).get(PRIMARY)
-    # Never two primaries: the old one is stopped first (see rideshare/pg_standby.py).
-    if pid is not None and _alive(pid):
-        os.kill(pid, signal.SIGINT)  # PostgreSQL's fast shutdown
-        deadline = time.monotonic() + timeout_s
-        while _alive(pid) and time.monotonic() < deadline:  # noqa: ASYNC110 - another process
-            await asyncio.sleep(0.1)
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
-    elif await _answers_as(primary) == "primary":
+    # Never two primaries: the old one is stopped first (see rideshare/pg_standby.py), and a
+    # running launcher is told first not to start it again (rideshare/infra_cluster.py).
+    (data_dir / FAILED_OVER_FILE).touch()
+    pids = [_recorded_pids(data_dir).get(PRIMARY), _postmaster_pid(data_dir / PRIMARY / "data")]
+    for pid in dict.fromkeys(p for p in pids if p is not None and _alive(p)):
+        await _stop_postgres(pid, timeout_s=timeout_s)
+    if await _answers_as(primary) == "primary":
+        (data_dir / FAILED_OVER_FILE).unlink(missing_ok=True)
         print(
             f"rideshare failover: the primary at {mask_url(primary)} still answers and was not "
             "started from this data dir: stop it first",
@@ -381,6 +405,25 @@ async def _failover_postgres(data_dir: Path, timeout_s: float = 30.0) -> int:
     await promote(standby)
     print(f"promoted the standby {mask_url(standby)} in {time.monotonic() - began:.2f} s")
     return 0
+
+
+async def _stop_postgres(pid: int, *, timeout_s: float) -> None:
+    os.kill(pid, signal.SIGINT)  # PostgreSQL's fast shutdown
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid) and time.monotonic() < deadline:  # noqa: ASYNC110 - another process
+        await asyncio.sleep(0.1)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _postmaster_pid(pgdata: Path) -> int | None:
+    """The pid in a data directory's postmaster.pid: the primary as it runs now, even when
+    a launcher has just restarted it and not yet recorded its new pid."""
+    try:
+        first = (pgdata / "postmaster.pid").read_text().split("\n", 1)[0].strip()
+    except OSError:
+        return None
+    return int(first) if first.isdigit() else None
 
 
 async def _answers_as(dsn: str) -> str | None:
@@ -486,6 +529,12 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_parser("up", help="infrastructure and every service, in the foreground")
     )
     up.add_argument("--demo", action="store_true", help="and the simulator with a small city")
+    up.add_argument(
+        "--cluster",
+        action="store_true",
+        help="the cluster profile of `infra up --cluster` plus a Valkey Cluster, and two "
+        "copies of every service, the edge included",
+    )
     sub.add_parser(
         "simulate", help="simulated driver and rider apps against the edge", add_help=False
     )
@@ -543,7 +592,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_status(data_dir, services=False))
         if args.command == "up":
             with single_launcher(data_dir):
-                return asyncio.run(_up(data_dir, demo=args.demo))
+                return asyncio.run(_up(data_dir, demo=args.demo, cluster=args.cluster))
         if args.command == "down":
             return _down(data_dir)
         if args.command == "failover":

@@ -490,6 +490,10 @@ class EmbeddedInfra:
             for p in self.processes
         }
 
+    def supervised(self) -> list[str]:
+        """The servers a supervisor keeps running (localstripe, a test double, is not)."""
+        return ["redis", "postgres", "nats"]
+
     def dead(self) -> list[str]:
         """Names of the servers whose process has exited (in start order)."""
         return [p.name for p in self.processes if p.process.poll() is not None]

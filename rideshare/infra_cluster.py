@@ -66,16 +66,28 @@ from rideshare.pg_standby import (
     set_synchronous,
     wait_streaming,
 )
+from rideshare.redis_client import is_cluster_url, open_redis
 from rideshare.secrets_dir import secret_file
 from rideshare.settings import InfraUrls
 from rideshare.valkey_cluster import ValkeyCluster
 
-__all__ = ["PRIMARY", "STANDBY", "ClusterInfra", "NodeState", "node_states"]
+__all__ = [
+    "FAILED_OVER_FILE",
+    "PRIMARY",
+    "STANDBY",
+    "ClusterInfra",
+    "NodeState",
+    "node_states",
+    "valkey_nodes",
+]
 
 logger = logging.getLogger(__name__)
 
 PRIMARY = "postgres"
 STANDBY = "postgres-standby"
+# Written by whoever fails over (this process or ``rideshare failover postgres`` from
+# another): from then on the old primary is never started again by the launcher.
+FAILED_OVER_FILE = "postgres-failed-over"
 
 
 @dataclass
@@ -87,21 +99,38 @@ class ClusterInfra(EmbeddedInfra):
     _failed_over: bool = field(default=False, init=False, repr=False)
 
     async def start(self) -> InfraUrls:
+        # A failover of an earlier run: _start_standby refuses a promoted standby's data.
+        (self.data_dir / FAILED_OVER_FILE).unlink(missing_ok=True)
         urls = await super().start()
         self.urls = dataclasses.replace(urls, jetstream_replicas=min(3, self.nats_nodes))
         self._write_infra_file(self.urls)
         return self.urls
 
+    @property
+    def failed_over(self) -> bool:
+        return self._failed_over or (self.data_dir / FAILED_OVER_FILE).exists()
+
+    def supervised(self) -> list[str]:
+        """Every node; the primary only until a failover."""
+        return [
+            p.name
+            for p in self.processes
+            if p.name != "stripe" and not (self.failed_over and p.name == PRIMARY)
+        ]
+
     def dead(self) -> list[str]:
         # A primary stopped by failover stays stopped: it is no longer the database.
-        return [name for name in super().dead() if not (self._failed_over and name == PRIMARY)]
+        return [name for name in super().dead() if not (self.failed_over and name == PRIMARY)]
 
     async def restart(self, name: str) -> None:
-        if name == PRIMARY and self._failed_over:
+        if name == PRIMARY and self.failed_over:
             raise InfraError(
                 "the old primary was failed over: it may come back only as a new standby"
             )
         await super().restart(name)
+        if name == PRIMARY and self.failed_over:  # failed over while it was starting
+            self._process(PRIMARY).stop()
+            raise InfraError("the old primary was failed over while it was starting again")
 
     async def failover_postgres(self) -> float:
         """Stop the primary (if it still runs) and promote the standby; the seconds taken.
@@ -109,8 +138,9 @@ class ClusterInfra(EmbeddedInfra):
         The primary is stopped first so that there is never a moment with two servers taking
         writes (see rideshare/pg_standby.py)."""
         began = time.monotonic()
-        self._process(PRIMARY).stop()
         self._failed_over = True
+        (self.data_dir / FAILED_OVER_FILE).touch()
+        self._process(PRIMARY).stop()
         await promote(self.postgres_hosts()[1])
         return time.monotonic() - began
 
@@ -247,12 +277,13 @@ class NodeState:
 
     name: str
     address: str
-    role: str  # "primary", "standby", "stream leader", "replica", or "DOWN (<error>)"
+    # "primary", "standby", "stream leader", "replica", "master", or "DOWN (<error>)"
+    role: str
 
 
 async def node_states(urls: InfraUrls, *, timeout_s: float = 3.0) -> list[NodeState]:
-    """Each NATS node and PostgreSQL host that ``urls`` names more than one of, with its role
-    now; nothing for a server named once."""
+    """Each NATS node, Valkey Cluster node and PostgreSQL host that ``urls`` names more than
+    one of, with its role now; nothing for a server named once."""
     states: list[NodeState] = []
     servers = nats_servers(urls.nats_url)
     if len(servers) > 1:
@@ -266,6 +297,13 @@ async def node_states(urls: InfraUrls, *, timeout_s: float = 3.0) -> list[NodeSt
             except Exception as exc:  # every client library has its own "down" errors
                 state = f"DOWN ({type(exc).__name__})"
             states.append(NodeState(name, _address(server), state))
+    if is_cluster_url(urls.redis_url):
+        for i, node in enumerate(valkey_nodes(urls.redis_url)):
+            try:
+                state = await _valkey_role(node, timeout_s=timeout_s)
+            except Exception as exc:  # every client library has its own "down" errors
+                state = f"DOWN ({type(exc).__name__})"
+            states.append(NodeState(f"valkey-{i + 1}", _address(node), state))
     hosts = host_dsns(urls.postgres_dsn)
     if len(hosts) > 1:
         for name, dsn in zip((PRIMARY, STANDBY), hosts, strict=False):
@@ -275,6 +313,28 @@ async def node_states(urls: InfraUrls, *, timeout_s: float = 3.0) -> list[NodeSt
                 state = f"DOWN ({type(exc).__name__})"
             states.append(NodeState(name, _address(dsn), state))
     return states
+
+
+def valkey_nodes(url: str) -> list[str]:
+    """A ``redis://`` URL for each node a ``redis+cluster://`` URL names, in its order (the
+    order of ``valkey-1`` ...), with the same login."""
+    parts = urlsplit(url)
+    login, _, hosts = parts.netloc.rpartition("@")
+    return [
+        urlunsplit(("redis", f"{login}@{host}" if login else host, "/0", "", ""))
+        for host in hosts.split(",")
+    ]
+
+
+async def _valkey_role(node_url: str, *, timeout_s: float) -> str:
+    client = open_redis(node_url, max_connections=1, timeout_s=timeout_s)
+    try:
+        async with asyncio.timeout(timeout_s):
+            reply = await client.execute_command("ROLE")
+    finally:
+        await client.aclose()
+    name = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+    return "master" if name == "master" else "replica"
 
 
 async def _stream_leader(url: str, *, timeout_s: float) -> str | None:

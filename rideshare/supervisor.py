@@ -15,6 +15,12 @@ service and every embedded server alive:
 - something that keeps failing (``max_restarts`` restarts without ever staying up for
   ``stable_after_s``) is given up on with a message that says so; the rest keeps running.
 
+With ``copies`` above 1 (the local cluster profile, ``rideshare up --cluster``), each service
+runs as that many processes, ``trip-1``, ``trip-2`` ..., each on a port of its own (copy 1 on
+the service's configured port, the others on free ones), and every ``RIDESHARE_<NAME>_ADDR``
+lists the addresses of all copies, so that callers spread their calls over them (round_robin,
+rideshare/grpc_client.py). Each copy is restarted on its own, like a single service.
+
 Only the caller's stop (the user's Ctrl-C or ``rideshare down``) stops everything. The state
 of every process (pid, restarts, up since) is written to ``supervisor.json`` in the data
 directory, where ``rideshare status`` reads it.
@@ -40,8 +46,15 @@ from typing import Protocol
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from rideshare.infra import _die_with_parent
-from rideshare.settings import SERVICE_PORTS, InfraUrls, env_float, env_int, service_port
+from rideshare.infra import _die_with_parent, free_port
+from rideshare.settings import (
+    SERVICE_PORTS,
+    InfraUrls,
+    configured_ports,
+    env_float,
+    env_int,
+    service_port,
+)
 
 __all__ = [
     "STATUS_FILE",
@@ -166,6 +179,9 @@ class ProcessRecord:
     name: str
     kind: str  # "service" or "server"
     pid: int | None = None
+    service: str | None = None  # of a service's process: the service it is a copy of
+    port: int | None = None  # of a service's process
+    role: str = ""  # of a copy: "copy 2 of trip"
     state: str = "starting"  # starting, up, restarting, failed, stopped
     restarts: int = 0
     up_since: float | None = None  # wall clock, for uptime
@@ -177,6 +193,8 @@ class ProcessRecord:
     def to_json(self) -> dict[str, object]:
         return {
             "kind": self.kind,
+            **({"service": self.service, "port": self.port} if self.service else {}),
+            **({"role": self.role} if self.role else {}),
             "pid": self.pid,
             "state": self.state,
             "restarts": self.restarts,
@@ -189,13 +207,17 @@ class ProcessRecord:
 class ServiceProcess:
     """One service's current process (a restart replaces ``process`` and ``pump``)."""
 
-    name: str
+    name: str  # the service's name, or its copy's ("trip-2")
     process: asyncio.subprocess.Process
     port: int
     pump: asyncio.Task[None]
+    service: str = ""  # the service it runs; "" for ``name``
+
+    def __post_init__(self) -> None:
+        self.service = self.service or self.name
 
     async def health(self, *, timeout_s: float = 1.0) -> Health:
-        return await probe_service(self.name, self.port, timeout_s=timeout_s)
+        return await probe_service(self.service, self.port, timeout_s=timeout_s)
 
     async def healthy(self) -> bool:
         return await self.health() is Health.SERVING
@@ -212,6 +234,8 @@ class RestartableServers(Protocol):
 
     async def answers(self, name: str, *, timeout_s: float = 2.0) -> bool: ...
 
+    def supervised(self) -> list[str]: ...
+
 
 class Supervisor:
     """Starts each service with the infrastructure URLs in its environment, and keeps it (and
@@ -226,24 +250,72 @@ class Supervisor:
         servers: RestartableServers | None = None,
         status_file: Path | None = None,
         policy: RestartPolicy | None = None,
+        copies: int = 1,
     ) -> None:
+        if copies < 1:
+            raise ValueError(f"copies must be at least 1, not {copies}")
         self._infra = infra
         self._extra_env = dict(extra_env or {})
         self._ready_timeout_s = ready_timeout_s
         self._servers = servers
         self._status_file = status_file
         self.policy = policy or RestartPolicy.from_env({**os.environ, **self._extra_env})
+        self.copies = copies
+        # Copy name -> (service, port, metrics port), fixed when first spawned: a restarted
+        # copy comes back where its callers look for it.
+        self._copies: dict[str, tuple[str, int, int | None]] = {}
         self.children: list[ServiceProcess] = []
         self.records: dict[str, ProcessRecord] = {}
         self._old_pumps: list[asyncio.Task[None]] = []
         # (name, kind, seconds from loss to healthy) for every recovery, in order.
         self.recoveries: list[tuple[str, str, float]] = []
 
+    def copy_names(self, service: str) -> list[str]:
+        """The names of ``service``'s processes: itself, or ``<service>-1`` ... with copies."""
+        if self.copies == 1:
+            return [service]
+        return [f"{service}-{i}" for i in range(1, self.copies + 1)]
+
+    def _place(self, services: Iterable[str]) -> None:
+        """Give every copy of ``services`` its port (and metrics port), once."""
+        env = {**os.environ, **self._extra_env}
+        taken = set(configured_ports(env)) | {port for _, port, _ in self._copies.values()}
+        for service in services:
+            for i, name in enumerate(self.copy_names(service)):
+                if name in self._copies:
+                    continue
+                metrics: int | None = None
+                if service in SERVICE_PORTS:
+                    metrics_key = f"RIDESHARE_{service.upper()}_METRICS_PORT"
+                    metrics = env_int(metrics_key, SERVICE_PORTS[service][1], minimum=0, env=env)
+                if i == 0:
+                    port = service_port(service, env)
+                else:
+                    port = free_port(exclude=taken)
+                    if metrics:  # 0 stays 0: no metrics endpoint
+                        taken.add(port)
+                        metrics = free_port(exclude=taken)
+                taken.update(p for p in (port, metrics) if p)
+                self._copies[name] = (service, port, metrics)
+
+    def addresses(self, service: str) -> list[str]:
+        """The ``host:port`` of every placed copy of ``service``."""
+        return [f"127.0.0.1:{port}" for s, port, _ in self._copies.values() if s == service]
+
     def _env(self, name: str) -> dict[str, str]:
-        """The environment of service ``name``, with URLs as its own users (for_service)."""
+        """The environment of service ``name`` (or of its copy ``name``), with URLs as its own
+        users (for_service)."""
         env = dict(os.environ)
         env.update(self._extra_env)
-        infra = self._infra.for_service(name)
+        service, port, metrics = self._copies.get(name, (name, 0, None))
+        if self.copies > 1:
+            upper = service.upper()
+            env[f"RIDESHARE_{upper}_PORT"] = str(port)
+            if metrics is not None:
+                env[f"RIDESHARE_{upper}_METRICS_PORT"] = str(metrics)
+            for other in {s for s, _, _ in self._copies.values()}:
+                env[f"RIDESHARE_{other.upper()}_ADDR"] = ",".join(self.addresses(other))
+        infra = self._infra.for_service(service)
         env["RIDESHARE_REDIS_URL"] = infra.redis_url
         env["RIDESHARE_POSTGRES_DSN"] = infra.postgres_dsn
         env["RIDESHARE_NATS_URL"] = infra.nats_url
@@ -251,18 +323,25 @@ class Supervisor:
             env["RIDESHARE_STRIPE_API_BASE"] = infra.stripe_api_base
         env["PYTHONUNBUFFERED"] = "1"
         # Every service finds the others where this supervisor starts them.
-        for name in SERVICE_PORTS:
-            env.setdefault(f"RIDESHARE_{name.upper()}_ADDR", f"127.0.0.1:{service_port(name, env)}")
+        for other in SERVICE_PORTS:
+            env.setdefault(
+                f"RIDESHARE_{other.upper()}_ADDR", f"127.0.0.1:{service_port(other, env)}"
+            )
         return env
 
     # -- starting and stopping -------------------------------------------------------------
 
     async def _spawn(self, name: str) -> ServiceProcess:
+        if name not in self._copies:
+            if self.copies > 1:
+                raise ValueError(f"{name!r} is not a copy placed by spawn_all")
+            self._place([name])
+        service = self._copies[name][0]
         env = self._env(name)
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            name,
+            service,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
@@ -271,8 +350,11 @@ class Supervisor:
         )
         assert process.stdout is not None
         pump = asyncio.create_task(_prefix_lines(name, process.stdout))
-        child = ServiceProcess(name, process, service_port(name, env), pump)
+        child = ServiceProcess(name, process, service_port(service, env), pump, service)
         record = self.records.setdefault(name, ProcessRecord(name, "service"))
+        record.service, record.port = service, child.port
+        if self.copies > 1:
+            record.role = f"copy {self.copy_names(service).index(name) + 1} of {service}"
         record.pid = process.pid
         record.state = "starting"
         record.started_at = time.monotonic()
@@ -293,11 +375,15 @@ class Supervisor:
         return child
 
     async def spawn_all(self, names: Iterable[str]) -> None:
-        """Start every service at once, without waiting: none needs another to start (gRPC
-        channels connect on first use), so inside :meth:`supervising`, :meth:`wait_all_up`
-        takes as long as the slowest start, not the sum of them."""
-        for name in names:
-            await self._spawn(name)
+        """Start every service (each of its copies) at once, without waiting: none needs
+        another to start (gRPC channels connect on first use), so inside :meth:`supervising`,
+        :meth:`wait_all_up` takes as long as the slowest start, not the sum of them."""
+        services = list(names)
+        if self.copies > 1:
+            self._place(services)  # all ports first: every copy's environment lists them all
+        for service in services:
+            for name in self.copy_names(service):
+                await self._spawn(name)
 
     async def _wait_healthy(self, child: ServiceProcess) -> None:
         loop = asyncio.get_running_loop()
@@ -345,7 +431,7 @@ class Supervisor:
         """Keep every started service (and the embedded servers) running until the block
         exits. Leaving the block stops the supervision, not the services."""
         stop = asyncio.Event()
-        for name in ("redis", "postgres", "nats") if self._servers else ():
+        for name in self._servers.supervised() if self._servers else ():
             record = self.records.setdefault(name, ProcessRecord(name, "server"))
             record.pid = self._servers.pid(name) if self._servers else None
             self._mark_up(record)
@@ -441,7 +527,8 @@ class Supervisor:
     async def _keep_servers(self, servers: RestartableServers, stop: asyncio.Event) -> None:
         silent_since: dict[str, float] = {}
         while not stop.is_set():
-            dead = servers.dead()
+            self._retire(servers.supervised())
+            dead = [name for name in servers.dead() if name in self.records]
             for name in dead:
                 silent_since.pop(name, None)
                 await self._restart_server(servers, name, stop)
@@ -456,7 +543,7 @@ class Supervisor:
         self, servers: RestartableServers, name: str, stop: asyncio.Event
     ) -> None:
         record = self.records[name]
-        if record.state == "failed":
+        if record.state in ("failed", "retired"):
             return
         if record.down_at is None:  # it died on its own (a hung one was killed, and said so)
             record.down_at = time.monotonic()
@@ -485,7 +572,11 @@ class Supervisor:
     ) -> None:
         """SIGKILL a server that runs but has not answered for ``hung_after_s`` (frozen,
         hung): the next round finds it dead and starts it again."""
-        live = [r.name for r in self.records.values() if r.kind == "server" and r.name not in dead]
+        live = [
+            r.name
+            for r in self.records.values()
+            if r.kind == "server" and r.name not in dead and r.state != "retired"
+        ]
         answers = await asyncio.gather(
             *(servers.answers(name, timeout_s=self.policy.health_timeout_s) for name in live)
         )
@@ -502,6 +593,15 @@ class Supervisor:
                 record.last_exit = "killed: not answering"
                 _kill(servers.pid(name))
                 silent_since.pop(name, None)
+
+    def _retire(self, supervised: list[str]) -> None:
+        """A server no longer kept (a PostgreSQL primary after a failover) is left down."""
+        for record in self.records.values():
+            if record.kind == "server" and record.name not in supervised:
+                if record.state != "retired":
+                    logger.warning("%s is no longer kept running (failed over)", record.name)
+                    record.state, record.down_at = "retired", None
+                    self._write_status()
 
     def _count_failure(self, record: ProcessRecord) -> bool:
         """Count one more failure in a row; False (and say so) once there were too many."""

@@ -195,18 +195,25 @@ def settlement_out(f: trip_pb2.FareSettlement) -> models.FareSettlementOut:
     )
 
 
-def trip_out(t: trip_pb2.Trip, *, show_offer: bool = True) -> models.TripOut:
-    """The trip as the API shows it; ``show_offer=False`` hides the pending offer (riders)."""
-    offer = None
-    if show_offer and t.HasField("current_offer"):
-        o = t.current_offer
-        offer = models.OfferOut(
-            offer_id=o.offer_id,
-            driver_id=o.driver_id,
-            attempt=o.attempt,
-            offered_at=_ts(o, "offered_at"),
-            expires_at=_ts(o, "expires_at"),
-        )
+def trip_out(
+    t: trip_pb2.Trip, *, show_offer: bool = True, driver: str | None = None
+) -> models.TripOut:
+    """The trip as the API shows it; ``show_offer=False`` hides the pending offers (riders),
+    ``driver`` shows only that driver's own (a driver does not see who else was offered)."""
+    offers = []
+    if show_offer:
+        pending = t.current_offers or ([t.current_offer] if t.HasField("current_offer") else [])
+        offers = [
+            models.OfferOut(
+                offer_id=o.offer_id,
+                driver_id=o.driver_id,
+                attempt=o.attempt,
+                offered_at=_ts(o, "offered_at"),
+                expires_at=_ts(o, "expires_at"),
+            )
+            for o in pending
+            if driver is None or o.driver_id == driver
+        ]
     return models.TripOut(
         id=t.id,
         rider_id=t.rider_id,
@@ -227,7 +234,8 @@ def trip_out(t: trip_pb2.Trip, *, show_offer: bool = True) -> models.TripOut:
         duration_s=t.duration_s,
         cancelled_by=_ACTOR_NAMES.get(t.cancelled_by),
         cancel_reason=_opt(t.cancel_reason),
-        current_offer=offer,
+        current_offer=offers[0] if offers else None,
+        current_offers=offers,
         rider_rating=t.rider_rating or None,
         driver_rating=t.driver_rating or None,
         requested_at=_ts(t, "requested_at"),

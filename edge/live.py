@@ -11,7 +11,11 @@ Where updates come from (one choice, documented here):
   handled in arrival order by one task; a trip version older than what a socket has seen is
   never sent to it.
 - Offers: from ``trip.offered`` to the offered driver, and kept in Redis until they expire so
-  that a driver who reconnects sees the pending offer again (checked against GetTrip first).
+  that a driver who reconnects sees the pending offer again (checked against GetTrip first);
+  ``trip.offer_ended`` ends it on the driver's sockets. The outbox relay may publish an event
+  twice (it crashed between publishing and marking it sent: JetStream drops the copy, plain
+  subscribers get it), so each offer's two frames are sent once: the ids recently sent are
+  remembered (``SEEN_OFFERS`` of them).
 - Per-user pushes: core NATS ``notify.user.<id>``, one subscription per connected user.
 - The assigned driver's position, for the rider, from ACCEPTED until the trip ends: one core
   NATS subscription on ``location.driver.<id>`` per watched driver in this process (where the
@@ -33,6 +37,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +79,18 @@ PING_SLICE_S = 0.1
 # Positions of one watched driver waiting in this process; beyond it NATS drops the oldest
 # (a newer position supersedes them), as it did for the location service's own watchers.
 WATCH_PENDING = 256
+# Offers ended by a change of the trip whose own event follows in the same transaction and
+# carries the trip: reading the trip back for the rider's socket would send nothing new.
+_ENDED_WITH_THE_TRIPS_EVENT = frozenset(
+    {
+        trip_events.OFFER_END_REASON_ACCEPTED_ELSEWHERE,
+        trip_events.OFFER_END_REASON_TRIP_CANCELLED,
+        trip_events.OFFER_END_REASON_TRIP_ENDED,
+    }
+)
+# Offer frames recently sent, by (frame type, offer id): far more than an edge sends within
+# the relay's redelivery time (seconds), a few MB at most.
+SEEN_OFFERS = 20_000
 
 
 @dataclass
@@ -121,6 +138,7 @@ class LiveHub:
         self._next_slot = 0
         self._slot_of: dict[Connection, int] = {}
         self._tasks: asyncio.TaskGroup | None = None
+        self._seen_offers: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -245,11 +263,9 @@ class LiveHub:
             if exc.status == 404:  # the offer ended: the driver no longer sees the trip
                 return
             raise
-        offer = trip.current_offer
-        if (
-            trip.state == trip_pb2.TRIP_STATE_DISPATCHING
-            and offer.offer_id == frame["offer_id"]
-            and offer.driver_id == conn.principal.sub
+        if trip.state == trip_pb2.TRIP_STATE_DISPATCHING and any(
+            offer.offer_id == frame["offer_id"] and offer.driver_id == conn.principal.sub
+            for offer in trip.current_offers
         ):
             conn.send(frame)
 
@@ -297,12 +313,17 @@ class LiveHub:
             logger.warning("undecodable trip event on %s", subject)
             return
         if envelope.type == events.TRIP_OFFERED:
-            await self._push_offer(payload)
+            if self._first_time("offer", payload.offer_id):
+                await self._push_offer(payload)
             return
         if envelope.type == events.TRIP_OFFER_ENDED:
+            if not self._first_time("offer_ended", payload.offer_id):
+                return
             frame = wire.offer_ended_frame(payload)
             for conn in self.connections(payload.driver_id):
                 conn.send(frame)
+            if payload.reason in _ENDED_WITH_THE_TRIPS_EVENT:
+                return  # the trip's own event (accepted, cancelled, no_drivers) shows it
         users = {
             getattr(payload, name, "") for name in ("rider_id", "driver_id", "rater_id", "ratee_id")
         } - {""}
@@ -318,6 +339,16 @@ class LiveHub:
             # Only the trip's own parties: an offered-but-declined driver is not one.
             if conn.principal.sub in (trip.rider_id, trip.driver_id):
                 self._send_trip(conn, trip, envelope.type)
+
+    def _first_time(self, frame_type: str, offer_id: str) -> bool:
+        """Whether the ``frame_type`` frame of ``offer_id`` was not sent yet (and now is)."""
+        key = (frame_type, offer_id)
+        if key in self._seen_offers:
+            return False
+        self._seen_offers[key] = None
+        if len(self._seen_offers) > SEEN_OFFERS:
+            self._seen_offers.popitem(last=False)
+        return True
 
     async def _push_offer(self, offer: trip_events.TripOffered) -> None:
         frame = wire.offer_frame(offer)

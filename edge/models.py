@@ -321,6 +321,11 @@ class TripOut(BaseModel):
     cancelled_by: ActorName | None
     cancel_reason: str | None
     current_offer: OfferOut | None
+    current_offers: list[OfferOut] = Field(
+        default_factory=list,
+        description="Every pending offer (parallel offers); current_offer is the first. A "
+        "driver sees only their own; riders see none.",
+    )
     rider_rating: int | None
     driver_rating: int | None
     requested_at: datetime | None

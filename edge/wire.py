@@ -19,7 +19,12 @@ Edge -> driver app
    "pickup_address", "dropoff_address", "vehicle_class", "fare": {"amount_minor","currency"},
    "distance_to_pickup_m", "attempt", "expires_at": "<ISO 8601>", "expires_at_ms"}
   {"type": "offer_ended", "trip_id", "offer_id", "reason": "expired|declined|trip_cancelled|
-   driver_offline|trip_ended"}
+   driver_offline|trip_ended|accepted_elsewhere"}
+      once for every offer that ends without being accepted: the driver did not answer in
+      time, declined, the trip was cancelled (rider, admin or system), the driver went
+      offline, the trip was given up (NO_DRIVERS), or (parallel offers,
+      RIDESHARE_DISPATCH_PARALLEL_OFFERS) another driver accepted first. An accepted offer
+      does not end this way: its "trip" frame (trip.accepted) follows.
   {"type": "trip", "event": "trip.accepted" | ... | "snapshot", "trip": {<TripOut>}}
   {"type": "notification", "notification": {<NotificationOut>}}
   {"type": "error", "code", "message"}

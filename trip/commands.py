@@ -291,7 +291,9 @@ class TripCommands:
                 reason=reason,
                 policy=self._settings.cancellation_policy,
             )
-            return Outcome(after, [wire.cancelled(trip, after, actor_id=actor_id)])
+            # Each pending offer ends with the trip, so its driver's app drops it at once.
+            ended = wire.offers_ended(trip, OfferEndReason.TRIP_CANCELLED)
+            return Outcome(after, [*ended, wire.cancelled(trip, after, actor_id=actor_id)])
 
         return await self._run(trip_id, rider_or_service, viewer=viewer)
 
@@ -309,18 +311,21 @@ class TripCommands:
     async def accept(self, trip_id: str, *, driver_id: str, offer_id: str) -> Trip:
         def guard(trip: Trip, now: datetime) -> Outcome:
             after = domain.accept(trip, driver_id=driver_id, offer_id=offer_id, now=now)
-            return Outcome(after, [wire.accepted(after, offer_id=offer_id)])
+            # Parallel offers: the other drivers' offers end with this acceptance.
+            others = wire.offers_ended(trip, OfferEndReason.ACCEPTED_ELSEWHERE, but=offer_id)
+            return Outcome(after, [wire.accepted(after, offer_id=offer_id), *others])
 
         return await self._run(trip_id, guard, viewer=Viewer(Actor.DRIVER, driver_id))
 
     async def decline(self, trip_id: str, *, driver_id: str, offer_id: str) -> Trip:
         def guard(trip: Trip, now: datetime) -> Outcome:
             after = domain.decline(trip, driver_id=driver_id, offer_id=offer_id, now=now)
-            assert trip.offer is not None
+            declined = trip.pending_offer(offer_id)
+            assert declined is not None
             return Outcome(
                 after,
-                [wire.offer_ended(trip, trip.offer, OfferEndReason.DECLINED)],
-                dispatch=True,
+                [wire.offer_ended(trip, declined, OfferEndReason.DECLINED)],
+                dispatch=not after.offers,  # the others of a parallel batch still stand
             )
 
         return await self._run(trip_id, guard, viewer=Viewer(Actor.DRIVER, driver_id))
@@ -420,13 +425,13 @@ class TripCommands:
         for trip_id in trip_ids:
 
             def guard(trip: Trip, now: datetime) -> Outcome:
-                pending = trip.offer
-                if pending is not None and pending.driver_id == driver_id:
+                pending = next((o for o in trip.offers if o.driver_id == driver_id), None)
+                if pending is not None:
                     after = domain.expire_offer(
                         trip, offer_id=pending.offer_id, now=now, reason="driver went offline"
                     )
                     ended = wire.offer_ended(trip, pending, OfferEndReason.DRIVER_OFFLINE)
-                    return Outcome(after, [ended], dispatch=True)
+                    return Outcome(after, [ended], dispatch=not after.offers)
                 if trip.driver_id == driver_id and trip.state in (
                     TripState.ACCEPTED,
                     TripState.ARRIVED,
@@ -479,16 +484,22 @@ class TripCommands:
         if isinstance(action, liveness.Exhaust):
             after = domain.exhaust(trip, now=now, reason=reason)
             radius = self._settings.radius_steps_m[-1]
-            events = [wire.no_drivers(after, max_radius_m=radius, rule=rule)]
-            if trip.offer is not None:
-                ended = OfferEndReason.TRIP_ENDED
-                events.insert(0, wire.offer_ended(trip, trip.offer, ended))
+            events = [
+                *wire.offers_ended(trip, OfferEndReason.TRIP_ENDED),
+                wire.no_drivers(after, max_radius_m=radius, rule=rule),
+            ]
             outcome = Outcome(after, events)
         else:
             after, _fee = domain.cancel(
                 trip, actor=Actor.SYSTEM, actor_id="", now=now, reason=reason
             )
-            outcome = Outcome(after, [wire.cancelled(trip, after, actor_id="", rule=rule)])
+            outcome = Outcome(
+                after,
+                [
+                    *wire.offers_ended(trip, OfferEndReason.TRIP_CANCELLED),
+                    wire.cancelled(trip, after, actor_id="", rule=rule),
+                ],
+            )
         return outcome
 
     # --- the transaction --------------------------------------------------------------------

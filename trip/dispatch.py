@@ -1,4 +1,10 @@
-"""Dispatch: find a driver for each trip, one offer at a time, with its state in Postgres.
+"""Dispatch: find a driver for each trip, with its state in Postgres.
+
+A trip is offered to one driver at a time, or with parallel offers
+(``RIDESHARE_DISPATCH_PARALLEL_OFFERS`` = K > 1) to the K nearest untried drivers at once, each
+reserved in the location index and committed together in one transaction: the first accept
+wins (``commands.accept`` ends the others: trip.offer_ended, accepted elsewhere), a decline
+or an expiry ends only its own offer, and the next K go out when all of a batch have ended.
 
 Any copy of the service can advance any trip, and a restart loses nothing: everything
 dispatch needs to go on (state, pending offer and its expiry, drivers already tried) is in
@@ -25,8 +31,8 @@ other command on the trip, nor holds a pooled connection. The step:
    transaction, version-checked (``UPDATE ... WHERE version=$2``) against the trip as read in
    1. The new version ends the claim: a claim holds only while the trip stays at the version
    it was taken on, so any write of the trip (a cancel too) ends it. The version check, and
-   the one-pending-offer-per-trip unique index, are what make two offers of one trip at once
-   impossible, claim or no claim (a claim can lapse under a stalled step). A step with
+   the one-offer-per-(trip, slot) unique index, are what make more than K offers of one trip
+   at once impossible, claim or no claim (a claim can lapse under a stalled step). A step with
    nothing to commit ends its claim with a statement of its own.
 
 Before the location calls this runs a claim (update, read) where a lock (lock, read, write
@@ -288,73 +294,152 @@ class Dispatcher:
         if current.state is TripState.REQUESTED:
             current = domain.dispatch(current, now=now)
             steps.append((current, []))
-        pending = current.offer
-        if pending is not None:
-            if now < pending.expires_at:
-                return False  # not due: the driver still has time to answer
-            expired = domain.expire_offer(current, offer_id=pending.offer_id, now=now)
-            ended = wire.offer_ended(current, pending, OfferEndReason.EXPIRED)
+        pending = current.offers
+        if any(now < o.expires_at for o in pending):
+            return False  # not due: a driver still has time to answer
+        for lapsed in pending:
+            expired = domain.expire_offer(current, offer_id=lapsed.offer_id, now=now)
+            ended = wire.offer_ended(current, lapsed, OfferEndReason.EXPIRED)
             steps.append((expired, [ended]))
             current = expired
         await self._offer_next(trip, current, steps, now=now)
-        if pending is not None:
+        for lapsed in pending:
             # Only once the expiry committed: until then the driver's offer still stands.
-            await self._location.release(pending.driver_id, trip_id=trip.id)
+            await self._location.release(lapsed.driver_id, trip_id=trip.id)
         return True
 
     async def _offer_next(
         self, read: Trip, trip: Trip, steps: list[_Change], *, now: datetime
     ) -> None:
-        """Offer ``trip`` to the nearest untried driver, widening the radius, or give up, and
-        commit that after ``steps`` over the trip as ``read``."""
+        """Offer ``trip`` to the nearest untried drivers (up to ``plan.parallel_offers`` at
+        once), widening the radius while none is found, or give up, and commit that after
+        ``steps`` over the trip as ``read``."""
         plan = self._plan
         radius_index = 0
         skip: set[str] = set()
+        held: dict[str, float] = {}  # reserved for this trip in the index -> distance
         candidates = await self._search(trip, radius_index, skip)
-        while True:
+        try:
+            while True:
+                batch = self._offers_to(trip, held, now=now)
+                step = None
+                if len(held) < plan.parallel_offers:
+                    step = domain.next_dispatch_step(
+                        batch,
+                        [c.driver_id for c in candidates],
+                        radius_index=radius_index,
+                        now=now,
+                        plan=plan,
+                        skip=skip,
+                    )
+                if isinstance(step, Widen) and not held:
+                    radius_index = step.radius_index
+                    candidates = await self._search(trip, radius_index, skip)
+                    continue
+                if isinstance(step, GiveUp) and not held:
+                    ended = domain.exhaust(trip, now=now, reason=step.reason)
+                    event = wire.no_drivers(ended, max_radius_m=plan.radius_steps_m[radius_index])
+                    await self._commit(read, [*steps, (ended, [event])])
+                    return
+                if isinstance(step, OfferTo):
+                    wanted = self._rest_of_batch(batch, step, candidates, radius_index, skip, now)
+                    await self._reserve(trip, wanted, candidates, held=held, skip=skip)
+                    continue
+                # The batch is full, or nobody else is within this radius: offer to those held.
+                events = [
+                    wire.offered(batch, distance_to_pickup_m=held[o.driver_id], offer=o)
+                    for o in batch.offers
+                ]
+                try:
+                    await self._commit(read, [*steps, (batch, events)])
+                except DriverUnavailableError:
+                    # The index said available, the database says a driver holds another
+                    # offer or trip: that one owns the OFFERED/ON_TRIP mark, leave it.
+                    taken = await self._store.held_elsewhere(list(held), trip_id=trip.id)
+                    if not taken:
+                        raise
+                    for driver_id in taken:
+                        del held[driver_id]
+                        skip.add(driver_id)
+                    continue
+                held.clear()  # the offers own the holds now
+                return
+        finally:
+            # Reserved in the index but no offer committed: give the drivers back.
+            for driver_id in held:
+                await self._location.release(driver_id, trip_id=trip.id)
+
+    def _rest_of_batch(
+        self,
+        batch: Trip,
+        first: OfferTo,
+        candidates: list[Nearby],
+        radius_index: int,
+        skip: set[str],
+        now: datetime,
+    ) -> list[str]:
+        """``first`` and the next untried candidates of the same search, as many as the batch
+        has room for (and ``max_offers`` allows): reserved together, not one after another."""
+        room = min(
+            self._plan.parallel_offers - len(batch.offers),
+            self._plan.max_offers - batch.offer_attempts,
+        )
+        wanted = [first.driver_id]
+        ids = [c.driver_id for c in candidates]
+        while len(wanted) < room:
             step = domain.next_dispatch_step(
-                trip,
-                [c.driver_id for c in candidates],
+                batch,
+                ids,
                 radius_index=radius_index,
                 now=now,
-                plan=plan,
-                skip=skip,
+                plan=self._plan,
+                skip=skip | set(wanted),
             )
-            if isinstance(step, Widen):
-                radius_index = step.radius_index
-                candidates = await self._search(trip, radius_index, skip)
-                continue
-            if isinstance(step, GiveUp):
-                ended = domain.exhaust(trip, now=now, reason=step.reason)
-                event = wire.no_drivers(ended, max_radius_m=plan.radius_steps_m[radius_index])
-                await self._commit(read, [*steps, (ended, [event])])
-                return
-            assert isinstance(step, OfferTo)
-            driver_id = step.driver_id
-            if not await self._location.reserve(driver_id, trip_id=trip.id):
-                skip.add(driver_id)  # taken by another trip since the search
-                continue
-            offered = domain.offer(
+            if not isinstance(step, OfferTo) or step.radius_index != radius_index:
+                break
+            wanted.append(step.driver_id)
+        return wanted
+
+    async def _reserve(
+        self,
+        trip: Trip,
+        wanted: list[str],
+        candidates: list[Nearby],
+        *,
+        held: dict[str, float],
+        skip: set[str],
+    ) -> None:
+        """Hold each of ``wanted`` for ``trip`` in the location index at once: the held go in
+        ``held`` (with their distance), the taken (by another trip since the search) in
+        ``skip``. A failed call is raised after the others are recorded, so that the caller
+        gives back what was held."""
+        results = await asyncio.gather(
+            *(self._location.reserve(d, trip_id=trip.id) for d in wanted), return_exceptions=True
+        )
+        distance = {c.driver_id: c.distance_m for c in candidates}
+        failure: BaseException | None = None
+        for driver_id, result in zip(wanted, results, strict=True):
+            if isinstance(result, BaseException):
+                failure = failure or result
+            elif result:
+                held[driver_id] = distance[driver_id]
+            else:
+                skip.add(driver_id)
+        if failure is not None:
+            raise failure
+
+    def _offers_to(self, trip: Trip, drivers: dict[str, float], *, now: datetime) -> Trip:
+        """``trip`` offered to each of ``drivers``, in the order they were reserved."""
+        for driver_id in drivers:
+            trip = domain.offer(
                 trip,
                 offer_id=uuid.uuid4().hex,
                 driver_id=driver_id,
                 now=now,
-                timeout=plan.offer_timeout,
+                timeout=self._plan.offer_timeout,
+                parallel=self._plan.parallel_offers,
             )
-            distance = next(c.distance_m for c in candidates if c.driver_id == driver_id)
-            event = wire.offered(offered, distance_to_pickup_m=distance)
-            try:
-                await self._commit(read, [*steps, (offered, [event])])
-            except DriverUnavailableError:
-                # The index said available, the database says this driver holds another
-                # offer or trip: that one owns the OFFERED/ON_TRIP mark, leave it.
-                skip.add(driver_id)
-                continue
-            except BaseException:
-                # Reserved in the index but the offer did not commit: give the driver back.
-                await self._location.release(driver_id, trip_id=trip.id)
-                raise
-            return
+        return trip
 
     async def _commit(self, read: Trip, steps: list[_Change]) -> None:
         """Write ``steps`` (each trip after the one before, the first after ``read``) in one

@@ -171,6 +171,9 @@ class Offer:
     attempt: int
     offered_at: datetime
     expires_at: datetime
+    slot: int = 0
+    """Its place among the trip's parallel offers, 0 .. parallel - 1: no two pending offers
+    of a trip share one (the store's unique index holds a trip to ``parallel`` of them)."""
 
 
 class OfferEndReason(StrEnum):
@@ -181,6 +184,7 @@ class OfferEndReason(StrEnum):
     TRIP_CANCELLED = "TRIP_CANCELLED"
     DRIVER_OFFLINE = "DRIVER_OFFLINE"
     TRIP_ENDED = "TRIP_ENDED"
+    ACCEPTED_ELSEWHERE = "ACCEPTED_ELSEWHERE"
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,7 +238,9 @@ class Trip:
     pickup_address: str = ""
     dropoff_address: str = ""
     driver_id: str | None = None
-    offer: Offer | None = None
+    offers: tuple[Offer, ...] = ()
+    """The pending offers, oldest first: each to a different driver, at most the dispatch
+    plan's ``parallel_offers`` of them; empty unless DISPATCHING."""
     offer_attempts: int = 0
     """Offers made since dispatch (re)started; the next offer's ``attempt`` is this + 1."""
     excluded_driver_ids: frozenset[str] = frozenset()
@@ -274,6 +280,15 @@ class Trip:
     def is_live(self) -> bool:
         """Whether the trip has not ended yet (it holds its rider, and maybe a driver)."""
         return self.state in LIVE_STATES
+
+    @property
+    def offer(self) -> Offer | None:
+        """The first pending offer (the only one unless offers go out in parallel)."""
+        return self.offers[0] if self.offers else None
+
+    def pending_offer(self, offer_id: str) -> Offer | None:
+        """The pending offer ``offer_id``, or None."""
+        return next((o for o in self.offers if o.offer_id == offer_id), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,11 +420,13 @@ def offer(
     driver_id: str,
     now: datetime,
     timeout: timedelta = OFFER_TIMEOUT,
+    parallel: int = 1,
 ) -> Trip:
     """Offer the DISPATCHING trip to ``driver_id`` until ``now + timeout``.
 
-    One offer at a time: a pending one must be accepted, declined or expired first. A driver
-    excluded from this trip is never offered it again.
+    Up to ``parallel`` offers at a time, each to a different driver: with that many pending,
+    one must be accepted, declined or expired first. A driver excluded from this trip is
+    never offered it again.
     """
     _check_clock(now)
     if timeout <= timedelta(0):
@@ -417,12 +434,15 @@ def offer(
     if not driver_id:
         raise InvalidArgumentError("driver id is empty")
     target = next_state(trip.state, Command.OFFER, Actor.SYSTEM)
-    if trip.offer is not None:
-        raise OfferMismatchError(f"trip {trip.id} has offer {trip.offer.offer_id} pending")
+    if len(trip.offers) >= parallel:
+        raise OfferMismatchError(f"trip {trip.id} has offer {trip.offers[-1].offer_id} pending")
     if driver_id in trip.excluded_driver_ids:
         raise InvalidArgumentError(f"driver {driver_id} is excluded from trip {trip.id}")
+    if any(o.driver_id == driver_id for o in trip.offers):
+        raise InvalidArgumentError(f"driver {driver_id} has trip {trip.id}'s offer already")
     attempt = trip.offer_attempts + 1
-    new_offer = Offer(offer_id, driver_id, attempt, now, now + timeout)
+    slot = min(set(range(parallel)) - {o.slot for o in trip.offers})
+    new_offer = Offer(offer_id, driver_id, attempt, now, now + timeout, slot)
     return _advance(
         trip,
         target,
@@ -430,13 +450,14 @@ def offer(
         Actor.SYSTEM,
         now=now,
         reason=f"attempt {attempt} to driver {driver_id}",
-        offer=new_offer,
+        offers=(*trip.offers, new_offer),
         offer_attempts=attempt,
     )
 
 
 def accept(trip: Trip, *, driver_id: str, offer_id: str, now: datetime) -> Trip:
-    """The offered driver accepts the pending, unexpired offer: DISPATCHING -> ACCEPTED."""
+    """The offered driver accepts the pending, unexpired offer: DISPATCHING -> ACCEPTED. The
+    trip's other pending offers end with it (the caller tells their drivers)."""
     _check_clock(now)
     target = next_state(trip.state, Command.OFFER_ACCEPTED, Actor.DRIVER)
     _check_pending_offer(trip, driver_id=driver_id, offer_id=offer_id, now=now)
@@ -448,13 +469,14 @@ def accept(trip: Trip, *, driver_id: str, offer_id: str, now: datetime) -> Trip:
         now=now,
         actor_id=driver_id,
         driver_id=driver_id,
-        offer=None,
+        offers=(),
         accepted_at=now,
     )
 
 
 def decline(trip: Trip, *, driver_id: str, offer_id: str, now: datetime, reason: str = "") -> Trip:
-    """The offered driver declines: the offer ends, the driver is excluded, dispatch goes on."""
+    """The offered driver declines: the offer ends, the driver is excluded, dispatch goes on
+    (once the trip's other parallel offers, if any, have ended too)."""
     _check_clock(now)
     target = next_state(trip.state, Command.OFFER_DECLINED, Actor.DRIVER)
     _check_pending_offer(trip, driver_id=driver_id, offer_id=offer_id, now=now)
@@ -466,7 +488,7 @@ def decline(trip: Trip, *, driver_id: str, offer_id: str, now: datetime, reason:
         now=now,
         actor_id=driver_id,
         reason=reason,
-        offer=None,
+        offers=_without(trip.offers, offer_id),
         excluded_driver_ids=trip.excluded_driver_ids | {driver_id},
     )
 
@@ -481,8 +503,8 @@ def expire_offer(
     """
     _check_clock(now)
     target = next_state(trip.state, Command.OFFER_EXPIRED, Actor.SYSTEM)
-    pending = trip.offer
-    if pending is None or pending.offer_id != offer_id:
+    pending = trip.pending_offer(offer_id)
+    if pending is None:
         raise OfferMismatchError(f"offer {offer_id} is not trip {trip.id}'s pending offer")
     return _advance(
         trip,
@@ -491,7 +513,7 @@ def expire_offer(
         Actor.SYSTEM,
         now=now,
         reason=reason,
-        offer=None,
+        offers=_without(trip.offers, offer_id),
         excluded_driver_ids=trip.excluded_driver_ids | {pending.driver_id},
     )
 
@@ -507,7 +529,7 @@ def exhaust(trip: Trip, *, now: datetime, reason: str) -> Trip:
         Actor.SYSTEM,
         now=now,
         reason=reason,
-        offer=None,
+        offers=(),
         ended_at=now,
     )
 
@@ -685,8 +707,7 @@ def may_see(trip: Trip, viewer: Viewer) -> bool:
         return False
     if actor is Actor.RIDER:
         return actor_id == trip.rider_id
-    offered = trip.offer.driver_id if trip.offer is not None else None
-    return actor_id in (trip.driver_id, offered)
+    return actor_id == trip.driver_id or any(o.driver_id == actor_id for o in trip.offers)
 
 
 def trip_not_found() -> NotFoundError:
@@ -744,7 +765,7 @@ def cancel(
         now=now,
         actor_id="" if actor is Actor.SYSTEM else actor_id,
         reason=reason,
-        offer=None,
+        offers=(),
         cancelled_by=actor,
         cancel_reason=reason,
         cancelled_at=now,
@@ -863,6 +884,8 @@ class DispatchPlan:
     """Offers per dispatch round; one round is at most ``max_offers * offer_timeout`` long."""
     max_wait: timedelta = timedelta(minutes=3)
     """Time since dispatch (re)started after which no new offer is made."""
+    parallel_offers: int = 1
+    """Offers out at once, to different drivers; the next ones go out when all have ended."""
 
     def __post_init__(self) -> None:
         steps = self.radius_steps_m
@@ -870,8 +893,10 @@ class DispatchPlan:
             raise InvalidArgumentError(f"radius steps {steps} are not positive and increasing")
         if self.offer_timeout <= timedelta(0) or self.max_wait <= timedelta(0):
             raise InvalidArgumentError("offer timeout and max wait must be positive")
-        if self.candidates_per_search < 1 or self.max_offers < 1:
-            raise InvalidArgumentError("candidates per search and max offers must be >= 1")
+        if self.candidates_per_search < 1 or self.max_offers < 1 or self.parallel_offers < 1:
+            raise InvalidArgumentError(
+                "candidates per search, max offers and parallel offers must be >= 1"
+            )
 
 
 DEFAULT_DISPATCH_PLAN = DispatchPlan()
@@ -912,20 +937,23 @@ def next_dispatch_step(
     plan: DispatchPlan = DEFAULT_DISPATCH_PLAN,
     skip: Set[str] = frozenset(),
 ) -> DispatchStep:
-    """What dispatch does next for a DISPATCHING trip with no pending offer.
+    """What dispatch does next for a DISPATCHING trip with room for another offer (fewer than
+    ``plan.parallel_offers`` pending).
 
     ``candidates`` are the available drivers the last search found within
     ``plan.radius_steps_m[radius_index]``, nearest first. The first one neither excluded
     from the trip nor in ``skip`` (e.g. just reserved by another trip) gets the offer; with
     none, the radius widens; past the last step, or past ``plan.max_offers`` or
     ``plan.max_wait``, dispatch gives up. After an offer ends, search again at the same
-    radius: nearer drivers may have become free.
+    radius: nearer drivers may have become free. A driver already offered the trip is
+    passed over. (The caller filling a batch of parallel offers stops at the first Widen or
+    GiveUp once it has one.)
     """
     _check_clock(now)
     if trip.state is not TripState.DISPATCHING:
         raise InvalidTransition(f"cannot {Command.OFFER} when state={trip.state}")
-    if trip.offer is not None:
-        raise OfferMismatchError(f"trip {trip.id} has offer {trip.offer.offer_id} pending")
+    if len(trip.offers) >= plan.parallel_offers:
+        raise OfferMismatchError(f"trip {trip.id} has offer {trip.offers[-1].offer_id} pending")
     if not 0 <= radius_index < len(plan.radius_steps_m):
         raise InvalidArgumentError(f"radius index {radius_index} is outside the plan")
     if trip.offer_attempts >= plan.max_offers:
@@ -933,8 +961,9 @@ def next_dispatch_step(
     started = trip.dispatch_started_at or trip.requested_at
     if now - started >= plan.max_wait:
         return GiveUp(f"no driver accepted within {plan.max_wait.total_seconds():g} s")
+    offered = {o.driver_id for o in trip.offers}
     for driver_id in candidates:
-        if driver_id not in trip.excluded_driver_ids and driver_id not in skip:
+        if not (driver_id in trip.excluded_driver_ids or driver_id in skip or driver_id in offered):
             return OfferTo(driver_id, radius_index)
     if radius_index + 1 < len(plan.radius_steps_m):
         return Widen(radius_index + 1, plan.radius_steps_m[radius_index + 1])
@@ -950,11 +979,15 @@ def _check_clock(now: datetime) -> None:
         raise InvalidArgumentError(f"time {now.isoformat()} has no timezone")
 
 
+def _without(offers: tuple[Offer, ...], offer_id: str) -> tuple[Offer, ...]:
+    return tuple(o for o in offers if o.offer_id != offer_id)
+
+
 def _check_pending_offer(trip: Trip, *, driver_id: str, offer_id: str, now: datetime) -> None:
-    pending = trip.offer
-    if pending is None:
+    if not trip.offers:
         raise OfferExpiredError(f"trip {trip.id} has no pending offer")
-    if pending.offer_id != offer_id:
+    pending = trip.pending_offer(offer_id)
+    if pending is None:
         raise OfferMismatchError(f"offer {offer_id} is not trip {trip.id}'s pending offer")
     if pending.driver_id != driver_id:
         raise PermissionDeniedError(f"offer {offer_id} is not driver {driver_id}'s")

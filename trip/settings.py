@@ -26,6 +26,9 @@ class TripSettings:
     candidates_per_search: int = 10
     max_offers: int = 10
     max_wait_s: float = 180.0
+    parallel_offers: int = 1
+    """Drivers a trip is offered to at once (RIDESHARE_DISPATCH_PARALLEL_OFFERS): the first
+    to accept wins and the others' offers end; when all have ended, the next ones go out."""
     dispatch_poll_s: float = 0.2
     """How often the poller looks for expired offers and trips left without one."""
     dispatch_concurrency: int = 16
@@ -114,6 +117,7 @@ class TripSettings:
                 candidates_per_search=self.candidates_per_search,
                 max_offers=self.max_offers,
                 max_wait=timedelta(seconds=self.max_wait_s),
+                parallel_offers=self.parallel_offers,
             )
         except InvalidArgumentError as exc:
             raise SettingsError(f"dispatch settings: {exc}") from None
@@ -154,6 +158,9 @@ class TripSettings:
             ),
             max_offers=env_int("RIDESHARE_DISPATCH_MAX_OFFERS", 10, minimum=1, env=env),
             max_wait_s=max_wait_s,
+            parallel_offers=env_int(
+                "RIDESHARE_DISPATCH_PARALLEL_OFFERS", 1, minimum=1, maximum=10, env=env
+            ),
             dispatch_poll_s=env_float("RIDESHARE_DISPATCH_POLL_S", 0.2, minimum=0.01, env=env),
             dispatch_concurrency=env_int(
                 "RIDESHARE_DISPATCH_CONCURRENCY", 16, minimum=1, maximum=256, env=env

@@ -61,6 +61,7 @@ _UNIQUE_ERRORS: dict[str, tuple[type[Exception], str]] = {
     ),
     "offers_driver_id_key": (DriverUnavailableError, "driver {driver} holds another offer"),
     "offers_trip_id_key": (OfferMismatchError, "trip {trip} has another offer pending"),
+    "offers_one_per_trip_slot": (OfferMismatchError, "trip {trip} has another offer pending"),
     "trips_quote_id_key": (QuoteUsedError, "quote {quote} booked a trip already"),
 }
 
@@ -74,10 +75,18 @@ _TRIP_COLUMNS = """
     t.driver_rating, t.accepted_at, t.arrived_at, t.started_at, t.completed_at,
     t.cancelled_at, t.ended_at, t.fare_basis, t.flagged_at, t.flag_reason,
     t.fare_settlement::text AS fare_settlement,
-    o.offer_id, o.driver_id AS offer_driver_id, o.attempt AS offer_attempt,
-    o.offered_at AS offer_offered_at, o.expires_at AS offer_expires_at
+    o.offer_ids, o.offer_driver_ids, o.offer_attempts_made, o.offer_offered_ats,
+    o.offer_expires_ats, o.offer_slots
 """
-_TRIP_FROM = "FROM trips t LEFT JOIN offers o ON o.trip_id = t.id"
+# The pending offers of a trip (parallel offers: more than one) as one array per column.
+_TRIP_FROM = """FROM trips t LEFT JOIN LATERAL (
+    SELECT array_agg(offer_id ORDER BY attempt) AS offer_ids,
+           array_agg(driver_id ORDER BY attempt) AS offer_driver_ids,
+           array_agg(attempt ORDER BY attempt) AS offer_attempts_made,
+           array_agg(offered_at ORDER BY attempt) AS offer_offered_ats,
+           array_agg(expires_at ORDER BY attempt) AS offer_expires_ats,
+           array_agg(slot ORDER BY attempt) AS offer_slots
+    FROM offers WHERE trip_id = t.id) o ON true"""
 
 # A dispatch claim only saves work (the version check is what keeps two offers of a trip
 # apart), so one lost in a crash costs nothing: its transaction need not wait for the disk.
@@ -282,10 +291,10 @@ class TripStore:
 
     async def due_for_dispatch(self, *, now: datetime, limit: int) -> list[str]:
         """Trips dispatch must advance: REQUESTED or DISPATCHING without an offer, or whose
-        offer expired, and not claimed by a dispatcher. Oldest first."""
+        offers all expired, and not claimed by a dispatcher. Oldest first."""
         rows = await self._pool.fetch(
-            "SELECT t.id FROM trips t LEFT JOIN offers o ON o.trip_id = t.id "
-            "WHERE t.state = ANY($1::text[]) AND (o.offer_id IS NULL OR o.expires_at <= $2) "
+            "SELECT t.id FROM trips t WHERE t.state = ANY($1::text[]) AND NOT EXISTS "
+            "(SELECT 1 FROM offers o WHERE o.trip_id = t.id AND o.expires_at > $2) "
             f"AND {_unclaimed('$2')} "
             "ORDER BY t.requested_at LIMIT $3",
             _LIVE,
@@ -332,6 +341,17 @@ class TripStore:
             driver_id,
         )
         return [row["id"] for row in rows]
+
+    async def held_elsewhere(self, driver_ids: Sequence[str], *, trip_id: str) -> set[str]:
+        """Which of ``driver_ids`` a pending offer of another trip, or a live trip, holds."""
+        rows = await self._pool.fetch(
+            "SELECT driver_id FROM offers WHERE driver_id = ANY($1::text[]) AND trip_id <> $2 "
+            "UNION SELECT driver_id FROM trips WHERE driver_id = ANY($1::text[]) "
+            "AND state IN ('ACCEPTED', 'ARRIVED', 'IN_PROGRESS')",
+            list(driver_ids),
+            trip_id,
+        )
+        return {row["driver_id"] for row in rows}
 
     async def active_assignments(
         self, *, after: tuple[str, str] | None, limit: int
@@ -406,19 +426,24 @@ class TripStore:
                 raise ConcurrencyError(
                     f"trip {after.id} changed since version {before.version}; try again"
                 )
-            old, new = before.offer, after.offer
-            if old is not None and (new is None or new.offer_id != old.offer_id):
-                await conn.execute("DELETE FROM offers WHERE offer_id = $1", old.offer_id)
-            if new is not None and (old is None or new.offer_id != old.offer_id):
+            kept = {o.offer_id for o in after.offers}
+            ended = [o.offer_id for o in before.offers if o.offer_id not in kept]
+            if ended:
+                await conn.execute("DELETE FROM offers WHERE offer_id = ANY($1::text[])", ended)
+            known = {o.offer_id for o in before.offers}
+            for new in after.offers:
+                if new.offer_id in known:
+                    continue
                 await conn.execute(
                     "INSERT INTO offers (offer_id, trip_id, driver_id, attempt, offered_at, "
-                    "expires_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                    "expires_at, slot) VALUES ($1, $2, $3, $4, $5, $6, $7)",
                     new.offer_id,
                     after.id,
                     new.driver_id,
                     new.attempt,
                     new.offered_at,
                     new.expires_at,
+                    new.slot,
                 )
         except asyncpg.UniqueViolationError as exc:
             raise _unique_error(exc, after) from None
@@ -521,7 +546,8 @@ class TripStore:
 def _unique_error(exc: asyncpg.UniqueViolationError, trip: Trip) -> Exception:
     name = getattr(exc, "constraint_name", None) or ""
     error, template = _UNIQUE_ERRORS.get(name, (ConcurrencyError, "trip {trip} conflicts"))
-    driver = trip.offer.driver_id if trip.offer is not None else trip.driver_id
+    # Of a batch of parallel offers, the newest is the one a refusal is about.
+    driver = trip.offers[-1].driver_id if trip.offers else trip.driver_id
     return error(
         template.format(rider=trip.rider_id, driver=driver, trip=trip.id, quote=trip.quote_id)
     )
@@ -537,14 +563,19 @@ def _money(amount: int | None, currency: str) -> Money | None:
 
 def _trip(row: asyncpg.Record) -> Trip:
     currency = row["currency"]
-    offer = None
-    if row["offer_id"] is not None:
-        offer = Offer(
-            offer_id=row["offer_id"],
-            driver_id=row["offer_driver_id"],
-            attempt=row["offer_attempt"],
-            offered_at=row["offer_offered_at"],
-            expires_at=row["offer_expires_at"],
+    offers: tuple[Offer, ...] = ()
+    if row["offer_ids"] is not None:
+        offers = tuple(
+            Offer(*fields)
+            for fields in zip(
+                row["offer_ids"],
+                row["offer_driver_ids"],
+                row["offer_attempts_made"],
+                row["offer_offered_ats"],
+                row["offer_expires_ats"],
+                row["offer_slots"],
+                strict=True,
+            )
         )
     return Trip(
         id=row["id"],
@@ -563,7 +594,7 @@ def _trip(row: asyncpg.Record) -> Trip:
         pickup_address=row["pickup_address"],
         dropoff_address=row["dropoff_address"],
         driver_id=row["driver_id"],
-        offer=offer,
+        offers=offers,
         offer_attempts=row["offer_attempts"],
         excluded_driver_ids=frozenset(row["excluded_driver_ids"]),
         dispatch_started_at=row["dispatch_started_at"],

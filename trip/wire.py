@@ -65,6 +65,7 @@ __all__ = [
     "offer_end_reason_to_proto",
     "offer_ended",
     "offered",
+    "offers_ended",
     "optional_id_of",
     "position_time_from_proto",
     "quote_to_proto",
@@ -274,6 +275,7 @@ def trip_to_proto(trip: Trip) -> trip_pb2.Trip:
         message.cancellation_fee.CopyFrom(_money(trip.cancellation_fee))
     if trip.offer is not None:
         message.current_offer.CopyFrom(_offer(trip.offer))
+    message.current_offers.extend(_offer(o) for o in trip.offers)
     if trip.settlement is not None:
         message.settlement.CopyFrom(settlement_to_proto(trip.settlement))
     for field in (
@@ -461,13 +463,14 @@ def requested(trip: Trip) -> Event:
     )
 
 
-def offered(trip: Trip, *, distance_to_pickup_m: float) -> Event:
-    """trip.offered for the trip's pending offer."""
-    assert trip.offer is not None
+def offered(trip: Trip, *, distance_to_pickup_m: float, offer: Offer | None = None) -> Event:
+    """trip.offered for the trip's pending ``offer`` (its first one when not named)."""
+    offer = offer or trip.offer
+    assert offer is not None
     return subjects.TRIP_OFFERED, events_pb2.TripOffered(
         trip_id=trip.id,
-        offer_id=trip.offer.offer_id,
-        driver_id=trip.offer.driver_id,
+        offer_id=offer.offer_id,
+        driver_id=offer.driver_id,
         rider_id=trip.rider_id,
         pickup=_latlng(trip.pickup),
         dropoff=_latlng(trip.dropoff),
@@ -476,9 +479,15 @@ def offered(trip: Trip, *, distance_to_pickup_m: float) -> Event:
         vehicle_class=vehicle_class_to_proto(trip.vehicle_class),
         fare=_money(trip.quoted_fare),
         distance_to_pickup_m=distance_to_pickup_m,
-        attempt=trip.offer.attempt,
-        expires_at=_ts(trip.offer.expires_at),
+        attempt=offer.attempt,
+        expires_at=_ts(offer.expires_at),
     )
+
+
+def offers_ended(trip: Trip, reason: OfferEndReason, *, but: str | None = None) -> list[Event]:
+    """trip.offer_ended for each of ``trip``'s pending offers but the one ``but`` names: the
+    trip (as it was before) is ending them all at once (cancelled, given up, accepted)."""
+    return [offer_ended(trip, o, reason) for o in trip.offers if o.offer_id != but]
 
 
 def offer_ended(trip: Trip, offer: Offer, reason: OfferEndReason) -> Event:

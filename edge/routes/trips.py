@@ -28,7 +28,8 @@ _ACTORS = {
 
 
 def _out(trip: trip_pb2.Trip, user: Principal) -> TripOut:
-    return convert.trip_out(trip, show_offer=user.role != "rider")
+    driver = user.sub if user.role == "driver" else None
+    return convert.trip_out(trip, show_offer=user.role != "rider", driver=driver)
 
 
 async def _get_visible(ctx: Ctx, trip_id: str, user: Principal) -> trip_pb2.Trip:
@@ -122,9 +123,10 @@ async def _offer_id(ctx: Ctx, trip_id: str, driver: Principal, body: OfferIn | N
     if body is not None and body.offer_id:
         return body.offer_id
     trip = await _get_visible(ctx, trip_id, driver)
-    if trip.current_offer.driver_id != driver.sub:
-        raise ApiError(409, "failed_precondition", "no pending offer of this trip for you")
-    return trip.current_offer.offer_id
+    for offer in trip.current_offers:
+        if offer.driver_id == driver.sub:
+            return offer.offer_id
+    raise ApiError(409, "failed_precondition", "no pending offer of this trip for you")
 
 
 @router.post("/{trip_id}/accept", response_model=TripOut)

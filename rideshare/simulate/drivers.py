@@ -95,6 +95,7 @@ class SimDriver:
         self.inbox: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self.socket: LiveSocket | None = None
         self.answered: set[str] = set()  # offer ids (a reconnect re-sends a pending offer)
+        self.ended: set[str] = set()  # offer ids ended before an answer (offer_ended frames)
 
     async def setup(self) -> None:
         """Sign up, log in, register a vehicle, go online."""
@@ -204,6 +205,7 @@ class SimDriver:
             self.inbox.put_nowait(("trip", frame["trip"]))
         elif kind == "offer_ended":
             self.stats.count(f"offers_ended_{frame.get('reason')}")
+            self.ended.add(str(frame.get("offer_id")))
         elif kind == "ping":
             self.stats.count("pings")
 
@@ -315,6 +317,10 @@ class SimDriver:
                 await stop.wait()
         if stop.is_set():
             return
+        if offer_id in self.ended:
+            # Taken by another driver of a parallel batch (or cancelled) while thinking.
+            self.stats.count("offers_ended_before_an_answer")
+            return
         if not accept:
             self.stats.count("declines")
             await self.api.trip(trip_id, "decline", token=self.token, body=body)
@@ -322,6 +328,9 @@ class SimDriver:
         try:
             trip = await self.api.trip(trip_id, "accept", token=self.token, body=body)
         except ApiError as exc:
+            if exc.conflict and offer_id in self.ended:
+                self.stats.count("accepts_lost_to_another_driver")
+                return
             trip = await self._took_effect(exc, trip_id, "accept")
         self.stats.count("accepts")
         self.registry.accepted(trip_id, self.driver_id, time.monotonic())

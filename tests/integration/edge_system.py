@@ -105,7 +105,8 @@ class System:
 
 
 @contextlib.asynccontextmanager
-async def edge_system(infra: InfraUrls, prefix: str) -> AsyncIterator[System]:
+async def edge_system(infra: InfraUrls, prefix: str, **trip_settings: Any) -> AsyncIterator[System]:
+    """The whole system behind one edge; ``trip_settings`` override the trip service's."""
     from driver.app import running as driver_running
     from location.app import running as location_running
     from rider.app import running as rider_running
@@ -136,7 +137,9 @@ async def edge_system(infra: InfraUrls, prefix: str) -> AsyncIterator[System]:
         trip = await stack.enter_async_context(
             trip_running(
                 svc("trip", infra),
-                TripSettings(location_addr=location_addr, consumer_name=f"{prefix}_trip"),
+                TripSettings(
+                    location_addr=location_addr, consumer_name=f"{prefix}_trip", **trip_settings
+                ),
                 schema=f"{prefix}_trip",
             )
         )

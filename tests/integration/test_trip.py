@@ -609,6 +609,78 @@ async def test_ten_concurrent_accepts_of_one_offer_one_wins(harness: Harness) ->
     assert len(harness.tap.of(events.TRIP_ACCEPTED, trip.id)) <= 1
 
 
+async def test_parallel_offers_drivers_accepting_one_trip_at_once_one_wins(
+    harness: Harness,
+) -> None:
+    """Five drivers offered one trip at once all accept it, twice each, at the same moment:
+    one wins, the others' offers end as taken elsewhere and they are free again."""
+    drivers, rider = [new_id("d") for _ in range(5)], new_id("r")
+    for i, driver in enumerate(drivers):
+        await harness.go_online(driver, (PICKUP[0] + 0.0005 * (i + 1), PICKUP[1]))
+    async with harness.trip_service(parallel_offers=5) as stub:
+        trip = await book(stub, rider)
+        await offer_of(harness.tap, trip.id, count=5)
+        offers = [
+            e.unpack(trip_events.TripOffered) for e in harness.tap.of(events.TRIP_OFFERED, trip.id)
+        ]
+        assert sorted(o.driver_id for o in offers) == sorted(drivers)
+        requests = [
+            pb.AcceptTripRequest(trip_id=trip.id, driver_id=o.driver_id, offer_id=o.offer_id)
+            for o in offers
+        ]
+        results = await asyncio.gather(
+            *(stub.AcceptTrip(r, timeout=5) for r in requests * 2), return_exceptions=True
+        )
+        ended = await harness.tap.wait_for(events.TRIP_OFFER_ENDED, trip.id, count=4)
+        done = await stub.GetTrip(pb.GetTripRequest(trip_id=trip.id), timeout=5)
+        winner = done.driver_id
+        await harness.becomes(winner, loc.AVAILABILITY_ON_TRIP)
+        for driver in set(drivers) - {winner}:
+            await harness.becomes(driver, loc.AVAILABILITY_AVAILABLE)
+
+    won = [r for r in results if isinstance(r, pb.Trip)]
+    lost = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(won) == 1 and len(lost) == 9
+    assert {e.code() for e in lost} <= {
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.NOT_FOUND,  # a driver whose offer ended no longer sees the trip
+    }
+    assert done.state == pb.TRIP_STATE_ACCEPTED and not done.current_offers
+    assert len(harness.tap.of(events.TRIP_ACCEPTED, trip.id)) == 1
+    reasons = [e.unpack(trip_events.TripOfferEnded) for e in ended]
+    assert sorted(r.driver_id for r in reasons) == sorted(set(drivers) - {winner})
+    assert {r.reason for r in reasons} == {trip_events.OFFER_END_REASON_ACCEPTED_ELSEWHERE}
+
+
+async def test_parallel_offers_a_driver_never_holds_two_offers(harness: Harness) -> None:
+    """Six trips booked at once, three offers each, four drivers: every driver is offered
+    at most one trip, whatever the dispatch steps of the trips race for."""
+    drivers = [new_id("d") for _ in range(4)]
+    for i, driver in enumerate(drivers):
+        await harness.go_online(driver, (PICKUP[0] + 0.0005 * (i + 1), PICKUP[1]))
+    async with harness.trip_service(parallel_offers=3, offer_timeout_s=30.0) as stub:
+        trips = await asyncio.gather(*(book(stub, new_id("r")) for _ in range(6)))
+
+        async def settled() -> bool:
+            found = [await stub.GetTrip(pb.GetTripRequest(trip_id=t.id), timeout=5) for t in trips]
+            held = [o.driver_id for t in found for o in t.current_offers]
+            return len(held) == len(drivers) and all(
+                t.state in (pb.TRIP_STATE_DISPATCHING, pb.TRIP_STATE_NO_DRIVERS) for t in found
+            )
+
+        await eventually(settled, timeout_s=15)
+        found = [await stub.GetTrip(pb.GetTripRequest(trip_id=t.id), timeout=5) for t in trips]
+        for driver in drivers:
+            await harness.becomes(driver, loc.AVAILABILITY_OFFERED)
+
+    held = [o.driver_id for t in found for o in t.current_offers]
+    assert sorted(held) == sorted(drivers)  # each once
+    assert all(len(t.current_offers) <= 3 for t in found)
+    assert all(
+        t.current_offer.offer_id == t.current_offers[0].offer_id for t in found if t.current_offers
+    )
+
+
 async def test_dispatch_resumes_after_a_restart(harness: Harness) -> None:
     near, far, rider = new_id("d"), new_id("d"), new_id("r")
     await harness.go_online(near, (PICKUP[0] + 0.001, PICKUP[1]))
@@ -1198,6 +1270,48 @@ async def test_two_dispatchers_on_one_trip_make_one_offer(harness: Harness, clai
         d for d, h in zip(drivers, held, strict=True) if h
     )
     assert sum(held) == 3
+
+
+async def test_two_dispatchers_with_lapsing_claims_keep_a_trip_to_k_offers(
+    harness: Harness,
+) -> None:
+    """Parallel offers (K = 3) and two copies whose claims lapse at once: both search and
+    reserve a batch for the same trip; one batch commits, the other copy gives its drivers
+    back, and no driver is offered two trips."""
+    drivers = [new_id("d") for _ in range(9)]
+    for i, driver in enumerate(drivers):
+        await harness.go_online(driver, (PICKUP[0] + 0.0005 * (i + 1), PICKUP[1]))
+    service = {**unreachable_location(), "dispatch_poll_s": 3600.0}
+    settings = harness.trip_settings(dispatch_claim_s=1e-6, parallel_offers=3)
+    async with harness.trip_service(**service) as stub:
+        trips = [await book(stub, new_id("r")) for _ in range(2)]
+        locations = [LocationClient(settings.location_addr, timeout_s=5.0) for _ in range(2)]
+        pool = await create_pool(harness.infra.postgres_dsn, schema=harness.schema)
+        try:
+            copies = [Dispatcher(TripStore(pool), location, settings) for location in locations]
+            for trip in trips:
+
+                async def offered(trip_id: str = trip.id) -> bool:
+                    await asyncio.gather(*(copy.advance(trip_id) for copy in copies))
+                    found = await stub.GetTrip(pb.GetTripRequest(trip_id=trip_id), timeout=5)
+                    return bool(found.current_offers)
+
+                await eventually(offered)
+        finally:
+            await pool.close()
+            for location in locations:
+                await location.close()
+        done = [await stub.GetTrip(pb.GetTripRequest(trip_id=t.id), timeout=5) for t in trips]
+        held = [await harness.availability(d) == loc.AVAILABILITY_OFFERED for d in drivers]
+
+    offered_to = [o.driver_id for t in done for o in t.current_offers]
+    for t in done:
+        assert 1 <= len(t.current_offers) <= 3
+        assert [h.command for h in t.history] == ["request", "dispatch"] + ["offer"] * len(
+            t.current_offers
+        )
+    assert len(offered_to) == len(set(offered_to))
+    assert sorted(offered_to) == sorted(d for d, h in zip(drivers, held, strict=True) if h)
 
 
 # --- the boundary: malformed input, forged tokens, trips a caller may not see ---------------

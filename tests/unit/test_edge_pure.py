@@ -11,7 +11,7 @@ from typing import Literal
 import grpc
 import pytest
 
-from edge import convert
+from edge import convert, wire
 from edge.auth import AuthError, decode_token, issue_token
 from edge.idempotency import fingerprint
 from edge.ratelimit import TokenBucket, retry_after_header
@@ -19,6 +19,7 @@ from edge.upstreams import EXPENSIVE, CircuitBreaker, Outcome, outcome_of
 from edge.wire import FrameError, parse_frame, parse_position
 from protos.common.v1 import common_pb2
 from protos.rider.v1 import rider_pb2
+from protos.trip.v1 import events_pb2 as trip_events
 from protos.trip.v1 import trip_pb2
 
 SECRET = "unit-test-secret-" + "z" * 32
@@ -280,3 +281,33 @@ def test_the_first_history_page_shows_the_trip_services_newer_state_and_new_trip
 def test_an_enum_value_whose_name_the_api_does_not_declare_is_refused_at_import() -> None:
     with pytest.raises(RuntimeError, match=r"\['admin', 'driver', 'system'\] are not in the API"):
         convert._names(trip_pb2.Actor, "ACTOR_", Literal["rider"])
+
+
+def test_a_driver_sees_only_their_own_of_a_trips_parallel_offers() -> None:
+    offers = [trip_pb2.Offer(offer_id=f"o-{n}", driver_id=f"d-{n}") for n in (1, 2, 3)]
+    trip = trip_pb2.Trip(
+        id="t-1",
+        rider_id="r-1",
+        state=trip_pb2.TRIP_STATE_DISPATCHING,
+        current_offer=offers[0],
+        current_offers=offers,
+    )
+    for_d2 = convert.trip_out(trip, driver="d-2").model_dump(mode="json")
+    for_admin = convert.trip_out(trip).model_dump(mode="json")
+    for_rider = convert.trip_out(trip, show_offer=False).model_dump(mode="json")
+    assert [o["offer_id"] for o in for_d2["current_offers"]] == ["o-2"]
+    assert for_d2["current_offer"]["offer_id"] == "o-2"
+    assert [o["driver_id"] for o in for_admin["current_offers"]] == ["d-1", "d-2", "d-3"]
+    assert for_rider["current_offers"] == [] and for_rider["current_offer"] is None
+
+
+def test_an_offer_taken_by_another_driver_ends_as_accepted_elsewhere() -> None:
+    ended = trip_events.TripOfferEnded(
+        trip_id="t-1", offer_id="o-2", reason=trip_events.OFFER_END_REASON_ACCEPTED_ELSEWHERE
+    )
+    assert wire.offer_ended_frame(ended) == {
+        "type": "offer_ended",
+        "trip_id": "t-1",
+        "offer_id": "o-2",
+        "reason": "accepted_elsewhere",
+    }

@@ -320,6 +320,87 @@ def test_next_offer_counts_its_attempt() -> None:
     assert trip.offer.attempt == 2
 
 
+# --- parallel offers ----------------------------------------------------------------------
+
+
+def offered_to_three() -> Trip:
+    trip = dispatching()
+    for n in (1, 2, 3):
+        trip = offer(
+            trip, offer_id=f"o{n}", driver_id=f"d{n}", now=T0 + timedelta(seconds=2), parallel=3
+        )
+    return trip
+
+
+def test_parallel_offers_go_to_different_drivers_each_in_a_slot_of_its_own() -> None:
+    trip = offered_to_three()
+    assert [(o.offer_id, o.driver_id, o.attempt, o.slot) for o in trip.offers] == [
+        ("o1", "d1", 1, 0),
+        ("o2", "d2", 2, 1),
+        ("o3", "d3", 3, 2),
+    ]
+    assert trip.offer == trip.offers[0]
+    with pytest.raises(OfferMismatchError):
+        offer(trip, offer_id="o4", driver_id="d4", now=T0 + timedelta(seconds=2), parallel=3)
+
+
+def test_a_driver_is_offered_a_trip_once_at_a_time() -> None:
+    with pytest.raises(InvalidArgumentError, match="has trip"):
+        offer(offered(), offer_id="o2", driver_id="d1", now=T0 + timedelta(seconds=3), parallel=2)
+
+
+def test_a_freed_slot_is_taken_by_the_next_offer() -> None:
+    trip = decline(offered_to_three(), driver_id="d2", offer_id="o2", now=T0 + timedelta(seconds=3))
+    trip = offer(trip, offer_id="o4", driver_id="d4", now=T0 + timedelta(seconds=4), parallel=3)
+    assert [(o.offer_id, o.slot) for o in trip.offers] == [("o1", 0), ("o3", 2), ("o4", 1)]
+
+
+def test_a_decline_leaves_the_other_parallel_offers_standing() -> None:
+    trip = decline(offered_to_three(), driver_id="d2", offer_id="o2", now=T0 + timedelta(seconds=3))
+    assert trip.state is TripState.DISPATCHING
+    assert [o.offer_id for o in trip.offers] == ["o1", "o3"]
+    assert trip.excluded_driver_ids == {"d2"}
+
+
+def test_the_first_accept_of_parallel_offers_wins_and_ends_the_others() -> None:
+    trip = accept(offered_to_three(), driver_id="d3", offer_id="o3", now=ACCEPTED_AT)
+    assert (trip.state, trip.driver_id, trip.offers) == (TripState.ACCEPTED, "d3", ())
+    with pytest.raises(InvalidTransition, match="cannot accept when state=ACCEPTED"):
+        accept(trip, driver_id="d1", offer_id="o1", now=ACCEPTED_AT)
+
+
+def test_one_of_parallel_offers_expires_alone() -> None:
+    trip = expire_offer(offered_to_three(), offer_id="o1", now=T0 + timedelta(seconds=17))
+    assert [o.offer_id for o in trip.offers] == ["o2", "o3"]
+    assert trip.excluded_driver_ids == {"d1"}
+
+
+def test_every_offered_driver_may_see_the_trip_and_only_they() -> None:
+    trip = offered_to_three()
+    assert all(may_see(trip, Viewer(Actor.DRIVER, f"d{n}")) for n in (1, 2, 3))
+    assert not may_see(trip, Viewer(Actor.DRIVER, "d4"))
+
+
+def test_dispatch_fills_a_batch_passing_over_drivers_offered_already() -> None:
+    plan = DispatchPlan(parallel_offers=3)
+    now = T0 + timedelta(seconds=2)
+    trip = offer(dispatching(), offer_id="o1", driver_id="d1", now=now, parallel=3)
+    step = next_dispatch_step(trip, ["d1", "d2"], radius_index=0, now=now, plan=plan)
+    assert step == OfferTo("d2", 0)
+    with pytest.raises(OfferMismatchError):
+        next_dispatch_step(offered_to_three(), ["d4"], radius_index=0, now=now, plan=plan)
+
+
+def test_parallel_offers_count_against_max_offers() -> None:
+    plan = DispatchPlan(parallel_offers=3, max_offers=2)
+    trip = dispatching()
+    now = T0 + timedelta(seconds=2)
+    for n in (1, 2):
+        trip = offer(trip, offer_id=f"o{n}", driver_id=f"d{n}", now=now, parallel=3)
+    step = next_dispatch_step(trip, ["d3"], radius_index=0, now=now, plan=plan)
+    assert isinstance(step, GiveUp)
+
+
 def test_exhausted_dispatch_ends_in_no_drivers() -> None:
     trip = exhaust(offered(), now=T0 + timedelta(minutes=3), reason="no drivers within 10 km")
     assert trip.state is TripState.NO_DRIVERS

@@ -129,6 +129,7 @@ def test_settings_from_env_read_every_dispatch_knob() -> None:
             "RIDESHARE_LOCATION_ADDR": "loc:1",
             "RIDESHARE_OFFER_TIMEOUT_S": "0.5",
             "RIDESHARE_DISPATCH_RADII_M": "500,1500",
+            "RIDESHARE_DISPATCH_PARALLEL_OFFERS": "3",
         }
     )
 
@@ -136,6 +137,8 @@ def test_settings_from_env_read_every_dispatch_knob() -> None:
     plan = settings.plan()
     assert plan.offer_timeout == timedelta(seconds=0.5)
     assert plan.radius_steps_m == (500, 1500)
+    assert plan.parallel_offers == 3
+    assert TripSettings.from_env({}).plan().parallel_offers == 1
     assert TripSettings.from_env({}).location_addr == "127.0.0.1:50054"
 
 
@@ -178,6 +181,7 @@ def test_the_dispatch_clock_defaults_to_outlast_dispatch_itself() -> None:
         ("RIDESHARE_DISPATCH_RADII_M", "5000,2000"),
         ("RIDESHARE_DISPATCH_RADII_M", "two"),
         ("RIDESHARE_OFFER_TIMEOUT_S", "-1"),
+        ("RIDESHARE_DISPATCH_PARALLEL_OFFERS", "0"),
         ("RIDESHARE_DISPATCH_LIMIT_S", "100"),
         ("RIDESHARE_RIDE_SILENT_FLAG_S", "900"),
         ("RIDESHARE_DRIVER_SILENT_S", "0"),

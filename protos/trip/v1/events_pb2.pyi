@@ -43,6 +43,8 @@ class _OfferEndReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OfferE
     """The driver went offline while the offer was pending."""
     OFFER_END_REASON_TRIP_ENDED: _OfferEndReason.ValueType  # 5
     """The trip ended (NO_DRIVERS: its dispatch did not finish in time) with the offer pending."""
+    OFFER_END_REASON_ACCEPTED_ELSEWHERE: _OfferEndReason.ValueType  # 6
+    """Another driver accepted one of the trip's parallel offers first."""
 
 class OfferEndReason(_OfferEndReason, metaclass=_OfferEndReasonEnumTypeWrapper):
     """Why an offer ended without being accepted."""
@@ -59,6 +61,8 @@ OFFER_END_REASON_DRIVER_OFFLINE: OfferEndReason.ValueType  # 4
 """The driver went offline while the offer was pending."""
 OFFER_END_REASON_TRIP_ENDED: OfferEndReason.ValueType  # 5
 """The trip ended (NO_DRIVERS: its dispatch did not finish in time) with the offer pending."""
+OFFER_END_REASON_ACCEPTED_ELSEWHERE: OfferEndReason.ValueType  # 6
+"""Another driver accepted one of the trip's parallel offers first."""
 Global___OfferEndReason: _TypeAlias = OfferEndReason  # noqa: Y015
 
 class _LivenessRule:

@@ -426,6 +426,7 @@ class Trip(_message.Message):
     CURRENT_OFFER_FIELD_NUMBER: _builtins.int
     RIDER_RATING_FIELD_NUMBER: _builtins.int
     DRIVER_RATING_FIELD_NUMBER: _builtins.int
+    CURRENT_OFFERS_FIELD_NUMBER: _builtins.int
     REQUESTED_AT_FIELD_NUMBER: _builtins.int
     ACCEPTED_AT_FIELD_NUMBER: _builtins.int
     ARRIVED_AT_FIELD_NUMBER: _builtins.int
@@ -496,7 +497,13 @@ class Trip(_message.Message):
 
     @_builtins.property
     def current_offer(self) -> Global___Offer:
-        """The pending offer while DISPATCHING; unset otherwise."""
+        """The first pending offer while DISPATCHING; unset otherwise (current_offers has them all)."""
+
+    @_builtins.property
+    def current_offers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Offer]:
+        """Every pending offer while DISPATCHING, oldest first: up to
+        RIDESHARE_DISPATCH_PARALLEL_OFFERS at once, to different drivers; empty otherwise.
+        """
 
     @_builtins.property
     def requested_at(self) -> _timestamp_pb2.Timestamp:
@@ -569,6 +576,7 @@ class Trip(_message.Message):
         current_offer: Global___Offer | None = ...,
         rider_rating: _builtins.int = ...,
         driver_rating: _builtins.int = ...,
+        current_offers: _abc.Iterable[Global___Offer] | None = ...,
         requested_at: _timestamp_pb2.Timestamp | None = ...,
         accepted_at: _timestamp_pb2.Timestamp | None = ...,
         arrived_at: _timestamp_pb2.Timestamp | None = ...,
@@ -584,7 +592,7 @@ class Trip(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "arrived_at", b"arrived_at", "cancellation_fee", b"cancellation_fee", "cancelled_at", b"cancelled_at", "completed_at", b"completed_at", "current_offer", b"current_offer", "dropoff", b"dropoff", "ended_at", b"ended_at", "final_fare", b"final_fare", "flagged_at", b"flagged_at", "pickup", b"pickup", "quoted_fare", b"quoted_fare", "requested_at", b"requested_at", "settlement", b"settlement", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "arrived_at", b"arrived_at", "cancel_reason", b"cancel_reason", "cancellation_fee", b"cancellation_fee", "cancelled_at", b"cancelled_at", "cancelled_by", b"cancelled_by", "charge_basis", b"charge_basis", "completed_at", b"completed_at", "current_offer", b"current_offer", "distance_m", b"distance_m", "driver_id", b"driver_id", "driver_rating", b"driver_rating", "dropoff", b"dropoff", "dropoff_address", b"dropoff_address", "duration_s", b"duration_s", "ended_at", b"ended_at", "final_fare", b"final_fare", "flag_reason", b"flag_reason", "flagged_at", b"flagged_at", "history", b"history", "id", b"id", "pickup", b"pickup", "pickup_address", b"pickup_address", "quote_id", b"quote_id", "quoted_fare", b"quoted_fare", "requested_at", b"requested_at", "rider_id", b"rider_id", "rider_rating", b"rider_rating", "settlement", b"settlement", "started_at", b"started_at", "state", b"state", "surge_multiplier", b"surge_multiplier", "vehicle_class", b"vehicle_class", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_at", b"accepted_at", "arrived_at", b"arrived_at", "cancel_reason", b"cancel_reason", "cancellation_fee", b"cancellation_fee", "cancelled_at", b"cancelled_at", "cancelled_by", b"cancelled_by", "charge_basis", b"charge_basis", "completed_at", b"completed_at", "current_offer", b"current_offer", "current_offers", b"current_offers", "distance_m", b"distance_m", "driver_id", b"driver_id", "driver_rating", b"driver_rating", "dropoff", b"dropoff", "dropoff_address", b"dropoff_address", "duration_s", b"duration_s", "ended_at", b"ended_at", "final_fare", b"final_fare", "flag_reason", b"flag_reason", "flagged_at", b"flagged_at", "history", b"history", "id", b"id", "pickup", b"pickup", "pickup_address", b"pickup_address", "quote_id", b"quote_id", "quoted_fare", b"quoted_fare", "requested_at", b"requested_at", "rider_id", b"rider_id", "rider_rating", b"rider_rating", "settlement", b"settlement", "started_at", b"started_at", "state", b"state", "surge_multiplier", b"surge_multiplier", "vehicle_class", b"vehicle_class", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

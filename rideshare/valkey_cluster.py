@@ -91,15 +91,15 @@ class ValkeyCluster:
         replica is in sync; the admin's URL."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         taken = set(configured_ports())
-        for _ in range(self.masters * 2):
-            port = free_port(exclude=taken)
-            taken.add(port)
-            bus = free_port(exclude=taken)
-            taken.add(bus)
-            self.ports.append(port)
-            self.bus_ports[port] = bus
-            self._launch(port, bus)
         try:
+            for _ in range(self.masters * 2):
+                port = free_port(exclude=taken)
+                taken.add(port)
+                bus = free_port(exclude=taken)
+                taken.add(bus)
+                self.ports.append(port)
+                self.bus_ports[port] = bus
+                self._launch(port, bus)
             await self._form()
         except BaseException:
             self.stop()
@@ -125,7 +125,7 @@ class ValkeyCluster:
                         target = int(master[1])
                         proc = self.processes[target]
                         proc.process.send_signal(signal.SIGKILL)
-                        proc.process.wait(timeout=CALL_TIMEOUT_S)
+                        await asyncio.to_thread(proc.process.wait, CALL_TIMEOUT_S)
                         return target
         raise InfraError(f"no live node serves slot {slot}")
 

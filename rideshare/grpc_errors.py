@@ -36,6 +36,8 @@ _OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     # redis-py: refused, reset, closed, loading (BusyLoadingError is a ConnectionError).
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
+    # A Valkey Cluster with a slot nobody serves, while a replica takes over a lost master.
+    redis.exceptions.ClusterDownError,
     # nats-py: no server, the connection closed or draining, a request nobody answered.
     nats.errors.NoServersError,
     nats.errors.ConnectionClosedError,

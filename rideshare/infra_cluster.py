@@ -25,6 +25,7 @@ import logging
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
@@ -144,6 +145,12 @@ class ClusterInfra(EmbeddedInfra):
         await promote(self.postgres_hosts()[1])
         return time.monotonic() - began
 
+    def _refuse_failed_over(self, prepare: Callable[[], None] | None) -> None:
+        if self.failed_over:
+            raise InfraError("the old primary was failed over: it is not started again")
+        if prepare is not None:
+            prepare()
+
     def postgres_hosts(self) -> list[str]:
         """The primary's DSN, then the standby's, each reaching that one server."""
         if self.urls is None:
@@ -214,6 +221,12 @@ class ClusterInfra(EmbeddedInfra):
 
     async def _start_postgres(self) -> str:
         primary_dsn = await super()._start_postgres()
+        spec = self._specs[PRIMARY]
+        # Checked before every spawn, also the retries of a restart already under way when
+        # another process (rideshare failover) failed over.
+        self._specs[PRIMARY] = dataclasses.replace(
+            spec, prepare=functools.partial(self._refuse_failed_over, spec.prepare)
+        )
         standby_dsn = await self._start_standby(host_dsns(primary_dsn)[0])
         admin_dsn = urlunsplit(urlsplit(primary_dsn)._replace(path="/postgres"))
         await wait_streaming(admin_dsn)

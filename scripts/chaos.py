@@ -1,11 +1,20 @@
 """A chaos run: the whole system under simulated riders and drivers while every process dies.
 
     python -m scripts.chaos [--seed 7] [--drivers 16 --riders 10 --rate 1.0] [--no-faults]
+    python -m scripts.chaos --cluster [...]
 
 Starts ``rideshare up`` in a data directory of its own (free ports, short reliability limits),
 runs the simulator against its edge, and meanwhile ``kill -9``s every service and every server
 once, one after another, and freezes one service with SIGSTOP for longer than its health limit.
 After each fault it waits until the system is healthy again and prints how long that took.
+
+``--cluster`` runs ``rideshare up --cluster`` (two copies of every service on a NATS cluster, a
+Valkey Cluster and a PostgreSQL primary + standby) with one simulator on each edge copy (a
+rider on one edge is matched with a driver on the other), and kills, one at a time, the NATS
+stream leader, a Valkey master, the PostgreSQL primary (then ``rideshare failover postgres``
+promotes the standby), one copy of each service and one edge copy. For the servers it also
+prints how long the layer took to carry on without the node (a new stream leader, a replica
+promoted, the standby promoted) before everything is healthy again.
 When the simulation is over it looks into the stores themselves:
 
 - no trip is live without progress for longer than the policy allows;
@@ -45,6 +54,7 @@ from notification.templates import TEMPLATES
 from notification.wire import facts_of
 from protos.events import payload_type
 from rideshare.infra import free_port
+from rideshare.infra_cluster import node_states
 from rideshare.redis_client import RedisClient, open_redis
 from rideshare.settings import ONE_ADDRESS_LOGIN_LIMITS, SERVICE_PORTS, load_infra_urls
 from rideshare.supervisor import Health, probe_service, read_status
@@ -64,6 +74,17 @@ FAULTS: tuple[tuple[str, str], ...] = (
     ("kill", "nats"),
     ("kill", "edge"),
     ("freeze", "trip"),
+)
+CLUSTER_FAULTS: tuple[tuple[str, str], ...] = (
+    ("kill", "nats:leader"),  # resolved to a node when it strikes (_resolve)
+    ("kill", "valkey:master"),
+    ("failover", "postgres"),
+    ("kill", "location-2"),
+    ("kill", "trip-1"),
+    ("kill", "rider-2"),
+    ("kill", "driver-1"),
+    ("kill", "notification-2"),
+    ("kill", "edge-2"),
 )
 LIVE_STATES = ("REQUESTED", "DISPATCHING", "ACCEPTED", "ARRIVED", "IN_PROGRESS")
 OUTBOX_SCHEMAS = ("rider", "driver", "trip")
@@ -97,13 +118,15 @@ class Fault:
     target: str
     at: float  # wall clock
     healthy_after_s: float | None = None
+    process: str = ""  # the process hit, when ``target`` names a role ("nats:leader")
+    taken_over_after_s: float | None = None  # a server's layer carrying on without it
 
 
 @dataclass
 class Run:
     data_dir: Path
     env: dict[str, str]
-    edge_url: str
+    edge_urls: list[str]
     faults: list[Fault] = field(default_factory=list)
 
 
@@ -123,38 +146,49 @@ def system_env(data_dir: Path) -> dict[str, str]:
     return {**ONE_ADDRESS_LOGIN_LIMITS, **env}
 
 
-def _port(env: dict[str, str], name: str) -> int:
-    return int(env[f"RIDESHARE_{name.upper()}_PORT"])
+def _services(records: dict[str, dict[str, object]]) -> list[tuple[str, str, int]]:
+    """(process, service, port) of every service process (each copy) the launcher runs."""
+    found = []
+    for name, record in sorted(records.items()):
+        service, port = record.get("service"), record.get("port")
+        if record.get("kind") == "service" and isinstance(service, str) and isinstance(port, int):
+            found.append((name, service, port))
+    return found
 
 
-async def _all_healthy(env: dict[str, str]) -> bool:
-    healths = await asyncio.gather(*(probe_service(n, _port(env, n)) for n in SERVICES))
-    return all(h is Health.SERVING for h in healths)
+async def _all_healthy(records: dict[str, dict[str, object]]) -> bool:
+    services = _services(records)
+    healths = await asyncio.gather(*(probe_service(s, port) for _, s, port in services))
+    return bool(services) and all(h is Health.SERVING for h in healths)
 
 
-async def _wait_healthy(env: dict[str, str], data_dir: Path, *, timeout_s: float) -> float:
-    """Seconds until every service answers SERVING and the supervisor has everything up."""
+async def _wait_healthy(data_dir: Path, *, timeout_s: float) -> float:
+    """Seconds until every service answers SERVING and the supervisor has everything up
+    (a failed-over primary, retired, stays down)."""
     began = time.monotonic()
     while time.monotonic() - began < timeout_s:
         records = read_status(data_dir)
-        supervised_up = bool(records) and all(r.get("state") == "up" for r in records.values())
-        if supervised_up and await _all_healthy(env):
+        supervised_up = bool(records) and all(
+            r.get("state") in ("up", "retired") for r in records.values()
+        )
+        if supervised_up and await _all_healthy(records):
             return time.monotonic() - began
         await asyncio.sleep(0.2)
     raise TimeoutError(f"the system was not healthy within {timeout_s:.0f} s")
 
 
 @contextlib.asynccontextmanager
-async def _system(data_dir: Path, log: IO[bytes]) -> AsyncIterator[Run]:
+async def _system(data_dir: Path, log: IO[bytes], *, cluster: bool = False) -> AsyncIterator[Run]:
     env = system_env(data_dir) | CHAOS_ENV
     launcher = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "rideshare", "up",
+        sys.executable, "-m", "rideshare", "up", *(["--cluster"] if cluster else []),
         env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        took = await _wait_healthy(env, data_dir, timeout_s=180)
+        took = await _wait_healthy(data_dir, timeout_s=240 if cluster else 180)
         print(f"system healthy {took:.1f} s after start", flush=True)
-        yield Run(data_dir, env, f"http://127.0.0.1:{_port(env, 'edge')}")
+        edges = [p for _, s, p in _services(read_status(data_dir)) if s == "edge"]
+        yield Run(data_dir, env, [f"http://127.0.0.1:{port}" for port in edges])
     finally:
         launcher.send_signal(signal.SIGINT)
         try:
@@ -171,48 +205,121 @@ def _pid(data_dir: Path, name: str) -> int:
     return pid
 
 
+async def _roles(run: Run) -> dict[str, str]:
+    """Role of every node of the cluster profile now ("stream leader", "master", ...)."""
+    return {node.name: node.role for node in await node_states(load_infra_urls(run.data_dir))}
+
+
+async def _resolve(run: Run, target: str, *, timeout_s: float = 60.0) -> str:
+    """The process ``target`` names: itself, or for "nats:leader" / "valkey:master" the node
+    holding that role now."""
+    if ":" not in target:
+        return target
+    prefix, role = target.split(":")
+    wanted = "stream leader" if role == "leader" else role
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for name, now in sorted((await _roles(run)).items()):
+            if name.startswith(prefix) and now == wanted:
+                return name
+        await asyncio.sleep(0.5)
+    raise TimeoutError(f"no {target} within {timeout_s:.0f} s")
+
+
+async def _taken_over(run: Run, process: str, *, timeout_s: float = 60.0) -> None:
+    """Until the layer of server ``process`` carries on without it: another stream leader,
+    three Valkey masters again (a replica promoted, or the node back first), the standby
+    answering as the primary."""
+    began = time.monotonic()
+    while time.monotonic() - began < timeout_s:
+        roles = await _roles(run)
+        if process.startswith("nats"):
+            done = any(r == "stream leader" for n, r in roles.items() if n != process)
+        elif process.startswith("valkey"):
+            done = sum(r == "master" for n, r in roles.items() if n.startswith("valkey")) >= 3
+        else:
+            done = roles.get("postgres-standby") == "primary"
+        if done:
+            return
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"the layer of {process} did not carry on within {timeout_s:.0f} s")
+
+
+async def _fail_over_postgres(run: Run) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "rideshare", "failover", "postgres",
+        env=run.env, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    async with asyncio.timeout(120):
+        if await process.wait() != 0:
+            raise RuntimeError("rideshare failover postgres failed")
+
+
 async def _inject(run: Run, action: str, target: str, *, hung_s: float) -> Fault:
     fault = Fault(action, target, time.time())
-    pid = _pid(run.data_dir, target)
+    fault.process = await _resolve(run, target)
+    pid = _pid(run.data_dir, fault.process)
     began = time.monotonic()
-    os.kill(pid, signal.SIGKILL if action == "kill" else signal.SIGSTOP)
+    os.kill(pid, signal.SIGSTOP if action == "freeze" else signal.SIGKILL)
     try:
+        if action == "failover":
+            await _fail_over_postgres(run)
+        if fault.process in await _roles(run) or action == "failover":
+            await _taken_over(run, fault.process)
+            fault.taken_over_after_s = time.monotonic() - began  # from the kill
         # The supervisor must notice on its own: wait until the old pid is gone from its
-        # records, then until everything is healthy.
+        # records (or, failed over, the process is retired), then until everything is healthy.
         deadline = began + hung_s + 60
         while time.monotonic() < deadline:
-            if _pid(run.data_dir, target) != pid:
+            record = read_status(run.data_dir)[fault.process]
+            if record["pid"] != pid or record.get("state") == "retired":
                 break
             await asyncio.sleep(0.1)
-        await _wait_healthy(run.env, run.data_dir, timeout_s=max(1.0, deadline - time.monotonic()))
+        await _wait_healthy(run.data_dir, timeout_s=max(1.0, deadline - time.monotonic()))
     finally:
         if action == "freeze":
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)  # in case it was not killed: leave nothing frozen
     fault.healthy_after_s = time.monotonic() - began
-    print(f"  {action:<6} {target:<13} healthy again after {fault.healthy_after_s:5.1f} s")
+    layer = (
+        f", its layer carried on after {fault.taken_over_after_s:5.1f} s"
+        if fault.taken_over_after_s is not None
+        else ""
+    )
+    print(
+        f"  {action:<8} {fault.process:<16} healthy again after {fault.healthy_after_s:5.1f} s"
+        f"{layer}",
+        flush=True,
+    )
     return fault
 
 
-async def _faults(run: Run, *, warmup_s: float, pause_s: float) -> None:
+async def _faults(
+    run: Run, faults: Sequence[tuple[str, str]], *, warmup_s: float, pause_s: float
+) -> None:
     await asyncio.sleep(warmup_s)
     hung_s = float(run.env["RIDESHARE_SUPERVISOR_HUNG_S"])
-    for action, target in FAULTS:
+    for action, target in faults:
         run.faults.append(await _inject(run, action, target, hung_s=hung_s))
         await asyncio.sleep(pause_s)
 
 
-async def _simulate(run: Run, args: argparse.Namespace, summary_path: Path, log: IO[bytes]) -> int:
+async def _simulate(
+    run: Run, args: argparse.Namespace, summary_path: Path, log: IO[bytes], *, edge: int = 0
+) -> int:
+    """One simulator on edge copy ``edge``; with several edges each gets its share of the
+    apps and a seed of its own (its own phone numbers)."""
+    share = len(run.edge_urls)
     argv = [
         sys.executable, "-m", "rideshare.simulate",
-        "--edge-url", run.edge_url,
-        "--drivers", str(args.drivers),
-        "--riders", str(args.riders),
-        "--rate", str(args.rate),
+        "--edge-url", run.edge_urls[edge],
+        "--drivers", str(max(1, args.drivers // share)),
+        "--riders", str(max(1, args.riders // share)),
+        "--rate", str(args.rate / share),
         "--speedup", str(args.speedup),
         "--duration", str(args.duration),
         "--drain", str(args.drain),
-        "--seed", str(args.seed),
+        "--seed", str(args.seed + 1000 * edge),
         "--quiet",
         "--json-out", str(summary_path),
     ]  # fmt: skip
@@ -387,31 +494,41 @@ def _server_errors_outside_faults(summary: dict[str, Any], faults: Sequence[Faul
 
 
 async def chaos(args: argparse.Namespace, data_dir: Path, logs: Logs) -> dict[str, Any]:
-    summary_path = data_dir / "simulate.json"
-    async with _system(data_dir, logs.up) as run:
-        simulation = asyncio.create_task(_simulate(run, args, summary_path, logs.simulate))
+    async with _system(data_dir, logs.up, cluster=args.cluster) as run:
+        paths = [data_dir / f"simulate-{i + 1}.json" for i in range(len(run.edge_urls))]
+        if len(paths) == 1:
+            paths = [data_dir / "simulate.json"]
+        simulations = [
+            asyncio.create_task(_simulate(run, args, path, logs.simulate, edge=i))
+            for i, path in enumerate(paths)
+        ]
         if not args.no_faults:
-            await _faults(run, warmup_s=args.warmup, pause_s=args.pause)
-        sim_exit = await simulation
+            faults = CLUSTER_FAULTS if args.cluster else FAULTS
+            await _faults(run, faults, warmup_s=args.warmup, pause_s=args.pause)
+        sim_exits = await asyncio.gather(*simulations)
         checks = await _check_stores(run)
-    summary = _read_json(summary_path)
-    checks["server_errors_outside_faults"] = _server_errors_outside_faults(summary, run.faults)
-    counters = summary.get("counters", {})
+    summaries = [_read_json(path) for path in paths]
+    checks["server_errors_outside_faults"] = [
+        bad for summary in summaries for bad in _server_errors_outside_faults(summary, run.faults)
+    ]
     return {
         "seed": args.seed,
+        "cluster": args.cluster,
         "faults": [
             {
                 "action": f.action,
                 "target": f.target,
+                "process": f.process,
                 "at": f.at,
                 "healthy_after_s": f.healthy_after_s,
+                "taken_over_after_s": f.taken_over_after_s,
             }
             for f in run.faults
         ],
-        "trips_requested": counters.get("trips_requested", 0),
-        "trips_completed": summary.get("trips_by_state", {}).get("completed", 0),
-        "simulator_exit": sim_exit,
-        "simulator_violations": summary.get("violations", []),
+        "trips_requested": sum(s.get("counters", {}).get("trips_requested", 0) for s in summaries),
+        "trips_completed": sum(s.get("trips_by_state", {}).get("completed", 0) for s in summaries),
+        "simulator_exit": max(sim_exits),
+        "simulator_violations": [v for s in summaries for v in s.get("violations", [])],
         "checks": checks,
         "ok": not any(checks.values()),
         "data_dir": str(data_dir),
@@ -474,6 +591,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds before the 1st fault")
     parser.add_argument("--pause", type=float, default=3.0, help="seconds between faults")
     parser.add_argument("--no-faults", action="store_true", help="the same run without faults")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="rideshare up --cluster, and the cluster's faults (see above)",
+    )
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--json-out", default=None)
     return parser

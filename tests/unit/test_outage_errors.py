@@ -31,6 +31,7 @@ from rideshare.grpc_errors import log_round_failure, outage_of
         (redis.exceptions.ConnectionError("Connection refused"), "Redis"),
         (redis.exceptions.TimeoutError("Timeout reading from socket"), "Redis"),
         (redis.exceptions.BusyLoadingError("loading"), "Redis"),
+        (redis.exceptions.ClusterDownError("The cluster is down"), "Redis"),
         (nats.errors.NoServersError(), "NATS"),
         (nats.errors.ConnectionClosedError(), "NATS"),
         (nats.errors.TimeoutError(), "NATS"),

@@ -67,7 +67,8 @@ from rideshare.bus import reraise_if_cancelling
 from rideshare.grpc_client import make_channel
 from rideshare.grpc_errors import log_round_failure
 from rideshare.identity import TokenSigner
-from trip import domain, wire
+from trip import batching, domain, wire
+from trip.batching import BatchWindow
 from trip.domain import (
     ConcurrencyError,
     DriverUnavailableError,
@@ -79,6 +80,8 @@ from trip.domain import (
     TripState,
     Widen,
 )
+from trip.explain import DispatchRound, RoundLog
+from trip.matcher import CostModel, DriverHit, Reason
 from trip.settings import TripSettings
 from trip.store import TripStore
 from trip.wire import Event
@@ -135,6 +138,17 @@ class LocationClient:
             point, radius_m=radius_m, limit=limit, vehicle_class=vehicle_class, exclude=exclude
         )
         return wire.nearby_from_proto(await self._stub.NearestDrivers(request))
+
+    async def drivers_around(
+        self, point: domain.LatLng, *, radius_m: float, limit: int
+    ) -> list[DriverHit]:
+        """Available drivers of any class within ``radius_m`` of ``point``, with their
+        positions: one search for a window's region (``trip.batching``)."""
+        request = wire.nearest_drivers_request(
+            point, radius_m=radius_m, limit=limit, vehicle_class=None, exclude=frozenset()
+        )
+        reply = await self._stub.NearestDrivers(request)
+        return [batching.hit_from_proto(d) for d in reply.drivers]
 
     async def reserve(self, driver_id: str, *, trip_id: str) -> bool:
         """Hold an AVAILABLE driver for ``trip_id``'s offer (AVAILABLE -> OFFERED); False when
@@ -200,10 +214,19 @@ class Dispatcher:
         self._clock = clock
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
+        self._cost = settings.cost_model()
+        self._window = BatchWindow(self, store, location, settings, clock=clock)
+
+    @property
+    def cost_model(self) -> CostModel:
+        return self._cost
 
     def kick(self, trip_id: str) -> None:
-        """Advance ``trip_id`` soon, in this process (duplicates while queued are dropped)."""
-        if trip_id not in self._queued:
+        """Advance ``trip_id`` soon, in this process (duplicates while queued are dropped);
+        with a dispatch window, at the window's end together with the window's other trips."""
+        if self._window.enabled:
+            self._window.add(trip_id)
+        elif trip_id not in self._queued:
             self._queued.add(trip_id)
             self._queue.put_nowait(trip_id)
 
@@ -213,6 +236,8 @@ class Dispatcher:
             for i in range(self._settings.dispatch_concurrency):
                 group.create_task(self._work(stop), name=f"dispatch-{i}")
             group.create_task(self._poll(stop), name="dispatch-poller")
+            if self._window.enabled:
+                group.create_task(self._window.run(stop), name="dispatch-window")
 
     async def _work(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -252,11 +277,17 @@ class Dispatcher:
         )
         if trip is None:
             return
+        await self.advance_claimed(trip, claim)
+
+    async def advance_claimed(self, trip: Trip, claim: str, *, log: RoundLog | None = None) -> None:
+        """``advance`` of a trip already claimed by ``claim``; ``log`` carries the candidates a
+        window ranked for it (``trip.batching``), which the step offers first."""
+        trip_id = trip.id
         committed = False
         try:
             for attempt in range(1, _ATTEMPTS + 1):
                 try:
-                    committed = await self._step(trip)
+                    committed = await self._step(trip, log)
                     return
                 except ConcurrencyError:
                     if attempt == _ATTEMPTS:
@@ -267,6 +298,7 @@ class Dispatcher:
                 if fresh is None or fresh.state not in _DISPATCHABLE:
                     return
                 trip = fresh
+                log = None  # the window's ranking was for the trip as it was
         finally:
             if not committed:  # a commit ends the claim: the trip's version moved on
                 await self._end_claim(trip_id, claim)
@@ -279,7 +311,7 @@ class Dispatcher:
             # Not worth failing the step for (nor hiding its own error): the claim lapses.
             logger.warning("could not end the dispatch claim on trip %s: %r", trip_id, exc)
 
-    async def _step(self, trip: Trip) -> bool:
+    async def _step(self, trip: Trip, log: RoundLog | None = None) -> bool:
         """One step on ``trip`` as read; ConcurrencyError when the trip changed since. True
         when it committed a change (which ended the step's claim)."""
         now = self._clock()
@@ -296,21 +328,34 @@ class Dispatcher:
             ended = wire.offer_ended(current, pending, OfferEndReason.EXPIRED)
             steps.append((expired, [ended]))
             current = expired
-        await self._offer_next(trip, current, steps, now=now)
+        await self._offer_next(trip, current, steps, now=now, log=log)
         if pending is not None:
             # Only once the expiry committed: until then the driver's offer still stands.
             await self._location.release(pending.driver_id, trip_id=trip.id)
         return True
 
     async def _offer_next(
-        self, read: Trip, trip: Trip, steps: list[_Change], *, now: datetime
+        self,
+        read: Trip,
+        trip: Trip,
+        steps: list[_Change],
+        *,
+        now: datetime,
+        log: RoundLog | None = None,
     ) -> None:
         """Offer ``trip`` to the nearest untried driver, widening the radius, or give up, and
-        commit that after ``steps`` over the trip as ``read``."""
+        commit that after ``steps`` over the trip as ``read``. With a window's ``log``, its
+        ranked candidates come first; once none of them can be held, nearest-first."""
         plan = self._plan
         radius_index = 0
         skip: set[str] = set()
-        candidates = await self._search(trip, radius_index, skip)
+        ranked = log is not None and log.offer_order is not None
+        if log is None:
+            log = RoundLog(self._cost, region=self._window.region_of(trip))
+        if ranked and log.offer_order is not None:
+            candidates = list(log.offer_order)
+        else:
+            candidates = await self._search(trip, radius_index, skip, log)
         while True:
             step = domain.next_dispatch_step(
                 trip,
@@ -321,22 +366,30 @@ class Dispatcher:
                 skip=skip,
             )
             if isinstance(step, Widen):
+                if ranked:  # the window's candidates are used up: nearest-first from here
+                    ranked = False
+                    candidates = await self._search(trip, radius_index, skip, log)
+                    continue
                 radius_index = step.radius_index
-                candidates = await self._search(trip, radius_index, skip)
+                candidates = await self._search(trip, radius_index, skip, log)
                 continue
             if isinstance(step, GiveUp):
                 ended = domain.exhaust(trip, now=now, reason=step.reason)
                 event = wire.no_drivers(ended, max_radius_m=plan.radius_steps_m[radius_index])
-                await self._commit(read, [*steps, (ended, [event])])
+                await self._commit(
+                    read, [*steps, (ended, [event])], round_=log.gave_up(step.reason), now=now
+                )
                 return
             assert isinstance(step, OfferTo)
             driver_id = step.driver_id
             if not await self._location.reserve(driver_id, trip_id=trip.id):
                 skip.add(driver_id)  # taken by another trip since the search
+                log.busy(driver_id)
                 continue
+            offer_id = uuid.uuid4().hex
             offered = domain.offer(
                 trip,
-                offer_id=uuid.uuid4().hex,
+                offer_id=offer_id,
                 driver_id=driver_id,
                 now=now,
                 timeout=plan.offer_timeout,
@@ -344,11 +397,17 @@ class Dispatcher:
             distance = next(c.distance_m for c in candidates if c.driver_id == driver_id)
             event = wire.offered(offered, distance_to_pickup_m=distance)
             try:
-                await self._commit(read, [*steps, (offered, [event])])
+                await self._commit(
+                    read,
+                    [*steps, (offered, [event])],
+                    round_=log.offered(driver_id, offer_id),
+                    now=now,
+                )
             except DriverUnavailableError:
                 # The index said available, the database says this driver holds another
                 # offer or trip: that one owns the OFFERED/ON_TRIP mark, leave it.
                 skip.add(driver_id)
+                log.busy(driver_id)
                 continue
             except BaseException:
                 # Reserved in the index but the offer did not commit: give the driver back.
@@ -356,11 +415,18 @@ class Dispatcher:
                 raise
             return
 
-    async def _commit(self, read: Trip, steps: list[_Change]) -> None:
+    async def _commit(
+        self,
+        read: Trip,
+        steps: list[_Change],
+        *,
+        round_: DispatchRound | None = None,
+        now: datetime | None = None,
+    ) -> None:
         """Write ``steps`` (each trip after the one before, the first after ``read``) in one
         transaction, version-checked against ``read``; the new version ends the step's claim.
         A step without events is written together with the next one (its history record goes
-        in all the same)."""
+        in all the same). ``round_``, the explanation of the dispatch round, goes in with it."""
         async with self._store.transaction() as conn:
             before = read
             for i, (after, events) in enumerate(steps):
@@ -368,15 +434,22 @@ class Dispatcher:
                     continue
                 await self._store.save(conn, before, after, events=events)
                 before = after
+            if round_ is not None:
+                await self._store.save_round(conn, before, round_, at=now or self._clock())
 
-    async def _search(self, trip: Trip, radius_index: int, skip: set[str]) -> list[Nearby]:
-        return await self._location.nearest(
+    async def _search(
+        self, trip: Trip, radius_index: int, skip: set[str], log: RoundLog
+    ) -> list[Nearby]:
+        hits = await self._location.nearest(
             trip.pickup,
             radius_m=self._plan.radius_steps_m[radius_index],
             limit=self._plan.candidates_per_search,
             vehicle_class=trip.vehicle_class,
             exclude=trip.excluded_driver_ids | skip,
         )
+        log.searched(hits)
+        log.left_out(trip.excluded_driver_ids, Reason.DECLINED_BEFORE)
+        return hits
 
 
 async def _next_or_stop(queue: asyncio.Queue[str], stop: asyncio.Event) -> str | None:

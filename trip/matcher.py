@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from trip.pricing import LatLng, VehicleClass, haversine_m
+from trip.pricing import EARTH_RADIUS_M, LatLng, VehicleClass, haversine_m
 
 __all__ = [
     "Candidate",
@@ -157,6 +157,54 @@ def _verdict(trip: WaitingTrip, driver: DriverHit, distance_m: float, model: Cos
     return Reason.COSTLIER
 
 
+# Verdict codes of the matrices in ``match``, by precedence (the first that applies).
+_CODES = (
+    Reason.COSTLIER,
+    Reason.DECLINED_BEFORE,
+    Reason.WRONG_CLASS,
+    Reason.STALE_POSITION,
+    Reason.OUTSIDE_LIMIT,
+)
+
+
+def _distances(trips: Sequence[WaitingTrip], drivers: Sequence[DriverHit]) -> np.ndarray:
+    """Great-circle metres from every pickup (rows) to every driver (columns), the formula
+    of ``pricing.haversine_m`` on arrays."""
+    lat_t = np.radians([t.pickup.lat for t in trips])[:, None]
+    lng_t = np.radians([t.pickup.lng for t in trips])[:, None]
+    lat_d = np.radians([d.position.lat for d in drivers])[None, :]
+    lng_d = np.radians([d.position.lng for d in drivers])[None, :]
+    h = (
+        np.sin((lat_d - lat_t) / 2) ** 2
+        + np.cos(lat_t) * np.cos(lat_d) * np.sin((lng_d - lng_t) / 2) ** 2
+    )
+    return np.asarray(2 * EARTH_RADIUS_M * np.arcsin(np.minimum(1.0, np.sqrt(h))))
+
+
+def _verdicts(
+    trips: Sequence[WaitingTrip],
+    drivers: Sequence[DriverHit],
+    distance: np.ndarray,
+    model: CostModel,
+) -> np.ndarray:
+    """Index into ``_CODES`` of every (trip, driver): 0 where the pair is allowed."""
+    code = np.zeros(distance.shape, dtype=np.int8)
+    code[distance > model.max_pickup_m] = 4
+    stale = np.array([d.position_age_s > model.max_position_age_s for d in drivers], dtype=bool)
+    code[:, stale] = 3
+    classes = [d.vehicle_class for d in drivers]
+    for i, trip in enumerate(trips):
+        if trip.vehicle_class is not None:
+            wrong = [c is not None and c is not trip.vehicle_class for c in classes]
+            code[i, np.array(wrong, dtype=bool)] = 2
+    column = {d.driver_id: j for j, d in enumerate(drivers)}
+    for i, trip in enumerate(trips):
+        for driver_id in trip.excluded:
+            if (j := column.get(driver_id)) is not None:
+                code[i, j] = 1
+    return code
+
+
 def match(
     trips: Sequence[WaitingTrip], drivers: Sequence[DriverHit], model: CostModel
 ) -> dict[str, Match]:
@@ -164,53 +212,45 @@ def match(
     docstring). Trips and drivers are each taken once, by id."""
     trips = list({t.trip_id: t for t in trips}.values())
     drivers = list({d.driver_id: d for d in drivers}.values())
-    n, m = len(trips), len(drivers)
-    distance = np.zeros((n, m))
-    pickup = np.zeros((n, m))
-    verdicts: list[list[Reason]] = []
-    for i, trip in enumerate(trips):
-        row = []
-        for j, driver in enumerate(drivers):
-            d = haversine_m(trip.pickup, driver.position)
-            distance[i, j] = d
-            pickup[i, j] = model.pickup_s(d, trip.region)
-            row.append(_verdict(trip, driver, d, model))
-        verdicts.append(row)
-    allowed = np.array([[v is Reason.COSTLIER for v in row] for row in verdicts], dtype=bool)
+    if not trips:
+        return {}
+    if not drivers:
+        return {t.trip_id: Match(t.trip_id, (), ()) for t in trips}
+    distance = _distances(trips, drivers)
+    factor = np.array([model.region_factors.get(t.region, model.road_factor) for t in trips])
+    pickup = distance * factor[:, None] / model.speed_mps
+    code = _verdicts(trips, drivers, distance, model)
+    allowed = code == 0
     assigned_to: dict[int, int] = {}  # trip row -> driver column
-    if n and m and allowed.any():
-        cost = np.where(allowed, pickup, _FORBIDDEN)
-        rows, cols = linear_sum_assignment(cost)
+    if allowed.any():
+        rows, cols = linear_sum_assignment(np.where(allowed, pickup, _FORBIDDEN))
         assigned_to = {int(r): int(c) for r, c in zip(rows, cols, strict=True) if allowed[r, c]}
-    taken = {c: r for r, c in assigned_to.items()}
+    taken = set(assigned_to.values())
+    distances, pickups, codes = distance.tolist(), pickup.tolist(), code.tolist()
     result: dict[str, Match] = {}
     for i, trip in enumerate(trips):
         chosen: list[Candidate] = []
         others: list[Candidate] = []
         elsewhere: list[Candidate] = []
         excluded: list[Candidate] = []
-        for j, driver in enumerate(drivers):
-            reason = verdicts[i][j]
+        mine = assigned_to.get(i)
+        row_d, row_p, row_c = distances[i], pickups[i], codes[i]
+        for j in np.argsort(pickup[i], kind="stable").tolist():
+            reason = _CODES[row_c[j]]
             if reason is Reason.COSTLIER:
-                if assigned_to.get(i) == j:
+                if j == mine:
                     reason = Reason.ASSIGNED
                 elif j in taken:
                     reason = Reason.OFFERED_ELSEWHERE
-            seen = Candidate(
-                driver.driver_id,
-                float(distance[i, j]),
-                float(pickup[i, j]),
-                float(pickup[i, j]),
-                reason,
-            )
-            {
-                Reason.ASSIGNED: chosen,
-                Reason.COSTLIER: others,
-                Reason.OFFERED_ELSEWHERE: elsewhere,
-            }.get(reason, excluded).append(seen)
-        others.sort(key=lambda c: (c.cost, c.driver_id))
-        elsewhere.sort(key=lambda c: (c.cost, c.driver_id))
-        excluded.sort(key=lambda c: (c.distance_m, c.driver_id))
+            seen = Candidate(drivers[j].driver_id, row_d[j], row_p[j], row_p[j], reason)
+            if reason is Reason.ASSIGNED:
+                chosen.append(seen)
+            elif reason is Reason.COSTLIER:
+                others.append(seen)
+            elif reason is Reason.OFFERED_ELSEWHERE:
+                elsewhere.append(seen)
+            else:
+                excluded.append(seen)
         result[trip.trip_id] = Match(trip.trip_id, (*chosen, *others, *elsewhere), tuple(excluded))
     return result
 

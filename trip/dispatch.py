@@ -41,6 +41,13 @@ is now, which mostly finds nothing left to do. When the database refuses the dri
 ``offers`` unique indexes: they hold another offer or a live trip, whatever the index said)
 the next candidate is tried, and the hold is left to the offer or trip that owns the driver.
 
+With a dispatch window (``RIDESHARE_DISPATCH_WINDOW_S`` > 0) a kicked trip waits for the
+window's end, where ``trip.batching`` claims the window's trips, matches them together
+(``trip.matcher``) and runs each one's step through ``advance_claimed`` with its ranked
+candidates; the step offers those first, then goes on nearest-first. Every step that offers or
+gives up records its round (``trip.explain``: the candidates, the excluded and why) in the
+commit's transaction, for ExplainDispatch.
+
 A copy that dies between reserve and commit leaves a hold in the index that no offer backs;
 the location service's sweeper releases holds older than an offer can live
 (``RIDESHARE_OFFER_HOLD_MAX_S``), and the trip's claim lapses after ``dispatch_claim_s``, when

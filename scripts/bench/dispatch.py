@@ -210,8 +210,20 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=1.0, help="batch window, seconds")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--only", choices=list(CITIES), default=None)
+    for name in ("drivers", "riders", "rate"):
+        parser.add_argument(
+            f"--{name}",
+            type=float if name == "rate" else int,
+            default=None,
+            help=f"{name} of every city run (default: the city's own)",
+        )
     parser.add_argument("--solve-target-ms", type=float, default=50.0)
-    asyncio.run(run(parser.parse_args()))
+    args = parser.parse_args()
+    for name in ("drivers", "riders", "rate"):
+        if (value := getattr(args, name)) is not None:
+            for spec in CITIES.values():
+                spec[name] = value
+    asyncio.run(run(args))
 
 
 if __name__ == "__main__":

@@ -93,9 +93,9 @@ async def matcher_figures(args: argparse.Namespace) -> None:
     raw = sorted(s[1] for s in samples)
     print_reference(
         "trip.matcher.match, 20 trips x 50 drivers, p50",
-        percentile(ours, 0.5) * 1000,
-        percentile(raw, 0.5) * 1000,
-        "ms",
+        percentile(ours, 0.5) * 1e6,
+        percentile(raw, 0.5) * 1e6,
+        "us",
         raw_name="linear_sum_assignment alone on 20 x 50, p50",
     )
 

@@ -514,6 +514,15 @@ class DispatchCandidateOut(BaseModel):
     )
 
 
+class DispatchOfferOut(BaseModel):
+    driver_id: str
+    offer_id: str
+    outcome: str = Field(
+        description="pending, accepted, accepted_elsewhere, declined, expired, trip_cancelled, "
+        "driver_offline or trip_ended."
+    )
+
+
 class DispatchRoundOut(BaseModel):
     """One dispatch round of a trip (TripService/ExplainDispatch)."""
 
@@ -523,7 +532,7 @@ class DispatchRoundOut(BaseModel):
     window_trips: int
     candidates: list[DispatchCandidateOut]
     excluded: list[DispatchCandidateOut]
-    offered_driver_id: str | None
+    offers: list[DispatchOfferOut]
     outcome: str = Field(
         description="pending, accepted, declined, expired, trip_cancelled, driver_offline, "
         "trip_ended or no_drivers."

@@ -226,16 +226,26 @@ class TripCommands:
         domain.check_visible(trip, viewer)
         return trip
 
-    async def explain_dispatch(self, trip_id: str) -> tuple[Trip, list[tuple[DispatchRound, str]]]:
-        """The trip and its dispatch rounds, each with how it ended (``trip.explain``)."""
+    async def explain_dispatch(
+        self, trip_id: str
+    ) -> tuple[Trip, list[tuple[DispatchRound, list[str]]]]:
+        """The trip and its dispatch rounds, each with how each of its offers ended
+        (``trip.explain``)."""
         async with self._store.transaction() as conn:
             trip = await self._store.get_trip(conn, trip_id)
             rounds = await self._store.dispatch_rounds(conn, trip_id)
         if trip is None:
             raise domain.trip_not_found()
-        pending = trip.offer.offer_id if trip.offer is not None else None
+        pending = frozenset({trip.offer.offer_id} if trip.offer is not None else ())
         return trip, [
-            (r, explain.outcome_of(r, trip.history, pending_offer_id=pending)) for r in rounds
+            (
+                r,
+                [
+                    explain.offer_outcome(r, d, o, trip.history, pending=pending)
+                    for d, o in r.offers
+                ],
+            )
+            for r in rounds
         ]
 
     async def list_trips(

@@ -15,7 +15,14 @@ from datetime import datetime
 from trip.domain import Nearby, Transition
 from trip.matcher import Candidate, CostModel, Match, Reason
 
-__all__ = ["DispatchRound", "Policy", "RoundLog", "candidates_from_json", "outcome_of"]
+__all__ = [
+    "DispatchRound",
+    "Policy",
+    "RoundLog",
+    "candidates_from_json",
+    "offer_outcome",
+    "outcome_of",
+]
 
 
 class Policy:
@@ -45,8 +52,8 @@ class DispatchRound:
     window_trips: int
     candidates: tuple[Candidate, ...]
     excluded: tuple[Candidate, ...]
-    driver_id: str | None = None
-    offer_id: str | None = None
+    offers: tuple[tuple[str, str], ...] = ()
+    """(driver id, offer id) of each offer the round made: one, or K with parallel offers."""
     gave_up: str = ""
     version: int = 0
     """The trip's version the round committed."""
@@ -58,6 +65,7 @@ class DispatchRound:
             {
                 "candidates": [_candidate_doc(c) for c in self.candidates],
                 "excluded": [_candidate_doc(c) for c in self.excluded],
+                "offers": [{"driver_id": d, "offer_id": o} for d, o in self.offers],
             }
         )
 
@@ -72,8 +80,10 @@ def _candidate_doc(c: Candidate) -> dict[str, object]:
     }
 
 
-def candidates_from_json(text: str) -> tuple[tuple[Candidate, ...], tuple[Candidate, ...]]:
-    """(candidates, excluded) of a stored round."""
+def candidates_from_json(
+    text: str,
+) -> tuple[tuple[Candidate, ...], tuple[Candidate, ...], tuple[tuple[str, str], ...]]:
+    """(candidates, excluded, offers) of a stored round."""
     doc = json.loads(text)
 
     def parse(items: list[dict[str, object]]) -> tuple[Candidate, ...]:
@@ -88,21 +98,41 @@ def candidates_from_json(text: str) -> tuple[tuple[Candidate, ...], tuple[Candid
             for i in items
         )
 
-    return parse(doc["candidates"]), parse(doc["excluded"])
+    offers = tuple((str(o["driver_id"]), str(o["offer_id"])) for o in doc.get("offers", ()))
+    return parse(doc["candidates"]), parse(doc["excluded"]), offers
 
 
-def outcome_of(
-    round_: DispatchRound, history: Sequence[Transition], *, pending_offer_id: str | None
+def offer_outcome(
+    round_: DispatchRound,
+    driver_id: str,
+    offer_id: str,
+    history: Sequence[Transition],
+    *,
+    pending: frozenset[str],
 ) -> str:
-    """How ``round_`` ended, from the trip's history after it."""
-    if round_.offer_id is None:
-        return "no_drivers"
-    if round_.offer_id == pending_offer_id:
+    """How one offer of ``round_`` ended, from the trip's history after the round: the first
+    ending the driver did themselves (accept, decline), else the first ending of the trip's
+    offer at all (expiry, cancel, ...)."""
+    if offer_id in pending:
         return "pending"
-    for record in history:
-        if record.version > round_.version and record.command in _ENDINGS:
-            return _ENDINGS[record.command]
-    return "ended"
+    after = [r for r in history if r.version > round_.version and r.command in _ENDINGS]
+    own = [r for r in after if r.actor_id == driver_id and r.command in ("accept", "decline")]
+    if own:
+        return _ENDINGS[own[0].command]
+    if any(r.command == "accept" for r in after):
+        return "accepted_elsewhere"
+    return _ENDINGS[after[0].command] if after else "ended"
+
+
+def outcome_of(offer_outcomes: Sequence[str]) -> str:
+    """How a round ended, from its offers' outcomes: no_drivers without an offer, accepted
+    when one was, pending while one is, else how its first offer ended."""
+    if not offer_outcomes:
+        return "no_drivers"
+    for outcome in ("accepted", "pending"):
+        if outcome in offer_outcomes:
+            return outcome
+    return offer_outcomes[0]
 
 
 @dataclass
@@ -186,7 +216,7 @@ class RoundLog:
     def offered(self, driver_id: str, offer_id: str) -> DispatchRound:
         candidates, excluded = self._split(driver_id)
         return DispatchRound(
-            self.policy, self.window_trips, candidates, excluded, driver_id, offer_id
+            self.policy, self.window_trips, candidates, excluded, ((driver_id, offer_id),)
         )
 
     def gave_up(self, reason: str) -> DispatchRound:

@@ -32,7 +32,7 @@ from rideshare.identity import (
     is_admin_call,
     require_acting_as,
 )
-from trip import wire
+from trip import explain, wire
 from trip.commands import TripCommands
 from trip.domain import (
     Actor,
@@ -301,7 +301,7 @@ class TripServicer(trip_pb2_grpc.TripServiceServicer):
         return trip_pb2.ExplainDispatchResponse(
             trip_id=trip.id,
             state=wire.state_to_proto(trip.state),
-            rounds=[_round_to_proto(r, outcome) for r, outcome in rounds],
+            rounds=[_round_to_proto(r, outcomes) for r, outcomes in rounds],
         )
 
 
@@ -315,16 +315,18 @@ def _candidate_to_proto(c: Candidate) -> trip_pb2.DispatchCandidate:
     )
 
 
-def _round_to_proto(r: DispatchRound, outcome: str) -> trip_pb2.DispatchRound:
+def _round_to_proto(r: DispatchRound, outcomes: list[str]) -> trip_pb2.DispatchRound:
     message = trip_pb2.DispatchRound(
         round=r.number,
         policy=r.policy,
         window_trips=r.window_trips,
         candidates=[_candidate_to_proto(c) for c in r.candidates],
         excluded=[_candidate_to_proto(c) for c in r.excluded],
-        offered_driver_id=r.driver_id or "",
-        offer_id=r.offer_id or "",
-        outcome=outcome,
+        offers=[
+            trip_pb2.DispatchOffer(driver_id=d, offer_id=o, outcome=outcome)
+            for (d, o), outcome in zip(r.offers, outcomes, strict=True)
+        ],
+        outcome=explain.outcome_of(outcomes),
         detail=r.gave_up,
     )
     if r.at is not None:

@@ -288,16 +288,14 @@ class TripStore:
         transaction, the one that commits the round's offer or giving up."""
         await conn.execute(
             "INSERT INTO dispatch_rounds (trip_id, round, version, at, policy, window_trips, "
-            "offer_id, driver_id, gave_up, candidates) "
-            "SELECT $1, COALESCE(MAX(round), 0) + 1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb "
+            "gave_up, candidates) "
+            "SELECT $1, COALESCE(MAX(round), 0) + 1, $2, $3, $4, $5, $6, $7::jsonb "
             "FROM dispatch_rounds WHERE trip_id = $1",
             trip.id,
             trip.version,
             at,
             round_.policy,
             round_.window_trips,
-            round_.offer_id,
-            round_.driver_id,
             round_.gave_up,
             round_.candidates_json(),
         )
@@ -309,15 +307,14 @@ class TripStore:
         )
         rounds = []
         for r in rows:
-            candidates, excluded = candidates_from_json(r["candidates"])
+            candidates, excluded, offers = candidates_from_json(r["candidates"])
             rounds.append(
                 DispatchRound(
                     r["policy"],
                     r["window_trips"],
                     candidates,
                     excluded,
-                    r["driver_id"],
-                    r["offer_id"],
+                    offers,
                     r["gave_up"],
                     version=r["version"],
                     number=r["round"],

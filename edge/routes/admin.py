@@ -14,6 +14,7 @@ from edge.models import (
     NO_NUL,
     DispatchCandidateOut,
     DispatchExplainedOut,
+    DispatchOfferOut,
     DispatchRoundOut,
     DriversInAreaOut,
     TripsOut,
@@ -149,7 +150,10 @@ async def explain_dispatch(
                 window_trips=r.window_trips,
                 candidates=[_candidate_out(c) for c in r.candidates],
                 excluded=[_candidate_out(c) for c in r.excluded],
-                offered_driver_id=r.offered_driver_id or None,
+                offers=[
+                    DispatchOfferOut(driver_id=o.driver_id, offer_id=o.offer_id, outcome=o.outcome)
+                    for o in r.offers
+                ],
                 outcome=r.outcome,
                 detail=r.detail,
             )

@@ -74,7 +74,8 @@ async def test_two_requests_in_one_window_get_the_assignment_with_the_least_pick
         explained = await stub.ExplainDispatch(pb.ExplainDispatchRequest(trip_id=first), timeout=5)
         (round_,) = explained.rounds
         assert (round_.round, round_.policy, round_.window_trips) == (1, "batch", 2)
-        assert round_.offered_driver_id == d_first and round_.outcome == "pending"
+        assert [(o.driver_id, o.outcome) for o in round_.offers] == [(d_first, "pending")]
+        assert round_.outcome == "pending"
         assert [(c.driver_id, c.reason) for c in round_.candidates] == [(d_first, "assigned")]
         assert round_.candidates[0].distance_m == pytest.approx(1000, rel=0.02)
         assert round_.candidates[0].pickup_s == pytest.approx(1000 * 1.4 / (30 / 3.6), rel=0.02)
@@ -129,10 +130,9 @@ async def test_explain_dispatch_shows_every_round_and_how_each_ended(trip_harnes
         explained = await stub.ExplainDispatch(
             pb.ExplainDispatchRequest(trip_id=trip.id), metadata=admin_metadata(), timeout=5
         )
-        assert [(r.round, r.offered_driver_id, r.outcome) for r in explained.rounds] == [
-            (1, near, "declined"),
-            (2, far, "pending"),
-        ]
+        assert [
+            (r.round, [o.driver_id for o in r.offers], r.outcome) for r in explained.rounds
+        ] == [(1, [near], "declined"), (2, [far], "pending")]
         second = explained.rounds[1]
         assert (near, "declined_before") in [(c.driver_id, c.reason) for c in second.excluded]
 

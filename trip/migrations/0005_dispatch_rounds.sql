@@ -1,7 +1,7 @@
 -- Every dispatch round of every trip (ExplainDispatch): how it was decided (policy, the trips
 -- of its window), the drivers it considered and excluded, each with distance, estimated
--- pickup time, cost and verdict (candidates, a JSON array), and what it did: an offer to
--- driver_id or giving up. Written in the transaction that commits the round's offer, so a
+-- pickup time, cost and verdict, and the offers it made (candidates, a JSON document), or
+-- why it gave up. Written in the transaction that commits the round's offer, so a
 -- round on record is a round that happened. How an offer ended is read from the trip's
 -- history (the first offer transition after `version`).
 CREATE TABLE dispatch_rounds (
@@ -11,8 +11,6 @@ CREATE TABLE dispatch_rounds (
     at           timestamptz NOT NULL,
     policy       text NOT NULL,
     window_trips integer NOT NULL,
-    offer_id     text,
-    driver_id    text,
     gave_up      text NOT NULL DEFAULT '',
     candidates   jsonb NOT NULL,
     PRIMARY KEY (trip_id, round)

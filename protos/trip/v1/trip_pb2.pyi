@@ -1288,8 +1288,7 @@ class DispatchRound(_message.Message):
     WINDOW_TRIPS_FIELD_NUMBER: _builtins.int
     CANDIDATES_FIELD_NUMBER: _builtins.int
     EXCLUDED_FIELD_NUMBER: _builtins.int
-    OFFERED_DRIVER_ID_FIELD_NUMBER: _builtins.int
-    OFFER_ID_FIELD_NUMBER: _builtins.int
+    OFFERS_FIELD_NUMBER: _builtins.int
     OUTCOME_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
     round: _builtins.int
@@ -1300,13 +1299,9 @@ class DispatchRound(_message.Message):
     """
     window_trips: _builtins.int
     """Trips matched together in the round's window (1 for nearest-first)."""
-    offered_driver_id: _builtins.str
-    """The driver offered the trip; empty when the round gave up."""
-    offer_id: _builtins.str
-    """The offer made; empty when the round gave up."""
     outcome: _builtins.str
-    """How the round ended: "pending", "accepted", "declined", "expired", "trip_cancelled",
-    "driver_offline", "trip_ended" or "no_drivers".
+    """How the round ended: "no_drivers" without an offer, "accepted" when one of its offers
+    was, "pending" while one is, else how its first offer ended.
     """
     detail: _builtins.str
     """Why the round gave up, when it did."""
@@ -1322,6 +1317,10 @@ class DispatchRound(_message.Message):
     def excluded(self) -> _containers.RepeatedCompositeFieldContainer[Global___DispatchCandidate]:
         """Drivers the trip could not have, with the reason."""
 
+    @_builtins.property
+    def offers(self) -> _containers.RepeatedCompositeFieldContainer[Global___DispatchOffer]:
+        """The offers the round made (one, or K with parallel offers); none when it gave up."""
+
     def __init__(
         self,
         *,
@@ -1331,18 +1330,49 @@ class DispatchRound(_message.Message):
         window_trips: _builtins.int = ...,
         candidates: _abc.Iterable[Global___DispatchCandidate] | None = ...,
         excluded: _abc.Iterable[Global___DispatchCandidate] | None = ...,
-        offered_driver_id: _builtins.str = ...,
-        offer_id: _builtins.str = ...,
+        offers: _abc.Iterable[Global___DispatchOffer] | None = ...,
         outcome: _builtins.str = ...,
         detail: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "candidates", b"candidates", "detail", b"detail", "excluded", b"excluded", "offer_id", b"offer_id", "offered_driver_id", b"offered_driver_id", "outcome", b"outcome", "policy", b"policy", "round", b"round", "window_trips", b"window_trips"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "candidates", b"candidates", "detail", b"detail", "excluded", b"excluded", "offers", b"offers", "outcome", b"outcome", "policy", b"policy", "round", b"round", "window_trips", b"window_trips"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DispatchRound: _TypeAlias = DispatchRound  # noqa: Y015
+
+@_typing.final
+class DispatchOffer(_message.Message):
+    """One offer of a dispatch round."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DRIVER_ID_FIELD_NUMBER: _builtins.int
+    OFFER_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    driver_id: _builtins.str
+    """The driver offered the trip."""
+    offer_id: _builtins.str
+    """The offer."""
+    outcome: _builtins.str
+    """How it ended: "pending", "accepted", "accepted_elsewhere", "declined", "expired",
+    "trip_cancelled", "driver_offline" or "trip_ended".
+    """
+    def __init__(
+        self,
+        *,
+        driver_id: _builtins.str = ...,
+        offer_id: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["driver_id", b"driver_id", "offer_id", b"offer_id", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DispatchOffer: _TypeAlias = DispatchOffer  # noqa: Y015
 
 @_typing.final
 class DispatchCandidate(_message.Message):

@@ -1,9 +1,14 @@
-"""The batch matcher on cases small enough to solve by hand."""
+"""The batch matcher on cases small enough to solve by hand, and the dispatch rounds it
+explains."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
+from trip.domain import Actor, Transition, TripState
+from trip.explain import DispatchRound, RoundLog, candidates_from_json, offer_outcome, outcome_of
 from trip.matcher import CostModel, DriverHit, Reason, WaitingTrip, match, rank_nearest
 from trip.pricing import LatLng, VehicleClass
 
@@ -119,3 +124,49 @@ def test_a_cost_model_with_a_factor_below_one_is_refused() -> None:
         CostModel(road_factor=0.9)
     with pytest.raises(ValueError, match="speed"):
         CostModel(speed_mps=0.0)
+
+
+def _transition(version: int, command: str, actor_id: str = "") -> Transition:
+    return Transition(
+        from_state=TripState.DISPATCHING,
+        to_state=TripState.DISPATCHING,
+        command=command,
+        actor=Actor.DRIVER if actor_id else Actor.SYSTEM,
+        actor_id=actor_id,
+        reason="",
+        version=version,
+        at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+
+
+def test_an_offer_ends_as_its_driver_answered_or_as_the_trip_moved_on() -> None:
+    round_ = DispatchRound("batch", 2, (), (), (("d1", "o1"), ("d2", "o2")), version=3)
+    history = [
+        _transition(3, "offer"),
+        _transition(4, "decline", "d1"),
+        _transition(5, "accept", "d2"),
+    ]
+    pending: frozenset[str] = frozenset()
+    assert offer_outcome(round_, "d1", "o1", history, pending=pending) == "declined"
+    assert offer_outcome(round_, "d2", "o2", history, pending=pending) == "accepted"
+    assert offer_outcome(round_, "d3", "o3", history, pending=pending) == "accepted_elsewhere"
+    assert offer_outcome(round_, "d1", "o1", [_transition(4, "expire_offer")], pending=pending) == (
+        "expired"
+    )
+    assert offer_outcome(round_, "d1", "o1", [], pending=frozenset({"o1"})) == "pending"
+    assert outcome_of(["declined", "accepted"]) == "accepted"
+    assert outcome_of(["expired", "pending"]) == "pending"
+    assert outcome_of(["trip_cancelled"]) == "trip_cancelled"
+    assert outcome_of([]) == "no_drivers"
+
+
+def test_a_round_keeps_its_candidates_and_offers_through_json() -> None:
+    model = CostModel()
+    log = RoundLog(model, policy="batch", window_trips=2)
+    log.ranked(match([trip("a", 0.0)], [driver("d1", 0.5), driver("d2", 9.0)], model)["a"])
+    assert [n.driver_id for n in log.offer_order or ()] == ["d1"]
+    round_ = log.offered("d1", "o1")
+    candidates, excluded, offers = candidates_from_json(round_.candidates_json())
+    assert [(c.driver_id, c.reason) for c in candidates] == [("d1", Reason.ASSIGNED)]
+    assert [(c.driver_id, c.reason) for c in excluded] == [("d2", Reason.OUTSIDE_LIMIT)]
+    assert offers == (("d1", "o1"),)

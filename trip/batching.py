@@ -2,8 +2,9 @@
 are matched together (``trip.matcher``) instead of each taking its nearest driver in turn.
 
 A window opens with the first trip kicked after the last one closed and closes
-``dispatch_window_s`` later, so it adds at most its own length to request -> offer. At the
-close it:
+``dispatch_window_s`` later, so it adds at most its own length to request -> offer. Every kick
+goes through it (a trip back in dispatch after a decline or an expiry too: it is matched with
+the window's new requests, its declined drivers excluded). At the close it:
 
 1. **claims** each trip (``TripStore.claim_for_dispatch``, as a single step does), so no other
    step or copy works on it meanwhile; a trip already claimed elsewhere is left to that step;

@@ -195,30 +195,33 @@ class RoundLog:
                 driver_id, seen.distance_m, seen.pickup_s, seen.cost, reason
             )
 
-    def _split(self, chosen: str | None) -> tuple[tuple[Candidate, ...], tuple[Candidate, ...]]:
+    def _split(self, picked: set[str]) -> tuple[tuple[Candidate, ...], tuple[Candidate, ...]]:
+        """(considered, excluded) as the round ends, the offered drivers first."""
         considered: list[Candidate] = []
         excluded = dict(self._excluded)
         for driver_id in self._order:
             c = self._seen[driver_id]
             if c.reason in (Reason.BUSY, Reason.OUTSIDE_LIMIT, Reason.OFFERED_ELSEWHERE) or (
-                c.reason is Reason.ASSIGNED and driver_id != chosen
+                c.reason is Reason.ASSIGNED and driver_id not in picked
             ):
                 # An assigned driver the step could not hold was taken by someone else.
                 reason = Reason.BUSY if c.reason is Reason.ASSIGNED else c.reason
                 excluded[driver_id] = Candidate(driver_id, c.distance_m, c.pickup_s, c.cost, reason)
                 continue
-            if driver_id == chosen:
+            if driver_id in picked:
                 c = Candidate(driver_id, c.distance_m, c.pickup_s, c.cost, Reason.ASSIGNED)
             considered.append(c)
-        considered.sort(key=lambda c: c.driver_id != chosen)  # stable: the offered one first
+        considered.sort(key=lambda c: c.driver_id not in picked)  # stable: the offered first
         return tuple(considered), tuple(excluded.values())
 
     def offered(self, driver_id: str, offer_id: str) -> DispatchRound:
-        candidates, excluded = self._split(driver_id)
-        return DispatchRound(
-            self.policy, self.window_trips, candidates, excluded, ((driver_id, offer_id),)
-        )
+        return self.offered_all([(driver_id, offer_id)])
+
+    def offered_all(self, offers: Sequence[tuple[str, str]]) -> DispatchRound:
+        """The round that made ``offers`` ((driver id, offer id), one or K in parallel)."""
+        candidates, excluded = self._split({driver_id for driver_id, _ in offers})
+        return DispatchRound(self.policy, self.window_trips, candidates, excluded, tuple(offers))
 
     def gave_up(self, reason: str) -> DispatchRound:
-        candidates, excluded = self._split(None)
+        candidates, excluded = self._split(set())
         return DispatchRound(self.policy, self.window_trips, candidates, excluded, gave_up=reason)

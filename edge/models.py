@@ -504,3 +504,48 @@ class DriverPositionOut(BaseModel):
 class DriversInAreaOut(BaseModel):
     drivers: list[DriverPositionOut]
     truncated: bool
+
+
+class DispatchCandidateOut(BaseModel):
+    """One driver a dispatch round saw for a trip."""
+
+    driver_id: str
+    distance_m: float = Field(description="Straight line to the pickup; -1 when not searched.")
+    pickup_s: float = Field(description="Estimated pickup time: distance x road factor / speed.")
+    cost: float
+    reason: str = Field(
+        description="assigned, costlier, offered_elsewhere, declined_before, wrong_class, "
+        "stale_position, outside_limit or busy."
+    )
+
+
+class DispatchOfferOut(BaseModel):
+    driver_id: str
+    offer_id: str
+    outcome: str = Field(
+        description="pending, accepted, accepted_elsewhere, declined, expired, trip_cancelled, "
+        "driver_offline or trip_ended."
+    )
+
+
+class DispatchRoundOut(BaseModel):
+    """One dispatch round of a trip (TripService/ExplainDispatch)."""
+
+    round: int
+    at: datetime | None
+    policy: str = Field(description="batch, nearest or nearest_fallback.")
+    window_trips: int
+    candidates: list[DispatchCandidateOut]
+    excluded: list[DispatchCandidateOut]
+    offers: list[DispatchOfferOut]
+    outcome: str = Field(
+        description="pending, accepted, declined, expired, trip_cancelled, driver_offline, "
+        "trip_ended or no_drivers."
+    )
+    detail: str
+
+
+class DispatchExplainedOut(BaseModel):
+    trip_id: str
+    state: str
+    rounds: list[DispatchRoundOut]

@@ -87,6 +87,7 @@ _IDEMPOTENT = {
         "rideshare.trip.v1.TripService/GetTrip",
         "rideshare.trip.v1.TripService/ListTrips",
         "rideshare.trip.v1.TripService/EstimateFare",
+        "rideshare.trip.v1.TripService/ExplainDispatch",
     ),
     "location": (
         "rideshare.location.v1.LocationService/GetPosition",

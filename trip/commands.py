@@ -20,7 +20,7 @@ import asyncpg
 
 from rideshare import paging
 from rideshare.bus import claim_event, reraise_if_cancelling
-from trip import domain, liveness, pricing, wire
+from trip import domain, explain, liveness, pricing, wire
 from trip.dispatch import Dispatcher, LocationClient
 from trip.domain import (
     Actor,
@@ -38,6 +38,7 @@ from trip.domain import (
     VehicleClass,
     Viewer,
 )
+from trip.explain import DispatchRound
 from trip.settings import TripSettings
 from trip.store import TripStore
 from trip.wire import Event
@@ -224,6 +225,28 @@ class TripCommands:
             raise domain.trip_not_found()
         domain.check_visible(trip, viewer)
         return trip
+
+    async def explain_dispatch(
+        self, trip_id: str
+    ) -> tuple[Trip, list[tuple[DispatchRound, list[str]]]]:
+        """The trip and its dispatch rounds, each with how each of its offers ended
+        (``trip.explain``)."""
+        async with self._store.transaction() as conn:
+            trip = await self._store.get_trip(conn, trip_id)
+            rounds = await self._store.dispatch_rounds(conn, trip_id)
+        if trip is None:
+            raise domain.trip_not_found()
+        pending = frozenset({trip.offer.offer_id} if trip.offer is not None else ())
+        return trip, [
+            (
+                r,
+                [
+                    explain.offer_outcome(r, d, o, trip.history, pending=pending)
+                    for d, o in r.offers
+                ],
+            )
+            for r in rounds
+        ]
 
     async def list_trips(
         self,

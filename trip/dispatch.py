@@ -47,6 +47,13 @@ is now, which mostly finds nothing left to do. When the database refuses the dri
 ``offers`` unique indexes: they hold another offer or a live trip, whatever the index said)
 the next candidate is tried, and the hold is left to the offer or trip that owns the driver.
 
+With a dispatch window (``RIDESHARE_DISPATCH_WINDOW_S`` > 0) a kicked trip waits for the
+window's end, where ``trip.batching`` claims the window's trips, matches them together
+(``trip.matcher``) and runs each one's step through ``advance_claimed`` with its ranked
+candidates; the step offers those first, then goes on nearest-first. Every step that offers or
+gives up records its round (``trip.explain``: the candidates, the excluded and why) in the
+commit's transaction, for ExplainDispatch.
+
 A copy that dies between reserve and commit leaves a hold in the index that no offer backs;
 the location service's sweeper releases holds older than an offer can live
 (``RIDESHARE_OFFER_HOLD_MAX_S``), and the trip's claim lapses after ``dispatch_claim_s``, when
@@ -73,7 +80,8 @@ from rideshare.bus import reraise_if_cancelling
 from rideshare.grpc_client import make_channel
 from rideshare.grpc_errors import log_round_failure
 from rideshare.identity import TokenSigner
-from trip import domain, wire
+from trip import batching, domain, wire
+from trip.batching import BatchWindow
 from trip.domain import (
     ConcurrencyError,
     DriverUnavailableError,
@@ -85,6 +93,8 @@ from trip.domain import (
     TripState,
     Widen,
 )
+from trip.explain import DispatchRound, RoundLog
+from trip.matcher import CostModel, DriverHit, Reason
 from trip.settings import TripSettings
 from trip.store import TripStore
 from trip.wire import Event
@@ -141,6 +151,17 @@ class LocationClient:
             point, radius_m=radius_m, limit=limit, vehicle_class=vehicle_class, exclude=exclude
         )
         return wire.nearby_from_proto(await self._stub.NearestDrivers(request))
+
+    async def drivers_around(
+        self, point: domain.LatLng, *, radius_m: float, limit: int
+    ) -> list[DriverHit]:
+        """Available drivers of any class within ``radius_m`` of ``point``, with their
+        positions: one search for a window's region (``trip.batching``)."""
+        request = wire.nearest_drivers_request(
+            point, radius_m=radius_m, limit=limit, vehicle_class=None, exclude=frozenset()
+        )
+        reply = await self._stub.NearestDrivers(request)
+        return [batching.hit_from_proto(d) for d in reply.drivers]
 
     async def reserve(self, driver_id: str, *, trip_id: str) -> bool:
         """Hold an AVAILABLE driver for ``trip_id``'s offer (AVAILABLE -> OFFERED); False when
@@ -206,10 +227,19 @@ class Dispatcher:
         self._clock = clock
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
+        self._cost = settings.cost_model()
+        self._window = BatchWindow(self, store, location, settings, clock=clock)
+
+    @property
+    def cost_model(self) -> CostModel:
+        return self._cost
 
     def kick(self, trip_id: str) -> None:
-        """Advance ``trip_id`` soon, in this process (duplicates while queued are dropped)."""
-        if trip_id not in self._queued:
+        """Advance ``trip_id`` soon, in this process (duplicates while queued are dropped);
+        with a dispatch window, at the window's end together with the window's other trips."""
+        if self._window.enabled:
+            self._window.add(trip_id)
+        elif trip_id not in self._queued:
             self._queued.add(trip_id)
             self._queue.put_nowait(trip_id)
 
@@ -219,6 +249,8 @@ class Dispatcher:
             for i in range(self._settings.dispatch_concurrency):
                 group.create_task(self._work(stop), name=f"dispatch-{i}")
             group.create_task(self._poll(stop), name="dispatch-poller")
+            if self._window.enabled:
+                group.create_task(self._window.run(stop), name="dispatch-window")
 
     async def _work(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -258,11 +290,17 @@ class Dispatcher:
         )
         if trip is None:
             return
+        await self.advance_claimed(trip, claim)
+
+    async def advance_claimed(self, trip: Trip, claim: str, *, log: RoundLog | None = None) -> None:
+        """``advance`` of a trip already claimed by ``claim``; ``log`` carries the candidates a
+        window ranked for it (``trip.batching``), which the step offers first."""
+        trip_id = trip.id
         committed = False
         try:
             for attempt in range(1, _ATTEMPTS + 1):
                 try:
-                    committed = await self._step(trip)
+                    committed = await self._step(trip, log)
                     return
                 except ConcurrencyError:
                     if attempt == _ATTEMPTS:
@@ -273,6 +311,7 @@ class Dispatcher:
                 if fresh is None or fresh.state not in _DISPATCHABLE:
                     return
                 trip = fresh
+                log = None  # the window's ranking was for the trip as it was
         finally:
             if not committed:  # a commit ends the claim: the trip's version moved on
                 await self._end_claim(trip_id, claim)
@@ -285,7 +324,7 @@ class Dispatcher:
             # Not worth failing the step for (nor hiding its own error): the claim lapses.
             logger.warning("could not end the dispatch claim on trip %s: %r", trip_id, exc)
 
-    async def _step(self, trip: Trip) -> bool:
+    async def _step(self, trip: Trip, log: RoundLog | None = None) -> bool:
         """One step on ``trip`` as read; ConcurrencyError when the trip changed since. True
         when it committed a change (which ended the step's claim)."""
         now = self._clock()
@@ -302,23 +341,36 @@ class Dispatcher:
             ended = wire.offer_ended(current, lapsed, OfferEndReason.EXPIRED)
             steps.append((expired, [ended]))
             current = expired
-        await self._offer_next(trip, current, steps, now=now)
+        await self._offer_next(trip, current, steps, now=now, log=log)
         for lapsed in pending:
             # Only once the expiry committed: until then the driver's offer still stands.
             await self._location.release(lapsed.driver_id, trip_id=trip.id)
         return True
 
     async def _offer_next(
-        self, read: Trip, trip: Trip, steps: list[_Change], *, now: datetime
+        self,
+        read: Trip,
+        trip: Trip,
+        steps: list[_Change],
+        *,
+        now: datetime,
+        log: RoundLog | None = None,
     ) -> None:
         """Offer ``trip`` to the nearest untried drivers (up to ``plan.parallel_offers`` at
         once), widening the radius while none is found, or give up, and commit that after
-        ``steps`` over the trip as ``read``."""
+        ``steps`` over the trip as ``read``. With a window's ``log``, its ranked candidates
+        come first; once none of them can be held, nearest-first."""
         plan = self._plan
         radius_index = 0
         skip: set[str] = set()
         held: dict[str, float] = {}  # reserved for this trip in the index -> distance
-        candidates = await self._search(trip, radius_index, skip)
+        ranked = log is not None and log.offer_order is not None
+        if log is None:
+            log = RoundLog(self._cost, region=self._window.region_of(trip))
+        if ranked and log.offer_order is not None:
+            candidates = list(log.offer_order)
+        else:
+            candidates = await self._search(trip, radius_index, skip, log)
         try:
             while True:
                 batch = self._offers_to(trip, held, now=now)
@@ -333,25 +385,31 @@ class Dispatcher:
                         skip=skip,
                     )
                 if isinstance(step, Widen) and not held:
-                    radius_index = step.radius_index
-                    candidates = await self._search(trip, radius_index, skip)
+                    if ranked:  # the window's candidates are used up: nearest-first from here
+                        ranked = False
+                    else:
+                        radius_index = step.radius_index
+                    candidates = await self._search(trip, radius_index, skip, log)
                     continue
                 if isinstance(step, GiveUp) and not held:
                     ended = domain.exhaust(trip, now=now, reason=step.reason)
                     event = wire.no_drivers(ended, max_radius_m=plan.radius_steps_m[radius_index])
-                    await self._commit(read, [*steps, (ended, [event])])
+                    await self._commit(
+                        read, [*steps, (ended, [event])], round_=log.gave_up(step.reason), now=now
+                    )
                     return
                 if isinstance(step, OfferTo):
                     wanted = self._rest_of_batch(batch, step, candidates, radius_index, skip, now)
-                    await self._reserve(trip, wanted, candidates, held=held, skip=skip)
+                    await self._reserve(trip, wanted, candidates, held=held, skip=skip, log=log)
                     continue
                 # The batch is full, or nobody else is within this radius: offer to those held.
                 events = [
                     wire.offered(batch, distance_to_pickup_m=held[o.driver_id], offer=o)
                     for o in batch.offers
                 ]
+                round_ = log.offered_all([(o.driver_id, o.offer_id) for o in batch.offers])
                 try:
-                    await self._commit(read, [*steps, (batch, events)])
+                    await self._commit(read, [*steps, (batch, events)], round_=round_, now=now)
                 except DriverUnavailableError:
                     # The index said available, the database says a driver holds another
                     # offer or trip: that one owns the OFFERED/ON_TRIP mark, leave it.
@@ -361,6 +419,7 @@ class Dispatcher:
                     for driver_id in taken:
                         del held[driver_id]
                         skip.add(driver_id)
+                        log.busy(driver_id)
                     continue
                 held.clear()  # the offers own the holds now
                 return
@@ -408,6 +467,7 @@ class Dispatcher:
         *,
         held: dict[str, float],
         skip: set[str],
+        log: RoundLog,
     ) -> None:
         """Hold each of ``wanted`` for ``trip`` in the location index at once: the held go in
         ``held`` (with their distance), the taken (by another trip since the search) in
@@ -424,7 +484,8 @@ class Dispatcher:
             elif result:
                 held[driver_id] = distance[driver_id]
             else:
-                skip.add(driver_id)
+                skip.add(driver_id)  # taken by another trip since the search
+                log.busy(driver_id)
         if failure is not None:
             raise failure
 
@@ -441,11 +502,18 @@ class Dispatcher:
             )
         return trip
 
-    async def _commit(self, read: Trip, steps: list[_Change]) -> None:
+    async def _commit(
+        self,
+        read: Trip,
+        steps: list[_Change],
+        *,
+        round_: DispatchRound | None = None,
+        now: datetime | None = None,
+    ) -> None:
         """Write ``steps`` (each trip after the one before, the first after ``read``) in one
         transaction, version-checked against ``read``; the new version ends the step's claim.
         A step without events is written together with the next one (its history record goes
-        in all the same)."""
+        in all the same). ``round_``, the explanation of the dispatch round, goes in with it."""
         async with self._store.transaction() as conn:
             before = read
             for i, (after, events) in enumerate(steps):
@@ -453,15 +521,22 @@ class Dispatcher:
                     continue
                 await self._store.save(conn, before, after, events=events)
                 before = after
+            if round_ is not None:
+                await self._store.save_round(conn, before, round_, at=now or self._clock())
 
-    async def _search(self, trip: Trip, radius_index: int, skip: set[str]) -> list[Nearby]:
-        return await self._location.nearest(
+    async def _search(
+        self, trip: Trip, radius_index: int, skip: set[str], log: RoundLog
+    ) -> list[Nearby]:
+        hits = await self._location.nearest(
             trip.pickup,
             radius_m=self._plan.radius_steps_m[radius_index],
             limit=self._plan.candidates_per_search,
             vehicle_class=trip.vehicle_class,
             exclude=trip.excluded_driver_ids | skip,
         )
+        log.searched(hits)
+        log.left_out(trip.excluded_driver_ids, Reason.DECLINED_BEFORE)
+        return hits
 
 
 async def _next_or_stop(queue: asyncio.Queue[str], stop: asyncio.Event) -> str | None:

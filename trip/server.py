@@ -32,7 +32,7 @@ from rideshare.identity import (
     is_admin_call,
     require_acting_as,
 )
-from trip import wire
+from trip import explain, wire
 from trip.commands import TripCommands
 from trip.domain import (
     Actor,
@@ -50,6 +50,8 @@ from trip.domain import (
     RiderHasLiveTripError,
     Viewer,
 )
+from trip.explain import DispatchRound
+from trip.matcher import Candidate
 
 __all__ = ["ACCESS", "ERRORS", "TripServicer"]
 
@@ -92,6 +94,8 @@ ACCESS: AccessTable = access_table(
         "RateTrip": allow(users=_PARTIES),
         # The location service rebuilds its availability index from it.
         "ListActiveAssignments": allow("location"),
+        # Who was considered for a trip and why: the drivers' positions are not a party's.
+        "ExplainDispatch": allow(users=("admin",)),
     },
 )
 """Who may call each method (rideshare.identity); the operator may call every one."""
@@ -289,3 +293,42 @@ class TripServicer(trip_pb2_grpc.TripServiceServicer):
             assignments=[wire.assignment_to_proto(a) for a in assignments],
             next_page_token=token,
         )
+
+    async def ExplainDispatch(
+        self, request: trip_pb2.ExplainDispatchRequest, context: Context
+    ) -> trip_pb2.ExplainDispatchResponse:
+        trip, rounds = await self._commands.explain_dispatch(_required(request.trip_id, "trip_id"))
+        return trip_pb2.ExplainDispatchResponse(
+            trip_id=trip.id,
+            state=wire.state_to_proto(trip.state),
+            rounds=[_round_to_proto(r, outcomes) for r, outcomes in rounds],
+        )
+
+
+def _candidate_to_proto(c: Candidate) -> trip_pb2.DispatchCandidate:
+    return trip_pb2.DispatchCandidate(
+        driver_id=c.driver_id,
+        distance_m=c.distance_m,
+        pickup_s=c.pickup_s,
+        cost=c.cost,
+        reason=c.reason.value,
+    )
+
+
+def _round_to_proto(r: DispatchRound, outcomes: list[str]) -> trip_pb2.DispatchRound:
+    message = trip_pb2.DispatchRound(
+        round=r.number,
+        policy=r.policy,
+        window_trips=r.window_trips,
+        candidates=[_candidate_to_proto(c) for c in r.candidates],
+        excluded=[_candidate_to_proto(c) for c in r.excluded],
+        offers=[
+            trip_pb2.DispatchOffer(driver_id=d, offer_id=o, outcome=outcome)
+            for (d, o), outcome in zip(r.offers, outcomes, strict=True)
+        ],
+        outcome=explain.outcome_of(outcomes),
+        detail=r.gave_up,
+    )
+    if r.at is not None:
+        message.at.FromDatetime(r.at)
+    return message

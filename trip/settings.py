@@ -10,6 +10,7 @@ from datetime import timedelta
 from rideshare.settings import SettingsError, env_addresses, env_float, env_int, env_str
 from trip.domain import CancellationPolicy, DispatchPlan, FareBand, InvalidArgumentError
 from trip.liveness import LivenessPolicy
+from trip.matcher import CostModel
 
 __all__ = ["TripSettings"]
 
@@ -36,6 +37,22 @@ class TripSettings:
     dispatch_claim_s: float = 10.0
     """How long a dispatcher's claim on a trip lasts: a copy that dies while advancing a trip
     holds it back from the other copies for at most this long."""
+    dispatch_window_s: float = 1.0
+    """Trips waiting for a driver within this window are matched together (``trip.batching``);
+    0 dispatches each trip on its own, nearest first."""
+    dispatch_region_res: int = 7
+    """H3 resolution of a window's regions (7: cells of ~5 km^2): one search and one
+    assignment per region."""
+    dispatch_road_factor: float = 1.4
+    """Road distance / straight-line distance, for the estimated pickup time."""
+    dispatch_region_factors: tuple[tuple[str, float], ...] = ()
+    """(H3 region, road-distance factor) where the region differs from the default."""
+    dispatch_speed_kmh: float = 30.0
+    """Average driving speed, for the estimated pickup time."""
+    dispatch_max_pickup_m: float = 5000.0
+    """A window never sends a driver farther than this (straight line) to a pickup."""
+    dispatch_max_pairs: int = 2500
+    """Above this many trips x drivers, a region's window falls back to nearest-first."""
     quote_ttl_s: float = 120.0
     cancellation_grace_s: float = 120.0
     surge_window_s: float = 600.0
@@ -76,6 +93,7 @@ class TripSettings:
         self.plan()  # fail fast on a plan the domain rejects
         self.fare_band()
         self.liveness()
+        self.cost_model()
         if self.dispatch_limit_s <= self.max_wait_s + self.offer_timeout_s:
             raise SettingsError(
                 f"RIDESHARE_DISPATCH_LIMIT_S={self.dispatch_limit_s:g} must exceed "
@@ -98,6 +116,19 @@ class TripSettings:
             )
         except InvalidArgumentError as exc:
             raise SettingsError(f"trip liveness settings: {exc}") from None
+
+    def cost_model(self) -> CostModel:
+        """How the batch matcher estimates a pickup's time (``trip.matcher``)."""
+        try:
+            return CostModel(
+                road_factor=self.dispatch_road_factor,
+                speed_mps=self.dispatch_speed_kmh / 3.6,
+                # Never farther than nearest-first would look either.
+                max_pickup_m=min(self.dispatch_max_pickup_m, self.radius_steps_m[-1]),
+                region_factors=dict(self.dispatch_region_factors),
+            )
+        except ValueError as exc:
+            raise SettingsError(f"dispatch cost settings: {exc}") from None
 
     def fare_band(self) -> FareBand:
         """The band around the quote a final fare may move within without a review."""
@@ -166,6 +197,25 @@ class TripSettings:
                 "RIDESHARE_DISPATCH_CONCURRENCY", 16, minimum=1, maximum=256, env=env
             ),
             dispatch_claim_s=env_float("RIDESHARE_DISPATCH_CLAIM_S", 10.0, minimum=0.1, env=env),
+            dispatch_window_s=env_float(
+                "RIDESHARE_DISPATCH_WINDOW_S", 1.0, minimum=0.0, maximum=10.0, env=env
+            ),
+            dispatch_region_res=env_int(
+                "RIDESHARE_DISPATCH_REGION_RES", 7, minimum=0, maximum=15, env=env
+            ),
+            dispatch_road_factor=env_float(
+                "RIDESHARE_DISPATCH_ROAD_FACTOR", 1.4, minimum=1.0, maximum=5.0, env=env
+            ),
+            dispatch_region_factors=_region_factors(
+                env_str("RIDESHARE_DISPATCH_REGION_FACTORS", "", env=env)
+            ),
+            dispatch_speed_kmh=env_float(
+                "RIDESHARE_DISPATCH_SPEED_KMH", 30.0, minimum=1.0, maximum=200.0, env=env
+            ),
+            dispatch_max_pickup_m=env_float(
+                "RIDESHARE_DISPATCH_MAX_PICKUP_M", 5000.0, minimum=100.0, env=env
+            ),
+            dispatch_max_pairs=env_int("RIDESHARE_DISPATCH_MAX_PAIRS", 2500, minimum=1, env=env),
             quote_ttl_s=env_float("RIDESHARE_QUOTE_TTL_S", 120.0, minimum=1.0, env=env),
             cancellation_grace_s=env_float(
                 "RIDESHARE_CANCELLATION_GRACE_S", 120.0, minimum=0.0, env=env
@@ -202,3 +252,17 @@ class TripSettings:
                 "RIDESHARE_FARE_TRACK_TIMEOUT_S", 2.0, minimum=0.05, env=env
             ),
         )
+
+
+def _region_factors(raw: str) -> tuple[tuple[str, float], ...]:
+    """``cell=factor,cell=factor`` (RIDESHARE_DISPATCH_REGION_FACTORS) as pairs."""
+    pairs = []
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        cell, _, factor = part.partition("=")
+        try:
+            pairs.append((cell.strip(), float(factor)))
+        except ValueError:
+            raise SettingsError(
+                f"RIDESHARE_DISPATCH_REGION_FACTORS={raw!r}: {part!r} is not cell=factor"
+            ) from None
+    return tuple(pairs)

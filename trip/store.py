@@ -39,6 +39,7 @@ from trip.domain import (
     TripState,
     VehicleClass,
 )
+from trip.explain import DispatchRound, candidates_from_json
 from trip.liveness import Cutoffs
 from trip.machine import LIVE_STATES
 from trip.pricing import MeasureSource
@@ -288,6 +289,48 @@ class TripStore:
         """The trip with its pending offer, without history, or None (no transaction)."""
         async with self._pool.acquire() as conn:
             return await self.get_trip(conn, trip_id, history=False)
+
+    async def save_round(
+        self, conn: asyncpg.Connection, trip: Trip, round_: DispatchRound, *, at: datetime
+    ) -> None:
+        """Record a dispatch round of ``trip`` (as the round leaves it) in the caller's
+        transaction, the one that commits the round's offer or giving up."""
+        await conn.execute(
+            "INSERT INTO dispatch_rounds (trip_id, round, version, at, policy, window_trips, "
+            "gave_up, candidates) "
+            "SELECT $1, COALESCE(MAX(round), 0) + 1, $2, $3, $4, $5, $6, $7::jsonb "
+            "FROM dispatch_rounds WHERE trip_id = $1",
+            trip.id,
+            trip.version,
+            at,
+            round_.policy,
+            round_.window_trips,
+            round_.gave_up,
+            round_.candidates_json(),
+        )
+
+    async def dispatch_rounds(self, conn: asyncpg.Connection, trip_id: str) -> list[DispatchRound]:
+        """The trip's dispatch rounds, oldest first."""
+        rows = await conn.fetch(
+            "SELECT * FROM dispatch_rounds WHERE trip_id = $1 ORDER BY round", trip_id
+        )
+        rounds = []
+        for r in rows:
+            candidates, excluded, offers = candidates_from_json(r["candidates"])
+            rounds.append(
+                DispatchRound(
+                    r["policy"],
+                    r["window_trips"],
+                    candidates,
+                    excluded,
+                    offers,
+                    r["gave_up"],
+                    version=r["version"],
+                    number=r["round"],
+                    at=r["at"],
+                )
+            )
+        return rounds
 
     async def due_for_dispatch(self, *, now: datetime, limit: int) -> list[str]:
         """Trips dispatch must advance: REQUESTED or DISPATCHING without an offer, or whose

@@ -1,15 +1,24 @@
-"""Operator routes: drivers on the map, trips by state."""
+"""Operator routes: drivers on the map, trips by state, why a trip went to a driver."""
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 
 from edge import convert
 from edge.deps import Admin, Ctx
 from edge.errors import ApiError
-from edge.models import NO_NUL, DriversInAreaOut, TripsOut
+from edge.models import (
+    NO_NUL,
+    DispatchCandidateOut,
+    DispatchExplainedOut,
+    DispatchOfferOut,
+    DispatchRoundOut,
+    DriversInAreaOut,
+    TripsOut,
+)
 from edge.routes.common import ERRORS
 from protos.location.v1 import location_pb2
 from protos.trip.v1 import trip_pb2
@@ -107,4 +116,47 @@ async def trips(
     return TripsOut(
         trips=[convert.trip_out(t) for t in reply.trips],
         next_page_token=reply.next_page_token or None,
+    )
+
+
+def _candidate_out(c: trip_pb2.DispatchCandidate) -> DispatchCandidateOut:
+    return DispatchCandidateOut(
+        driver_id=c.driver_id,
+        distance_m=c.distance_m,
+        pickup_s=c.pickup_s,
+        cost=c.cost,
+        reason=c.reason,
+    )
+
+
+@router.get("/trips/{trip_id}/dispatch", response_model=DispatchExplainedOut)
+async def explain_dispatch(
+    _: Admin,
+    ctx: Ctx,
+    trip_id: Annotated[str, Path(min_length=1, max_length=100, pattern=NO_NUL)],
+) -> DispatchExplainedOut:
+    """Explain this dispatch: every dispatch round of the trip, oldest first, with the
+    drivers considered (distance, estimated pickup time, cost), the ones excluded and why,
+    who was offered the trip and how that ended."""
+    reply = await ctx.trip.ExplainDispatch(trip_pb2.ExplainDispatchRequest(trip_id=trip_id))
+    return DispatchExplainedOut(
+        trip_id=reply.trip_id,
+        state=convert.state_name(reply.state),
+        rounds=[
+            DispatchRoundOut(
+                round=r.round,
+                at=r.at.ToDatetime(tzinfo=UTC) if r.HasField("at") else None,
+                policy=r.policy,
+                window_trips=r.window_trips,
+                candidates=[_candidate_out(c) for c in r.candidates],
+                excluded=[_candidate_out(c) for c in r.excluded],
+                offers=[
+                    DispatchOfferOut(driver_id=o.driver_id, offer_id=o.offer_id, outcome=o.outcome)
+                    for o in r.offers
+                ],
+                outcome=r.outcome,
+                detail=r.detail,
+            )
+            for r in reply.rounds
+        ],
     )

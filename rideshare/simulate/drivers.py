@@ -17,7 +17,16 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from rideshare.simulate.city import Car, Clock, Point, parked, random_point, report_interval_s, step
+from rideshare.simulate.city import (
+    Car,
+    Clock,
+    Point,
+    distance_m,
+    parked,
+    random_point,
+    report_interval_s,
+    step,
+)
 from rideshare.simulate.client import RETRY_CAP_S, Api, ApiError, LiveSocket, now_ms
 from rideshare.simulate.config import SimConfig
 from rideshare.simulate.invariants import TERMINAL_STATES
@@ -67,6 +76,7 @@ class Leg:
     phase: str = "to_pickup"  # to_pickup -> at_pickup -> to_dropoff -> done
     driven_m: float = 0.0
     started_at: float = 0.0  # monotonic, when the rider got in
+    accepted_at: float = 0.0  # monotonic, when the driver's accept was answered
 
 
 class SimDriver:
@@ -336,7 +346,9 @@ class SimDriver:
         self.registry.accepted(trip_id, self.driver_id, time.monotonic())
         self.registry.update(trip)
         p, d = trip["pickup"], trip["dropoff"]
-        self.leg = Leg(trip_id, Point(p["lat"], p["lng"]), Point(d["lat"], d["lng"]))
+        pickup = Point(p["lat"], p["lng"])
+        self.leg = Leg(trip_id, pickup, Point(d["lat"], d["lng"]), accepted_at=time.monotonic())
+        self.stats.measures["pickup_distance_m"].add(distance_m(self.car.position, pickup))
 
     async def _command(self, leg: Leg, command: str, body: dict[str, Any] | None = None) -> bool:
         """One trip command; False (and the trip dropped) when the trip is no longer ours."""
@@ -371,8 +383,12 @@ class SimDriver:
         return trip
 
     async def _pick_up(self, leg: Leg, stop: asyncio.Event) -> None:
+        arrived = time.monotonic()
         if not await self._command(leg, "arrive"):
             return
+        self.stats.measures["pickup_s"].add(self.clock.sim(arrived - leg.accepted_at))
+        if (wait := self.registry.picked_up(leg.trip_id, arrived)) is not None:
+            self.stats.measures["rider_wait_s"].add(self.clock.sim(wait))
         boarding = self.clock.wall(self.rng.uniform(20.0, 60.0))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(boarding):

@@ -91,7 +91,13 @@ class Registry:
     def _accepted_latency(self, record: TripRecord, at: float) -> None:
         if record.accepted_at is None:
             record.accepted_at = at
+            self.stats.count("trips_matched")
             self.stats.latencies["request_to_accept"].add((at - record.requested_at) * 1000)
+
+    def picked_up(self, trip_id: str, at: float) -> float | None:
+        """Wall seconds from the request to the driver at the pickup; None when unknown."""
+        record = self.trips.get(trip_id)
+        return None if record is None else at - record.requested_at
 
     def released(self, driver_id: str, trip_id: str) -> None:
         if self.driving.get(driver_id) == trip_id:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "DISPATCH_MEASURES",
     "LATENCIES",
     "Latency",
     "RateMeter",
@@ -27,6 +28,12 @@ LATENCIES = {
     "request_to_offer": "trip requested -> first offer on a driver's socket",
     "request_to_accept": "trip requested -> the driver's accept answered",
     "position_delivery": "driver sent a position -> the rider's socket got it",
+}
+# name -> what it measures (in simulated units: the phones move on the simulated clock)
+DISPATCH_MEASURES = {
+    "pickup_distance_m": "driver's straight line to the pickup when they accepted (m)",
+    "pickup_s": "driver accepted -> arrived at the pickup (simulated s)",
+    "rider_wait_s": "trip requested -> driver arrived at the pickup (simulated s)",
 }
 TRIP_STATES = (
     "requested",
@@ -73,6 +80,15 @@ class Latency:
         slot = self._rng.randrange(self.count)
         if slot < self.cap:
             self.samples[slot] = value_ms
+
+    def distribution(self) -> dict[str, float | int | None]:
+        """Count, mean and p90 of samples in any unit (the dispatch measures)."""
+        p90 = percentile(self.samples, 90)
+        return {
+            "count": self.count,
+            "mean": round(sum(self.samples) / len(self.samples), 1) if self.samples else None,
+            "p90": None if p90 is None else round(p90, 1),
+        }
 
     def summary(self) -> dict[str, float | int | None]:
         def pct(p: float) -> float | None:
@@ -135,6 +151,9 @@ class Stats:
     crashes: Counter[str] = field(default_factory=Counter)
     server_5xx: list[dict[str, Any]] = field(default_factory=list)
     latencies: dict[str, Latency] = field(default_factory=lambda: {k: Latency() for k in LATENCIES})
+    measures: dict[str, Latency] = field(
+        default_factory=lambda: {k: Latency() for k in DISPATCH_MEASURES}
+    )
     meters: dict[str, RateMeter] = field(
         default_factory=lambda: {"requests": RateMeter(), "positions": RateMeter()}
     )
@@ -172,6 +191,14 @@ class Stats:
             "mean_requests_per_s": round(self.counters["trips_requested"] / elapsed, 3),
             "mean_positions_per_s": round(self.counters["positions_sent"] / elapsed, 1),
             "latency_ms": {k: v.summary() for k, v in self.latencies.items()},
+            "dispatch": {
+                **{k: v.distribution() for k, v in self.measures.items()},
+                "matched_share": (
+                    round(self.counters["trips_matched"] / self.counters["trips_requested"], 3)
+                    if self.counters["trips_requested"]
+                    else None
+                ),
+            },
             "counters": dict(sorted(self.counters.items())),
             "errors": dict(sorted(self.errors.items())),
             "conflicts": dict(sorted(self.conflicts.items())),
@@ -201,6 +228,17 @@ def render_view(s: Mapping[str, Any], *, title: str = "rideshare simulator") -> 
         lines.append(
             f"  {name:<22}{lat['count']:>7}{_ms(lat['p50_ms']):>8}{_ms(lat['p90_ms']):>8}"
             f"{_ms(lat['p99_ms']):>8}{_ms(lat['max_ms']):>8}"
+        )
+    d = s.get("dispatch")
+    if d:
+        share = d["matched_share"]
+        lines.append(
+            "dispatch  "
+            + "   ".join(
+                f"{name} mean {_ms(d[name]['mean'])} p90 {_ms(d[name]['p90'])}"
+                for name in DISPATCH_MEASURES
+            )
+            + f"   matched {'-' if share is None else f'{share:.0%}'}"
         )
     for label, key in (
         ("errors", "errors"),

@@ -47,6 +47,7 @@ ROUTE_ROLES: dict[str, tuple[Role, ...]] = {
     "POST /v1/trips/{trip_id}/complete": ("driver",),
     "GET /v1/admin/drivers": ("admin",),
     "GET /v1/admin/trips": ("admin",),
+    "GET /v1/admin/trips/{trip_id}/dispatch": ("admin",),
 }
 ALL_ROLES: tuple[Role, ...] = ("rider", "driver", "admin")
 

@@ -144,6 +144,7 @@ async def test_openapi_documents_every_route(system: System) -> None:
         "/v1/drivers/me/position",
         "/v1/admin/drivers",
         "/v1/admin/trips",
+        "/v1/admin/trips/{trip_id}/dispatch",
         "/healthz",
     ):
         assert path in paths, path
@@ -381,14 +382,22 @@ async def test_riders_cannot_read_each_others_trips(system: System) -> None:
     async with system.client(token_b) as http:
         other = await http.get(f"/v1/trips/{trip_id}")
         cancel = await http.post(f"/v1/trips/{trip_id}/cancel")
+        not_explained = await http.get(f"/v1/admin/trips/{trip_id}/dispatch")
     async with system.client(system.admin_token()) as http:
         admin = await http.get(f"/v1/trips/{trip_id}")
+        explained = await http.get(f"/v1/admin/trips/{trip_id}/dispatch")
+        unknown = await http.get("/v1/admin/trips/trip-000000000000/dispatch")
     async with system.client(token_a) as http:
         await http.post(f"/v1/trips/{trip_id}/cancel")
     assert own.status_code == 200 and own.json()["current_offer"] is None
     assert other.status_code == 404
     assert cancel.status_code in (403, 404)
     assert admin.status_code == 200
+    assert not_explained.status_code == 403
+    assert explained.status_code == 200, explained.text
+    assert explained.json()["trip_id"] == trip_id
+    assert isinstance(explained.json()["rounds"], list)
+    assert unknown.status_code == 404
 
 
 async def test_a_riders_history_shows_a_trip_at_once_and_its_end_with_no_fare(

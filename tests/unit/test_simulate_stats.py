@@ -83,3 +83,19 @@ def test_the_summary_reports_retries_and_crashes_by_kind() -> None:
     assert "retried   driver_signup 429 resource_exhausted x3" in view
     assert "crashes   driver KeyError x1" in view
     assert "retried 3" in render_line(summary)
+
+
+def test_the_summary_reports_pickups_rider_waits_and_the_matched_share() -> None:
+    stats = Stats(started=0.0)
+    for metres in (100.0, 200.0, 300.0, 400.0, 1000.0):
+        stats.measures["pickup_distance_m"].add(metres)
+    stats.measures["pickup_s"].add(60.0)
+    stats.count("trips_requested", 4)
+    stats.count("trips_matched", 3)
+    summary = stats.summary(10.0, online_drivers=1, trips_by_state={})
+    dispatch = summary["dispatch"]
+    assert dispatch["pickup_distance_m"] == {"count": 5, "mean": 400.0, "p90": 760.0}
+    assert dispatch["pickup_s"]["mean"] == 60.0
+    assert dispatch["rider_wait_s"] == {"count": 0, "mean": None, "p90": None}
+    assert dispatch["matched_share"] == 0.75
+    assert "matched 75%" in render_view(summary)

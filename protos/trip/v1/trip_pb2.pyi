@@ -1227,3 +1227,199 @@ class ListActiveAssignmentsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListActiveAssignmentsResponse: _TypeAlias = ListActiveAssignmentsResponse  # noqa: Y015
+
+@_typing.final
+class ExplainDispatchRequest(_message.Message):
+    """Request for TripService.ExplainDispatch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRIP_ID_FIELD_NUMBER: _builtins.int
+    trip_id: _builtins.str
+    """The trip."""
+    def __init__(
+        self,
+        *,
+        trip_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["trip_id", b"trip_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExplainDispatchRequest: _TypeAlias = ExplainDispatchRequest  # noqa: Y015
+
+@_typing.final
+class ExplainDispatchResponse(_message.Message):
+    """Response of TripService.ExplainDispatch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRIP_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ROUNDS_FIELD_NUMBER: _builtins.int
+    trip_id: _builtins.str
+    """The trip."""
+    state: Global___TripState.ValueType
+    """The trip's state now."""
+    @_builtins.property
+    def rounds(self) -> _containers.RepeatedCompositeFieldContainer[Global___DispatchRound]:
+        """Its dispatch rounds, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        trip_id: _builtins.str = ...,
+        state: Global___TripState.ValueType = ...,
+        rounds: _abc.Iterable[Global___DispatchRound] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rounds", b"rounds", "state", b"state", "trip_id", b"trip_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExplainDispatchResponse: _TypeAlias = ExplainDispatchResponse  # noqa: Y015
+
+@_typing.final
+class DispatchRound(_message.Message):
+    """One dispatch round: one search (or one window's assignment) and the offer it made, or
+    giving up.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUND_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
+    WINDOW_TRIPS_FIELD_NUMBER: _builtins.int
+    CANDIDATES_FIELD_NUMBER: _builtins.int
+    EXCLUDED_FIELD_NUMBER: _builtins.int
+    OFFERS_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    round: _builtins.int
+    """1 for the trip's first round."""
+    policy: _builtins.str
+    """How the driver was chosen: "batch" (the window's assignment), "nearest" (nearest-first),
+    "nearest_fallback" (nearest-first because the window was too big or late).
+    """
+    window_trips: _builtins.int
+    """Trips matched together in the round's window (1 for nearest-first)."""
+    outcome: _builtins.str
+    """How the round ended: "no_drivers" without an offer, "accepted" when one of its offers
+    was, "pending" while one is, else how its first offer ended.
+    """
+    detail: _builtins.str
+    """Why the round gave up, when it did."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """When the round committed."""
+
+    @_builtins.property
+    def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___DispatchCandidate]:
+        """Drivers the trip could have, in the order they were to be offered it."""
+
+    @_builtins.property
+    def excluded(self) -> _containers.RepeatedCompositeFieldContainer[Global___DispatchCandidate]:
+        """Drivers the trip could not have, with the reason."""
+
+    @_builtins.property
+    def offers(self) -> _containers.RepeatedCompositeFieldContainer[Global___DispatchOffer]:
+        """The offers the round made (one, or K with parallel offers); none when it gave up."""
+
+    def __init__(
+        self,
+        *,
+        round: _builtins.int = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        policy: _builtins.str = ...,
+        window_trips: _builtins.int = ...,
+        candidates: _abc.Iterable[Global___DispatchCandidate] | None = ...,
+        excluded: _abc.Iterable[Global___DispatchCandidate] | None = ...,
+        offers: _abc.Iterable[Global___DispatchOffer] | None = ...,
+        outcome: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "candidates", b"candidates", "detail", b"detail", "excluded", b"excluded", "offers", b"offers", "outcome", b"outcome", "policy", b"policy", "round", b"round", "window_trips", b"window_trips"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DispatchRound: _TypeAlias = DispatchRound  # noqa: Y015
+
+@_typing.final
+class DispatchOffer(_message.Message):
+    """One offer of a dispatch round."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DRIVER_ID_FIELD_NUMBER: _builtins.int
+    OFFER_ID_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    driver_id: _builtins.str
+    """The driver offered the trip."""
+    offer_id: _builtins.str
+    """The offer."""
+    outcome: _builtins.str
+    """How it ended: "pending", "accepted", "accepted_elsewhere", "declined", "expired",
+    "trip_cancelled", "driver_offline" or "trip_ended".
+    """
+    def __init__(
+        self,
+        *,
+        driver_id: _builtins.str = ...,
+        offer_id: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["driver_id", b"driver_id", "offer_id", b"offer_id", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DispatchOffer: _TypeAlias = DispatchOffer  # noqa: Y015
+
+@_typing.final
+class DispatchCandidate(_message.Message):
+    """One driver a dispatch round saw for a trip."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DRIVER_ID_FIELD_NUMBER: _builtins.int
+    DISTANCE_M_FIELD_NUMBER: _builtins.int
+    PICKUP_S_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    driver_id: _builtins.str
+    """The driver."""
+    distance_m: _builtins.float
+    """Straight-line distance to the pickup in metres; -1 when the search did not return the
+    driver (left out of it, e.g. declined before).
+    """
+    pickup_s: _builtins.float
+    """Estimated pickup time in seconds (distance x road-distance factor / speed)."""
+    cost: _builtins.float
+    """What the assignment minimised for this pair (the estimated pickup time)."""
+    reason: _builtins.str
+    """The verdict: "assigned", "costlier", "offered_elsewhere", "declined_before",
+    "wrong_class", "stale_position", "outside_limit", "busy".
+    """
+    def __init__(
+        self,
+        *,
+        driver_id: _builtins.str = ...,
+        distance_m: _builtins.float = ...,
+        pickup_s: _builtins.float = ...,
+        cost: _builtins.float = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "distance_m", b"distance_m", "driver_id", b"driver_id", "pickup_s", b"pickup_s", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DispatchCandidate: _TypeAlias = DispatchCandidate  # noqa: Y015

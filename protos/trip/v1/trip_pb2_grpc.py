@@ -95,6 +95,11 @@ class TripServiceStub:
                 request_serializer=protos_dot_trip_dot_v1_dot_trip__pb2.ListActiveAssignmentsRequest.SerializeToString,
                 response_deserializer=protos_dot_trip_dot_v1_dot_trip__pb2.ListActiveAssignmentsResponse.FromString,
                 _registered_method=True)
+        self.ExplainDispatch = channel.unary_unary(
+                '/rideshare.trip.v1.TripService/ExplainDispatch',
+                request_serializer=protos_dot_trip_dot_v1_dot_trip__pb2.ExplainDispatchRequest.SerializeToString,
+                response_deserializer=protos_dot_trip_dot_v1_dot_trip__pb2.ExplainDispatchResponse.FromString,
+                _registered_method=True)
 
 
 class TripServiceServicer:
@@ -214,6 +219,15 @@ class TripServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExplainDispatch(self, request, context):
+        """Every dispatch round of a trip, oldest first: the drivers considered and excluded, who
+        was offered the trip and how that ended. For an admin or the operator. Errors:
+        INVALID_ARGUMENT (bad trip_id), NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TripServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -276,6 +290,11 @@ def add_TripServiceServicer_to_server(servicer, server):
                     servicer.ListActiveAssignments,
                     request_deserializer=protos_dot_trip_dot_v1_dot_trip__pb2.ListActiveAssignmentsRequest.FromString,
                     response_serializer=protos_dot_trip_dot_v1_dot_trip__pb2.ListActiveAssignmentsResponse.SerializeToString,
+            ),
+            'ExplainDispatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainDispatch,
+                    request_deserializer=protos_dot_trip_dot_v1_dot_trip__pb2.ExplainDispatchRequest.FromString,
+                    response_serializer=protos_dot_trip_dot_v1_dot_trip__pb2.ExplainDispatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -603,6 +622,33 @@ class TripService:
             '/rideshare.trip.v1.TripService/ListActiveAssignments',
             protos_dot_trip_dot_v1_dot_trip__pb2.ListActiveAssignmentsRequest.SerializeToString,
             protos_dot_trip_dot_v1_dot_trip__pb2.ListActiveAssignmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainDispatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rideshare.trip.v1.TripService/ExplainDispatch',
+            protos_dot_trip_dot_v1_dot_trip__pb2.ExplainDispatchRequest.SerializeToString,
+            protos_dot_trip_dot_v1_dot_trip__pb2.ExplainDispatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

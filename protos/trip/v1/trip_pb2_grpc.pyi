@@ -109,6 +109,11 @@ class TripServiceStub:
     when its Redis comes back empty. Errors: INVALID_ARGUMENT (negative page_size, bad
     page_token).
     """
+    ExplainDispatch: _grpc.UnaryUnaryMultiCallable[_trip_pb2.ExplainDispatchRequest, _trip_pb2.ExplainDispatchResponse]
+    """Every dispatch round of a trip, oldest first: the drivers considered and excluded, who
+    was offered the trip and how that ended. For an admin or the operator. Errors:
+    INVALID_ARGUMENT (bad trip_id), NOT_FOUND.
+    """
 
 @_typing.type_check_only
 class TripServiceAsyncStub(TripServiceStub):
@@ -179,6 +184,11 @@ class TripServiceAsyncStub(TripServiceStub):
     ordered by driver id. What the location service rebuilds its availability index from
     when its Redis comes back empty. Errors: INVALID_ARGUMENT (negative page_size, bad
     page_token).
+    """
+    ExplainDispatch: _aio.UnaryUnaryMultiCallable[_trip_pb2.ExplainDispatchRequest, _trip_pb2.ExplainDispatchResponse]  # type: ignore[assignment]
+    """Every dispatch round of a trip, oldest first: the drivers considered and excluded, who
+    was offered the trip and how that ended. For an admin or the operator. Errors:
+    INVALID_ARGUMENT (bad trip_id), NOT_FOUND.
     """
 
 class TripServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -319,6 +329,17 @@ class TripServiceServicer(metaclass=_abc_1.ABCMeta):
         ordered by driver id. What the location service rebuilds its availability index from
         when its Redis comes back empty. Errors: INVALID_ARGUMENT (negative page_size, bad
         page_token).
+        """
+
+    @_abc_1.abstractmethod
+    def ExplainDispatch(
+        self,
+        request: _trip_pb2.ExplainDispatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trip_pb2.ExplainDispatchResponse, _abc.Awaitable[_trip_pb2.ExplainDispatchResponse]]:
+        """Every dispatch round of a trip, oldest first: the drivers considered and excluded, who
+        was offered the trip and how that ended. For an admin or the operator. Errors:
+        INVALID_ARGUMENT (bad trip_id), NOT_FOUND.
         """
 
 def add_TripServiceServicer_to_server(servicer: TripServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

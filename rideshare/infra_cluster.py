@@ -70,7 +70,7 @@ from rideshare.pg_standby import (
 from rideshare.redis_client import is_cluster_url, open_redis
 from rideshare.secrets_dir import secret_file
 from rideshare.settings import InfraUrls
-from rideshare.valkey_cluster import ValkeyCluster
+from rideshare.valkey_cluster import NODE_TIMEOUT_MS, ValkeyCluster
 
 __all__ = [
     "FAILED_OVER_FILE",
@@ -89,6 +89,9 @@ STANDBY = "postgres-standby"
 # Written by whoever fails over (this process or ``rideshare failover postgres`` from
 # another): from then on the old primary is never started again by the launcher.
 FAILED_OVER_FILE = "postgres-failed-over"
+# How long a lost Valkey node waits for its replica to take over before it is started again:
+# the node timeout, an election and slack for a loaded host.
+REPLACE_WAIT_S = 5 * NODE_TIMEOUT_MS / 1000
 
 
 @dataclass
@@ -98,6 +101,8 @@ class ClusterInfra(EmbeddedInfra):
     nats_nodes: int = 3
     synchronous_standby: bool = True
     _failed_over: bool = field(default=False, init=False, repr=False)
+    # Valkey node name -> (port, admin URL of that node)
+    _valkey_nodes: dict[str, tuple[int, str]] = field(default_factory=dict, init=False, repr=False)
 
     async def start(self) -> InfraUrls:
         # A failover of an earlier run: _start_standby refuses a promoted standby's data.
@@ -124,6 +129,8 @@ class ClusterInfra(EmbeddedInfra):
         return [name for name in super().dead() if not (self.failed_over and name == PRIMARY)]
 
     async def restart(self, name: str) -> None:
+        if name in self._valkey_nodes:
+            await self._wait_replaced(name)
         if name == PRIMARY and self.failed_over:
             raise InfraError(
                 "the old primary was failed over: it may come back only as a new standby"
@@ -145,6 +152,36 @@ class ClusterInfra(EmbeddedInfra):
         await promote(self.postgres_hosts()[1])
         return time.monotonic() - began
 
+    async def _wait_replaced(self, name: str) -> None:
+        """Until no live node names Valkey node ``name`` as the master of a slot (its
+        replica has taken over), or ``REPLACE_WAIT_S``. A killed master started again
+        sooner, before the cluster's node timeout, would still be the master of its slots,
+        and empty (nothing is persisted): its replica would then copy the empty node."""
+        port = self._valkey_nodes[name][0]
+        deadline = time.monotonic() + REPLACE_WAIT_S
+        while time.monotonic() < deadline:
+            masters = await self._valkey_masters(exclude=name)
+            if masters is not None and port not in masters:
+                return
+            await asyncio.sleep(0.2)
+        logger.warning("%s is still named a master after %.0f s", name, REPLACE_WAIT_S)
+
+    async def _valkey_masters(self, *, exclude: str) -> set[int] | None:
+        """The ports of the masters in a live node's slot map, or None when none answers."""
+        for other, (_, url) in self._valkey_nodes.items():
+            if other == exclude:
+                continue
+            client = open_redis(url, max_connections=1, timeout_s=1.0)
+            try:
+                async with asyncio.timeout(2.0):
+                    slots = await client.execute_command("CLUSTER SLOTS")
+            except Exception:  # every client library has its own "down" errors
+                continue
+            finally:
+                await client.aclose()
+            return {int(master[1]) for _, _, master, *_ in slots}
+        return None
+
     def _refuse_failed_over(self, prepare: Callable[[], None] | None) -> None:
         if self.failed_over:
             raise InfraError("the old primary was failed over: it is not started again")
@@ -165,6 +202,7 @@ class ClusterInfra(EmbeddedInfra):
         url = await cluster.start()
         for port, proc in cluster.processes.items():
             node = f"redis://{ADMIN}:{passwords[ADMIN]}@127.0.0.1:{port}/0"
+            self._valkey_nodes[proc.name] = (port, node)
             self._specs[proc.name] = _ServerSpec(
                 proc.name, cluster.argv[port], proc.log_path, functools.partial(probe_redis, node)
             )

@@ -246,3 +246,39 @@ async def test_valkey_is_a_cluster_whose_restarted_node_rejoins_it(cluster: Clus
     finally:
         await location.aclose()
         await admin.aclose()
+
+
+async def test_a_lost_master_comes_back_after_its_replica_took_over_and_its_keys_stay(
+    cluster: ClusterInfra,
+) -> None:
+    assert cluster.urls is not None
+    location = open_redis(cluster.urls.for_service("location").redis_url, timeout_s=5.0)
+    try:
+        assert isinstance(location, RedisCluster)
+        key = f"loc:{{{uuid.uuid4().hex}}}:k"
+        assert await location.set(key, "1")
+        node = location.get_node_from_key(key)
+        assert node is not None
+        port = node.port
+        nodes = [n.address for n in await node_states(cluster.urls) if n.name.startswith("valk")]
+        master = f"valkey-{nodes.index(f'127.0.0.1:{port}') + 1}"
+
+        os.kill(cluster.pid(master), signal.SIGKILL)
+        await eventually(lambda: master in cluster.dead(), timeout_s=WITHIN_S)
+        await cluster.restart(master)  # returns once the replica has taken over and it rejoined
+
+        async def kept() -> bool:
+            try:
+                return await location.get(key) == b"1"
+            except RedisError:
+                return False
+
+        async def rejoined_as_replica() -> bool:
+            assert cluster.urls is not None
+            roles = {n.name: n.role for n in await node_states(cluster.urls)}
+            return roles[master] == "replica"
+
+        await eventually(kept, timeout_s=WITHIN_S, every_s=0.2)
+        await eventually(rejoined_as_replica, timeout_s=WITHIN_S, every_s=0.2)
+    finally:
+        await location.aclose()

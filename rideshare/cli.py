@@ -532,8 +532,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--cluster",
         action="store_true",
-        help="the cluster profile of `infra up --cluster` plus a Valkey Cluster, and two "
-        "copies of every service, the edge included",
+        help="the servers of `infra up --cluster` and two copies of every service, the edge "
+        "included (each edge's address is printed; put a load balancer in front)",
     )
     sub.add_parser(
         "simulate", help="simulated driver and rider apps against the edge", add_help=False

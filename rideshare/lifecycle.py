@@ -1,11 +1,15 @@
-"""Signals to a stop event: how a process learns that it should shut down in order."""
+"""Signals to a stop event: how a process learns that it should shut down in order, and how
+its workers wait for work or that event, whichever comes first."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+from typing import TypeVar
 
-__all__ = ["stop_on_signals"]
+__all__ = ["next_or_stop", "stop_on_signals"]
+
+T = TypeVar("T")
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:
@@ -17,3 +21,18 @@ def stop_on_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+
+async def next_or_stop(queue: asyncio.Queue[T], stop: asyncio.Event) -> T | None:
+    """The next item of ``queue``, or None once ``stop`` is set."""
+    getter = asyncio.ensure_future(queue.get())
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([getter, stopper], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        if not getter.done():
+            getter.cancel()
+    if getter.done() and not getter.cancelled():
+        return getter.result()
+    return None

@@ -45,6 +45,7 @@ from prometheus_client import Counter, Histogram
 
 from protos.location.v1 import location_pb2
 from rideshare.bus import reraise_if_cancelling
+from rideshare.lifecycle import next_or_stop
 from trip import wire
 from trip.domain import InvalidArgumentError, LatLng, Trip, TripState
 from trip.explain import Policy, RoundLog
@@ -161,17 +162,9 @@ class BatchWindow:
 
     async def _collect(self, stop: asyncio.Event) -> list[str]:
         """The trips of one window: from the first that arrives, for the window's length."""
-        getter = asyncio.ensure_future(self._incoming.get())
-        stopper = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait([getter, stopper], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopper.cancel()
-            if not getter.done():
-                getter.cancel()
-        if not getter.done() or getter.cancelled():
+        first = await next_or_stop(self._incoming, stop)
+        if first is None:
             return []
-        first = getter.result()
         trip_ids = [first]
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._settings.dispatch_window_s):

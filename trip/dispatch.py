@@ -80,6 +80,7 @@ from rideshare.bus import reraise_if_cancelling
 from rideshare.grpc_client import make_channel
 from rideshare.grpc_errors import log_round_failure
 from rideshare.identity import TokenSigner
+from rideshare.lifecycle import next_or_stop
 from trip import batching, domain, wire
 from trip.batching import BatchWindow
 from trip.domain import (
@@ -254,7 +255,7 @@ class Dispatcher:
 
     async def _work(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            trip_id = await _next_or_stop(self._queue, stop)
+            trip_id = await next_or_stop(self._queue, stop)
             if trip_id is None:
                 return
             self._queued.discard(trip_id)
@@ -537,18 +538,3 @@ class Dispatcher:
         log.searched(hits)
         log.left_out(trip.excluded_driver_ids, Reason.DECLINED_BEFORE)
         return hits
-
-
-async def _next_or_stop(queue: asyncio.Queue[str], stop: asyncio.Event) -> str | None:
-    """The next queued item, or None once ``stop`` is set."""
-    getter = asyncio.ensure_future(queue.get())
-    stopper = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait([getter, stopper], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopper.cancel()
-        if not getter.done():
-            getter.cancel()
-    if getter.done() and not getter.cancelled():
-        return getter.result()
-    return None

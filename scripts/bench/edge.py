@@ -480,6 +480,16 @@ def cpu_split(
     return sorted(((r, 100 * s / wall_s) for r, s in used.items() if s > 0), key=lambda x: -x[1])
 
 
+def edge_cpu_by_process(pid: int) -> dict[int, float]:
+    """pid -> CPU seconds so far of the edge's parent and each of its workers."""
+    found = {}
+    for process in process_tree(pid):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            found[process.pid] = times.user + times.system
+    return found
+
+
 async def applied_by_location(redis: RedisClient) -> int:
     """PEXPIRE calls so far: location's ingest script makes one per applied update."""
     stats = await redis.info("commandstats")
@@ -642,10 +652,10 @@ async def ingest(
     )
     await asyncio.sleep(start - time.time())
     c0, applied0, cpu0 = await counters(http), await applied_by_location(redis), cpu_by_process()
-    edge0 = tree_cpu_s(pid)
+    edge0, by_edge0 = tree_cpu_s(pid), edge_cpu_by_process(pid)
     await asyncio.sleep(end - time.time())
     c1, applied1, cpu1 = await counters(http), await applied_by_location(redis), cpu_by_process()
-    edge1 = tree_cpu_s(pid)
+    edge1, by_edge1 = tree_cpu_s(pid), edge_cpu_by_process(pid)
     results = await driven
     await asyncio.sleep(1.0)
     c2, applied2 = await counters(http), await applied_by_location(redis)
@@ -701,6 +711,11 @@ async def ingest(
     print(
         f"edge CPU per received position: {edge_us:.1f} us = {edge_us / reference.us:.2f} x the "
         f"bare websockets loop ({reference.us:.1f} us at {reference.rate:,.0f}/s)"
+    )
+    by_edge = [(p, s - by_edge0.get(p, 0.0)) for p, s in by_edge1.items()]
+    print(
+        "edge CPU per received position by edge process (parent first): "
+        + ", ".join(f"pid {p} {1e6 * s / max(1.0, received):.1f} us" for p, s in by_edge)
     )
     split_ = cpu_split(cpu0, cpu1, end - start)
     cores = os.cpu_count() or 1

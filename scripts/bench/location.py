@@ -3,16 +3,19 @@
     .venv/bin/python -m scripts.bench.location [--drivers 100000] [--seconds 10]
 
 Starts its own embedded Redis and NATS (or uses RIDESHARE_* URLs), runs ONE location service
-process (``python -m location``) and drives it from this ONE client process over gRPC.
-Prints the figures; nothing here asserts a target.
+process (``python -m location``), or ``--copies N`` of them, and drives it from this ONE client
+process over gRPC. Prints the figures; nothing here asserts a target.
 
 1. ingest: ReportPositions streams, updates/s; and the raw reference, pipelined GEOADD from
-   redis-py on the same Valkey in the same run, with ingest as a ratio to it.
+   redis-py on the same Valkey in the same run, with ingest as a ratio to it. With several
+   copies the streams are dealt over them in turn, and each copy's updates/s and CPU per
+   1,000 updates are printed beside Valkey's (its ``INFO cpu``) and this client's.
 2. search: NearestDrivers at a fixed offered rate over ``--drivers`` available drivers spread
    over a 30 x 30 km city; p50/p99 latency. Then its saturation point: the highest offered
    rate (short open-loop steps, doubling then bisecting) whose p99 stays within
    ``--search-target-ms``, 5 ms by default: the search target of docs/PERFORMANCE.md, which
    dispatch spends once per offer batch inside the trip service's 50 ms request -> offer.
+   Searches (and watches) go through one round_robin channel over every copy.
 3. watch: delay from sending an update to a WatchDriver stream receiving it, with the service
    taking ``--watch-rate`` updates/s in all.
 """
@@ -23,9 +26,11 @@ import argparse
 import asyncio
 import contextlib
 import math
+import os
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import TypeAlias
 
 import grpc
@@ -47,6 +52,7 @@ from scripts.bench.common import (
     print_saturation,
     saturation,
     service_process,
+    tree_cpu_s,
     wait_healthy,
 )
 
@@ -72,9 +78,24 @@ async def make_available(store: LocationStore, driver_ids: list[str]) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Taken:
+    """Updates a copy applied (accepted or rejected: each went through the store's script)
+    and those it dropped for a newer one of the same driver before writing (under load)."""
+
+    applied: int
+    superseded: int
+
+    @property
+    def received(self) -> int:
+        return self.applied + self.superseded
+
+
 async def bench_ingest(
-    stub: Stub, driver_ids: list[str], seconds: float, streams: int, batch: int
-) -> float:
+    stubs: Sequence[Stub], driver_ids: list[str], seconds: float, streams: int, batch: int
+) -> tuple[list[Taken], float]:
+    """What each of ``stubs`` (one per copy) took, stream ``i`` going to copy
+    ``i % len(stubs)``, and the seconds it took."""
     rng = random.Random(1)
     base_ts = now_ms()
     # Built before timing: the client's cost of making messages is not the service's cost.
@@ -97,9 +118,9 @@ async def bench_ingest(
 
     broken = 0
 
-    async def one_stream(part: list[pb.PositionUpdate]) -> int:
+    async def one_stream(stub: Stub, part: list[pb.PositionUpdate]) -> Taken:
         nonlocal broken
-        position, counted = 0, 0
+        position, counted, superseded = 0, 0, 0
 
         async def requests() -> AsyncIterator[pb.PositionBatch]:
             nonlocal position
@@ -119,16 +140,35 @@ async def bench_ingest(
                 broken += 1
                 continue
             counted += int(summary.accepted + summary.rejected)
-        return counted
+            superseded += int(summary.superseded)
+        return Taken(counted, superseded)
 
     started = time.perf_counter()
     counts = await asyncio.gather(
-        *(one_stream(prebuilt[i * chunk : (i + 1) * chunk]) for i in range(streams))
+        *(
+            one_stream(stubs[i % len(stubs)], prebuilt[i * chunk : (i + 1) * chunk])
+            for i in range(streams)
+        )
     )
     elapsed = time.perf_counter() - started
     if broken:
         print(f"ingest: {broken} stream(s) ended UNAVAILABLE; their updates are not counted")
-    return sum(counts) / elapsed
+    per_copy = [
+        Taken(sum(t.applied for t in mine), sum(t.superseded for t in mine))
+        for mine in (counts[i :: len(stubs)] for i in range(len(stubs)))
+    ]
+    return per_copy, elapsed
+
+
+async def valkey_cpu_s(client: RedisClient) -> float:
+    """CPU seconds the Valkey server has used so far (all its threads)."""
+    cpu = await client.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
+def own_cpu_s() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 async def geoadd_per_s(client: RedisClient, seconds: float, *, pipelines: int = 4) -> float:
@@ -255,52 +295,90 @@ async def setup_index(store: LocationStore, driver_ids: list[str]) -> None:
 
 
 async def run(args: argparse.Namespace) -> None:
-    async with infrastructure() as urls:
-        port = free_port()
-        # the index must not age out mid-benchmark
-        with service_process("location", urls, port=port, env={"RIDESHARE_DRIVER_STALE_S": "600"}):
-            target = f"127.0.0.1:{port}"
-            await wait_healthy(target)
-            client = open_redis(urls.redis_url, max_connections=32, timeout_s=10)
-            drivers = [f"bench-{i}" for i in range(args.drivers)]
-            started = time.perf_counter()
-            await setup_index(LocationStore(client), drivers)
-            print(f"setup: {len(drivers):,} available drivers indexed in "
-                  f"{time.perf_counter() - started:.1f}s", flush=True)  # fmt: skip
-            async with make_channel(target, default_timeout_s=60.0) as channel:
-                stub: Stub = location_pb2_grpc.LocationServiceStub(channel)
-                if "ingest" in args.only:
-                    await report_ingest(stub, drivers, client, args)
-                if "search" in args.only:
-                    count = await client.zcard("loc:{0}:geo:avail:1")
-                    latencies, failed = await bench_search(stub, args.search_rate, args.seconds)
-                    print(f"search: NearestDrivers 2 km, limit 10, {count:,} indexed drivers, "
-                          f"{args.search_rate:.0f} req/s for {args.seconds:.0f}s: "
-                          f"p50={percentile(latencies, 0.5):.2f} ms "
-                          f"p99={percentile(latencies, 0.99):.2f} ms "
-                          f"max={max(latencies):.2f} ms"
-                          + (f" ({failed} failed)" if failed else ""), flush=True)  # fmt: skip
-                    await search_saturation(stub, args)
-                if "watch" in args.only:
-                    delays = await bench_watch(
-                        stub, drivers[: args.watch_pool], args.watch_rate, args.seconds,
-                        args.watchers,
-                    )  # fmt: skip
-                    print(f"watch: {args.watch_rate:.0f} updates/s in, {args.watchers} "
-                          f"watchers, {len(delays)} samples: "
-                          f"p50={percentile(delays, 0.5):.2f} ms "
-                          f"p99={percentile(delays, 0.99):.2f} ms", flush=True)  # fmt: skip
-            await client.aclose()
+    async with infrastructure() as urls, contextlib.AsyncExitStack() as stack:
+        addresses, pids = [], []
+        for _ in range(args.copies):
+            port = free_port()
+            # the index must not age out mid-benchmark
+            process = stack.enter_context(
+                service_process("location", urls, port=port,
+                                env={"RIDESHARE_DRIVER_STALE_S": "600"})
+            )  # fmt: skip
+            addresses.append(f"127.0.0.1:{port}")
+            pids.append(process.pid)
+        for address in addresses:
+            await wait_healthy(address)
+        target = ",".join(addresses)
+        client = open_redis(urls.redis_url, max_connections=32, timeout_s=10)
+        drivers = [f"bench-{i}" for i in range(args.drivers)]
+        started = time.perf_counter()
+        await setup_index(LocationStore(client), drivers)
+        print(f"setup: {len(drivers):,} available drivers indexed in "
+              f"{time.perf_counter() - started:.1f}s", flush=True)  # fmt: skip
+        async with make_channel(target, default_timeout_s=60.0) as channel:
+            stub: Stub = location_pb2_grpc.LocationServiceStub(channel)
+            if "ingest" in args.only:
+                await report_ingest(addresses, pids, drivers, client, args)
+            if "search" in args.only:
+                count = await client.zcard("loc:{0}:geo:avail:1")
+                latencies, failed = await bench_search(stub, args.search_rate, args.seconds)
+                print(f"search: NearestDrivers 2 km, limit 10, {count:,} indexed drivers, "
+                      f"{args.search_rate:.0f} req/s for {args.seconds:.0f}s: "
+                      f"p50={percentile(latencies, 0.5):.2f} ms "
+                      f"p99={percentile(latencies, 0.99):.2f} ms "
+                      f"max={max(latencies):.2f} ms"
+                      + (f" ({failed} failed)" if failed else ""), flush=True)  # fmt: skip
+                cpu0 = [tree_cpu_s(pid) for pid in pids]
+                await search_saturation(stub, args)
+                split = " / ".join(
+                    f"{tree_cpu_s(pid) - c:.1f}" for pid, c in zip(pids, cpu0, strict=True)
+                )
+                print(f"search: CPU seconds of the saturation steps by copy: {split}",
+                      flush=True)  # fmt: skip
+            if "watch" in args.only:
+                delays = await bench_watch(
+                    stub, drivers[: args.watch_pool], args.watch_rate, args.seconds,
+                    args.watchers,
+                )  # fmt: skip
+                print(f"watch: {args.watch_rate:.0f} updates/s in, {args.watchers} "
+                      f"watchers, {len(delays)} samples: "
+                      f"p50={percentile(delays, 0.5):.2f} ms "
+                      f"p99={percentile(delays, 0.99):.2f} ms", flush=True)  # fmt: skip
+        await client.aclose()
 
 
 async def report_ingest(
-    stub: Stub, drivers: list[str], client: RedisClient, args: argparse.Namespace
+    addresses: list[str],
+    pids: list[int],
+    drivers: list[str],
+    client: RedisClient,
+    args: argparse.Namespace,
 ) -> None:
-    ingest = await bench_ingest(stub, drivers, args.seconds, args.streams, args.batch)
-    print(f"ingest: {ingest:,.0f} updates/s through ReportPositions "
-          f"({args.streams} streams of {args.batch}-update batches, "
-          f"one client process, one service process)",
+    async with contextlib.AsyncExitStack() as stack:
+        stubs = []
+        for address in addresses:  # one channel per copy: each stream stays on its copy
+            channel = await stack.enter_async_context(make_channel(address, default_timeout_s=60.0))
+            stubs.append(location_pb2_grpc.LocationServiceStub(channel))
+        cpu0, valkey0, own0 = [tree_cpu_s(p) for p in pids], await valkey_cpu_s(client), own_cpu_s()
+        counts, elapsed = await bench_ingest(stubs, drivers, args.seconds, args.streams, args.batch)
+        cpu1, valkey1, own1 = [tree_cpu_s(p) for p in pids], await valkey_cpu_s(client), own_cpu_s()
+    total = sum(t.applied for t in counts)
+    received = sum(t.received for t in counts)
+    ingest = total / elapsed
+    print(f"ingest: {ingest:,.0f} updates/s applied through ReportPositions, "
+          f"{received / elapsed:,.0f}/s sent ({args.streams} streams of {args.batch}-update "
+          f"batches, one client process, {len(pids)} service process(es)), "
+          f"load average {os.getloadavg()[0]:.1f}",
           flush=True)  # fmt: skip
+    for i, (taken, c0, c1) in enumerate(zip(counts, cpu0, cpu1, strict=True)):
+        print(f"ingest: copy {i + 1}: {taken.applied / elapsed:,.0f} updates/s applied "
+              f"({taken.superseded:,} superseded), "
+              f"{1000 * (c1 - c0) / max(1, taken.applied):.3f} CPU s per 1,000 applied "
+              f"({c1 - c0:.1f} s in {elapsed:.1f} s)", flush=True)  # fmt: skip
+    per_k = 1000 / max(1, total)
+    print(f"ingest: CPU s per 1,000 applied: copies in all "
+          f"{(sum(cpu1) - sum(cpu0)) * per_k:.3f}, Valkey {(valkey1 - valkey0) * per_k:.3f}, "
+          f"this client {(own1 - own0) * per_k:.3f}", flush=True)  # fmt: skip
     geoadd = await geoadd_per_s(client, args.reference_s)
     print_reference(
         "ingest through ReportPositions", ingest, geoadd, "updates/s",
@@ -312,7 +390,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--drivers", type=int, default=100_000)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--streams", type=int, default=2)
+    parser.add_argument("--copies", type=int, default=1, help="location processes")
+    parser.add_argument("--streams", type=int, default=2, help="dealt over the copies in turn")
     parser.add_argument("--batch", type=int, default=100, help="updates per stream message")
     parser.add_argument("--search-rate", type=float, default=500.0)
     parser.add_argument("--watch-rate", type=float, default=5_000.0)

@@ -6,8 +6,9 @@
 
 Starts its own embedded Redis / PostgreSQL / NATS (or uses RIDESHARE_* URLs) and the whole
 system as child processes (rideshare.supervisor; ONE edge process, or ``--edge-workers``
-worker processes under the edge's parent: RSS and CPU are then summed over them), and drives
-it over HTTP and WebSocket only. Prints the figures; asserts no target.
+worker processes under the edge's parent: RSS and CPU are then summed over them, and the CPU
+per position is printed per process too), and drives it over HTTP and WebSocket only. Prints
+the figures; asserts no target.
 
 The load comes from ``--procs`` client processes, each owning a slice of the driver sockets
 (opened before the timed phase), so that the load generator is not one saturated event loop

@@ -108,29 +108,17 @@ async def _serve(ws: WebSocket, role: str) -> None:
     try:
         await ctx.hub.register(conn)
         await ctx.user_sockets.admit(conn)
-        while not conn.closed:
-            message = await ws.receive()
-            if message["type"] == "websocket.disconnect":
-                break
-            data = message.get("text")
-            if data is None:
-                data = message.get("bytes") or b""
-            now = time.monotonic()
-            if not limit.take(now):
-                if not excess.take(now):
-                    logger.warning("closing WebSocket of %s: message flood", principal.sub)
-                    WS_POLICY_CLOSES.labels("flooding").inc()
-                    conn.close(wire.CLOSE_FLOODING, "message rate exceeded")
-                    break
-                conn.send(
-                    wire.error_frame("rate_limited", "too many messages; slow down"), droppable=True
-                )
-                continue
-            try:
-                frame = wire.parse_frame(data, max_bytes=settings.ws_max_message_bytes)
-                _handle(ctx, principal, frame)
-            except wire.FrameError as exc:
-                conn.send(wire.error_frame(exc.code, exc.message))
+        # The frames are read in a task of their own: awaited here, each message would resume
+        # this coroutine through every frame of the ASGI stack above it (a dozen middleware
+        # and routing layers), a cost paid per position; the task resumes only its own.
+        reader = asyncio.create_task(
+            _receive_frames(ws, ctx, principal, conn, limit, excess),
+            name=f"ws-reader-{principal.sub}",
+        )
+        try:
+            await reader
+        finally:
+            reader.cancel()
     except WebSocketDisconnect:
         pass
     finally:
@@ -142,6 +130,41 @@ async def _serve(ws: WebSocket, role: str) -> None:
             async with asyncio.timeout(2.0):
                 await writer
         writer.cancel()
+
+
+async def _receive_frames(
+    ws: WebSocket,
+    ctx: EdgeContext,
+    principal: Principal,
+    conn: Connection,
+    limit: TokenBucket,
+    excess: TokenBucket,
+) -> None:
+    """Read and handle the client's frames until it leaves or the socket is closed."""
+    settings = ctx.settings
+    while not conn.closed:
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+            break
+        data = message.get("text")
+        if data is None:
+            data = message.get("bytes") or b""
+        now = time.monotonic()
+        if not limit.take(now):
+            if not excess.take(now):
+                logger.warning("closing WebSocket of %s: message flood", principal.sub)
+                WS_POLICY_CLOSES.labels("flooding").inc()
+                conn.close(wire.CLOSE_FLOODING, "message rate exceeded")
+                break
+            conn.send(
+                wire.error_frame("rate_limited", "too many messages; slow down"), droppable=True
+            )
+            continue
+        try:
+            frame = wire.parse_frame(data, max_bytes=settings.ws_max_message_bytes)
+            _handle(ctx, principal, frame)
+        except wire.FrameError as exc:
+            conn.send(wire.error_frame(exc.code, exc.message))
 
 
 def _handle(ctx: EdgeContext, principal: Principal, frame: dict[str, object]) -> None:

@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from protos.common.v1 import common_pb2 as protos_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!protos/location/v1/location.proto\x12\x15rideshare.location.v1\x1a\x1dprotos/common/v1/common.proto\"\x8b\x01\n\x0ePositionUpdate\x12\x11\n\tdriver_id\x18\x01 \x01(\t\x12\x0b\n\x03lat\x18\x02 \x01(\x01\x12\x0b\n\x03lng\x18\x03 \x01(\x01\x12\x0f\n\x07heading\x18\x04 \x01(\x01\x12\x11\n\tspeed_mps\x18\x05 \x01(\x01\x12\x12\n\naccuracy_m\x18\x06 \x01(\x01\x12\x14\n\x0c\x63lient_ts_ms\x18\x07 \x01(\x03\"G\n\rPositionBatch\x12\x36\n\x07updates\x18\x01 \x03(\x0b\x32%.rideshare.location.v1.PositionUpdate\"k\n\x0cReportResult\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x33\n\x06reason\x18\x02 \x01(\x0e\x32#.rideshare.location.v1.RejectReason\x12\x14\n\x0cserver_ts_ms\x18\x03 \x01(\x03\"\x86\x01\n\x16ReportPositionsSummary\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x10\n\x08rejected\x18\x02 \x01(\x05\x12\x34\n\nrejections\x18\x03 \x03(\x0b\x32 .rideshare.location.v1.Rejection\x12\x12\n\nsuperseded\x18\x04 \x01(\x05\"r\n\tRejection\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x11\n\tdriver_id\x18\x02 \x01(\t\x12\x33\n\x06reason\x18\x03 \x01(\x0e\x32#.rideshare.location.v1.RejectReason\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\x96\x02\n\x0e\x44riverPosition\x12\x11\n\tdriver_id\x18\x01 \x01(\t\x12\x0b\n\x03lat\x18\x02 \x01(\x01\x12\x0b\n\x03lng\x18\x03 \x01(\x01\x12\x0f\n\x07heading\x18\x04 \x01(\x01\x12\x11\n\tspeed_mps\x18\x05 \x01(\x01\x12\x12\n\naccuracy_m\x18\x06 \x01(\x01\x12\x14\n\x0c\x63lient_ts_ms\x18\x07 \x01(\x03\x12\x14\n\x0cserver_ts_ms\x18\x08 \x01(\x03\x12\x39\n\x0c\x61vailability\x18\t \x01(\x0e\x32#.rideshare.location.v1.Availability\x12\x38\n\rvehicle_class\x18\n \x01(\x0e\x32!.rideshare.common.v1.VehicleClass\"\xbf\x01\n\x15NearestDriversRequest\x12\x0b\n\x03lat\x18\x01 \x01(\x01\x12\x0b\n\x03lng\x18\x02 \x01(\x01\x12\x10\n\x08radius_m\x18\x03 \x01(\x01\x12\r\n\x05limit\x18\x04 \x01(\x05\x12=\n\rvehicle_class\x18\x05 \x01(\x0e\x32!.rideshare.common.v1.VehicleClassH\x00\x88\x01\x01\x12\x1a\n\x12\x65xclude_driver_ids\x18\x06 \x03(\tB\x10\n\x0e_vehicle_class\"N\n\x16NearestDriversResponse\x12\x34\n\x07\x64rivers\x18\x01 \x03(\x0b\x32#.rideshare.location.v1.NearbyDriver\"\xc8\x01\n\x0cNearbyDriver\x12\x11\n\tdriver_id\x18\x01 \x01(\t\x12\x12\n\ndistance_m\x18\x02 \x01(\x01\x12\x17\n\x0fposition_age_ms\x18\x03 \x01(\x03\x12\x0f\n\x07heading\x18\x04 \x01(\x01\x12-\n\x08position\x18\x05 \x01(\x0b\x32\x1b.rideshare.common.v1.LatLng\x12\x38\n\rvehicle_class\x18\x06 \x01(\x0e\x32!.rideshare.common.v1.VehicleClass\"\'\n\x12GetPositionRequest\x12\x11\n\tdriver_id\x18\x01 \x01(\t\"\'\n\x12WatchDriverRequest\x12\x11\n\tdriver_id\x18\x01 \x01(\t\"i\n\x14\x44riversInAreaRequest\x12\x0f\n\x07min_lat\x18\x01 \x01(\x01\x12\x0f\n\x07min_lng\x18\x02 \x01(\x01\x12\x0f\n\x07max_lat\x18\x03 \x01(\x01\x12\x0f\n\x07max_lng\x18\x04 \x01(\x01\x12\r\n\x05limit\x18\x05 \x01(\x05\"b\n\x15\x44riversInAreaResponse\x12\x36\n\x07\x64rivers\x18\x01 \x03(\x0b\x32%.rideshare.location.v1.DriverPosition\x12\x11\n\ttruncated\x18\x02 \x01(\x08\":\n\x14ReserveDriverRequest\x12\x11\n\tdriver_id\x18\x01 \x01(\t\x12\x0f\n\x07trip_id\x18\x02 \x01(\t\"\x17\n\x15ReserveDriverResponse\":\n\x14ReleaseDriverRequest\x12\x11\n\tdriver_id\x18\x01 \x01(\t\x12\x0f\n\x07trip_id\x18\x02 \x01(\t\")\n\x15ReleaseDriverResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"M\n\x16GetTripDistanceRequest\x12\x0f\n\x07trip_id\x18\x01 \x01(\t\x12\x10\n\x08since_ms\x18\x02 \x01(\x03\x12\x10\n\x08until_ms\x18\x03 \x01(\x03\"x\n\x0cTripDistance\x12\x12\n\ndistance_m\x18\x01 \x01(\x01\x12\x13\n\x0bpoints_used\x18\x02 \x01(\x05\x12\x16\n\x0epoints_ignored\x18\x03 \x01(\x05\x12\x13\n\x0b\x66irst_ts_ms\x18\x04 \x01(\x03\x12\x12\n\nlast_ts_ms\x18\x05 \x01(\x03*\x96\x01\n\x0c\x41vailability\x12\x1c\n\x18\x41VAILABILITY_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41VAILABILITY_AVAILABLE\x10\x01\x12\x18\n\x14\x41VAILABILITY_OFFERED\x10\x02\x12\x18\n\x14\x41VAILABILITY_ON_TRIP\x10\x03\x12\x18\n\x14\x41VAILABILITY_OFFLINE\x10\x04*\x83\x02\n\x0cRejectReason\x12\x1d\n\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12#\n\x1fREJECT_REASON_MISSING_DRIVER_ID\x10\x01\x12%\n!REJECT_REASON_INVALID_COORDINATES\x10\x02\x12!\n\x1dREJECT_REASON_INVALID_HEADING\x10\x03\x12 \n\x1cREJECT_REASON_INVALID_MOTION\x10\x04\x12#\n\x1fREJECT_REASON_INVALID_TIMESTAMP\x10\x05\x12\x1e\n\x1aREJECT_REASON_OUT_OF_ORDER\x10\x06\x32\xb7\x07\n\x0fLocationService\x12\\\n\x0eReportPosition\x12%.rideshare.location.v1.PositionUpdate\x1a#.rideshare.location.v1.ReportResult\x12h\n\x0fReportPositions\x12$.rideshare.location.v1.PositionBatch\x1a-.rideshare.location.v1.ReportPositionsSummary(\x01\x12m\n\x0eNearestDrivers\x12,.rideshare.location.v1.NearestDriversRequest\x1a-.rideshare.location.v1.NearestDriversResponse\x12_\n\x0bGetPosition\x12).rideshare.location.v1.GetPositionRequest\x1a%.rideshare.location.v1.DriverPosition\x12\x61\n\x0bWatchDriver\x12).rideshare.location.v1.WatchDriverRequest\x1a%.rideshare.location.v1.DriverPosition0\x01\x12j\n\rDriversInArea\x12+.rideshare.location.v1.DriversInAreaRequest\x1a,.rideshare.location.v1.DriversInAreaResponse\x12j\n\rReserveDriver\x12+.rideshare.location.v1.ReserveDriverRequest\x1a,.rideshare.location.v1.ReserveDriverResponse\x12j\n\rReleaseDriver\x12+.rideshare.location.v1.ReleaseDriverRequest\x1a,.rideshare.location.v1.ReleaseDriverResponse\x12\x65\n\x0fGetTripDistance\x12-.rideshare.location.v1.GetTripDistanceRequest\x1a#.rideshare.location.v1.TripDistanceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!protos/location/v1/location.proto\x12\x15rideshare.location.v1\x1a\x1dprotos/common/v1/common.proto\"\x8b\x01\n\x0ePositionUpdate\x12\x11\n\tdriver_id\x18\x01 \x01(\t\x12\x0b\n\x03lat\x18\x02 \x01(\x01\x12\x0b\n\x03lng\x18\x03 \x01(\x01\x12\x0f\n\x07heading\x18\x04 \x01(\x01\x12\x11\n\tspeed_mps\x18\x05 \x01(\x01\x12\x12\n\naccuracy_m\x18\x06 \x01(\x01\x12\x14\n\x0c\x63lient_ts_ms\x18\x07 \x01(\x03\"G\n\rPositionBatch\x12\x36\n\x07updates\x18\x01 \x03(\x0b\x32%.rideshare.location.v1.PositionUpdate\"k\n\x0cReportResult\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x33\n\x06reason\x18\x02 \x01(\x0e\x32#.rideshare.location.v1.RejectReason\x12\x14\n\x0cserver_ts_ms\x18\x03 \x01(\x03\"\x86\x01\n\x16ReportPositionsSummary\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x10\n\x08rejected\x18\x02 \x01(\x05\x12\x34\n\nrejections\x18\x03 \x03(\x0b\x32 .rideshare.location.v1.Rejection\x12\x12\n\nsuperseded\x18\x04 \x01(\x05\"r\n\tRejection\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x11\n\tdriver_id\x18\x02 \x01(\t\x12\x33\n\x06reason\x18\x03 \x01(\x0e\x32#.rideshare.location.v1.RejectReason\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\x96\x02\n\x0e\x44riverPosition\x12\x11\n\tdriver_id\x18\x01 \x01(\t\x12\x0b\n\x03lat\x18\x02 \x01(\x01\x12\x0b\n\x03lng\x18\x03 \x01(\x01\x12\x0f\n\x07heading\x18\x04 \x01(\x01\x12\x11\n\tspeed_mps\x18\x05 \x01(\x01\x12\x12\n\naccuracy_m\x18\x06 \x01(\x01\x12\x14\n\x0c\x63lient_ts_ms\x18\x07 \x01(\x03\x12\x14\n\x0cserver_ts_ms\x18\x08 \x01(\x03\x12\x39\n\x0c\x61vailability\x18\t \x01(\x0e\x32#.rideshare.location.v1.Availability\x12\x38\n\rvehicle_class\x18\n \x01(\x0e\x32!.rideshare.common.v1.VehicleClass\"\xbf\x01\n\x15NearestDriversRequest\x12\x0b\n\x03lat\x18\x01 \x01(\x01\x12\x0b\n\x03lng\x18\x02 \x01(\x01\x12\x10\n\x08radius_m\x18\x03 \x01(\x01\x12\r\n\x05limit\x18\x04 \x01(\x05\x12=\n\rvehicle_class\x18\x05 \x01(\x0e\x32!.rideshare.common.v1.VehicleClassH\x00\x88\x01\x01\x12\x1a\n\x12\x65xclude_driver_ids\x18\x06 \x03(\tB\x10\n\x0e_vehicle_class\"N\n\x16NearestDriversResponse\x12\x34\n\x07\x64rivers\x18\x01 \x03(\x0b\x32#.rideshare.location.v1.NearbyDriver\"\\\n\x1aNearestDriversBatchRequest\x12>\n\x08searches\x18\x01 \x03(\x0b\x32,.rideshare.location.v1.NearestDriversRequest\"]\n\x1bNearestDriversBatchResponse\x12>\n\x07results\x18\x01 \x03(\x0b\x32-.rideshare.location.v1.NearestDriversResponse\"\xc8\x01\n\x0cNearbyDriver\x12\x11\n\tdriver_id\x18\x01 \x01(\t\x12\x12\n\ndistance_m\x18\x02 \x01(\x01\x12\x17\n\x0fposition_age_ms\x18\x03 \x01(\x03\x12\x0f\n\x07heading\x18\x04 \x01(\x01\x12-\n\x08position\x18\x05 \x01(\x0b\x32\x1b.rideshare.common.v1.LatLng\x12\x38\n\rvehicle_class\x18\x06 \x01(\x0e\x32!.rideshare.common.v1.VehicleClass\"\'\n\x12GetPositionRequest\x12\x11\n\tdriver_id\x18\x01 \x01(\t\"\'\n\x12WatchDriverRequest\x12\x11\n\tdriver_id\x18\x01 \x01(\t\"i\n\x14\x44riversInAreaRequest\x12\x0f\n\x07min_lat\x18\x01 \x01(\x01\x12\x0f\n\x07min_lng\x18\x02 \x01(\x01\x12\x0f\n\x07max_lat\x18\x03 \x01(\x01\x12\x0f\n\x07max_lng\x18\x04 \x01(\x01\x12\r\n\x05limit\x18\x05 \x01(\x05\"b\n\x15\x44riversInAreaResponse\x12\x36\n\x07\x64rivers\x18\x01 \x03(\x0b\x32%.rideshare.location.v1.DriverPosition\x12\x11\n\ttruncated\x18\x02 \x01(\x08\":\n\x14ReserveDriverRequest\x12\x11\n\tdriver_id\x18\x01 \x01(\t\x12\x0f\n\x07trip_id\x18\x02 \x01(\t\"\x17\n\x15ReserveDriverResponse\"S\n\x15ReserveDriversRequest\x12:\n\x05holds\x18\x01 \x03(\x0b\x32+.rideshare.location.v1.ReserveDriverRequest\"*\n\x16ReserveDriversResponse\x12\x10\n\x08reserved\x18\x01 \x03(\x08\":\n\x14ReleaseDriverRequest\x12\x11\n\tdriver_id\x18\x01 \x01(\t\x12\x0f\n\x07trip_id\x18\x02 \x01(\t\")\n\x15ReleaseDriverResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"M\n\x16GetTripDistanceRequest\x12\x0f\n\x07trip_id\x18\x01 \x01(\t\x12\x10\n\x08since_ms\x18\x02 \x01(\x03\x12\x10\n\x08until_ms\x18\x03 \x01(\x03\"x\n\x0cTripDistance\x12\x12\n\ndistance_m\x18\x01 \x01(\x01\x12\x13\n\x0bpoints_used\x18\x02 \x01(\x05\x12\x16\n\x0epoints_ignored\x18\x03 \x01(\x05\x12\x13\n\x0b\x66irst_ts_ms\x18\x04 \x01(\x03\x12\x12\n\nlast_ts_ms\x18\x05 \x01(\x03*\x96\x01\n\x0c\x41vailability\x12\x1c\n\x18\x41VAILABILITY_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41VAILABILITY_AVAILABLE\x10\x01\x12\x18\n\x14\x41VAILABILITY_OFFERED\x10\x02\x12\x18\n\x14\x41VAILABILITY_ON_TRIP\x10\x03\x12\x18\n\x14\x41VAILABILITY_OFFLINE\x10\x04*\x83\x02\n\x0cRejectReason\x12\x1d\n\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12#\n\x1fREJECT_REASON_MISSING_DRIVER_ID\x10\x01\x12%\n!REJECT_REASON_INVALID_COORDINATES\x10\x02\x12!\n\x1dREJECT_REASON_INVALID_HEADING\x10\x03\x12 \n\x1cREJECT_REASON_INVALID_MOTION\x10\x04\x12#\n\x1fREJECT_REASON_INVALID_TIMESTAMP\x10\x05\x12\x1e\n\x1aREJECT_REASON_OUT_OF_ORDER\x10\x06\x32\xa4\t\n\x0fLocationService\x12\\\n\x0eReportPosition\x12%.rideshare.location.v1.PositionUpdate\x1a#.rideshare.location.v1.ReportResult\x12h\n\x0fReportPositions\x12$.rideshare.location.v1.PositionBatch\x1a-.rideshare.location.v1.ReportPositionsSummary(\x01\x12m\n\x0eNearestDrivers\x12,.rideshare.location.v1.NearestDriversRequest\x1a-.rideshare.location.v1.NearestDriversResponse\x12|\n\x13NearestDriversBatch\x12\x31.rideshare.location.v1.NearestDriversBatchRequest\x1a\x32.rideshare.location.v1.NearestDriversBatchResponse\x12_\n\x0bGetPosition\x12).rideshare.location.v1.GetPositionRequest\x1a%.rideshare.location.v1.DriverPosition\x12\x61\n\x0bWatchDriver\x12).rideshare.location.v1.WatchDriverRequest\x1a%.rideshare.location.v1.DriverPosition0\x01\x12j\n\rDriversInArea\x12+.rideshare.location.v1.DriversInAreaRequest\x1a,.rideshare.location.v1.DriversInAreaResponse\x12j\n\rReserveDriver\x12+.rideshare.location.v1.ReserveDriverRequest\x1a,.rideshare.location.v1.ReserveDriverResponse\x12m\n\x0eReserveDrivers\x12,.rideshare.location.v1.ReserveDriversRequest\x1a-.rideshare.location.v1.ReserveDriversResponse\x12j\n\rReleaseDriver\x12+.rideshare.location.v1.ReleaseDriverRequest\x1a,.rideshare.location.v1.ReleaseDriverResponse\x12\x65\n\x0fGetTripDistance\x12-.rideshare.location.v1.GetTripDistanceRequest\x1a#.rideshare.location.v1.TripDistanceb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.location.v1.location_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AVAILABILITY']._serialized_start=2105
-  _globals['_AVAILABILITY']._serialized_end=2255
-  _globals['_REJECTREASON']._serialized_start=2258
-  _globals['_REJECTREASON']._serialized_end=2517
+  _globals['_AVAILABILITY']._serialized_start=2423
+  _globals['_AVAILABILITY']._serialized_end=2573
+  _globals['_REJECTREASON']._serialized_start=2576
+  _globals['_REJECTREASON']._serialized_end=2835
   _globals['_POSITIONUPDATE']._serialized_start=92
   _globals['_POSITIONUPDATE']._serialized_end=231
   _globals['_POSITIONBATCH']._serialized_start=233
@@ -52,28 +52,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NEARESTDRIVERSREQUEST']._serialized_end=1141
   _globals['_NEARESTDRIVERSRESPONSE']._serialized_start=1143
   _globals['_NEARESTDRIVERSRESPONSE']._serialized_end=1221
-  _globals['_NEARBYDRIVER']._serialized_start=1224
-  _globals['_NEARBYDRIVER']._serialized_end=1424
-  _globals['_GETPOSITIONREQUEST']._serialized_start=1426
-  _globals['_GETPOSITIONREQUEST']._serialized_end=1465
-  _globals['_WATCHDRIVERREQUEST']._serialized_start=1467
-  _globals['_WATCHDRIVERREQUEST']._serialized_end=1506
-  _globals['_DRIVERSINAREAREQUEST']._serialized_start=1508
-  _globals['_DRIVERSINAREAREQUEST']._serialized_end=1613
-  _globals['_DRIVERSINAREARESPONSE']._serialized_start=1615
-  _globals['_DRIVERSINAREARESPONSE']._serialized_end=1713
-  _globals['_RESERVEDRIVERREQUEST']._serialized_start=1715
-  _globals['_RESERVEDRIVERREQUEST']._serialized_end=1773
-  _globals['_RESERVEDRIVERRESPONSE']._serialized_start=1775
-  _globals['_RESERVEDRIVERRESPONSE']._serialized_end=1798
-  _globals['_RELEASEDRIVERREQUEST']._serialized_start=1800
-  _globals['_RELEASEDRIVERREQUEST']._serialized_end=1858
-  _globals['_RELEASEDRIVERRESPONSE']._serialized_start=1860
-  _globals['_RELEASEDRIVERRESPONSE']._serialized_end=1901
-  _globals['_GETTRIPDISTANCEREQUEST']._serialized_start=1903
-  _globals['_GETTRIPDISTANCEREQUEST']._serialized_end=1980
-  _globals['_TRIPDISTANCE']._serialized_start=1982
-  _globals['_TRIPDISTANCE']._serialized_end=2102
-  _globals['_LOCATIONSERVICE']._serialized_start=2520
-  _globals['_LOCATIONSERVICE']._serialized_end=3471
+  _globals['_NEARESTDRIVERSBATCHREQUEST']._serialized_start=1223
+  _globals['_NEARESTDRIVERSBATCHREQUEST']._serialized_end=1315
+  _globals['_NEARESTDRIVERSBATCHRESPONSE']._serialized_start=1317
+  _globals['_NEARESTDRIVERSBATCHRESPONSE']._serialized_end=1410
+  _globals['_NEARBYDRIVER']._serialized_start=1413
+  _globals['_NEARBYDRIVER']._serialized_end=1613
+  _globals['_GETPOSITIONREQUEST']._serialized_start=1615
+  _globals['_GETPOSITIONREQUEST']._serialized_end=1654
+  _globals['_WATCHDRIVERREQUEST']._serialized_start=1656
+  _globals['_WATCHDRIVERREQUEST']._serialized_end=1695
+  _globals['_DRIVERSINAREAREQUEST']._serialized_start=1697
+  _globals['_DRIVERSINAREAREQUEST']._serialized_end=1802
+  _globals['_DRIVERSINAREARESPONSE']._serialized_start=1804
+  _globals['_DRIVERSINAREARESPONSE']._serialized_end=1902
+  _globals['_RESERVEDRIVERREQUEST']._serialized_start=1904
+  _globals['_RESERVEDRIVERREQUEST']._serialized_end=1962
+  _globals['_RESERVEDRIVERRESPONSE']._serialized_start=1964
+  _globals['_RESERVEDRIVERRESPONSE']._serialized_end=1987
+  _globals['_RESERVEDRIVERSREQUEST']._serialized_start=1989
+  _globals['_RESERVEDRIVERSREQUEST']._serialized_end=2072
+  _globals['_RESERVEDRIVERSRESPONSE']._serialized_start=2074
+  _globals['_RESERVEDRIVERSRESPONSE']._serialized_end=2116
+  _globals['_RELEASEDRIVERREQUEST']._serialized_start=2118
+  _globals['_RELEASEDRIVERREQUEST']._serialized_end=2176
+  _globals['_RELEASEDRIVERRESPONSE']._serialized_start=2178
+  _globals['_RELEASEDRIVERRESPONSE']._serialized_end=2219
+  _globals['_GETTRIPDISTANCEREQUEST']._serialized_start=2221
+  _globals['_GETTRIPDISTANCEREQUEST']._serialized_end=2298
+  _globals['_TRIPDISTANCE']._serialized_start=2300
+  _globals['_TRIPDISTANCE']._serialized_end=2420
+  _globals['_LOCATIONSERVICE']._serialized_start=2838
+  _globals['_LOCATIONSERVICE']._serialized_end=4026
 # @@protoc_insertion_point(module_scope)

@@ -414,6 +414,54 @@ class NearestDriversResponse(_message.Message):
 Global___NearestDriversResponse: _TypeAlias = NearestDriversResponse  # noqa: Y015
 
 @_typing.final
+class NearestDriversBatchRequest(_message.Message):
+    """Request for LocationService.NearestDriversBatch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEARCHES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def searches(self) -> _containers.RepeatedCompositeFieldContainer[Global___NearestDriversRequest]:
+        """The searches, each as NearestDrivers takes it."""
+
+    def __init__(
+        self,
+        *,
+        searches: _abc.Iterable[Global___NearestDriversRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["searches", b"searches"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NearestDriversBatchRequest: _TypeAlias = NearestDriversBatchRequest  # noqa: Y015
+
+@_typing.final
+class NearestDriversBatchResponse(_message.Message):
+    """Response of LocationService.NearestDriversBatch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___NearestDriversResponse]:
+        """One per search, in the request's order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___NearestDriversResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NearestDriversBatchResponse: _TypeAlias = NearestDriversBatchResponse  # noqa: Y015
+
+@_typing.final
 class NearbyDriver(_message.Message):
     """One search hit of NearestDrivers."""
 
@@ -609,6 +657,54 @@ class ReserveDriverResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReserveDriverResponse: _TypeAlias = ReserveDriverResponse  # noqa: Y015
+
+@_typing.final
+class ReserveDriversRequest(_message.Message):
+    """Request for LocationService.ReserveDrivers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def holds(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReserveDriverRequest]:
+        """The holds to take, each a driver and the trip it is held for."""
+
+    def __init__(
+        self,
+        *,
+        holds: _abc.Iterable[Global___ReserveDriverRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["holds", b"holds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReserveDriversRequest: _TypeAlias = ReserveDriversRequest  # noqa: Y015
+
+@_typing.final
+class ReserveDriversResponse(_message.Message):
+    """Response of LocationService.ReserveDrivers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reserved(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
+        """One per hold, in the request's order: true when the driver is now held for the trip."""
+
+    def __init__(
+        self,
+        *,
+        reserved: _abc.Iterable[_builtins.bool] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reserved", b"reserved"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReserveDriversResponse: _TypeAlias = ReserveDriversResponse  # noqa: Y015
 
 @_typing.final
 class ReleaseDriverRequest(_message.Message):

@@ -50,6 +50,11 @@ class LocationServiceStub:
                 request_serializer=protos_dot_location_dot_v1_dot_location__pb2.NearestDriversRequest.SerializeToString,
                 response_deserializer=protos_dot_location_dot_v1_dot_location__pb2.NearestDriversResponse.FromString,
                 _registered_method=True)
+        self.NearestDriversBatch = channel.unary_unary(
+                '/rideshare.location.v1.LocationService/NearestDriversBatch',
+                request_serializer=protos_dot_location_dot_v1_dot_location__pb2.NearestDriversBatchRequest.SerializeToString,
+                response_deserializer=protos_dot_location_dot_v1_dot_location__pb2.NearestDriversBatchResponse.FromString,
+                _registered_method=True)
         self.GetPosition = channel.unary_unary(
                 '/rideshare.location.v1.LocationService/GetPosition',
                 request_serializer=protos_dot_location_dot_v1_dot_location__pb2.GetPositionRequest.SerializeToString,
@@ -69,6 +74,11 @@ class LocationServiceStub:
                 '/rideshare.location.v1.LocationService/ReserveDriver',
                 request_serializer=protos_dot_location_dot_v1_dot_location__pb2.ReserveDriverRequest.SerializeToString,
                 response_deserializer=protos_dot_location_dot_v1_dot_location__pb2.ReserveDriverResponse.FromString,
+                _registered_method=True)
+        self.ReserveDrivers = channel.unary_unary(
+                '/rideshare.location.v1.LocationService/ReserveDrivers',
+                request_serializer=protos_dot_location_dot_v1_dot_location__pb2.ReserveDriversRequest.SerializeToString,
+                response_deserializer=protos_dot_location_dot_v1_dot_location__pb2.ReserveDriversResponse.FromString,
                 _registered_method=True)
         self.ReleaseDriver = channel.unary_unary(
                 '/rideshare.location.v1.LocationService/ReleaseDriver',
@@ -116,6 +126,16 @@ class LocationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def NearestDriversBatch(self, request, context):
+        """Several NearestDrivers searches in one call, answered in their order: what a dispatch
+        window asks for its regions at once (one round trip to the index, not one per region).
+        Each search is checked and answered as NearestDrivers would; one bad search fails the
+        whole call with INVALID_ARGUMENT naming its index. At most 1,000 searches per call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetPosition(self, request, context):
         """The last known position of one driver, stale or not. Errors: NOT_FOUND (never reported,
         or forgotten).
@@ -147,6 +167,17 @@ class LocationServiceServicer:
         a caller makes; every other one comes from driver and trip events, which the location
         service applies itself. Errors: INVALID_ARGUMENT (empty driver_id or trip_id),
         FAILED_PRECONDITION (the driver is not AVAILABLE; nothing changed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReserveDrivers(self, request, context):
+        """ReserveDriver for several (driver, trip) pairs in one call, each held or refused on its
+        own, with the same compare-and-set: `reserved[i]` is true when the i-th driver is now
+        held for its trip, false when they were not AVAILABLE (nothing changed for them). A
+        driver named twice is held at most once. Errors: INVALID_ARGUMENT (an empty id; nothing
+        is held), at most 1,000 holds per call.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -193,6 +224,11 @@ def add_LocationServiceServicer_to_server(servicer, server):
                     request_deserializer=protos_dot_location_dot_v1_dot_location__pb2.NearestDriversRequest.FromString,
                     response_serializer=protos_dot_location_dot_v1_dot_location__pb2.NearestDriversResponse.SerializeToString,
             ),
+            'NearestDriversBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.NearestDriversBatch,
+                    request_deserializer=protos_dot_location_dot_v1_dot_location__pb2.NearestDriversBatchRequest.FromString,
+                    response_serializer=protos_dot_location_dot_v1_dot_location__pb2.NearestDriversBatchResponse.SerializeToString,
+            ),
             'GetPosition': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPosition,
                     request_deserializer=protos_dot_location_dot_v1_dot_location__pb2.GetPositionRequest.FromString,
@@ -212,6 +248,11 @@ def add_LocationServiceServicer_to_server(servicer, server):
                     servicer.ReserveDriver,
                     request_deserializer=protos_dot_location_dot_v1_dot_location__pb2.ReserveDriverRequest.FromString,
                     response_serializer=protos_dot_location_dot_v1_dot_location__pb2.ReserveDriverResponse.SerializeToString,
+            ),
+            'ReserveDrivers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReserveDrivers,
+                    request_deserializer=protos_dot_location_dot_v1_dot_location__pb2.ReserveDriversRequest.FromString,
+                    response_serializer=protos_dot_location_dot_v1_dot_location__pb2.ReserveDriversResponse.SerializeToString,
             ),
             'ReleaseDriver': grpc.unary_unary_rpc_method_handler(
                     servicer.ReleaseDriver,
@@ -306,6 +347,33 @@ class LocationService:
             '/rideshare.location.v1.LocationService/NearestDrivers',
             protos_dot_location_dot_v1_dot_location__pb2.NearestDriversRequest.SerializeToString,
             protos_dot_location_dot_v1_dot_location__pb2.NearestDriversResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NearestDriversBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rideshare.location.v1.LocationService/NearestDriversBatch',
+            protos_dot_location_dot_v1_dot_location__pb2.NearestDriversBatchRequest.SerializeToString,
+            protos_dot_location_dot_v1_dot_location__pb2.NearestDriversBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -414,6 +482,33 @@ class LocationService:
             '/rideshare.location.v1.LocationService/ReserveDriver',
             protos_dot_location_dot_v1_dot_location__pb2.ReserveDriverRequest.SerializeToString,
             protos_dot_location_dot_v1_dot_location__pb2.ReserveDriverResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReserveDrivers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rideshare.location.v1.LocationService/ReserveDrivers',
+            protos_dot_location_dot_v1_dot_location__pb2.ReserveDriversRequest.SerializeToString,
+            protos_dot_location_dot_v1_dot_location__pb2.ReserveDriversResponse.FromString,
             options,
             channel_credentials,
             insecure,

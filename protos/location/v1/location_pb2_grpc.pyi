@@ -61,6 +61,12 @@ class LocationServiceStub:
     the staleness bound (RIDESHARE_DRIVER_STALE_S), and drivers that are OFFERED, ON_TRIP or
     OFFLINE, are never returned. Errors: INVALID_ARGUMENT (bad coordinates, radius <= 0).
     """
+    NearestDriversBatch: _grpc.UnaryUnaryMultiCallable[_location_pb2.NearestDriversBatchRequest, _location_pb2.NearestDriversBatchResponse]
+    """Several NearestDrivers searches in one call, answered in their order: what a dispatch
+    window asks for its regions at once (one round trip to the index, not one per region).
+    Each search is checked and answered as NearestDrivers would; one bad search fails the
+    whole call with INVALID_ARGUMENT naming its index. At most 1,000 searches per call.
+    """
     GetPosition: _grpc.UnaryUnaryMultiCallable[_location_pb2.GetPositionRequest, _location_pb2.DriverPosition]
     """The last known position of one driver, stale or not. Errors: NOT_FOUND (never reported,
     or forgotten).
@@ -80,6 +86,13 @@ class LocationServiceStub:
     a caller makes; every other one comes from driver and trip events, which the location
     service applies itself. Errors: INVALID_ARGUMENT (empty driver_id or trip_id),
     FAILED_PRECONDITION (the driver is not AVAILABLE; nothing changed).
+    """
+    ReserveDrivers: _grpc.UnaryUnaryMultiCallable[_location_pb2.ReserveDriversRequest, _location_pb2.ReserveDriversResponse]
+    """ReserveDriver for several (driver, trip) pairs in one call, each held or refused on its
+    own, with the same compare-and-set: `reserved[i]` is true when the i-th driver is now
+    held for its trip, false when they were not AVAILABLE (nothing changed for them). A
+    driver named twice is held at most once. Errors: INVALID_ARGUMENT (an empty id; nothing
+    is held), at most 1,000 holds per call.
     """
     ReleaseDriver: _grpc.UnaryUnaryMultiCallable[_location_pb2.ReleaseDriverRequest, _location_pb2.ReleaseDriverResponse]
     """Ends the hold ReserveDriver took for this trip (OFFERED -> AVAILABLE). A driver not held
@@ -120,6 +133,12 @@ class LocationServiceAsyncStub(LocationServiceStub):
     the staleness bound (RIDESHARE_DRIVER_STALE_S), and drivers that are OFFERED, ON_TRIP or
     OFFLINE, are never returned. Errors: INVALID_ARGUMENT (bad coordinates, radius <= 0).
     """
+    NearestDriversBatch: _aio.UnaryUnaryMultiCallable[_location_pb2.NearestDriversBatchRequest, _location_pb2.NearestDriversBatchResponse]  # type: ignore[assignment]
+    """Several NearestDrivers searches in one call, answered in their order: what a dispatch
+    window asks for its regions at once (one round trip to the index, not one per region).
+    Each search is checked and answered as NearestDrivers would; one bad search fails the
+    whole call with INVALID_ARGUMENT naming its index. At most 1,000 searches per call.
+    """
     GetPosition: _aio.UnaryUnaryMultiCallable[_location_pb2.GetPositionRequest, _location_pb2.DriverPosition]  # type: ignore[assignment]
     """The last known position of one driver, stale or not. Errors: NOT_FOUND (never reported,
     or forgotten).
@@ -139,6 +158,13 @@ class LocationServiceAsyncStub(LocationServiceStub):
     a caller makes; every other one comes from driver and trip events, which the location
     service applies itself. Errors: INVALID_ARGUMENT (empty driver_id or trip_id),
     FAILED_PRECONDITION (the driver is not AVAILABLE; nothing changed).
+    """
+    ReserveDrivers: _aio.UnaryUnaryMultiCallable[_location_pb2.ReserveDriversRequest, _location_pb2.ReserveDriversResponse]  # type: ignore[assignment]
+    """ReserveDriver for several (driver, trip) pairs in one call, each held or refused on its
+    own, with the same compare-and-set: `reserved[i]` is true when the i-th driver is now
+    held for its trip, false when they were not AVAILABLE (nothing changed for them). A
+    driver named twice is held at most once. Errors: INVALID_ARGUMENT (an empty id; nothing
+    is held), at most 1,000 holds per call.
     """
     ReleaseDriver: _aio.UnaryUnaryMultiCallable[_location_pb2.ReleaseDriverRequest, _location_pb2.ReleaseDriverResponse]  # type: ignore[assignment]
     """Ends the hold ReserveDriver took for this trip (OFFERED -> AVAILABLE). A driver not held
@@ -196,6 +222,18 @@ class LocationServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def NearestDriversBatch(
+        self,
+        request: _location_pb2.NearestDriversBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_location_pb2.NearestDriversBatchResponse, _abc.Awaitable[_location_pb2.NearestDriversBatchResponse]]:
+        """Several NearestDrivers searches in one call, answered in their order: what a dispatch
+        window asks for its regions at once (one round trip to the index, not one per region).
+        Each search is checked and answered as NearestDrivers would; one bad search fails the
+        whole call with INVALID_ARGUMENT naming its index. At most 1,000 searches per call.
+        """
+
+    @_abc_1.abstractmethod
     def GetPosition(
         self,
         request: _location_pb2.GetPositionRequest,
@@ -237,6 +275,19 @@ class LocationServiceServicer(metaclass=_abc_1.ABCMeta):
         a caller makes; every other one comes from driver and trip events, which the location
         service applies itself. Errors: INVALID_ARGUMENT (empty driver_id or trip_id),
         FAILED_PRECONDITION (the driver is not AVAILABLE; nothing changed).
+        """
+
+    @_abc_1.abstractmethod
+    def ReserveDrivers(
+        self,
+        request: _location_pb2.ReserveDriversRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_location_pb2.ReserveDriversResponse, _abc.Awaitable[_location_pb2.ReserveDriversResponse]]:
+        """ReserveDriver for several (driver, trip) pairs in one call, each held or refused on its
+        own, with the same compare-and-set: `reserved[i]` is true when the i-th driver is now
+        held for its trip, false when they were not AVAILABLE (nothing changed for them). A
+        driver named twice is held at most once. Errors: INVALID_ARGUMENT (an empty id; nothing
+        is held), at most 1,000 holds per call.
         """
 
     @_abc_1.abstractmethod

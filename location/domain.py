@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from rideshare import geo, ids
 
 __all__ = [
     "MAX_AREA_LIMIT",
+    "MAX_BATCH",
     "MAX_RADIUS_M",
     "MAX_SEARCH_LIMIT",
     "Availability",
@@ -20,11 +22,13 @@ __all__ = [
     "NearbyHit",
     "Position",
     "Reject",
+    "Search",
     "SnapshotEntry",
     "TrackDistance",
     "UnknownDriverError",
     "UnknownTrackError",
     "check_area",
+    "check_batch",
     "check_hold",
     "check_id",
     "check_position",
@@ -34,11 +38,17 @@ __all__ = [
     "track_distance",
 ]
 
+T = TypeVar("T")
+U = TypeVar("U")
+
 MAX_RADIUS_M = 50_000.0
 MAX_SEARCH_LIMIT = 50
 DEFAULT_SEARCH_LIMIT = 10
 MAX_AREA_LIMIT = 5_000
 DEFAULT_AREA_LIMIT = 1_000
+MAX_BATCH = 1_000
+"""Searches of one NearestDriversBatch, holds of one ReserveDrivers: a dispatch window's worth,
+and a bound on what one call asks of Redis."""
 MAX_DRIVER_ID_LEN = ids.MAX_ID_LEN
 MAX_LAT = geo.MAX_LAT
 TRACK_CAP = 7_200
@@ -111,6 +121,19 @@ class Position:
     server_ts_ms: int
     availability: Availability = Availability.OFFLINE
     vehicle_class: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Search:
+    """One nearest-driver search, checked: fresh AVAILABLE drivers of ``vehicle_class`` (None:
+    any) within ``radius_m`` of the centre, but ``exclude``, nearest first, at most ``limit``."""
+
+    lat: float
+    lng: float
+    radius_m: float
+    limit: int
+    vehicle_class: int | None
+    exclude: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,10 +286,26 @@ def check_id(value: str, field: str) -> str:
         raise InvalidArgumentError(str(exc)) from None
 
 
-def check_hold(driver_id: str, trip_id: str) -> None:
-    """Raises unless a hold (ReserveDriver, ReleaseDriver) names both its driver and trip."""
-    check_id(driver_id, "driver_id")
-    check_id(trip_id, "trip_id")
+def check_hold(driver_id: str, trip_id: str) -> tuple[str, str]:
+    """(driver id, trip id) of a hold (ReserveDriver, ReleaseDriver); raises unless it names
+    both its driver and trip."""
+    return check_id(driver_id, "driver_id"), check_id(trip_id, "trip_id")
+
+
+def check_batch(items: Sequence[T], check: Callable[[T], U], *, field: str) -> list[U]:
+    """``check`` of every item of a batch call (NearestDriversBatch, ReserveDrivers), the rule
+    of the single call applied to each. The first bad item fails the whole batch with an
+    InvalidArgumentError that names its index (``searches[3]: ...``), so nothing of a batch
+    is done unless all of it is well formed; so does a batch of more than MAX_BATCH items."""
+    if len(items) > MAX_BATCH:
+        raise InvalidArgumentError(f"{field}: {len(items)} items, at most {MAX_BATCH} per call")
+    checked = []
+    for index, item in enumerate(items):
+        try:
+            checked.append(check(item))
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError(f"{field}[{index}]: {exc}") from None
+    return checked
 
 
 def is_stale(last_seen_ms: int, *, now_ms: int, stale_ms: int) -> bool:

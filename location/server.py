@@ -21,7 +21,7 @@ from location.domain import (
     UnknownTrackError,
 )
 from location.feed import PositionFeed
-from location.metrics import POSITIONS_SUPERSEDED
+from location.metrics import BATCH_ITEMS, POSITIONS_SUPERSEDED
 from location.settings import LocationSettings
 from location.store import LocationStore
 from protos.location.v1 import location_pb2, location_pb2_grpc
@@ -48,11 +48,13 @@ ACCESS: AccessTable = access_table(
         # The edge's batches carry many drivers, each authenticated by the edge's socket.
         "ReportPositions": allow("edge"),
         "NearestDrivers": allow("trip"),
+        "NearestDriversBatch": allow("trip"),
         # The edge: the snapshot of a rider's driver; trip: when a driver was last heard of.
         "GetPosition": allow("edge", "trip"),
         "WatchDriver": allow("edge"),
         "DriversInArea": allow(users=("admin",)),
         "ReserveDriver": allow("trip"),
+        "ReserveDrivers": allow("trip"),
         "ReleaseDriver": allow("trip"),
         # The measured ride a fare is settled from.
         "GetTripDistance": allow("trip"),
@@ -179,22 +181,23 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
     async def NearestDrivers(
         self, request: location_pb2.NearestDriversRequest, context: Context
     ) -> location_pb2.NearestDriversResponse:
-        radius = domain.check_search(request.lat, request.lng, request.radius_m)
-        limit = domain.clamp_limit(
-            request.limit, default=domain.DEFAULT_SEARCH_LIMIT, maximum=domain.MAX_SEARCH_LIMIT
-        )
+        search = wire.search_of(request)
         now = self._clock_ms()
-        hits = await self._store.nearest(
-            request.lat,
-            request.lng,
-            radius_m=radius,
-            limit=limit,
-            vehicle_class=wire.vehicle_class_filter(request),
-            exclude=wire.excluded_of(request),
-            now_ms=now,
-            stale_ms=self._settings.stale_ms,
-        )
+        hits = await self._store.nearest(search, now_ms=now, stale_ms=self._settings.stale_ms)
         return wire.nearest_response(hits, now_ms=now)
+
+    async def NearestDriversBatch(
+        self, request: location_pb2.NearestDriversBatchRequest, context: Context
+    ) -> location_pb2.NearestDriversBatchResponse:
+        searches = domain.check_batch(request.searches, wire.search_of, field="searches")
+        now = self._clock_ms()
+        found = await self._store.nearest_many(
+            searches, now_ms=now, stale_ms=self._settings.stale_ms
+        )
+        BATCH_ITEMS.labels("NearestDriversBatch", "searched").inc(len(searches))
+        return location_pb2.NearestDriversBatchResponse(
+            results=[wire.nearest_response(hits, now_ms=now) for hits in found]
+        )
 
     async def GetPosition(
         self, request: location_pb2.GetPositionRequest, context: Context
@@ -224,15 +227,23 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
     async def ReserveDriver(
         self, request: location_pb2.ReserveDriverRequest, context: Context
     ) -> location_pb2.ReserveDriverResponse:
-        domain.check_hold(request.driver_id, request.trip_id)
-        await self._store.reserve(request.driver_id, request.trip_id)
+        await self._store.reserve(*wire.hold_of(request))
         return location_pb2.ReserveDriverResponse()
+
+    async def ReserveDrivers(
+        self, request: location_pb2.ReserveDriversRequest, context: Context
+    ) -> location_pb2.ReserveDriversResponse:
+        holds = domain.check_batch(request.holds, wire.hold_of, field="holds")
+        reserved = await self._store.reserve_many(holds)
+        taken = sum(reserved)
+        BATCH_ITEMS.labels("ReserveDrivers", "reserved").inc(taken)
+        BATCH_ITEMS.labels("ReserveDrivers", "refused").inc(len(reserved) - taken)
+        return location_pb2.ReserveDriversResponse(reserved=reserved)
 
     async def ReleaseDriver(
         self, request: location_pb2.ReleaseDriverRequest, context: Context
     ) -> location_pb2.ReleaseDriverResponse:
-        domain.check_hold(request.driver_id, request.trip_id)
-        released = await self._store.release(request.driver_id, request.trip_id)
+        released = await self._store.release(*wire.hold_of(request))
         return location_pb2.ReleaseDriverResponse(released=released)
 
     async def GetTripDistance(

@@ -35,7 +35,9 @@ rebuild, and from the one change dispatch makes itself, ReserveDriver/ReleaseDri
 for one trip; those carry no event time and leave ``t`` alone).
 
 Each operation is one Lua script call: one round trip, and atomic, which makes the
-out-of-order check and the availability compare-and-set safe with many service copies.
+out-of-order check and the availability compare-and-set safe with many service copies. A
+batch of them (``nearest_many``, ``reserve_many``) is one pipeline of those scripts on one
+Valkey: one round trip for the batch, each script still atomic on its own.
 
 Shards (a Valkey Cluster): a script may only touch keys of one hash slot, so every key above
 carries its shard's hash tag, ``loc:{<k>}:...``, and every key a script is known to touch
@@ -65,12 +67,18 @@ import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
+
 from location.domain import (
     TRACK_CAP,
     Availability,
     AvailabilityConflictError,
     NearbyHit,
     Position,
+    Search,
     SnapshotEntry,
 )
 from rideshare.redis_client import RedisClient
@@ -82,6 +90,7 @@ T = TypeVar("T")
 VEHICLE_CLASSES = (0, 1, 2, 3)  # unspecified, standard, xl, comfort: the wire enum values
 _PACK = struct.Struct("<dddddqq")  # lat lng heading speed accuracy client_ts server_ts
 _BATCH = 1_000  # updates per script call: bounds one call's time inside Redis
+_IN_FLIGHT = 32  # a batch's calls in flight at once on a cluster (half of open_redis's pool)
 _DAY_MS = 86_400_000
 FIRST_SEARCH_RADIUS_M = 500.0
 _BUILT = "index:built"
@@ -362,6 +371,61 @@ def shard_prefix(prefix: str, shard: int) -> str:
     return f"{prefix}{{{shard}}}:"
 
 
+def _classes(search: Search) -> tuple[int, ...]:
+    """The vehicle classes (GEO sets) a search reads."""
+    return VEHICLE_CLASSES if search.vehicle_class is None else (search.vehicle_class,)
+
+
+def _hits(search: Search, rows: list[Any]) -> list[NearbyHit]:
+    """The hits of one ``_NEAREST`` reply to ``search``."""
+    classes = _classes(search)
+    hits = []
+    for driver_id, distance, class_index, packed in rows:
+        if packed is None:  # expired between search and read
+            continue
+        position = unpack(
+            driver_id.decode(), packed, Availability.AVAILABLE, classes[int(class_index)]
+        )
+        hits.append(NearbyHit(position, float(distance)))
+    return hits
+
+
+async def _side_by_side(calls: Sequence[Callable[[], Awaitable[T]]], *, limit: int) -> list[T]:
+    """Every call, at most ``limit`` at a time, results in order: a batch takes a share of the
+    client's connections, so neither its own calls nor other requests' wait out the client's
+    deadline for one (``rideshare.redis_client``: a cluster call waits at most ``timeout_s``
+    for a free connection)."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(call: Callable[[], Awaitable[T]]) -> T:
+        async with gate:
+            return await call()
+
+    return list(await asyncio.gather(*(one(call) for call in calls)))
+
+
+async def _run_pipelined(
+    pipe: Pipeline, script: AsyncScript, calls: Sequence[tuple[list[str], Sequence[Any]]]
+) -> list[Any]:
+    """``script`` once per (KEYS, ARGV) of ``calls``, in their order, in one pipeline: one
+    round trip. The pipeline carries EVALSHA alone (redis-py's own pipelining of a script asks
+    SCRIPT EXISTS first, a second round trip); a call answered NOSCRIPT (the server restarted
+    and lost its scripts) is made again through the script, which loads it, after the rest
+    and in order. Any other error of a call is raised, after the pipeline ran whole."""
+    async with pipe:
+        for keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        replies = await pipe.execute(raise_on_error=False)
+    results = []
+    for (keys, args), reply in zip(calls, replies, strict=True):
+        if isinstance(reply, NoScriptError):
+            reply = await script(keys=keys, args=args)
+        elif isinstance(reply, Exception):
+            raise reply
+        results.append(reply)
+    return results
+
+
 class LocationStore:
     """The Redis adapter of the location service. A call about one driver is one round trip
     to the driver's shard; a search is one round trip to every shard, side by side."""
@@ -408,6 +472,17 @@ class LocationStore:
             return [await call(0)]
         return list(await asyncio.gather(*(call(k) for k in range(self._shards))))
 
+    def _pipeline(self) -> Pipeline | None:
+        """A pipeline of the one Valkey, or None on a Redis Cluster, where a batch is made of
+        single calls side by side instead: redis-py's async ClusterPipeline goes around what
+        ``rideshare.redis_client`` adds to every cluster call (the bound on calls in flight,
+        the wait for the slot map), retries a dropped connection by closing the whole client,
+        under every other call in flight, and leaves a NOSCRIPT (a replica that took over
+        without the scripts) unloaded."""
+        if isinstance(self._redis, RedisCluster):
+            return None
+        return self._redis.pipeline(transaction=False)
+
     def _shard(self, driver_id: str) -> int:
         return shard_of(driver_id, self._shards)
 
@@ -452,6 +527,33 @@ class LocationStore:
             results += await self._ingest(keys=keys, args=args)
         return results
 
+    def _change_call(
+        self,
+        driver_id: str,
+        new: Availability | None,
+        *,
+        vehicle_class: int = 0,
+        states: str = "",
+        hold: str = "",
+        at_ms: int | None = None,
+        new_hold: str = "",
+    ) -> tuple[list[str], list[str | int]]:
+        """KEYS and ARGV of ``_CHANGE`` (see its comment for the guards)."""
+        shard = self._shard(driver_id)
+        keys = [*self._fixed[shard], f"{self._sp[shard]}d:{driver_id}"]
+        args: list[str | int] = [
+            driver_id,
+            int(new) if new is not None else "",
+            vehicle_class or "",
+            states,
+            hold,
+            at_ms if at_ms is not None else "",
+            new_hold,
+            _DAY_MS,
+            time.time_ns() // 1_000_000,
+        ]
+        return keys, args
+
     async def _change(
         self,
         driver_id: str,
@@ -464,21 +566,16 @@ class LocationStore:
         new_hold: str = "",
     ) -> tuple[bool, Availability]:
         """Run ``_CHANGE`` (see its comment for the guards); (applied, previous)."""
-        shard = self._shard(driver_id)
-        ok, previous = await self._change_script(
-            keys=[*self._fixed[shard], f"{self._sp[shard]}d:{driver_id}"],
-            args=[
-                driver_id,
-                int(new) if new is not None else "",
-                vehicle_class or "",
-                states,
-                hold,
-                at_ms if at_ms is not None else "",
-                new_hold,
-                _DAY_MS,
-                time.time_ns() // 1_000_000,
-            ],
+        keys, args = self._change_call(
+            driver_id,
+            new,
+            vehicle_class=vehicle_class,
+            states=states,
+            hold=hold,
+            at_ms=at_ms,
+            new_hold=new_hold,
         )
+        ok, previous = await self._change_script(keys=keys, args=args)
         return bool(ok), Availability(previous)
 
     async def driver_online(self, driver_id: str, vehicle_class: int, *, at_ms: int) -> bool:
@@ -525,16 +622,58 @@ class LocationStore:
         )
         return ok
 
-    async def reserve(self, driver_id: str, trip_id: str) -> None:
-        """AVAILABLE -> OFFERED, held by ``trip_id``; AvailabilityConflictError otherwise."""
-        ok, previous = await self._change(
+    def _reserve_call(self, driver_id: str, trip_id: str) -> tuple[list[str], list[str | int]]:
+        """``_CHANGE``'s compare-and-set of a hold: AVAILABLE -> OFFERED, held by the trip."""
+        return self._change_call(
             driver_id,
             Availability.OFFERED,
             states=str(int(Availability.AVAILABLE)),
             new_hold=trip_id,
         )
+
+    async def reserve(self, driver_id: str, trip_id: str) -> None:
+        """AVAILABLE -> OFFERED, held by ``trip_id``; AvailabilityConflictError otherwise."""
+        keys, args = self._reserve_call(driver_id, trip_id)
+        ok, previous = await self._change_script(keys=keys, args=args)
         if not ok:
-            raise AvailabilityConflictError(driver_id, Availability.AVAILABLE, previous)
+            raise AvailabilityConflictError(
+                driver_id, Availability.AVAILABLE, Availability(previous)
+            )
+
+    async def reserve_many(self, holds: Sequence[tuple[str, str]]) -> list[bool]:
+        """:meth:`reserve` of each (driver id, trip id), each on its own: per hold, whether
+        the driver was AVAILABLE and is now held OFFERED for the trip (False: nothing changed).
+
+        The holds of one driver run in the order given, so a driver named twice is held by
+        the first and refused to the second. One Valkey: one pipeline of one compare-and-set
+        per hold, in order, so one round trip (each hold is atomic on its own, not the
+        batch). A Redis Cluster: the holds of each driver in order, drivers side by side
+        (see :meth:`_pipeline`). An error of Redis fails the call with the holds before it
+        taken; a dispatcher that gets no answer leaves them to ``release_held``, as it does
+        a ReserveDriver whose answer it lost."""
+        if not holds:
+            return []
+        pipe = self._pipeline()
+        if pipe is not None:
+            calls = [self._reserve_call(d, t) for d, t in holds]
+            replies = await _run_pipelined(pipe, self._change_script, calls)
+            return [bool(ok) for ok, _ in replies]
+        by_driver: dict[str, list[int]] = {}
+        for i, (driver_id, _) in enumerate(holds):
+            by_driver.setdefault(driver_id, []).append(i)
+        held = [False] * len(holds)
+
+        async def in_turn(indices: list[int]) -> None:
+            for i in indices:
+                keys, args = self._reserve_call(*holds[i])
+                ok, _ = await self._change_script(keys=keys, args=args)
+                held[i] = bool(ok)
+
+        await _side_by_side(
+            [functools.partial(in_turn, indices) for indices in by_driver.values()],
+            limit=_IN_FLIGHT,
+        )
+        return held
 
     async def release(self, driver_id: str, trip_id: str) -> bool:
         """OFFERED -> AVAILABLE if ``trip_id`` holds the driver; False (nothing changed)
@@ -639,54 +778,88 @@ class LocationStore:
             return None
         return unpack(driver_id, packed, int(availability or 4), int(vehicle_class or 0))
 
-    async def nearest(
-        self,
-        lat: float,
-        lng: float,
-        *,
-        radius_m: float,
-        limit: int,
-        vehicle_class: int | None,
-        exclude: Sequence[str],
-        now_ms: int,
-        stale_ms: int,
-    ) -> list[NearbyHit]:
-        """Fresh AVAILABLE drivers within ``radius_m``, nearest first, at most ``limit``.
+    def _nearest_call(
+        self, shard: int, search: Search, *, radius: float, first: float, now_ms: int, stale_ms: int
+    ) -> tuple[list[str], list[str | int | float]]:
+        """KEYS and ARGV of ``_NEAREST`` for ``search`` in ``shard``, from ``first`` metres
+        widening up to ``radius``."""
+        sp = self._sp[shard]
+        want = search.limit + len(search.exclude) + 16
+        keys = [sp + "seen", *(f"{sp}geo:avail:{c}" for c in _classes(search))]
+        args: list[str | int | float] = [
+            sp,
+            now_ms,
+            stale_ms,
+            search.lng,
+            search.lat,
+            radius,
+            search.limit,
+            want,
+            first,
+            *search.exclude,
+        ]
+        return keys, args
+
+    async def nearest(self, search: Search, *, now_ms: int, stale_ms: int) -> list[NearbyHit]:
+        """Fresh AVAILABLE drivers of the search's class within its radius, nearest first, at
+        most its limit.
 
         With shards, every shard reads the same circle, and the circle doubles until their
         union holds ``limit`` (or it reaches ``radius_m``); each shard answers its nearest
         ``limit`` within it, so the nearest ``limit`` of the union is the exact answer."""
-        classes = VEHICLE_CLASSES if vehicle_class is None else (vehicle_class,)
-        want = limit + len(exclude) + 16
+        limit, radius_m = search.limit, search.radius_m
 
-        async def search(shard: int, radius: float, first: float) -> list[NearbyHit]:
-            sp = self._sp[shard]
-            rows = await self._nearest(
-                keys=[sp + "seen", *(f"{sp}geo:avail:{c}" for c in classes)],
-                args=[sp, now_ms, stale_ms, lng, lat, radius, limit, want, first, *exclude],
+        async def one(shard: int, radius: float, first: float) -> list[NearbyHit]:
+            keys, args = self._nearest_call(
+                shard, search, radius=radius, first=first, now_ms=now_ms, stale_ms=stale_ms
             )
-            hits = []
-            for driver_id, distance, class_index, packed in rows:
-                if packed is None:  # expired between search and read
-                    continue
-                position = unpack(
-                    driver_id.decode(), packed, Availability.AVAILABLE, classes[int(class_index)]
-                )
-                hits.append(NearbyHit(position, float(distance)))
-            return hits
+            return _hits(search, await self._nearest(keys=keys, args=args))
 
         if self._shards == 1:  # the script widens the circle itself: one round trip
-            return await search(0, radius_m, FIRST_SEARCH_RADIUS_M)
+            return await one(0, radius_m, FIRST_SEARCH_RADIUS_M)
         # Shards widen together: each shard holds 1/shards of the drivers, so a shard widening
         # alone until it has `limit` would read a circle shards times larger than needed. All
         # read one radius; once their union holds `limit`, nobody outside is nearer.
         r = min(FIRST_SEARCH_RADIUS_M, radius_m)
         while True:
-            found = await self._every_shard(functools.partial(search, radius=r, first=r))
+            found = await self._every_shard(functools.partial(one, radius=r, first=r))
             hits = sorted((hit for shard in found for hit in shard), key=lambda h: h.distance_m)
             if len(hits) >= limit or r >= radius_m:
                 return hits[:limit]
             r = min(r * 2, radius_m)
+
+    async def nearest_many(
+        self, searches: Sequence[Search], *, now_ms: int, stale_ms: int
+    ) -> list[list[NearbyHit]]:
+        """:meth:`nearest` of each search, in order, as of the same ``now_ms``.
+
+        One Valkey with one shard: one pipeline of one script per search, so one round trip
+        for all of them (each search is atomic on its own, not the batch: a driver may move
+        between two of them, as between two NearestDrivers calls). Otherwise each search is
+        :meth:`nearest`, side by side (see :meth:`_pipeline`)."""
+        if not searches:
+            return []
+        pipe = self._pipeline() if self._shards == 1 else None
+        if pipe is None:
+            # A search asks every shard at once: fewer searches side by side than holds.
+            each = functools.partial(self.nearest, now_ms=now_ms, stale_ms=stale_ms)
+            return await _side_by_side(
+                [functools.partial(each, s) for s in searches],
+                limit=max(1, _IN_FLIGHT // self._shards),
+            )
+        calls = [
+            self._nearest_call(
+                0,
+                s,
+                radius=s.radius_m,
+                first=FIRST_SEARCH_RADIUS_M,
+                now_ms=now_ms,
+                stale_ms=stale_ms,
+            )
+            for s in searches
+        ]
+        replies = await _run_pipelined(pipe, self._nearest, calls)
+        return [_hits(s, rows) for s, rows in zip(searches, replies, strict=True)]
 
     async def in_area(
         self,

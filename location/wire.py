@@ -17,6 +17,7 @@ from location.domain import (
     NearbyHit,
     Position,
     Reject,
+    Search,
     TrackDistance,
 )
 from protos.common.v1 import common_pb2
@@ -31,6 +32,7 @@ __all__ = [
     "driver_id_of",
     "excluded_of",
     "held_driver",
+    "hold_of",
     "holds_of",
     "nearest_response",
     "online_drivers_of",
@@ -39,6 +41,7 @@ __all__ = [
     "positions_from_updates",
     "reject_to_proto",
     "report_result",
+    "search_of",
     "trip_distance_to_proto",
     "vehicle_class_filter",
     "vehicle_class_from_proto",
@@ -110,6 +113,31 @@ def driver_id_of(
 def excluded_of(request: location_pb2.NearestDriversRequest) -> list[str]:
     """The drivers a search leaves out; InvalidArgumentError for one that is not an id."""
     return [domain.check_id(d, "exclude_driver_ids") for d in request.exclude_driver_ids]
+
+
+def search_of(request: location_pb2.NearestDriversRequest) -> Search:
+    """The search a NearestDrivers request asks for (alone, or as one of a batch's), radius
+    capped and limit defaulted; InvalidArgumentError for a malformed one."""
+    radius = domain.check_search(request.lat, request.lng, request.radius_m)
+    limit = domain.clamp_limit(
+        request.limit, default=domain.DEFAULT_SEARCH_LIMIT, maximum=domain.MAX_SEARCH_LIMIT
+    )
+    return Search(
+        request.lat,
+        request.lng,
+        radius,
+        limit,
+        vehicle_class_filter(request),
+        tuple(excluded_of(request)),
+    )
+
+
+def hold_of(
+    request: location_pb2.ReserveDriverRequest | location_pb2.ReleaseDriverRequest,
+) -> tuple[str, str]:
+    """(driver id, trip id) of a hold a request takes or ends; InvalidArgumentError unless it
+    names both."""
+    return domain.check_hold(request.driver_id, request.trip_id)
 
 
 # -- positions --------------------------------------------------------------------------------

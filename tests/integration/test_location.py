@@ -88,9 +88,10 @@ async def redis_url(valkey: ValkeyCluster | None, redis_url: str) -> AsyncIterat
 
 
 @contextlib.asynccontextmanager
-async def location_service(
+async def location_server(
     infra: InfraUrls, redis_url: str, **overrides: float
-) -> AsyncIterator[Stub]:
+) -> AsyncIterator[str]:
+    """A location service on a free port of its own; its address."""
     settings = ServiceSettings(
         name="location",
         infra=InfraUrls(
@@ -106,7 +107,15 @@ async def location_service(
         **{"shards": shards_for(redis_url), **overrides},  # type: ignore[arg-type]
     )
     async with running(settings, location) as server:
-        async with operator_channel(f"127.0.0.1:{server.port}") as channel:
+        yield f"127.0.0.1:{server.port}"
+
+
+@contextlib.asynccontextmanager
+async def location_service(
+    infra: InfraUrls, redis_url: str, **overrides: float
+) -> AsyncIterator[Stub]:
+    async with location_server(infra, redis_url, **overrides) as target:
+        async with operator_channel(target) as channel:
             yield location_pb2_grpc.LocationServiceStub(channel)
 
 

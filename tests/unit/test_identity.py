@@ -186,7 +186,9 @@ def test_no_method_is_open_to_every_caller_and_internal_ones_are_not_for_users()
         assert len(rule.services) <= 2, path
     for internal in (
         "/rideshare.location.v1.LocationService/ReserveDriver",
+        "/rideshare.location.v1.LocationService/ReserveDrivers",
         "/rideshare.location.v1.LocationService/NearestDrivers",
+        "/rideshare.location.v1.LocationService/NearestDriversBatch",
         "/rideshare.location.v1.LocationService/GetTripDistance",
         "/rideshare.trip.v1.TripService/ListActiveAssignments",
         "/rideshare.driver.v1.DriverService/ListOnlineDrivers",

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from location.domain import (
+    MAX_BATCH,
     MAX_RADIUS_M,
     Availability,
     InvalidArgumentError,
@@ -15,6 +16,8 @@ from location.domain import (
     SnapshotEntry,
     box_size_m,
     check_area,
+    check_batch,
+    check_hold,
     check_position,
     check_search,
     clamp_limit,
@@ -112,6 +115,21 @@ def test_search_radius_is_capped_and_must_be_positive() -> None:
     for radius in (0.0, -5.0, math.nan, math.inf):
         with pytest.raises(InvalidArgumentError):
             check_search(0, 0, radius)
+
+
+def test_a_batch_is_checked_item_by_item_and_a_bad_one_is_named_by_its_index() -> None:
+    pairs = [("d1", "t1"), ("d2", "t1"), ("d1", "t2")]
+    assert check_batch(pairs, lambda p: check_hold(*p), field="holds") == pairs
+    assert check_batch([], lambda p: check_hold(*p), field="holds") == []
+    with pytest.raises(InvalidArgumentError, match=r"^holds\[2\]: trip_id"):
+        check_batch([*pairs[:2], ("d3", "")], lambda p: check_hold(*p), field="holds")
+
+
+def test_a_batch_of_more_than_the_maximum_is_refused_whole() -> None:
+    pairs = [("d1", "t1")] * MAX_BATCH
+    assert len(check_batch(pairs, lambda p: check_hold(*p), field="holds")) == MAX_BATCH
+    with pytest.raises(InvalidArgumentError, match=r"^holds: 1001 items, at most 1000"):
+        check_batch([*pairs, ("", "")], lambda p: check_hold(*p), field="holds")
 
 
 def test_area_must_be_an_ordered_box_on_the_globe() -> None:

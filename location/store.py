@@ -67,7 +67,7 @@ import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from redis.asyncio.client import Pipeline
+import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
@@ -404,26 +404,32 @@ async def _side_by_side(calls: Sequence[Callable[[], Awaitable[T]]], *, limit: i
     return list(await asyncio.gather(*(one(call) for call in calls)))
 
 
-async def _run_pipelined(
-    pipe: Pipeline, script: AsyncScript, calls: Sequence[tuple[list[str], Sequence[Any]]]
+async def _pipelined(
+    node: aioredis.Redis, script: AsyncScript, calls: Sequence[tuple[list[str], Sequence[Any]]]
 ) -> list[Any]:
     """``script`` once per (KEYS, ARGV) of ``calls``, in their order, in one pipeline: one
     round trip. The pipeline carries EVALSHA alone (redis-py's own pipelining of a script asks
-    SCRIPT EXISTS first, a second round trip); a call answered NOSCRIPT (the server restarted
-    and lost its scripts) is made again through the script, which loads it, after the rest
-    and in order. Any other error of a call is raised, after the pipeline ran whole."""
-    async with pipe:
-        for keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-        replies = await pipe.execute(raise_on_error=False)
-    results = []
-    for (keys, args), reply in zip(calls, replies, strict=True):
-        if isinstance(reply, NoScriptError):
-            reply = await script(keys=keys, args=args)
-        elif isinstance(reply, Exception):
+    SCRIPT EXISTS first, a second round trip). The calls answered NOSCRIPT (the server
+    restarted and lost its scripts) are made again, in order, in a second pipeline once the
+    script is loaded. Any other error of a call is raised, after the pipeline ran whole."""
+
+    async def run(batch: Sequence[tuple[list[str], Sequence[Any]]]) -> list[Any]:
+        async with node.pipeline(transaction=False) as pipe:
+            for keys, args in batch:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            return list(await pipe.execute(raise_on_error=False))
+
+    replies = await run(calls)
+    missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+    if missing:
+        await node.script_load(script.script)
+        again = await run([calls[i] for i in missing])
+        for i, reply in zip(missing, again, strict=True):
+            replies[i] = reply
+    for reply in replies:
+        if isinstance(reply, Exception):
             raise reply
-        results.append(reply)
-    return results
+    return replies
 
 
 class LocationStore:
@@ -472,16 +478,14 @@ class LocationStore:
             return [await call(0)]
         return list(await asyncio.gather(*(call(k) for k in range(self._shards))))
 
-    def _pipeline(self) -> Pipeline | None:
-        """A pipeline of the one Valkey, or None on a Redis Cluster, where a batch is made of
-        single calls side by side instead: redis-py's async ClusterPipeline goes around what
-        ``rideshare.redis_client`` adds to every cluster call (the bound on calls in flight,
-        the wait for the slot map), retries a dropped connection by closing the whole client,
-        under every other call in flight, and leaves a NOSCRIPT (a replica that took over
-        without the scripts) unloaded."""
-        if isinstance(self._redis, RedisCluster):
-            return None
-        return self._redis.pipeline(transaction=False)
+    def _one_node(self) -> aioredis.Redis | None:
+        """The client of the one Valkey, or None on a Redis Cluster, where a batch is made of
+        single calls side by side instead of a pipeline: redis-py's async ClusterPipeline goes
+        around what ``rideshare.redis_client`` adds to every cluster call (the bound on calls
+        in flight, the wait for the slot map), retries a dropped connection by closing the
+        whole client under every other call in flight, and leaves a NOSCRIPT (a replica that
+        took over without the scripts) unloaded."""
+        return None if isinstance(self._redis, RedisCluster) else self._redis
 
     def _shard(self, driver_id: str) -> int:
         return shard_of(driver_id, self._shards)
@@ -648,15 +652,15 @@ class LocationStore:
         the first and refused to the second. One Valkey: one pipeline of one compare-and-set
         per hold, in order, so one round trip (each hold is atomic on its own, not the
         batch). A Redis Cluster: the holds of each driver in order, drivers side by side
-        (see :meth:`_pipeline`). An error of Redis fails the call with the holds before it
+        (see :meth:`_one_node`). An error of Redis fails the call with the holds before it
         taken; a dispatcher that gets no answer leaves them to ``release_held``, as it does
         a ReserveDriver whose answer it lost."""
         if not holds:
             return []
-        pipe = self._pipeline()
-        if pipe is not None:
+        node = self._one_node()
+        if node is not None:
             calls = [self._reserve_call(d, t) for d, t in holds]
-            replies = await _run_pipelined(pipe, self._change_script, calls)
+            replies = await _pipelined(node, self._change_script, calls)
             return [bool(ok) for ok, _ in replies]
         by_driver: dict[str, list[int]] = {}
         for i, (driver_id, _) in enumerate(holds):
@@ -836,11 +840,11 @@ class LocationStore:
         One Valkey with one shard: one pipeline of one script per search, so one round trip
         for all of them (each search is atomic on its own, not the batch: a driver may move
         between two of them, as between two NearestDrivers calls). Otherwise each search is
-        :meth:`nearest`, side by side (see :meth:`_pipeline`)."""
+        :meth:`nearest`, side by side (see :meth:`_one_node`)."""
         if not searches:
             return []
-        pipe = self._pipeline() if self._shards == 1 else None
-        if pipe is None:
+        node = self._one_node() if self._shards == 1 else None
+        if node is None:
             # A search asks every shard at once: fewer searches side by side than holds.
             each = functools.partial(self.nearest, now_ms=now_ms, stale_ms=stale_ms)
             return await _side_by_side(
@@ -858,7 +862,7 @@ class LocationStore:
             )
             for s in searches
         ]
-        replies = await _run_pipelined(pipe, self._nearest, calls)
+        replies = await _pipelined(node, self._nearest, calls)
         return [_hits(s, rows) for s, rows in zip(searches, replies, strict=True)]
 
     async def in_area(

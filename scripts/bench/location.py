@@ -18,6 +18,10 @@ process over gRPC. Prints the figures; nothing here asserts a target.
    Searches (and watches) go through one round_robin channel over every copy.
 3. watch: delay from sending an update to a WatchDriver stream receiving it, with the service
    taking ``--watch-rate`` updates/s in all.
+4. batch: ``--items`` searches (2 km, limit 10) as that many NearestDrivers calls, one after
+   another and side by side, against one NearestDriversBatch call; and as many holds as
+   ReserveDriver calls against one ReserveDrivers call (every hold released again between
+   runs, untimed). The median of ``--rounds`` runs of each, in ms per item, and the ratio.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ import contextlib
 import math
 import os
 import random
+import statistics
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -281,6 +286,84 @@ async def bench_watch(
     return delays
 
 
+async def timed_ms(call: Callable[[], Awaitable[object]], rounds: int) -> float:
+    """The median wall time of ``rounds`` runs of ``call``, in ms."""
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        await call()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+async def bench_batch(stub: Stub, driver_ids: list[str], *, items: int, rounds: int) -> None:
+    rng = random.Random(7)
+    searches = [
+        pb.NearestDriversRequest(
+            lat=lat, lng=lng, radius_m=2_000, limit=10,
+            vehicle_class=common_pb2.VEHICLE_CLASS_STANDARD,
+        )
+        for lat, lng in (city_point(rng) for _ in range(items))
+    ]  # fmt: skip
+    batch = pb.NearestDriversBatchRequest(searches=searches)
+
+    async def one_by_one() -> None:
+        for search in searches:
+            await stub.NearestDrivers(search, timeout=10)
+
+    async def side_by_side() -> None:
+        await asyncio.gather(*(stub.NearestDrivers(s, timeout=30) for s in searches))
+
+    async def batched() -> None:
+        await stub.NearestDriversBatch(batch, timeout=30)
+
+    await batched()  # warm the channel and the service
+    report_batch(
+        f"{items} searches", "NearestDrivers", "NearestDriversBatch",
+        [await timed_ms(one_by_one, rounds), await timed_ms(side_by_side, rounds),
+         await timed_ms(batched, rounds)],
+        items,
+    )  # fmt: skip
+
+    holds = [pb.ReserveDriverRequest(driver_id=d, trip_id="bench-trip") for d in driver_ids]
+
+    async def release() -> None:
+        for hold in holds:
+            await stub.ReleaseDriver(
+                pb.ReleaseDriverRequest(driver_id=hold.driver_id, trip_id=hold.trip_id),
+                timeout=10,
+            )
+
+    async def reserve_one_by_one() -> None:
+        for hold in holds:
+            await stub.ReserveDriver(hold, timeout=10)
+
+    async def reserve_side_by_side() -> None:
+        await asyncio.gather(*(stub.ReserveDriver(h, timeout=30) for h in holds))
+
+    async def reserve_batched() -> None:
+        reply = await stub.ReserveDrivers(pb.ReserveDriversRequest(holds=holds), timeout=30)
+        if not all(reply.reserved):
+            raise RuntimeError("ReserveDrivers refused a driver the bench had released")
+
+    figures = []
+    for call in (reserve_one_by_one, reserve_side_by_side, reserve_batched):
+        times = []
+        for _ in range(rounds):
+            times.append(await timed_ms(call, 1))
+            await release()
+        figures.append(statistics.median(times))
+    report_batch(f"{items} holds", "ReserveDriver", "ReserveDrivers", figures, items)
+
+
+def report_batch(what: str, single: str, batch: str, ms: list[float], items: int) -> None:
+    one_by_one, side_by_side, batched = (m / items for m in ms)
+    print(f"batch: {what}: {single} one by one {one_by_one:.3f} ms per item, side by side "
+          f"{side_by_side:.3f} ms per item; one {batch} {batched:.3f} ms per item "
+          f"({one_by_one / batched:.1f}x / {side_by_side / batched:.1f}x faster), "
+          f"load average {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+
+
 async def setup_index(store: LocationStore, driver_ids: list[str]) -> None:
     """Every driver AVAILABLE (class standard) at a random point of the city."""
     await make_available(store, driver_ids)
@@ -344,6 +427,9 @@ async def run(args: argparse.Namespace) -> None:
                       f"watchers, {len(delays)} samples: "
                       f"p50={percentile(delays, 0.5):.2f} ms "
                       f"p99={percentile(delays, 0.99):.2f} ms", flush=True)  # fmt: skip
+            if "batch" in args.only:
+                held = drivers[-args.items :]  # away from the watch pool's moving drivers
+                await bench_batch(stub, held, items=args.items, rounds=args.rounds)
         await client.aclose()
 
 
@@ -401,8 +487,10 @@ def main() -> None:
     parser.add_argument("--sat-start", type=float, default=250.0, help="first step, req/s")
     parser.add_argument("--step-s", type=float, default=2.0, help="seconds per step")
     parser.add_argument("--reference-s", type=float, default=3.0, help="raw loop's seconds")
+    parser.add_argument("--items", type=int, default=200, help="searches, holds per batch")
+    parser.add_argument("--rounds", type=int, default=5, help="batch runs, median taken")
     parser.add_argument(
-        "--only", default="ingest,search,watch", help="comma-separated phases to run"
+        "--only", default="ingest,search,watch,batch", help="comma-separated phases to run"
     )
     asyncio.run(run(parser.parse_args()))
 

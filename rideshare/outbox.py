@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -52,20 +53,32 @@ async def add_event(
     db.create_pool); ``occurred_at`` is the transaction's time. The relay is woken by a
     NOTIFY, which Postgres delivers only when (and if) the transaction commits.
     """
+    (event_id,) = await add_events(conn, [(subject, aggregate_id, aggregate_version, payload)])
+    return event_id
+
+
+OutboxEvent = tuple[str, str, int, Message]
+"""An event to queue: (subject, aggregate id, aggregate version, payload)."""
+
+
+async def add_events(conn: asyncpg.Connection, events: Sequence[OutboxEvent]) -> list[str]:
+    """:func:`add_event` for several events at once (one pipelined insert, one NOTIFY): what
+    a change of many aggregates in one transaction queues. Returns their event ids."""
     if not conn.is_in_transaction():
         raise RuntimeError("add_event must run inside the transaction of the state change")
-    event_id = uuid.uuid4().hex
-    await conn.execute(
+    rows = [
+        (uuid.uuid4().hex, subject, aggregate_id, version, payload.SerializeToString())
+        for subject, aggregate_id, version, payload in events
+    ]
+    if not rows:
+        return []
+    await conn.executemany(
         "INSERT INTO outbox (event_id, subject, aggregate_id, aggregate_version, payload) "
         "VALUES ($1, $2, $3, $4, $5)",
-        event_id,
-        subject,
-        aggregate_id,
-        aggregate_version,
-        payload.SerializeToString(),
+        rows,
     )
     await conn.execute("SELECT pg_notify(current_schema() || '_outbox', '')")
-    return event_id
+    return [row[0] for row in rows]
 
 
 class OutboxRelay:

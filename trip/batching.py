@@ -36,7 +36,8 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -47,12 +48,33 @@ from protos.location.v1 import location_pb2
 from rideshare.bus import reraise_if_cancelling
 from rideshare.lifecycle import next_or_stop
 from trip import wire
-from trip.domain import InvalidArgumentError, LatLng, Trip, TripState
+from trip.domain import InvalidArgumentError, LatLng, Trip, TripState, VehicleClass
 from trip.explain import Policy, RoundLog
-from trip.matcher import CostModel, DriverHit, WaitingTrip, match
+from trip.matcher import Candidate, CostModel, DriverHit, WaitingTrip, match
 from trip.pricing import haversine_m
 from trip.settings import TripSettings
 from trip.store import TripStore
+
+
+@dataclass(frozen=True, slots=True)
+class Search:
+    """One region's search of a window: drivers around ``point`` within ``radius_m``."""
+
+    point: LatLng
+    radius_m: float
+    limit: int
+    vehicle_class: VehicleClass | None
+
+
+@dataclass(frozen=True, slots=True)
+class Pick:
+    """A claimed trip of a window with its round so far and the driver the assignment gave
+    it (None: none it may have)."""
+
+    trip: Trip
+    claim: str
+    log: RoundLog
+    assigned: Candidate | None
 
 
 class Dispatcher(Protocol):
@@ -60,6 +82,8 @@ class Dispatcher(Protocol):
 
     @property
     def cost_model(self) -> CostModel: ...
+
+    async def offer_assigned(self, picks: Sequence[Pick]) -> list[Pick]: ...
 
     async def advance_claimed(
         self, trip: Trip, claim: str, *, log: RoundLog | None = None
@@ -69,12 +93,10 @@ class Dispatcher(Protocol):
 class LocationClient(Protocol):
     """What a window needs of ``trip.dispatch.LocationClient``."""
 
-    async def drivers_around(
-        self, point: LatLng, *, radius_m: float, limit: int
-    ) -> list[DriverHit]: ...
+    async def drivers_around(self, searches: Sequence[Search]) -> list[list[DriverHit]]: ...
 
 
-__all__ = ["BatchWindow", "hit_from_proto"]
+__all__ = ["BatchWindow", "Pick", "Search", "hit_from_proto"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +118,13 @@ WINDOW_FALLBACKS = Counter(
     ["reason"],
 )
 
-# NearestDrivers returns at most this many drivers (location's cap).
+# A region's search asks for a few drivers per trip (enough for the assignment to choose
+# among, and for the trips to fall back on), within NearestDrivers' cap of 50.
+_DRIVERS_PER_TRIP = 3
+_EXTRA_DRIVERS = 5
 _SEARCH_LIMIT = 50
+# Trips claimed per statement.
+_CLAIM_CHUNK = 500
 
 
 def hit_from_proto(d: location_pb2.NearbyDriver) -> DriverHit:
@@ -168,83 +195,119 @@ class BatchWindow:
         trip_ids = [first]
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._settings.dispatch_window_s):
-                while True:
-                    trip_ids.append(await self._incoming.get())
+                # A stop closes the window early: its trips are dispatched before the end.
+                while (trip_id := await next_or_stop(self._incoming, stop)) is not None:
+                    trip_ids.append(trip_id)
         self._waiting.difference_update(trip_ids)
         return trip_ids
 
     async def _close(self, trip_ids: list[str], *, closed_at: float) -> None:
-        claimed = await asyncio.gather(*(self._claim(t) for t in trip_ids))
-        regions: dict[str, list[tuple[Trip, str]]] = {}
-        on_their_own: list[tuple[Trip, str]] = []
+        try:
+            await self._dispatch(trip_ids, closed_at=closed_at)
+        except Exception:
+            reraise_if_cancelling()
+            # The trips stay due (claimed ones once their claims lapse): the poller retries.
+            logger.exception("dispatch of a window of %d trips failed", len(trip_ids))
+
+    async def _dispatch(self, trip_ids: list[str], *, closed_at: float) -> None:
+        """Claim, search, match and offer one closed window's trips."""
+        claim = uuid.uuid4().hex
+        claimed = await self._claim(trip_ids, claim)
+        regions: dict[str, list[Trip]] = {}
+        on_their_own: list[Trip] = []
         now = self._clock()
-        for item in claimed:
-            if item is None:
-                continue
-            trip, _ = item
+        for trip in claimed:
             offer = trip.offer
             if trip.state in (TripState.REQUESTED, TripState.DISPATCHING) and (
                 offer is None or offer.expires_at <= now
             ):
-                regions.setdefault(self.region_of(trip), []).append(item)
+                regions.setdefault(self.region_of(trip), []).append(trip)
             else:
-                on_their_own.append(item)
+                on_their_own.append(trip)
+        picks, fallbacks = await self._match(regions, claim, closed_at)
+        left = await self._dispatcher.offer_assigned(picks)
         await asyncio.gather(
-            *(self._advance(trip, claim, None) for trip, claim in on_their_own),
-            *(self._region(region, items, closed_at) for region, items in regions.items()),
+            *(self._advance(trip, claim, None) for trip in on_their_own),
+            *(self._advance(p.trip, p.claim, p.log) for p in left),
+            *(self._fallback(trips, claim, reason) for reason, trips in fallbacks.items()),
         )
 
-    async def _claim(self, trip_id: str) -> tuple[Trip, str] | None:
-        claim = uuid.uuid4().hex
+    async def _claim(self, trip_ids: list[str], claim: str) -> list[Trip]:
+        """The window's trips that this window may dispatch (one statement per 500); a trip
+        claimed elsewhere is left to that step."""
         now = self._clock()
-        try:
-            async with self._gate:
-                trip = await self._store.claim_for_dispatch(
-                    trip_id, claim=claim, now=now, until=now + self._claim_for
+        claimed: list[Trip] = []
+        for start in range(0, len(trip_ids), _CLAIM_CHUNK):
+            chunk = trip_ids[start : start + _CLAIM_CHUNK]
+            try:
+                claimed += await self._store.claim_many_for_dispatch(
+                    chunk, claim=claim, now=now, until=now + self._claim_for
                 )
-        except Exception:
-            reraise_if_cancelling()
-            logger.exception("could not claim trip %s for its window; the poller retries", trip_id)
-            return None
-        return None if trip is None else (trip, claim)
+            except Exception:
+                reraise_if_cancelling()
+                logger.exception(
+                    "could not claim %d trips for their window; the poller retries", len(chunk)
+                )
+        return claimed
 
-    async def _region(self, region: str, items: list[tuple[Trip, str]], closed_at: float) -> None:
-        """Search, solve and dispatch one region of a closed window."""
-        WINDOW_TRIPS.observe(len(items))
-        centre = LatLng(*h3.cell_to_latlng(region))
-        model = self._dispatcher.cost_model
-        reach = max(haversine_m(centre, trip.pickup) for trip, _ in items)
+    def _search_of(self, trips: list[Trip]) -> Search:
+        """One region's search: around its centre, far enough for every trip's limit, for
+        the trips' class when they share one."""
+        centre = LatLng(*h3.cell_to_latlng(self.region_of(trips[0])))
+        reach = max(haversine_m(centre, trip.pickup) for trip in trips)
+        classes = {trip.vehicle_class for trip in trips}
+        return Search(
+            centre,
+            radius_m=math.ceil(reach + self._dispatcher.cost_model.max_pickup_m),
+            limit=min(_SEARCH_LIMIT, _DRIVERS_PER_TRIP * len(trips) + _EXTRA_DRIVERS),
+            vehicle_class=classes.pop() if len(classes) == 1 else None,
+        )
+
+    async def _match(
+        self, regions: dict[str, list[Trip]], claim: str, closed_at: float
+    ) -> tuple[list[Pick], dict[str, list[Trip]]]:
+        """Search every region in one call and solve each region's assignment: the picks,
+        and the trips that go nearest-first instead, by reason."""
+        fallbacks: dict[str, list[Trip]] = {}
+        names = list(regions)
         try:
-            hits = await self._location.drivers_around(
-                centre, radius_m=math.ceil(reach + model.max_pickup_m), limit=_SEARCH_LIMIT
+            found = await self._location.drivers_around(
+                [self._search_of(regions[r]) for r in names]
             )
         except Exception as exc:
             reraise_if_cancelling()
-            logger.warning("window search of region %s failed: %r", region, exc)
-            await self._fallback(items, "search_failed")
-            return
-        if len(items) * len(hits) > self._settings.dispatch_max_pairs:
-            await self._fallback(items, "too_big")
-            return
-        if time.monotonic() - closed_at > self._settings.dispatch_window_s:
-            await self._fallback(items, "late")
-            return
-        started = time.perf_counter()
-        waiting = [
-            WaitingTrip(trip.id, trip.pickup, trip.vehicle_class, trip.excluded_driver_ids, region)
-            for trip, _ in items
-        ]
-        matches = match(waiting, hits, model)
-        WINDOW_SOLVE_SECONDS.observe(time.perf_counter() - started)
-        logs = []
-        for trip, claim in items:
-            log = RoundLog(model, region=region, policy=Policy.BATCH, window_trips=len(items))
-            log.ranked(matches[trip.id])
-            logs.append((trip, claim, log))
-        await asyncio.gather(*(self._advance(trip, claim, log) for trip, claim, log in logs))
+            logger.warning("window search of %d regions failed: %r", len(names), exc)
+            fallbacks["search_failed"] = [t for trips in regions.values() for t in trips]
+            return [], fallbacks
+        late = time.monotonic() - closed_at > self._settings.dispatch_window_s
+        picks: list[Pick] = []
+        model = self._dispatcher.cost_model
+        for region, hits in zip(names, found, strict=True):
+            trips = regions[region]
+            WINDOW_TRIPS.observe(len(trips))
+            if len(trips) * len(hits) > self._settings.dispatch_max_pairs:
+                fallbacks.setdefault("too_big", []).extend(trips)
+                continue
+            if late:
+                fallbacks.setdefault("late", []).extend(trips)
+                continue
+            started = time.perf_counter()
+            waiting = [
+                WaitingTrip(t.id, t.pickup, t.vehicle_class, t.excluded_driver_ids, region)
+                for t in trips
+            ]
+            matches = match(waiting, hits, model)
+            WINDOW_SOLVE_SECONDS.observe(time.perf_counter() - started)
+            for trip in trips:
+                found_match = matches[trip.id]
+                log = RoundLog(model, region=region, policy=Policy.BATCH, window_trips=len(trips))
+                log.ranked(found_match)
+                assigned = found_match.candidates[0] if found_match.assigned else None
+                picks.append(Pick(trip, claim, log, assigned))
+        return picks, fallbacks
 
-    async def _fallback(self, items: list[tuple[Trip, str]], reason: str) -> None:
-        WINDOW_FALLBACKS.labels(reason).inc(len(items))
+    async def _fallback(self, trips: list[Trip], claim: str, reason: str) -> None:
+        WINDOW_FALLBACKS.labels(reason).inc(len(trips))
         model = self._dispatcher.cost_model
         await asyncio.gather(
             *(
@@ -253,7 +316,7 @@ class BatchWindow:
                     claim,
                     RoundLog(model, region=self.region_of(trip), policy=Policy.NEAREST_FALLBACK),
                 )
-                for trip, claim in items
+                for trip in trips
             )
         )
 

@@ -69,7 +69,8 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeAlias
 
@@ -82,7 +83,7 @@ from rideshare.grpc_errors import log_round_failure
 from rideshare.identity import TokenSigner
 from rideshare.lifecycle import next_or_stop
 from trip import batching, domain, wire
-from trip.batching import BatchWindow
+from trip.batching import BatchWindow, Pick, Search
 from trip.domain import (
     ConcurrencyError,
     DriverUnavailableError,
@@ -107,14 +108,36 @@ logger = logging.getLogger(__name__)
 LocationStub: TypeAlias = "location_pb2_grpc.LocationServiceAsyncStub"
 
 _NEAREST = "rideshare.location.v1.LocationService/NearestDrivers"
+_NEAREST_BATCH = "rideshare.location.v1.LocationService/NearestDriversBatch"
 _RELEASE = "rideshare.location.v1.LocationService/ReleaseDriver"  # repeatable: names its trip
 _TRIP_DISTANCE = "rideshare.location.v1.LocationService/GetTripDistance"
 
 _ATTEMPTS = 3
+# Per call of the batch methods (location takes up to 1,000): a window's searches answer
+# with up to 50 drivers each, and gRPC refuses a reply over 4 MiB.
+_SEARCHES_PER_CALL = 200
+_HOLDS_PER_CALL = 1000
 _DISPATCHABLE = frozenset({TripState.REQUESTED, TripState.DISPATCHING})
 
 _Change = tuple[Trip, list[Event]]
 """One step of a trip: the trip after it, and its outbox events."""
+
+
+@dataclass(frozen=True, slots=True)
+class _FirstOffer:
+    """A window's pick offered to its assigned driver, not yet held nor committed."""
+
+    pick: Pick
+    trip: Trip
+    event: Event
+
+    @property
+    def offer(self) -> domain.Offer:
+        return self.trip.offers[-1]
+
+    @property
+    def hold(self) -> tuple[str, str]:
+        return self.offer.driver_id, self.trip.id
 
 
 def utcnow() -> datetime:
@@ -129,7 +152,7 @@ class LocationClient:
     ) -> None:
         self._channel = make_channel(
             target,
-            idempotent_methods=[_NEAREST, _RELEASE, _TRIP_DISTANCE],
+            idempotent_methods=[_NEAREST, _NEAREST_BATCH, _RELEASE, _TRIP_DISTANCE],
             default_timeout_s=timeout_s,
             signer=signer,
         )
@@ -153,16 +176,48 @@ class LocationClient:
         )
         return wire.nearby_from_proto(await self._stub.NearestDrivers(request))
 
-    async def drivers_around(
-        self, point: domain.LatLng, *, radius_m: float, limit: int
-    ) -> list[DriverHit]:
-        """Available drivers of any class within ``radius_m`` of ``point``, with their
-        positions: one search for a window's region (``trip.batching``)."""
-        request = wire.nearest_drivers_request(
-            point, radius_m=radius_m, limit=limit, vehicle_class=None, exclude=frozenset()
+    async def drivers_around(self, searches: Sequence[Search]) -> list[list[DriverHit]]:
+        """Available drivers, with their positions, around each of ``searches`` (a dispatch
+        window's regions, ``trip.batching``): one call per 200 of them."""
+        per_call = _SEARCHES_PER_CALL
+        chunks = [searches[i : i + per_call] for i in range(0, len(searches), per_call)]
+        answers = await asyncio.gather(*(self._search_batch(chunk) for chunk in chunks))
+        return [hits for answer in answers for hits in answer]
+
+    async def _search_batch(self, searches: Sequence[Search]) -> list[list[DriverHit]]:
+        request = location_pb2.NearestDriversBatchRequest(
+            searches=[
+                wire.nearest_drivers_request(
+                    s.point,
+                    radius_m=s.radius_m,
+                    limit=s.limit,
+                    vehicle_class=s.vehicle_class,
+                    exclude=frozenset(),
+                )
+                for s in searches
+            ]
         )
-        reply = await self._stub.NearestDrivers(request)
-        return [batching.hit_from_proto(d) for d in reply.drivers]
+        reply = await self._stub.NearestDriversBatch(request)
+        if len(reply.results) != len(searches):
+            raise RuntimeError(
+                f"NearestDriversBatch answered {len(reply.results)} of {len(searches)} searches"
+            )
+        return [[batching.hit_from_proto(d) for d in r.drivers] for r in reply.results]
+
+    async def reserve_many(self, holds: Sequence[tuple[str, str]]) -> list[bool]:
+        """``reserve`` of several (driver id, trip id) pairs in one call (per 1,000): whether
+        each driver is now held for its trip."""
+        reserved: list[bool] = []
+        for i in range(0, len(holds), _HOLDS_PER_CALL):
+            chunk = holds[i : i + _HOLDS_PER_CALL]
+            request = location_pb2.ReserveDriversRequest(
+                holds=[location_pb2.ReserveDriverRequest(driver_id=d, trip_id=t) for d, t in chunk]
+            )
+            reply = await self._stub.ReserveDrivers(request)
+            if len(reply.reserved) != len(chunk):
+                raise RuntimeError(f"ReserveDrivers answered {len(reply.reserved)} of {len(chunk)}")
+            reserved += reply.reserved
+        return reserved
 
     async def reserve(self, driver_id: str, *, trip_id: str) -> bool:
         """Hold an AVAILABLE driver for ``trip_id``'s offer (AVAILABLE -> OFFERED); False when
@@ -316,6 +371,86 @@ class Dispatcher:
         finally:
             if not committed:  # a commit ends the claim: the trip's version moved on
                 await self._end_claim(trip_id, claim)
+
+    async def offer_assigned(self, picks: Sequence[Pick]) -> list[Pick]:
+        """Offer each picked trip to the driver its window assigned it, all at once: one
+        ReserveDrivers call for the holds and one transaction for the offers
+        (``TripStore.save_first_offers``). The same holds and version-checked commit as a
+        step of one trip, so the same guarantees.
+
+        Returns the picks it did not offer (the driver was taken meanwhile, the trip changed,
+        a call failed...), with nothing held for them: the caller runs their steps one by one
+        (``advance_claimed``), which sorts each out. Parallel offers always go that way."""
+        if self._plan.parallel_offers != 1:
+            return list(picks)
+        now = self._clock()
+        ready: list[_FirstOffer] = []
+        left: list[Pick] = []
+        for pick in picks:
+            first = self._first_offer(pick, now=now)
+            if first is None:
+                left.append(pick)
+            else:
+                ready.append(first)
+        if not ready:
+            return left
+        try:
+            reserved = await self._location.reserve_many([f.hold for f in ready])
+        except Exception as exc:
+            reraise_if_cancelling()
+            logger.warning("window holds failed (%r); dispatching its trips one by one", exc)
+            await self._release_all([f.hold for f in ready])
+            return left + [f.pick for f in ready]
+        held: list[_FirstOffer] = []
+        for first, ok in zip(ready, reserved, strict=True):
+            if ok:
+                held.append(first)
+            else:  # taken since the search: the trip's own step goes on with its next
+                first.pick.log.busy(first.offer.driver_id)
+                first.pick.log.drop(first.offer.driver_id)
+                left.append(first.pick)
+        if not held:
+            return left
+        changes = [
+            (
+                f.pick.trip,
+                f.trip,
+                f.event,
+                f.pick.log.offered(f.offer.driver_id, f.offer.offer_id),
+            )
+            for f in held
+        ]
+        try:
+            written = await self._store.save_first_offers(changes, at=now)
+        except Exception as exc:
+            reraise_if_cancelling()
+            # Nothing was written. A unique index refusing an offer is the database knowing
+            # better than the index: the steps one by one find out which driver it was.
+            logger.warning("window offers failed (%r); dispatching its trips one by one", exc)
+            await self._release_all([f.hold for f in held])
+            return left + [f.pick for f in held]
+        lost = [f for f in held if f.trip.id not in written]
+        await self._release_all([f.hold for f in lost])
+        return left + [f.pick for f in lost]
+
+    def _first_offer(self, pick: Pick, *, now: datetime) -> _FirstOffer | None:
+        """The pick's trip offered to its assigned driver, or None when that is not a first
+        offer to make now (a lapsed offer to end first, offers used up, too late...)."""
+        trip, driver = pick.trip, pick.assigned
+        if driver is None or trip.offers or trip.state not in _DISPATCHABLE:
+            return None
+        current = domain.dispatch(trip, now=now) if trip.state is TripState.REQUESTED else trip
+        step = domain.next_dispatch_step(
+            current, [driver.driver_id], radius_index=0, now=now, plan=self._plan
+        )
+        if not (isinstance(step, OfferTo) and step.driver_id == driver.driver_id):
+            return None
+        offered = self._offers_to(current, {driver.driver_id: driver.distance_m}, now=now)
+        event = wire.offered(offered, distance_to_pickup_m=driver.distance_m)
+        return _FirstOffer(pick, offered, event)
+
+    async def _release_all(self, holds: Sequence[tuple[str, str]]) -> None:
+        await asyncio.gather(*(self._location.release(d, trip_id=t) for d, t in holds))
 
     async def _end_claim(self, trip_id: str, claim: str) -> None:
         try:

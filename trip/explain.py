@@ -179,6 +179,11 @@ class RoundLog:
             if driver_id not in self._seen:
                 self._excluded.setdefault(driver_id, Candidate(driver_id, -1.0, -1.0, -1.0, reason))
 
+    def drop(self, driver_id: str) -> None:
+        """Not to be offered the trip in this round any more (held by another trip)."""
+        if self.offer_order is not None:
+            self.offer_order = [c for c in self.offer_order if c.driver_id != driver_id]
+
     def busy(self, driver_id: str) -> None:
         """Found available, then held by another offer or trip first."""
         self._mark(driver_id, Reason.BUSY)

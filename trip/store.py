@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from rideshare.outbox import add_event
+from rideshare.outbox import add_events
 from trip.domain import (
     Actor,
     Assignment,
@@ -279,6 +279,104 @@ class TripStore:
             # come from the statement's older snapshot.
             return await self.get_trip(conn, trip_id, history=False)
 
+    async def claim_many_for_dispatch(
+        self, trip_ids: Sequence[str], *, claim: str, now: datetime, until: datetime
+    ) -> list[Trip]:
+        """:meth:`claim_for_dispatch` of several trips in one transaction (a dispatch
+        window's): the ones claimed, without history, in no particular order."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(_CLAIM_NEED_NOT_BE_DURABLE)
+            claimed = await conn.fetch(
+                "UPDATE trips SET dispatch_claim = $2, dispatch_claim_until = $4, "
+                "dispatch_claim_version = version "
+                f"WHERE id = ANY($1::text[]) AND state = ANY($5::text[]) AND {_unclaimed('$3')} "
+                "RETURNING id",
+                list(trip_ids),
+                claim,
+                now,
+                until,
+                _LIVE,
+            )
+            if not claimed:
+                return []
+            # A statement of its own, as in claim_for_dispatch.
+            rows = await conn.fetch(
+                f"SELECT {_TRIP_COLUMNS} {_TRIP_FROM} WHERE t.id = ANY($1::text[])",
+                [r["id"] for r in claimed],
+            )
+            return [_trip(row) for row in rows]
+
+    async def save_first_offers(
+        self, changes: Sequence[tuple[Trip, Trip, Event, DispatchRound]], *, at: datetime
+    ) -> set[str]:
+        """Commit a dispatch window's offers in one transaction: each change is a trip as read
+        (``before``) and as offered (``after``: dispatch started if it had not, one new
+        offer, nothing else changed), its ``trip.offered`` event and its dispatch round.
+
+        Each trip is version-checked on its own: the ids of the trips written are returned,
+        and a trip that changed since it was read is left out (the caller goes on with it
+        one by one). A unique index refusing an offer (the driver holds another offer or a
+        trip) fails the whole transaction with DriverUnavailableError: nothing is written.
+        """
+        for before, after, _, _ in changes:
+            _check_first_offer(before, after)
+        async with self._pool.acquire() as conn, conn.transaction():
+            written = await conn.fetch(
+                "UPDATE trips t SET state = u.state, version = u.version, "
+                "offer_attempts = u.offer_attempts, dispatch_started_at = u.dispatch_started_at "
+                "FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::int[], "
+                "$6::timestamptz[]) AS u(id, read_version, state, version, offer_attempts, "
+                "dispatch_started_at) "
+                "WHERE t.id = u.id AND t.version = u.read_version RETURNING t.id",
+                [after.id for _, after, _, _ in changes],
+                [before.version for before, _, _, _ in changes],
+                [after.state.value for _, after, _, _ in changes],
+                [after.version for _, after, _, _ in changes],
+                [after.offer_attempts for _, after, _, _ in changes],
+                [after.dispatch_started_at for _, after, _, _ in changes],
+            )
+            won = {r["id"] for r in written}
+            kept = [c for c in changes if c[1].id in won]
+            if not kept:
+                return won
+            offers = [(after, after.offers[-1]) for _, after, _, _ in kept]
+            try:
+                await conn.execute(
+                    "INSERT INTO offers (offer_id, trip_id, driver_id, attempt, offered_at, "
+                    "expires_at, slot) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], "
+                    "$4::int[], $5::timestamptz[], $6::timestamptz[], $7::int[])",
+                    [o.offer_id for _, o in offers],
+                    [t.id for t, _ in offers],
+                    [o.driver_id for _, o in offers],
+                    [o.attempt for _, o in offers],
+                    [o.offered_at for _, o in offers],
+                    [o.expires_at for _, o in offers],
+                    [o.slot for _, o in offers],
+                )
+            except asyncpg.UniqueViolationError as exc:
+                raise _unique_error(exc, offers[0][0]) from None
+            await conn.executemany(
+                _INSERT_TRANSITION,
+                [
+                    _transition_row(after, r)
+                    for before, after, _, _ in kept
+                    for r in after.history
+                    if r.version > before.version
+                ],
+            )
+            await add_events(
+                conn,
+                [
+                    (subject, after.id, after.version, payload)
+                    for _, after, (subject, payload), _ in kept
+                ],
+            )
+            await conn.executemany(
+                _INSERT_ROUND,
+                [_round_row(after, round_, at) for _, after, _, round_ in kept],
+            )
+        return won
+
     async def end_dispatch_claim(self, trip_id: str, *, claim: str) -> None:
         """Give up ``claim`` on the trip (nothing when another claim replaced it)."""
         async with self._pool.acquire() as conn, conn.transaction():
@@ -295,19 +393,7 @@ class TripStore:
     ) -> None:
         """Record a dispatch round of ``trip`` (as the round leaves it) in the caller's
         transaction, the one that commits the round's offer or giving up."""
-        await conn.execute(
-            "INSERT INTO dispatch_rounds (trip_id, round, version, at, policy, window_trips, "
-            "gave_up, candidates) "
-            "SELECT $1, COALESCE(MAX(round), 0) + 1, $2, $3, $4, $5, $6, $7::jsonb "
-            "FROM dispatch_rounds WHERE trip_id = $1",
-            trip.id,
-            trip.version,
-            at,
-            round_.policy,
-            round_.window_trips,
-            round_.gave_up,
-            round_.candidates_json(),
-        )
+        await conn.execute(_INSERT_ROUND, *_round_row(trip, round_, at))
 
     async def dispatch_rounds(self, conn: asyncpg.Connection, trip_id: str) -> list[DispatchRound]:
         """The trip's dispatch rounds, oldest first."""
@@ -554,36 +640,63 @@ class TripStore:
         records = [r for r in trip.history if r.version > since_version]
         if not records:
             return
-        await conn.executemany(
-            "INSERT INTO trip_transitions (trip_id, version, from_state, to_state, command, "
-            "actor, actor_id, reason, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            [
-                (
-                    trip.id,
-                    r.version,
-                    r.from_state.value if r.from_state is not None else None,
-                    r.to_state.value,
-                    r.command,
-                    r.actor.value,
-                    r.actor_id,
-                    r.reason,
-                    r.at,
-                )
-                for r in records
-            ],
-        )
+        await conn.executemany(_INSERT_TRANSITION, [_transition_row(trip, r) for r in records])
 
     async def _add_events(
         self, conn: asyncpg.Connection, trip: Trip, events: Sequence[Event]
     ) -> None:
-        for subject, payload in events:
-            await add_event(
-                conn,
-                subject=subject,
-                aggregate_id=trip.id,
-                aggregate_version=trip.version,
-                payload=payload,
-            )
+        await add_events(
+            conn, [(subject, trip.id, trip.version, payload) for subject, payload in events]
+        )
+
+
+_INSERT_TRANSITION = (
+    "INSERT INTO trip_transitions (trip_id, version, from_state, to_state, command, "
+    "actor, actor_id, reason, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+)
+
+
+def _transition_row(trip: Trip, r: Transition) -> tuple[Any, ...]:
+    return (
+        trip.id,
+        r.version,
+        r.from_state.value if r.from_state is not None else None,
+        r.to_state.value,
+        r.command,
+        r.actor.value,
+        r.actor_id,
+        r.reason,
+        r.at,
+    )
+
+
+_INSERT_ROUND = (
+    "INSERT INTO dispatch_rounds (trip_id, round, version, at, policy, window_trips, "
+    "gave_up, candidates) "
+    "SELECT $1, COALESCE(MAX(round), 0) + 1, $2, $3, $4, $5, $6, $7::jsonb "
+    "FROM dispatch_rounds WHERE trip_id = $1"
+)
+
+
+def _round_row(trip: Trip, round_: DispatchRound, at: datetime) -> tuple[Any, ...]:
+    return (
+        trip.id,
+        trip.version,
+        at,
+        round_.policy,
+        round_.window_trips,
+        round_.gave_up,
+        round_.candidates_json(),
+    )
+
+
+def _check_first_offer(before: Trip, after: Trip) -> None:
+    """Refuses a change that :meth:`TripStore.save_first_offers` would not write whole: it
+    writes the columns a first offer changes, and nothing else."""
+    written = {"state", "version", "offer_attempts", "dispatch_started_at", "offers", "history"}
+    unchanged = replace(after, **{name: getattr(before, name) for name in written})
+    if unchanged != before or len(after.offers) != len(before.offers) + 1 or before.offers:
+        raise ValueError(f"trip {after.id}: not a first offer, save it with save()")
 
 
 def _unique_error(exc: asyncpg.UniqueViolationError, trip: Trip) -> Exception:

@@ -3,17 +3,26 @@ in-process location service (the harness of test_trip.py)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import grpc
 import pytest
 from prometheus_client import REGISTRY
 
 from protos import events
+from protos.location.v1 import location_pb2 as loc
 from protos.trip.v1 import trip_pb2 as pb
+from rideshare.db import create_pool
 from rideshare.identity import ACTING_USER_METADATA_KEY, AUTH_METADATA_KEY, User, mint_token
 from rideshare.settings import process_secret
 from tests.helpers import eventually, grpc_status
 from tests.integration import test_trip
 from tests.integration.test_trip import Harness, TripStub, book, new_id, offer_of
+from trip import domain, wire
+from trip.domain import DriverUnavailableError, Trip, TripState
+from trip.explain import DispatchRound
+from trip.store import TripStore
+from trip.wire import Event
 
 # The fixture `harness` of test_trip.py, registered here as `trip_harness`.
 trip_harness = test_trip.harness
@@ -177,3 +186,100 @@ async def test_a_trip_without_any_driver_in_reach_ends_no_drivers_with_its_round
             return [r.outcome for r in explained.rounds] == ["no_drivers"]
 
         await eventually(recorded)
+
+
+async def test_a_windows_offers_are_held_in_one_call_and_committed_in_one_transaction(
+    trip_harness: Harness,
+) -> None:
+    harness = trip_harness
+    drivers = [new_id("drv") for _ in range(8)]
+    for i, driver in enumerate(drivers):
+        await harness.go_online(driver, north(0.3 * i))
+    async with harness.trip_service(**batch_settings()) as stub:
+        trips = [await book(stub, new_id("rider"), north(0.3 * i + 0.1)) for i in range(8)]
+        offers = [await offer_of(harness.tap, t.id) for t in trips]
+        assert sorted(o.driver_id for o in offers) == sorted(drivers)  # each driver once
+        for driver in drivers:
+            await harness.becomes(driver, loc.AVAILABILITY_OFFERED)
+        pool = await create_pool(harness.infra.postgres_dsn, schema=harness.schema, max_size=1)
+        try:
+            # Rows written by one transaction share its id.
+            writers = await pool.fetchval(
+                "SELECT count(DISTINCT xmin::text) FROM offers WHERE trip_id = ANY($1::text[])",
+                [t.id for t in trips],
+            )
+        finally:
+            await pool.close()
+        assert writers == 1
+        explained = await stub.ExplainDispatch(pb.ExplainDispatchRequest(trip_id=trips[0].id))
+        assert [(r.policy, r.window_trips) for r in explained.rounds] == [("batch", 8)]
+
+
+async def test_first_offers_of_a_window_skip_a_trip_that_changed_and_write_nothing_on_a_refusal(
+    trip_harness: Harness,
+) -> None:
+    harness = trip_harness
+    # A window far longer than the test: the service books the trips but never dispatches
+    # them, so the store is driven here.
+    async with harness.trip_service(**batch_settings(dispatch_window_s=600.0)) as stub:
+        booked = [await book(stub, new_id("rider"), north(0.2 * i)) for i in range(3)]
+        pool = await create_pool(harness.infra.postgres_dsn, schema=harness.schema, max_size=2)
+        try:
+            store = TripStore(pool)
+            now = datetime.now(UTC)
+            claimed = await store.claim_many_for_dispatch(
+                [t.id for t in booked], claim="c1", now=now, until=now + timedelta(seconds=30)
+            )
+            assert sorted(t.id for t in claimed) == sorted(t.id for t in booked)
+            again = await store.claim_many_for_dispatch(
+                [t.id for t in booked], claim="c2", now=now, until=now + timedelta(seconds=30)
+            )
+            assert again == []  # claimed by c1 until then
+            by_id = {t.id: t for t in claimed}
+            trips = [by_id[t.id] for t in booked]
+            drivers = [new_id("drv") for _ in trips]
+
+            def change(trip: Trip, driver: str) -> tuple[Trip, Trip, Event, DispatchRound]:
+                dispatching = domain.dispatch(trip, now=now)
+                offer_id = new_id("off")
+                offered = domain.offer(dispatching, offer_id=offer_id, driver_id=driver, now=now)
+                event = wire.offered(offered, distance_to_pickup_m=100.0)
+                round_ = DispatchRound("batch", len(trips), (), (), ((driver, offer_id),))
+                return trip, offered, event, round_
+
+            # Another driver's offer taken by the first trip's: the unique index refuses it.
+            refused = [change(trips[0], drivers[0]), change(trips[1], drivers[0])]
+            with pytest.raises(DriverUnavailableError):
+                await store.save_first_offers(refused, at=now)
+            for trip in trips:
+                assert (await store.find_trip(trip.id)) == trip  # nothing was written
+
+            # The third trip changes under the window (here: its version moves on).
+            await pool.execute("UPDATE trips SET version = version + 1 WHERE id = $1", trips[2].id)
+            written = await store.save_first_offers(
+                [change(t, d) for t, d in zip(trips, drivers, strict=True)], at=now
+            )
+            assert written == {trips[0].id, trips[1].id}
+            for trip, driver in zip(trips[:2], drivers[:2], strict=True):
+                found = await store.find_trip(trip.id)
+                assert found is not None and found.state is TripState.DISPATCHING
+                assert [o.driver_id for o in found.offers] == [driver]
+            third = await store.find_trip(trips[2].id)
+            assert (
+                third is not None and third.offers == () and third.version == trips[2].version + 1
+            )
+            outbox = await pool.fetchval(
+                "SELECT count(*) FROM outbox WHERE subject = $1 AND aggregate_id = ANY($2::text[])",
+                events.TRIP_OFFERED,
+                [t.id for t in trips],
+            )
+            assert outbox == 2
+            rounds = await pool.fetch(
+                "SELECT trip_id, round FROM dispatch_rounds WHERE trip_id = ANY($1::text[])",
+                [t.id for t in trips],
+            )
+            assert sorted((r["trip_id"], r["round"]) for r in rounds) == sorted(
+                (t.id, 1) for t in trips[:2]
+            )
+        finally:
+            await pool.close()

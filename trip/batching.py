@@ -1,23 +1,30 @@
 """The dispatch window: trips that need a driver within ``dispatch_window_s`` of each other
 are matched together (``trip.matcher``) instead of each taking its nearest driver in turn.
 
-A window opens with the first trip kicked after the last one closed and closes
-``dispatch_window_s`` later, so it adds at most its own length to request -> offer. Every kick
-goes through it (a trip back in dispatch after a decline or an expiry too: it is matched with
-the window's new requests, its declined drivers excluded). At the close it:
+A window opens with the first trip kicked after the last one closed. Its length is what the
+first trip waits until its offer, the window's own work included: the window stops
+collecting that much earlier than ``dispatch_window_s`` as the slowest of the last few
+windows took to be offered (at most half the window). So a window adds at most its own
+length to request -> offer, however many trips it holds. Every kick goes through it (a trip
+back in dispatch after a decline or an expiry too: it is matched with the window's new
+requests, its declined drivers excluded). At the close it:
 
-1. **claims** each trip (``TripStore.claim_for_dispatch``, as a single step does), so no other
-   step or copy works on it meanwhile; a trip already claimed elsewhere is left to that step;
+1. **claims** the window's trips in one statement (``TripStore.claim_many_for_dispatch``, the
+   lease a single step takes), so no other step or copy works on them meanwhile; a trip
+   already claimed elsewhere is left to that step;
 2. groups the trips that need a driver by the **H3 region** of their pickup
-   (``dispatch_region_res``) and makes **one search per region**: NearestDrivers, any class,
-   around the region's centre with a radius that covers its trips plus
-   ``dispatch_max_pickup_m``. The search returns positions, so the matcher measures every
-   (trip, driver) pair itself and can say why a driver was left out (wrong class, declined
-   before, stale, too far);
-3. **solves** each region's assignment and hands each trip, with its ranked candidates, to
-   ``Dispatcher.advance_claimed``: the same reserve in location and version-checked commit as
-   nearest-first, so none of its guarantees change. The regions' trips go at once: the
-   assigned drivers are distinct, so their reservations do not collide.
+   (``dispatch_region_res``) and searches **every region in one call** (NearestDriversBatch):
+   around the region's centre, with a radius that covers its trips plus
+   ``dispatch_max_pickup_m``, a few drivers per trip, of the trips' class when they share one.
+   The search returns positions, so the matcher measures every (trip, driver) pair itself and
+   can say why a driver was left out (wrong class, declined before, stale, too far);
+3. **solves** each region's assignment, then offers every trip its assigned driver at once
+   (``Dispatcher.offer_assigned``): **one ReserveDrivers call** holds the drivers (the same
+   compare-and-set in location as a single step's) and **one transaction** commits the offers,
+   each version-checked (``TripStore.save_first_offers``). A trip whose driver was taken
+   meanwhile, that changed under the window, that has no assigned driver, or that needs more
+   than a first offer (a lapsed offer to end, parallel offers) goes on with the step of one
+   trip (``Dispatcher.advance_claimed``) and its ranked candidates, as before.
 
 A region whose problem has more than ``dispatch_max_pairs`` trips x drivers, or whose solve
 would start later than a window after the close, falls back to nearest-first per trip and
@@ -31,6 +38,7 @@ them unclaimed or claimed until ``dispatch_claim_s``, and the poller of any copy
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
@@ -110,6 +118,12 @@ WINDOW_SOLVE_SECONDS = Histogram(
     "Time to build and solve one region's assignment of a dispatch window.",
     buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5),
 )
+WINDOW_CLOSE_SECONDS = Histogram(
+    "trip_dispatch_window_close_seconds",
+    "Time from a dispatch window's close to its assigned offers committed; the window "
+    "collects that much less (the slowest of the last few, at most half the window).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
 WINDOW_FALLBACKS = Counter(
     "trip_dispatch_window_fallbacks_total",
     "Trips of a dispatch window dispatched nearest-first instead, by reason: too_big (more "
@@ -123,6 +137,8 @@ WINDOW_FALLBACKS = Counter(
 _DRIVERS_PER_TRIP = 3
 _EXTRA_DRIVERS = 5
 _SEARCH_LIMIT = 50
+# A window collects for its length less the slowest close of this many windows before it.
+_TOOK_WINDOWS = 5
 # Trips claimed per statement.
 _CLAIM_CHUNK = 500
 
@@ -162,6 +178,7 @@ class BatchWindow:
         self._incoming: asyncio.Queue[str] = asyncio.Queue()
         self._waiting: set[str] = set()
         self._gate = asyncio.Semaphore(settings.dispatch_concurrency)
+        self._took: collections.deque[float] = collections.deque(maxlen=_TOOK_WINDOWS)
 
     @property
     def enabled(self) -> bool:
@@ -187,17 +204,23 @@ class BatchWindow:
                 if trip_ids:
                     group.create_task(self._close(trip_ids, closed_at=time.monotonic()))
 
+    def _collect_s(self) -> float:
+        """How long a window collects: its length less what the last windows took to offer."""
+        window = self._settings.dispatch_window_s
+        return window - min(max(self._took, default=0.0), window / 2)
+
     async def _collect(self, stop: asyncio.Event) -> list[str]:
         """The trips of one window: from the first that arrives, for the window's length."""
         first = await next_or_stop(self._incoming, stop)
         if first is None:
             return []
-        trip_ids = [first]
+        # The window is a length of time: whatever was kicked by its end is in it. (Waiting
+        # on the queue under a timeout instead could lose an item the timeout interrupted.)
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._settings.dispatch_window_s):
-                # A stop closes the window early: its trips are dispatched before the end.
-                while (trip_id := await next_or_stop(self._incoming, stop)) is not None:
-                    trip_ids.append(trip_id)
+            await asyncio.wait_for(stop.wait(), self._collect_s())  # a stop closes it early
+        trip_ids = [first]
+        while not self._incoming.empty():
+            trip_ids.append(self._incoming.get_nowait())
         self._waiting.difference_update(trip_ids)
         return trip_ids
 
@@ -226,6 +249,9 @@ class BatchWindow:
                 on_their_own.append(trip)
         picks, fallbacks = await self._match(regions, claim, closed_at)
         left = await self._dispatcher.offer_assigned(picks)
+        took = time.monotonic() - closed_at
+        self._took.append(took)
+        WINDOW_CLOSE_SECONDS.observe(took)
         await asyncio.gather(
             *(self._advance(trip, claim, None) for trip in on_their_own),
             *(self._advance(p.trip, p.claim, p.log) for p in left),

@@ -264,9 +264,12 @@ async def open_loop(
 ) -> tuple[Step, list[float]]:
     """``call()`` at ``rate`` per second for ``seconds``, on schedule whether or not earlier
     calls answered. A call returns whether it succeeded; a failed one counts in p99 as
-    infinitely slow, so errors cannot flatter a step. Achieved = successes per second from
-    the first send to the last answer. Also returns the successes' latencies (ms)."""
+    infinitely slow, so errors cannot flatter a step. Achieved = successes per second over
+    the longer of the sends' and the answers' spans (plus one interval): a fixed latency, such
+    as a dispatch window's, delays every answer alike and does not count as lost throughput,
+    while a backlog spreads the answers out. Also returns the successes' latencies (ms)."""
     latencies: list[float] = []
+    answered: list[float] = []
     failures = 0
 
     async def one() -> None:
@@ -277,7 +280,8 @@ async def open_loop(
         except Exception:  # any failure is a failed request of the step, counted
             ok = False
         if ok:
-            latencies.append((time.perf_counter() - began) * 1000)
+            answered.append(time.perf_counter())
+            latencies.append((answered[-1] - began) * 1000)
         else:
             failures += 1
 
@@ -289,7 +293,8 @@ async def open_loop(
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one()))
     await asyncio.gather(*tasks)
-    elapsed = time.perf_counter() - start
+    answers = max(answered) - min(answered) if answered else 0.0
+    elapsed = max((len(tasks) - 1) / rate, answers) + 1 / rate
     samples = [*latencies, *([math.inf] * failures)]
     p99 = percentile(samples, 0.99) / 1000
     return Step(offered=rate, achieved=len(latencies) / elapsed, p99_s=p99), latencies

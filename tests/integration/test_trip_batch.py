@@ -3,6 +3,7 @@ in-process location service (the harness of test_trip.py)."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -283,3 +284,19 @@ async def test_first_offers_of_a_window_skip_a_trip_that_changed_and_write_nothi
             )
         finally:
             await pool.close()
+
+
+async def test_a_burst_of_requests_over_many_short_windows_gets_every_trip_offered(
+    trip_harness: Harness,
+) -> None:
+    harness = trip_harness
+    drivers = [new_id("drv") for _ in range(24)]
+    for i, driver in enumerate(drivers):
+        await harness.go_online(driver, north(0.2 * i))
+    async with harness.trip_service(**batch_settings(dispatch_window_s=0.03)) as stub:
+        # Booked side by side: the kicks land while windows open and close.
+        trips = await asyncio.gather(
+            *(book(stub, new_id("rider"), north(0.2 * i + 0.05)) for i in range(24))
+        )
+        offers = [await offer_of(harness.tap, t.id) for t in trips]
+        assert sorted(o.driver_id for o in offers) == sorted(drivers)

@@ -160,7 +160,8 @@ class TripCommands:
         except (QuoteUsedError, RiderHasLiveTripError):
             # A double tap: the same booking sent twice at once, and the other one won.
             async with self._store.transaction() as conn:
-                booked = await self._repeated_booking(conn, rider_id, quote_id, pickup, dropoff)
+                quote = await self._store.get_quote(conn, quote_id)
+                booked = await self._repeated_booking(conn, quote, rider_id, pickup, dropoff)
             if booked is None:
                 raise
             return booked
@@ -174,12 +175,12 @@ class TripCommands:
         addresses: tuple[str, str],
     ) -> Trip:
         async with self._store.transaction() as conn:
-            booked = await self._repeated_booking(conn, rider_id, quote_id, pickup, dropoff)
-            if booked is not None:
-                return booked
             quote = await self._store.get_quote(conn, quote_id)
             if quote is None:
                 raise NotFoundError(f"no quote {quote_id}")
+            booked = await self._repeated_booking(conn, quote, rider_id, pickup, dropoff)
+            if booked is not None:
+                return booked
             trip = domain.request_trip(
                 quote,
                 trip_id=uuid.uuid4().hex,
@@ -202,13 +203,13 @@ class TripCommands:
     async def _repeated_booking(
         self,
         conn: asyncpg.Connection,
+        quote: Quote | None,
         rider_id: str,
-        quote_id: str,
         pickup: LatLng,
         dropoff: LatLng,
     ) -> Trip | None:
-        """The trip an identical earlier booking made (domain.repeated_booking), or None."""
-        quote = await self._store.get_quote(conn, quote_id)
+        """The trip an identical earlier booking of ``quote`` made (domain.repeated_booking),
+        or None."""
         if quote is None:
             return None
         repeated = domain.repeated_booking(quote, rider_id=rider_id, pickup=pickup, dropoff=dropoff)

@@ -56,6 +56,11 @@ from nats.aio.msg import Msg
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 
+try:  # websockets' C speedup, as its own sends use; its pure Python twin otherwise
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - a build without the C extension
+    from websockets.utils import apply_mask
+
 from edge.auth import issue_token
 from protos import events
 from protos.location.v1 import location_pb2
@@ -273,10 +278,32 @@ async def drive(
         else:
             late = max(late, -delay)
         lat += 1e-5
-        await ws.send(position(lat, lng))
+        if ws.transport.get_write_buffer_size() < _WRITE_BACKLOG:
+            ws.transport.write(masked_text_frame(position(lat, lng)))
+        else:  # the edge is not reading: wait for the socket as a phone's stack would
+            await ws.send(position(lat, lng))
         sent += 1
         due += interval
     return sent, late
+
+
+# Bytes a load socket may have queued before its sends wait for the socket to drain.
+_WRITE_BACKLOG = 64 * 1024
+
+
+def masked_text_frame(text: str) -> bytes:
+    """A client's text frame of ``text``, masked as RFC 6455 requires, built here: the load
+    clients write positions straight to their sockets, so that websockets' per-message send
+    path (about three times this) does not take the CPU the edge is measured on. What the
+    edge receives, and its side of the socket, are the same."""
+    payload = text.encode()
+    mask = random.getrandbits(32).to_bytes(4, "big")
+    n = len(payload)
+    if n < 126:
+        header = bytes((0x81, 0x80 | n))
+    else:
+        header = bytes((0x81, 0x80 | 126)) + n.to_bytes(2, "big")
+    return header + mask + apply_mask(payload, mask)
 
 
 async def listen(pair: Pair, until: float, since_ms: int) -> None:

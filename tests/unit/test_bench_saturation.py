@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from scripts.bench.common import SaturationSearch, Step, saturation
+from scripts.bench.common import SaturationSearch, Step, open_loop, saturation
 
 TARGET_S = 0.050
 
@@ -87,3 +87,22 @@ def test_saturation_runs_the_steps_the_search_picks() -> None:
     )
     assert [s.offered for s in result.steps] == [40, 80, 160, 120, 140]
     assert result.best is not None and result.best.offered == 120
+
+
+async def test_open_loop_counts_a_fixed_latency_as_throughput_and_a_backlog_as_lost() -> None:
+    async def one_second_late() -> bool:  # every answer delayed alike, as by a window
+        await asyncio.sleep(1.0)
+        return True
+
+    delayed, _ = await open_loop(one_second_late, rate=50, seconds=1.0)
+    assert delayed.achieved >= 40  # answered as fast as asked, a second later
+
+    lock = asyncio.Lock()
+
+    async def one_at_a_time() -> bool:  # 20 per second at most: a queue builds
+        async with lock:
+            await asyncio.sleep(0.05)
+        return True
+
+    queued, _ = await open_loop(one_at_a_time, rate=50, seconds=1.0)
+    assert queued.achieved <= 30

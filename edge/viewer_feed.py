@@ -35,10 +35,9 @@ from edge import wire
 from edge.auth import Principal
 from edge.context import EdgeContext
 from edge.errors import ApiError
-from edge.metrics import WS_POLICY_CLOSES
 from edge.ratelimit import TokenBucket
 from edge.upstreams import LocationStub
-from edge.ws import FLOOD_FORGIVE_PER_S, _authenticate, _refuse
+from edge.ws import FLOOD_FORGIVE_PER_S, _authenticate, _refuse, read_frames
 from edge.wsconn import Connection
 from protos.events import LOCATION_DRIVER_WILDCARD
 from protos.location.v1 import location_pb2
@@ -217,37 +216,25 @@ class ViewerFeed:
 
     async def _receive(self, ws: WebSocket, viewer: _Viewer, ctx: EdgeContext) -> None:
         settings = ctx.settings
-        conn = viewer.conn
         now = time.monotonic()
-        limit = TokenBucket(settings.ws_msgs_per_s, settings.ws_msgs_burst, now)
-        excess = TokenBucket(FLOOD_FORGIVE_PER_S, settings.ws_flood_frames, now)
-        while not conn.closed:
-            message = await ws.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            data = message.get("text")
-            if data is None:
-                data = message.get("bytes") or b""
-            now = time.monotonic()
-            if not limit.take(now):
-                if not excess.take(now):
-                    WS_POLICY_CLOSES.labels("flooding").inc()
-                    conn.close(wire.CLOSE_FLOODING, "message rate exceeded")
-                    return
-                conn.send(
-                    wire.error_frame("rate_limited", "too many messages; slow down"), droppable=True
-                )
-                continue
-            try:
-                frame = wire.parse_frame(data, max_bytes=settings.ws_max_message_bytes)
-                kind = frame["type"]
-                if kind == "bbox":
-                    viewer.view.move(wire.parse_bbox(frame.get("bbox")))
-                    viewer.resnap.set()
-                elif kind not in ("pong", "auth"):
-                    raise wire.FrameError("unknown_type", f"unknown message type {kind!r}")
-            except wire.FrameError as exc:
-                conn.send(wire.error_frame(exc.code, exc.message))
+
+        def handle(frame: dict[str, object]) -> None:
+            kind = frame["type"]
+            if kind == "bbox":
+                viewer.view.move(wire.parse_bbox(frame.get("bbox")))
+                viewer.resnap.set()
+            elif kind not in ("pong", "auth"):
+                raise wire.FrameError("unknown_type", f"unknown message type {kind!r}")
+
+        await read_frames(
+            ws,
+            viewer.conn,
+            limit=TokenBucket(settings.ws_msgs_per_s, settings.ws_msgs_burst, now),
+            excess=TokenBucket(FLOOD_FORGIVE_PER_S, settings.ws_flood_frames, now),
+            max_bytes=settings.ws_max_message_bytes,
+            handle=handle,
+            who="a map viewer",
+        )
 
     async def _feed(self, viewer: _Viewer, principal: Principal, ctx: EdgeContext) -> None:
         """A snapshot whenever the box is new, else a delta frame at most every interval;

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
+from collections.abc import Callable
 
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
@@ -112,7 +114,15 @@ async def _serve(ws: WebSocket, role: str) -> None:
         # this coroutine through every frame of the ASGI stack above it (a dozen middleware
         # and routing layers), a cost paid per position; the task resumes only its own.
         reader = asyncio.create_task(
-            _receive_frames(ws, ctx, principal, conn, limit, excess),
+            read_frames(
+                ws,
+                conn,
+                limit=limit,
+                excess=excess,
+                max_bytes=ctx.settings.ws_max_message_bytes,
+                handle=functools.partial(_handle, ctx, principal),
+                who=principal.sub,
+            ),
             name=f"ws-reader-{principal.sub}",
         )
         try:
@@ -132,37 +142,44 @@ async def _serve(ws: WebSocket, role: str) -> None:
         writer.cancel()
 
 
-async def _receive_frames(
+FrameHandler = Callable[[dict[str, object]], None]
+"""What a socket does with one parsed client frame; raises wire.FrameError to refuse it."""
+
+
+async def read_frames(
     ws: WebSocket,
-    ctx: EdgeContext,
-    principal: Principal,
     conn: Connection,
+    *,
     limit: TokenBucket,
     excess: TokenBucket,
+    max_bytes: int,
+    handle: FrameHandler,
+    who: str,
 ) -> None:
-    """Read and handle the client's frames until it leaves or the socket is closed."""
-    settings = ctx.settings
+    """Read the client's frames until it leaves or the socket is closed (every socket kind's
+    receive loop). Each frame within ``limit`` is parsed and handed to ``handle``; a bad
+    frame, or one ``handle`` refuses, gets an error frame back. Past ``limit`` a frame gets
+    a rate_limited error frame, and past ``excess`` too the socket is closed (flooding)."""
     while not conn.closed:
         message = await ws.receive()
         if message["type"] == "websocket.disconnect":
-            break
+            return
         data = message.get("text")
         if data is None:
             data = message.get("bytes") or b""
         now = time.monotonic()
         if not limit.take(now):
             if not excess.take(now):
-                logger.warning("closing WebSocket of %s: message flood", principal.sub)
+                logger.warning("closing WebSocket of %s: message flood", who)
                 WS_POLICY_CLOSES.labels("flooding").inc()
                 conn.close(wire.CLOSE_FLOODING, "message rate exceeded")
-                break
+                return
             conn.send(
                 wire.error_frame("rate_limited", "too many messages; slow down"), droppable=True
             )
             continue
         try:
-            frame = wire.parse_frame(data, max_bytes=settings.ws_max_message_bytes)
-            _handle(ctx, principal, frame)
+            handle(wire.parse_frame(data, max_bytes=max_bytes))
         except wire.FrameError as exc:
             conn.send(wire.error_frame(exc.code, exc.message))
 

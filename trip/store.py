@@ -262,24 +262,8 @@ class TripStore:
         two dispatchers from working on one trip at once; what keeps them from both
         committing an offer is the version check of :meth:`save`.
         """
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(_CLAIM_NEED_NOT_BE_DURABLE)
-            claimed = await conn.fetchval(
-                "UPDATE trips SET dispatch_claim = $2, dispatch_claim_until = $4, "
-                "dispatch_claim_version = version "
-                f"WHERE id = $1 AND state = ANY($5::text[]) AND {_unclaimed('$3')} RETURNING id",
-                trip_id,
-                claim,
-                now,
-                until,
-                _LIVE,
-            )
-            if claimed is None:
-                return None
-            # Read in a statement of its own: the UPDATE may have waited for a concurrent
-            # change of the row, and a row joined in its statement (the offer) would still
-            # come from the statement's older snapshot.
-            return await self.get_trip(conn, trip_id, history=False)
+        claimed = await self.claim_many_for_dispatch([trip_id], claim=claim, now=now, until=until)
+        return claimed[0] if claimed else None
 
     async def claim_many_for_dispatch(
         self, trip_ids: Sequence[str], *, claim: str, now: datetime, until: datetime
@@ -301,7 +285,9 @@ class TripStore:
             )
             if not claimed:
                 return []
-            # A statement of its own, as in claim_for_dispatch.
+            # Read in a statement of its own: the UPDATE may have waited for a concurrent
+            # change of a row, and a row joined in its statement (the offer) would still
+            # come from the statement's older snapshot.
             rows = await conn.fetch(
                 f"SELECT {_TRIP_COLUMNS} {_TRIP_FROM} WHERE t.id = ANY($1::text[])",
                 [r["id"] for r in claimed],

@@ -7,7 +7,7 @@ import asyncio
 import signal
 from typing import TypeVar
 
-__all__ = ["next_or_stop", "stop_on_signals"]
+__all__ = ["next_or_stop", "stop_on_signals", "wait_any"]
 
 T = TypeVar("T")
 
@@ -36,3 +36,15 @@ async def next_or_stop(queue: asyncio.Queue[T], stop: asyncio.Event) -> T | None
     if getter.done() and not getter.cancelled():
         return getter.result()
     return None
+
+
+async def wait_any(stop: asyncio.Event, wake: asyncio.Event | None, delay_s: float) -> None:
+    """Sleep until ``stop`` or ``wake`` is set, or ``delay_s`` seconds pass."""
+    waiters = [asyncio.ensure_future(stop.wait())]
+    if wake is not None:
+        waiters.append(asyncio.ensure_future(wake.wait()))
+    try:
+        await asyncio.wait(waiters, timeout=delay_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

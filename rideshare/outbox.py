@@ -26,6 +26,7 @@ from protos.events import MSG_ID_HEADER
 from rideshare.bus import Envelope, encode_envelope, reraise_if_cancelling
 from rideshare.db import quote_schema
 from rideshare.grpc_errors import outage_of
+from rideshare.lifecycle import wait_any
 
 __all__ = ["OutboxRelay", "add_event", "notify_channel"]
 
@@ -105,7 +106,7 @@ class OutboxRelay:
         js: JetStreamContext,
         *,
         schema: str,
-        batch_size: int = 200,
+        batch_size: int = 500,
         poll_interval_s: float = 1.0,
         publish_timeout_s: float = 5.0,
         retention_s: float = 600.0,
@@ -128,6 +129,8 @@ class OutboxRelay:
         self.duplicates = 0  # acks saying JetStream already had the event (a republish)
         self.failed_rounds = 0  # batches that failed (a server down), since start
         self._wake = asyncio.Event()
+        self._rounds_started = 0
+        self._round_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._lock_key = f"rideshare.outbox:{schema}"
         self._next_prune = 0.0
 
@@ -152,6 +155,7 @@ class OutboxRelay:
                 # Cleared before the batch, so a NOTIFY that arrives while it runs is kept
                 # and the next wait returns at once.
                 self._wake.clear()
+                self._rounds_started += 1
                 try:
                     sent = await self.relay_once()
                     await self._maybe_prune()
@@ -163,8 +167,10 @@ class OutboxRelay:
                         self.error_backoff_s * 2 ** (failures - 1), self.max_error_backoff_s
                     )
                     self._log_failure(exc, failures, delay)
-                    await _wait_any(stop, None, delay)
+                    self._round_ended()
+                    await wait_any(stop, None, delay)
                     continue
+                self._round_ended()
                 if failures:
                     logger.info(
                         "outbox relay %s: publishing again after %d failed rounds",
@@ -174,10 +180,35 @@ class OutboxRelay:
                     failures = 0
                 if sent >= self.batch_size:
                     continue  # more are probably waiting
-                await _wait_any(stop, self._wake, self.poll_interval_s)
+                await wait_any(stop, self._wake, self.poll_interval_s)
         finally:
             if listener is not None:
                 await self._unlisten(listener)
+
+    async def flushed(self) -> None:
+        """Return once a round that began after this call has ended: what was committed
+        before the call is then published, unless that round failed or its batch was full.
+        Wakes the relay for that round. Waits forever on a relay that is not running: give
+        it a deadline."""
+        waiter = (self._rounds_started + 1, asyncio.get_running_loop().create_future())
+        self._round_waiters.append(waiter)
+        self._wake.set()
+        try:
+            await waiter[1]
+        finally:
+            if waiter in self._round_waiters:
+                self._round_waiters.remove(waiter)
+
+    def _round_ended(self) -> None:
+        ended = self._rounds_started
+        waiting = []
+        for round_no, future in self._round_waiters:
+            if round_no <= ended:
+                if not future.done():
+                    future.set_result(None)
+            else:
+                waiting.append((round_no, future))
+        self._round_waiters = waiting
 
     def _log_failure(self, exc: Exception, failures: int, delay: float) -> None:
         server = outage_of(exc)
@@ -349,15 +380,3 @@ async def _release_quietly(pool: asyncpg.Pool, conn: Any) -> None:
     except Exception as exc:
         reraise_if_cancelling()
         logger.info("outbox: releasing a listener connection failed: %r", exc)
-
-
-async def _wait_any(stop: asyncio.Event, wake: asyncio.Event | None, delay_s: float) -> None:
-    """Sleep until ``stop`` or ``wake`` is set, or ``delay_s`` seconds pass."""
-    waiters = [asyncio.ensure_future(stop.wait())]
-    if wake is not None:
-        waiters.append(asyncio.ensure_future(wake.wait()))
-    try:
-        await asyncio.wait(waiters, timeout=delay_s, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()

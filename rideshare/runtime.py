@@ -66,6 +66,7 @@ class Runtime:
     redis: RedisClient | None
     stop: asyncio.Event
     _workers: asyncio.TaskGroup = field(repr=False)
+    outbox: OutboxRelay | None = None  # the relay of the schema's outbox, when there is one
 
     def run_worker(self, worker: Worker, *, name: str | None = None) -> None:
         """Run ``worker(stop)`` until it returns; it must return soon after ``stop`` is set."""
@@ -142,7 +143,8 @@ async def service_runtime(
         stack.callback(stop.set)
         runtime = Runtime(settings, nc, js, pool, redis, stop, workers)
         if pool is not None and schema is not None:
-            runtime.run_worker(OutboxRelay(pool, js, schema=schema).run, name="outbox-relay")
+            runtime.outbox = OutboxRelay(pool, js, schema=schema)
+            runtime.run_worker(runtime.outbox.run, name="outbox-relay")
         yield runtime
 
 

@@ -1,11 +1,13 @@
 """The dispatch window: trips that need a driver within ``dispatch_window_s`` of each other
 are matched together (``trip.matcher``) instead of each taking its nearest driver in turn.
 
-A window opens with the first trip kicked after the last one closed. Its length is what the
-first trip waits until its offer, the window's own work included: the window stops
-collecting that much earlier than ``dispatch_window_s`` as the slowest of the last few
-windows took to be offered (at most half the window). So a window adds at most its own
-length to request -> offer, however many trips it holds. Every kick goes through it (a trip
+A window opens with the first trip kicked after the last one closed, at the moment that
+trip's request arrived. Its length is what the first trip waits until its offer is out, the
+window's own work included: the window stops collecting that much earlier than
+``dispatch_window_s`` as the slowest of the last few windows took from their close to their
+offers published by the outbox relay (at most half the window), and earlier still when a
+window closing meanwhile reports a slower close. So a window adds at most its own length to
+request -> offer, however many trips it holds. Every kick goes through it (a trip
 back in dispatch after a decline or an expiry too: it is matched with the window's new
 requests, its declined drivers excluded). At the close it:
 
@@ -44,7 +46,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -54,7 +56,7 @@ from prometheus_client import Counter, Histogram
 
 from protos.location.v1 import location_pb2
 from rideshare.bus import reraise_if_cancelling
-from rideshare.lifecycle import next_or_stop
+from rideshare.lifecycle import next_or_stop, wait_any
 from trip import wire
 from trip.domain import InvalidArgumentError, LatLng, Trip, TripState, VehicleClass
 from trip.explain import Policy, RoundLog
@@ -120,8 +122,9 @@ WINDOW_SOLVE_SECONDS = Histogram(
 )
 WINDOW_CLOSE_SECONDS = Histogram(
     "trip_dispatch_window_close_seconds",
-    "Time from a dispatch window's close to its assigned offers committed; the window "
-    "collects that much less (the slowest of the last few, at most half the window).",
+    "Time from a dispatch window's close to its assigned offers committed and published; "
+    "the window collects that much less (the slowest of the last few, at most half the "
+    "window).",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 WINDOW_FALLBACKS = Counter(
@@ -168,17 +171,22 @@ class BatchWindow:
         settings: TripSettings,
         *,
         clock: Callable[[], datetime],
+        published: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``published`` returns once what was committed before the call is published
+        (``OutboxRelay.flushed``); without it a window's close ends at its commit."""
         self._dispatcher = dispatcher
         self._store = store
         self._location = location
         self._settings = settings
         self._clock = clock
         self._claim_for = timedelta(seconds=settings.dispatch_claim_s)
-        self._incoming: asyncio.Queue[str] = asyncio.Queue()
+        self._published = published
+        self._incoming: asyncio.Queue[tuple[str, float]] = asyncio.Queue()
         self._waiting: set[str] = set()
         self._gate = asyncio.Semaphore(settings.dispatch_concurrency)
         self._took: collections.deque[float] = collections.deque(maxlen=_TOOK_WINDOWS)
+        self._took_noted = asyncio.Event()
 
     @property
     def enabled(self) -> bool:
@@ -189,11 +197,14 @@ class BatchWindow:
             h3.latlng_to_cell(trip.pickup.lat, trip.pickup.lng, self._settings.dispatch_region_res)
         )
 
-    def add(self, trip_id: str) -> None:
-        """Dispatch ``trip_id`` at the end of the current window (duplicates are dropped)."""
+    def add(self, trip_id: str, *, since: float | None = None) -> None:
+        """Dispatch ``trip_id`` at the end of the current window (duplicates are dropped);
+        ``since`` (``time.monotonic()``, default now) is when its wait began: a window it
+        opens is counted from then."""
         if trip_id not in self._waiting:
             self._waiting.add(trip_id)
-            self._incoming.put_nowait(trip_id)
+            now = time.monotonic()
+            self._incoming.put_nowait((trip_id, now if since is None else min(since, now)))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Open and close windows until ``stop`` is set; each closed window is dispatched
@@ -214,13 +225,20 @@ class BatchWindow:
         first = await next_or_stop(self._incoming, stop)
         if first is None:
             return []
+        first_id, opened = first
         # The window is a length of time: whatever was kicked by its end is in it. (Waiting
         # on the queue under a timeout instead could lose an item the timeout interrupted.)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), self._collect_s())  # a stop closes it early
-        trip_ids = [first]
+        # Its end moves earlier when a window closing meanwhile reports a slower close (the
+        # first windows after a start have none to go by); a stop closes it at once.
+        while not stop.is_set():
+            left_s = opened + self._collect_s() - time.monotonic()
+            if left_s <= 0:
+                break
+            self._took_noted.clear()
+            await wait_any(stop, self._took_noted, left_s)
+        trip_ids = [first_id]
         while not self._incoming.empty():
-            trip_ids.append(self._incoming.get_nowait())
+            trip_ids.append(self._incoming.get_nowait()[0])
         self._waiting.difference_update(trip_ids)
         return trip_ids
 
@@ -249,14 +267,24 @@ class BatchWindow:
                 on_their_own.append(trip)
         picks, fallbacks = await self._match(regions, claim, closed_at)
         left = await self._dispatcher.offer_assigned(picks)
-        took = time.monotonic() - closed_at
-        self._took.append(took)
-        WINDOW_CLOSE_SECONDS.observe(took)
         await asyncio.gather(
+            self._note_took(closed_at, offered=len(left) < len(picks)),
             *(self._advance(trip, claim, None) for trip in on_their_own),
             *(self._advance(p.trip, p.claim, p.log) for p in left),
             *(self._fallback(trips, claim, reason) for reason, trips in fallbacks.items()),
         )
+
+    async def _note_took(self, closed_at: float, *, offered: bool) -> None:
+        """Remember how long the window took from its close to its offers out: committed,
+        then published by the relay (waited for at most half a window)."""
+        if offered and self._published is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._settings.dispatch_window_s / 2):
+                    await self._published()
+        took = time.monotonic() - closed_at
+        self._took.append(took)
+        self._took_noted.set()
+        WINDOW_CLOSE_SECONDS.observe(took)
 
     async def _claim(self, trip_ids: list[str], claim: str) -> list[Trip]:
         """The window's trips that this window may dispatch (one statement per 500); a trip

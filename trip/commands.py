@@ -11,6 +11,7 @@ learns about drivers held or freed from the events.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -152,11 +153,12 @@ class TripCommands:
     ) -> Trip:
         """Book a trip at a quote's price and start dispatching it. Booking the same quote
         again (a retry, a double tap) answers the trip the first booking made."""
+        arrived = time.monotonic()  # the rider's wait for a driver starts here
         addresses = (pickup_address, dropoff_address)
         if not rider_id or not quote_id:
             raise InvalidArgumentError("rider_id and quote_id are required")
         try:
-            return await self._book(rider_id, quote_id, pickup, dropoff, addresses)
+            return await self._book(rider_id, quote_id, pickup, dropoff, addresses, arrived)
         except (QuoteUsedError, RiderHasLiveTripError):
             # A double tap: the same booking sent twice at once, and the other one won.
             async with self._store.transaction() as conn:
@@ -173,6 +175,7 @@ class TripCommands:
         pickup: LatLng,
         dropoff: LatLng,
         addresses: tuple[str, str],
+        arrived: float,
     ) -> Trip:
         async with self._store.transaction() as conn:
             quote = await self._store.get_quote(conn, quote_id)
@@ -197,7 +200,7 @@ class TripCommands:
                 pickup_cell=pricing.pickup_cell(pickup.lat, pickup.lng),
                 events=[wire.requested(trip)],
             )
-        self._dispatcher.kick(trip.id)
+        self._dispatcher.kick(trip.id, since=arrived)
         return trip
 
     async def _repeated_booking(

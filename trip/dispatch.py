@@ -69,7 +69,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeAlias
@@ -274,7 +274,10 @@ class Dispatcher:
         settings: TripSettings,
         *,
         clock: Callable[[], datetime] = utcnow,
+        published: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``published`` returns once what was committed before the call is published
+        (``OutboxRelay.flushed``): a dispatch window counts that in its length."""
         self._store = store
         self._location = location
         self._settings = settings
@@ -284,17 +287,21 @@ class Dispatcher:
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
         self._cost = settings.cost_model()
-        self._window = BatchWindow(self, store, location, settings, clock=clock)
+        self._window = BatchWindow(
+            self, store, location, settings, clock=clock, published=published
+        )
 
     @property
     def cost_model(self) -> CostModel:
         return self._cost
 
-    def kick(self, trip_id: str) -> None:
+    def kick(self, trip_id: str, *, since: float | None = None) -> None:
         """Advance ``trip_id`` soon, in this process (duplicates while queued are dropped);
-        with a dispatch window, at the window's end together with the window's other trips."""
+        with a dispatch window, at the window's end together with the window's other trips.
+        ``since``: when (``time.monotonic()``) the rider's wait began, if earlier than now
+        (a window opened by this trip closes a window after it)."""
         if self._window.enabled:
-            self._window.add(trip_id)
+            self._window.add(trip_id, since=since)
         elif trip_id not in self._queued:
             self._queued.add(trip_id)
             self._queue.put_nowait(trip_id)

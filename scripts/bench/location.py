@@ -367,6 +367,12 @@ def report_batch(what: str, single: str, batch: str, ms: list[float], items: int
 async def setup_index(store: LocationStore, driver_ids: list[str]) -> None:
     """Every driver AVAILABLE (class standard) at a random point of the city."""
     await make_available(store, driver_ids)
+    await report_positions(store, driver_ids)
+
+
+async def report_positions(store: LocationStore, driver_ids: list[str]) -> None:
+    """Each driver reports its point of the city (the same one on every call) as of now:
+    what keeps a long benchmark's positions fresh."""
     rng = random.Random(0)
     ts = now_ms() - 1_000
     positions = []

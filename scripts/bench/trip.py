@@ -30,14 +30,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import itertools
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TypeAlias
 
 import asyncpg
+import grpc
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
@@ -62,23 +65,29 @@ from scripts.bench.common import (
     service_process,
     wait_healthy,
 )
-from scripts.bench.location import city_point, setup_index
+from scripts.bench.location import city_point, report_positions, setup_index
 
 TripStub: TypeAlias = "trip_pb2_grpc.TripServiceAsyncStub"
 
 STANDARD = common_pb2.VEHICLE_CLASS_STANDARD
 
+TripRef: TypeAlias = tuple[str, str]
+"""A booked trip: (trip id, rider id)."""
+
 
 class Watcher:
-    """Calls ``on_offered`` / ``on_accepted`` for every new trip.offered / trip.accepted."""
+    """Calls ``on_offered`` / ``on_accepted`` for every new trip.offered / trip.accepted;
+    ``offer_committed`` is the wall time the last trip.offered was committed at."""
 
     def __init__(self) -> None:
         self.on_offered: Callable[[trip_events.TripOffered], None] = lambda _: None
         self.on_accepted: Callable[[trip_events.TripAccepted], None] = lambda _: None
+        self.offer_committed = 0.0
 
     async def handle(self, msg: Msg) -> None:
         envelope = bus.decode_envelope(msg.data)
         if envelope.type == events.TRIP_OFFERED:
+            self.offer_committed = envelope.occurred_at.timestamp()
             self.on_offered(envelope.unpack(trip_events.TripOffered))
         elif envelope.type == events.TRIP_ACCEPTED:
             self.on_accepted(envelope.unpack(trip_events.TripAccepted))
@@ -99,27 +108,44 @@ async def quote(stub: TripStub, rider: str, rng: random.Random) -> pb.RequestTri
     )
 
 
+@dataclass
+class OfferLatency:
+    """Per counted trip, in ms: request -> first trip.offered received (``latencies``), and
+    its parts: RequestTrip's answer, and the offer's commit -> its event received."""
+
+    latencies: list[float] = field(default_factory=list)
+    answered: list[float] = field(default_factory=list)
+    relayed: list[float] = field(default_factory=list)
+
+    def summary(self, name: str, values: list[float]) -> str:
+        return f"{name} p50={percentile(values, 0.5):.1f} p99={percentile(values, 0.99):.1f} ms"
+
+
 async def bench_offer_latency(
-    stub: TripStub, watcher: Watcher, rate: float, seconds: float
-) -> tuple[list[float], int]:
+    stub: TripStub, watcher: Watcher, rate: float, seconds: float, trip_ids: list[TripRef]
+) -> tuple[OfferLatency, int]:
     rng = random.Random(3)
     sent: dict[str, float] = {}
-    latencies: list[float] = []
+    result = OfferLatency()
 
     warmup = {f"lat-rider-{i}" for i in range(int(rate))}  # the first second: pools fill
 
     def offered(event: trip_events.TripOffered) -> None:
         started = sent.pop(event.rider_id, None)
         if started is not None and event.rider_id not in warmup:
-            latencies.append((time.perf_counter() - started) * 1000)
+            result.latencies.append((time.perf_counter() - started) * 1000)
+            result.relayed.append((time.time() - watcher.offer_committed) * 1000)
 
     watcher.on_offered = offered
     count = int(rate * (seconds + 1))
     requests = [await quote(stub, f"lat-rider-{i}", rng) for i in range(count)]
 
     async def one(request: pb.RequestTripRequest) -> None:
-        sent[request.rider_id] = time.perf_counter()
-        await stub.RequestTrip(request, timeout=5)
+        sent[request.rider_id] = started = time.perf_counter()
+        trip = await stub.RequestTrip(request, timeout=5)
+        trip_ids.append((trip.id, request.rider_id))
+        if request.rider_id not in warmup:
+            result.answered.append((time.perf_counter() - started) * 1000)
 
     tasks = []
     start = time.perf_counter()
@@ -131,9 +157,33 @@ async def bench_offer_latency(
     await asyncio.gather(*tasks)
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(10):
-            while len(latencies) < count - len(warmup):  # noqa: ASYNC110 - events from another process
+            while len(result.latencies) < count - len(warmup):  # noqa: ASYNC110 - events from another process
                 await asyncio.sleep(0.05)
-    return latencies, count - len(warmup)
+    return result, count - len(warmup)
+
+
+async def cancel_all(stub: TripStub, trips: list[TripRef]) -> None:
+    """Cancel ``trips`` as their riders (32 at a time), which ends their offers and frees
+    their drivers: every phase starts with the whole city available. Not timed."""
+    gate = asyncio.Semaphore(32)
+    failed: collections.Counter[str] = collections.Counter()
+
+    async def cancel(trip_id: str, rider_id: str) -> None:
+        async with gate:
+            try:
+                await stub.CancelTrip(
+                    pb.CancelTripRequest(
+                        trip_id=trip_id, actor=pb.ACTOR_RIDER, actor_id=rider_id, reason="bench"
+                    ),
+                    timeout=10,
+                )
+            except grpc.aio.AioRpcError as exc:
+                failed[exc.code().name] += 1
+
+    await asyncio.gather(*(cancel(t, r) for t, r in trips))
+    if failed:
+        print(f"  (of {len(trips)} cancels, failed: {dict(failed)})", flush=True)
+    trips.clear()
 
 
 async def offer_step(
@@ -141,7 +191,7 @@ async def offer_step(
 ) -> Step:
     """RequestTrip at ``rate`` for ``seconds`` with fresh riders (named after ``tag``) and
     quotes made beforehand; each call ends when its first trip.offered arrives (5 s at most,
-    else it failed)."""
+    else it failed). The step's trips are cancelled afterwards."""
     rng = random.Random(tag)
     riders = [f"sat{tag}-rider-{i}" for i in range(max(1, int(rate * seconds)))]
     requests: list[pb.RequestTripRequest] = []
@@ -157,15 +207,19 @@ async def offer_step(
 
     watcher.on_offered = offered
 
+    booked: list[TripRef] = []
+
     async def one() -> bool:
         request = next(pending)
         offers[request.rider_id] = asyncio.get_running_loop().create_future()
-        await stub.RequestTrip(request, timeout=5)
+        trip = await stub.RequestTrip(request, timeout=5)
+        booked.append((trip.id, request.rider_id))
         async with asyncio.timeout(5):
             await offers[request.rider_id]
         return True
 
     step, _ = await open_loop(one, rate=rate, seconds=seconds)
+    await cancel_all(stub, booked)
     return step
 
 
@@ -216,6 +270,13 @@ async def bench_throughput(
     return done, time.perf_counter() - started
 
 
+async def keep_reporting(store: LocationStore, drivers: list[str]) -> None:
+    """Every driver reports its position again every 20 s, as a driver app does."""
+    while True:
+        await asyncio.sleep(20)
+        await report_positions(store, drivers)
+
+
 async def commits_per_s(dsn: str, *, connections: int, seconds: float) -> float:
     """Single-row INSERTs per second, each its own commit, from ``connections`` asyncpg
     connections back to back (temporary tables: nothing is left behind)."""
@@ -253,8 +314,9 @@ async def run(args: argparse.Namespace) -> None:
             client = open_redis(urls.redis_url, max_connections=32, timeout_s=10)
             drivers = [f"bench-{i}" for i in range(args.drivers)]
             await setup_index(LocationStore(client), drivers)
-            await client.aclose()
             print(f"setup: {len(drivers):,} available drivers indexed", flush=True)
+            # Dispatch leaves out positions older than a minute: the drivers keep reporting.
+            refresher = asyncio.create_task(keep_reporting(LocationStore(client), drivers))
             with service_process(
                 "trip",
                 urls,
@@ -285,18 +347,23 @@ async def run(args: argparse.Namespace) -> None:
                 try:
                     async with make_channel(target, default_timeout_s=60.0) as channel:
                         stub: TripStub = trip_pb2_grpc.TripServiceStub(channel)
-                        latencies, count = await bench_offer_latency(
-                            stub, watcher, args.rate, args.seconds
+                        booked: list[TripRef] = []
+                        offer, count = await bench_offer_latency(
+                            stub, watcher, args.rate, args.seconds, booked
                         )
+                        latencies = offer.latencies
                         print(
                             f"offer latency: RequestTrip -> first trip.offered on JetStream, "
                             f"{args.rate:.0f} req/s for {args.seconds:.0f}s, "
                             f"{len(drivers):,} indexed drivers, {len(latencies)}/{count} "
                             f"offered: p50={percentile(latencies, 0.5):.1f} ms "
                             f"p99={percentile(latencies, 0.99):.1f} ms "
-                            f"max={max(latencies):.1f} ms",
+                            f"max={max(latencies):.1f} ms\n  its parts: "
+                            f"{offer.summary('RequestTrip answered', offer.answered)}; "
+                            f"{offer.summary('offer committed -> event received', offer.relayed)}",
                             flush=True,
                         )
+                        await cancel_all(stub, booked)
                         tags = itertools.count()
                         result = await saturation(
                             lambda rate: offer_step(
@@ -327,6 +394,10 @@ async def run(args: argparse.Namespace) -> None:
                         )  # fmt: skip
                 finally:
                     await nc.drain()
+                    refresher.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await refresher
+                    await client.aclose()
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from nats.aio.msg import Msg
 
 from protos.common.v1 import common_pb2
 from protos.events import MSG_ID_HEADER
-from rideshare.bus import Envelope, decode_envelope, publish_envelope, run_consumer
+from rideshare.bus import Envelope, connect, decode_envelope, publish_envelope, run_consumer
 from rideshare.db import create_pool
 from rideshare.migrations import apply_migrations
 from rideshare.outbox import OutboxRelay, add_event
@@ -287,3 +287,46 @@ async def test_sent_rows_are_pruned_after_the_retention(
     finally:
         await running.close()
     assert running.relay.published == 5
+
+
+async def test_flushed_returns_once_what_was_committed_before_it_is_published(
+    pool: asyncpg.Pool, bus: Bus, unique_name: str
+) -> None:
+    # A relay that polls only once a minute: flushed() must wake it, not wait for the poll.
+    running = Running(OutboxRelay(pool, bus.js, schema=unique_name, poll_interval_s=60.0))
+    try:
+        subject = f"{bus.prefix}.trip.offered"
+        await _add(pool, subject, 5)
+        async with asyncio.timeout(20):
+            await running.relay.flushed()
+        # Published, not merely about to be: the rows are marked sent and the stream has them.
+        assert await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 0
+        assert running.relay.published == 5
+        assert len(await read_all(bus, subject, expect=5)) == 5
+        # With nothing left to publish it still returns, after one empty round.
+        async with asyncio.timeout(20):
+            await running.relay.flushed()
+    finally:
+        await running.close()
+
+
+async def test_flushed_returns_after_a_failed_round_too(
+    pool: asyncpg.Pool, bus: Bus, infra: InfraUrls, unique_name: str
+) -> None:
+    # The relay's NATS connection is closed: every round fails, and flushed() returns after
+    # a failed round (its caller's deadline is for a relay that is not running at all),
+    # leaving the rows unsent for the rounds after.
+    async with asyncio.timeout(10):
+        closed = await connect(infra.nats_url, name=f"test-{unique_name}-closed")
+        await closed.close()
+    running = Running(
+        OutboxRelay(pool, closed.jetstream(), schema=unique_name, error_backoff_s=0.05)
+    )
+    try:
+        await _add(pool, f"{bus.prefix}.trip.offered", 2)
+        async with asyncio.timeout(20):
+            await running.relay.flushed()
+        assert running.relay.failed_rounds >= 1
+        assert await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 2
+    finally:
+        await running.close()

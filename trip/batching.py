@@ -185,7 +185,8 @@ class BatchWindow:
         self._incoming: asyncio.Queue[tuple[str, float]] = asyncio.Queue()
         self._waiting: set[str] = set()
         self._gate = asyncio.Semaphore(settings.dispatch_concurrency)
-        self._took: collections.deque[float] = collections.deque(maxlen=_TOOK_WINDOWS)
+        # (seconds from close to offers out, trips) of the last few windows
+        self._took: collections.deque[tuple[float, int]] = collections.deque(maxlen=_TOOK_WINDOWS)
         self._took_noted = asyncio.Event()
 
     @property
@@ -215,10 +216,12 @@ class BatchWindow:
                 if trip_ids:
                     group.create_task(self._close(trip_ids, closed_at=time.monotonic()))
 
-    def _collect_s(self) -> float:
-        """How long a window collects: its length less what the last windows took to offer."""
+    def _collect_s(self, trips: int = 0) -> float:
+        """How long a window of ``trips`` so far collects: its length less what the last
+        windows took to offer, scaled up when it already holds more trips than they did."""
         window = self._settings.dispatch_window_s
-        return window - min(max(self._took, default=0.0), window / 2)
+        took = max((t * max(1.0, trips / n) for t, n in self._took), default=0.0)
+        return window - min(took, window / 2)
 
     async def _collect(self, stop: asyncio.Event) -> list[str]:
         """The trips of one window: from the first that arrives, for the window's length."""
@@ -230,12 +233,15 @@ class BatchWindow:
         # on the queue under a timeout instead could lose an item the timeout interrupted.)
         # Its end moves earlier when a window closing meanwhile reports a slower close (the
         # first windows after a start have none to go by); a stop closes it at once.
+        # It looks again every tenth of a window, as its trips add up.
         while not stop.is_set():
-            left_s = opened + self._collect_s() - time.monotonic()
+            left_s = opened + self._collect_s(1 + self._incoming.qsize()) - time.monotonic()
             if left_s <= 0:
                 break
             self._took_noted.clear()
-            await wait_any(stop, self._took_noted, left_s)
+            await wait_any(
+                stop, self._took_noted, min(left_s, self._settings.dispatch_window_s / 10)
+            )
         trip_ids = [first_id]
         while not self._incoming.empty():
             trip_ids.append(self._incoming.get_nowait()[0])
@@ -268,13 +274,13 @@ class BatchWindow:
         picks, fallbacks = await self._match(regions, claim, closed_at)
         left = await self._dispatcher.offer_assigned(picks)
         await asyncio.gather(
-            self._note_took(closed_at, offered=len(left) < len(picks)),
+            self._note_took(closed_at, len(trip_ids), offered=len(left) < len(picks)),
             *(self._advance(trip, claim, None) for trip in on_their_own),
             *(self._advance(p.trip, p.claim, p.log) for p in left),
             *(self._fallback(trips, claim, reason) for reason, trips in fallbacks.items()),
         )
 
-    async def _note_took(self, closed_at: float, *, offered: bool) -> None:
+    async def _note_took(self, closed_at: float, trips: int, *, offered: bool) -> None:
         """Remember how long the window took from its close to its offers out: committed,
         then published by the relay (waited for at most half a window)."""
         if offered and self._published is not None:
@@ -282,7 +288,7 @@ class BatchWindow:
                 async with asyncio.timeout(self._settings.dispatch_window_s / 2):
                     await self._published()
         took = time.monotonic() - closed_at
-        self._took.append(took)
+        self._took.append((took, max(1, trips)))
         self._took_noted.set()
         WINDOW_CLOSE_SECONDS.observe(took)
 

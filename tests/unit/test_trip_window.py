@@ -56,7 +56,7 @@ async def test_a_slower_close_reported_while_collecting_ends_the_window_earlier(
     assert not collecting.done()
     # An earlier window reports its close took half a window (the most that is counted):
     # this one had only 0.1 s of its collecting left, which is over now.
-    await win._note_took(time.monotonic() - WINDOW_S / 2, offered=False)
+    await win._note_took(time.monotonic() - WINDOW_S / 2, 1, offered=False)
     assert await collecting == ["trip-1"]
 
 
@@ -79,7 +79,7 @@ async def test_a_close_counts_until_its_offers_are_published() -> None:
         published=flushed,
     )
     closed_at = time.monotonic()
-    noting = asyncio.create_task(win._note_took(closed_at, offered=True))
+    noting = asyncio.create_task(win._note_took(closed_at, 1, offered=True))
     await asyncio.sleep(0.3)
     assert not noting.done() and waits == 1  # waits for the relay, not only the commit
     published.set()
@@ -88,5 +88,5 @@ async def test_a_close_counts_until_its_offers_are_published() -> None:
     assert win._collect_s() <= WINDOW_S - 0.3
     # A close that offered nothing does not wait for the relay.
     async with asyncio.timeout(10):
-        await win._note_took(time.monotonic(), offered=False)
+        await win._note_took(time.monotonic(), 1, offered=False)
     assert waits == 1

@@ -217,10 +217,14 @@ class BatchWindow:
                     group.create_task(self._close(trip_ids, closed_at=time.monotonic()))
 
     def _collect_s(self, trips: int = 0) -> float:
-        """How long a window of ``trips`` so far collects: its length less what the last
-        windows took to offer, scaled up when it already holds more trips than they did."""
+        """How long a window of ``trips`` so far collects: its length less the slowest of
+        the last windows' closes, or less the biggest one's scaled to ``trips`` when it
+        already holds more (a close costs about as much per trip)."""
         window = self._settings.dispatch_window_s
-        took = max((t * max(1.0, trips / n) for t, n in self._took), default=0.0)
+        if not self._took:
+            return window
+        biggest_took, biggest = max(self._took, key=lambda took_trips: took_trips[1])
+        took = max(max(t for t, _ in self._took), biggest_took * trips / biggest)
         return window - min(took, window / 2)
 
     async def _collect(self, stop: asyncio.Event) -> list[str]:

@@ -9,6 +9,8 @@ import asyncio
 import time
 from typing import Any, cast
 
+import pytest
+
 from trip.batching import BatchWindow
 from trip.settings import TripSettings
 from trip.store import TripStore
@@ -90,3 +92,14 @@ async def test_a_close_counts_until_its_offers_are_published() -> None:
     async with asyncio.timeout(10):
         await win._note_took(time.monotonic(), 1, offered=False)
     assert waits == 1
+
+
+async def test_a_window_holding_more_trips_than_the_last_ones_expects_a_longer_close() -> None:
+    win = window()
+    await win._note_took(time.monotonic() - 1.0, 100, offered=False)  # 100 trips in 1 s
+    await win._note_took(time.monotonic() - 2.0, 10, offered=False)  # a slow small one
+    # (The closes measured a few microseconds more than 1 and 2 s.)
+    assert win._collect_s(50) == pytest.approx(WINDOW_S - 2.0, abs=0.1)  # the slowest close
+    # 300 trips: the biggest window's close scaled to them (3 s), not the small one's 60 s.
+    assert win._collect_s(300) == pytest.approx(WINDOW_S - 3.0, abs=0.1)
+    assert win._collect_s(10_000) == WINDOW_S / 2  # never less than half the window

@@ -2,7 +2,7 @@
 ``LocationService.ReportPositions`` client stream.
 
 Sockets call :meth:`PositionBatcher.add` (no await, no I/O). The run loop writes whatever has
-gathered as one ``PositionBatch`` every ``flush_s`` (a few ms), so the per-message cost of gRPC
+gathered as one ``PositionBatch`` every ``flush_s`` (20 ms), so the per-message cost of gRPC
 is paid per batch, not per update. A batch holds at most ``MAX_BATCH`` updates; a backlog is
 written at once, batch after batch. The protobuf message of a position is built when its
 batch is taken, so a position superseded while it waited costs no message.
@@ -63,7 +63,7 @@ class PositionBatcher:
         self,
         location: LocationStub,
         *,
-        flush_s: float = 0.005,
+        flush_s: float = 0.02,
         max_buffer: int = 100_000,
         rotate_s: float = 60.0,
         backoff_s: float = 0.5,

@@ -203,10 +203,16 @@ async def test_the_cap_counts_a_users_sockets_on_every_edge_process(system: Syst
     assert oldest.close_reason == "replaced by a newer socket of the same user"
 
 
-async def test_a_socket_that_keeps_flooding_is_closed_with_1008(system: System) -> None:
-    _, token = await signup_driver(system)
+@pytest.mark.parametrize("kind", ["driver", "viewer"])
+async def test_a_socket_that_keeps_flooding_is_closed_with_1008(system: System, kind: str) -> None:
+    # Every socket kind reads its frames through one loop (edge/ws.py read_frames).
+    if kind == "driver":
+        _, token = await signup_driver(system)
+        path = f"/v1/ws/driver?token={token}"
+    else:  # a box far south: no other test's drivers in it
+        path = f"/v1/ws/viewer?bbox=-80.1,0.0,-80.0,0.1&token={system.admin_token()}"
     async with system.another_edge(ws_msgs_per_s=1.0, ws_msgs_burst=2, ws_flood_frames=5) as edge:
-        async with connect(ws_url(edge, f"/v1/ws/driver?token={token}")) as ws:
+        async with connect(ws_url(edge, path)) as ws:
             with contextlib.suppress(ConnectionClosed):  # the close may come while it sends
                 for _ in range(200):
                     await ws.send('{"type": "pong"}')

@@ -59,8 +59,8 @@ async def running(
         )
         assert rt.pool is not None
         store = TripStore(rt.pool)
-        published = rt.outbox.flushed if rt.outbox is not None else None
-        dispatcher = Dispatcher(store, location, trip, published=published)
+        flushed = rt.outbox.flushed if rt.outbox is not None else None
+        dispatcher = Dispatcher(store, location, trip, flushed=flushed)
         commands = TripCommands(store, location, dispatcher, trip)
         server = rt.grpc_server(errors=ERRORS, access=ACCESS)
         trip_pb2_grpc.add_TripServiceServicer_to_server(TripServicer(commands), server.server)

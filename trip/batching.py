@@ -171,9 +171,9 @@ class BatchWindow:
         settings: TripSettings,
         *,
         clock: Callable[[], datetime],
-        published: Callable[[], Awaitable[None]] | None = None,
+        flushed: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        """``published`` returns once what was committed before the call is published
+        """``flushed`` returns once what was committed before the call is published
         (``OutboxRelay.flushed``); without it a window's close ends at its commit."""
         self._dispatcher = dispatcher
         self._store = store
@@ -181,7 +181,7 @@ class BatchWindow:
         self._settings = settings
         self._clock = clock
         self._claim_for = timedelta(seconds=settings.dispatch_claim_s)
-        self._published = published
+        self._flushed = flushed
         self._incoming: asyncio.Queue[tuple[str, float]] = asyncio.Queue()
         self._waiting: set[str] = set()
         self._gate = asyncio.Semaphore(settings.dispatch_concurrency)
@@ -287,12 +287,12 @@ class BatchWindow:
     async def _note_took(self, closed_at: float, trips: int, *, offered: bool) -> None:
         """Remember how long the window took from its close to its offers out: committed,
         then published by the relay (waited for at most half a window)."""
-        if offered and self._published is not None:
+        if offered and self._flushed is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._settings.dispatch_window_s / 2):
-                    await self._published()
+                    await self._flushed()
         took = time.monotonic() - closed_at
-        self._took.append((took, max(1, trips)))
+        self._took.append((took, trips))
         self._took_noted.set()
         WINDOW_CLOSE_SECONDS.observe(took)
 

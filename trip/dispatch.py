@@ -274,9 +274,9 @@ class Dispatcher:
         settings: TripSettings,
         *,
         clock: Callable[[], datetime] = utcnow,
-        published: Callable[[], Awaitable[None]] | None = None,
+        flushed: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        """``published`` returns once what was committed before the call is published
+        """``flushed`` returns once what was committed before the call is published
         (``OutboxRelay.flushed``): a dispatch window counts that in its length."""
         self._store = store
         self._location = location
@@ -287,9 +287,7 @@ class Dispatcher:
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._queued: set[str] = set()
         self._cost = settings.cost_model()
-        self._window = BatchWindow(
-            self, store, location, settings, clock=clock, published=published
-        )
+        self._window = BatchWindow(self, store, location, settings, clock=clock, flushed=flushed)
 
     @property
     def cost_model(self) -> CostModel:

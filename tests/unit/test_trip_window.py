@@ -78,7 +78,7 @@ async def test_a_close_counts_until_its_offers_are_published() -> None:
         nothing,
         TripSettings(dispatch_window_s=WINDOW_S),
         clock=nothing,
-        published=flushed,
+        flushed=flushed,
     )
     closed_at = time.monotonic()
     noting = asyncio.create_task(win._note_took(closed_at, 1, offered=True))
